@@ -1,0 +1,37 @@
+# termhub — thin targets; CI runs .ci/run, which calls `make test`.
+GO ?= go
+CONFIG ?= testdata/demo.yaml
+
+.PHONY: run test lint fmt bench fuzz build
+
+## run: the hub on 127.0.0.1:8080 with the demo config and embedded Redis
+run:
+	$(GO) run ./cmd/termhub serve --config $(CONFIG)
+
+## build: the termhub binary in ./bin
+build:
+	$(GO) build -o bin/termhub ./cmd/termhub
+
+## test: vet, then every test with the race detector (real Redis if REDIS_URL is set)
+test: lint
+	$(GO) test -race -count=1 ./...
+
+## lint: gofmt and go vet
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w .
+
+## bench: Go microbenchmarks of the hot paths
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+## fuzz: each decoder fuzzer for FUZZTIME (default 30s)
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodePOS$$' -fuzztime $(FUZZTIME) ./protocol/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeTerminal$$' -fuzztime $(FUZZTIME) ./protocol/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseAmount$$' -fuzztime $(FUZZTIME) ./protocol/

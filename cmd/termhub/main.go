@@ -1,0 +1,42 @@
+// Command termhub is the termhub gateway and its tools: `serve` runs the hub,
+// `sim` runs simulated terminals, `pos` is a command-line POS, `bench` is the
+// load generator and `version` prints the build.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `termhub — a gateway between POS apps and card terminals
+
+usage:
+  termhub serve --config FILE   run the hub
+  termhub version               print the version
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		err = runServe(os.Args[2:])
+	case "version", "--version", "-v":
+		fmt.Println("termhub", version)
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "termhub: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "termhub:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/term"
+
+	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/hub"
+	"github.com/termhub/termhub/internal/redisx"
+)
+
+func newLogger(level string) zerolog.Logger {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil {
+		lvl = zerolog.InfoLevel
+	}
+	zerolog.TimeFieldFormat = time.RFC3339Nano
+	var log zerolog.Logger
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: "15:04:05.000"})
+	} else {
+		log = zerolog.New(os.Stderr)
+	}
+	return log.Level(lvl).With().Timestamp().Logger()
+}
+
+func runServe(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	cfgPath := fs.String("config", "", "YAML configuration file (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *cfgPath == "" {
+		return errors.New("serve: --config FILE is required")
+	}
+	cfg, err := config.Load(*cfgPath, nil)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.LogLevel)
+
+	ctx := context.Background()
+	store, err := redisx.Open(ctx, cfg.RedisURL)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if store.Embedded {
+		log.Warn().Msg("running on the embedded in-process Redis: nothing survives a restart (set redis_url for durability)")
+	} else {
+		log.Info().Msg("using Redis from redis_url")
+	}
+
+	h := hub.New(hub.Options{
+		Directory:         config.NewDirectory(cfg),
+		Logger:            log,
+		HeartbeatInterval: cfg.HeartbeatInterval.D(),
+		GracePeriod:       cfg.GracePeriod.D(),
+		OpsToken:          cfg.OpsToken,
+		Ready:             func(ctx context.Context) error { return store.Client.Ping(ctx).Err() },
+	})
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: h.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	log.Info().Str("listen", ln.Addr().String()).Str("version", version).Int("merchants", len(cfg.Merchants)).Msg("termhub serving")
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	for {
+		select {
+		case err := <-serveErr:
+			return err
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				next, err := config.Load(*cfgPath, nil)
+				if err != nil {
+					log.Error().Err(err).Msg("reload refused: keeping the running configuration")
+					continue
+				}
+				h.Reload(config.NewDirectory(next))
+				log.Info().Int("merchants", len(next.Merchants)).Msg("configuration reloaded")
+				continue
+			}
+			log.Info().Str("signal", s.String()).Msg("draining")
+			dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+			_ = srv.Shutdown(dctx)
+			_ = h.Drain(dctx)
+			cancel()
+			log.Info().Msg("drained; bye")
+			return nil
+		}
+	}
+}

@@ -1,0 +1,322 @@
+// Package config loads termhub's YAML configuration (CONTRACT §1): scalar
+// settings with TERMHUB_<FIELD> environment overrides and defaults, and the
+// merchants with their API keys and terminals. A bad file is refused with a
+// message naming the field.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Duration is a time.Duration written in Go syntax ("60s", "3m").
+type Duration time.Duration
+
+// UnmarshalYAML parses Go duration syntax.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return &nodeError{line: n.Line, col: n.Column, msg: "must be a duration such as \"60s\""}
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return &nodeError{line: n.Line, col: n.Column, msg: fmt.Sprintf("must be a duration such as \"60s\", got %q", s)}
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// nodeError is a decoding problem of the value at line:col, which Parse
+// turns into a message naming the field.
+type nodeError struct {
+	line, col int
+	msg       string
+}
+
+func (e *nodeError) Error() string { return fmt.Sprintf("line %d: %s", e.line, e.msg) }
+
+// decodeError names the field at fault in a YAML decoding error: yaml.v3
+// itself only gives line numbers.
+func decodeError(data []byte, err error) error {
+	var ne *nodeError
+	if errors.As(err, &ne) {
+		if f := fieldAt(data, ne.line, ne.col); f != "" {
+			return fmt.Errorf("config: %s: %s", f, ne.msg)
+		}
+	}
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		msgs := make([]string, len(te.Errors))
+		for i, m := range te.Errors {
+			var line int
+			if _, serr := fmt.Sscanf(m, "line %d:", &line); serr == nil {
+				if f := fieldAt(data, line, 0); f != "" {
+					m = f + ": " + m
+				}
+			}
+			msgs[i] = m
+		}
+		return fmt.Errorf("config: %s", strings.Join(msgs, "; "))
+	}
+	return fmt.Errorf("config: %s", strings.TrimPrefix(err.Error(), "yaml: "))
+}
+
+// fieldAt returns the path ("merchants[0].api_keys[1].secret") of the
+// deepest mapping entry whose value is at line (and col, when col > 0), or
+// whose key is on line, or "" if there is none.
+func fieldAt(data []byte, line, col int) string {
+	var root yaml.Node
+	if yaml.Unmarshal(data, &root) != nil {
+		return ""
+	}
+	var walk func(n *yaml.Node, path string) string
+	walk = func(n *yaml.Node, path string) string {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				if p := walk(c, path); p != "" {
+					return p
+				}
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				if p := walk(c, fmt.Sprintf("%s[%d]", path, i)); p != "" {
+					return p
+				}
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				p := k.Value
+				if path != "" {
+					p = path + "." + k.Value
+				}
+				if q := walk(v, p); q != "" {
+					return q
+				}
+				if (v.Line == line && (col == 0 || v.Column == col)) || (col == 0 && k.Line == line) {
+					return p
+				}
+			}
+		}
+		return ""
+	}
+	return walk(&root, "")
+}
+
+// MarshalYAML writes Go duration syntax.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Config is the whole configuration.
+type Config struct {
+	Listen            string     `yaml:"listen"`
+	RedisURL          string     `yaml:"redis_url"`
+	KeyPrefix         string     `yaml:"key_prefix"` // prefix of every Redis key; lets several hubs or tests share one Redis
+	GracePeriod       Duration   `yaml:"grace_period"`
+	PaymentTimeout    Duration   `yaml:"payment_timeout"`
+	HeartbeatInterval Duration   `yaml:"heartbeat_interval"`
+	SignatureTimeout  Duration   `yaml:"signature_timeout"`
+	WebhookRetryBase  Duration   `yaml:"webhook_retry_base"`
+	OutboxRetention   Duration   `yaml:"outbox_retention"`
+	OpsToken          string     `yaml:"ops_token"`
+	LogLevel          string     `yaml:"log_level"`
+	Merchants         []Merchant `yaml:"merchants"`
+}
+
+// Merchant is one merchant with its keys and terminals.
+type Merchant struct {
+	ID            string     `yaml:"id"`
+	Name          string     `yaml:"name"`
+	WebhookURL    string     `yaml:"webhook_url"`
+	WebhookSecret string     `yaml:"webhook_secret"`
+	APIKeys       []APIKey   `yaml:"api_keys"`
+	Terminals     []Terminal `yaml:"terminals"`
+}
+
+// APIKey is a POS credential: a public id and its HMAC secret.
+type APIKey struct {
+	ID     string `yaml:"id"`
+	Secret string `yaml:"secret"`
+}
+
+// Terminal is a registered card terminal.
+type Terminal struct {
+	DeviceID string `yaml:"device_id"`
+	Secret   string `yaml:"secret"`
+	Label    string `yaml:"label"`
+}
+
+// Defaults returns the configuration with every default of CONTRACT §1 and
+// no merchants.
+func Defaults() Config {
+	return Config{
+		Listen:            "127.0.0.1:8080",
+		KeyPrefix:         "termhub:",
+		GracePeriod:       Duration(60 * time.Second),
+		PaymentTimeout:    Duration(180 * time.Second),
+		HeartbeatInterval: Duration(15 * time.Second),
+		SignatureTimeout:  Duration(60 * time.Second),
+		WebhookRetryBase:  Duration(5 * time.Second),
+		OutboxRetention:   Duration(168 * time.Hour),
+		OpsToken:          "change-me",
+		LogLevel:          "info",
+	}
+}
+
+// Load reads the file at path, applies environment overrides from getenv
+// (os.Getenv when nil) and validates the result.
+func Load(path string, getenv func(string) string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	return Parse(data, getenv)
+}
+
+// Parse is Load for bytes already read.
+func Parse(data []byte, getenv func(string) string) (Config, error) {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	cfg := Defaults()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	// An empty file (io.EOF) means "all defaults".
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, decodeError(data, err)
+	}
+	if err := applyEnv(&cfg, getenv); err != nil {
+		return Config{}, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// applyEnv applies TERMHUB_<FIELD> overrides to the scalar fields;
+// TERMHUB_REDIS_URL wins over REDIS_URL.
+func applyEnv(cfg *Config, getenv func(string) string) error {
+	str := func(field string, dst *string) {
+		if v := getenv("TERMHUB_" + strings.ToUpper(field)); v != "" {
+			*dst = v
+		}
+	}
+	dur := func(field string, dst *Duration) error {
+		name := "TERMHUB_" + strings.ToUpper(field)
+		v := getenv(name)
+		if v == "" {
+			return nil
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("config: %s (from %s): must be a duration such as \"60s\", got %q", field, name, v)
+		}
+		*dst = Duration(d)
+		return nil
+	}
+	if v := getenv("REDIS_URL"); v != "" {
+		cfg.RedisURL = v
+	}
+	str("listen", &cfg.Listen)
+	str("redis_url", &cfg.RedisURL)
+	str("key_prefix", &cfg.KeyPrefix)
+	str("ops_token", &cfg.OpsToken)
+	str("log_level", &cfg.LogLevel)
+	for _, d := range []struct {
+		name string
+		dst  *Duration
+	}{
+		{"grace_period", &cfg.GracePeriod}, {"payment_timeout", &cfg.PaymentTimeout},
+		{"heartbeat_interval", &cfg.HeartbeatInterval}, {"signature_timeout", &cfg.SignatureTimeout},
+		{"webhook_retry_base", &cfg.WebhookRetryBase}, {"outbox_retention", &cfg.OutboxRetention},
+	} {
+		if err := dur(d.name, d.dst); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Validate checks every field and names the first one at fault.
+func (c *Config) Validate() error {
+	bad := func(field, format string, args ...any) error {
+		return fmt.Errorf("config: %s: %s", field, fmt.Sprintf(format, args...))
+	}
+	if c.Listen == "" {
+		return bad("listen", "is required (host:port)")
+	}
+	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") && !strings.HasPrefix(c.RedisURL, "unix://") {
+		return bad("redis_url", "must start with redis://, rediss:// or unix://, or be empty for the embedded store")
+	}
+	for _, d := range []struct {
+		name string
+		v    Duration
+	}{
+		{"grace_period", c.GracePeriod}, {"payment_timeout", c.PaymentTimeout},
+		{"heartbeat_interval", c.HeartbeatInterval}, {"signature_timeout", c.SignatureTimeout},
+		{"webhook_retry_base", c.WebhookRetryBase}, {"outbox_retention", c.OutboxRetention},
+	} {
+		if d.v <= 0 {
+			return bad(d.name, "must be a positive duration")
+		}
+	}
+	if c.OpsToken == "" {
+		return bad("ops_token", "is required")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log_level", "must be debug, info, warn or error")
+	}
+	merchants, keys, devices := map[string]bool{}, map[string]bool{}, map[string]bool{}
+	for i, m := range c.Merchants {
+		at := fmt.Sprintf("merchants[%d]", i)
+		switch {
+		case m.ID == "":
+			return bad(at+".id", "is required")
+		case merchants[m.ID]:
+			return bad(at+".id", "%q is used by another merchant", m.ID)
+		case m.WebhookURL != "" && !strings.HasPrefix(m.WebhookURL, "http://") && !strings.HasPrefix(m.WebhookURL, "https://"):
+			return bad(at+".webhook_url", "must be an http:// or https:// URL")
+		case m.WebhookURL != "" && m.WebhookSecret == "":
+			return bad(at+".webhook_secret", "is required when webhook_url is set")
+		}
+		merchants[m.ID] = true
+		for j, k := range m.APIKeys {
+			kat := fmt.Sprintf("%s.api_keys[%d]", at, j)
+			switch {
+			case k.ID == "":
+				return bad(kat+".id", "is required")
+			case keys[k.ID]:
+				return bad(kat+".id", "%q is used by another key (key ids are global)", k.ID)
+			case k.Secret == "":
+				return bad(kat+".secret", "is required")
+			}
+			keys[k.ID] = true
+		}
+		for j, t := range m.Terminals {
+			tat := fmt.Sprintf("%s.terminals[%d]", at, j)
+			switch {
+			case t.DeviceID == "":
+				return bad(tat+".device_id", "is required")
+			case devices[t.DeviceID]:
+				return bad(tat+".device_id", "%q is registered twice (device ids are global)", t.DeviceID)
+			case t.Secret == "":
+				return bad(tat+".secret", "is required")
+			}
+			devices[t.DeviceID] = true
+		}
+	}
+	return nil
+}

@@ -1,0 +1,140 @@
+// Package hub owns termhub's live connections: it accepts and authenticates
+// POS and terminal WebSockets, runs one reader and one writer per
+// connection, pings them, keeps one connection per API key and per device,
+// resolves terminal ids, tracks terminal status with its grace timer and
+// routes messages to the right connection. How a transaction decides is the
+// session package's business; the hub only carries out what it is told.
+package hub
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/termhub/termhub/clock"
+	"github.com/termhub/termhub/config"
+)
+
+// Options configure a Hub. Zero values are replaced by the defaults of
+// CONTRACT §1.
+type Options struct {
+	Directory         *config.Directory
+	Clock             clock.Clock
+	Logger            zerolog.Logger
+	HeartbeatInterval time.Duration // WebSocket pings; two missed close the connection
+	GracePeriod       time.Duration // how long a dropped terminal stays "reconnecting"
+	OpsToken          string        // bearer token of the ops API
+	SendQueue         int           // frames queued per connection before it counts as slow
+	WriteTimeout      time.Duration // deadline of one WebSocket write
+	// Ready reports whether the hub's store answers (for /readyz).
+	Ready func(ctx context.Context) error
+}
+
+func (o *Options) fill() {
+	if o.Clock == nil {
+		o.Clock = clock.Real{}
+	}
+	if o.Directory == nil {
+		o.Directory = config.NewDirectory(config.Config{})
+	}
+	if o.HeartbeatInterval <= 0 {
+		o.HeartbeatInterval = 15 * time.Second
+	}
+	if o.GracePeriod <= 0 {
+		o.GracePeriod = 60 * time.Second
+	}
+	if o.SendQueue <= 0 {
+		o.SendQueue = 256
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 10 * time.Second
+	}
+}
+
+// Hub is the registry of live connections and the HTTP front end.
+type Hub struct {
+	opts    Options
+	clock   clock.Clock
+	log     zerolog.Logger
+	dir     atomic.Pointer[config.Directory]
+	baseCtx context.Context
+	stop    context.CancelFunc
+	conns   sync.WaitGroup // one per live WebSocket handler
+
+	draining atomic.Bool
+
+	mu         sync.Mutex
+	pos        map[string]*conn                      // by API key id; guarded by mu
+	posByMerch map[string]map[*conn]struct{}         // guarded by mu
+	terminals  map[string]*conn                      // by device id; guarded by mu
+	byID       map[string]*conn                      // every connection by connection id; guarded by mu
+	status     map[string]*terminalState             // by device id; guarded by mu
+	flaps      map[string][]time.Time                // API key id → recent displacement times; guarded by mu
+	conflicts  map[string]*KeyConflict               // API key id → fighting-keys record; guarded by mu
+	observers  []func(merchantID string, update any) // ops feed; guarded by mu
+}
+
+// New builds a Hub.
+func New(opts Options) *Hub {
+	opts.fill()
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &Hub{
+		opts: opts, clock: opts.Clock, log: opts.Logger,
+		baseCtx: ctx, stop: cancel,
+		pos: map[string]*conn{}, posByMerch: map[string]map[*conn]struct{}{},
+		terminals: map[string]*conn{}, byID: map[string]*conn{},
+		status: map[string]*terminalState{}, flaps: map[string][]time.Time{},
+		conflicts: map[string]*KeyConflict{},
+	}
+	h.dir.Store(opts.Directory)
+	return h
+}
+
+// Directory returns the merchants, keys and terminals in force.
+func (h *Hub) Directory() *config.Directory { return h.dir.Load() }
+
+// now is the hub clock in UTC, so that every timestamp on the wire is UTC.
+func (h *Hub) now() time.Time { return h.clock.Now().UTC() }
+
+// Handler returns the HTTP handler for every hub endpoint.
+func (h *Hub) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/pos/ws", h.servePOS)
+	mux.HandleFunc("GET /v1/terminal/ws", h.serveTerminal)
+	mux.HandleFunc("GET /v1/terminals", h.posHTTP(h.handleListTerminals))
+	mux.HandleFunc("GET /v1/terminals/{id}", h.posHTTP(h.handleGetTerminal))
+	mux.HandleFunc("GET /v1/ops/terminals", h.opsHTTP(h.handleOpsTerminals))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", h.handleReady)
+	return mux
+}
+
+func (h *Hub) handleReady(w http.ResponseWriter, r *http.Request) {
+	if h.draining.Load() {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
+		return
+	}
+	if h.opts.Ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := h.opts.Ready(ctx); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "redis unreachable"})
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func newConnectionID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return "conn_" + hex.EncodeToString(b)
+}

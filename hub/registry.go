@@ -1,0 +1,340 @@
+package hub
+
+import (
+	"encoding/json"
+	"sort"
+	"time"
+
+	"github.com/termhub/termhub/clock"
+	"github.com/termhub/termhub/protocol"
+)
+
+// flapWindow and flapLimit implement the fighting-keys rule (CONTRACT §4):
+// from the flapLimit-th displacement of one key within flapWindow on, the
+// displaced client is told not to reconnect.
+const (
+	flapWindow = 60 * time.Second
+	flapLimit  = 3
+)
+
+// KeyConflict records an API key whose connections keep displacing each
+// other (a copied key), for ops.
+type KeyConflict struct {
+	APIKeyID      string    `json:"apiKeyId"`
+	MerchantID    string    `json:"merchantId"`
+	Displacements int       `json:"displacements"` // within the last 60 s when last seen
+	LastAt        time.Time `json:"lastAt"`
+}
+
+// terminalState is the live status of one registered device.
+type terminalState struct {
+	status   string
+	connID   string
+	lastSeen time.Time
+	grace    clock.Timer
+	graceSeq uint64 // identifies the running grace timer; a stale firing is ignored
+}
+
+func (h *Hub) stateLocked(deviceID string) *terminalState {
+	st := h.status[deviceID]
+	if st == nil {
+		st = &terminalState{status: protocol.TerminalOffline}
+		h.status[deviceID] = st
+	}
+	return st
+}
+
+// registerPOS makes c the connection of its API key, displacing the older
+// one, and queues the greeting before any broadcast can reach c.
+func (h *Hub) registerPOS(c *conn) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if old := h.pos[c.keyID]; old != nil {
+		allowed := h.recordDisplacementLocked(c.keyID, c.merchantID)
+		old.log.Info().Str("by", c.id).Bool("reconnectAllowed", allowed).Msg("displaced by a new connection with the same API key")
+		old.disconnect(&protocol.Disconnect{Code: protocol.CloseDisplaced, Reason: protocol.ReasonAPIKeyUsedElsewhere,
+			Message: "Connection displaced by new connection with same API key", ReconnectAllowed: allowed})
+		h.dropPOSLocked(old)
+	}
+	h.pos[c.keyID] = c
+	if h.posByMerch[c.merchantID] == nil {
+		h.posByMerch[c.merchantID] = map[*conn]struct{}{}
+	}
+	h.posByMerch[c.merchantID][c] = struct{}{}
+	h.byID[c.id] = c
+	c.sendJSON(protocol.POSConnected{
+		Action: protocol.ActionConnected, ConnectionID: c.id, MerchantID: c.merchantID, APIKeyID: c.keyID,
+		ServerTime: h.now(), Terminals: h.terminalInfosLocked(c.merchantID),
+	})
+	c.log.Info().Msg("POS connected")
+}
+
+// unregisterPOS forgets c, but only if it is still the registered
+// connection of its key: a displaced connection's cleanup must not remove
+// its successor.
+func (h *Hub) unregisterPOS(c *conn) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.pos[c.keyID] == c {
+		h.dropPOSLocked(c)
+	}
+}
+
+func (h *Hub) dropPOSLocked(c *conn) {
+	if h.pos[c.keyID] == c {
+		delete(h.pos, c.keyID)
+	}
+	delete(h.posByMerch[c.merchantID], c)
+	if len(h.posByMerch[c.merchantID]) == 0 {
+		delete(h.posByMerch, c.merchantID)
+	}
+	if h.byID[c.id] == c {
+		delete(h.byID, c.id)
+	}
+}
+
+// recordDisplacementLocked counts a displacement of keyID and reports
+// whether the displaced client may reconnect.
+func (h *Hub) recordDisplacementLocked(keyID, merchantID string) bool {
+	now := h.now()
+	recent := h.flaps[keyID][:0]
+	for _, t := range h.flaps[keyID] {
+		if now.Sub(t) < flapWindow {
+			recent = append(recent, t)
+		}
+	}
+	recent = append(recent, now)
+	h.flaps[keyID] = recent
+	if len(recent) < flapLimit {
+		return true
+	}
+	h.conflicts[keyID] = &KeyConflict{APIKeyID: keyID, MerchantID: merchantID, Displacements: len(recent), LastAt: now}
+	h.log.Warn().Str("apiKeyId", keyID).Str("merchantId", merchantID).Int("displacements", len(recent)).
+		Msg("API key connections keep displacing each other: the displaced client is told not to reconnect")
+	return false
+}
+
+// registerTerminal makes c the connection of its device, displacing an
+// older one (a half-open connection after a network change), marks the
+// terminal online and tells the merchant's POS and ops.
+func (h *Hub) registerTerminal(c *conn) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if old := h.terminals[c.deviceID]; old != nil {
+		old.log.Info().Str("by", c.id).Msg("displaced by a new connection of the same device")
+		old.disconnect(&protocol.Disconnect{Code: protocol.CloseDisplaced, Reason: protocol.ReasonDeviceElsewhere,
+			Message: "Connection displaced by new connection of the same device", ReconnectAllowed: true})
+		if h.byID[old.id] == old {
+			delete(h.byID, old.id)
+		}
+	}
+	h.terminals[c.deviceID] = c
+	h.byID[c.id] = c
+	c.sendJSON(protocol.TerminalConnected{
+		Action: protocol.ActionConnected, ConnectionID: c.id, DeviceID: c.deviceID,
+		ServerTime: h.now(), HeartbeatInterval: int(h.opts.HeartbeatInterval / time.Second),
+	})
+	st := h.stateLocked(c.deviceID)
+	prev := st.status
+	st.status, st.connID = protocol.TerminalOnline, c.id
+	h.stopGraceLocked(st)
+	h.publishStatusLocked(c.merchantID, c.deviceID, c.id, prev, st.status)
+	c.log.Info().Str("previousStatus", prev).Msg("terminal connected")
+}
+
+// unregisterTerminal handles the end of c. If c is still the device's
+// connection the terminal becomes "reconnecting" and its grace timer starts.
+// It reports whether c was the registered connection.
+func (h *Hub) unregisterTerminal(c *conn) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.byID[c.id] == c {
+		delete(h.byID, c.id)
+	}
+	if h.terminals[c.deviceID] != c {
+		return false
+	}
+	delete(h.terminals, c.deviceID)
+	st := h.stateLocked(c.deviceID)
+	prev := st.status
+	st.status, st.lastSeen = protocol.TerminalReconnecting, c.lastSeenAt()
+	h.stopGraceLocked(st)
+	seq := st.graceSeq
+	device, merchant, connID := c.deviceID, c.merchantID, c.id
+	st.grace = h.clock.AfterFunc(h.opts.GracePeriod, func() { h.graceExpired(merchant, device, connID, seq) })
+	h.publishStatusLocked(c.merchantID, c.deviceID, c.id, prev, st.status)
+	c.log.Info().Dur("grace", h.opts.GracePeriod).Msg("terminal dropped: reconnecting")
+	return true
+}
+
+func (h *Hub) stopGraceLocked(st *terminalState) {
+	if st.grace != nil {
+		st.grace.Stop()
+		st.grace = nil
+	}
+	st.graceSeq++
+}
+
+// graceExpired turns a terminal that did not come back in time offline.
+func (h *Hub) graceExpired(merchantID, deviceID, connID string, seq uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st := h.status[deviceID]
+	if st == nil || st.graceSeq != seq || st.status != protocol.TerminalReconnecting {
+		return
+	}
+	st.grace = nil
+	st.status = protocol.TerminalOffline
+	h.publishStatusLocked(merchantID, deviceID, connID, protocol.TerminalReconnecting, protocol.TerminalOffline)
+	h.log.Info().Str("deviceId", deviceID).Msg("grace period expired: terminal offline")
+}
+
+// publishStatusLocked pushes a terminalStatusUpdate to every POS connection
+// of the merchant (never another merchant's) and to the ops observers.
+func (h *Hub) publishStatusLocked(merchantID, deviceID, connID, prev, status string) {
+	u := protocol.TerminalStatusUpdate{
+		Action: protocol.ActionTerminalStatusUpdate, TerminalID: deviceID, ConnectionID: connID,
+		Status: status, PreviousStatus: prev, Timestamp: h.now(),
+	}
+	frame, err := json.Marshal(u)
+	if err != nil {
+		return
+	}
+	for pc := range h.posByMerch[merchantID] {
+		pc.enqueue(frame)
+	}
+	for _, o := range h.observers {
+		o(merchantID, u)
+	}
+}
+
+// Observe registers f to receive every terminalStatusUpdate (for the ops
+// feed). f is called with the hub lock held and must not block.
+func (h *Hub) Observe(f func(merchantID string, update any)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.observers = append(h.observers, f)
+}
+
+// TerminalStatus returns a device's status: online, reconnecting or offline.
+func (h *Hub) TerminalStatus(deviceID string) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if st := h.status[deviceID]; st != nil {
+		return st.status
+	}
+	return protocol.TerminalOffline
+}
+
+// ResolveTerminal maps a POS's terminalId to a device id (CONTRACT §4): first
+// as a registered device id of the merchant, then as the connection id of
+// one of the merchant's live terminals (legacy). Another merchant's terminal
+// is not found.
+func (h *Hub) ResolveTerminal(merchantID, terminalID string) (string, bool) {
+	if t, ok := h.Directory().Terminal(terminalID); ok {
+		return terminalID, t.MerchantID == merchantID
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if c := h.byID[terminalID]; c != nil && c.kind == KindTerminal && c.merchantID == merchantID {
+		return c.deviceID, true
+	}
+	return "", false
+}
+
+// terminalInfosLocked lists a merchant's terminals in configuration order.
+func (h *Hub) terminalInfosLocked(merchantID string) []protocol.TerminalInfo {
+	entries := h.Directory().Terminals(merchantID)
+	out := make([]protocol.TerminalInfo, 0, len(entries))
+	for _, t := range entries {
+		out = append(out, h.terminalInfoLocked(merchantID, t.DeviceID, t.Label))
+	}
+	return out
+}
+
+func (h *Hub) terminalInfoLocked(merchantID, deviceID, label string) protocol.TerminalInfo {
+	info := protocol.TerminalInfo{TerminalID: deviceID, MerchantID: merchantID, Label: label, Status: protocol.TerminalOffline}
+	if st := h.status[deviceID]; st != nil {
+		info.Status = st.status
+		if st.status != protocol.TerminalOffline {
+			info.ConnectionID = st.connID
+		}
+		if !st.lastSeen.IsZero() {
+			t := st.lastSeen
+			info.LastHeartbeat = &t
+		}
+	}
+	if c := h.terminals[deviceID]; c != nil {
+		t := c.lastSeenAt()
+		info.LastHeartbeat = &t
+	}
+	return info
+}
+
+// Terminals lists a merchant's terminals with their live status.
+func (h *Hub) Terminals(merchantID string) []protocol.TerminalInfo {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.terminalInfosLocked(merchantID)
+}
+
+// AllTerminals lists every merchant's terminals, by merchant then file order.
+func (h *Hub) AllTerminals() []protocol.TerminalInfo {
+	ids := h.Directory().MerchantIDs()
+	sort.Strings(ids)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []protocol.TerminalInfo
+	for _, m := range ids {
+		out = append(out, h.terminalInfosLocked(m)...)
+	}
+	return out
+}
+
+// ConnInfo describes a live connection for ops.
+type ConnInfo struct {
+	ConnectionID string    `json:"connectionId"`
+	Kind         Kind      `json:"kind"`
+	MerchantID   string    `json:"merchantId"`
+	APIKeyID     string    `json:"apiKeyId,omitempty"`
+	DeviceID     string    `json:"deviceId,omitempty"`
+	ConnectedAt  time.Time `json:"connectedAt"`
+	LastSeen     time.Time `json:"lastSeen"`
+}
+
+// Connections lists live POS and terminal connections, oldest first.
+func (h *Hub) Connections() []ConnInfo {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]ConnInfo, 0, len(h.byID))
+	for _, c := range h.byID {
+		out = append(out, ConnInfo{ConnectionID: c.id, Kind: c.kind, MerchantID: c.merchantID, APIKeyID: c.keyID,
+			DeviceID: c.deviceID, ConnectedAt: c.connected, LastSeen: c.lastSeenAt()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ConnectedAt.Before(out[j].ConnectedAt) })
+	return out
+}
+
+// Conflicts lists API keys caught fighting, most recent first.
+func (h *Hub) Conflicts() []KeyConflict {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]KeyConflict, 0, len(h.conflicts))
+	for _, k := range h.conflicts {
+		out = append(out, *k)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].LastAt.After(out[j].LastAt) })
+	return out
+}
+
+// Disconnect kicks a live connection by id (ops), reporting whether it existed.
+func (h *Hub) Disconnect(connectionID string, d *protocol.Disconnect) bool {
+	h.mu.Lock()
+	c := h.byID[connectionID]
+	h.mu.Unlock()
+	if c == nil {
+		return false
+	}
+	c.disconnect(d)
+	return true
+}

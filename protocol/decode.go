@@ -1,0 +1,423 @@
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"unicode/utf8"
+)
+
+// ErrNotJSON is returned for a frame that is not JSON at all. It is the one
+// decoding failure that ends a WebSocket connection (close 4400).
+var ErrNotJSON = errors.New("frame is not valid JSON")
+
+// Inbound is a decoded, validated client message.
+type Inbound struct {
+	Action    string
+	RequestID json.RawMessage // echoed verbatim in the reply
+	Body      any             // pointer to the request type of Action
+}
+
+// Validator is implemented by every inbound request type.
+type Validator interface {
+	Validate() *Error
+}
+
+var posTypes = map[string]func() Validator{
+	ActionPayment:               func() Validator { return new(PaymentRequest) },
+	ActionCancel:                func() Validator { return new(CancelRequest) },
+	ActionRefund:                func() Validator { return new(RefundRequest) },
+	ActionVoid:                  func() Validator { return new(VoidRequest) },
+	ActionCapture:               func() Validator { return new(CaptureRequest) },
+	ActionSignatureVerification: func() Validator { return new(SignatureVerificationRequest) },
+	ActionGetTransactionStatus:  func() Validator { return new(GetTransactionStatusRequest) },
+	ActionListTerminals:         func() Validator { return new(ListTerminalsRequest) },
+	ActionAck:                   func() Validator { return new(AckRequest) },
+}
+
+var terminalTypes = map[string]func() Validator{
+	ActionCommandReceived:   func() Validator { return new(CommandReceived) },
+	ActionPaymentProgress:   func() Validator { return new(PaymentProgress) },
+	ActionSignatureRequired: func() Validator { return new(SignatureRequiredEvent) },
+	ActionPaymentResult:     func() Validator { return new(PaymentResult) },
+	ActionVoidResult:        func() Validator { return new(VoidResult) },
+	ActionCaptureResult:     func() Validator { return new(CaptureResult) },
+}
+
+// DecodePOS decodes and validates a frame from a POS. The error is ErrNotJSON
+// or an *Error to send back; Inbound.RequestID is set whenever it could be read.
+func DecodePOS(data []byte) (Inbound, error) { return decode(data, posTypes) }
+
+// DecodeTerminal decodes and validates a frame from a terminal.
+func DecodeTerminal(data []byte) (Inbound, error) { return decode(data, terminalTypes) }
+
+type envelope struct {
+	Action    json.RawMessage `json:"action"`
+	RequestID json.RawMessage `json:"requestId"`
+}
+
+func decode(data []byte, types map[string]func() Validator) (Inbound, error) {
+	var in Inbound
+	if !json.Valid(data) {
+		return in, ErrNotJSON
+	}
+	trimmed := bytes.TrimSpace(data)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return in, Invalid("", "message must be a JSON object")
+	}
+	var env envelope
+	if err := json.Unmarshal(trimmed, &env); err != nil {
+		return in, Invalid("", "message must be a JSON object")
+	}
+	in.RequestID = env.RequestID
+	if len(env.Action) == 0 || string(env.Action) == "null" {
+		return in, Invalid("action", "is required")
+	}
+	if err := json.Unmarshal(env.Action, &in.Action); err != nil {
+		return in, Invalid("action", "must be a string")
+	}
+	newBody, ok := types[in.Action]
+	if !ok {
+		return in, Errorf(CodeUnknownAction, "action", "unknown action %q", truncate(in.Action, 64))
+	}
+	body := newBody()
+	if err := json.Unmarshal(trimmed, body); err != nil {
+		return in, jsonFieldError(err)
+	}
+	if e := body.Validate(); e != nil {
+		return in, e
+	}
+	in.Body = body
+	return in, nil
+}
+
+// DecodeBody decodes an HTTP request body into v (a request type) and
+// validates it, with the same errors as the WebSocket decoders.
+func DecodeBody(data []byte, v Validator) *Error {
+	if len(bytes.TrimSpace(data)) == 0 {
+		data = []byte("{}")
+	}
+	if !json.Valid(data) {
+		return Invalid("", "body is not valid JSON")
+	}
+	if t := bytes.TrimSpace(data); t[0] != '{' {
+		return Invalid("", "body must be a JSON object")
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return jsonFieldError(err)
+	}
+	return v.Validate()
+}
+
+func jsonFieldError(err error) *Error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		field := te.Field
+		if field == "" {
+			return Invalid("", "message has the wrong JSON type")
+		}
+		return Invalid(field, "must be %s", jsonTypeName(te.Type.String()))
+	}
+	return Invalid("", "message could not be decoded")
+}
+
+func jsonTypeName(goType string) string {
+	switch {
+	case strings.Contains(goType, "int"):
+		return "an integer"
+	case strings.Contains(goType, "bool"):
+		return "a boolean"
+	case strings.Contains(goType, "string"):
+		return "a string"
+	case strings.HasPrefix(goType, "*protocol.") || strings.HasPrefix(goType, "protocol."):
+		return "an object"
+	}
+	return "of another JSON type"
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// ---- field checks ----
+
+const (
+	maxIDLen   = 128
+	maxTextLen = 500
+)
+
+func requireID(field, v string) *Error {
+	switch {
+	case v == "":
+		return Invalid(field, "is required")
+	case len(v) > maxIDLen:
+		return Invalid(field, "must be at most %d characters", maxIDLen)
+	case !utf8.ValidString(v) || strings.ContainsAny(v, "\x00\r\n"):
+		return Invalid(field, "contains invalid characters")
+	}
+	return nil
+}
+
+func optionalID(field, v string) *Error {
+	if v == "" {
+		return nil
+	}
+	return requireID(field, v)
+}
+
+func optionalText(field, v string) *Error {
+	if len(v) > maxTextLen {
+		return Invalid(field, "must be at most %d characters", maxTextLen)
+	}
+	if !utf8.ValidString(v) {
+		return Invalid(field, "is not valid UTF-8")
+	}
+	return nil
+}
+
+func firstErr(errs ...*Error) *Error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// resolveAmount turns amount/amountMinor (exactly one) into minor units.
+func resolveAmount(minor *int64, amount json.RawMessage, currency string, required bool) (int64, *Error) {
+	hasAmount := len(amount) > 0 && string(amount) != "null"
+	switch {
+	case minor != nil && hasAmount:
+		return 0, Invalid("amount", "send amountMinor or amount, not both")
+	case minor != nil:
+		return *minor, CheckMinor(*minor, "amountMinor")
+	case hasAmount:
+		var s string
+		if amount[0] == '"' {
+			if err := json.Unmarshal(amount, &s); err != nil {
+				return 0, Invalid("amount", "must be a decimal string such as \"12.50\"")
+			}
+		} else {
+			s = string(amount) // a JSON number literal, taken exactly as written
+			if strings.ContainsAny(s, "eE") {
+				return 0, Invalid("amount", "must be a decimal string such as \"12.50\"")
+			}
+		}
+		return ParseAmount(s, currency, "amount")
+	case required:
+		return 0, Invalid("amountMinor", "amountMinor or amount is required")
+	}
+	return 0, nil
+}
+
+func checkCurrency(c *string) *Error {
+	if *c == "" {
+		return Invalid("currency", "is required")
+	}
+	up := strings.ToUpper(*c)
+	if _, ok := Exponent(up); !ok {
+		return Invalid("currency", "unknown currency %q (ISO 4217 code expected)", truncate(*c, 8))
+	}
+	*c = up
+	return nil
+}
+
+// Validate checks the request and resolves the amount into AmountMinor.
+func (r *PaymentRequest) Validate() *Error {
+	if e := firstErr(requireID("terminalId", r.TerminalID), checkCurrency(&r.Currency)); e != nil {
+		return e
+	}
+	minor, e := resolveAmount(r.AmountMinor, r.Amount, r.Currency, true)
+	if e != nil {
+		return e
+	}
+	r.AmountMinor, r.Amount = &minor, nil
+	switch r.CaptureMode {
+	case "":
+		r.CaptureMode = CaptureAuto
+	case CaptureAuto, CaptureManual:
+	default:
+		return Invalid("captureMode", "must be \"auto\" or \"manual\"")
+	}
+	if r.TimeoutSeconds != nil && (*r.TimeoutSeconds < 10 || *r.TimeoutSeconds > 600) {
+		return Invalid("timeoutSeconds", "must be between 10 and 600")
+	}
+	return firstErr(requireID("reference", r.Reference), optionalText("description", r.Description),
+		optionalID("idempotencyKey", r.IdempotencyKey))
+}
+
+// Minor returns the validated amount in minor units.
+func (r *PaymentRequest) Minor() int64 { return *r.AmountMinor }
+
+// Validate checks the request.
+func (r *CancelRequest) Validate() *Error {
+	return firstErr(requireID("transactionId", r.TransactionID), optionalID("idempotencyKey", r.IdempotencyKey))
+}
+
+// Validate checks the request. A refund's amount needs the sale's currency to
+// be resolved, so ResolveAmount finishes the job.
+func (r *RefundRequest) Validate() *Error {
+	if r.AmountMinor != nil && len(r.Amount) > 0 && string(r.Amount) != "null" {
+		return Invalid("amount", "send amountMinor or amount, not both")
+	}
+	if r.AmountMinor != nil {
+		if e := CheckMinor(*r.AmountMinor, "amountMinor"); e != nil {
+			return e
+		}
+	}
+	return firstErr(requireID("transactionId", r.TransactionID), optionalID("reference", r.Reference),
+		optionalText("reason", r.Reason), optionalID("idempotencyKey", r.IdempotencyKey))
+}
+
+// ResolveAmount returns the refund amount in minor units of currency, or 0
+// when none was given (a full refund of what remains).
+func (r *RefundRequest) ResolveAmount(currency string) (int64, *Error) {
+	return resolveAmount(r.AmountMinor, r.Amount, currency, false)
+}
+
+// Validate checks the request.
+func (r *VoidRequest) Validate() *Error {
+	return firstErr(requireID("transactionId", r.TransactionID), optionalText("reason", r.Reason),
+		optionalID("idempotencyKey", r.IdempotencyKey))
+}
+
+// Validate checks the request.
+func (r *CaptureRequest) Validate() *Error {
+	if r.AmountMinor != nil {
+		if e := CheckMinor(*r.AmountMinor, "amountMinor"); e != nil {
+			return e
+		}
+	}
+	return firstErr(requireID("transactionId", r.TransactionID), optionalID("idempotencyKey", r.IdempotencyKey))
+}
+
+// Validate checks the request.
+func (r *SignatureVerificationRequest) Validate() *Error {
+	if e := requireID("transactionId", r.TransactionID); e != nil {
+		return e
+	}
+	if r.Accepted == nil {
+		return Invalid("accepted", "is required (true or false)")
+	}
+	return optionalID("idempotencyKey", r.IdempotencyKey)
+}
+
+// Validate checks the request.
+func (r *GetTransactionStatusRequest) Validate() *Error {
+	return requireID("transactionId", r.TransactionID)
+}
+
+// Validate checks the request.
+func (r *ListTerminalsRequest) Validate() *Error { return nil }
+
+// Validate checks the request.
+func (r *AckRequest) Validate() *Error { return requireID("messageId", r.MessageID) }
+
+// Validate checks the message.
+func (m *CommandReceived) Validate() *Error { return requireID("transactionId", m.TransactionID) }
+
+// Validate checks the message.
+func (m *PaymentProgress) Validate() *Error {
+	if e := requireID("transactionId", m.TransactionID); e != nil {
+		return e
+	}
+	switch m.Stage {
+	case "card_presented", "pin_entry", "processing":
+		return nil
+	case "":
+		return Invalid("stage", "is required")
+	}
+	return Invalid("stage", "must be card_presented, pin_entry or processing")
+}
+
+// Validate checks the message.
+func (m *SignatureRequiredEvent) Validate() *Error {
+	return requireID("transactionId", m.TransactionID)
+}
+
+var entryModes = map[string]bool{"contactless": true, "emv_chip": true, "magnetic_stripe": true, "manual_entry": true, "fallback": true}
+
+// Validate checks the result. A maskedPan that shows more than the first six
+// and last four digits is refused without echoing it.
+func (m *PaymentResult) Validate() *Error {
+	if e := requireID("transactionId", m.TransactionID); e != nil {
+		return e
+	}
+	switch m.Outcome {
+	case OutcomeApproved, OutcomeDeclined, OutcomeError, OutcomeCancelled:
+	case "":
+		return Invalid("outcome", "is required")
+	default:
+		return Invalid("outcome", "must be approved, declined, error or cancelled")
+	}
+	if m.EntryMode != "" && !entryModes[m.EntryMode] {
+		return Invalid("entryMode", "must be contactless, emv_chip, magnetic_stripe, manual_entry or fallback")
+	}
+	if m.MaskedPAN != "" && !MaskedPANOK(m.MaskedPAN) {
+		return Invalid("maskedPan", "shows more than the first six and last four digits; mask the rest and send the result again")
+	}
+	if m.AmountMinor != nil {
+		if e := CheckMinor(*m.AmountMinor, "amountMinor"); e != nil {
+			return e
+		}
+	}
+	for _, f := range []struct{ name, v string }{
+		{"authCode", m.AuthCode}, {"responseCode", m.ResponseCode}, {"rrn", m.RRN},
+		{"cardScheme", m.CardScheme}, {"errorCode", m.ErrorCode},
+	} {
+		if e := optionalID(f.name, f.v); e != nil {
+			return e
+		}
+	}
+	if m.Receipts != nil && (len(m.Receipts.Customer) > 8192 || len(m.Receipts.Merchant) > 8192) {
+		return Invalid("receipts", "each receipt must be at most 8192 bytes")
+	}
+	return optionalText("errorMessage", m.ErrorMessage)
+}
+
+var maskedPANShape = regexp.MustCompile(`^([0-9]{0,6})[^0-9]+([0-9]{0,4})$|^[0-9]{0,4}$`)
+
+// MaskedPANOK reports whether pan shows at most the first six and the last
+// four digits of a card number (spaces and dashes are ignored).
+func MaskedPANOK(pan string) bool {
+	p := strings.NewReplacer(" ", "", "-", "").Replace(pan)
+	return len(p) <= 32 && maskedPANShape.MatchString(p)
+}
+
+// Validate checks the message.
+func (m *VoidResult) Validate() *Error {
+	if e := requireID("transactionId", m.TransactionID); e != nil {
+		return e
+	}
+	if m.OK == nil {
+		return Invalid("ok", "is required (true or false)")
+	}
+	return optionalText("errorMessage", m.ErrorMessage)
+}
+
+// Validate checks the message.
+func (m *CaptureResult) Validate() *Error {
+	if e := requireID("transactionId", m.TransactionID); e != nil {
+		return e
+	}
+	if m.OK == nil {
+		return Invalid("ok", "is required (true or false)")
+	}
+	if m.AmountMinor != nil {
+		if e := CheckMinor(*m.AmountMinor, "amountMinor"); e != nil {
+			return e
+		}
+	}
+	return optionalText("errorMessage", m.ErrorMessage)
+}
+
+// String renders an Inbound for debugging without its body (which may hold
+// card data).
+func (in Inbound) String() string { return fmt.Sprintf("%s(%s)", in.Action, in.RequestID) }
