@@ -47,6 +47,8 @@ type conn struct {
 	kick   chan *protocol.Disconnect // capacity 1; the first kick wins
 	done   chan struct{}             // closed when the writer has finished
 
+	dlv posDelivery // POS only: outbox replay and live delivery
+
 	alive    atomic.Bool  // a pong or a frame arrived since the last heartbeat tick
 	missed   int          // heartbeats missed in a row; touched only by the heartbeat timer
 	lastSeen atomic.Int64 // unix nanoseconds of the last pong or frame, by the hub clock

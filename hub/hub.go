@@ -19,6 +19,7 @@ import (
 
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/queue"
 )
 
 // Options configure a Hub. Zero values are replaced by the defaults of
@@ -32,6 +33,10 @@ type Options struct {
 	OpsToken          string        // bearer token of the ops API
 	SendQueue         int           // frames queued per connection before it counts as slow
 	WriteTimeout      time.Duration // deadline of one WebSocket write
+	// Engine runs transactions; nil serves connections only.
+	Engine Engine
+	// Outbox replays and acknowledges durable POS messages; nil disables replay.
+	Outbox *queue.Outbox
 	// Ready reports whether the hub's store answers (for /readyz).
 	Ready func(ctx context.Context) error
 }
@@ -68,6 +73,7 @@ type Hub struct {
 	conns   sync.WaitGroup // one per live WebSocket handler
 
 	draining atomic.Bool
+	devLocks [64]sync.Mutex // serialise a device's connect and drop handling
 
 	mu         sync.Mutex
 	pos        map[string]*conn                      // by API key id; guarded by mu
@@ -109,6 +115,10 @@ func (h *Hub) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/terminal/ws", h.serveTerminal)
 	mux.HandleFunc("GET /v1/terminals", h.posHTTP(h.handleListTerminals))
 	mux.HandleFunc("GET /v1/terminals/{id}", h.posHTTP(h.handleGetTerminal))
+	mux.HandleFunc("POST /v1/payments", h.posHTTP(h.handleCreatePayment))
+	mux.HandleFunc("GET /v1/transactions", h.posHTTP(h.handleListTransactions))
+	mux.HandleFunc("GET /v1/transactions/{id}", h.posHTTP(h.handleGetTransaction))
+	mux.HandleFunc("POST /v1/transactions/{id}/{action}", h.posHTTP(h.handleLifecycle))
 	mux.HandleFunc("GET /v1/ops/terminals", h.opsHTTP(h.handleOpsTerminals))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -137,4 +147,15 @@ func newConnectionID() string {
 	b := make([]byte, 12)
 	_, _ = rand.Read(b)
 	return "conn_" + hex.EncodeToString(b)
+}
+
+// lockDevice takes the lock stripe of a device.
+func (h *Hub) lockDevice(deviceID string) func() {
+	var x uint32 = 2166136261
+	for i := 0; i < len(deviceID); i++ {
+		x = (x ^ uint32(deviceID[i])) * 16777619
+	}
+	m := &h.devLocks[x%uint32(len(h.devLocks))]
+	m.Lock()
+	return m.Unlock
 }

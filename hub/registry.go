@@ -31,8 +31,10 @@ type terminalState struct {
 	status   string
 	connID   string
 	lastSeen time.Time
-	grace    clock.Timer
-	graceSeq uint64 // identifies the running grace timer; a stale firing is ignored
+	// graceUntil is when a reconnecting terminal goes offline.
+	graceUntil time.Time
+	grace      clock.Timer
+	graceSeq   uint64 // identifies the running grace timer; a stale firing is ignored
 }
 
 func (h *Hub) stateLocked(deviceID string) *terminalState {
@@ -56,6 +58,7 @@ func (h *Hub) registerPOS(c *conn) {
 			Message: "Connection displaced by new connection with same API key", ReconnectAllowed: allowed})
 		h.dropPOSLocked(old)
 	}
+	c.dlv.replaying = true // live messages wait until the replay has run
 	h.pos[c.keyID] = c
 	if h.posByMerch[c.merchantID] == nil {
 		h.posByMerch[c.merchantID] = map[*conn]struct{}{}
@@ -136,7 +139,7 @@ func (h *Hub) registerTerminal(c *conn) {
 	})
 	st := h.stateLocked(c.deviceID)
 	prev := st.status
-	st.status, st.connID = protocol.TerminalOnline, c.id
+	st.status, st.connID, st.graceUntil = protocol.TerminalOnline, c.id, time.Time{}
 	h.stopGraceLocked(st)
 	h.publishStatusLocked(c.merchantID, c.deviceID, c.id, prev, st.status)
 	c.log.Info().Str("previousStatus", prev).Msg("terminal connected")
@@ -158,6 +161,7 @@ func (h *Hub) unregisterTerminal(c *conn) bool {
 	st := h.stateLocked(c.deviceID)
 	prev := st.status
 	st.status, st.lastSeen = protocol.TerminalReconnecting, c.lastSeenAt()
+	st.graceUntil = h.now().Add(h.opts.GracePeriod)
 	h.stopGraceLocked(st)
 	seq := st.graceSeq
 	device, merchant, connID := c.deviceID, c.merchantID, c.id
@@ -184,7 +188,7 @@ func (h *Hub) graceExpired(merchantID, deviceID, connID string, seq uint64) {
 		return
 	}
 	st.grace = nil
-	st.status = protocol.TerminalOffline
+	st.status, st.graceUntil = protocol.TerminalOffline, time.Time{}
 	h.publishStatusLocked(merchantID, deviceID, connID, protocol.TerminalReconnecting, protocol.TerminalOffline)
 	h.log.Info().Str("deviceId", deviceID).Msg("grace period expired: terminal offline")
 }

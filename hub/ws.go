@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/coder/websocket"
 
@@ -16,7 +17,10 @@ func (h *Hub) servePOS(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	h.serveConn(w, r, KindPOS, p, h.registerPOS, h.unregisterPOS, h.handlePOSFrame)
+	h.serveConn(w, r, KindPOS, p, func(c *conn) {
+		h.registerPOS(c)
+		go h.replay(c)
+	}, h.unregisterPOS, h.handlePOSFrame)
 }
 
 // serveTerminal upgrades an authenticated terminal and serves it.
@@ -25,7 +29,7 @@ func (h *Hub) serveTerminal(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	h.serveConn(w, r, KindTerminal, p, h.registerTerminal, func(c *conn) { h.unregisterTerminal(c) }, h.handleTerminalFrame)
+	h.serveConn(w, r, KindTerminal, p, h.terminalUp, h.terminalDown, h.handleTerminalFrame)
 }
 
 // admit refuses upgrades while draining and checks credentials (401 before
@@ -64,8 +68,8 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 	h.conns.Add(1)
 	defer h.conns.Done()
 
+	go c.writeLoop() // first, so nothing register queues can fill the queue
 	register(c)
-	go c.writeLoop()
 	c.startHeartbeat()
 	c.readLoop(func(data []byte) error { return handle(c, data) })
 
@@ -76,7 +80,38 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 	c.cancel()
 }
 
-// handlePOSFrame decodes and serves one POS frame.
+// terminalUp registers a terminal and, under the device's lock so that a
+// drop and a reconnect are applied in order, resumes its transactions and
+// re-sends its open commands.
+func (h *Hub) terminalUp(c *conn) {
+	unlock := h.lockDevice(c.deviceID)
+	defer unlock()
+	h.registerTerminal(c)
+	if h.opts.Engine != nil {
+		if err := h.opts.Engine.TerminalConnected(c.ctx, c.merchantID, c.deviceID, c.id); err != nil {
+			c.log.Error().Err(err).Msg("could not resume the terminal's transactions")
+		}
+	}
+}
+
+// terminalDown starts the grace period of a terminal whose registered
+// connection ended (not of one that was displaced).
+func (h *Hub) terminalDown(c *conn) {
+	unlock := h.lockDevice(c.deviceID)
+	defer unlock()
+	if !h.unregisterTerminal(c) || h.opts.Engine == nil {
+		return
+	}
+	_, _, until := h.TerminalLive(c.deviceID)
+	ctx, cancel := context.WithTimeout(h.baseCtx, 10*time.Second)
+	defer cancel()
+	if err := h.opts.Engine.TerminalDropped(ctx, c.merchantID, c.deviceID, until); err != nil {
+		c.log.Error().Err(err).Msg("could not start the grace period of the terminal's transactions")
+	}
+}
+
+// handlePOSFrame decodes and serves one POS frame. Frames of one connection
+// are served in order.
 func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 	in, err := protocol.DecodePOS(data)
 	if err != nil {
@@ -85,12 +120,42 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 	switch body := in.Body.(type) {
 	case *protocol.ListTerminalsRequest:
 		c.sendJSON(protocol.TerminalsReply{Action: protocol.ActionTerminals, RequestID: in.RequestID, Terminals: h.Terminals(c.merchantID)})
+		return nil
 	case *protocol.AckRequest:
-		_ = body // the outbox takes acks (durable delivery)
-	default:
-		c.sendJSON(protocol.NewErrorReply(in.RequestID, protocol.Errorf(protocol.CodeUnavailable, "action", "%s is not available on this hub yet", in.Action)))
+		h.ack(c.ctx, c, in.RequestID, body.MessageID)
+		return nil
 	}
+	res, err := h.perform(c.ctx, principal{merchantID: c.merchantID, keyID: c.keyID}, in.Body, idempotencyKeyOf(in.Body))
+	if err != nil {
+		c.sendJSON(protocol.NewErrorReply(in.RequestID, h.clientError(err, c.log)))
+		return nil
+	}
+	reply := protocol.Response{Action: protocol.ResponseAction(in.Action), RequestID: in.RequestID, Transaction: res.Txn}
+	if in.Action == protocol.ActionPayment {
+		created := res.Created
+		reply.Created = &created
+	}
+	c.sendJSON(reply)
 	return nil
+}
+
+// idempotencyKeyOf returns the idempotencyKey field of a WebSocket request.
+func idempotencyKeyOf(body any) string {
+	switch r := body.(type) {
+	case *protocol.PaymentRequest:
+		return r.IdempotencyKey
+	case *protocol.RefundRequest:
+		return r.IdempotencyKey
+	case *protocol.CancelRequest:
+		return r.IdempotencyKey
+	case *protocol.VoidRequest:
+		return r.IdempotencyKey
+	case *protocol.CaptureRequest:
+		return r.IdempotencyKey
+	case *protocol.SignatureVerificationRequest:
+		return r.IdempotencyKey
+	}
+	return ""
 }
 
 // handleTerminalFrame decodes and serves one terminal frame.
@@ -99,7 +164,13 @@ func (h *Hub) handleTerminalFrame(c *conn, data []byte) error {
 	if err != nil {
 		return h.replyDecodeError(c, in, err)
 	}
-	c.sendJSON(protocol.NewErrorReply(in.RequestID, protocol.Errorf(protocol.CodeUnavailable, "action", "%s is not available on this hub yet", in.Action)))
+	if h.opts.Engine == nil {
+		c.sendJSON(protocol.NewErrorReply(in.RequestID, errUnavailable))
+		return nil
+	}
+	if err := h.opts.Engine.TerminalEvent(c.ctx, c.merchantID, c.deviceID, in.Body); err != nil {
+		c.sendJSON(protocol.NewErrorReply(in.RequestID, h.clientError(err, c.log)))
+	}
 	return nil
 }
 

@@ -93,10 +93,11 @@ func CheckMinor(n int64, field string) *Error {
 func FormatAmount(minor int64, currency string) string {
 	exp, _ := Exponent(currency)
 	neg := minor < 0
+	mag := uint64(minor)
 	if neg {
-		minor = -minor
+		mag = -mag // also right for math.MinInt64, whose negation overflows int64
 	}
-	s := strconv.FormatInt(minor, 10)
+	s := strconv.FormatUint(mag, 10)
 	if exp > 0 {
 		if len(s) <= exp {
 			s = strings.Repeat("0", exp-len(s)+1) + s

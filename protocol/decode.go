@@ -382,7 +382,9 @@ func (m *PaymentResult) Validate() *Error {
 	return optionalText("errorMessage", m.ErrorMessage)
 }
 
-var maskedPANShape = regexp.MustCompile(`^([0-9]{0,6})[^0-9]+([0-9]{0,4})$|^[0-9]{0,4}$`)
+// maskedPANShape: up to six digits, a mask of characters that are no digit
+// in any script (so "４" cannot pass as a mask), up to four digits.
+var maskedPANShape = regexp.MustCompile(`^([0-9]{0,6})\P{N}+([0-9]{0,4})$|^[0-9]{0,4}$`)
 
 // MaskedPANOK reports whether pan shows at most the first six and the last
 // four digits of a card number (spaces and dashes are ignored).

@@ -14,8 +14,8 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/term"
 
+	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/config"
-	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/internal/redisx"
 )
 
@@ -61,20 +61,16 @@ func runServe(args []string) error {
 		log.Info().Msg("using Redis from redis_url")
 	}
 
-	h := hub.New(hub.Options{
-		Directory:         config.NewDirectory(cfg),
-		Logger:            log,
-		HeartbeatInterval: cfg.HeartbeatInterval.D(),
-		GracePeriod:       cfg.GracePeriod.D(),
-		OpsToken:          cfg.OpsToken,
-		Ready:             func(ctx context.Context) error { return store.Client.Ping(ctx).Err() },
-	})
+	a := app.New(cfg, store.Client, nil, log)
+	if err := a.Start(ctx); err != nil {
+		return err
+	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: h.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	log.Info().Str("listen", ln.Addr().String()).Str("version", version).Int("merchants", len(cfg.Merchants)).Msg("termhub serving")
 
 	sigs := make(chan os.Signal, 1)
@@ -93,14 +89,14 @@ func runServe(args []string) error {
 					log.Error().Err(err).Msg("reload refused: keeping the running configuration")
 					continue
 				}
-				h.Reload(config.NewDirectory(next))
+				a.Reload(next)
 				log.Info().Int("merchants", len(next.Merchants)).Msg("configuration reloaded")
 				continue
 			}
 			log.Info().Str("signal", s.String()).Msg("draining")
 			dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 			_ = srv.Shutdown(dctx)
-			_ = h.Drain(dctx)
+			_ = a.Drain(dctx)
 			cancel()
 			log.Info().Msg("drained; bye")
 			return nil

@@ -1,0 +1,71 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/termhub/termhub/protocol"
+	"github.com/termhub/termhub/session"
+)
+
+// Engine is what the hub needs from the transaction engine. Both front ends
+// (WebSocket and REST) call it the same way; neither holds rules of its own.
+type Engine interface {
+	Create(ctx context.Context, in session.CreateInput) (session.Result, error)
+	Refund(ctx context.Context, in session.RefundInput) (session.Result, error)
+	Act(ctx context.Context, in session.ActInput) (session.Result, error)
+	Get(ctx context.Context, merchantID, id string) (*protocol.Transaction, error)
+	List(ctx context.Context, merchantID string, f session.Filter) (session.Page, error)
+	TerminalEvent(ctx context.Context, merchantID, deviceID string, body any) error
+	TerminalConnected(ctx context.Context, merchantID, deviceID, connID string) error
+	TerminalDropped(ctx context.Context, merchantID, deviceID string, graceUntil time.Time) error
+}
+
+// errUnavailable answers requests when no engine is configured.
+var errUnavailable = protocol.Errorf(protocol.CodeUnavailable, "", "transactions are not available on this hub")
+
+// perform runs one POS request against the engine. body is a validated
+// request type; idemKey comes from the Idempotency-Key header or the
+// idempotencyKey field.
+func (h *Hub) perform(ctx context.Context, p principal, body any, idemKey string) (session.Result, error) {
+	e := h.opts.Engine
+	if e == nil {
+		return session.Result{}, errUnavailable
+	}
+	switch r := body.(type) {
+	case *protocol.PaymentRequest:
+		return e.Create(ctx, session.CreateInput{MerchantID: p.merchantID, APIKeyID: p.keyID, Req: r, IdemKey: idemKey})
+	case *protocol.RefundRequest:
+		return e.Refund(ctx, session.RefundInput{MerchantID: p.merchantID, APIKeyID: p.keyID, Req: r, IdemKey: idemKey})
+	case *protocol.CancelRequest:
+		return e.Act(ctx, session.ActInput{MerchantID: p.merchantID, TxnID: r.TransactionID, Action: protocol.ActionCancel, Body: r, Event: session.EvCancel{}, IdemKey: idemKey})
+	case *protocol.VoidRequest:
+		return e.Act(ctx, session.ActInput{MerchantID: p.merchantID, TxnID: r.TransactionID, Action: protocol.ActionVoid, Body: r, Event: session.EvVoid{Reason: r.Reason}, IdemKey: idemKey})
+	case *protocol.CaptureRequest:
+		amt := int64(0)
+		if r.AmountMinor != nil {
+			amt = *r.AmountMinor
+		}
+		return e.Act(ctx, session.ActInput{MerchantID: p.merchantID, TxnID: r.TransactionID, Action: protocol.ActionCapture, Body: r, Event: session.EvCapture{AmountMinor: amt}, IdemKey: idemKey})
+	case *protocol.SignatureVerificationRequest:
+		return e.Act(ctx, session.ActInput{MerchantID: p.merchantID, TxnID: r.TransactionID, Action: protocol.ActionSignatureVerification, Body: r, Event: session.EvSignatureAnswer{Accepted: *r.Accepted}, IdemKey: idemKey})
+	case *protocol.GetTransactionStatusRequest:
+		t, err := e.Get(ctx, p.merchantID, r.TransactionID)
+		return session.Result{Txn: t, Status: 200}, err
+	}
+	return session.Result{}, protocol.Errorf(protocol.CodeUnknownAction, "action", "unsupported action")
+}
+
+// clientError turns an engine error into what the client sees; anything
+// that is not a client error is logged and answered as internal.
+func (h *Hub) clientError(err error, log zerolog.Logger) *protocol.Error {
+	var pe *protocol.Error
+	if errors.As(err, &pe) {
+		return pe
+	}
+	log.Error().Err(err).Msg("request failed")
+	return protocol.Errorf(protocol.CodeInternal, "", "internal error; the request may be retried")
+}

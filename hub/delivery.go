@@ -1,0 +1,149 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/termhub/termhub/protocol"
+	"github.com/termhub/termhub/queue"
+)
+
+// replayPage is how many outbox entries one replay read takes.
+const replayPage = 500
+
+// posDelivery is a POS connection's place in its API key's outbox. While a
+// replay runs, live messages are held back and then sent after it, skipping
+// those the replay already sent, so the POS sees every message once, in
+// stream order, with no gap between replay and live delivery.
+type posDelivery struct {
+	mu        sync.Mutex
+	replaying bool          // guarded by mu
+	held      []queue.Entry // live entries that arrived during the replay; guarded by mu
+	lastSent  string        // newest stream id queued to the socket; guarded by mu
+}
+
+// DeliverPOS sends freshly committed durable messages to the API key's live
+// connection, if any. It is called in stream order (session holds the key's
+// ordering lock).
+func (h *Hub) DeliverPOS(merchantID, apiKeyID string, msgs []queue.Entry) {
+	h.mu.Lock()
+	c := h.pos[apiKeyID]
+	h.mu.Unlock()
+	if c == nil || c.merchantID != merchantID {
+		return // durable: replayed when the POS connects
+	}
+	c.dlv.mu.Lock()
+	defer c.dlv.mu.Unlock()
+	if c.dlv.replaying {
+		c.dlv.held = append(c.dlv.held, msgs...)
+		return
+	}
+	for _, m := range msgs {
+		c.sendEntryLocked(m)
+	}
+}
+
+// sendEntryLocked queues an entry unless it was already sent.
+func (c *conn) sendEntryLocked(m queue.Entry) {
+	if c.dlv.lastSent != "" && queue.CompareIDs(m.ID, c.dlv.lastSent) <= 0 {
+		return
+	}
+	c.dlv.lastSent = m.ID
+	c.enqueue(m.Frame())
+}
+
+// replay sends every unacknowledged message of c's API key, oldest first,
+// then switches c to live delivery. It blocks on the send queue instead of
+// overflowing it: a long replay is backpressure, not a slow peer.
+func (h *Hub) replay(c *conn) {
+	if h.opts.Outbox == nil {
+		h.endReplay(c)
+		return
+	}
+	started := h.now()
+	cursor, err := h.opts.Outbox.Cursor(c.ctx, c.merchantID, c.keyID)
+	n := 0
+	for err == nil {
+		var page []queue.Entry
+		page, err = h.opts.Outbox.After(c.ctx, c.merchantID, c.keyID, cursor, replayPage)
+		for _, m := range page {
+			select {
+			case c.send <- m.Frame():
+			case <-c.ctx.Done():
+				return
+			}
+			c.dlv.mu.Lock()
+			c.dlv.lastSent = m.ID
+			c.dlv.mu.Unlock()
+			cursor = m.ID
+			n++
+		}
+		if len(page) < replayPage {
+			break
+		}
+	}
+	if err != nil {
+		if c.ctx.Err() == nil {
+			c.log.Error().Err(err).Msg("replay failed; the POS will get the rest on its next connection")
+			c.disconnect(&protocol.Disconnect{Code: protocol.ClosePolicy, Reason: protocol.ReasonOther, Message: "Replay failed; reconnect", ReconnectAllowed: true})
+		}
+		return
+	}
+	h.endReplay(c)
+	if n > 0 {
+		c.log.Info().Int("messages", n).Dur("took", h.now().Sub(started)).Msg("replayed unacknowledged messages")
+	}
+}
+
+func (h *Hub) endReplay(c *conn) {
+	c.dlv.mu.Lock()
+	defer c.dlv.mu.Unlock()
+	for _, m := range c.dlv.held {
+		c.sendEntryLocked(m)
+	}
+	c.dlv.held = nil
+	c.dlv.replaying = false
+}
+
+// SendTerminal sends commands to the device's live connection, if any; an
+// offline terminal gets its open commands when it reconnects.
+func (h *Hub) SendTerminal(deviceID string, cmds []any) {
+	h.mu.Lock()
+	c := h.terminals[deviceID]
+	h.mu.Unlock()
+	if c == nil {
+		return
+	}
+	for _, cmd := range cmds {
+		c.sendJSON(cmd)
+	}
+}
+
+// TerminalLive reports a device's status, its connection and, while it is
+// reconnecting, when its grace period ends.
+func (h *Hub) TerminalLive(deviceID string) (string, string, time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st := h.status[deviceID]
+	if st == nil {
+		return protocol.TerminalOffline, "", time.Time{}
+	}
+	return st.status, st.connID, st.graceUntil
+}
+
+// ack handles a POS ack.
+func (h *Hub) ack(ctx context.Context, c *conn, requestID json.RawMessage, id string) {
+	if h.opts.Outbox == nil {
+		return
+	}
+	if _, err := h.opts.Outbox.Ack(ctx, c.merchantID, c.keyID, id); err != nil {
+		if err == queue.ErrUnknownID {
+			c.sendJSON(protocol.NewErrorReply(requestID, protocol.Invalid("messageId", "unknown messageId")))
+			return
+		}
+		c.log.Error().Err(err).Msg("ack failed")
+		c.sendJSON(protocol.NewErrorReply(requestID, protocol.Errorf(protocol.CodeInternal, "", "ack failed; send it again")))
+	}
+}

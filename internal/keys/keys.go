@@ -1,0 +1,43 @@
+// Package keys is the one place that names termhub's Redis keys. Every key
+// of a merchant carries the merchant id as a hash tag ({m}), so a commit that
+// touches several of them stays in one Redis Cluster slot.
+package keys
+
+// Space names keys under a prefix (config key_prefix; tests use a random one).
+type Space struct{ Prefix string }
+
+func (s Space) tag(kind, m string) string { return s.Prefix + kind + ":{" + m + "}" }
+
+// Txn is a transaction hash {rev, data}.
+func (s Space) Txn(m, id string) string { return s.tag("txn", m) + ":" + id }
+
+// Ref maps a merchant reference to its transaction id.
+func (s Space) Ref(m, ref string) string { return s.tag("ref", m) + ":" + ref }
+
+// Idem holds an idempotency record for 24 h.
+func (s Space) Idem(m, key string) string { return s.tag("idem", m) + ":" + key }
+
+// Current points at the transaction occupying a terminal.
+func (s Space) Current(m, device string) string { return s.tag("cur", m) + ":" + device }
+
+// Txns is the merchant's transactions by creation time (for listing).
+func (s Space) Txns(m string) string { return s.tag("txns", m) }
+
+// Deadlines is the merchant's due times, members "<txnID>|<kind>".
+func (s Space) Deadlines(m string) string { return s.tag("deadlines", m) }
+
+// Outbox is an API key's durable POS message stream.
+func (s Space) Outbox(m, apiKey string) string { return s.tag("outbox", m) + ":" + apiKey }
+
+// Ack is an API key's cumulative ack cursor (a stream id).
+func (s Space) Ack(m, apiKey string) string { return s.tag("ack", m) + ":" + apiKey }
+
+// Session is an HTTP event session of an API key.
+func (s Space) Session(m, apiKey string) string { return s.tag("session", m) + ":" + apiKey }
+
+// Webhooks is the merchant's webhook delivery stream.
+func (s Space) Webhooks(m string) string { return s.tag("webhooks", m) }
+
+// Open is the set of a device's transactions with commands still open for
+// it (re-sent when it reconnects).
+func (s Space) Open(m, device string) string { return s.tag("open", m) + ":" + device }

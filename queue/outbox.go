@@ -1,0 +1,159 @@
+// Package queue is termhub's durable delivery on Redis streams: the per-API-key
+// outbox of POS messages (appended before they are sent, replayed after the
+// acknowledged cursor, acknowledged cumulatively, trimmed by retention). It
+// moves opaque JSON and knows nothing of what a message means.
+package queue
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/termhub/termhub/internal/keys"
+)
+
+// Entry is one durable message: its stream id and its JSON without the
+// messageId (Frame adds it).
+type Entry struct {
+	ID   string
+	Data []byte
+}
+
+// Frame returns the message as sent: its JSON object with "messageId" first.
+func (e Entry) Frame() []byte {
+	out := make([]byte, 0, len(e.Data)+len(e.ID)+16)
+	out = append(out, `{"messageId":"`...)
+	out = append(out, e.ID...)
+	out = append(out, `",`...)
+	return append(out, e.Data[1:]...)
+}
+
+// ErrUnknownID is returned when an ack names an id after the newest message.
+var ErrUnknownID = errors.New("queue: messageId was never sent")
+
+// Outbox reads and acknowledges the API keys' streams. Appending happens in
+// the session store's atomic commit, in the same script as the state change.
+type Outbox struct {
+	rdb  redis.UniversalClient
+	keys keys.Space
+}
+
+// NewOutbox returns an Outbox on rdb.
+func NewOutbox(rdb redis.UniversalClient, ks keys.Space) *Outbox { return &Outbox{rdb: rdb, keys: ks} }
+
+// Cursor returns the API key's acknowledged cursor ("0-0" when none).
+func (o *Outbox) Cursor(ctx context.Context, merchantID, apiKey string) (string, error) {
+	v, err := o.rdb.Get(ctx, o.keys.Ack(merchantID, apiKey)).Result()
+	if errors.Is(err, redis.Nil) {
+		return "0-0", nil
+	}
+	return v, err
+}
+
+// After returns up to count entries with ids after the given one, oldest first.
+func (o *Outbox) After(ctx context.Context, merchantID, apiKey, after string, count int64) ([]Entry, error) {
+	msgs, err := o.rdb.XRangeN(ctx, o.keys.Outbox(merchantID, apiKey), "("+after, "+", count).Result()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Entry, 0, len(msgs))
+	for _, m := range msgs {
+		s, _ := m.Values["m"].(string)
+		if s == "" {
+			continue
+		}
+		out = append(out, Entry{ID: m.ID, Data: []byte(s)})
+	}
+	return out, nil
+}
+
+// ackScript moves the cursor forward only (acks are cumulative and may
+// arrive out of order) and refuses an id newer than the newest entry, so a
+// bad ack can never hide messages not yet written. It then trims what is
+// acknowledged.
+var ackScript = redis.NewScript(`
+local function cmp(a, b)
+  local am, as = string.match(a, "^(%d+)-(%d+)$")
+  local bm, bs = string.match(b, "^(%d+)-(%d+)$")
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  if am ~= bm then return am < bm and -1 or 1 end
+  if as ~= bs then return as < bs and -1 or 1 end
+  return 0
+end
+local last = redis.call("XREVRANGE", KEYS[1], "+", "-", "COUNT", 1)
+local newest = "0-0"
+if #last > 0 then newest = last[1][1] end
+local lastAcked = redis.call("GET", KEYS[2]) or "0-0"
+if cmp(ARGV[1], newest) > 0 and cmp(ARGV[1], lastAcked) > 0 then return -1 end
+if cmp(ARGV[1], lastAcked) > 0 then
+  redis.call("SET", KEYS[2], ARGV[1])
+  redis.call("XTRIM", KEYS[1], "MINID", ARGV[1])
+  return 1
+end
+return 0
+`)
+
+// ValidID reports whether id has the form of a stream id ("<ms>-<seq>").
+func ValidID(id string) bool {
+	ms, seq, ok := strings.Cut(id, "-")
+	if !ok {
+		return false
+	}
+	_, err1 := strconv.ParseUint(ms, 10, 64)
+	_, err2 := strconv.ParseUint(seq, 10, 64)
+	return err1 == nil && err2 == nil
+}
+
+// Ack acknowledges id and every earlier message of the API key. It reports
+// whether the cursor moved.
+func (o *Outbox) Ack(ctx context.Context, merchantID, apiKey, id string) (bool, error) {
+	if !ValidID(id) {
+		return false, ErrUnknownID
+	}
+	n, err := ackScript.Run(ctx, o.rdb, []string{o.keys.Outbox(merchantID, apiKey), o.keys.Ack(merchantID, apiKey)}, id).Int()
+	if err != nil {
+		return false, err
+	}
+	if n < 0 {
+		return false, ErrUnknownID
+	}
+	return n == 1, nil
+}
+
+// Trim drops messages older than retention, acknowledged or not.
+func (o *Outbox) Trim(ctx context.Context, merchantID, apiKey string, retention time.Duration, now time.Time) error {
+	minID := strconv.FormatInt(now.Add(-retention).UnixMilli(), 10) + "-0"
+	return o.rdb.XTrimMinID(ctx, o.keys.Outbox(merchantID, apiKey), minID).Err()
+}
+
+// Depth returns how many messages of the API key are waiting for an ack.
+func (o *Outbox) Depth(ctx context.Context, merchantID, apiKey string) (int64, error) {
+	return o.rdb.XLen(ctx, o.keys.Outbox(merchantID, apiKey)).Result()
+}
+
+// CompareIDs orders two stream ids: -1, 0 or 1.
+func CompareIDs(a, b string) int {
+	am, as, _ := strings.Cut(a, "-")
+	bm, bs, _ := strings.Cut(b, "-")
+	an, _ := strconv.ParseUint(am, 10, 64)
+	bn, _ := strconv.ParseUint(bm, 10, 64)
+	if an != bn {
+		if an < bn {
+			return -1
+		}
+		return 1
+	}
+	asn, _ := strconv.ParseUint(as, 10, 64)
+	bsn, _ := strconv.ParseUint(bs, 10, 64)
+	switch {
+	case asn < bsn:
+		return -1
+	case asn > bsn:
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,726 @@
+package session
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/termhub/termhub/clock"
+	"github.com/termhub/termhub/protocol"
+	"github.com/termhub/termhub/queue"
+)
+
+// Terminals is what the engine needs to know about live terminals; the hub
+// provides it.
+type Terminals interface {
+	// ResolveTerminal maps a POS's terminalId to a device id of the merchant.
+	ResolveTerminal(merchantID, terminalID string) (deviceID string, ok bool)
+	// TerminalLive returns the device's status, its connection id and, while
+	// it is reconnecting, when its grace period ends.
+	TerminalLive(deviceID string) (status, connectionID string, graceUntil time.Time)
+}
+
+// Sink carries out effects after a commit. DeliverPOS is called while the
+// API key's ordering lock is held, so messages reach it in stream order.
+type Sink interface {
+	DeliverPOS(merchantID, apiKeyID string, msgs []Message)
+	SendTerminal(deviceID string, cmds []any)
+}
+
+// Message is a durable POS message as committed: its outbox entry id and
+// its JSON without the messageId.
+type Message = queue.Entry
+
+// Options configure an Engine.
+type Options struct {
+	Store            *Store
+	Clock            clock.Clock
+	Logger           zerolog.Logger
+	Terminals        Terminals
+	Sink             Sink
+	PaymentTimeout   time.Duration
+	SignatureTimeout time.Duration
+	// Webhooks reports whether a merchant takes webhooks; when it does, every
+	// final state is queued for delivery in the same commit.
+	Webhooks func(merchantID string) bool
+}
+
+// Engine runs transactions: it loads, applies the pure transition, commits
+// atomically (retrying on a concurrent change) and hands effects to the Sink.
+type Engine struct {
+	opts   Options
+	store  *Store
+	clock  clock.Clock
+	log    zerolog.Logger
+	locks  [256]sync.Mutex // per API key stripes: commit and live delivery in stream order
+	timers *timers
+}
+
+// NewEngine builds an engine.
+func NewEngine(opts Options) *Engine {
+	if opts.Clock == nil {
+		opts.Clock = clock.Real{}
+	}
+	if opts.PaymentTimeout <= 0 {
+		opts.PaymentTimeout = 180 * time.Second
+	}
+	if opts.SignatureTimeout <= 0 {
+		opts.SignatureTimeout = 60 * time.Second
+	}
+	if opts.Webhooks == nil {
+		opts.Webhooks = func(string) bool { return false }
+	}
+	e := &Engine{opts: opts, store: opts.Store, clock: opts.Clock, log: opts.Logger}
+	e.timers = newTimers(e)
+	return e
+}
+
+// SetSink sets the Sink (the hub and engine are built in either order).
+func (e *Engine) SetSink(s Sink) { e.opts.Sink = s }
+
+// SetTerminals sets the live terminal view.
+func (e *Engine) SetTerminals(t Terminals) { e.opts.Terminals = t }
+
+func (e *Engine) now() time.Time { return e.clock.Now().UTC() }
+
+func (e *Engine) settings() Settings {
+	return Settings{SignatureTimeout: e.opts.SignatureTimeout, CommandTimeout: e.opts.PaymentTimeout}
+}
+
+// Result is the answer to a POS request.
+type Result struct {
+	Txn     *protocol.Transaction
+	Created bool
+	Status  int // HTTP status: 201 for a new transaction, else 200
+}
+
+const maxAttempts = 20
+
+var errTooManyConflicts = errors.New("session: too many concurrent updates; try again")
+
+func newTxnID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return "txn_" + hex.EncodeToString(b)
+}
+
+func (e *Engine) lockKeys(merchantID string, apiKeys ...string) func() {
+	idx := make([]int, 0, len(apiKeys))
+	for _, k := range apiKeys {
+		h := fnv.New32a()
+		h.Write([]byte(merchantID + "\x00" + k))
+		i := int(h.Sum32() % uint32(len(e.locks)))
+		dup := false
+		for _, j := range idx {
+			dup = dup || j == i
+		}
+		if !dup {
+			idx = append(idx, i)
+		}
+	}
+	// Lock in index order so two commits never wait on each other in reverse.
+	for a := 1; a < len(idx); a++ {
+		for b := a; b > 0 && idx[b-1] > idx[b]; b-- {
+			idx[b-1], idx[b] = idx[b], idx[b-1]
+		}
+	}
+	for _, i := range idx {
+		e.locks[i].Lock()
+	}
+	return func() {
+		for j := len(idx) - 1; j >= 0; j-- {
+			e.locks[idx[j]].Unlock()
+		}
+	}
+}
+
+// pending collects what one commit produces for the world.
+type pending struct {
+	msgs  map[string][]Message // api key → messages (ids filled after exec)
+	order []string             // api keys in first-use order
+	raw   []struct {
+		key  string
+		data []byte
+	}
+	terminal map[string][]any // device → commands
+	devOrder []string
+	arm      []*Txn
+}
+
+func newPending() *pending {
+	return &pending{msgs: map[string][]Message{}, terminal: map[string][]any{}}
+}
+
+func (p *pending) addTerminal(device string, cmds []any) {
+	if len(cmds) == 0 {
+		return
+	}
+	if _, ok := p.terminal[device]; !ok {
+		p.devOrder = append(p.devOrder, device)
+	}
+	p.terminal[device] = append(p.terminal[device], cmds...)
+}
+
+// stage adds t's save and the messages and webhook of fx to c.
+func (e *Engine) stage(c *commit, p *pending, t *Txn, prev map[string]time.Time, wasOpen, wasActive bool, fx Effects) error {
+	if err := e.store.saveTxn(c, t, prev); err != nil {
+		return err
+	}
+	ks := e.store.keys
+	switch open := t.HasOpenCommands(); {
+	case open && !wasOpen:
+		c.sadd(ks.Open(t.MerchantID, t.TerminalID), t.ID)
+	case !open && wasOpen:
+		c.srem(ks.Open(t.MerchantID, t.TerminalID), t.ID)
+	}
+	if wasActive && !t.Active() {
+		c.delIfEq(ks.Current(t.MerchantID, t.TerminalID), t.ID)
+	}
+	for _, ev := range fx.POS {
+		data, err := json.Marshal(ev)
+		if err != nil {
+			return err
+		}
+		c.xadd(ks.Outbox(t.MerchantID, t.APIKeyID), data)
+		if _, ok := p.msgs[t.APIKeyID]; !ok {
+			p.order = append(p.order, t.APIKeyID)
+		}
+		p.msgs[t.APIKeyID] = append(p.msgs[t.APIKeyID], Message{Data: data})
+	}
+	if fx.Webhook != "" && e.opts.Webhooks(t.MerchantID) {
+		evt, err := json.Marshal(WebhookEvent{ID: "evt_" + newTxnID()[4:], Type: fx.Webhook, CreatedAt: e.now(), Data: WebhookData{Transaction: t.Wire()}})
+		if err != nil {
+			return err
+		}
+		c.xadd(ks.Webhooks(t.MerchantID), evt)
+	}
+	p.addTerminal(t.TerminalID, fx.Terminal)
+	p.arm = append(p.arm, t)
+	return nil
+}
+
+// WebhookEvent is a webhook body (CONTRACT §10).
+type WebhookEvent struct {
+	ID        string      `json:"id"`
+	Type      string      `json:"type"`
+	CreatedAt time.Time   `json:"createdAt"`
+	Data      WebhookData `json:"data"`
+}
+
+// WebhookData carries the transaction of a webhook event.
+type WebhookData struct {
+	Transaction *protocol.Transaction `json:"transaction"`
+}
+
+// run executes c with the ordering locks of p's API keys held, then
+// delivers messages (under the locks) and sends terminal commands.
+func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pending) error {
+	unlock := e.lockKeys(merchantID, p.order...)
+	ids, err := c.exec(ctx, e.store.rdb)
+	if err != nil {
+		unlock()
+		return err
+	}
+	// xadd ids come back in staging order; outbox entries were staged per
+	// key in p.order's interleaving, so walk c.xadds to assign them.
+	next := map[string]int{}
+	for i, streamKey := range c.xadds {
+		for _, k := range p.order {
+			if e.store.keys.Outbox(merchantID, k) == streamKey {
+				p.msgs[k][next[k]].ID = ids[i]
+				next[k]++
+				break
+			}
+		}
+	}
+	if e.opts.Sink != nil {
+		for _, k := range p.order {
+			e.opts.Sink.DeliverPOS(merchantID, k, p.msgs[k])
+		}
+	}
+	unlock()
+	for _, t := range p.arm {
+		e.timers.sync(t)
+	}
+	if e.opts.Sink != nil {
+		for _, d := range p.devOrder {
+			e.opts.Sink.SendTerminal(d, p.terminal[d])
+		}
+	}
+	return nil
+}
+
+// update applies ev to one transaction, committing with retries. idem, if
+// set, is stored in the same commit.
+func (e *Engine) update(ctx context.Context, merchantID, id string, ev Event, idem *idemWrite) (*Txn, *protocol.Error, error) {
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		t, err := e.store.Load(ctx, merchantID, id)
+		if err != nil {
+			return nil, nil, err
+		}
+		prev, wasOpen, wasActive := t.Deadlines(), t.HasOpenCommands(), t.Active()
+		if d, ok := ev.(EvDeadline); ok {
+			at := t.Deadline(d.Kind)
+			if at.IsZero() || e.now().Before(at) {
+				e.timers.sync(t) // moved, cleared, or fired early (Redis keeps ms): re-arm
+				return t, nil, nil
+			}
+		}
+		fx, perr := Apply(t, ev, e.now(), e.settings())
+		if perr != nil {
+			return t, perr, nil
+		}
+		if !fx.Changed {
+			if idem != nil {
+				e.storeIdemLate(ctx, merchantID, idem, t)
+			}
+			if e.opts.Sink != nil && len(fx.Terminal) > 0 {
+				e.opts.Sink.SendTerminal(t.TerminalID, fx.Terminal)
+			}
+			return t, nil, nil
+		}
+		c, p := newCommit(), newPending()
+		if err := e.stage(c, p, t, prev, wasOpen, wasActive, fx); err != nil {
+			return nil, nil, err
+		}
+		if t.Type == protocol.TypeRefund && wasActive && !t.Active() {
+			if err := e.settleRefund(ctx, c, p, t); err != nil {
+				return nil, nil, err
+			}
+		}
+		if idem != nil {
+			idem.stage(c, e.store, merchantID, t, http.StatusOK, nil)
+		}
+		err = e.run(ctx, merchantID, c, p)
+		if errors.Is(err, errConflict) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		if fx.AutoVoid {
+			e.log.Warn().Str("transactionId", t.ID).Str("merchantId", merchantID).Str("reasonCode", t.VoidReasonCode).
+				Msg("late approval voided automatically")
+		}
+		return t, nil, nil
+	}
+	return nil, nil, errTooManyConflicts
+}
+
+// settleRefund releases a final refund's reservation on its sale and, if
+// it completed, adds it to the sale's refunded amount.
+func (e *Engine) settleRefund(ctx context.Context, c *commit, p *pending, r *Txn) error {
+	parent, err := e.store.Load(ctx, r.MerchantID, r.ParentID)
+	if err != nil {
+		return err
+	}
+	prev := parent.Deadlines()
+	parent.ReservedRefundMinor -= r.AmountMinor
+	if parent.ReservedRefundMinor < 0 {
+		parent.ReservedRefundMinor = 0
+	}
+	if r.Status == protocol.StatusCompleted {
+		parent.RefundedAmountMinor += r.AmountMinor
+		parent.Version++
+		parent.UpdatedAt = e.now()
+		parent.History = append(parent.History, protocol.HistoryEntry{Status: parent.Status, At: e.now(), Cause: "refund " + r.ID + " completed"})
+	}
+	return e.stage(c, p, parent, prev, parent.HasOpenCommands(), parent.Active(), Effects{Changed: true})
+}
+
+func toClientErr(err error) *protocol.Error {
+	if errors.Is(err, ErrNotFound) {
+		return protocol.Errorf(protocol.CodeTransactionNotFound, "transactionId", "no such transaction")
+	}
+	return nil
+}
+
+// ---- POS requests ----
+
+// CreateInput is a sale request.
+type CreateInput struct {
+	MerchantID string
+	APIKeyID   string
+	Req        *protocol.PaymentRequest
+	IdemKey    string
+}
+
+// Create starts a sale (CONTRACT §7): idempotency by reference and
+// Idempotency-Key, terminal resolution, offline check, superseding a PENDING
+// sale, the per-device lock, all committed atomically.
+func (e *Engine) Create(ctx context.Context, in CreateInput) (Result, error) {
+	req := in.Req
+	fp := fingerprint(protocol.ActionPayment, req)
+	device, ok := e.opts.Terminals.ResolveTerminal(in.MerchantID, req.TerminalID)
+	if !ok {
+		return Result{}, protocol.Errorf(protocol.CodeTerminalNotFound, "terminalId", "no such terminal")
+	}
+	return e.createTxn(ctx, in.MerchantID, in.IdemKey, fp, func(now time.Time) (*Txn, *protocol.Error) {
+		return &Txn{APIKeyID: in.APIKeyID, Transaction: protocol.Transaction{
+			ID: newTxnID(), MerchantID: in.MerchantID, TerminalID: device, Type: protocol.TypeSale,
+			AmountMinor: req.Minor(), Amount: protocol.FormatAmount(req.Minor(), req.Currency), Currency: req.Currency,
+			Reference: req.Reference, CaptureMode: req.CaptureMode, Description: req.Description,
+			PrintReceipt: req.PrintReceipt == nil || *req.PrintReceipt, TimeoutSeconds: e.timeoutSeconds(req.TimeoutSeconds),
+		}}, nil
+	}, nil)
+}
+
+func (e *Engine) timeoutSeconds(v *int) int {
+	if v != nil {
+		return *v
+	}
+	return int(e.opts.PaymentTimeout / time.Second)
+}
+
+// RefundInput is a refund request.
+type RefundInput struct {
+	MerchantID string
+	APIKeyID   string
+	Req        *protocol.RefundRequest
+	IdemKey    string
+}
+
+// Refund creates a refund of a completed sale on the sale's terminal.
+func (e *Engine) Refund(ctx context.Context, in RefundInput) (Result, error) {
+	req := in.Req
+	fp := fingerprint(protocol.ActionRefund, req)
+	var parentPrev map[string]time.Time
+	var parentWasOpen, parentWasActive bool
+	var parent *Txn
+	return e.createTxn(ctx, in.MerchantID, in.IdemKey, fp, func(now time.Time) (*Txn, *protocol.Error) {
+		p, err := e.store.Load(ctx, in.MerchantID, req.TransactionID)
+		if err != nil {
+			if ce := toClientErr(err); ce != nil {
+				return nil, ce
+			}
+			return nil, protocol.Errorf(protocol.CodeInternal, "", "could not load the sale")
+		}
+		if p.Type != protocol.TypeSale {
+			return nil, protocol.Errorf(protocol.CodeInvalidState, "transactionId", "only a sale can be refunded")
+		}
+		if p.Status != protocol.StatusCompleted {
+			return nil, protocol.Errorf(protocol.CodeInvalidState, "transactionId", "cannot refund a transaction in status %s", p.Status)
+		}
+		amt, perr := req.ResolveAmount(p.Currency)
+		if perr != nil {
+			return nil, perr
+		}
+		left := p.RefundableMinor()
+		if amt == 0 {
+			amt = left
+		}
+		if amt <= 0 || amt > left {
+			field := "amountMinor"
+			if len(req.Amount) > 0 {
+				field = "amount"
+			}
+			return nil, protocol.Errorf(protocol.CodeRefundExceedsAmount, field, "refund of %s exceeds the %s %s left to refund",
+				protocol.FormatAmount(amt, p.Currency), protocol.FormatAmount(max(left, 0), p.Currency), p.Currency)
+		}
+		parent, parentPrev, parentWasOpen, parentWasActive = p, p.Deadlines(), p.HasOpenCommands(), p.Active()
+		p.ReservedRefundMinor += amt
+		return &Txn{APIKeyID: in.APIKeyID, Transaction: protocol.Transaction{
+			ID: newTxnID(), MerchantID: in.MerchantID, TerminalID: p.TerminalID, Type: protocol.TypeRefund, ParentID: p.ID,
+			AmountMinor: amt, Amount: protocol.FormatAmount(amt, p.Currency), Currency: p.Currency,
+			Reference: req.Reference, CaptureMode: protocol.CaptureAuto, Description: req.Reason,
+			PrintReceipt: true, TimeoutSeconds: e.timeoutSeconds(nil),
+		}}, nil
+	}, func(c *commit, p *pending) error {
+		return e.stage(c, p, parent, parentPrev, parentWasOpen, parentWasActive, Effects{Changed: true})
+	})
+}
+
+// createTxn is the shared path of Create and Refund. build returns the new
+// transaction (not yet saved); extra stages more writes into the commit.
+func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
+	build func(now time.Time) (*Txn, *protocol.Error), extra func(*commit, *pending) error) (Result, error) {
+	ks := e.store.keys
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		if idemKey != "" {
+			if r, done, err := e.replayIdem(ctx, merchantID, idemKey, fp); done || err != nil {
+				return r, err
+			}
+		}
+		now := e.now()
+		t, perr := build(now)
+		if perr != nil {
+			return Result{}, perr
+		}
+		c, p := newCommit(), newPending()
+		if t.Reference != "" {
+			existingID, err := e.store.get(ctx, ks.Ref(merchantID, t.Reference))
+			if err != nil {
+				return Result{}, err
+			}
+			if existingID != "" {
+				return e.existingByReference(ctx, merchantID, existingID, t, idemKey, fp)
+			}
+			c.requireValue(ks.Ref(merchantID, t.Reference), "")
+			c.set(ks.Ref(merchantID, t.Reference), t.ID)
+		}
+		status, connID, graceUntil := e.opts.Terminals.TerminalLive(t.TerminalID)
+		if status == protocol.TerminalOffline {
+			return Result{}, protocol.Errorf(protocol.CodeTerminalOffline, "terminalId", "terminal %s is offline", t.TerminalID)
+		}
+		curKey := ks.Current(merchantID, t.TerminalID)
+		curID, err := e.store.get(ctx, curKey)
+		if err != nil {
+			return Result{}, err
+		}
+		c.requireValue(curKey, curID)
+		if curID != "" {
+			cur, err := e.store.Load(ctx, merchantID, curID)
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				return Result{}, err
+			}
+			if cur != nil && cur.Active() {
+				if cur.Status != protocol.StatusPending {
+					return Result{}, protocol.Errorf(protocol.CodeDeviceBusy, "terminalId", "terminal %s is busy with %s (%s)", t.TerminalID, cur.ID, cur.Status)
+				}
+				prev, wasOpen := cur.Deadlines(), cur.HasOpenCommands()
+				fx, perr := Apply(cur, EvSupersede{By: t.ID}, now, e.settings())
+				if perr != nil {
+					return Result{}, perr
+				}
+				if err := e.stage(c, p, cur, prev, wasOpen, true, fx); err != nil {
+					return Result{}, err
+				}
+			}
+		}
+		t.Status, t.Version, t.CreatedAt, t.UpdatedAt = protocol.StatusPending, 1, now, now
+		t.History = []protocol.HistoryEntry{{Status: protocol.StatusPending, At: now, Cause: "created"}}
+		fx := Effects{Changed: true}
+		if status == protocol.TerminalOnline {
+			// Sent right after the commit: the timeout runs from now.
+			sfx, _ := Apply(t, EvSent{ConnectionID: connID}, now, e.settings())
+			_ = sfx
+			fx.Terminal = []any{t.StartPayment()}
+		} else {
+			t.GraceDeadline = graceUntil // reconnecting: wait for it, then fail terminal_unreachable
+		}
+		if err := e.stage(c, p, t, nil, false, false, fx); err != nil {
+			return Result{}, err
+		}
+		c.set(curKey, t.ID)
+		c.zadd(ks.Txns(merchantID), now.UnixMilli(), t.ID)
+		if extra != nil {
+			if err := extra(c, p); err != nil {
+				return Result{}, err
+			}
+		}
+		if idemKey != "" {
+			created := true
+			(&idemWrite{key: idemKey, fp: fp}).stage(c, e.store, merchantID, t, http.StatusCreated, &created)
+		}
+		err = e.run(ctx, merchantID, c, p)
+		if errors.Is(err, errConflict) {
+			continue
+		}
+		if err != nil {
+			return Result{}, err
+		}
+		e.log.Info().Str("transactionId", t.ID).Str("merchantId", merchantID).Str("deviceId", t.TerminalID).
+			Str("type", t.Type).Int64("amountMinor", t.AmountMinor).Str("currency", t.Currency).Msg("transaction created")
+		return Result{Txn: t.Wire(), Created: true, Status: http.StatusCreated}, nil
+	}
+	return Result{}, errTooManyConflicts
+}
+
+// existingByReference answers a repeated reference: the same transaction
+// (200, created:false) or reference_conflict if it differs.
+func (e *Engine) existingByReference(ctx context.Context, merchantID, id string, want *Txn, idemKey, fp string) (Result, error) {
+	t, err := e.store.Load(ctx, merchantID, id)
+	if err != nil {
+		return Result{}, err
+	}
+	if t.TerminalID != want.TerminalID || t.AmountMinor != want.AmountMinor || t.Currency != want.Currency || t.Type != want.Type || t.ParentID != want.ParentID {
+		return Result{}, protocol.Errorf(protocol.CodeReferenceConflict, "reference",
+			"reference %q is already used by %s with another terminal, amount or currency", want.Reference, t.ID)
+	}
+	if idemKey != "" {
+		e.storeIdemLate(ctx, merchantID, &idemWrite{key: idemKey, fp: fp}, t)
+	}
+	return Result{Txn: t.Wire(), Created: false, Status: http.StatusOK}, nil
+}
+
+// ActInput is a lifecycle request on an existing transaction.
+type ActInput struct {
+	MerchantID string
+	TxnID      string
+	Action     string // protocol action name, for idempotency fingerprints
+	Body       any    // the request, for idempotency fingerprints
+	Event      Event
+	IdemKey    string
+}
+
+// Act applies a POS lifecycle request: cancel, void, capture or a
+// signature answer.
+func (e *Engine) Act(ctx context.Context, in ActInput) (Result, error) {
+	var idem *idemWrite
+	if in.IdemKey != "" {
+		fp := fingerprint(in.Action, in.Body)
+		if r, done, err := e.replayIdem(ctx, in.MerchantID, in.IdemKey, fp); done || err != nil {
+			return r, err
+		}
+		idem = &idemWrite{key: in.IdemKey, fp: fp}
+	}
+	t, perr, err := e.update(ctx, in.MerchantID, in.TxnID, in.Event, idem)
+	if ce := toClientErr(err); ce != nil {
+		return Result{}, ce
+	}
+	if err != nil {
+		return Result{}, err
+	}
+	if perr != nil {
+		return Result{}, perr
+	}
+	return Result{Txn: t.Wire(), Status: http.StatusOK}, nil
+}
+
+// Get returns a transaction of the merchant.
+func (e *Engine) Get(ctx context.Context, merchantID, id string) (*protocol.Transaction, error) {
+	t, err := e.store.Load(ctx, merchantID, id)
+	if ce := toClientErr(err); ce != nil {
+		return nil, ce
+	}
+	if err != nil {
+		return nil, err
+	}
+	return t.Wire(), nil
+}
+
+// ---- terminal side ----
+
+// TerminalEvent applies a message from a terminal to its transaction. A
+// transaction of another terminal is not found.
+func (e *Engine) TerminalEvent(ctx context.Context, merchantID, deviceID string, body any) error {
+	var id string
+	var ev Event
+	switch m := body.(type) {
+	case *protocol.CommandReceived:
+		id, ev = m.TransactionID, EvCommandReceived{}
+	case *protocol.PaymentProgress:
+		id, ev = m.TransactionID, EvProgress{Stage: m.Stage}
+	case *protocol.SignatureRequiredEvent:
+		id, ev = m.TransactionID, EvSignatureRequired{}
+	case *protocol.PaymentResult:
+		id, ev = m.TransactionID, EvResult{Result: *m}
+	case *protocol.VoidResult:
+		id, ev = m.TransactionID, EvVoidResult{OK: *m.OK, ErrorMessage: m.ErrorMessage}
+	case *protocol.CaptureResult:
+		amt := int64(0)
+		if m.AmountMinor != nil {
+			amt = *m.AmountMinor
+		}
+		id, ev = m.TransactionID, EvCaptureResult{OK: *m.OK, AmountMinor: amt, ErrorMessage: m.ErrorMessage}
+	default:
+		return protocol.Errorf(protocol.CodeUnknownAction, "action", "unexpected message")
+	}
+	t, err := e.store.Load(ctx, merchantID, id)
+	if errors.Is(err, ErrNotFound) || (err == nil && t.TerminalID != deviceID) {
+		return protocol.Errorf(protocol.CodeTransactionNotFound, "transactionId", "no such transaction for this terminal")
+	}
+	if err != nil {
+		return err
+	}
+	_, perr, err := e.update(ctx, merchantID, id, ev, nil)
+	if err != nil {
+		return err
+	}
+	if perr != nil {
+		return perr
+	}
+	return nil
+}
+
+// TerminalConnected resumes a device's transactions after it (re)connects
+// and re-sends every command still open for it (CONTRACT §6).
+func (e *Engine) TerminalConnected(ctx context.Context, merchantID, deviceID, connID string) error {
+	ids, err := e.store.rdb.SMembers(ctx, e.store.keys.Open(merchantID, deviceID)).Result()
+	if err != nil {
+		return err
+	}
+	txns := make([]*Txn, 0, len(ids))
+	for _, id := range ids {
+		t, _, err := e.update(ctx, merchantID, id, EvTerminalBack{ConnectionID: connID}, nil)
+		if errors.Is(err, ErrNotFound) {
+			e.store.rdb.SRem(ctx, e.store.keys.Open(merchantID, deviceID), id)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		txns = append(txns, t)
+	}
+	sortByCreated(txns)
+	var cmds []any
+	for _, t := range txns {
+		if t.Active() && t.FirstSentAt == nil {
+			if t2, _, err := e.update(ctx, merchantID, t.ID, EvSent{ConnectionID: connID}, nil); err == nil {
+				t = t2
+			}
+		}
+		cmds = append(cmds, t.OpenCommands()...)
+	}
+	if len(cmds) > 0 && e.opts.Sink != nil {
+		e.opts.Sink.SendTerminal(deviceID, cmds)
+	}
+	return nil
+}
+
+// TerminalDropped starts the grace period of every transaction the device
+// was working on.
+func (e *Engine) TerminalDropped(ctx context.Context, merchantID, deviceID string, graceUntil time.Time) error {
+	ids, err := e.store.rdb.SMembers(ctx, e.store.keys.Open(merchantID, deviceID)).Result()
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if _, _, err := e.update(ctx, merchantID, id, EvTerminalDropped{GraceUntil: graceUntil}, nil); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
+// Deadline applies a deadline that fell due (a timer or the start-up sweep).
+func (e *Engine) Deadline(ctx context.Context, merchantID, txnID, kind string) error {
+	_, _, err := e.update(ctx, merchantID, txnID, EvDeadline{Kind: kind}, nil)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+func sortByCreated(ts []*Txn) {
+	for i := 1; i < len(ts); i++ {
+		for j := i; j > 0 && ts[j].CreatedAt.Before(ts[j-1].CreatedAt); j-- {
+			ts[j], ts[j-1] = ts[j-1], ts[j]
+		}
+	}
+}
+
+// fingerprint identifies a request body for Idempotency-Key reuse checks.
+func fingerprint(action string, body any) string {
+	b, _ := json.Marshal(body)
+	h := sha256.Sum256(append([]byte(action+"\n"), b...))
+	return hex.EncodeToString(h[:])
+}
+
+// String makes Result readable in test failures.
+func (r Result) String() string {
+	if r.Txn == nil {
+		return "Result{}"
+	}
+	return fmt.Sprintf("Result{%s %s created=%v %d}", r.Txn.ID, r.Txn.Status, r.Created, r.Status)
+}

@@ -1,0 +1,99 @@
+package session
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/termhub/termhub/clock"
+)
+
+// timers mirrors the deadlines in Redis with in-process timers on the
+// engine's clock. Redis is the truth: a timer that fires re-reads the
+// transaction and acts only if the deadline is still set and due, and a
+// restarted hub re-arms everything from Redis (Engine.Start).
+type timers struct {
+	e  *Engine
+	mu sync.Mutex
+	m  map[string]armed // "<merchant>|<txn>|<kind>" → timer; guarded by mu
+}
+
+type armed struct {
+	at time.Time
+	t  clock.Timer
+}
+
+func newTimers(e *Engine) *timers { return &timers{e: e, m: map[string]armed{}} }
+
+// sync arms t's deadlines and stops the timers of deadlines it cleared.
+func (ts *timers) sync(t *Txn) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	for _, kind := range []string{DeadlinePayment, DeadlineGrace, DeadlineSignature, DeadlineCommand} {
+		ts.setLocked(t.MerchantID, t.ID, kind, t.Deadline(kind))
+	}
+}
+
+func (ts *timers) setLocked(merchantID, txnID, kind string, at time.Time) {
+	k := merchantID + "|" + txnID + "|" + kind
+	cur, ok := ts.m[k]
+	if ok && cur.at.Equal(at) {
+		return
+	}
+	if ok {
+		cur.t.Stop()
+		delete(ts.m, k)
+	}
+	if at.IsZero() {
+		return
+	}
+	d := at.Sub(ts.e.now())
+	if d < 0 {
+		d = 0
+	}
+	ts.m[k] = armed{at: at, t: ts.e.clock.AfterFunc(d, func() { ts.fire(merchantID, txnID, kind, at) })}
+}
+
+func (ts *timers) fire(merchantID, txnID, kind string, at time.Time) {
+	ts.mu.Lock()
+	k := merchantID + "|" + txnID + "|" + kind
+	if cur, ok := ts.m[k]; ok && cur.at.Equal(at) {
+		delete(ts.m, k)
+	}
+	ts.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ts.e.Deadline(ctx, merchantID, txnID, kind); err != nil {
+		ts.e.log.Error().Err(err).Str("transactionId", txnID).Str("deadline", kind).Msg("deadline failed; retrying")
+		ts.mu.Lock()
+		ts.setLocked(merchantID, txnID, kind, ts.e.now().Add(time.Second))
+		ts.mu.Unlock()
+	}
+}
+
+// Armed returns how many deadline timers are running (for metrics).
+func (ts *timers) Armed() int {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return len(ts.m)
+}
+
+// Start re-arms every deadline of the merchants from Redis, including those
+// that fell due while no hub was running (they fire at once).
+func (e *Engine) Start(ctx context.Context, merchantIDs []string) error {
+	for _, m := range merchantIDs {
+		ds, err := e.store.Deadlines(ctx, m, time.Time{})
+		if err != nil {
+			return err
+		}
+		e.timers.mu.Lock()
+		for _, d := range ds {
+			e.timers.setLocked(m, d.TxnID, d.Kind, d.At)
+		}
+		e.timers.mu.Unlock()
+	}
+	return nil
+}
+
+// ArmedTimers returns how many deadline timers are running.
+func (e *Engine) ArmedTimers() int { return e.timers.Armed() }
