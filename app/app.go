@@ -8,6 +8,7 @@ import (
 	"context"
 	"net/http"
 	"sort"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
@@ -59,6 +60,7 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 		OpsToken:          cfg.OpsToken,
 		Engine:            a.Engine,
 		Outbox:            a.Outbox,
+		Sessions:          hub.RedisSessions{RDB: rdb, Key: ks.Session},
 		Ready:             func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 	})
 	a.Engine.SetTerminals(a.Hub)
@@ -74,6 +76,56 @@ func (a *App) Start(ctx context.Context) error {
 	sort.Strings(ids)
 	if err := a.Engine.Start(ctx, ids); err != nil {
 		return err
+	}
+	dir := a.Hub.Directory()
+	for _, m := range ids {
+		var devices []string
+		for _, t := range dir.Terminals(m) {
+			devices = append(devices, t.DeviceID)
+		}
+		busy, err := a.Engine.DevicesWithWork(ctx, m, devices)
+		if err != nil {
+			return err
+		}
+		for _, d := range busy {
+			until := a.Hub.MarkReconnecting(m, d)
+			if until.IsZero() {
+				continue // already back
+			}
+			if err := a.Engine.TerminalDropped(ctx, m, d, until); err != nil {
+				return err
+			}
+			a.Log.Info().Str("merchantId", m).Str("deviceId", d).Msg("terminal had work in flight at start-up: waiting for it to reconnect")
+		}
+	}
+	a.scheduleTrim()
+	return nil
+}
+
+// trimEvery is how often outboxes are trimmed by outbox_retention.
+const trimEvery = time.Hour
+
+func (a *App) scheduleTrim() {
+	a.Clock.AfterFunc(trimEvery, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := a.Trim(ctx); err != nil {
+			a.Log.Error().Err(err).Msg("outbox trim failed")
+		}
+		a.scheduleTrim()
+	})
+}
+
+// Trim drops durable POS messages older than outbox_retention from every API
+// key's outbox, acknowledged or not (acknowledged ones go at ack time).
+func (a *App) Trim(ctx context.Context) error {
+	dir := a.Hub.Directory()
+	for _, m := range dir.MerchantIDs() {
+		for _, k := range dir.KeyIDs(m) {
+			if err := a.Outbox.Trim(ctx, m, k, a.Config.OutboxRetention.D(), a.Clock.Now()); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

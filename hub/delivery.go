@@ -30,6 +30,7 @@ type posDelivery struct {
 func (h *Hub) DeliverPOS(merchantID, apiKeyID string, msgs []queue.Entry) {
 	h.mu.Lock()
 	c := h.pos[apiKeyID]
+	h.wakeLocked(apiKeyID)
 	h.mu.Unlock()
 	if c == nil || c.merchantID != merchantID {
 		return // durable: replayed when the POS connects

@@ -37,6 +37,8 @@ type Options struct {
 	Engine Engine
 	// Outbox replays and acknowledges durable POS messages; nil disables replay.
 	Outbox *queue.Outbox
+	// Sessions keeps HTTP event sessions; nil disables them.
+	Sessions Sessions
 	// Ready reports whether the hub's store answers (for /readyz).
 	Ready func(ctx context.Context) error
 }
@@ -83,6 +85,7 @@ type Hub struct {
 	status     map[string]*terminalState             // by device id; guarded by mu
 	flaps      map[string][]time.Time                // API key id → recent displacement times; guarded by mu
 	conflicts  map[string]*KeyConflict               // API key id → fighting-keys record; guarded by mu
+	waiters    map[string]chan struct{}              // API key → long polls to wake; guarded by mu
 	observers  []func(merchantID string, update any) // ops feed; guarded by mu
 }
 
@@ -96,7 +99,7 @@ func New(opts Options) *Hub {
 		pos: map[string]*conn{}, posByMerch: map[string]map[*conn]struct{}{},
 		terminals: map[string]*conn{}, byID: map[string]*conn{},
 		status: map[string]*terminalState{}, flaps: map[string][]time.Time{},
-		conflicts: map[string]*KeyConflict{},
+		conflicts: map[string]*KeyConflict{}, waiters: map[string]chan struct{}{},
 	}
 	h.dir.Store(opts.Directory)
 	return h
@@ -119,6 +122,9 @@ func (h *Hub) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/transactions", h.posHTTP(h.handleListTransactions))
 	mux.HandleFunc("GET /v1/transactions/{id}", h.posHTTP(h.handleGetTransaction))
 	mux.HandleFunc("POST /v1/transactions/{id}/{action}", h.posHTTP(h.handleLifecycle))
+	mux.HandleFunc("POST /v1/sessions", h.posHTTP(h.handleOpenSession))
+	mux.HandleFunc("GET /v1/events", h.posHTTP(h.handleEvents))
+	mux.HandleFunc("POST /v1/events/ack", h.posHTTP(h.handleEventsAck))
 	mux.HandleFunc("GET /v1/ops/terminals", h.opsHTTP(h.handleOpsTerminals))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})

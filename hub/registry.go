@@ -342,3 +342,23 @@ func (h *Hub) Disconnect(connectionID string, d *protocol.Disconnect) bool {
 	c.disconnect(d)
 	return true
 }
+
+// MarkReconnecting puts a terminal that is not connected into
+// "reconnecting" with a fresh grace period. A restarted hub does this for
+// every device that had work in flight, so that the device gets its grace
+// period from the restart on.
+func (h *Hub) MarkReconnecting(merchantID, deviceID string) time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st := h.stateLocked(deviceID)
+	if st.status == protocol.TerminalOnline {
+		return time.Time{}
+	}
+	prev := st.status
+	h.stopGraceLocked(st)
+	st.status, st.graceUntil = protocol.TerminalReconnecting, h.now().Add(h.opts.GracePeriod)
+	seq, connID := st.graceSeq, st.connID
+	st.grace = h.clock.AfterFunc(h.opts.GracePeriod, func() { h.graceExpired(merchantID, deviceID, connID, seq) })
+	h.publishStatusLocked(merchantID, deviceID, connID, prev, st.status)
+	return st.graceUntil
+}

@@ -17,6 +17,7 @@ func (h *Hub) servePOS(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	h.displaceSession(r.Context(), p.merchantID, p.keyID)
 	h.serveConn(w, r, KindPOS, p, func(c *conn) {
 		h.registerPOS(c)
 		go h.replay(c)

@@ -724,3 +724,19 @@ func (r Result) String() string {
 	}
 	return fmt.Sprintf("Result{%s %s created=%v %d}", r.Txn.ID, r.Txn.Status, r.Created, r.Status)
 }
+
+// DevicesWithWork lists the merchant's devices that have transactions with
+// open commands (work in flight or owed to the terminal).
+func (e *Engine) DevicesWithWork(ctx context.Context, merchantID string, devices []string) ([]string, error) {
+	var out []string
+	for _, d := range devices {
+		n, err := e.store.rdb.SCard(ctx, e.store.keys.Open(merchantID, d)).Result()
+		if err != nil {
+			return nil, err
+		}
+		if n > 0 {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
