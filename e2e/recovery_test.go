@@ -24,7 +24,7 @@ func startCard(t *testing.T, term, pos *client.Conn, id string) {
 	}
 }
 
-func approve(t *testing.T, term *client.Conn, id, auth string) {
+func approveWith(t *testing.T, term *client.Conn, id, auth string) {
 	t.Helper()
 	send(t, term, "paymentResult", map[string]any{"transactionId": id, "outcome": "approved", "authCode": auth,
 		"maskedPan": "424242******4242", "rrn": "r-" + auth})
@@ -70,7 +70,7 @@ func TestReconnectInsideGraceDeliversCachedResult(t *testing.T) {
 	if err := read(t, term2, "startPayment").Decode(&sp); err != nil || sp.TransactionID != id {
 		t.Fatalf("open startPayment not re-sent: %+v %v", sp, err)
 	}
-	approve(t, term2, id, "CACHED")
+	approveWith(t, term2, id, "CACHED")
 	read(t, term2, "resultAck")
 	done := statusOf(t, pos, id, protocol.StatusCompleted)
 	if done.Action != "paymentComplete" || done.Transaction.AuthCode != "CACHED" {
@@ -107,7 +107,7 @@ func TestGraceExpiryFailsThenLateApprovalIsVoided(t *testing.T) {
 	if m := read(t, term2, "cancelPayment"); m.Raw == nil {
 		t.Fatal("open cancelPayment not re-sent")
 	}
-	approve(t, term2, id, "LATE")
+	approveWith(t, term2, id, "LATE")
 	read(t, term2, "resultAck")
 	var vp protocol.TerminalCommand
 	if err := read(t, term2, "voidPayment").Decode(&vp); err != nil || vp.TransactionID != id {
@@ -146,7 +146,7 @@ func TestPOSGetsMissedResultsInOrderAndAckStopsReplay(t *testing.T) {
 		ids = append(ids, id)
 		read(t, term, "startPayment")
 		send(t, term, "commandReceived", map[string]any{"transactionId": id})
-		approve(t, term, id, "M"+string(rune('1'+i)))
+		approveWith(t, term, id, "M"+string(rune('1'+i)))
 		read(t, term, "resultAck")
 		eventually(t, func() bool {
 			got, _ := e.App.Engine.Get(ctx(t), "m1", id)
@@ -231,7 +231,7 @@ func TestHTTPEventSessionPollAndAck(t *testing.T) {
 	id := created.Transaction.ID
 	read(t, term, "startPayment")
 	send(t, term, "commandReceived", map[string]any{"transactionId": id})
-	approve(t, term, id, "H1")
+	approveWith(t, term, id, "H1")
 	read(t, term, "resultAck")
 
 	var page struct {

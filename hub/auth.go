@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 
 	"github.com/termhub/termhub/protocol"
 )
@@ -34,11 +35,10 @@ func readCredentials(r *http.Request, idHeader, idQuery string) (credentials, *p
 		}
 	}
 	missing := func(header, param string) *protocol.Error {
-		name := header + " header"
 		if c.queryForm {
-			name = param + " query parameter"
+			return protocol.Errorf(protocol.CodeUnauthorized, param, "missing %s query parameter", param)
 		}
-		return protocol.Errorf(protocol.CodeUnauthorized, header, "missing %s", name)
+		return protocol.Errorf(protocol.CodeUnauthorized, header, "missing %s header", header)
 	}
 	switch {
 	case c.id == "":
@@ -60,15 +60,20 @@ func (h *Hub) authenticate(r *http.Request, body []byte, idHeader, idQuery strin
 	if e != nil {
 		return "", "", e
 	}
+	// Name the part the way the client sent it: header or query parameter.
+	idName, tsName, sigName := idHeader, protocol.HeaderTimestamp, protocol.HeaderSignature
+	if c.queryForm {
+		idName, tsName, sigName = idQuery, protocol.QueryTimestamp, protocol.QuerySignature
+	}
 	if ok, problem := protocol.CheckTimestamp(c.ts, h.now()); !ok {
-		return "", "", protocol.Errorf(protocol.CodeUnauthorized, protocol.HeaderTimestamp, "%s", problem)
+		return "", "", protocol.Errorf(protocol.CodeUnauthorized, tsName, "%s", problem)
 	}
 	secret, merchantID, ok := lookup(c.id)
 	if !ok {
-		return "", "", protocol.Errorf(protocol.CodeUnauthorized, idHeader, "unknown %s", idHeader)
+		return "", "", protocol.Errorf(protocol.CodeUnauthorized, idName, "unknown %s", idName)
 	}
 	if !protocol.VerifySignature(secret, r.Method, protocol.SignedPath(r.URL, c.queryForm), c.ts, body, c.sig) {
-		return "", "", protocol.Errorf(protocol.CodeUnauthorized, protocol.HeaderSignature, "bad signature")
+		return "", "", protocol.Errorf(protocol.CodeUnauthorized, sigName, "bad signature")
 	}
 	return c.id, merchantID, nil
 }
@@ -95,7 +100,7 @@ func (h *Hub) authTerminal(r *http.Request) (principal, *protocol.Error) {
 // in the dashboard's session cookie.
 func (h *Hub) OpsAuthorized(r *http.Request, token string) bool {
 	got := ""
-	if a := r.Header.Get("Authorization"); len(a) > 7 && a[:7] == "Bearer " {
+	if a := r.Header.Get("Authorization"); len(a) > 7 && strings.EqualFold(a[:7], "Bearer ") {
 		got = a[7:]
 	} else if ck, err := r.Cookie(OpsCookie); err == nil {
 		got = ck.Value

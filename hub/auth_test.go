@@ -176,35 +176,35 @@ func TestQueryParameterCredentials(t *testing.T) {
 		{"POS bad signature", client.POSPath, func() url.Values {
 			q := signed(client.POSPath, protocol.QueryAPIKey, "pk1", secrets["pk1b"])
 			return q
-		}, protocol.HeaderSignature, "bad signature"},
+		}, protocol.QuerySignature, "bad signature"},
 		{"POS missing timestamp", client.POSPath, func() url.Values {
 			q := signed(client.POSPath, protocol.QueryAPIKey, "pk1", secrets["pk1"])
 			q.Del(protocol.QueryTimestamp)
 			return q
-		}, protocol.HeaderTimestamp, "missing timestamp query parameter"},
+		}, protocol.QueryTimestamp, "missing timestamp query parameter"},
 		{"POS missing signature", client.POSPath, func() url.Values {
 			q := signed(client.POSPath, protocol.QueryAPIKey, "pk1", secrets["pk1"])
 			q.Del(protocol.QuerySignature)
 			return q
-		}, protocol.HeaderSignature, "missing signature query parameter"},
+		}, protocol.QuerySignature, "missing signature query parameter"},
 		{"POS stale", client.POSPath, func() url.Values {
 			u := &url.URL{Path: client.POSPath}
 			protocol.SignURL(u, protocol.QueryAPIKey, "pk1", secrets["pk1"], th.clock.Now().Add(-301*time.Second))
 			return u.Query()
-		}, protocol.HeaderTimestamp, "stale timestamp"},
+		}, protocol.QueryTimestamp, "stale timestamp"},
 		{"terminal unknown device", client.TerminalPath, func() url.Values {
 			return signed(client.TerminalPath, protocol.QueryDeviceID, "T9", secrets["T1"])
-		}, protocol.HeaderDeviceID, "unknown X-Device-Id"},
+		}, protocol.QueryDeviceID, "unknown deviceId"},
 		{"terminal bad signature", client.TerminalPath, func() url.Values {
 			return signed(client.TerminalPath, protocol.QueryDeviceID, "T1", secrets["U1"])
-		}, protocol.HeaderSignature, "bad signature"},
+		}, protocol.QuerySignature, "bad signature"},
 		{"terminal signed with extra parameter it does not send", client.TerminalPath, func() url.Values {
 			u := &url.URL{Path: client.TerminalPath, RawQuery: "v=2"}
 			protocol.SignURL(u, protocol.QueryDeviceID, "T1", secrets["T1"], th.clock.Now())
 			q := u.Query()
 			q.Del("v")
 			return q
-		}, protocol.HeaderSignature, "bad signature"},
+		}, protocol.QuerySignature, "bad signature"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

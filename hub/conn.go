@@ -49,6 +49,9 @@ type conn struct {
 
 	dlv posDelivery // POS only: outbox replay and live delivery
 
+	kicked atomic.Bool // a disconnect was taken: frames that still arrive are dropped
+	leave  func()      // unregisters once; set by serveConn
+
 	alive    atomic.Bool  // a pong or a frame arrived since the last heartbeat tick
 	missed   int          // heartbeats missed in a row; touched only by the heartbeat timer
 	lastSeen atomic.Int64 // unix nanoseconds of the last pong or frame, by the hub clock
@@ -130,6 +133,10 @@ func (c *conn) writeLoop() {
 		case <-c.ctx.Done():
 			return
 		case d := <-c.kick:
+			c.kicked.Store(true)
+			if c.leave != nil {
+				c.leave()
+			}
 			c.finish(d)
 			return
 		case frame := <-c.send:
@@ -196,6 +203,9 @@ func (c *conn) readLoop(handle func(data []byte) error) {
 		case typ != websocket.MessageText:
 			c.protocolViolation("binary frames are not accepted")
 			return
+		}
+		if c.kicked.Load() {
+			continue // on its way out: nothing more is acted on
 		}
 		if err := handle(data); errors.Is(err, protocol.ErrNotJSON) {
 			c.protocolViolation("frame is not JSON")

@@ -13,6 +13,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/config"
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/protocol"
 )
@@ -138,6 +139,9 @@ func TestFightingKeys(t *testing.T) {
 	want := []hub.KeyConflict{{APIKeyID: "pk1", MerchantID: "m1", Displacements: 3, LastAt: third}}
 	if got := th.ops(t).Conflicts; !reflect.DeepEqual(got, want) {
 		t.Fatalf("ops conflicts %+v, want %+v", got, want)
+	}
+	if !th.logged(map[string]any{"level": "warn", "apiKeyId": "pk1", "merchantId": "m1", "displacements": float64(3)}) {
+		t.Errorf("no warning naming pk1 and its 3 displacements in the hub log:\n%s", th.logs.String())
 	}
 
 	e := th.pos(t, "pk1") // 4th, still inside the minute
@@ -433,6 +437,80 @@ func TestDrain(t *testing.T) {
 	if status, body := th.get(t, "/readyz", nil); status != http.StatusServiceUnavailable {
 		t.Errorf("/readyz while draining: HTTP %d %s, want 503", status, body)
 	}
+}
+
+func TestAdminDisconnect(t *testing.T) {
+	th := newTestHub(t)
+	pos := th.pos(t, "pk1")
+	term := th.terminal(t, "T1")
+	pos.expectStatus(t, th.clock.Now(), "T1", term.ID(), protocol.TerminalOffline, protocol.TerminalOnline)
+
+	kick := &protocol.Disconnect{Code: protocol.CloseAdmin, Reason: protocol.ReasonAdmin,
+		Message: "Disconnected by an operator", ReconnectAllowed: true}
+	if !th.Disconnect(term.ID(), kick) {
+		t.Fatalf("Disconnect(%s) found no connection", term.ID())
+	}
+	term.expectForceDisconnect(t, protocol.ReasonAdmin, "Disconnected by an operator", true, int(protocol.CloseAdmin))
+	pos.expectStatus(t, th.clock.Now(), "T1", term.ID(), protocol.TerminalOnline, protocol.TerminalReconnecting)
+	eventually(t, "the kicked terminal to be unregistered", func() bool {
+		ids := th.connectionIDs()
+		return len(ids) == 1 && ids[0] == pos.ID()
+	})
+	if th.Disconnect(term.ID(), kick) {
+		t.Error("Disconnect of a finished connection reported it existed")
+	}
+	if th.Disconnect("conn_000000000000000000000000", kick) {
+		t.Error("Disconnect of an unknown id reported it existed")
+	}
+	pos.barrier(t)
+}
+
+func TestReloadDropsRemovedCredentials(t *testing.T) {
+	th := newTestHub(t)
+	kept := th.pos(t, "pk1")
+	removed := th.pos(t, "pk1b")
+	t1 := th.terminal(t, "T1")
+	t2 := th.terminal(t, "T2")
+	u1 := th.terminal(t, "U1")
+
+	cfg := parseTestConfig(t)
+	m1 := &cfg.Merchants[0]
+	m1.APIKeys = m1.APIKeys[:1]     // pk1b revoked
+	m1.Terminals = m1.Terminals[:1] // T2 unregistered
+	th.Reload(config.NewDirectory(cfg))
+
+	removed.expectForceDisconnectSkipping(t, []string{protocol.ActionTerminalStatusUpdate},
+		protocol.ReasonOther, "Credential no longer valid", false, int(protocol.ClosePolicy))
+	t2.expectForceDisconnect(t, protocol.ReasonOther, "Credential no longer valid", false, int(protocol.ClosePolicy))
+	for _, p := range []*peer{kept, t1, u1} {
+		if !p.alive() {
+			t.Errorf("%s was disconnected by a reload that kept its credential", p.name)
+		}
+	}
+	for {
+		// The merchant's POS heard T1 and T2 come online and T2 drop.
+		m := kept.expect(t, protocol.ActionTerminalStatusUpdate)
+		var u protocol.TerminalStatusUpdate
+		if err := m.Decode(&u); err != nil {
+			t.Fatal(err)
+		}
+		if u.TerminalID == "T2" && u.Status == protocol.TerminalReconnecting {
+			break
+		}
+	}
+	rows := kept.barrier(t)
+	if len(rows) != 1 || rows[0].TerminalID != "T1" {
+		t.Errorf("terminals after the reload %+v, want T1 only", rows)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	_, err := client.DialPOS(ctx, th.options(), "pk1b", secrets["pk1b"])
+	var he *client.HandshakeError
+	if !errors.As(err, &he) {
+		t.Fatalf("dial with a revoked key: %v, want 401", err)
+	}
+	assertError(t, he.StatusCode, []byte(he.Body), http.StatusUnauthorized, protocol.CodeUnauthorized,
+		protocol.HeaderAPIKey, "unknown X-Api-Key", allSecrets()...)
 }
 
 func TestHealthAndReadiness(t *testing.T) {

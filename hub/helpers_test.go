@@ -54,6 +54,11 @@ const opsToken = "ops-secret"
 // m2 with key pk2 and terminal U1.
 func testConfig(t *testing.T) *config.Directory {
 	t.Helper()
+	return config.NewDirectory(parseTestConfig(t))
+}
+
+func parseTestConfig(t *testing.T) config.Config {
+	t.Helper()
 	yaml := fmt.Sprintf(`
 ops_token: %q
 merchants:
@@ -76,7 +81,7 @@ merchants:
 	if err != nil {
 		t.Fatalf("test config: %v", err)
 	}
-	return config.NewDirectory(cfg)
+	return cfg
 }
 
 // testHub is a hub serving on a real loopback listener.
@@ -84,6 +89,7 @@ type testHub struct {
 	*hub.Hub
 	srv   *httptest.Server
 	clock *clock.Fake
+	logs  *syncBuffer // the hub's log, JSON lines
 }
 
 // newTestHub starts a hub with a 15 s heartbeat and a 60 s grace period on a
@@ -118,7 +124,7 @@ func newTestHub(t *testing.T, opts ...func(*hub.Options)) *testHub {
 			t.Logf("hub log:\n%s", logs.String())
 		}
 	})
-	return &testHub{Hub: h, srv: srv, clock: fake}
+	return &testHub{Hub: h, srv: srv, clock: fake, logs: logs}
 }
 
 // withHeartbeat sets the heartbeat interval, e.g. to an hour so that a test
@@ -307,6 +313,27 @@ func (th *testHub) ops(t *testing.T) opsTerminals {
 		t.Fatalf("GET /v1/ops/terminals: %v in %s", err, body)
 	}
 	return o
+}
+
+// logged reports whether the hub logged a line with all the given fields.
+func (th *testHub) logged(fields map[string]any) bool {
+	for _, line := range strings.Split(th.logs.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil {
+			continue
+		}
+		all := true
+		for k, v := range fields {
+			if !reflect.DeepEqual(m[k], v) {
+				all = false
+				break
+			}
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }
 
 // waitTimers waits until n timers are armed on the fake clock. A connection
@@ -546,7 +573,18 @@ func (p *peer) barrier(t *testing.T) []protocol.TerminalInfo {
 // close code.
 func (p *peer) expectForceDisconnect(t *testing.T, reason, message string, reconnect bool, code int) {
 	t.Helper()
-	m := p.next(t)
+	p.forceDisconnected(t, p.next(t), reason, message, reconnect, code)
+}
+
+// expectForceDisconnectSkipping is expectForceDisconnect passing over
+// messages with the given actions first.
+func (p *peer) expectForceDisconnectSkipping(t *testing.T, skip []string, reason, message string, reconnect bool, code int) {
+	t.Helper()
+	p.forceDisconnected(t, p.nextSkipping(t, skip...), reason, message, reconnect, code)
+}
+
+func (p *peer) forceDisconnected(t *testing.T, m client.Message, reason, message string, reconnect bool, code int) {
+	t.Helper()
 	want := map[string]any{"action": protocol.ActionForceDisconnect, "reason": reason, "message": message, "reconnectAllowed": reconnect}
 	if got := decodeMap(t, m.Raw); !reflect.DeepEqual(got, want) {
 		t.Fatalf("%s: got %s, want exactly %s", p.name, m.Raw, mustJSON(t, want))

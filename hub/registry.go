@@ -70,6 +70,16 @@ func (h *Hub) registerPOS(c *conn) {
 		ServerTime: h.now(), Terminals: h.terminalInfosLocked(c.merchantID),
 	})
 	c.log.Info().Msg("POS connected")
+	h.kickIfDrainingLocked(c)
+}
+
+// kickIfDrainingLocked tells a connection that registered after Drain took
+// its snapshot to go too.
+func (h *Hub) kickIfDrainingLocked(c *conn) {
+	if h.draining.Load() {
+		c.disconnect(&protocol.Disconnect{Code: protocol.CloseShutdown, Reason: protocol.ReasonShutdown,
+			Message: "Server is shutting down; reconnect", ReconnectAllowed: true})
+	}
 }
 
 // unregisterPOS forgets c, but only if it is still the registered
@@ -143,6 +153,7 @@ func (h *Hub) registerTerminal(c *conn) {
 	h.stopGraceLocked(st)
 	h.publishStatusLocked(c.merchantID, c.deviceID, c.id, prev, st.status)
 	c.log.Info().Str("previousStatus", prev).Msg("terminal connected")
+	h.kickIfDrainingLocked(c)
 }
 
 // unregisterTerminal handles the end of c. If c is still the device's

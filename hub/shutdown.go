@@ -11,8 +11,8 @@ import (
 // reconnect (forceDisconnect server_shutdown, close 4004) and waits for the
 // connections to finish or ctx to end.
 func (h *Hub) Drain(ctx context.Context) error {
-	h.draining.Store(true)
 	h.mu.Lock()
+	h.draining.Store(true)
 	all := make([]*conn, 0, len(h.byID))
 	for _, c := range h.byID {
 		all = append(all, c)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -66,16 +67,30 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 	}
 	ws.SetReadLimit(-1) // readLoop enforces 64 KiB itself, to close with 4400
 	c.ws = ws
+	// Counted under h.mu so that Drain, which sets draining under h.mu before
+	// it waits, never sees an Add after its Wait began.
+	h.mu.Lock()
+	if h.draining.Load() {
+		h.mu.Unlock()
+		_ = ws.Close(websocket.StatusCode(protocol.CloseShutdown), protocol.ReasonShutdown)
+		return
+	}
 	h.conns.Add(1)
+	h.mu.Unlock()
 	defer h.conns.Done()
 
+	// A kicked connection leaves the registry at once, not after its close
+	// handshake (which a stale peer never answers).
+	c.leave = sync.OnceFunc(func() {
+		c.stopHeartbeat()
+		unregister(c)
+	})
 	go c.writeLoop() // first, so nothing register queues can fill the queue
-	register(c)
 	c.startHeartbeat()
+	register(c)
 	c.readLoop(func(data []byte) error { return handle(c, data) })
 
-	c.stopHeartbeat()
-	unregister(c)
+	c.leave()
 	c.disconnect(&protocol.Disconnect{Code: protocol.CloseCode(websocket.StatusNormalClosure)})
 	<-c.done
 	c.cancel()
