@@ -17,19 +17,21 @@ import (
 	"github.com/termhub/termhub/config"
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/internal/keys"
+	"github.com/termhub/termhub/internal/metrics"
 	"github.com/termhub/termhub/queue"
 	"github.com/termhub/termhub/session"
 )
 
 // App is one termhub node.
 type App struct {
-	Config config.Config
-	Hub    *hub.Hub
-	Engine *session.Engine
-	Outbox *queue.Outbox
-	Redis  redis.UniversalClient
-	Clock  clock.Clock
-	Log    zerolog.Logger
+	Config  config.Config
+	Hub     *hub.Hub
+	Engine  *session.Engine
+	Outbox  *queue.Outbox
+	Metrics *metrics.Metrics
+	Redis   redis.UniversalClient
+	Clock   clock.Clock
+	Log     zerolog.Logger
 }
 
 // New builds an App on rdb. clk may be nil (wall clock).
@@ -39,9 +41,10 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 	}
 	ks := keys.Space{Prefix: cfg.KeyPrefix}
 	dir := config.NewDirectory(cfg)
-	a := &App{Config: cfg, Redis: rdb, Clock: clk, Log: log, Outbox: queue.NewOutbox(rdb, ks)}
+	a := &App{Config: cfg, Redis: rdb, Clock: clk, Log: log, Outbox: queue.NewOutbox(rdb, ks), Metrics: metrics.New()}
 	a.Engine = session.NewEngine(session.Options{
 		Store:            session.NewStore(rdb, ks),
+		Metrics:          a.Metrics,
 		Clock:            clk,
 		Logger:           log,
 		PaymentTimeout:   cfg.PaymentTimeout.D(),
@@ -59,13 +62,33 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 		GracePeriod:       cfg.GracePeriod.D(),
 		OpsToken:          cfg.OpsToken,
 		Engine:            a.Engine,
+		Metrics:           a.Metrics,
 		Outbox:            a.Outbox,
 		Sessions:          hub.RedisSessions{RDB: rdb, Key: ks.Session},
 		Ready:             func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 	})
 	a.Engine.SetTerminals(a.Hub)
 	a.Engine.SetSink(a.Hub)
+	a.Metrics.GaugeFunc("termhub_outbox_depth", "Durable POS messages kept in the outboxes (unacknowledged or within retention).", a.outboxDepth)
+	a.Metrics.GaugeFunc("termhub_deadline_timers", "Transaction deadlines armed in this process.", func() float64 { return float64(a.Engine.ArmedTimers()) })
 	return a
+}
+
+func (a *App) outboxDepth() float64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	dir := a.Hub.Directory()
+	total := int64(0)
+	for _, m := range dir.MerchantIDs() {
+		for _, k := range dir.KeyIDs(m) {
+			n, err := a.Outbox.Depth(ctx, m, k)
+			if err != nil {
+				return -1
+			}
+			total += n
+		}
+	}
+	return float64(total)
 }
 
 // Start re-arms every deadline kept in Redis (those that fell due while no

@@ -94,6 +94,8 @@ func (h *Hub) replay(c *conn) {
 	}
 	h.endReplay(c)
 	if n > 0 {
+		h.metrics.Replays.Inc()
+		h.metrics.ReplayedMessages.Add(float64(n))
 		c.log.Info().Int("messages", n).Dur("took", h.now().Sub(started)).Msg("replayed unacknowledged messages")
 	}
 }

@@ -104,6 +104,9 @@ func (h *Hub) handleOpenSession(w http.ResponseWriter, r *http.Request, p princi
 	if old != nil || prev != "" {
 		allowed = h.recordDisplacementLocked(p.keyID, p.merchantID)
 	}
+	if old != nil || prev != "" {
+		h.metrics.Displacements.WithLabelValues("session").Inc()
+	}
 	if old != nil {
 		old.disconnect(&protocol.Disconnect{Code: protocol.CloseDisplaced, Reason: protocol.ReasonAPIKeyUsedElsewhere,
 			Message: "Connection displaced by new connection with same API key", ReconnectAllowed: allowed})

@@ -11,14 +11,18 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/internal/metrics"
+	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/queue"
 )
 
@@ -39,6 +43,8 @@ type Options struct {
 	Outbox *queue.Outbox
 	// Sessions keeps HTTP event sessions; nil disables them.
 	Sessions Sessions
+	// Metrics is where the hub records; a fresh one when nil.
+	Metrics *metrics.Metrics
 	// Ready reports whether the hub's store answers (for /readyz).
 	Ready func(ctx context.Context) error
 }
@@ -59,6 +65,9 @@ func (o *Options) fill() {
 	if o.SendQueue <= 0 {
 		o.SendQueue = 256
 	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
+	}
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = 10 * time.Second
 	}
@@ -75,8 +84,10 @@ type Hub struct {
 	conns   sync.WaitGroup // one per live WebSocket handler
 
 	draining atomic.Bool
+	metrics  *metrics.Metrics
 	devLocks [64]sync.Mutex // serialise a device's connect and drop handling
 
+	mux        *http.ServeMux
 	mu         sync.Mutex
 	pos        map[string]*conn                      // by API key id; guarded by mu
 	posByMerch map[string]map[*conn]struct{}         // guarded by mu
@@ -102,8 +113,23 @@ func New(opts Options) *Hub {
 		conflicts: map[string]*KeyConflict{}, waiters: map[string]chan struct{}{},
 	}
 	h.dir.Store(opts.Directory)
+	h.metrics = opts.Metrics
+	h.metrics.GaugeFunc("termhub_grace_timers", "Terminals inside their reconnect grace period.", func() float64 {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		n := 0
+		for _, st := range h.status {
+			if st.status == protocol.TerminalReconnecting {
+				n++
+			}
+		}
+		return float64(n)
+	})
 	return h
 }
+
+// Metrics returns where the hub records.
+func (h *Hub) Metrics() *metrics.Metrics { return h.metrics }
 
 // Directory returns the merchants, keys and terminals in force.
 func (h *Hub) Directory() *config.Directory { return h.dir.Load() }
@@ -130,8 +156,42 @@ func (h *Hub) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", h.handleReady)
-	return mux
+	mux.Handle("GET /metrics", h.opsHTTP(promhttp.HandlerFor(h.metrics.Registry, promhttp.HandlerOpts{}).ServeHTTP))
+	h.mux = mux
+	return h.timed(mux)
 }
+
+// Mux returns the routes, for packages that add their own (ops).
+func (h *Hub) Mux() *http.ServeMux { return h.mux }
+
+// timed records the latency of every plain HTTP request by route pattern
+// (WebSocket upgrades are long-lived and measured per message instead).
+func (h *Hub) timed(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		h.metrics.HTTPDuration.WithLabelValues(route, strconv.Itoa(sw.code)).Observe(time.Since(start).Seconds())
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) { w.code = code; w.ResponseWriter.WriteHeader(code) }
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (h *Hub) handleReady(w http.ResponseWriter, r *http.Request) {
 	if h.draining.Load() {

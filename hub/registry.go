@@ -54,6 +54,7 @@ func (h *Hub) registerPOS(c *conn) {
 	if old := h.pos[c.keyID]; old != nil {
 		allowed := h.recordDisplacementLocked(c.keyID, c.merchantID)
 		old.log.Info().Str("by", c.id).Bool("reconnectAllowed", allowed).Msg("displaced by a new connection with the same API key")
+		h.metrics.Displacements.WithLabelValues(string(KindPOS)).Inc()
 		old.disconnect(&protocol.Disconnect{Code: protocol.CloseDisplaced, Reason: protocol.ReasonAPIKeyUsedElsewhere,
 			Message: "Connection displaced by new connection with same API key", ReconnectAllowed: allowed})
 		h.dropPOSLocked(old)
@@ -121,6 +122,7 @@ func (h *Hub) recordDisplacementLocked(keyID, merchantID string) bool {
 	if len(recent) < flapLimit {
 		return true
 	}
+	h.metrics.KeyConflicts.Inc()
 	h.conflicts[keyID] = &KeyConflict{APIKeyID: keyID, MerchantID: merchantID, Displacements: len(recent), LastAt: now}
 	h.log.Warn().Str("apiKeyId", keyID).Str("merchantId", merchantID).Int("displacements", len(recent)).
 		Msg("API key connections keep displacing each other: the displaced client is told not to reconnect")
@@ -135,6 +137,7 @@ func (h *Hub) registerTerminal(c *conn) {
 	defer h.mu.Unlock()
 	if old := h.terminals[c.deviceID]; old != nil {
 		old.log.Info().Str("by", c.id).Msg("displaced by a new connection of the same device")
+		h.metrics.Displacements.WithLabelValues(string(KindTerminal)).Inc()
 		old.disconnect(&protocol.Disconnect{Code: protocol.CloseDisplaced, Reason: protocol.ReasonDeviceElsewhere,
 			Message: "Connection displaced by new connection of the same device", ReconnectAllowed: true})
 		if h.byID[old.id] == old {

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/termhub/termhub/protocol"
+	"github.com/termhub/termhub/session"
 )
 
 // servePOS upgrades an authenticated POS to a WebSocket and serves it.
@@ -78,6 +80,9 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 	h.conns.Add(1)
 	h.mu.Unlock()
 	defer h.conns.Done()
+	gauge := h.metrics.Connections.WithLabelValues(string(kind))
+	gauge.Inc()
+	defer gauge.Dec()
 
 	// A kicked connection leaves the registry at once, not after its close
 	// handshake (which a stale peer never answers).
@@ -88,7 +93,12 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 	go c.writeLoop() // first, so nothing register queues can fill the queue
 	c.startHeartbeat()
 	register(c)
-	c.readLoop(func(data []byte) error { return handle(c, data) })
+	c.readLoop(func(data []byte) error {
+		start := time.Now()
+		err := handle(c, data)
+		h.metrics.WSDuration.WithLabelValues(string(kind), actionLabel(data)).Observe(time.Since(start).Seconds())
+		return err
+	})
 
 	c.leave()
 	c.disconnect(&protocol.Disconnect{Code: protocol.CloseCode(websocket.StatusNormalClosure)})
@@ -141,17 +151,30 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 		h.ack(c.ctx, c, in.RequestID, body.MessageID)
 		return nil
 	}
-	res, err := h.perform(c.ctx, principal{merchantID: c.merchantID, keyID: c.keyID}, in.Body, idempotencyKeyOf(in.Body))
-	if err != nil {
-		c.sendJSON(protocol.NewErrorReply(in.RequestID, h.clientError(err, c.log)))
-		return nil
+	replied := false
+	answer := func(res session.Result) {
+		reply := protocol.Response{Action: protocol.ResponseAction(in.Action), RequestID: in.RequestID, Transaction: res.Txn}
+		if in.Action == protocol.ActionPayment {
+			created := res.Created
+			reply.Created = &created
+		}
+		c.sendJSON(reply)
+		replied = true
 	}
-	reply := protocol.Response{Action: protocol.ResponseAction(in.Action), RequestID: in.RequestID, Transaction: res.Txn}
-	if in.Action == protocol.ActionPayment {
-		created := res.Created
-		reply.Created = &created
+	// The reply goes out between the commit and the delivery of what it
+	// caused, so the POS never sees an outcome before the answer.
+	ctx := session.WithReply(c.ctx, answer)
+	res, err := h.perform(ctx, principal{merchantID: c.merchantID, keyID: c.keyID}, in.Body, idempotencyKeyOf(in.Body))
+	switch {
+	case err != nil:
+		pe := h.clientError(err, c.log)
+		if pe.Field == protocol.HeaderIdemKey {
+			pe = &protocol.Error{Code: pe.Code, Message: pe.Message, Field: "idempotencyKey"}
+		}
+		c.sendJSON(protocol.NewErrorReply(in.RequestID, pe))
+	case !replied:
+		answer(res)
 	}
-	c.sendJSON(reply)
 	return nil
 }
 
@@ -200,4 +223,26 @@ func (h *Hub) replyDecodeError(c *conn, in protocol.Inbound, err error) error {
 		return nil
 	}
 	return err
+}
+
+// actionLabel is the action of a frame for metrics, from a fixed set so that
+// a client cannot create label values at will.
+func actionLabel(data []byte) string {
+	var env struct {
+		Action string `json:"action"`
+	}
+	if json.Unmarshal(data, &env) != nil {
+		return "invalid"
+	}
+	for _, a := range protocol.POSActions {
+		if a == env.Action {
+			return a
+		}
+	}
+	for _, a := range protocol.TerminalActions {
+		if a == env.Action {
+			return a
+		}
+	}
+	return "unknown"
 }

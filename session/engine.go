@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/clock"
+	"github.com/termhub/termhub/internal/metrics"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/queue"
 )
@@ -50,6 +51,8 @@ type Options struct {
 	Sink             Sink
 	PaymentTimeout   time.Duration
 	SignatureTimeout time.Duration
+	// Metrics records transitions and auto-voids; nil records nothing.
+	Metrics *metrics.Metrics
 	// Webhooks reports whether a merchant takes webhooks; when it does, every
 	// final state is queued for delivery in the same commit.
 	Webhooks func(merchantID string) bool
@@ -63,6 +66,7 @@ type Engine struct {
 	clock  clock.Clock
 	log    zerolog.Logger
 	locks  [256]sync.Mutex // per API key stripes: commit and live delivery in stream order
+	devs   [256]sync.Mutex // per device stripes: creates for one terminal, one at a time
 	timers *timers
 }
 
@@ -114,6 +118,14 @@ func newTxnID() string {
 	return "txn_" + hex.EncodeToString(b)
 }
 
+func (e *Engine) lockDevice(merchantID, deviceID string) func() {
+	h := fnv.New32a()
+	h.Write([]byte(merchantID + "\x00" + deviceID))
+	m := &e.devs[h.Sum32()%uint32(len(e.devs))]
+	m.Lock()
+	return m.Unlock
+}
+
 func (e *Engine) lockKeys(merchantID string, apiKeys ...string) func() {
 	idx := make([]int, 0, len(apiKeys))
 	for _, k := range apiKeys {
@@ -155,6 +167,8 @@ type pending struct {
 	terminal map[string][]any // device → commands
 	devOrder []string
 	arm      []*Txn
+	entered  []protocol.Status
+	autoVoid int
 }
 
 func newPending() *pending {
@@ -206,6 +220,10 @@ func (e *Engine) stage(c *commit, p *pending, t *Txn, prev map[string]time.Time,
 	}
 	p.addTerminal(t.TerminalID, fx.Terminal)
 	p.arm = append(p.arm, t)
+	p.entered = append(p.entered, fx.Entered...)
+	if fx.AutoVoid {
+		p.autoVoid++
+	}
 	return nil
 }
 
@@ -224,12 +242,15 @@ type WebhookData struct {
 
 // run executes c with the ordering locks of p's API keys held, then
 // delivers messages (under the locks) and sends terminal commands.
-func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pending) error {
+func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pending, res *Result) error {
 	unlock := e.lockKeys(merchantID, p.order...)
 	ids, err := c.exec(ctx, e.store.rdb)
 	if err != nil {
 		unlock()
 		return err
+	}
+	if f := replyHook(ctx); f != nil && res != nil {
+		f(*res)
 	}
 	// xadd ids come back in staging order; outbox entries were staged per
 	// key in p.order's interleaving, so walk c.xadds to assign them.
@@ -249,6 +270,12 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 		}
 	}
 	unlock()
+	if m := e.opts.Metrics; m != nil {
+		for _, s := range p.entered {
+			m.Transactions.WithLabelValues(string(s)).Inc()
+		}
+		m.AutoVoids.Add(float64(p.autoVoid))
+	}
 	for _, t := range p.arm {
 		e.timers.sync(t)
 	}
@@ -301,7 +328,7 @@ func (e *Engine) update(ctx context.Context, merchantID, id string, ev Event, id
 		if idem != nil {
 			idem.stage(c, e.store, merchantID, t, http.StatusOK, nil)
 		}
-		err = e.run(ctx, merchantID, c, p)
+		err = e.run(ctx, merchantID, c, p, &Result{Txn: t.Wire(), Status: http.StatusOK})
 		if errors.Is(err, errConflict) {
 			continue
 		}
@@ -372,7 +399,7 @@ func (e *Engine) Create(ctx context.Context, in CreateInput) (Result, error) {
 			Reference: req.Reference, CaptureMode: req.CaptureMode, Description: req.Description,
 			PrintReceipt: req.PrintReceipt == nil || *req.PrintReceipt, TimeoutSeconds: e.timeoutSeconds(req.TimeoutSeconds),
 		}}, nil
-	}, nil)
+	}, nil, nil)
 }
 
 func (e *Engine) timeoutSeconds(v *int) int {
@@ -437,14 +464,31 @@ func (e *Engine) Refund(ctx context.Context, in RefundInput) (Result, error) {
 		}}, nil
 	}, func(c *commit, p *pending) error {
 		return e.stage(c, p, parent, parentPrev, parentWasOpen, parentWasActive, Effects{Changed: true})
+	}, func(superseded *Txn) bool {
+		// A PENDING refund of the same sale is superseded: release its
+		// reservation on the sale object this commit already holds.
+		if parent == nil || superseded.ParentID != parent.ID {
+			return false
+		}
+		parent.ReservedRefundMinor = max(parent.ReservedRefundMinor-superseded.AmountMinor, 0)
+		return true
 	})
 }
 
 // createTxn is the shared path of Create and Refund. build returns the new
 // transaction (not yet saved); extra stages more writes into the commit.
+// sameParent, when set, settles a superseded refund itself and reports
+// whether it did (the refund path holds the sale in memory already).
 func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
-	build func(now time.Time) (*Txn, *protocol.Error), extra func(*commit, *pending) error) (Result, error) {
+	build func(now time.Time) (*Txn, *protocol.Error), extra func(*commit, *pending) error,
+	sameParent func(superseded *Txn) bool) (Result, error) {
 	ks := e.store.keys
+	var unlockDevice func()
+	defer func() {
+		if unlockDevice != nil {
+			unlockDevice()
+		}
+	}()
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		if idemKey != "" {
 			if r, done, err := e.replayIdem(ctx, merchantID, idemKey, fp); done || err != nil {
@@ -455,6 +499,15 @@ func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
 		t, perr := build(now)
 		if perr != nil {
 			return Result{}, perr
+		}
+		if unlockDevice == nil {
+			// Creates for one terminal queue here instead of racing in Redis;
+			// the commit's conditions still decide between nodes.
+			unlockDevice = e.lockDevice(merchantID, t.TerminalID)
+			if attempt == 0 {
+				attempt-- // re-read everything now that we hold the lock
+				continue
+			}
 		}
 		c, p := newCommit(), newPending()
 		if t.Reference != "" {
@@ -495,11 +548,16 @@ func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
 				if err := e.stage(c, p, cur, prev, wasOpen, true, fx); err != nil {
 					return Result{}, err
 				}
+				if cur.Type == protocol.TypeRefund && (sameParent == nil || !sameParent(cur)) {
+					if err := e.settleRefund(ctx, c, p, cur); err != nil {
+						return Result{}, err
+					}
+				}
 			}
 		}
 		t.Status, t.Version, t.CreatedAt, t.UpdatedAt = protocol.StatusPending, 1, now, now
 		t.History = []protocol.HistoryEntry{{Status: protocol.StatusPending, At: now, Cause: "created"}}
-		fx := Effects{Changed: true}
+		fx := Effects{Changed: true, Entered: []protocol.Status{protocol.StatusPending}}
 		if status == protocol.TerminalOnline {
 			// Sent right after the commit: the timeout runs from now.
 			sfx, _ := Apply(t, EvSent{ConnectionID: connID}, now, e.settings())
@@ -522,7 +580,7 @@ func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
 			created := true
 			(&idemWrite{key: idemKey, fp: fp}).stage(c, e.store, merchantID, t, http.StatusCreated, &created)
 		}
-		err = e.run(ctx, merchantID, c, p)
+		err = e.run(ctx, merchantID, c, p, &Result{Txn: t.Wire(), Created: true, Status: http.StatusCreated})
 		if errors.Is(err, errConflict) {
 			continue
 		}
@@ -542,6 +600,13 @@ func (e *Engine) existingByReference(ctx context.Context, merchantID, id string,
 	t, err := e.store.Load(ctx, merchantID, id)
 	if err != nil {
 		return Result{}, err
+	}
+	if idemKey != "" {
+		// A concurrent request with the same key may have won meanwhile: its
+		// first response is what this one replays.
+		if r, done, err := e.replayIdem(ctx, merchantID, idemKey, fp); done || err != nil {
+			return r, err
+		}
 	}
 	if t.TerminalID != want.TerminalID || t.AmountMinor != want.AmountMinor || t.Currency != want.Currency || t.Type != want.Type || t.ParentID != want.ParentID {
 		return Result{}, protocol.Errorf(protocol.CodeReferenceConflict, "reference",
@@ -739,4 +804,19 @@ func (e *Engine) DevicesWithWork(ctx context.Context, merchantID string, devices
 		}
 	}
 	return out, nil
+}
+
+type replyKey struct{}
+
+// WithReply asks the engine to call f with the request's result right after
+// its commit and before any message it caused is delivered, so that a client
+// always sees the reply to its request before the outcome (CONTRACT §5).
+// f is called at most once, in the caller's goroutine.
+func WithReply(ctx context.Context, f func(Result)) context.Context {
+	return context.WithValue(ctx, replyKey{}, f)
+}
+
+func replyHook(ctx context.Context) func(Result) {
+	f, _ := ctx.Value(replyKey{}).(func(Result))
+	return f
 }

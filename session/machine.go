@@ -87,6 +87,7 @@ type Effects struct {
 	POS      []protocol.POSEvent // durable messages for the owning API key
 	Webhook  string              // webhook event type, "" for none
 	AutoVoid bool                // a late approval was voided
+	Entered  []protocol.Status   // statuses entered, in order (for metrics)
 	Changed  bool                // the transaction was modified and must be saved
 }
 
@@ -465,6 +466,7 @@ func (m *machine) clearCommandDeadline() {
 func (m *machine) move(to protocol.Status, cause, errCode string) {
 	t := m.t
 	t.Status = to
+	m.fx.Entered = append(m.fx.Entered, to)
 	t.Version++
 	t.UpdatedAt = m.now
 	t.History = append(t.History, protocol.HistoryEntry{Status: to, At: m.now, Cause: cause, ErrorCode: errCode})
