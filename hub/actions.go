@@ -3,8 +3,11 @@ package hub
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/protocol"
@@ -22,6 +25,7 @@ type Engine interface {
 	TerminalEvent(ctx context.Context, merchantID, deviceID string, body any) error
 	TerminalConnected(ctx context.Context, merchantID, deviceID, connID string) error
 	TerminalDropped(ctx context.Context, merchantID, deviceID string, graceUntil time.Time) error
+	Current(ctx context.Context, merchantID string, devices []string) (map[string]string, error)
 }
 
 // errUnavailable answers requests when no engine is configured.
@@ -65,6 +69,11 @@ func (h *Hub) clientError(err error, log zerolog.Logger) *protocol.Error {
 	var pe *protocol.Error
 	if errors.As(err, &pe) {
 		return pe
+	}
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.EOF) || errors.Is(err, redis.ErrClosed) {
+		log.Error().Err(err).Msg("store unavailable")
+		return protocol.Errorf(protocol.CodeUnavailable, "", "the store is unavailable; retry shortly")
 	}
 	log.Error().Err(err).Msg("request failed")
 	return protocol.Errorf(protocol.CodeInternal, "", "internal error; the request may be retried")

@@ -44,6 +44,7 @@ type conn struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	send   chan []byte
+	replay chan []byte               // unbuffered: replay waits for the writer and never fills send
 	kick   chan *protocol.Disconnect // capacity 1; the first kick wins
 	done   chan struct{}             // closed when the writer has finished
 
@@ -67,7 +68,7 @@ func (h *Hub) newConn(ws *websocket.Conn, kind Kind, merchantID, keyID, deviceID
 		merchantID: merchantID, keyID: keyID, deviceID: deviceID,
 		connected: h.now(),
 		ctx:       ctx, cancel: cancel,
-		send: make(chan []byte, h.opts.SendQueue),
+		send: make(chan []byte, h.opts.SendQueue), replay: make(chan []byte),
 		kick: make(chan *protocol.Disconnect, 1),
 		done: make(chan struct{}),
 	}
@@ -139,6 +140,12 @@ func (c *conn) writeLoop() {
 			}
 			c.finish(d)
 			return
+		case frame := <-c.replay:
+			if err := c.write(frame); err != nil {
+				c.log.Debug().Err(err).Msg("write failed")
+				_ = c.ws.CloseNow()
+				return
+			}
 		case frame := <-c.send:
 			if err := c.write(frame); err != nil {
 				c.log.Debug().Err(err).Msg("write failed")

@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"context"
 	"encoding/json"
 	"sort"
 	"time"
@@ -49,6 +50,7 @@ func (h *Hub) stateLocked(deviceID string) *terminalState {
 // registerPOS makes c the connection of its API key, displacing the older
 // one, and queues the greeting before any broadcast can reach c.
 func (h *Hub) registerPOS(c *conn) {
+	cur := h.currentTxns(c.merchantID)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if old := h.pos[c.keyID]; old != nil {
@@ -68,8 +70,9 @@ func (h *Hub) registerPOS(c *conn) {
 	h.byID[c.id] = c
 	c.sendJSON(protocol.POSConnected{
 		Action: protocol.ActionConnected, ConnectionID: c.id, MerchantID: c.merchantID, APIKeyID: c.keyID,
-		ServerTime: h.now(), Terminals: h.terminalInfosLocked(c.merchantID),
+		ServerTime: h.now(), Terminals: h.terminalInfosLocked(c.merchantID, cur),
 	})
+	h.publishConnLocked(c, "connected")
 	c.log.Info().Msg("POS connected")
 	h.kickIfDrainingLocked(c)
 }
@@ -92,6 +95,7 @@ func (h *Hub) unregisterPOS(c *conn) {
 	if h.pos[c.keyID] == c {
 		h.dropPOSLocked(c)
 	}
+	h.publishConnLocked(c, "disconnected")
 }
 
 func (h *Hub) dropPOSLocked(c *conn) {
@@ -148,13 +152,14 @@ func (h *Hub) registerTerminal(c *conn) {
 	h.byID[c.id] = c
 	c.sendJSON(protocol.TerminalConnected{
 		Action: protocol.ActionConnected, ConnectionID: c.id, DeviceID: c.deviceID,
-		ServerTime: h.now(), HeartbeatInterval: int(h.opts.HeartbeatInterval / time.Second),
+		ServerTime: h.now(), HeartbeatInterval: int((h.opts.HeartbeatInterval + time.Second - 1) / time.Second),
 	})
 	st := h.stateLocked(c.deviceID)
 	prev := st.status
 	st.status, st.connID, st.graceUntil = protocol.TerminalOnline, c.id, time.Time{}
 	h.stopGraceLocked(st)
 	h.publishStatusLocked(c.merchantID, c.deviceID, c.id, prev, st.status)
+	h.publishConnLocked(c, "connected")
 	c.log.Info().Str("previousStatus", prev).Msg("terminal connected")
 	h.kickIfDrainingLocked(c)
 }
@@ -168,6 +173,7 @@ func (h *Hub) unregisterTerminal(c *conn) bool {
 	if h.byID[c.id] == c {
 		delete(h.byID, c.id)
 	}
+	h.publishConnLocked(c, "disconnected")
 	if h.terminals[c.deviceID] != c {
 		return false
 	}
@@ -226,8 +232,24 @@ func (h *Hub) publishStatusLocked(merchantID, deviceID, connID, prev, status str
 	}
 }
 
-// Observe registers f to receive every terminalStatusUpdate (for the ops
-// feed). f is called with the hub lock held and must not block.
+// ConnectionUpdate tells ops that a POS or terminal connection came or went.
+type ConnectionUpdate struct {
+	Action     string   `json:"action"` // "connectionUpdate"
+	Event      string   `json:"event"`  // "connected" or "disconnected"
+	Connection ConnInfo `json:"connection"`
+}
+
+func (h *Hub) publishConnLocked(c *conn, event string) {
+	u := ConnectionUpdate{Action: "connectionUpdate", Event: event, Connection: ConnInfo{ConnectionID: c.id, Kind: c.kind,
+		MerchantID: c.merchantID, APIKeyID: c.keyID, DeviceID: c.deviceID, ConnectedAt: c.connected, LastSeen: c.lastSeenAt()}}
+	for _, o := range h.observers {
+		o(c.merchantID, u)
+	}
+}
+
+// Observe registers f to receive every terminalStatusUpdate and
+// ConnectionUpdate (for the ops feed). f is called with the hub lock held
+// and must not block.
 func (h *Hub) Observe(f func(merchantID string, update any)) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -261,13 +283,36 @@ func (h *Hub) ResolveTerminal(merchantID, terminalID string) (string, bool) {
 }
 
 // terminalInfosLocked lists a merchant's terminals in configuration order.
-func (h *Hub) terminalInfosLocked(merchantID string) []protocol.TerminalInfo {
+// cur maps device ids to their current transaction.
+func (h *Hub) terminalInfosLocked(merchantID string, cur map[string]string) []protocol.TerminalInfo {
 	entries := h.Directory().Terminals(merchantID)
 	out := make([]protocol.TerminalInfo, 0, len(entries))
 	for _, t := range entries {
-		out = append(out, h.terminalInfoLocked(merchantID, t.DeviceID, t.Label))
+		info := h.terminalInfoLocked(merchantID, t.DeviceID, t.Label)
+		info.CurrentTransactionID = cur[t.DeviceID]
+		out = append(out, info)
 	}
 	return out
+}
+
+// currentTxns reads which transaction occupies each of a merchant's
+// terminals (outside h.mu: it asks Redis). On error the rows just lack it.
+func (h *Hub) currentTxns(merchantID string) map[string]string {
+	if h.opts.Engine == nil {
+		return nil
+	}
+	entries := h.Directory().Terminals(merchantID)
+	devices := make([]string, len(entries))
+	for i, t := range entries {
+		devices[i] = t.DeviceID
+	}
+	ctx, cancel := context.WithTimeout(h.baseCtx, 2*time.Second)
+	defer cancel()
+	cur, err := h.opts.Engine.Current(ctx, merchantID, devices)
+	if err != nil {
+		h.log.Warn().Err(err).Msg("could not read current transactions")
+	}
+	return cur
 }
 
 func (h *Hub) terminalInfoLocked(merchantID, deviceID, label string) protocol.TerminalInfo {
@@ -291,20 +336,25 @@ func (h *Hub) terminalInfoLocked(merchantID, deviceID, label string) protocol.Te
 
 // Terminals lists a merchant's terminals with their live status.
 func (h *Hub) Terminals(merchantID string) []protocol.TerminalInfo {
+	cur := h.currentTxns(merchantID)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.terminalInfosLocked(merchantID)
+	return h.terminalInfosLocked(merchantID, cur)
 }
 
 // AllTerminals lists every merchant's terminals, by merchant then file order.
 func (h *Hub) AllTerminals() []protocol.TerminalInfo {
 	ids := h.Directory().MerchantIDs()
 	sort.Strings(ids)
+	curs := make([]map[string]string, len(ids))
+	for i, m := range ids {
+		curs[i] = h.currentTxns(m)
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var out []protocol.TerminalInfo
-	for _, m := range ids {
-		out = append(out, h.terminalInfosLocked(m)...)
+	for i, m := range ids {
+		out = append(out, h.terminalInfosLocked(m, curs[i])...)
 	}
 	return out
 }

@@ -51,6 +51,9 @@ type Options struct {
 	Sink             Sink
 	PaymentTimeout   time.Duration
 	SignatureTimeout time.Duration
+	// Observe, if set, is told every transaction a commit changed, after the
+	// commit (for the ops feed). It must not block.
+	Observe func(t *protocol.Transaction)
 	// Metrics records transitions and auto-voids; nil records nothing.
 	Metrics *metrics.Metrics
 	// Webhooks reports whether a merchant takes webhooks; when it does, every
@@ -91,6 +94,9 @@ func NewEngine(opts Options) *Engine {
 
 // SetSink sets the Sink (the hub and engine are built in either order).
 func (e *Engine) SetSink(s Sink) { e.opts.Sink = s }
+
+// SetObserver sets Options.Observe.
+func (e *Engine) SetObserver(f func(t *protocol.Transaction)) { e.opts.Observe = f }
 
 // SetTerminals sets the live terminal view.
 func (e *Engine) SetTerminals(t Terminals) { e.opts.Terminals = t }
@@ -278,6 +284,9 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 	}
 	for _, t := range p.arm {
 		e.timers.sync(t)
+		if e.opts.Observe != nil {
+			e.opts.Observe(t.Wire())
+		}
 	}
 	if e.opts.Sink != nil {
 		for _, d := range p.devOrder {
@@ -421,6 +430,13 @@ type RefundInput struct {
 func (e *Engine) Refund(ctx context.Context, in RefundInput) (Result, error) {
 	req := in.Req
 	fp := fingerprint(protocol.ActionRefund, req)
+	if req.Reference != "" && in.IdemKey == "" {
+		// A retried refund finds its first attempt by reference before any
+		// amount check: a full refund retried must not look like too much.
+		if r, done, err := e.existingRefund(ctx, in.MerchantID, req); done || err != nil {
+			return r, err
+		}
+	}
 	var parentPrev map[string]time.Time
 	var parentWasOpen, parentWasActive bool
 	var parent *Txn
@@ -473,6 +489,50 @@ func (e *Engine) Refund(ctx context.Context, in RefundInput) (Result, error) {
 		parent.ReservedRefundMinor = max(parent.ReservedRefundMinor-superseded.AmountMinor, 0)
 		return true
 	})
+}
+
+// existingRefund answers a refund whose reference is already used: the same
+// refund (200, created:false) or reference_conflict.
+func (e *Engine) existingRefund(ctx context.Context, merchantID string, req *protocol.RefundRequest) (Result, bool, error) {
+	id, err := e.store.get(ctx, e.store.keys.Ref(merchantID, req.Reference))
+	if err != nil || id == "" {
+		return Result{}, false, err
+	}
+	t, err := e.store.Load(ctx, merchantID, id)
+	if err != nil {
+		return Result{}, true, err
+	}
+	amt, perr := req.ResolveAmount(t.Currency)
+	if perr != nil {
+		return Result{}, true, perr
+	}
+	if t.Type != protocol.TypeRefund || t.ParentID != req.TransactionID || (amt != 0 && amt != t.AmountMinor) {
+		return Result{}, true, protocol.Errorf(protocol.CodeReferenceConflict, "reference",
+			"reference %q is already used by %s for another transaction or amount", req.Reference, t.ID)
+	}
+	return Result{Txn: t.Wire(), Created: false, Status: http.StatusOK}, true, nil
+}
+
+// Current returns the transaction occupying each device ("" for none).
+func (e *Engine) Current(ctx context.Context, merchantID string, devices []string) (map[string]string, error) {
+	out := make(map[string]string, len(devices))
+	if len(devices) == 0 {
+		return out, nil
+	}
+	ks := make([]string, len(devices))
+	for i, d := range devices {
+		ks[i] = e.store.keys.Current(merchantID, d)
+	}
+	vals, err := e.store.rdb.MGet(ctx, ks...).Result()
+	if err != nil {
+		return nil, err
+	}
+	for i, v := range vals {
+		if s, ok := v.(string); ok {
+			out[devices[i]] = s
+		}
+	}
+	return out, nil
 }
 
 // createTxn is the shared path of Create and Refund. build returns the new

@@ -509,6 +509,7 @@ func (m *machine) final(to protocol.Status, cause, errCode, errMsg string) {
 	t.ErrorCode, t.ErrorMessage = errCode, errMsg
 	t.PaymentDeadline, t.GraceDeadline, t.SignatureDeadline = time.Time{}, time.Time{}, time.Time{}
 	t.ResumeStatus = ""
+	t.OpenSignature = nil // the payment is over: a kept signature answer is moot
 	at := m.now
 	t.CompletedAt = &at
 	m.move(to, cause, errCode)

@@ -94,9 +94,13 @@ func runServe(args []string) error {
 				continue
 			}
 			log.Info().Str("signal", s.String()).Msg("draining")
-			dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-			_ = srv.Shutdown(dctx)
+			// WebSocket clients first (they are told to reconnect), then the
+			// plain HTTP requests still running, each with its own budget.
+			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			_ = a.Drain(dctx)
+			cancel()
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_ = srv.Shutdown(sctx)
 			cancel()
 			log.Info().Msg("drained; bye")
 			return nil
