@@ -70,12 +70,19 @@ func startProcessHub(t *testing.T, env ...string) *hubProcess {
 	if url == "" {
 		t.Skip("needs a real Redis (REDIS_URL): the embedded one dies with the process")
 	}
+	return startProcessHubOn(t, url, testConfig, env...)
+}
+
+// startProcessHubOn runs the binary on redisURL ("" = embedded) with the
+// merchants of merchantsYAML.
+func startProcessHubOn(t *testing.T, url, merchantsYAML string, env ...string) *hubProcess {
+	t.Helper()
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
 	p := &hubProcess{t: t, bin: buildBinary(t), addr: freeAddr(t), env: env}
 	p.config = filepath.Join(t.TempDir(), "termhub.yaml")
 	cfg := fmt.Sprintf("listen: %q\nredis_url: %q\nkey_prefix: \"proc-%s:\"\nlog_level: warn\n%s",
-		p.addr, url, hex.EncodeToString(b), testConfig)
+		p.addr, url, hex.EncodeToString(b), merchantsYAML)
 	if err := os.WriteFile(p.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,99 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/termhub/termhub/app"
+	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/clock"
+	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/internal/redistest"
+	"github.com/termhub/termhub/protocol"
+)
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestLogsNeverCarrySecretsSignaturesOrCardNumbers runs a busy session at
+// debug level and searches everything logged.
+func TestLogsNeverCarrySecretsSignaturesOrCardNumbers(t *testing.T) {
+	cfg, err := config.Parse([]byte(testConfig), func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := redistest.New(t)
+	cfg.KeyPrefix = r.Prefix
+	var logs lockedBuffer
+	fc := clock.NewFake(time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC))
+	a := app.New(cfg, r.Client, fc, zerolog.New(&logs).Level(zerolog.DebugLevel))
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(a.Handler())
+	defer srv.Close()
+	e := &env{t: t, App: a, Clock: fc, Srv: srv, Redis: r, opts: client.Options{BaseURL: srv.URL, Now: fc.Now}}
+
+	var signatures []string
+	// Refused credentials: a wrong secret, a stale timestamp.
+	bad := client.NewHTTP(e.opts, "pk1", "not-the-secret")
+	if resp, err := bad.Do(ctx(t), "GET", "/v1/terminals", nil, nil); err != nil || resp.Status != 401 {
+		t.Fatalf("bad secret: %v %v", resp, err)
+	}
+	ts := protocol.Timestamp(fc.Now())
+	sig := protocol.Sign("sk1", "GET", "/v1/terminals", ts, nil)
+	signatures = append(signatures, sig, protocol.Sign("not-the-secret", "GET", "/v1/terminals", ts, nil))
+	req, _ := http.NewRequest("GET", srv.URL+"/v1/terminals", nil)
+	req.Header.Set(protocol.HeaderAPIKey, "pk1")
+	req.Header.Set(protocol.HeaderTimestamp, protocol.Timestamp(fc.Now().Add(-time.Hour)))
+	req.Header.Set(protocol.HeaderSignature, sig)
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+	}
+
+	// A payment whose terminal first sends a full card number, then a masked one.
+	term := e.terminal("T1")
+	pos := e.pos("pk1")
+	id := pay(t, pos, "T1", 990, "log-1").Transaction.ID
+	read(t, term, "startPayment")
+	send(t, term, "paymentResult", map[string]any{"transactionId": id, "outcome": "approved", "maskedPan": "4111111111111111", "authCode": "Z9"})
+	if m := read(t, term, "error"); m.Err().Field != "maskedPan" {
+		t.Fatalf("full PAN: %+v", m.Err())
+	}
+	send(t, term, "paymentResult", map[string]any{"transactionId": id, "outcome": "approved", "maskedPan": "411111******1111", "authCode": "Z9"})
+	read(t, term, "resultAck")
+	statusOf(t, pos, id, protocol.StatusCompleted)
+
+	out := logs.String()
+	if !strings.Contains(out, "unauthorized") || !strings.Contains(out, "transaction created") {
+		t.Fatalf("the log does not show the session at all:\n%s", out)
+	}
+	forbidden := append([]string{"sk1", "sk1b", "sk2", "dt1", "dt2", "du1", "not-the-secret", "4111111111111111", "411111******1111"}, signatures...)
+	for _, f := range forbidden {
+		if strings.Contains(out, f) {
+			t.Errorf("the log contains %q", f)
+		}
+	}
+}
