@@ -255,6 +255,11 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 		unlock()
 		return err
 	}
+	// Deadlines are armed before anyone hears of the change, so a client
+	// that reacts at once (or a test that moves the clock) cannot outrun them.
+	for _, t := range p.arm {
+		e.timers.sync(t)
+	}
 	if f := replyHook(ctx); f != nil && res != nil {
 		f(*res)
 	}
@@ -282,9 +287,8 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 		}
 		m.AutoVoids.Add(float64(p.autoVoid))
 	}
-	for _, t := range p.arm {
-		e.timers.sync(t)
-		if e.opts.Observe != nil {
+	if e.opts.Observe != nil {
+		for _, t := range p.arm {
 			e.opts.Observe(t.Wire())
 		}
 	}

@@ -349,7 +349,11 @@ func (m *machine) result(r protocol.PaymentResult) {
 			}
 			m.final(protocol.StatusCompleted, "approved", "", "")
 		case protocol.OutcomeDeclined:
-			m.final(protocol.StatusDeclined, "declined by the card issuer", orDefault(r.ErrorCode, protocol.TxnErrDeclined), r.ErrorMessage)
+			cause := "declined by the card issuer"
+			if r.ErrorCode == protocol.TxnErrSignatureDeclined {
+				cause = "declined: signature not accepted"
+			}
+			m.final(protocol.StatusDeclined, cause, orDefault(r.ErrorCode, protocol.TxnErrDeclined), r.ErrorMessage)
 		case protocol.OutcomeCancelled:
 			m.final(protocol.StatusCancelled, "cancelled at the terminal", r.ErrorCode, r.ErrorMessage)
 		default:

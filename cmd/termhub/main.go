@@ -15,6 +15,10 @@ const usage = `termhub — a gateway between POS apps and card terminals
 
 usage:
   termhub serve --config FILE   run the hub
+  termhub sim --terminal ID:SECRET [--config FILE] [--card-delay 300ms]
+                                run simulated card terminals (termhub sim -h)
+  termhub pos COMMAND [flags]   a command-line POS: pay, status, refund, cancel,
+                                void, capture, signature, list, terminals, watch
   termhub version               print the version
 `
 
@@ -27,6 +31,10 @@ func main() {
 	switch os.Args[1] {
 	case "serve":
 		err = runServe(os.Args[2:])
+	case "sim":
+		err = runSimCommand(os.Args[2:])
+	case "pos":
+		err = runPOSCommand(os.Args[2:])
 	case "version", "--version", "-v":
 		fmt.Println("termhub", version)
 	case "help", "-h", "--help":

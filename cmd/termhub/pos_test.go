@@ -1,0 +1,356 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"io"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/termhub/termhub/app"
+	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/internal/redistest"
+	"github.com/termhub/termhub/protocol"
+	"github.com/termhub/termhub/sim"
+)
+
+func noEnv(string) string { return "" }
+
+func envOf(kv ...string) func(string) string {
+	m := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return func(k string) string { return m[k] }
+}
+
+func TestParsePOSArgs(t *testing.T) {
+	pay, err := parsePOSArgs([]string{"pay", "--terminal", "TERM-001", "--amount", "12.50", "--currency", "eur", "--reference", "R1", "--wait", "--signature", "accept", "--json"}, noEnv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pay.Cmd != "pay" || pay.Terminal != "TERM-001" || pay.Amount != "12.50" || pay.Currency != "EUR" || pay.Reference != "R1" ||
+		!pay.Wait || pay.Signature != "accept" || !pay.JSON || pay.URL != defaultURL || pay.Key != "pk_demo" || pay.Secret != "sk_demo" {
+		t.Fatalf("pay = %+v", pay)
+	}
+
+	// The environment supplies the defaults; flags still win.
+	env := envOf("TERMHUB_URL", "http://hub:9", "TERMHUB_KEY", "pk_env", "TERMHUB_SECRET", "sk_env")
+	st, err := parsePOSArgs([]string{"status", "txn_1", "--key", "pk_flag"}, env, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TxnID != "txn_1" || st.URL != "http://hub:9" || st.Key != "pk_flag" || st.Secret != "sk_env" {
+		t.Fatalf("status = %+v", st)
+	}
+
+	// Flags may come before or after the id; "--" ends the flags.
+	for _, args := range [][]string{
+		{"refund", "txn_2", "--amount", "5.00", "--wait"},
+		{"refund", "--amount", "5.00", "txn_2", "--wait"},
+		{"refund", "--amount", "5.00", "--wait", "--", "txn_2"},
+	} {
+		r, err := parsePOSArgs(args, noEnv, io.Discard)
+		if err != nil || r.TxnID != "txn_2" || r.Amount != "5.00" || !r.Wait {
+			t.Errorf("%q → %+v, %v", args, r, err)
+		}
+	}
+
+	gen, err := parsePOSArgs([]string{"pay", "--terminal", "T", "--amount-minor", "1250"}, noEnv, io.Discard)
+	if err != nil || gen.AmountMinor != 1250 || !strings.HasPrefix(gen.Reference, "cli-") || gen.Currency != "USD" {
+		t.Fatalf("generated reference: %+v, %v", gen, err)
+	}
+	sig, err := parsePOSArgs([]string{"signature", "txn_3", "--decline"}, noEnv, io.Discard)
+	if err != nil || sig.Accept == nil || *sig.Accept {
+		t.Fatalf("signature = %+v, %v", sig, err)
+	}
+	list, err := parsePOSArgs([]string{"list", "--status", "COMPLETED", "--limit", "5"}, noEnv, io.Discard)
+	if err != nil || list.Status != "COMPLETED" || list.Limit != 5 {
+		t.Fatalf("list = %+v, %v", list, err)
+	}
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "a command is required"},
+		{[]string{"charge"}, "unknown command"},
+		{[]string{"pay", "--amount", "1"}, "--terminal is required"},
+		{[]string{"pay", "--terminal", "T"}, "--amount or --amount-minor is required"},
+		{[]string{"pay", "--terminal", "T", "--amount", "1", "--amount-minor", "100"}, "not both"},
+		{[]string{"pay", "--terminal", "T", "--amount", "1", "--signature", "accept"}, "only makes sense with --wait"},
+		{[]string{"pay", "--terminal", "T", "--amount", "1", "--wait", "--signature", "maybe"}, "accept or decline"},
+		{[]string{"pay", "--terminal", "T", "--amount", "1", "txn_1"}, "unexpected argument"},
+		{[]string{"status"}, "want one TXN_ID"},
+		{[]string{"status", "a", "b"}, "want one TXN_ID"},
+		{[]string{"signature", "txn_1"}, "--accept or --decline"},
+		{[]string{"cancel", "txn_1", "--amount", "1"}, "flag provided but not defined"},
+		{[]string{"status", "txn_1", "--url", ""}, "must not be empty"},
+	} {
+		_, err := parsePOSArgs(tc.args, noEnv, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want one containing %q", tc.args, err, tc.want)
+		}
+	}
+	if _, err := parsePOSArgs([]string{"help"}, noEnv, io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("help: %v", err)
+	}
+}
+
+func TestParseSimArgs(t *testing.T) {
+	a, err := parseSimArgs([]string{"--terminal", "TERM-001:dk:with:colons", "--terminal", "T2:s2", "--card-delay", "50ms", "--slow-card"}, noEnv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.Terminals) != 2 || a.Terminals[0] != (simTerminal{"TERM-001", "dk:with:colons"}) || a.URL != defaultURL ||
+		a.CardDelay != 50*time.Millisecond || !a.SlowCard || a.ReturnDelay != sim.DefaultReturnDelay {
+		t.Fatalf("sim = %+v", a)
+	}
+
+	// Every terminal of the file, and the file's listen address as the URL.
+	c, err := parseSimArgs([]string{"--config", "../../testdata/demo.yaml"}, envOf("TERMHUB_LISTEN", "0.0.0.0:9090"), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, t := range c.Terminals {
+		ids = append(ids, t.ID)
+	}
+	if strings.Join(ids, ",") != "TERM-001,TERM-002,TERM-003,OTHER-001" || c.URL != "http://127.0.0.1:9090" {
+		t.Fatalf("from config: %v %s", ids, c.URL)
+	}
+	if c, _ := parseSimArgs([]string{"--config", "../../testdata/demo.yaml"}, envOf("TERMHUB_URL", "http://elsewhere:1"), io.Discard); c.URL != "http://elsewhere:1" {
+		t.Fatalf("TERMHUB_URL ignored: %s", c.URL)
+	}
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "no terminals"},
+		{[]string{"--terminal", "TERM-001"}, "DEVICE_ID:SECRET"},
+		{[]string{"--terminal", "A:1", "--terminal", "A:2"}, "given twice"},
+		{[]string{"--terminal", "A:1", "extra"}, "unexpected argument"},
+		{[]string{"--terminal", "A:1", "--behavior", "explode"}, "unknown behaviour"},
+		{[]string{"--config", "does-not-exist.yaml"}, "no such file"},
+	} {
+		_, err := parseSimArgs(tc.args, noEnv, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want one containing %q", tc.args, err, tc.want)
+		}
+	}
+
+	for listen, want := range map[string]string{
+		"127.0.0.1:8080": "http://127.0.0.1:8080", ":8080": "http://127.0.0.1:8080",
+		"0.0.0.0:80": "http://127.0.0.1:80", "[::]:8080": "http://127.0.0.1:8080", "hub.local:8080": "http://hub.local:8080",
+	} {
+		if got := urlForListen(listen); got != want {
+			t.Errorf("urlForListen(%q) = %q, want %q", listen, got, want)
+		}
+	}
+}
+
+// ---- against an in-process hub ----
+
+const cliHubConfig = `
+merchants:
+  - id: m1
+    name: Shop
+    api_keys:
+      - {id: pk1, secret: sk1}
+      - {id: pk2, secret: sk2}
+    terminals:
+      - {device_id: T1, secret: dt1, label: Front}
+`
+
+// syncBuffer is a bytes.Buffer several goroutines may write.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// cliHub is a real hub (wall clock, miniredis) with T1 simulated by
+// `termhub sim` itself, run in-process.
+type cliHub struct {
+	app    *app.App
+	url    string
+	simOut *syncBuffer
+}
+
+func newCLIHub(t *testing.T) *cliHub {
+	t.Helper()
+	cfg, err := config.Parse([]byte(cliHubConfig), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := redistest.New(t)
+	cfg.KeyPrefix = r.Prefix
+	log := zerolog.New(io.Discard)
+	if os.Getenv("TERMHUB_TEST_LOG") != "" {
+		log = zerolog.New(zerolog.NewTestWriter(t))
+	}
+	a := app.New(cfg, r.Client, nil, log)
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(a.Handler())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = a.Drain(ctx)
+		srv.Close()
+	})
+	h := &cliHub{app: a, url: srv.URL, simOut: &syncBuffer{}}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- simMain(ctx, []string{"--url", srv.URL, "--terminal", "T1:dt1", "--card-delay", "0"}, noEnv, h.simOut, io.Discard)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("termhub sim: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("termhub sim output:\n%s", h.simOut)
+		}
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if s, _, _ := a.Hub.TerminalLive("T1"); s == protocol.TerminalOnline {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the simulated terminal did not come online:\n%s", h.simOut)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return h
+}
+
+// pos runs `termhub pos args...` as key pk1 and returns its output.
+func (h *cliHub) pos(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	args = append(args, "--url", h.url, "--key", "pk1", "--secret", "sk1")
+	err := posMain(ctx, args, noEnv, &out, io.Discard)
+	return out.String(), err
+}
+
+func TestPOSPayWait(t *testing.T) {
+	h := newCLIHub(t)
+
+	out, err := h.pos(t, "pay", "--terminal", "T1", "--amount", "12.50", "--reference", "order-1", "--wait")
+	if err != nil {
+		t.Fatalf("pay --wait: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if !strings.HasPrefix(lines[0], "PENDING  txn_") || !strings.Contains(out, "paymentComplete  COMPLETED") ||
+		!strings.Contains(out, "12.50 USD  sale on T1  ref order-1") || !strings.Contains(out, "visa 424242******4242 contactless  auth ") {
+		t.Fatalf("output:\n%s", out)
+	}
+	id := strings.Fields(lines[0])[1]
+
+	// The outcome was acked: the key's outbox cursor is at its message.
+	cursor, err := h.app.Outbox.Cursor(context.Background(), "m1", "pk1")
+	if err != nil || cursor == "" {
+		t.Fatalf("cursor %q, %v", cursor, err)
+	}
+
+	// --json prints the REST answer, then every message about it raw.
+	out, err = h.pos(t, "pay", "--terminal", "T1", "--amount-minor", "1205", "--reference", "order-2", "--wait", "--json")
+	if err != nil {
+		t.Fatalf("pay --json: %v\n%s", err, out)
+	}
+	lines = strings.Split(strings.TrimSpace(out), "\n")
+	var created struct {
+		Transaction protocol.Transaction `json:"transaction"`
+		Created     bool                 `json:"created"`
+	}
+	if err := json.Unmarshal([]byte(lines[0]), &created); err != nil || !created.Created {
+		t.Fatalf("first line %s: %v", lines[0], err)
+	}
+	var last protocol.POSEvent
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil {
+		t.Fatal(err)
+	}
+	if last.Action != "paymentComplete" || last.Transaction.Status != protocol.StatusDeclined || last.Transaction.ResponseCode != "05" {
+		t.Fatalf("last line = %s", lines[len(lines)-1])
+	}
+	if cursor, _ := h.app.Outbox.Cursor(context.Background(), "m1", "pk1"); cursor != last.MessageID {
+		t.Fatalf("cursor %q, want the outcome's message %q", cursor, last.MessageID)
+	}
+
+	// A signature prompt answered from the command line.
+	out, err = h.pos(t, "pay", "--terminal", "T1", "--amount", "1.55", "--reference", "order-3", "--wait", "--signature", "accept")
+	if err != nil || !strings.Contains(out, "signatureRequired  AWAITING_SIGNATURE") || !strings.Contains(out, "signature accepted") || !strings.Contains(out, "paymentComplete  COMPLETED") {
+		t.Fatalf("signature: %v\n%s", err, out)
+	}
+
+	// The same reference again is the existing, final transaction: no wait.
+	out, err = h.pos(t, "pay", "--terminal", "T1", "--amount", "12.50", "--reference", "order-1", "--wait")
+	if err != nil || !strings.Contains(out, "reference already used") || !strings.Contains(out, "COMPLETED  "+id) {
+		t.Fatalf("repeat: %v\n%s", err, out)
+	}
+
+	// Refund half and follow it; then the sale shows what was refunded.
+	out, err = h.pos(t, "refund", id, "--amount", "6.25", "--wait")
+	if err != nil || !strings.Contains(out, "paymentComplete  COMPLETED") || !strings.Contains(out, "refund on T1  refund of "+id) {
+		t.Fatalf("refund: %v\n%s", err, out)
+	}
+	out, err = h.pos(t, "status", id)
+	if err != nil || !strings.Contains(out, "refunded: 6.25 USD") {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	out, err = h.pos(t, "list", "--type", "refund")
+	if err != nil || !strings.Contains(out, "6.25 USD  refund") || strings.Contains(out, "order-2") {
+		t.Fatalf("list: %v\n%s", err, out)
+	}
+}
+
+func TestPOSErrors(t *testing.T) {
+	h := newCLIHub(t)
+	var he *hubError
+
+	_, err := h.pos(t, "status", "txn_missing")
+	if !errors.As(err, &he) || he.Status != 404 || he.Err.Code != protocol.CodeTransactionNotFound || he.Err.Field != "transactionId" {
+		t.Fatalf("status: %v", err)
+	}
+	if got := err.Error(); got != "HTTP 404 transaction_not_found: no such transaction (field transactionId)" {
+		t.Errorf("message = %q", got)
+	}
+
+	out, err := h.pos(t, "pay", "--terminal", "T1", "--amount", "1.234", "--json")
+	if !errors.As(err, &he) || he.Err.Code != protocol.CodeInvalidRequest || he.Err.Field != "amount" || !strings.Contains(out, `"code":"invalid_request"`) {
+		t.Fatalf("bad amount: %v\n%s", err, out)
+	}
+
+	err = posMain(context.Background(), []string{"pay", "--terminal", "T1", "--amount", "1", "--wait", "--url", h.url, "--key", "pk1", "--secret", "wrong"}, noEnv, io.Discard, io.Discard)
+	if !errors.As(err, &he) || he.Status != 401 || he.Err.Code != protocol.CodeUnauthorized {
+		t.Fatalf("bad secret on the WebSocket: %v", err)
+	}
+}
