@@ -159,6 +159,9 @@ func (m *machine) apply(ev Event) *protocol.Error {
 		}
 
 	case EvSignatureAnswer:
+		if e.Auto {
+			e.Accepted = false // an unanswered prompt is declined, never accepted
+		}
 		return m.signatureAnswer(e)
 
 	case EvResult:
@@ -212,6 +215,8 @@ func (m *machine) apply(ev Event) *protocol.Error {
 			return nil
 		case t.Status != protocol.StatusAuthorized:
 			return invalidState(t, "capture")
+		case t.OpenVoid:
+			return protocol.Errorf(protocol.CodeInvalidState, "transactionId", "a void of this sale is in progress")
 		case e.AmountMinor > t.AuthorizedAmountMinor:
 			return protocol.Invalid("amountMinor", "must not exceed the authorized amount %d", t.AuthorizedAmountMinor)
 		case t.OpenCapture > 0:
@@ -279,9 +284,7 @@ func (m *machine) apply(ev Event) *protocol.Error {
 		if t.Status != protocol.StatusPending {
 			return invalidState(t, "supersede")
 		}
-		if t.FirstSentAt != nil {
-			m.openCancel()
-		}
+		m.openCancel()
 		m.final(protocol.StatusSuperseded, "superseded by "+e.By, "", "")
 	}
 	return nil
@@ -343,8 +346,8 @@ func (m *machine) result(r protocol.PaymentResult) {
 				t.AuthorizedAmountMinor = *r.AmountMinor
 			}
 			if t.Type == protocol.TypeSale && t.CaptureMode == protocol.CaptureManual {
+				m.endPayment()
 				m.move(protocol.StatusAuthorized, "approved; awaiting capture", "")
-				m.fx.Webhook = ""
 				return
 			}
 			m.final(protocol.StatusCompleted, "approved", "", "")
@@ -442,16 +445,18 @@ func (m *machine) deadline(kind string) {
 		t.CommandDeadline = time.Time{}
 		m.fx.Changed = true
 		if t.OpenVoid || t.OpenCapture > 0 {
-			m.note("terminal did not answer the void or capture in time", false)
+			// The POS asked and must hear that nothing came of it.
+			m.note("terminal did not answer the void or capture in time", true)
 		}
 		t.OpenCancel, t.OpenVoid, t.OpenCapture, t.OpenSignature = false, false, 0, nil
 	}
 }
 
-// openCancel leaves a cancelPayment open for the terminal and sends it now.
+// openCancel leaves a cancelPayment open for the terminal and sends it now,
+// unless the terminal never got the payment (nothing to cancel there).
 func (m *machine) openCancel() {
 	t := m.t
-	if t.OpenCancel {
+	if t.OpenCancel || t.FirstSentAt == nil {
 		return
 	}
 	t.OpenCancel = true
@@ -511,13 +516,22 @@ func (m *machine) note(cause string, tell bool) {
 func (m *machine) final(to protocol.Status, cause, errCode, errMsg string) {
 	t := m.t
 	t.ErrorCode, t.ErrorMessage = errCode, errMsg
-	t.PaymentDeadline, t.GraceDeadline, t.SignatureDeadline = time.Time{}, time.Time{}, time.Time{}
-	t.ResumeStatus = ""
-	t.OpenSignature = nil // the payment is over: a kept signature answer is moot
+	m.endPayment()
 	at := m.now
 	t.CompletedAt = &at
 	m.move(to, cause, errCode)
 	m.fx.Webhook = WebhookType(t.Type, to)
+}
+
+// endPayment clears what only matters while the card is being taken: the
+// payment, grace and signature timers, the status to resume and a kept
+// signature answer. Every status that frees the terminal goes through it.
+func (m *machine) endPayment() {
+	t := m.t
+	t.PaymentDeadline, t.GraceDeadline, t.SignatureDeadline = time.Time{}, time.Time{}, time.Time{}
+	t.ResumeStatus = ""
+	t.OpenSignature = nil
+	m.clearCommandDeadline()
 }
 
 // void marks the transaction VOIDED and pushes paymentVoided with the
@@ -525,6 +539,7 @@ func (m *machine) final(to protocol.Status, cause, errCode, errMsg string) {
 func (m *machine) void(code, cause string) {
 	t := m.t
 	t.VoidReasonCode = code
+	t.OpenCapture = 0 // nothing left to capture
 	prevErr, prevMsg := t.ErrorCode, t.ErrorMessage
 	m.final(protocol.StatusVoided, cause, "", "")
 	t.ErrorCode, t.ErrorMessage = prevErr, prevMsg
