@@ -91,7 +91,9 @@ local lastAcked = redis.call("GET", KEYS[2]) or "0-0"
 if cmp(ARGV[1], newest) > 0 and cmp(ARGV[1], lastAcked) > 0 then return -1 end
 if cmp(ARGV[1], lastAcked) > 0 then
   redis.call("SET", KEYS[2], ARGV[1])
-  redis.call("XTRIM", KEYS[1], "MINID", ARGV[1])
+  -- MINID keeps ids >= its argument: trim to the id right after the ack.
+  local ms, seq = string.match(ARGV[1], "^(%d+)-(%d+)$")
+  redis.call("XTRIM", KEYS[1], "MINID", ms .. "-" .. string.format("%d", tonumber(seq) + 1))
   return 1
 end
 return 0
