@@ -2,7 +2,7 @@
 GO ?= go
 CONFIG ?= testdata/demo.yaml
 
-.PHONY: run test lint fmt bench fuzz build
+.PHONY: run test lint fmt bench bench-hub fuzz build
 
 ## run: the hub on 127.0.0.1:8080 with the demo config and embedded Redis
 run:
@@ -28,6 +28,11 @@ fmt:
 ## bench: Go microbenchmarks of the hot paths
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+## bench-hub: the load test (termhub bench) against REDIS_URL (default the local Redis); BENCH_ARGS adds flags
+REDIS_URL ?= redis://127.0.0.1:6379/0
+bench-hub:
+	REDIS_URL=$(REDIS_URL) $(GO) run ./cmd/termhub bench $(BENCH_ARGS)
 
 ## fuzz: each decoder fuzzer for FUZZTIME (default 30s)
 FUZZTIME ?= 30s

@@ -19,6 +19,7 @@ usage:
                                 run simulated card terminals (termhub sim -h)
   termhub pos COMMAND [flags]   a command-line POS: pay, status, refund, cancel,
                                 void, capture, signature, list, terminals, watch
+  termhub bench [flags]         load-test a hub against a bare relay (termhub bench -h)
   termhub version               print the version
 `
 
@@ -35,6 +36,8 @@ func main() {
 		err = runSimCommand(os.Args[2:])
 	case "pos":
 		err = runPOSCommand(os.Args[2:])
+	case "bench":
+		err = runBenchCommand(os.Args[2:])
 	case "version", "--version", "-v":
 		fmt.Println("termhub", version)
 	case "help", "-h", "--help":

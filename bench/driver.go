@@ -1,0 +1,371 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/termhub/termhub/client"
+)
+
+// simTerminal answers every startPayment at once with commandReceived and
+// an approved paymentResult: the cheapest terminal there is, so that what
+// is measured is the hub (or the floor), not a card delay.
+type simTerminal struct {
+	cred Cred
+	conn *client.Conn
+	acks atomic.Int64 // resultAcks received
+}
+
+func (t *simTerminal) run(ctx context.Context) {
+	for {
+		b, err := t.conn.ReadRaw(ctx)
+		if err != nil {
+			return
+		}
+		switch jsonStr(b, "action") {
+		case "startPayment":
+			txn := jsonStr(b, "transactionId")
+			if send(ctx, t.conn, commandReceivedFrame(txn)) != nil || send(ctx, t.conn, approvedFrame(txn)) != nil {
+				return
+			}
+		case "resultAck":
+			t.acks.Add(1)
+		}
+	}
+}
+
+// posDriver is one POS connection sending payments for its terminals and
+// reading every reply and durable message on one goroutine.
+type posDriver struct {
+	idx    int
+	key    Cred
+	conn   *client.Conn
+	terms  []*simTerminal
+	prefix string // references are prefix + "s" + seq
+
+	mu     sync.Mutex
+	sent   []int64    // when each payment was sent (or scheduled, open loop), nowNS; by seq
+	term   []int32    // terminal index by seq
+	finals []uint8    // finals received by seq
+	runOf  []*loopRun // the phase each payment belongs to
+	mids   int        // durable messages received (those with a messageId)
+	last   string     // newest messageId received
+	noAck  bool
+}
+
+// pay sends a payment for terminal ti, stamped at (nowNS, or the scheduled
+// time in the open loop).
+func (d *posDriver) pay(ctx context.Context, r *loopRun, ti int, at int64) error {
+	d.mu.Lock()
+	seq := len(d.sent)
+	d.sent = append(d.sent, at)
+	d.term = append(d.term, int32(ti))
+	d.finals = append(d.finals, 0)
+	d.runOf = append(d.runOf, r)
+	d.mu.Unlock()
+	r.issuedN.Add(1)
+	ref := d.prefix + "s" + itoa(seq)
+	return send(ctx, d.conn, paymentFrame(d.terms[ti].cred.ID, ref))
+}
+
+func itoa(n int) string { return fmt.Sprint(n) }
+
+// read handles everything the hub sends to the POS until the connection
+// ends.
+func (d *posDriver) read(ctx context.Context) {
+	for {
+		b, err := d.conn.ReadRaw(ctx)
+		if err != nil {
+			return
+		}
+		at := nowNS()
+		switch act := jsonStr(b, "action"); act {
+		case "paymentResponse":
+			if r := d.runFor(jsonStr(b, "reference")); r != nil {
+				r.responses.Add(1)
+			}
+		case "error":
+			seq := refSeq(jsonStr(b, "requestId"), d.prefix+"s")
+			if seq < 0 {
+				continue
+			}
+			d.mu.Lock()
+			r, ti := d.runOf[seq], int(d.term[seq])
+			d.mu.Unlock()
+			r.failed(jsonStr(b, "code"))
+			r.end()
+			r.retry(d, ti)
+		case "paymentStatusUpdate", "signatureRequired":
+			d.durable(b)
+			if r := d.runFor(jsonStr(b, "reference")); r != nil {
+				r.updates.Add(1)
+			}
+		case "paymentComplete", "paymentVoided":
+			mid := d.durable(b)
+			seq := refSeq(jsonStr(b, "reference"), d.prefix+"s")
+			if seq >= 0 {
+				d.final(seq, jsonStr(b, "status"), act == "paymentVoided", at)
+			}
+			if mid != "" && !d.noAck {
+				if send(ctx, d.conn, ackFrame(mid)) != nil {
+					return
+				}
+			}
+		}
+	}
+}
+
+func (d *posDriver) durable(b []byte) string {
+	mid := jsonStr(b, "messageId")
+	if mid != "" {
+		d.mu.Lock()
+		d.mids++
+		d.last = mid
+		d.mu.Unlock()
+	}
+	return mid
+}
+
+func (d *posDriver) runFor(ref string) *loopRun {
+	seq := refSeq(ref, d.prefix+"s")
+	if seq < 0 {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if seq >= len(d.runOf) {
+		return nil
+	}
+	return d.runOf[seq]
+}
+
+// final records a final message of payment seq. A paymentVoided after a
+// final is the hub voiding a late approval (of a superseded, timed-out or
+// cancelled payment): a second message by contract, counted apart, not as
+// a duplicate.
+func (d *posDriver) final(seq int, status string, voided bool, at int64) {
+	d.mu.Lock()
+	if seq >= len(d.finals) {
+		d.mu.Unlock()
+		return
+	}
+	if voided && d.finals[seq] > 0 {
+		r := d.runOf[seq]
+		d.mu.Unlock()
+		r.autoVoids.Add(1)
+		return
+	}
+	d.finals[seq]++
+	n, sent, ti, r := d.finals[seq], d.sent[seq], int(d.term[seq]), d.runOf[seq]
+	d.mu.Unlock()
+	if n > 1 {
+		r.dups.Add(1)
+		return
+	}
+	r.rec.Add(time.Duration(at - sent))
+	if at <= r.stopAt.Load() {
+		r.inWindow.Add(1)
+	}
+	if r.lastFinal.Load() < at {
+		r.lastFinal.Store(at)
+	}
+	if status == "COMPLETED" {
+		r.completed.Add(1)
+	} else {
+		r.failed("final " + status)
+	}
+	r.end()
+	r.again(d, ti)
+}
+
+// loopRun is one phase of payments over a set of POS drivers: a closed
+// loop (each terminal has one payment in flight, the next sent when its
+// final arrives) or an open loop (payments at a fixed rate).
+type loopRun struct {
+	closed bool
+	limit  int64 // closed loop: stop after this many payments (0: by time)
+
+	startAt   int64        // nowNS at the start
+	stopAt    atomic.Int64 // nowNS when issuing stops (finals after it are outside the rate window)
+	lastFinal atomic.Int64
+	issuedN   atomic.Int64
+	next      []chan int // closed loop: per driver, terminals ready for their next payment
+
+	rec                                     Recorder
+	responses, updates, completed, inWindow atomic.Int64
+	dups, failures, autoVoids               atomic.Int64
+	inflight                                atomic.Int64
+	stopped                                 atomic.Bool
+	done                                    chan struct{}
+	doneOnce                                sync.Once
+	errMu                                   sync.Mutex
+	errs                                    map[string]int
+	retryMu                                 sync.Mutex
+	retries                                 int
+	ctx                                     context.Context
+}
+
+func newRun(ctx context.Context, drivers []*posDriver, closed bool) *loopRun {
+	r := &loopRun{closed: closed, done: make(chan struct{}), errs: map[string]int{}, ctx: ctx}
+	r.stopAt.Store(1<<62 - 1)
+	if closed {
+		r.next = make([]chan int, len(drivers))
+		for i, d := range drivers {
+			r.next[i] = make(chan int, 2*len(d.terms)+1)
+		}
+	}
+	return r
+}
+
+func (r *loopRun) failed(code string) {
+	r.failures.Add(1)
+	r.errMu.Lock()
+	r.errs[code]++
+	r.errMu.Unlock()
+}
+
+// begin counts a payment in flight, or refuses once the phase has stopped.
+func (r *loopRun) begin() bool {
+	r.inflight.Add(1)
+	if r.stopped.Load() {
+		r.end()
+		return false
+	}
+	if r.limit > 0 && r.issuedN.Load() >= r.limit {
+		r.stop()
+		r.end()
+		return false
+	}
+	return true
+}
+
+func (r *loopRun) end() {
+	if r.inflight.Add(-1) == 0 && r.stopped.Load() {
+		r.doneOnce.Do(func() { close(r.done) })
+	}
+}
+
+func (r *loopRun) stop() {
+	if r.stopped.CompareAndSwap(false, true) {
+		r.stopAt.Store(nowNS())
+	}
+	if r.inflight.Load() == 0 {
+		r.doneOnce.Do(func() { close(r.done) })
+	}
+}
+
+// again queues terminal ti of d for its next payment (closed loop).
+func (r *loopRun) again(d *posDriver, ti int) {
+	if !r.closed || r.stopped.Load() {
+		return
+	}
+	select {
+	case r.next[d.idx] <- ti:
+	default:
+	}
+}
+
+// retry queues ti again after a refused payment, a little later so that a
+// terminal the hub refuses does not spin.
+func (r *loopRun) retry(d *posDriver, ti int) {
+	if !r.closed || r.stopped.Load() {
+		return
+	}
+	r.retryMu.Lock()
+	r.retries++
+	r.retryMu.Unlock()
+	time.AfterFunc(5*time.Millisecond, func() { r.again(d, ti) })
+}
+
+// sender issues the closed loop's payments for d.
+func (r *loopRun) sender(d *posDriver) {
+	for {
+		select {
+		case ti := <-r.next[d.idx]:
+			if !r.begin() {
+				continue
+			}
+			if err := d.pay(r.ctx, r, ti, nowNS()); err != nil {
+				r.failed("send: " + err.Error())
+				r.end()
+				return
+			}
+		case <-r.done:
+			return
+		case <-r.ctx.Done():
+			return
+		}
+	}
+}
+
+// PaymentStats are the figures of one payment phase.
+type PaymentStats struct {
+	Target     string // "hub" or "floor"
+	POS        int
+	Terminals  int
+	Offered    float64 // open loop: payments/s offered; 0 for a closed loop
+	Sent       int
+	Responses  int // paymentResponse replies
+	Completed  int // payments with a COMPLETED final
+	Failures   int // error replies and finals other than COMPLETED
+	Errors     map[string]int
+	Lost       int // sent, no final and no error reply
+	Duplicated int // finals beyond the first for one payment
+	AutoVoids  int // paymentVoided after a payment's final (late approvals voided)
+	RoundTrip  Summary
+	Elapsed    time.Duration // from the first payment to the stop (closed loop: to the last final)
+	Rate       float64       // finals per second over the measuring window
+	Unfinished bool          // the drain timed out
+}
+
+func (s PaymentStats) String() string {
+	return fmt.Sprintf("%s: %s, %d completed; round trip %s; %.0f payments/s", s.Target, s.outcome(), s.Completed, s.RoundTrip, s.Rate)
+}
+
+// ErrorList renders the error counts, most frequent first.
+func (s PaymentStats) ErrorList() string {
+	type kv struct {
+		k string
+		v int
+	}
+	var l []kv
+	for k, v := range s.Errors {
+		l = append(l, kv{k, v})
+	}
+	sort.Slice(l, func(i, j int) bool { return l[i].v > l[j].v || (l[i].v == l[j].v && l[i].k < l[j].k) })
+	parts := make([]string, len(l))
+	for i, e := range l {
+		parts[i] = fmt.Sprintf("%s ×%d", e.k, e.v)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// tally counts, over every payment of r, how many finals each got.
+func (r *loopRun) tally(drivers []*posDriver) (sent, lost, dup int) {
+	for _, d := range drivers {
+		d.mu.Lock()
+		for seq, rr := range d.runOf {
+			if rr != r {
+				continue
+			}
+			sent++
+			switch f := d.finals[seq]; {
+			case f > 1:
+				dup += int(f) - 1
+			}
+		}
+		d.mu.Unlock()
+	}
+	lost = int(r.issuedN.Load()) - int(r.completed.Load()) - int(r.failures.Load())
+	return sent, max(lost, 0), dup
+}
+
+// errDrain is returned when payments were still in flight at the end of the
+// drain window.
+var errDrain = errors.New("bench: payments still in flight after the drain window")

@@ -1,0 +1,185 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Targets of the issue, compared (never asserted) in the report.
+const (
+	TargetP50Ratio        = 1.3  // hub round trip p50 ≤ 1.3× the floor's
+	TargetP99Ratio        = 1.5  // hub round trip p99 ≤ 1.5× the floor's
+	TargetThroughputRatio = 0.7  // closed-loop payments/s ≥ 0.7× the floor's
+	TargetLoadRate        = 2000 // the offered rate the load p99 target is for
+	TargetLoadP99         = 25 * time.Millisecond
+	TargetIdleBytes       = 20 << 10 // per idle connection at 15,000
+	TargetReplay          = 300 * time.Millisecond
+	TargetStorm           = 10 * time.Second
+)
+
+// Row is one line of the report table.
+type Row struct {
+	Scenario string
+	Figure   string
+	Measured string
+	Target   string
+	Verdict  string // "met", "missed" or "" (no target)
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "missed"
+}
+
+func rate(v float64) string { return fmt.Sprintf("%.0f/s", v) }
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// Rows renders the results as the report table.
+func (r *Results) Rows() []Row {
+	var rows []Row
+	add := func(s, f, m, t, v string) { rows = append(rows, Row{s, f, m, t, v}) }
+	pay := func(scn string, s *PaymentStats, cpu CPUShare) {
+		add(scn, s.Target+" round trip", s.RoundTrip.String(), "", "")
+		add(scn, s.Target+" rate", rate(s.Rate)+" ("+s.outcome()+")", "", "")
+		if cpu.Known {
+			add(scn, s.Target+" CPU", cpu.String(), "", "")
+		}
+	}
+	if r.Latency != nil {
+		pay("1 latency", r.Latency, r.LatencyCPU)
+	}
+	if r.Floor != nil {
+		pay("2 floor", r.Floor, r.FloorSeqCPU)
+	}
+	if r.Latency != nil && r.Floor != nil {
+		p50 := ratio(float64(r.Latency.RoundTrip.P50), float64(r.Floor.RoundTrip.P50))
+		p99 := ratio(float64(r.Latency.RoundTrip.P99), float64(r.Floor.RoundTrip.P99))
+		add("1÷2", "hub ÷ floor, p50", fmt.Sprintf("%.2f×", p50), fmt.Sprintf("≤ %.1f×", TargetP50Ratio), verdict(p50 <= TargetP50Ratio))
+		add("1÷2", "hub ÷ floor, p99", fmt.Sprintf("%.2f×", p99), fmt.Sprintf("≤ %.1f×", TargetP99Ratio), verdict(p99 <= TargetP99Ratio))
+	}
+	if t := r.Throughput; t != nil {
+		add("3 throughput", "hub payments/s", rate(t.Rate), "", "")
+		add("3 throughput", "hub round trip", t.RoundTrip.String(), "", "")
+		add("3 throughput", "hub CPU", r.ThroughputCPU.String(), "", "")
+	}
+	if f := r.ThroughputFloor; f != nil {
+		add("3 throughput", "floor payments/s", rate(f.Rate), "", "")
+		add("3 throughput", "floor round trip", f.RoundTrip.String(), "", "")
+		add("3 throughput", "floor CPU", r.FloorCPU.String(), "", "")
+	}
+	if t, f := r.Throughput, r.ThroughputFloor; t != nil && f != nil && r.ThroughputCPU.Known && r.FloorCPU.Known && t.Rate > 0 && f.Rate > 0 {
+		h, fl := r.ThroughputCPU.Server/t.Rate, r.FloorCPU.Server/f.Rate
+		add("3 throughput", "server CPU per payment: hub, floor", fmt.Sprintf("%.2f ms, %.2f ms (%.1f×)", h*1000, fl*1000, ratio(h, fl)), "", "")
+	}
+	if t, f := r.Throughput, r.ThroughputFloor; t != nil && f != nil {
+		q := ratio(t.Rate, f.Rate)
+		add("3 throughput", "hub ÷ floor", fmt.Sprintf("%.2f×", q), fmt.Sprintf("≥ %.1f×", TargetThroughputRatio), verdict(q >= TargetThroughputRatio))
+	}
+	if t := r.Throughput; t != nil {
+		ok := t.Lost == 0 && t.Duplicated == 0 && !t.Unfinished
+		add("3 throughput", "hub finals: lost / duplicated", fmt.Sprintf("%d / %d (%s)", t.Lost, t.Duplicated, t.outcome()), "0 / 0", verdict(ok))
+	}
+	if l := r.Load; l != nil {
+		tgt := fmt.Sprintf("p99 ≤ %s at %d/s", ms(TargetLoadP99), TargetLoadRate)
+		v := verdict(l.RoundTrip.P99 <= TargetLoadP99 && l.Failures == 0 && l.Lost == 0)
+		if l.Offered != TargetLoadRate {
+			v = "n/a (other rate)"
+		}
+		add("3b load", fmt.Sprintf("hub at %.0f/s offered", l.Offered), l.RoundTrip.String()+"; "+l.outcome()+"; "+rate(l.Rate)+" answered", tgt, v)
+		add("3b load", "hub CPU", r.LoadCPU.String(), "", "")
+	}
+	if f := r.LoadFloor; f != nil {
+		add("3b load", fmt.Sprintf("floor at %.0f/s offered", f.Offered), f.RoundTrip.String()+"; "+f.outcome()+"; "+rate(f.Rate)+" answered", "", "")
+	}
+	if i := r.Idle; i != nil {
+		v := verdict(i.PerConn <= TargetIdleBytes)
+		if i.Connections != 15000 {
+			v += fmt.Sprintf(" (at %d, target is for 15,000)", i.Connections)
+		}
+		add("4 idle", fmt.Sprintf("hub RSS per idle connection (%d)", i.Connections),
+			fmt.Sprintf("%.1f KiB (RSS %d → %d MiB)", float64(i.PerConn)/1024, i.RSSBefore>>20, i.RSSAfter>>20), "≤ 20 KiB", v)
+		if rt := i.Runtime; rt != nil {
+			add("4 idle", "of which, per connection (Go runtime)", fmt.Sprintf("%.2f goroutines, %.1f KiB stack, %.1f KiB heap", rt.Goroutines, rt.StackBytes/1024, rt.HeapBytes/1024), "", "")
+		}
+	}
+	if p := r.Replay; p != nil {
+		v := verdict(p.FromDial <= TargetReplay && p.Received == p.Messages && p.Duplicates == 0)
+		if p.Messages < 10000 {
+			v += fmt.Sprintf(" (%d messages, target is for 10,000)", p.Messages)
+		}
+		add("5 replay", fmt.Sprintf("reconnect → last of %d messages", p.Messages),
+			fmt.Sprintf("%s (%s after the greeting; %d received, %d duplicated)", ms(p.FromDial), ms(p.FromGreeting), p.Received, p.Duplicates), "≤ 300 ms", v)
+	}
+	if s := r.Storm; s != nil {
+		v := verdict(s.AllOnline <= TargetStorm && s.Failed == 0)
+		if s.Terminals < 15000 {
+			v += fmt.Sprintf(" (%d terminals, target is for 15,000)", s.Terminals)
+		}
+		add("6 storm", fmt.Sprintf("all %d online", s.Terminals), fmt.Sprintf("%s (%d retries, %d never back)", ms(s.AllOnline), s.Retries, s.Failed), "≤ 10 s", v)
+		add("6 storm", "handshake", s.Handshake.String(), "", "")
+		if r.StormCPU.Known {
+			add("6 storm", "CPU during the storm", r.StormCPU.String(), "", "")
+		}
+	}
+	return rows
+}
+
+// Markdown writes the report: a header, the table and any errors.
+func (r *Results) Markdown(w io.Writer) {
+	mark := ""
+	if r.Options.Embedded {
+		mark = " (embedded Redis: not comparable)"
+	}
+	fmt.Fprintf(w, "\n## termhub bench%s\n\n", mark)
+	fmt.Fprintf(w, "%s, %s, %d cores, load average %s at the start and %s at the end\n\n", r.Started.Format("2006-01-02 15:04 MST"),
+		r.Finished.Sub(r.Started).Round(time.Second), runtime.NumCPU(), r.LoadAvgStart, r.LoadAvgEnd)
+	fmt.Fprintln(w, "| scenario | figure | measured | target | result |")
+	fmt.Fprintln(w, "|---|---|---|---|---|")
+	for _, row := range r.Rows() {
+		m := row.Measured
+		if r.Options.Embedded {
+			m += " (embedded Redis: not comparable)"
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", row.Scenario, row.Figure, esc(m), esc(row.Target), row.Verdict)
+	}
+	if r.Profile != "" {
+		fmt.Fprintf(w, "\nCPU profile of the hub during the throughput run: %s (go tool pprof -top %s)\n", r.Profile, r.Profile)
+	}
+	for _, s := range []*PaymentStats{r.Latency, r.Floor, r.Throughput, r.ThroughputFloor, r.Load, r.LoadFloor} {
+		if s != nil && len(s.Errors) > 0 {
+			fmt.Fprintf(w, "\nfailures (%s): %s\n", s.Target, s.ErrorList())
+		}
+	}
+	if len(r.Errors) > 0 {
+		fmt.Fprintln(w, "\nscenarios that did not finish:")
+		for _, e := range r.Errors {
+			fmt.Fprintln(w, "  -", e)
+		}
+	}
+}
+
+func esc(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
+
+// outcome is "N payments, N failed, N lost, N duplicated", or for a phase
+// whose drain ran out, how many were still without a final.
+func (s PaymentStats) outcome() string {
+	if s.Unfinished {
+		return fmt.Sprintf("%d payments, %d failed, %d duplicated, %d still without a final when the drain ended", s.Sent, s.Failures, s.Duplicated, s.Lost)
+	}
+	out := fmt.Sprintf("%d payments, %d failed, %d lost, %d duplicated", s.Sent, s.Failures, s.Lost, s.Duplicated)
+	if s.AutoVoids > 0 {
+		out += fmt.Sprintf(", %d late approvals voided", s.AutoVoids)
+	}
+	return out
+}

@@ -1,0 +1,208 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/termhub/termhub/app"
+	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/internal/redistest"
+)
+
+// inProcess launches hubs and floor relays inside the test, on the test's
+// Redis (miniredis, or REDIS_URL when set).
+type inProcess struct {
+	t     *testing.T
+	fleet Fleet
+	r     *redistest.Redis
+}
+
+func (l *inProcess) Hub(ctx context.Context, name string, profile bool) (Endpoint, func(), error) {
+	cfg, err := config.Parse(l.fleet.ConfigYAML("127.0.0.1:0", "", l.r.Prefix+name+":", "info"), func(string) string { return "" })
+	if err != nil {
+		return Endpoint{}, nil, err
+	}
+	a := app.New(cfg, l.r.Client, nil, zerolog.Nop())
+	if err := a.Start(ctx); err != nil {
+		return Endpoint{}, nil, err
+	}
+	srv := httptest.NewServer(a.Handler())
+	return Endpoint{Name: "hub", URL: srv.URL, Fleet: l.fleet}, func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = a.Drain(dctx)
+		srv.Close()
+	}, nil
+}
+
+func (l *inProcess) Floor(ctx context.Context, name string) (Endpoint, func(), error) {
+	srv := httptest.NewServer(NewFloor(l.r.Client, l.r.Prefix+name+":").Handler())
+	return Endpoint{Name: "floor", URL: srv.URL, Fleet: l.fleet}, srv.Close, nil
+}
+
+// TestRunSmall runs the latency, floor, throughput and replay scenarios at
+// a tiny size against an in-process hub and floor, and checks that the
+// figures are sane and that every payment got exactly one final. It asserts
+// nothing about how fast anything is.
+func TestRunSmall(t *testing.T) {
+	l := &inProcess{t: t, fleet: GenerateFleet(2, 4), r: redistest.New(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var log bytes.Buffer
+	res := Run(ctx, Options{
+		Scenarios: map[string]bool{"latency": true, "floor": true, "throughput": true, "replay": true},
+		Payments:  20, Warmup: 2, Duration: 300 * time.Millisecond, POS: 2, Terminals: 6, Replay: 30,
+		Drain: 10 * time.Second, Log: &log,
+	}, l)
+	if len(res.Errors) > 0 {
+		t.Fatalf("errors: %v\n%s", res.Errors, log.String())
+	}
+	for _, s := range []*PaymentStats{res.Latency, res.Floor} {
+		if s == nil {
+			t.Fatalf("a sequential scenario has no result:\n%s", log.String())
+		}
+		if s.Sent != 20 || s.Completed != 20 || s.Failures != 0 || s.Lost != 0 || s.Duplicated != 0 || s.Unfinished {
+			t.Errorf("%s: want 20 payments with exactly one COMPLETED final each, got %+v", s.Target, *s)
+		}
+		rt := s.RoundTrip
+		if rt.N != 20 || rt.P50 <= 0 || rt.P50 > rt.P99 || rt.P99 > rt.Max || s.Rate <= 0 {
+			t.Errorf("%s: insane round trip %+v, rate %.1f", s.Target, rt, s.Rate)
+		}
+	}
+	for _, s := range []*PaymentStats{res.Throughput, res.ThroughputFloor} {
+		if s == nil {
+			t.Fatalf("throughput has no result:\n%s", log.String())
+		}
+		if s.Completed == 0 || s.Completed != s.Sent || s.Lost != 0 || s.Duplicated != 0 || s.Unfinished || s.Terminals != 6 || s.POS != 2 {
+			t.Errorf("%s throughput: %+v", s.Target, *s)
+		}
+		if s.RoundTrip.N != s.Completed || s.Rate <= 0 {
+			t.Errorf("%s throughput: %d round trips for %d finals, rate %.1f", s.Target, s.RoundTrip.N, s.Completed, s.Rate)
+		}
+	}
+	if p := res.Replay; p == nil || p.Messages != 30 || p.Received != 30 || p.Duplicates != 0 || p.FromDial <= 0 {
+		t.Errorf("replay: %+v", p)
+	}
+	var out strings.Builder
+	res.Markdown(&out)
+	for _, want := range []string{"| 1 latency | hub round trip | p50 ", "| 2 floor | floor round trip |", "hub ÷ floor, p50", "hub ÷ floor, p99",
+		"| 3 throughput | hub finals: lost / duplicated | 0 / 0 (", "| 5 replay |"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "not comparable") {
+		t.Errorf("report marks figures not comparable without being told to:\n%s", out.String())
+	}
+}
+
+func TestEmbeddedMark(t *testing.T) {
+	r := &Results{Options: Options{Embedded: true}, Latency: &PaymentStats{Target: "hub"}}
+	var out strings.Builder
+	r.Markdown(&out)
+	if !strings.Contains(out.String(), "(embedded Redis: not comparable)") {
+		t.Fatalf("embedded run not marked:\n%s", out.String())
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	d := func(v ...int) []time.Duration {
+		out := make([]time.Duration, len(v))
+		for i, x := range v {
+			out[i] = time.Duration(x)
+		}
+		return out
+	}
+	if Percentile(nil, 0.5) != 0 {
+		t.Error("empty")
+	}
+	hundred := make([]time.Duration, 100)
+	for i := range hundred {
+		hundred[i] = time.Duration(100 - i) // unsorted on purpose: Summarize sorts
+	}
+	s := Summarize(hundred)
+	if s.N != 100 || s.P50 != 50 || s.P99 != 99 || s.Max != 100 {
+		t.Errorf("Summarize(1..100) = %+v", s)
+	}
+	if got := Summarize(d(7)); got.P50 != 7 || got.P99 != 7 || got.Max != 7 {
+		t.Errorf("one sample: %+v", got)
+	}
+	if got := Percentile(d(1, 2, 3, 4), 0.5); got != 2 {
+		t.Errorf("p50 of 1..4 = %v", got)
+	}
+}
+
+func TestPlan(t *testing.T) {
+	f := GenerateFleet(3, 5)
+	plans, err := f.Plan(3, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for i, p := range plans {
+		if len(p.Terminals) != 3 {
+			t.Errorf("POS %d drives %d terminals, want 3", i, len(p.Terminals))
+		}
+		m := strings.TrimPrefix(p.Key.ID, "bk")
+		for _, term := range p.Terminals {
+			if !strings.HasPrefix(term.ID, "bt"+m+"-") {
+				t.Errorf("POS %s drives %s of another merchant", p.Key.ID, term.ID)
+			}
+			if seen[term.ID] {
+				t.Errorf("%s driven twice", term.ID)
+			}
+			seen[term.ID] = true
+		}
+	}
+	if _, err := f.Plan(4, 1); err == nil {
+		t.Error("4 POS from 3 keys: no error")
+	}
+	if _, err := f.Plan(1, 6); err == nil {
+		t.Error("6 terminals from one merchant of 5: no error")
+	}
+	if got := len(f.spread(7)); got != 7 {
+		t.Errorf("spread(7) = %d terminals", got)
+	}
+}
+
+func TestJSONStr(t *testing.T) {
+	b := []byte(`{"messageId":"17-0","action":"paymentComplete","transaction":{"id":"t","status":"COMPLETED","reference":"r-p0s12","history":[{"status":"PENDING"}]}}`)
+	for k, want := range map[string]string{"messageId": "17-0", "action": "paymentComplete", "status": "COMPLETED", "reference": "r-p0s12", "nope": ""} {
+		if got := jsonStr(b, k); got != want {
+			t.Errorf("jsonStr(%s) = %q, want %q", k, got, want)
+		}
+	}
+	if refSeq("r-p0s12", "r-p0s") != 12 || refSeq("r-p1s12", "r-p0s") != -1 || refSeq("r-p0sx", "r-p0s") != -1 {
+		t.Error("refSeq")
+	}
+	if !idAfter("10-0", "9-5") || idAfter("9-5", "10-0") || !idAfter("9-10", "9-9") || idAfter("9-9", "9-9") {
+		t.Error("idAfter")
+	}
+}
+
+// TestFinalCounting: a paymentVoided after a final is a late approval
+// voided by the hub, not a duplicate; a second paymentComplete is one.
+func TestFinalCounting(t *testing.T) {
+	d := &posDriver{terms: []*simTerminal{{}}}
+	r := newRun(context.Background(), []*posDriver{d}, false)
+	for range 2 {
+		r.begin()
+		d.sent, d.term, d.finals, d.runOf = append(d.sent, nowNS()), append(d.term, 0), append(d.finals, 0), append(d.runOf, r)
+		r.issuedN.Add(1)
+	}
+	d.final(0, "SUPERSEDED", false, nowNS())
+	d.final(0, "VOIDED", true, nowNS())
+	d.final(1, "COMPLETED", false, nowNS())
+	d.final(1, "COMPLETED", false, nowNS())
+	r.stop()
+	st := r.stats("hub", &fleetConns{drivers: []*posDriver{d}})
+	if st.AutoVoids != 1 || st.Duplicated != 1 || st.Completed != 1 || st.Failures != 1 || st.Lost != 0 || st.Unfinished {
+		t.Fatalf("stats = %+v", st)
+	}
+}

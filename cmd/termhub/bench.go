@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/termhub/termhub/bench"
+	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/internal/redisx"
+)
+
+const benchUsage = `usage: termhub bench [flags]
+
+Load-tests a hub with real WebSocket clients and compares it with a bare
+durable relay (the floor) on the same Redis. By default it starts the hub
+itself as a child process (this binary, serve --config <generated>), so the
+hub's RSS and CPU can be read and each process has its own open-file limit.
+Scenarios: latency, floor, throughput, load, idle, storm, replay (or all).
+Without a Redis URL everything runs on embedded Redis and every figure is
+marked "(embedded Redis: not comparable)".
+
+flags:
+`
+
+// runBenchCommand is `termhub bench`.
+func runBenchCommand(args []string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return benchMain(ctx, args, os.Stdout, os.Stderr)
+}
+
+func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, benchUsage); fs.PrintDefaults() }
+	redisURL := fs.String("redis", os.Getenv("REDIS_URL"), "Redis URL for the hub and the floor relay (default $REDIS_URL; empty: embedded, not comparable)")
+	scenario := fs.String("scenario", "all", "all, or a comma-separated list of latency, floor, throughput, load, idle, storm, replay")
+	duration := fs.Duration("duration", 60*time.Second, "how long the throughput and load runs last (each, hub and floor)")
+	rate := fs.Float64("rate", 2000, "load: payments/s offered")
+	terminals := fs.Int("terminals", 1000, "throughput and load: terminals")
+	pos := fs.Int("pos", 100, "throughput and load: POS connections")
+	idle := fs.Int("idle", 15000, "idle: connections")
+	storm := fs.Int("storm", 15000, "storm: terminals dropped and reconnecting at once")
+	replay := fs.Int("replay", 10000, "replay: unacknowledged messages")
+	payments := fs.Int("payments", 2000, "latency and floor: sequential payments measured")
+	warmup := fs.Int("warmup", 100, "latency and floor: sequential payments before those, not measured")
+	hubURL := fs.String("hub-url", "", "bench an already running hub at this URL instead of starting one (needs --config)")
+	hubConfig := fs.String("config", "", "with --hub-url: the running hub's configuration file, for its credentials")
+	hubPID := fs.Int("hub-pid", 0, "with --hub-url: the running hub's process id, for its RSS and CPU")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the hub during the throughput run to FILE")
+	logLevel := fs.String("hub-log-level", "info", "log_level of the hub the bench starts")
+	out := fs.String("out", "", "also write the report to FILE")
+	keep := fs.Bool("keep", false, "keep the directory of generated configurations and server logs")
+	// Child modes, used by the bench itself.
+	serveFloor := fs.String("serve-floor", "", "(internal) run a floor relay on this address")
+	floorPrefix := fs.String("floor-prefix", "bench:floor:", "(internal) the floor relay's key prefix")
+	serveHub := fs.String("serve-hub", "", "(internal) run the hub with this configuration, CPU-profiled between SIGUSR1 and SIGUSR2")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("bench: unexpected arguments %q", fs.Args())
+	}
+	switch {
+	case *serveFloor != "":
+		return runFloorChild(ctx, *serveFloor, *redisURL, *floorPrefix)
+	case *serveHub != "":
+		return runProfiledHub(*serveHub, *cpuprofile)
+	}
+
+	scenarios, err := bench.ParseScenarios(*scenario)
+	if err != nil {
+		return err
+	}
+	raiseFileLimit(stderr)
+	embedded := *redisURL == ""
+	if embedded {
+		fmt.Fprintln(stderr, "bench: WARNING: no Redis URL (--redis or REDIS_URL): the hub and the floor relay run on embedded")
+		fmt.Fprintln(stderr, "bench: WARNING: in-process Redis, and every figure is marked \"(embedded Redis: not comparable)\"")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "termhub-bench-")
+	if err != nil {
+		return err
+	}
+	if *keep {
+		fmt.Fprintf(stderr, "bench: configurations and server logs in %s\n", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	if *cpuprofile != "" {
+		if p, err := filepath.Abs(*cpuprofile); err == nil {
+			*cpuprofile = p
+		}
+	}
+
+	opts := bench.Options{
+		Scenarios: scenarios, Payments: *payments, Warmup: *warmup, Duration: *duration, Rate: *rate,
+		Terminals: *terminals, POS: *pos, Idle: *idle, Storm: *storm, Replay: *replay,
+		Embedded: embedded, CPUProfile: *cpuprofile, Log: stderr,
+	}
+	tag := strconv.FormatInt(time.Now().Unix()%1e7, 36) + strconv.Itoa(os.Getpid()%1000)
+	child := &bench.ChildLauncher{Exe: exe, RedisURL: *redisURL, Dir: dir, Tag: tag, LogLevel: *logLevel, CPUProfile: *cpuprofile, Log: stderr}
+	if !embedded {
+		store, err := redisx.Open(ctx, *redisURL)
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		child.Redis, opts.Redis = store.Client, store.Client
+	}
+
+	var launcher bench.Launcher = child
+	if *hubURL != "" {
+		if *hubConfig == "" {
+			return errors.New("bench: --hub-url needs --config, the running hub's configuration (for its credentials)")
+		}
+		cfg, err := config.Load(*hubConfig, func(string) string { return "" })
+		if err != nil {
+			return err
+		}
+		child.Fleet = bench.FleetFromConfig(cfg)
+		ep := bench.Endpoint{Name: "hub", URL: *hubURL, Fleet: child.Fleet}
+		if *hubPID > 0 {
+			ep.Proc = bench.ExistingProc(*hubPID)
+		}
+		launcher = &bench.FixedLauncher{HubEndpoint: ep, Floors: child}
+	} else {
+		child.Fleet = generatedFleet(*pos, *terminals, *idle, *storm)
+	}
+
+	res := bench.Run(ctx, opts, launcher)
+	res.Markdown(stdout)
+	if *out != "" {
+		f, err := os.Create(*out)
+		if err != nil {
+			return err
+		}
+		res.Markdown(f)
+		if err := f.Close(); err != nil {
+			return err
+		}
+	}
+	if len(res.Errors) > 0 {
+		return fmt.Errorf("bench: %d scenario(s) did not finish", len(res.Errors))
+	}
+	return nil
+}
+
+// generatedFleet sizes the generated configuration: at least 100 merchants
+// (one API key each) and enough terminals for the largest scenario, at
+// least 100 per merchant (the replay drives 100 terminals of one key).
+func generatedFleet(pos, terminals, idle, storm int) bench.Fleet {
+	merchants := max(pos, 100)
+	need := max(terminals, idle, storm)
+	per := max((need+merchants-1)/merchants, min(terminals, 100))
+	return bench.GenerateFleet(merchants, per)
+}
+
+// raiseFileLimit lifts the soft open-file limit to the hard one: 15,000
+// connections need 15,000 descriptors. Children inherit the raised limit,
+// each for itself.
+func raiseFileLimit(stderr io.Writer) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return
+	}
+	if lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			fmt.Fprintf(stderr, "bench: could not raise the open-file limit: %v\n", err)
+			return
+		}
+	}
+	fmt.Fprintf(stderr, "bench: open-file limit %d (each process)\n", lim.Cur)
+}
+
+// runFloorChild is the floor relay as a child process of the bench.
+func runFloorChild(ctx context.Context, addr, redisURL, prefix string) error {
+	store, err := redisx.Open(ctx, redisURL)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	return bench.ServeFloor(ctx, addr, store.Client, prefix)
+}
+
+// runProfiledHub runs `serve --config cfg` and profiles its CPU from SIGUSR1
+// to SIGUSR2 (or to the end), so that the profile covers the measured run
+// only.
+func runProfiledHub(cfg, profile string) error {
+	if profile == "" {
+		return errors.New("bench: --serve-hub needs --cpuprofile")
+	}
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
+	var (
+		mu      sync.Mutex
+		f       *os.File
+		stopped = make(chan struct{})
+	)
+	stopProfile := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if f != nil {
+			pprof.StopCPUProfile()
+			_ = f.Close()
+			f = nil
+		}
+	}
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				if s == syscall.SIGUSR2 {
+					stopProfile()
+					continue
+				}
+				mu.Lock()
+				if f == nil {
+					if pf, err := os.Create(profile); err == nil && pprof.StartCPUProfile(pf) == nil {
+						f = pf
+					}
+				}
+				mu.Unlock()
+			case <-stopped:
+				return
+			}
+		}
+	}()
+	err := runServe([]string{"--config", cfg})
+	close(stopped)
+	stopProfile()
+	return err
+}
