@@ -45,7 +45,6 @@ const (
 	mtVoidReason  = "customer changed their mind"
 )
 
-
 // ---------------------------------------------------------------------------
 // Fixtures: one transaction per status (and the sub-states that matter)
 
