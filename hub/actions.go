@@ -23,7 +23,7 @@ type Engine interface {
 	Get(ctx context.Context, merchantID, id string) (*protocol.Transaction, error)
 	List(ctx context.Context, merchantID string, f session.Filter) (session.Page, error)
 	TerminalEvent(ctx context.Context, merchantID, deviceID string, body any) error
-	TerminalConnected(ctx context.Context, merchantID, deviceID, connID string) error
+	TerminalConnected(ctx context.Context, merchantID, deviceID, connID string) ([]any, error)
 	TerminalDropped(ctx context.Context, merchantID, deviceID string, graceUntil time.Time) error
 	Current(ctx context.Context, merchantID string, devices []string) (map[string]string, error)
 }

@@ -68,7 +68,7 @@ func (h *Hub) newConn(ws *websocket.Conn, kind Kind, merchantID, keyID, deviceID
 		merchantID: merchantID, keyID: keyID, deviceID: deviceID,
 		connected: h.now(),
 		ctx:       ctx, cancel: cancel,
-		send: make(chan []byte, h.opts.SendQueue), replay: make(chan []byte),
+		send: make(chan []byte, queueSize(h.opts, kind)), replay: make(chan []byte),
 		kick: make(chan *protocol.Disconnect, 1),
 		done: make(chan struct{}),
 	}
@@ -263,4 +263,14 @@ func (c *conn) stopHeartbeat() {
 	if c.hbTimer != nil {
 		c.hbTimer.Stop()
 	}
+}
+
+// queueSize is a connection's send queue. A terminal is sent a command or
+// two at a time (re-sends after a reconnect go through the replay channel),
+// so its queue is small: it is most of an idle connection's memory.
+func queueSize(o Options, kind Kind) int {
+	if kind == KindTerminal {
+		return o.TerminalQueue
+	}
+	return o.SendQueue
 }

@@ -35,7 +35,8 @@ type Options struct {
 	HeartbeatInterval time.Duration // WebSocket pings; two missed close the connection
 	GracePeriod       time.Duration // how long a dropped terminal stays "reconnecting"
 	OpsToken          string        // bearer token of the ops API
-	SendQueue         int           // frames queued per connection before it counts as slow
+	SendQueue         int           // frames queued per POS connection before it counts as slow
+	TerminalQueue     int           // the same for a terminal, which gets few messages at a time
 	WriteTimeout      time.Duration // deadline of one WebSocket write
 	// Engine runs transactions; nil serves connections only.
 	Engine Engine
@@ -64,6 +65,9 @@ func (o *Options) fill() {
 	}
 	if o.SendQueue <= 0 {
 		o.SendQueue = 256
+	}
+	if o.TerminalQueue <= 0 {
+		o.TerminalQueue = 16
 	}
 	if o.Metrics == nil {
 		o.Metrics = metrics.New()

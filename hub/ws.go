@@ -93,12 +93,7 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 	go c.writeLoop() // first, so nothing register queues can fill the queue
 	c.startHeartbeat()
 	register(c)
-	c.readLoop(func(data []byte) error {
-		start := time.Now()
-		err := handle(c, data)
-		h.metrics.WSDuration.WithLabelValues(string(kind), actionLabel(data)).Observe(time.Since(start).Seconds())
-		return err
-	})
+	c.readLoop(func(data []byte) error { return handle(c, data) })
 
 	c.leave()
 	c.disconnect(&protocol.Disconnect{Code: protocol.CloseCode(websocket.StatusNormalClosure)})
@@ -113,9 +108,24 @@ func (h *Hub) terminalUp(c *conn) {
 	unlock := h.lockDevice(c.deviceID)
 	defer unlock()
 	h.registerTerminal(c)
-	if h.opts.Engine != nil {
-		if err := h.opts.Engine.TerminalConnected(c.ctx, c.merchantID, c.deviceID, c.id); err != nil {
-			c.log.Error().Err(err).Msg("could not resume the terminal's transactions")
+	if h.opts.Engine == nil {
+		return
+	}
+	cmds, err := h.opts.Engine.TerminalConnected(c.ctx, c.merchantID, c.deviceID, c.id)
+	if err != nil {
+		c.log.Error().Err(err).Msg("could not resume the terminal's transactions")
+	}
+	// Handed to the writer one by one, like a POS replay: however many
+	// commands are open, they never overflow the terminal's small queue.
+	for _, cmd := range cmds {
+		b, err := json.Marshal(cmd)
+		if err != nil {
+			continue
+		}
+		select {
+		case c.replay <- b:
+		case <-c.ctx.Done():
+			return
 		}
 	}
 }
@@ -139,10 +149,13 @@ func (h *Hub) terminalDown(c *conn) {
 // handlePOSFrame decodes and serves one POS frame. Frames of one connection
 // are served in order.
 func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
+	start, label := time.Now(), "invalid"
+	defer func() { h.observeFrame(KindPOS, start, label) }()
 	in, err := protocol.DecodePOS(data)
 	if err != nil {
 		return h.replyDecodeError(c, in, err)
 	}
+	label = in.Action // a known action: decoding succeeded
 	switch body := in.Body.(type) {
 	case *protocol.ListTerminalsRequest:
 		c.sendJSON(protocol.TerminalsReply{Action: protocol.ActionTerminals, RequestID: in.RequestID, Terminals: h.Terminals(c.merchantID)})
@@ -199,10 +212,13 @@ func idempotencyKeyOf(body any) string {
 
 // handleTerminalFrame decodes and serves one terminal frame.
 func (h *Hub) handleTerminalFrame(c *conn, data []byte) error {
+	start, label := time.Now(), "invalid"
+	defer func() { h.observeFrame(KindTerminal, start, label) }()
 	in, err := protocol.DecodeTerminal(data)
 	if err != nil {
 		return h.replyDecodeError(c, in, err)
 	}
+	label = in.Action // a known action: decoding succeeded
 	if h.opts.Engine == nil {
 		c.sendJSON(protocol.NewErrorReply(in.RequestID, errUnavailable))
 		return nil
@@ -225,24 +241,8 @@ func (h *Hub) replyDecodeError(c *conn, in protocol.Inbound, err error) error {
 	return err
 }
 
-// actionLabel is the action of a frame for metrics, from a fixed set so that
-// a client cannot create label values at will.
-func actionLabel(data []byte) string {
-	var env struct {
-		Action string `json:"action"`
-	}
-	if json.Unmarshal(data, &env) != nil {
-		return "invalid"
-	}
-	for _, a := range protocol.POSActions {
-		if a == env.Action {
-			return a
-		}
-	}
-	for _, a := range protocol.TerminalActions {
-		if a == env.Action {
-			return a
-		}
-	}
-	return "unknown"
+// observeFrame records how long one frame took. label is a decoded action or
+// "invalid", never raw client text, so clients cannot invent label values.
+func (h *Hub) observeFrame(kind Kind, start time.Time, label string) {
+	h.metrics.WSDuration.WithLabelValues(string(kind), label).Observe(time.Since(start).Seconds())
 }

@@ -386,10 +386,13 @@ func (m *PaymentResult) Validate() *Error {
 // in any script (so "４" cannot pass as a mask), up to four digits.
 var maskedPANShape = regexp.MustCompile(`^([0-9]{0,6})\P{N}+([0-9]{0,4})$|^[0-9]{0,4}$`)
 
+// panSeparators are ignored in a masked PAN; built once (it is on the hot path).
+var panSeparators = strings.NewReplacer(" ", "", "-", "")
+
 // MaskedPANOK reports whether pan shows at most the first six and the last
 // four digits of a card number (spaces and dashes are ignored).
 func MaskedPANOK(pan string) bool {
-	p := strings.NewReplacer(" ", "", "-", "").Replace(pan)
+	p := panSeparators.Replace(pan)
 	return len(p) <= 32 && maskedPANShape.MatchString(p)
 }
 

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/clock"
@@ -259,6 +260,7 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 	// that reacts at once (or a test that moves the clock) cannot outrun them.
 	for _, t := range p.arm {
 		e.timers.sync(t)
+		e.store.cache.put(t)
 	}
 	if f := replyHook(ctx); f != nil && res != nil {
 		f(*res)
@@ -304,7 +306,7 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 // set, is stored in the same commit.
 func (e *Engine) update(ctx context.Context, merchantID, id string, ev Event, idem *idemWrite) (*Txn, *protocol.Error, error) {
 	for attempt := 0; attempt < maxAttempts; attempt++ {
-		t, err := e.store.Load(ctx, merchantID, id)
+		t, err := e.store.loadForUpdate(ctx, merchantID, id)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -343,6 +345,7 @@ func (e *Engine) update(ctx context.Context, merchantID, id string, ev Event, id
 		}
 		err = e.run(ctx, merchantID, c, p, &Result{Txn: t.Wire(), Status: http.StatusOK})
 		if errors.Is(err, errConflict) {
+			e.forget(merchantID, p)
 			continue
 		}
 		if err != nil {
@@ -357,10 +360,17 @@ func (e *Engine) update(ctx context.Context, merchantID, id string, ev Event, id
 	return nil, nil, errTooManyConflicts
 }
 
+// forget drops the cached copies of what a failed commit touched.
+func (e *Engine) forget(merchantID string, p *pending) {
+	for _, t := range p.arm {
+		e.store.cache.forget(merchantID, t.ID)
+	}
+}
+
 // settleRefund releases a final refund's reservation on its sale and, if
 // it completed, adds it to the sale's refunded amount.
 func (e *Engine) settleRefund(ctx context.Context, c *commit, p *pending, r *Txn) error {
-	parent, err := e.store.Load(ctx, r.MerchantID, r.ParentID)
+	parent, err := e.store.loadForUpdate(ctx, r.MerchantID, r.ParentID)
 	if err != nil {
 		return err
 	}
@@ -574,11 +584,14 @@ func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
 			}
 		}
 		c, p := newCommit(), newPending()
+		// The reference and the terminal's current transaction in one read
+		// (both keys carry the merchant's hash tag).
+		curKey := ks.Current(merchantID, t.TerminalID)
+		existingID, curID, err := e.store.refAndCurrent(ctx, ks.Ref(merchantID, t.Reference), curKey, t.Reference != "")
+		if err != nil {
+			return Result{}, err
+		}
 		if t.Reference != "" {
-			existingID, err := e.store.get(ctx, ks.Ref(merchantID, t.Reference))
-			if err != nil {
-				return Result{}, err
-			}
 			if existingID != "" {
 				return e.existingByReference(ctx, merchantID, existingID, t, idemKey, fp)
 			}
@@ -589,14 +602,9 @@ func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
 		if status == protocol.TerminalOffline {
 			return Result{}, protocol.Errorf(protocol.CodeTerminalOffline, "terminalId", "terminal %s is offline", t.TerminalID)
 		}
-		curKey := ks.Current(merchantID, t.TerminalID)
-		curID, err := e.store.get(ctx, curKey)
-		if err != nil {
-			return Result{}, err
-		}
 		c.requireValue(curKey, curID)
 		if curID != "" {
-			cur, err := e.store.Load(ctx, merchantID, curID)
+			cur, err := e.store.loadForUpdate(ctx, merchantID, curID)
 			if err != nil && !errors.Is(err, ErrNotFound) {
 				return Result{}, err
 			}
@@ -646,6 +654,7 @@ func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
 		}
 		err = e.run(ctx, merchantID, c, p, &Result{Txn: t.Wire(), Created: true, Status: http.StatusCreated})
 		if errors.Is(err, errConflict) {
+			e.forget(merchantID, p)
 			continue
 		}
 		if err != nil {
@@ -755,7 +764,7 @@ func (e *Engine) TerminalEvent(ctx context.Context, merchantID, deviceID string,
 	default:
 		return protocol.Errorf(protocol.CodeUnknownAction, "action", "unexpected message")
 	}
-	t, err := e.store.Load(ctx, merchantID, id)
+	t, err := e.store.loadForUpdate(ctx, merchantID, id)
 	if errors.Is(err, ErrNotFound) || (err == nil && t.TerminalID != deviceID) {
 		return protocol.Errorf(protocol.CodeTransactionNotFound, "transactionId", "no such transaction for this terminal")
 	}
@@ -773,11 +782,12 @@ func (e *Engine) TerminalEvent(ctx context.Context, merchantID, deviceID string,
 }
 
 // TerminalConnected resumes a device's transactions after it (re)connects
-// and re-sends every command still open for it (CONTRACT §6).
-func (e *Engine) TerminalConnected(ctx context.Context, merchantID, deviceID, connID string) error {
+// and returns every command still open for it (CONTRACT §6), oldest
+// transaction first, for the caller to send.
+func (e *Engine) TerminalConnected(ctx context.Context, merchantID, deviceID, connID string) ([]any, error) {
 	ids, err := e.store.rdb.SMembers(ctx, e.store.keys.Open(merchantID, deviceID)).Result()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	txns := make([]*Txn, 0, len(ids))
 	for _, id := range ids {
@@ -787,7 +797,7 @@ func (e *Engine) TerminalConnected(ctx context.Context, merchantID, deviceID, co
 			continue
 		}
 		if err != nil {
-			return err
+			return nil, err
 		}
 		txns = append(txns, t)
 	}
@@ -801,10 +811,7 @@ func (e *Engine) TerminalConnected(ctx context.Context, merchantID, deviceID, co
 		}
 		cmds = append(cmds, t.OpenCommands()...)
 	}
-	if len(cmds) > 0 && e.opts.Sink != nil {
-		e.opts.Sink.SendTerminal(deviceID, cmds)
-	}
-	return nil
+	return cmds, nil
 }
 
 // TerminalDropped starts the grace period of every transaction the device
@@ -857,13 +864,19 @@ func (r Result) String() string {
 // DevicesWithWork lists the merchant's devices that have transactions with
 // open commands (work in flight or owed to the terminal).
 func (e *Engine) DevicesWithWork(ctx context.Context, merchantID string, devices []string) ([]string, error) {
-	var out []string
-	for _, d := range devices {
-		n, err := e.store.rdb.SCard(ctx, e.store.keys.Open(merchantID, d)).Result()
-		if err != nil {
+	pipe := e.store.rdb.Pipeline()
+	cards := make([]*redis.IntCmd, len(devices))
+	for i, d := range devices {
+		cards[i] = pipe.SCard(ctx, e.store.keys.Open(merchantID, d))
+	}
+	if len(devices) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
 			return nil, err
 		}
-		if n > 0 {
+	}
+	var out []string
+	for i, d := range devices {
+		if cards[i].Val() > 0 {
 			out = append(out, d)
 		}
 	}

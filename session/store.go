@@ -23,8 +23,9 @@ var errConflict = errors.New("concurrent update")
 
 // Store keeps transactions in Redis.
 type Store struct {
-	rdb  redis.UniversalClient
-	keys keys.Space
+	rdb   redis.UniversalClient
+	keys  keys.Space
+	cache txnCache
 }
 
 // NewStore returns a Store on rdb with keys under ks.
@@ -59,6 +60,22 @@ func (s *Store) get(ctx context.Context, key string) (string, error) {
 		return "", nil
 	}
 	return v, err
+}
+
+// refAndCurrent reads a reference key (when withRef) and a current-
+// transaction key in one round trip; "" for absent ones.
+func (s *Store) refAndCurrent(ctx context.Context, refKey, curKey string, withRef bool) (string, string, error) {
+	if !withRef {
+		cur, err := s.get(ctx, curKey)
+		return "", cur, err
+	}
+	vals, err := s.rdb.MGet(ctx, refKey, curKey).Result()
+	if err != nil {
+		return "", "", err
+	}
+	ref, _ := vals[0].(string)
+	cur, _ := vals[1].(string)
+	return ref, cur, nil
 }
 
 // commitScript applies a commit atomically: it checks every condition and,

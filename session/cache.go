@@ -1,0 +1,102 @@
+package session
+
+import (
+	"context"
+	"sync"
+
+	"github.com/termhub/termhub/protocol"
+)
+
+// txnCache keeps the last committed copy of transactions that still have
+// work (open commands), so that the next event on them skips a Redis read
+// and a JSON decode. It is only ever a guess: every commit is guarded by the
+// transaction's rev, so a stale copy (another node changed it) fails the
+// commit, is forgotten, and the retry reads Redis. Reads that answer
+// clients (Get, List) never use it.
+type txnCache struct {
+	mu sync.Mutex
+	m  map[string]*Txn // "<merchant>|<id>" → private copy; guarded by mu
+}
+
+// maxCached bounds the cache; past it, it starts again empty.
+const maxCached = 50_000
+
+func cacheKey(merchantID, id string) string { return merchantID + "|" + id }
+
+func (c *txnCache) get(merchantID, id string) *Txn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t := c.m[cacheKey(merchantID, id)]; t != nil {
+		return t.Clone()
+	}
+	return nil
+}
+
+// put remembers t (a copy) if it still has work, and forgets it otherwise.
+func (c *txnCache) put(t *Txn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := cacheKey(t.MerchantID, t.ID)
+	if !t.HasOpenCommands() {
+		delete(c.m, k)
+		return
+	}
+	if c.m == nil || len(c.m) >= maxCached {
+		c.m = make(map[string]*Txn)
+	}
+	c.m[k] = t.Clone()
+}
+
+func (c *txnCache) forget(merchantID, id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, cacheKey(merchantID, id))
+}
+
+// loadForUpdate returns a private copy of the transaction, from the cache
+// when it has one.
+func (s *Store) loadForUpdate(ctx context.Context, merchantID, id string) (*Txn, error) {
+	if t := s.cache.get(merchantID, id); t != nil {
+		return t, nil
+	}
+	t, err := s.Load(ctx, merchantID, id)
+	if err == nil {
+		s.cache.put(t)
+	}
+	return t, err
+}
+
+// Clone returns a deep copy of t.
+func (t *Txn) Clone() *Txn {
+	c := *t
+	c.History = append([]protocol.HistoryEntry(nil), t.History...)
+	if t.CompletedAt != nil {
+		v := *t.CompletedAt
+		c.CompletedAt = &v
+	}
+	if t.Receipts != nil {
+		v := *t.Receipts
+		c.Receipts = &v
+	}
+	if t.FirstSentAt != nil {
+		v := *t.FirstSentAt
+		c.FirstSentAt = &v
+	}
+	if t.OpenSignature != nil {
+		v := *t.OpenSignature
+		c.OpenSignature = &v
+	}
+	if t.Result != nil {
+		r := *t.Result
+		if r.Receipts != nil {
+			v := *r.Receipts
+			r.Receipts = &v
+		}
+		if r.AmountMinor != nil {
+			v := *r.AmountMinor
+			r.AmountMinor = &v
+		}
+		c.Result = &r
+	}
+	return &c
+}
