@@ -18,8 +18,10 @@ import (
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/internal/keys"
 	"github.com/termhub/termhub/internal/metrics"
+	"github.com/termhub/termhub/ops"
 	"github.com/termhub/termhub/queue"
 	"github.com/termhub/termhub/session"
+	"github.com/termhub/termhub/webhook"
 )
 
 // App is one termhub node.
@@ -32,6 +34,9 @@ type App struct {
 	Redis   redis.UniversalClient
 	Clock   clock.Clock
 	Log     zerolog.Logger
+	Ops     *ops.Server // dashboard, ops feed and kick endpoint
+
+	Webhooks *webhook.Sender // delivers the merchants' webhook events (CONTRACT §10)
 }
 
 // New builds an App on rdb. clk may be nil (wall clock).
@@ -69,6 +74,10 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 	})
 	a.Engine.SetTerminals(a.Hub)
 	a.Engine.SetSink(a.Hub)
+	// Ops owns the engine's one observer slot and fans out (Ops.ObserveTransactions).
+	a.Ops = ops.New(ops.Options{Hub: a.Hub, Engine: a.Engine, Token: cfg.OpsToken, Clock: clk, Logger: log})
+	a.Engine.SetObserver(a.Ops.PublishTransaction)
+	a.newWebhooks(cfg, rdb, ks)
 	a.Metrics.GaugeFunc("termhub_outbox_depth", "Durable POS messages kept in the outboxes (unacknowledged or within retention).", a.outboxDepth)
 	a.Metrics.GaugeFunc("termhub_deadline_timers", "Transaction deadlines armed in this process.", func() float64 { return float64(a.Engine.ArmedTimers()) })
 	return a
@@ -122,7 +131,8 @@ func (a *App) Start(ctx context.Context) error {
 		}
 	}
 	a.scheduleTrim()
-	return nil
+	// Webhooks: resume unfinished deliveries, then read new events.
+	return a.Webhooks.Start(ctx)
 }
 
 // trimEvery is how often outboxes are trimmed by outbox_retention.
@@ -154,10 +164,57 @@ func (a *App) Trim(ctx context.Context) error {
 }
 
 // Handler serves every endpoint.
-func (a *App) Handler() http.Handler { return a.Hub.Handler() }
+func (a *App) Handler() http.Handler {
+	h := a.Hub.Handler()
+	a.Ops.Register(a.Hub.Mux())
+	a.routeWebhooks()
+	return h
+}
 
 // Drain tells every client to reconnect and waits for them to go.
-func (a *App) Drain(ctx context.Context) error { return a.Hub.Drain(ctx) }
+func (a *App) Drain(ctx context.Context) error {
+	_ = a.Ops.Close(ctx) // ops feeds are not hub connections: end them too
+
+	// Webhooks stop after the hub; undelivered ones stay queued in Redis.
+	defer a.Webhooks.Close()
+	return a.Hub.Drain(ctx)
+}
 
 // Reload swaps in a new configuration's merchants, keys and terminals.
-func (a *App) Reload(cfg config.Config) { a.Hub.Reload(config.NewDirectory(cfg)) }
+func (a *App) Reload(cfg config.Config) {
+	a.Hub.Reload(config.NewDirectory(cfg))
+	a.refreshWebhooks()
+}
+
+// ---- webhooks (package webhook) ----
+
+// newWebhooks builds the webhook sender. Each attempt reads the merchant's
+// webhook_url and webhook_secret from the hub's current directory, so a
+// reload takes effect at the next attempt.
+func (a *App) newWebhooks(cfg config.Config, rdb redis.UniversalClient, ks keys.Space) {
+	a.Webhooks = webhook.New(webhook.Options{
+		Redis:     rdb,
+		Keys:      ks,
+		Clock:     a.Clock,
+		Logger:    a.Log,
+		Metrics:   a.Metrics,
+		Directory: a.Hub.Directory,
+		RetryBase: cfg.WebhookRetryBase.D(),
+	})
+}
+
+// routeWebhooks adds GET /v1/ops/webhooks (ops token) to the hub's routes.
+func (a *App) routeWebhooks() {
+	a.Hub.Mux().Handle("GET /v1/ops/webhooks", a.Webhooks.OpsHandler(func(r *http.Request) bool {
+		return a.Hub.OpsAuthorized(r, a.Config.OpsToken)
+	}))
+}
+
+// refreshWebhooks starts delivery for merchants a reload gave a webhook_url.
+func (a *App) refreshWebhooks() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.Webhooks.Refresh(ctx); err != nil {
+		a.Log.Error().Err(err).Msg("starting webhook delivery after reload failed")
+	}
+}

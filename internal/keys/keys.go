@@ -41,3 +41,16 @@ func (s Space) Webhooks(m string) string { return s.tag("webhooks", m) }
 // Open is the set of a device's transactions with commands still open for
 // it (re-sent when it reconnects).
 func (s Space) Open(m, device string) string { return s.tag("open", m) + ":" + device }
+
+// WebhookRetry is the merchant's webhook delivery schedule: a sorted set of
+// the stream entry ids (of Webhooks) not yet delivered, scored by the time
+// (Unix ms) of their next attempt.
+func (s Space) WebhookRetry(m string) string { return s.tag("webhook-retry", m) }
+
+// WebhookState is the merchant's webhook delivery state: a hash from stream
+// entry id to the JSON of its attempts so far (for retries and ops).
+func (s Space) WebhookState(m string) string { return s.tag("webhook-state", m) }
+
+// WebhookStats counts the merchant's webhook outcomes by hour (a hash of
+// "ok:<unix hour>" and "gave_up:<unix hour>" counters and "last_ok").
+func (s Space) WebhookStats(m string) string { return s.tag("webhook-stats", m) }

@@ -1,0 +1,368 @@
+package ops
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/termhub/termhub/hub"
+	"github.com/termhub/termhub/protocol"
+	"github.com/termhub/termhub/session"
+)
+
+// Actions of the ops feed. terminalStatusUpdate and connectionUpdate are
+// the hub's own (protocol.ActionTerminalStatusUpdate, hub.ConnectionUpdate).
+const (
+	ActionSnapshot          = "snapshot"
+	ActionTransactionUpdate = "transactionUpdate"
+	ActionHeartbeats        = "heartbeats"
+	ActionConflicts         = "conflicts"
+	ActionConnectionUpdate  = "connectionUpdate"
+)
+
+// Snapshot is the first message of a feed: everything as it stands.
+type Snapshot struct {
+	Action       string                  `json:"action"`
+	ServerTime   time.Time               `json:"serverTime"`
+	Terminals    []TerminalRow           `json:"terminals"`
+	Connections  []hub.ConnInfo          `json:"connections"` // POS and terminal connections, oldest first
+	Conflicts    []hub.KeyConflict       `json:"conflicts"`
+	Transactions []*protocol.Transaction `json:"transactions"` // the most recent, newest first
+}
+
+// TerminalRow is a terminal of the snapshot: the row of GET /v1/ops/terminals
+// plus the status of its current transaction.
+type TerminalRow struct {
+	protocol.TerminalInfo
+	CurrentTransactionStatus protocol.Status `json:"currentTransactionStatus,omitempty"`
+}
+
+// StatusUpdate is the hub's terminalStatusUpdate with the terminal's
+// merchant, since ops sees every merchant.
+type StatusUpdate struct {
+	protocol.TerminalStatusUpdate
+	MerchantID string `json:"merchantId"`
+}
+
+// TransactionUpdate carries a transaction after every committed change.
+// Updates may arrive out of order; the higher version wins.
+type TransactionUpdate struct {
+	Action      string                `json:"action"`
+	Transaction *protocol.Transaction `json:"transaction"`
+}
+
+// Heartbeats refreshes, every RefreshInterval, when each connected
+// terminal and each connection was last heard from.
+type Heartbeats struct {
+	Action      string              `json:"action"`
+	ServerTime  time.Time           `json:"serverTime"`
+	Terminals   []TerminalHeartbeat `json:"terminals"`
+	Connections []ConnectionSeen    `json:"connections"`
+}
+
+// TerminalHeartbeat is a connected terminal's last sign of life.
+type TerminalHeartbeat struct {
+	TerminalID    string    `json:"terminalId"`
+	ConnectionID  string    `json:"connectionId"`
+	LastHeartbeat time.Time `json:"lastHeartbeat"`
+}
+
+// ConnectionSeen is a connection's last sign of life.
+type ConnectionSeen struct {
+	ConnectionID string    `json:"connectionId"`
+	LastSeen     time.Time `json:"lastSeen"`
+}
+
+// Conflicts is the fighting-keys list, sent when it changes.
+type Conflicts struct {
+	Action    string            `json:"action"`
+	Conflicts []hub.KeyConflict `json:"conflicts"`
+}
+
+// item is one queued frame; conflicts asks the feed to re-check the
+// fighting-keys list after sending it (a POS connection came or went).
+type item struct {
+	frame     []byte
+	conflicts bool
+}
+
+// feed is one /v1/ops/ws connection's queue.
+type feed struct {
+	out  chan item
+	slow chan struct{} // closed when the queue overflowed
+	once sync.Once
+}
+
+func (f *feed) push(it item) {
+	select {
+	case f.out <- it:
+	default:
+		f.once.Do(func() { close(f.slow) })
+	}
+}
+
+// observeHub receives terminalStatusUpdate and connectionUpdate values from
+// the hub, under the hub's lock: it only marshals and queues.
+func (s *Server) observeHub(merchantID string, update any) {
+	if !s.hasFeeds() {
+		return
+	}
+	var v any
+	conflicts := false
+	switch u := update.(type) {
+	case protocol.TerminalStatusUpdate:
+		v = StatusUpdate{TerminalStatusUpdate: u, MerchantID: merchantID}
+	case *protocol.TerminalStatusUpdate:
+		v = StatusUpdate{TerminalStatusUpdate: *u, MerchantID: merchantID}
+	case hub.ConnectionUpdate:
+		v, conflicts = u, u.Connection.Kind == hub.KindPOS
+	case *hub.ConnectionUpdate:
+		v, conflicts = *u, u.Connection.Kind == hub.KindPOS
+	default:
+		return
+	}
+	frame, err := json.Marshal(v)
+	if err != nil {
+		s.log.Error().Err(err).Msg("marshal hub update")
+		return
+	}
+	s.broadcast(frame, conflicts)
+}
+
+// broadcast queues frame on every feed without blocking.
+func (s *Server) broadcast(frame []byte, conflicts bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for f := range s.feeds {
+		f.push(item{frame: frame, conflicts: conflicts})
+	}
+}
+
+// hasFeeds reports whether anyone listens, so that no frame is built for
+// nobody.
+func (s *Server) hasFeeds() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.feeds) > 0
+}
+
+// addFeed registers f (it receives every update from now on) and counts its
+// goroutine; false once the server is closed.
+func (s *Server) addFeed(f *feed) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	s.feeds[f] = struct{}{}
+	if s.ticker == nil {
+		s.armLocked()
+	}
+	return true
+}
+
+func (s *Server) removeFeed(f *feed) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.feeds, f)
+	if len(s.feeds) == 0 && s.ticker != nil {
+		s.ticker.Stop()
+		s.ticker = nil
+		s.tickGen++ // a tick already firing does nothing
+	}
+	s.wg.Done()
+}
+
+// armLocked schedules the next heartbeats refresh.
+func (s *Server) armLocked() {
+	s.tickGen++
+	gen := s.tickGen
+	s.ticker = s.opts.Clock.AfterFunc(s.opts.RefreshInterval, func() { s.tick(gen) })
+}
+
+// tick sends a heartbeats refresh to every feed and re-arms itself while
+// there are feeds.
+func (s *Server) tick(gen uint64) {
+	s.mu.Lock()
+	live := gen == s.tickGen && !s.closed && len(s.feeds) > 0
+	s.mu.Unlock()
+	if !live {
+		return
+	}
+	if frame, err := json.Marshal(s.heartbeats()); err == nil {
+		s.broadcast(frame, false)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if gen == s.tickGen && !s.closed && len(s.feeds) > 0 {
+		s.armLocked()
+	}
+}
+
+func (s *Server) heartbeats() Heartbeats {
+	hb := Heartbeats{Action: ActionHeartbeats, ServerTime: s.now(), Terminals: []TerminalHeartbeat{}, Connections: []ConnectionSeen{}}
+	for _, c := range s.hub.Connections() {
+		hb.Connections = append(hb.Connections, ConnectionSeen{ConnectionID: c.ConnectionID, LastSeen: c.LastSeen})
+		if c.Kind == hub.KindTerminal {
+			hb.Terminals = append(hb.Terminals, TerminalHeartbeat{TerminalID: c.DeviceID, ConnectionID: c.ConnectionID, LastHeartbeat: c.LastSeen})
+		}
+	}
+	return hb
+}
+
+func (s *Server) now() time.Time { return s.opts.Clock.Now().UTC() }
+
+// handleFeed serves GET /v1/ops/ws: 401 before the upgrade without the ops
+// token, then a snapshot followed by live updates.
+func (s *Server) handleFeed(w http.ResponseWriter, r *http.Request) {
+	if !s.authorized(r) {
+		writeError(w, protocol.Errorf(protocol.CodeUnauthorized, "Authorization", "missing or wrong ops token"))
+		return
+	}
+	select {
+	case <-s.done:
+		writeError(w, protocol.Errorf(protocol.CodeUnavailable, "", "server is shutting down; reconnect shortly"))
+		return
+	default:
+	}
+	// The origin check of the WebSocket library stays on: the dashboard's
+	// cookie would otherwise let any web page open the feed in an
+	// operator's browser (cross-site WebSocket hijacking).
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	if err != nil {
+		s.log.Info().Err(err).Str("origin", r.Header.Get("Origin")).Msg("ops feed upgrade refused")
+		return
+	}
+	f := &feed{out: make(chan item, s.opts.FeedQueue), slow: make(chan struct{})}
+	// Registered before the snapshot is taken, so that nothing falls between
+	// the two: an update queued meanwhile is applied on top of the snapshot.
+	if !s.addFeed(f) {
+		_ = ws.Close(websocket.StatusCode(protocol.CloseShutdown), protocol.ReasonShutdown)
+		return
+	}
+	defer s.removeFeed(f)
+	gauge := s.hub.Metrics().Connections.WithLabelValues(string(hub.KindOps))
+	gauge.Inc()
+	defer gauge.Dec()
+	s.log.Info().Str("remote", r.RemoteAddr).Msg("ops feed connected")
+	s.serveFeed(ws, f)
+	s.log.Info().Str("remote", r.RemoteAddr).Msg("ops feed ended")
+}
+
+func (s *Server) serveFeed(ws *websocket.Conn, f *feed) {
+	// Ops only listens; CloseRead answers pings and the close handshake and
+	// ends ctx when the peer goes.
+	ctx := ws.CloseRead(context.Background())
+	defer ws.CloseNow()
+	write := func(b []byte) bool {
+		wctx, cancel := context.WithTimeout(ctx, s.opts.WriteTimeout)
+		defer cancel()
+		return ws.Write(wctx, websocket.MessageText, b) == nil
+	}
+	snap, err := json.Marshal(s.snapshot(ctx))
+	if err != nil || !write(snap) {
+		return
+	}
+	var lastConflicts []byte
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.done:
+			_ = ws.Close(websocket.StatusCode(protocol.CloseShutdown), protocol.ReasonShutdown)
+			return
+		case <-f.slow:
+			s.log.Warn().Int("queue", cap(f.out)).Msg("ops feed too slow: dropped")
+			_ = ws.Close(websocket.StatusPolicyViolation, "feed too slow; reconnect")
+			return
+		case it := <-f.out:
+			if !write(it.frame) {
+				return
+			}
+			if !it.conflicts {
+				continue
+			}
+			b, err := json.Marshal(Conflicts{Action: ActionConflicts, Conflicts: nonNil(s.hub.Conflicts())})
+			if err != nil || bytes.Equal(b, lastConflicts) {
+				continue
+			}
+			lastConflicts = b
+			if !write(b) {
+				return
+			}
+		}
+	}
+}
+
+// snapshot gathers every terminal, connection, conflict and the recent
+// transactions. A store error leaves the transactions out; the feed still
+// runs.
+func (s *Server) snapshot(ctx context.Context) Snapshot {
+	snap := Snapshot{
+		Action: ActionSnapshot, ServerTime: s.now(),
+		Connections: nonNil(s.hub.Connections()), Conflicts: nonNil(s.hub.Conflicts()),
+		Terminals: []TerminalRow{}, Transactions: s.recent(ctx),
+	}
+	byID := make(map[string]*protocol.Transaction, len(snap.Transactions))
+	for _, t := range snap.Transactions {
+		byID[t.ID] = t
+	}
+	for _, t := range s.hub.AllTerminals() {
+		row := TerminalRow{TerminalInfo: t}
+		if id := t.CurrentTransactionID; id != "" {
+			if cur := byID[id]; cur != nil {
+				row.CurrentTransactionStatus = cur.Status
+			} else if s.opts.Engine != nil {
+				cur, err := s.opts.Engine.Get(ctx, t.MerchantID, id)
+				if err == nil && cur != nil {
+					row.CurrentTransactionStatus = cur.Status
+				}
+			}
+		}
+		snap.Terminals = append(snap.Terminals, row)
+	}
+	return snap
+}
+
+// recent returns the newest transactions of every merchant, newest first.
+func (s *Server) recent(ctx context.Context) []*protocol.Transaction {
+	out := []*protocol.Transaction{}
+	if s.opts.Engine == nil {
+		return out
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	limit := min(s.opts.Recent, 100)
+	for _, m := range s.hub.Directory().MerchantIDs() {
+		page, err := s.opts.Engine.List(ctx, m, session.Filter{Limit: limit})
+		if err != nil {
+			s.log.Warn().Err(err).Str("merchantId", m).Msg("could not list recent transactions for the ops snapshot")
+			continue
+		}
+		out = append(out, page.Data...)
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
+			return out[i].CreatedAt.After(out[j].CreatedAt)
+		}
+		return out[i].ID > out[j].ID
+	})
+	if len(out) > s.opts.Recent {
+		out = out[:s.opts.Recent]
+	}
+	return out
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}

@@ -1,0 +1,267 @@
+package ops_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/rs/zerolog"
+
+	"github.com/termhub/termhub/app"
+	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/clock"
+	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/hub"
+	"github.com/termhub/termhub/internal/redistest"
+)
+
+const opsToken = "s3cret-ops-token"
+
+const testConfig = `
+grace_period: 60s
+payment_timeout: 180s
+heartbeat_interval: 24h
+ops_token: "s3cret-ops-token"
+merchants:
+  - id: m1
+    name: Shop One
+    api_keys:
+      - {id: pk1, secret: sk1}
+    terminals:
+      - {device_id: T1, secret: dt1, label: Front}
+      - {device_id: T2, secret: dt2, label: Back}
+  - id: m2
+    name: Shop Two
+    api_keys:
+      - {id: pk2, secret: sk2}
+    terminals:
+      - {device_id: U1, secret: du1, label: Till}
+`
+
+var secrets = map[string]string{"pk1": "sk1", "pk2": "sk2", "T1": "dt1", "T2": "dt2", "U1": "du1"}
+
+// env is one running hub with its ops server, on a fake clock.
+type env struct {
+	t     *testing.T
+	App   *app.App
+	Clock *clock.Fake
+	Srv   *httptest.Server
+	opts  client.Options
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	cfg, err := config.Parse([]byte(testConfig), func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := redistest.New(t)
+	cfg.KeyPrefix = r.Prefix
+	fc := clock.NewFake(time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC))
+	log := zerolog.New(io.Discard)
+	if os.Getenv("TERMHUB_TEST_LOG") != "" {
+		log = zerolog.New(zerolog.NewTestWriter(t))
+	}
+	a := app.New(cfg, r.Client, fc, log)
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(a.Handler())
+	e := &env{t: t, App: a, Clock: fc, Srv: srv, opts: client.Options{BaseURL: srv.URL, Now: fc.Now}}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = a.Drain(ctx)
+		srv.Close()
+	})
+	return e
+}
+
+func testCtx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// post sends a POST with an optional JSON body and headers.
+func (e *env) post(path string, body any, header http.Header) *http.Response {
+	e.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(testCtx(e.t), http.MethodPost, e.Srv.URL+path, rd)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = resp.Body.Close() })
+	return resp
+}
+
+// login returns the session cookie POST /ops/login sets.
+func (e *env) login() *http.Cookie {
+	e.t.Helper()
+	resp := e.post("/ops/login", map[string]string{"token": opsToken}, nil)
+	if resp.StatusCode != http.StatusNoContent {
+		e.t.Fatalf("login: HTTP %d", resp.StatusCode)
+	}
+	for _, c := range resp.Cookies() {
+		if c.Name == hub.OpsCookie {
+			return c
+		}
+	}
+	e.t.Fatal("login set no session cookie")
+	return nil
+}
+
+func bearer() http.Header { return http.Header{"Authorization": {"Bearer " + opsToken}} }
+
+func cookieHeader(c *http.Cookie) http.Header {
+	return http.Header{"Cookie": {c.Name + "=" + c.Value}}
+}
+
+// errorCode decodes {"error":{"code"}}.
+func errorCode(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	var b struct {
+		Error struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&b); err != nil {
+		t.Fatalf("error body: %v", err)
+	}
+	return b.Error.Code
+}
+
+// feed is a test's /v1/ops/ws connection.
+type feed struct {
+	t  *testing.T
+	ws *websocket.Conn
+}
+
+// dialFeed opens the ops feed with header; on refusal it returns the HTTP status.
+func (e *env) dialFeed(header http.Header) (*feed, int, error) {
+	ws, resp, err := websocket.Dial(testCtx(e.t), strings.Replace(e.Srv.URL, "http", "ws", 1)+"/v1/ops/ws",
+		&websocket.DialOptions{HTTPHeader: header})
+	if err != nil {
+		code := 0
+		if resp != nil {
+			code = resp.StatusCode
+		}
+		return nil, code, err
+	}
+	ws.SetReadLimit(8 << 20)
+	e.t.Cleanup(func() { _ = ws.CloseNow() })
+	return &feed{t: e.t, ws: ws}, 0, nil
+}
+
+func (e *env) mustFeed(header http.Header) *feed {
+	e.t.Helper()
+	f, code, err := e.dialFeed(header)
+	if err != nil {
+		e.t.Fatalf("dial ops feed: HTTP %d: %v", code, err)
+	}
+	return f
+}
+
+type frame struct {
+	Action string
+	Raw    json.RawMessage
+}
+
+func (f frame) decode(t *testing.T, v any) {
+	t.Helper()
+	if err := json.Unmarshal(f.Raw, v); err != nil {
+		t.Fatalf("decode %s: %v", f.Action, err)
+	}
+}
+
+func (f *feed) read() (frame, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, b, err := f.ws.Read(ctx)
+	if err != nil {
+		return frame{}, err
+	}
+	var env struct {
+		Action string `json:"action"`
+	}
+	if err := json.Unmarshal(b, &env); err != nil {
+		return frame{}, err
+	}
+	return frame{Action: env.Action, Raw: b}, nil
+}
+
+// until reads frames until one has the action and satisfies match.
+func (f *feed) until(action string, match func(frame) bool) frame {
+	f.t.Helper()
+	for {
+		m, err := f.read()
+		if err != nil {
+			f.t.Fatalf("waiting for %s: %v", action, err)
+		}
+		if m.Action == action && (match == nil || match(m)) {
+			return m
+		}
+	}
+}
+
+// closeStatus reads until the feed ends and returns its close status.
+func (f *feed) closeStatus() websocket.StatusCode {
+	f.t.Helper()
+	for {
+		_, err := f.read()
+		if err != nil {
+			var ce websocket.CloseError
+			if errors.As(err, &ce) {
+				return ce.Code
+			}
+			f.t.Fatalf("feed ended without a close frame: %v", err)
+		}
+	}
+}
+
+func (e *env) pos(id string) *client.Conn {
+	e.t.Helper()
+	c, err := client.DialPOS(testCtx(e.t), e.opts, id, secrets[id])
+	if err != nil {
+		e.t.Fatalf("dial POS %s: %v", id, err)
+	}
+	e.t.Cleanup(func() { _ = c.CloseNow() })
+	return c
+}
+
+func (e *env) terminal(id string) *client.Conn {
+	e.t.Helper()
+	c, err := client.DialTerminal(testCtx(e.t), e.opts, id, secrets[id])
+	if err != nil {
+		e.t.Fatalf("dial terminal %s: %v", id, err)
+	}
+	e.t.Cleanup(func() { _ = c.CloseNow() })
+	return c
+}
+
+func newServer(t *testing.T, h http.Handler) *httptest.Server {
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv
+}

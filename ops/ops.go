@@ -1,0 +1,239 @@
+// Package ops is termhub's operator side (CONTRACT §2, §3, §11): the live
+// dashboard page at /ops/, the cookie login that lets a browser use the ops
+// token, the live feed /v1/ops/ws and the endpoint that kicks a connection.
+//
+// The feed is built from two hooks: Hub.Observe (terminal status changes and
+// connections coming and going, called under the hub's lock) and the
+// engine's transaction observer (every committed transaction). Both only
+// copy a frame into each feed's bounded queue; a feed that falls behind is
+// dropped, never waited for. GET /v1/ops/terminals and /metrics stay in
+// package hub.
+package ops
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/termhub/termhub/clock"
+	"github.com/termhub/termhub/hub"
+	"github.com/termhub/termhub/protocol"
+	"github.com/termhub/termhub/session"
+)
+
+// Defaults of Options.
+const (
+	DefaultRefreshInterval = 5 * time.Second
+	DefaultRecent          = 50
+	DefaultFeedQueue       = 512
+	DefaultWriteTimeout    = 10 * time.Second
+)
+
+// Transactions is what ops reads from the session engine; *session.Engine
+// has it.
+type Transactions interface {
+	List(ctx context.Context, merchantID string, f session.Filter) (session.Page, error)
+	Get(ctx context.Context, merchantID, id string) (*protocol.Transaction, error)
+}
+
+// Options configure a Server. Hub and Token are required.
+type Options struct {
+	Hub *hub.Hub
+	// Engine supplies the recent transactions of the snapshot; nil leaves
+	// them out (live transactionUpdates still flow through Publish).
+	Engine Transactions
+	// Token is the ops token (config ops_token). Empty refuses every login.
+	Token  string
+	Clock  clock.Clock
+	Logger zerolog.Logger
+	// RefreshInterval is how often every feed gets a heartbeats message with
+	// the terminals' lastHeartbeat and the connections' lastSeen.
+	RefreshInterval time.Duration
+	// Recent is how many transactions the snapshot carries, newest first.
+	Recent int
+	// FeedQueue is how many frames a feed may have waiting before it counts
+	// as too slow and is dropped.
+	FeedQueue int
+	// WriteTimeout bounds one write to a feed.
+	WriteTimeout time.Duration
+}
+
+func (o *Options) fill() {
+	if o.Clock == nil {
+		o.Clock = clock.Real{}
+	}
+	if o.RefreshInterval <= 0 {
+		o.RefreshInterval = DefaultRefreshInterval
+	}
+	if o.Recent <= 0 {
+		o.Recent = DefaultRecent
+	}
+	if o.FeedQueue <= 0 {
+		o.FeedQueue = DefaultFeedQueue
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = DefaultWriteTimeout
+	}
+}
+
+// Server serves the ops endpoints. Create it with New, add its routes with
+// Register and give PublishTransaction to the engine.
+type Server struct {
+	opts Options
+	hub  *hub.Hub
+	log  zerolog.Logger
+	done chan struct{} // closed by Close
+	wg   sync.WaitGroup
+
+	tokenSum [sha256.Size]byte // of the ops token
+	cookieOK bool              // the token can travel in a cookie
+
+	mu        sync.Mutex
+	feeds     map[*feed]struct{}              // guarded by mu
+	ticker    clock.Timer                     // guarded by mu; armed while there are feeds
+	tickGen   uint64                          // guarded by mu; identifies the armed ticker
+	closed    bool                            // guarded by mu
+	observers []func(t *protocol.Transaction) // guarded by mu
+}
+
+// New builds a Server and subscribes it to the hub's status and connection
+// updates.
+func New(opts Options) *Server {
+	opts.fill()
+	s := &Server{
+		opts: opts, hub: opts.Hub, log: opts.Logger.With().Str("component", "ops").Logger(),
+		done: make(chan struct{}), feeds: map[*feed]struct{}{},
+		tokenSum: sha256.Sum256([]byte(opts.Token)), cookieOK: validCookieValue(opts.Token),
+	}
+	if opts.Token != "" && !s.cookieOK {
+		s.log.Warn().Msg("ops_token contains characters a cookie cannot carry: the dashboard login is disabled, bearer auth still works")
+	}
+	opts.Hub.Observe(s.observeHub)
+	return s
+}
+
+// Register adds the ops routes to mux (Hub.Mux()).
+func (s *Server) Register(mux *http.ServeMux) {
+	mux.Handle("GET /ops/", s.staticHandler())
+	mux.HandleFunc("GET /ops/session", s.handleSession)
+	mux.HandleFunc("POST /ops/login", s.handleLogin)
+	mux.HandleFunc("POST /ops/logout", s.handleLogout)
+	mux.HandleFunc("GET /v1/ops/ws", s.handleFeed)
+	mux.HandleFunc("POST /v1/ops/connections/{connectionId}/disconnect", s.handleDisconnect)
+}
+
+// PublishTransaction sends a committed transaction to every feed and to the
+// observers added with ObserveTransactions. It is the engine's observer
+// (Engine.SetObserver has a single slot, so ops owns it and fans out). It
+// never blocks.
+func (s *Server) PublishTransaction(t *protocol.Transaction) {
+	if t == nil {
+		return
+	}
+	s.mu.Lock()
+	obs := s.observers
+	s.mu.Unlock()
+	for _, o := range obs {
+		o(t)
+	}
+	if !s.hasFeeds() {
+		return
+	}
+	frame, err := json.Marshal(TransactionUpdate{Action: ActionTransactionUpdate, Transaction: t})
+	if err != nil {
+		s.log.Error().Err(err).Msg("marshal transactionUpdate")
+		return
+	}
+	s.broadcast(frame, false)
+}
+
+// ObserveTransactions adds f to the receivers of every committed
+// transaction, for packages that would otherwise need the engine's single
+// observer slot. f is called from the committing goroutine and must not
+// block.
+func (s *Server) ObserveTransactions(f func(t *protocol.Transaction)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.observers = append(s.observers[:len(s.observers):len(s.observers)], f)
+}
+
+// Close ends every feed (close 4004, server_shutdown; the dashboard
+// reconnects) and waits for their goroutines or ctx.
+func (s *Server) Close(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.done)
+		if s.ticker != nil {
+			s.ticker.Stop()
+			s.ticker = nil
+		}
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// authorized reports whether r carries the ops token (bearer or cookie).
+func (s *Server) authorized(r *http.Request) bool {
+	return s.opts.Token != "" && s.hub.OpsAuthorized(r, s.opts.Token)
+}
+
+// tokenMatches compares a presented token with the ops token in constant
+// time (hashing first, so that not even the length leaks).
+func (s *Server) tokenMatches(got string) bool {
+	if s.opts.Token == "" || got == "" {
+		return false
+	}
+	sum := sha256.Sum256([]byte(got))
+	return subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) == 1
+}
+
+// handleDisconnect kicks a live POS or terminal connection with
+// forceDisconnect admin_action and close 4003; the client may reconnect.
+func (s *Server) handleDisconnect(w http.ResponseWriter, r *http.Request) {
+	if !s.authorized(r) {
+		writeError(w, protocol.Errorf(protocol.CodeUnauthorized, "Authorization", "missing or wrong ops token"))
+		return
+	}
+	if !sameOrigin(r) {
+		writeError(w, protocol.Errorf(protocol.CodeUnauthorized, "Origin", "cross-origin request refused"))
+		return
+	}
+	id := r.PathValue("connectionId")
+	ok := s.hub.Disconnect(id, &protocol.Disconnect{
+		Code: protocol.CloseAdmin, Reason: protocol.ReasonAdmin,
+		Message: "Disconnected by an operator", ReconnectAllowed: true,
+	})
+	if !ok {
+		writeError(w, protocol.Errorf(protocol.CodeNotFound, "connectionId", "no live connection %q", id))
+		return
+	}
+	s.log.Info().Str("connectionId", id).Str("remote", r.RemoteAddr).Msg("connection disconnected by an operator")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// writeJSON writes v with status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeError writes the contract's error body.
+func writeError(w http.ResponseWriter, e *protocol.Error) {
+	writeJSON(w, e.Code.HTTPStatus(), protocol.ErrorBody{Error: e})
+}
