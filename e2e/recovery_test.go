@@ -283,3 +283,28 @@ func TestHTTPEventSessionPollAndAck(t *testing.T) {
 		t.Fatalf("displaced session: %d %s", resp.Status, resp.Body)
 	}
 }
+
+// TestGreetingAlwaysComesBeforeReplay reconnects many times over a backlog:
+// the first frame must be `connected` every time (the client refuses
+// anything else), however the writer interleaves replay and live frames.
+func TestGreetingAlwaysComesBeforeReplay(t *testing.T) {
+	e := newEnv(t)
+	term := e.terminal("T1")
+	rest := e.http("pk1")
+	for i := 0; i < 10; i++ {
+		resp, err := rest.Do(ctx(t), "POST", "/v1/payments", map[string]any{
+			"terminalId": "T1", "amountMinor": 100 + i, "currency": "USD", "reference": "backlog-" + string(rune('a'+i))}, nil)
+		if err != nil || resp.Status != http.StatusCreated {
+			t.Fatalf("create: %v %v", resp, err)
+		}
+		read(t, term, "startPayment")
+	}
+	for i := 0; i < 40; i++ {
+		c := e.pos("pk1") // fails unless the first frame is the greeting
+		m, err := c.Read(ctx(t))
+		if err != nil || m.MessageID() == "" {
+			t.Fatalf("the frame after the greeting is %q (%v), want a replayed message", m.Action, err)
+		}
+		_ = c.CloseNow()
+	}
+}

@@ -129,7 +129,12 @@ func (c *conn) disconnect(d *protocol.Disconnect) {
 func (c *conn) writeLoop() {
 	defer close(c.done)
 	defer c.cancel()
+	// The greeting is always the first frame queued on send (register
+	// queues it). Replayed frames and re-sent commands are taken only once it
+	// is out, so nothing can overtake it.
+	var replay <-chan []byte
 	for {
+		var frame []byte
 		select {
 		case <-c.ctx.Done():
 			return
@@ -140,18 +145,14 @@ func (c *conn) writeLoop() {
 			}
 			c.finish(d)
 			return
-		case frame := <-c.replay:
-			if err := c.write(frame); err != nil {
-				c.log.Debug().Err(err).Msg("write failed")
-				_ = c.ws.CloseNow()
-				return
-			}
-		case frame := <-c.send:
-			if err := c.write(frame); err != nil {
-				c.log.Debug().Err(err).Msg("write failed")
-				_ = c.ws.CloseNow()
-				return
-			}
+		case frame = <-replay:
+		case frame = <-c.send:
+			replay = c.replay
+		}
+		if err := c.write(frame); err != nil {
+			c.log.Debug().Err(err).Msg("write failed")
+			_ = c.ws.CloseNow()
+			return
 		}
 	}
 }
