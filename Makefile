@@ -40,3 +40,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePOS$$' -fuzztime $(FUZZTIME) ./protocol/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeTerminal$$' -fuzztime $(FUZZTIME) ./protocol/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAmount$$' -fuzztime $(FUZZTIME) ./protocol/
+
+## soak: the model-based property test at volume (SOAK engine-level sequences and SOAK/20 over
+## real sockets; REDIS_URL for real Redis); fails on any violation
+SOAK ?= 100000
+soak:
+	TERMHUB_MODEL_STRICT=1 TERMHUB_SOAK_SEQUENCES=$(SOAK) $(GO) test -count=1 -timeout 4h -v -run 'TestModel(Engine|Sockets)$$' ./e2e/model/ 2>&1 | grep -v -E '^=== |--- (PASS|SKIP): TestModel[A-Za-z]+/seed='

@@ -197,8 +197,20 @@ func (m *machine) apply(ev Event) *protocol.Error {
 
 	case EvVoidResult:
 		if !t.OpenVoid {
+			switch {
+			case !e.OK:
+			case t.Status == protocol.StatusVoided && !t.VoidConfirmed:
+				t.VoidConfirmed = true
+				m.fx.Changed = true
+			case t.Type == protocol.TypeSale && (t.Status == protocol.StatusCompleted || t.Status == protocol.StatusAuthorized):
+				// A confirmation that comes after the void command expired
+				// is still a fact: the terminal reversed the sale.
+				t.VoidConfirmed = true
+				m.void(protocol.VoidRequested, "voided by the terminal (confirmation arrived late)")
+			}
 			return nil
 		}
+		t.VoidConfirmed = t.VoidConfirmed || e.OK
 		t.OpenVoid = false
 		m.clearCommandDeadline()
 		m.fx.Changed = true
@@ -331,7 +343,12 @@ func (m *machine) signatureAnswer(e EvSignatureAnswer) *protocol.Error {
 // result applies a terminal's paymentResult.
 func (m *machine) result(r protocol.PaymentResult) {
 	t := m.t
-	m.fx.Terminal = append(m.fx.Terminal, protocol.TerminalCommand{Action: protocol.ActionResultAck, TransactionID: t.ID})
+	// resultAck goes last: a terminal that got the ack has also got any
+	// voidPayment this result caused, so it can never drop the result while
+	// the void is lost on the way.
+	defer func() {
+		m.fx.Terminal = append(m.fx.Terminal, protocol.TerminalCommand{Action: protocol.ActionResultAck, TransactionID: t.ID})
+	}()
 	if t.OpenCancel {
 		t.OpenCancel = false
 		m.fx.Changed = true
@@ -385,8 +402,19 @@ func (m *machine) result(r protocol.PaymentResult) {
 		code = protocol.VoidLateAfterSupersede
 	case protocol.StatusDeclined:
 		code = protocol.VoidLateAfterDecline
+	case protocol.StatusVoided:
+		// The approval again while the void was never confirmed and its
+		// command has lapsed (lost on a half-open connection): the card may
+		// still be charged, so the void is sent again.
+		if !t.OpenVoid && !t.VoidConfirmed {
+			t.OpenVoid = true
+			t.CommandDeadline = m.now.Add(m.s.CommandTimeout)
+			m.fx.Changed = true
+			m.fx.Terminal = append(m.fx.Terminal, protocol.TerminalCommand{Action: protocol.ActionVoidPayment, TransactionID: t.ID, Reason: t.VoidReason})
+		}
+		return
 	default:
-		return // COMPLETED, AUTHORIZED, VOIDED: a repeated approval
+		return // COMPLETED, AUTHORIZED: a repeated approval
 	}
 	m.recordResult(r)
 	t.AuthorizedAmountMinor = t.AmountMinor

@@ -203,6 +203,7 @@ func mtSuperseded() *Txn {
 func mtVoided() *Txn {
 	t := mtCompleted()
 	t.VoidReasonCode, t.VoidReason = protocol.VoidRequested, mtVoidReason
+	t.VoidConfirmed = true // a requested void is VOIDED only once the terminal said ok
 	return mtFinalize(t, protocol.StatusVoided, "")
 }
 
@@ -383,7 +384,7 @@ func mtFinalTo(s protocol.Status, hook, code string, cmds ...string) mtExp {
 }
 
 func mtAutoVoid(code string) mtExp {
-	return mtTo(protocol.StatusVoided).msg(mtPV).cmd(mtRA, mtVP).hook("payment.voided").opens(mtVP).voided(code).
+	return mtTo(protocol.StatusVoided).msg(mtPV).cmd(mtVP, mtRA).hook("payment.voided").opens(mtVP).voided(code).
 		and(func(t *testing.T, _, a *Txn) {
 			if !a.OpenVoid || a.VoidReasonCode != code || a.CommandDeadline != mtNow.Add(mtSettings.CommandTimeout) {
 				t.Errorf("auto-void: OpenVoid=%v VoidReasonCode=%q CommandDeadline=%v", a.OpenVoid, a.VoidReasonCode, a.CommandDeadline)
@@ -588,6 +589,9 @@ func mtMatrix() map[string]mtRowSet {
 					t.Errorf("VoidReasonCode=%q ErrorCode=%q", a.VoidReasonCode, a.ErrorCode)
 				}
 			}), mtFAUV, mtFCOV).
+		// A confirmation after the void command lapsed still voids: the
+		// terminal reversed the sale (found by the model test).
+		set(mtTo(protocol.StatusVoided).msg(mtPV).hook("payment.voided").opens().voided(protocol.VoidRequested), mtFCO, mtFAU, mtFAUC).
 		set(mtKeep().opens().and(closedCmd), mtFVOV)}
 	m["EvVoidResult/notOK"] = mtRowSet{def: mtNoop(), rows: mtRows{}.
 		set(mtNote().msg(mtPSU).opens().and(closedCmd), mtFAUV, mtFCOV, mtFVOV)}
@@ -1029,8 +1033,8 @@ func mtStepViolations(before, after *Txn, ev Event, now time.Time, fx Effects, p
 		}
 	}
 	if _, isResult := ev.(EvResult); isResult {
-		if acks != 1 || mtCmdName(fx.Terminal[0]) != mtRA {
-			bad("a result must be answered by exactly one resultAck first, got %v", mtCmdNames(fx.Terminal))
+		if acks != 1 || mtCmdName(fx.Terminal[len(fx.Terminal)-1]) != mtRA {
+			bad("a result must be answered by exactly one resultAck, last, got %v", mtCmdNames(fx.Terminal))
 		}
 	} else if acks != 0 {
 		bad("resultAck for %T", ev)
@@ -1425,8 +1429,8 @@ func TestApplyLateApprovalAutoVoid(t *testing.T) {
 				if !fx.AutoVoid || fx.Webhook != wantHook {
 					t.Errorf("AutoVoid %v webhook %q, want true %s", fx.AutoVoid, fx.Webhook, wantHook)
 				}
-				if got := mtCmdNames(fx.Terminal); !slices.Equal(got, []string{mtRA, mtVP}) {
-					t.Errorf("terminal %v, want [resultAck voidPayment]", got)
+				if got := mtCmdNames(fx.Terminal); !slices.Equal(got, []string{mtVP, mtRA}) {
+					t.Errorf("terminal %v, want [voidPayment resultAck]", got)
 				}
 				if len(fx.POS) != 1 {
 					t.Fatalf("POS %v", mtPOSNames(fx.POS))
@@ -1438,7 +1442,7 @@ func TestApplyLateApprovalAutoVoid(t *testing.T) {
 				if c.code == protocol.VoidLateAfterGrace && msg.Reason != mtGraceReason {
 					t.Errorf("reason %q, want %q", msg.Reason, mtGraceReason)
 				}
-				if vp := fx.Terminal[1].(protocol.TerminalCommand); vp.Reason != msg.Reason {
+				if vp := fx.Terminal[0].(protocol.TerminalCommand); vp.Reason != msg.Reason {
 					t.Errorf("voidPayment reason %q, paymentVoided reason %q", vp.Reason, msg.Reason)
 				}
 				if msg.OriginalPaymentResponse == nil || !reflect.DeepEqual(*msg.OriginalPaymentResponse, late) {
@@ -2042,5 +2046,36 @@ func TestMtFastEqualAgreesWithDeepEqual(t *testing.T) {
 				t.Errorf("%s vs %s: mtFastEqual %v, reflect.DeepEqual %v", a.name, b.name, got, want)
 			}
 		}
+	}
+}
+
+// Found by the model test (e2e/model): an auto-void whose voidPayment was
+// lost on a half-open connection and whose command lapsed is sent again
+// when the terminal repeats the approval; a voidResult ok that arrives after
+// a requested void's command lapsed still voids the sale.
+func TestApplyLostAutoVoidIsSentAgain(t *testing.T) {
+	tx := mtVoidedOpen()
+	fx := mtRun(t, tx, mtStep{EvDeadline{Kind: DeadlineCommand}, 2 * time.Minute, protocol.StatusVoided})
+	if tx.OpenVoid {
+		t.Fatalf("command deadline left the void open (fx %v)", mtCmdNames(fx.Terminal))
+	}
+	fx = mtRun(t, tx, mtStep{EvResult{Result: mtResult(protocol.OutcomeApproved)}, 3 * time.Minute, protocol.StatusVoided})
+	if got := mtCmdNames(fx.Terminal); !slices.Equal(got, []string{mtVP, mtRA}) || !tx.OpenVoid {
+		t.Fatalf("repeated approval after a lapsed auto-void: terminal %v open %v, want [voidPayment resultAck] and the void open", got, tx.OpenVoid)
+	}
+	mtRun(t, tx, mtStep{EvVoidResult{OK: true}, 4 * time.Minute, protocol.StatusVoided})
+	fx = mtRun(t, tx, mtStep{EvResult{Result: mtResult(protocol.OutcomeApproved)}, 5 * time.Minute, protocol.StatusVoided})
+	if got := mtCmdNames(fx.Terminal); !slices.Equal(got, []string{mtRA}) {
+		t.Fatalf("approval after a confirmed void: terminal %v, want [resultAck]", got)
+	}
+}
+
+func TestApplyLateVoidConfirmationVoids(t *testing.T) {
+	tx := mtCompleted()
+	mtRun(t, tx, mtStep{EvVoid{Reason: "x"}, time.Minute, protocol.StatusCompleted})
+	mtRun(t, tx, mtStep{EvDeadline{Kind: DeadlineCommand}, 5 * time.Minute, protocol.StatusCompleted})
+	fx := mtRun(t, tx, mtStep{EvVoidResult{OK: true}, 6 * time.Minute, protocol.StatusVoided})
+	if len(fx.POS) != 1 || fx.POS[0].Action != mtPV || fx.POS[0].ReasonCode != protocol.VoidRequested {
+		t.Fatalf("late confirmation: POS %v", mtPOSNames(fx.POS))
 	}
 }

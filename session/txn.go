@@ -42,6 +42,7 @@ type Txn struct {
 	OpenCapture   int64 `json:"openCapture,omitempty"`   // capturePayment amount not yet answered
 	OpenSignature *bool `json:"openSignature,omitempty"` // signatureVerified to deliver after a reconnect
 
+	VoidConfirmed  bool                    `json:"voidConfirmed,omitempty"` // the terminal answered voidResult ok
 	VoidReason     string                  `json:"voidReason,omitempty"`
 	VoidReasonCode string                  `json:"voidReasonCode,omitempty"`
 	Result         *protocol.PaymentResult `json:"result,omitempty"` // the terminal's result, for paymentVoided
