@@ -1,4 +1,5 @@
 # termhub — thin targets; CI runs .ci/run, which calls `make test`.
+SHELL := /bin/bash
 GO ?= go
 CONFIG ?= testdata/demo.yaml
 
@@ -45,4 +46,4 @@ fuzz:
 ## real sockets; REDIS_URL for real Redis); fails on any violation
 SOAK ?= 100000
 soak:
-	TERMHUB_MODEL_STRICT=1 TERMHUB_SOAK_SEQUENCES=$(SOAK) $(GO) test -count=1 -timeout 4h -v -run 'TestModel(Engine|Sockets)$$' ./e2e/model/ 2>&1 | grep -v -E '^=== |--- (PASS|SKIP): TestModel[A-Za-z]+/seed='
+	set -o pipefail; TERMHUB_MODEL_STRICT=1 TERMHUB_SOAK_SEQUENCES=$(SOAK) $(GO) test -count=1 -timeout 4h -v -run 'TestModel(Engine|Sockets)$$' ./e2e/model/ 2>&1 | grep -v -E '^=== |--- (PASS|SKIP): TestModel[A-Za-z]+/seed='
