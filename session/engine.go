@@ -444,9 +444,15 @@ type RefundInput struct {
 func (e *Engine) Refund(ctx context.Context, in RefundInput) (Result, error) {
 	req := in.Req
 	fp := fingerprint(protocol.ActionRefund, req)
-	if req.Reference != "" && in.IdemKey == "" {
+	if in.IdemKey != "" {
+		if r, done, err := e.replayIdem(ctx, in.MerchantID, in.IdemKey, fp); done || err != nil {
+			return r, err
+		}
+	}
+	if req.Reference != "" {
 		// A retried refund finds its first attempt by reference before any
-		// amount check: a full refund retried must not look like too much.
+		// amount check (whatever its Idempotency-Key): a full refund retried
+		// must not look like too much.
 		if r, done, err := e.existingRefund(ctx, in.MerchantID, req); done || err != nil {
 			return r, err
 		}
