@@ -1,0 +1,371 @@
+// Package browser_test drives the ops dashboard in a real headless Chromium
+// (CONTRACT §11: "It must work in a real browser"). It lives in its own
+// package so that the rest of the suite never needs a browser.
+//
+// It needs /usr/bin/chromium (Debian: apt-get install -y chromium). Without
+// it the test skips, unless CI is set: then a missing browser fails.
+package browser_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/rs/zerolog"
+
+	"github.com/termhub/termhub/app"
+	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/internal/redistest"
+	"github.com/termhub/termhub/protocol"
+	"github.com/termhub/termhub/sim"
+)
+
+const (
+	chromiumPath = "/usr/bin/chromium"
+	opsToken     = "browser-ops-token"
+	// screenshotPath is where the test leaves a picture of the dashboard.
+	screenshotPath = "/tmp/ops-dashboard.png"
+	loginShotPath  = "/tmp/ops-login.png"
+	// cardDelay marks the simulator's card waits, which the test releases
+	// one by one so that every state stays on screen long enough to check.
+	cardDelay = 1234 * time.Millisecond
+)
+
+const testConfig = `
+grace_period: 60s
+payment_timeout: 180s
+heartbeat_interval: 24h
+ops_token: "browser-ops-token"
+merchants:
+  - id: m_demo
+    name: Demo Store
+    api_keys:
+      - {id: pk_demo, secret: sk_demo}
+    terminals:
+      - {device_id: TERM-001, secret: dk1, label: Front counter}
+      - {device_id: TERM-002, secret: dk2, label: Back office}
+  - id: m_cafe
+    name: Corner Cafe
+    api_keys:
+      - {id: pk_cafe, secret: sk_cafe}
+    terminals:
+      - {device_id: CAFE-01, secret: dc1, label: Till}
+`
+
+func chromium(t *testing.T) string {
+	t.Helper()
+	if _, err := os.Stat(chromiumPath); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI is set but %s is missing: install it with `apt-get update && apt-get install -y chromium`", chromiumPath)
+		}
+		t.Skipf("%s not found: skipping the browser test (apt-get install -y chromium to run it; with CI set it fails instead)", chromiumPath)
+	}
+	return chromiumPath
+}
+
+// step runs actions with their own deadline, so a missing element fails
+// the test quickly instead of hanging.
+func step(t *testing.T, ctx context.Context, what string, actions ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := chromedp.Do(sctx, actions...); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+func eval[T any](t *testing.T, ctx context.Context, js string) T {
+	t.Helper()
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	v, err := chromedp.Run(sctx, chromedp.Evaluate[T](js))
+	if err != nil {
+		t.Fatalf("evaluate %s: %v", js, err)
+	}
+	return v
+}
+
+func TestDashboardInChromium(t *testing.T) {
+	exe := chromium(t)
+	start := time.Now()
+
+	// ---- the hub, on the wall clock ----
+	cfg, err := config.Parse([]byte(testConfig), func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := redistest.New(t)
+	cfg.KeyPrefix = r.Prefix
+	a := app.New(cfg, r.Client, nil, zerolog.New(io.Discard))
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(a.Handler())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = a.Drain(ctx)
+		srv.Close()
+	})
+	copts := client.Options{BaseURL: srv.URL}
+
+	// ---- the browser ----
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	actx, cancelAlloc := chromedp.NewExecAllocator(ctx,
+		chromedp.ExecPath(exe),
+		chromedp.Flag("headless", true),
+		chromedp.Flag("no-sandbox", true),
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("no-first-run", true),
+		chromedp.Flag("no-default-browser-check", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-extensions", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1440, 1000),
+	)
+	defer cancelAlloc()
+	bctx, cancelBrowser := chromedp.NewContext(actx)
+	defer cancelBrowser()
+	// Start the browser on the long-lived context (a deadline here would stop it).
+	if err := chromedp.Do(bctx); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Fatalf("chromium exited: %v (%s)", err, ee.Stderr)
+		}
+		t.Fatalf("start chromium: %v", err)
+	}
+
+	// Every uncaught exception or console.error of the page fails the test.
+	var jsMu sync.Mutex
+	var jsErrors []string
+	consoleCtx, stopConsole := context.WithCancel(bctx)
+	defer stopConsole()
+	go func() {
+		for m, err := range chromedp.Console(consoleCtx) {
+			if err != nil {
+				return
+			}
+			if m.IsException() || (m.Type == chromedp.ConsoleError && m.Source == "") {
+				jsMu.Lock()
+				jsErrors = append(jsErrors, m.String())
+				jsMu.Unlock()
+			}
+		}
+	}()
+	defer func() {
+		jsMu.Lock()
+		defer jsMu.Unlock()
+		for _, e := range jsErrors {
+			t.Errorf("page error: %s", e)
+		}
+	}()
+
+	// ---- sign in ----
+	step(t, bctx, "open the dashboard",
+		chromedp.Navigate(srv.URL+"/ops/"),
+		chromedp.WaitVisible(chromedp.CSS("#login-form")),
+	)
+	step(t, bctx, "a wrong token is refused",
+		chromedp.SendKeys(chromedp.CSS("#token"), "not-the-token"),
+		chromedp.Click(chromedp.CSS("#login-submit")),
+		chromedp.WaitVisible(chromedp.CSS("#login-error")),
+	)
+	if msg := eval[string](t, bctx, `document.querySelector('#login-error').textContent`); !strings.Contains(msg, "Wrong ops token") {
+		t.Fatalf("login error = %q", msg)
+	}
+	screenshot(t, bctx, loginShotPath)
+	eval[bool](t, bctx, `(document.querySelector('#token').value = '') === ''`)
+	step(t, bctx, "the right token signs in and the feed goes live",
+		chromedp.SendKeys(chromedp.CSS("#token"), opsToken),
+		chromedp.Click(chromedp.CSS("#login-submit")),
+		chromedp.WaitVisible(chromedp.CSS("#dashboard")),
+		chromedp.WaitReady(chromedp.CSS(`#feed-state[data-state="live"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#terminals tr[data-terminal="TERM-001"][data-status="offline"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#terminals tr[data-terminal="CAFE-01"][data-merchant="m_cafe"]`)),
+	)
+	if c := eval[string](t, bctx, `document.cookie`); c != "" {
+		t.Fatalf("the session cookie is visible to scripts (not HttpOnly): %q", c)
+	}
+	if v := eval[string](t, bctx, `document.querySelector('#token').value`); v != "" {
+		t.Fatal("the token stays in the form after sign-in")
+	}
+
+	// Record every status a transaction row takes, as the page renders it.
+	eval[bool](t, bctx, `(() => {
+		window.__statuses = {};
+		const note = (tr) => {
+			const id = tr.dataset.transaction, s = tr.dataset.status;
+			if (!id || !s) return;
+			const seen = window.__statuses[id] = window.__statuses[id] || [];
+			if (seen[seen.length - 1] !== s) seen.push(s);
+		};
+		new MutationObserver((records) => {
+			for (const r of records) {
+				if (r.type === 'attributes' && r.oldValue) {
+					const seen = window.__statuses[r.target.dataset.transaction] = window.__statuses[r.target.dataset.transaction] || [];
+					if (seen[seen.length - 1] !== r.oldValue) seen.push(r.oldValue);
+				}
+				if (r.type === 'attributes') note(r.target);
+			}
+		}).observe(document.querySelector('#transactions tbody'),
+			{ subtree: true, attributes: true, attributeFilter: ['data-status'], attributeOldValue: true });
+		return true;
+	})()`)
+
+	// ---- a simulated terminal comes online ----
+	release := make(chan struct{})
+	term, err := sim.New(sim.Options{
+		Client: copts, DeviceID: "TERM-001", Secret: "dk1", CardDelay: cardDelay,
+		Sleep: func(ctx context.Context, d time.Duration) error {
+			if d != cardDelay {
+				return client.SleepContext(ctx, d) // reconnect backoff
+			}
+			select {
+			case <-release:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	termCtx, stopTerm := context.WithCancel(context.Background())
+	termDone := make(chan error, 1)
+	go func() { termDone <- term.Run(termCtx) }()
+	defer func() {
+		stopTerm()
+		if err := <-termDone; err != nil {
+			t.Errorf("simulated terminal: %v", err)
+		}
+	}()
+	step(t, bctx, "the terminal row turns online",
+		chromedp.WaitVisible(chromedp.CSS(`#terminals tr[data-terminal="TERM-001"][data-status="online"]`)),
+	)
+	if got := eval[string](t, bctx, `document.querySelector('#terminals tr[data-terminal="TERM-001"]').dataset.connection`); got == "" || got != term.ConnectionID() {
+		t.Fatalf("terminal row connection %q, simulator has %q", got, term.ConnectionID())
+	}
+
+	// ---- POS connections, and a pair of fighting keys ----
+	dialPOS := func(key, secret string) *client.Conn {
+		c, err := client.DialPOS(ctx, copts, key, secret)
+		if err != nil {
+			t.Fatalf("dial POS %s: %v", key, err)
+		}
+		t.Cleanup(func() { _ = c.CloseNow() })
+		return c
+	}
+	for i := 0; i < 4; i++ {
+		dialPOS("pk_cafe", "sk_cafe") // a copied key: each displaces the last
+	}
+	pos := dialPOS("pk_demo", "sk_demo")
+	posRow := `#connections tr[data-connection="` + pos.ConnectionID() + `"]`
+	step(t, bctx, "the POS connection and the key conflict show",
+		chromedp.WaitVisible(chromedp.CSS(posRow+`[data-api-key="pk_demo"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#conflicts tr[data-conflict="pk_cafe"]`)),
+	)
+
+	// ---- a payment, step by step ----
+	if err := pos.Send(ctx, map[string]any{"action": "payment", "terminalId": "TERM-001", "amount": "42.50", "currency": "EUR", "reference": "order-7731"}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := pos.ReadUntil(ctx, "paymentResponse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resp protocol.Response
+	if err := m.Decode(&resp); err != nil || resp.Transaction == nil {
+		t.Fatalf("paymentResponse %s: %v", m.Raw, err)
+	}
+	id := resp.Transaction.ID
+	row := `#transactions tr[data-transaction="` + id + `"]`
+	// commandReceived goes out at once; the card wait holds it at DISPATCHED.
+	step(t, bctx, "the payment shows as DISPATCHED on its row and on the terminal",
+		chromedp.WaitVisible(chromedp.CSS(row+`[data-status="DISPATCHED"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#terminals tr[data-terminal="TERM-001"][data-transaction="`+id+`"][data-transaction-status="DISPATCHED"]`)),
+	)
+	next := func() {
+		select {
+		case release <- struct{}{}:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the simulator never reached its next card wait")
+		}
+	}
+	next() // card presented
+	step(t, bctx, "IN_PROGRESS", chromedp.WaitVisible(chromedp.CSS(row+`[data-status="IN_PROGRESS"]`)))
+	next() // approved
+	step(t, bctx, "COMPLETED",
+		chromedp.WaitVisible(chromedp.CSS(row+`[data-status="COMPLETED"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#terminals tr[data-terminal="TERM-001"][data-transaction-status="COMPLETED"]`)),
+	)
+	seen := eval[[]string](t, bctx, `window.__statuses[`+jsString(id)+`] || []`)
+	if strings.Join(seen, ",") != "PENDING,DISPATCHED,IN_PROGRESS,COMPLETED" {
+		t.Fatalf("the row went through %v, want PENDING → DISPATCHED → IN_PROGRESS → COMPLETED", seen)
+	}
+	if amount := eval[string](t, bctx, `document.querySelector('`+row+`').cells[5].textContent`); amount != "42.50 EUR" {
+		t.Fatalf("amount cell %q", amount)
+	}
+
+	// ---- screenshot, while everything is on screen ----
+	screenshot(t, bctx, screenshotPath)
+
+	// ---- Disconnect a POS from the page ----
+	step(t, bctx, "press Disconnect on the POS row",
+		chromedp.Click(chromedp.CSS(posRow+` button[data-action="disconnect"]`)),
+	)
+	fdMsg, err := pos.ReadUntil(ctx, protocol.ActionForceDisconnect)
+	if err != nil {
+		t.Fatalf("waiting for forceDisconnect: %v", err)
+	}
+	var fd protocol.ForceDisconnect
+	if err := fdMsg.Decode(&fd); err != nil || fd.Reason != protocol.ReasonAdmin || !fd.ReconnectAllowed {
+		t.Fatalf("forceDisconnect = %+v (%v)", fd, err)
+	}
+	_, err = pos.Read(ctx)
+	if code := client.CloseCode(err); code != int(protocol.CloseAdmin) {
+		t.Fatalf("POS closed with %d (%v), want 4003", code, err)
+	}
+	step(t, bctx, "the POS row disappears", chromedp.WaitNotPresent(chromedp.CSS(posRow)))
+
+	// The terminal drops off: its row leaves "online".
+	term.Drop(time.Hour)
+	step(t, bctx, "the terminal row turns reconnecting",
+		chromedp.WaitVisible(chromedp.CSS(`#terminals tr[data-terminal="TERM-001"][data-status="reconnecting"]`)),
+	)
+	t.Logf("browser test took %v", time.Since(start).Round(time.Millisecond))
+}
+
+// screenshot saves the whole page as a PNG.
+func screenshot(t *testing.T, ctx context.Context, path string) {
+	t.Helper()
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	png, err := chromedp.Run(sctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatalf("screenshot: %v", err)
+	}
+	if err := os.WriteFile(path, png, 0o644); err != nil {
+		t.Fatalf("write screenshot: %v", err)
+	}
+	t.Logf("screenshot: %s (%d bytes)", path, len(png))
+}
+
+// jsString quotes s as a JavaScript string literal.
+func jsString(s string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+}
