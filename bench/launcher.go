@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -45,7 +46,7 @@ func (l *ChildLauncher) Hub(ctx context.Context, name string, profile bool) (End
 	}
 	args := []string{"serve", "--config", path}
 	if profile {
-		args = []string{"bench", "--serve-hub", path, "--cpuprofile", l.CPUProfile}
+		args = []string{"bench", "--serve-hub", path, "--cpuprofile", ProfilePath(l.CPUProfile, name)}
 	}
 	url := "http://" + addr
 	start := time.Now()
@@ -131,4 +132,15 @@ func (l *FixedLauncher) Hub(ctx context.Context, name string, profile bool) (End
 // Floor starts a floor relay.
 func (l *FixedLauncher) Floor(ctx context.Context, name string) (Endpoint, func(), error) {
 	return l.Floors.Floor(ctx, name)
+}
+
+// ProfilePath is where the hub of scenario name writes its CPU profile: base
+// itself for the throughput run, base with "-<name>" before its extension
+// for the others.
+func ProfilePath(base, name string) string {
+	if name == "throughput" {
+		return base
+	}
+	ext := filepath.Ext(base)
+	return strings.TrimSuffix(base, ext) + "-" + name + ext
 }

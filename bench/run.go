@@ -160,7 +160,7 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 		res.Errors = append(res.Errors, scenario+": "+err.Error())
 		logf("%s failed: %v", scenario, err)
 	}
-	seq := func(name string, launch func() (Endpoint, func(), error), share *CPUShare) *PaymentStats {
+	seq := func(name string, launch func() (Endpoint, func(), error), share *CPUShare, profile bool) *PaymentStats {
 		ep, stop, err := launch()
 		if err != nil {
 			fail(name, err)
@@ -181,19 +181,25 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 		if o.Warmup > 0 {
 			fc.closedLoop(ctx, ep.Name, int64(o.Warmup), 0, o.Drain)
 		}
+		if profile && ep.Proc != nil {
+			_ = ep.Proc.Signal(syscall.SIGUSR1)
+		}
 		before := o.cpu(ctx, ep)
 		st := fc.closedLoop(ctx, ep.Name, int64(o.Payments), 0, o.Drain)
 		*share = o.cpu(ctx, ep).since(before)
+		if profile && ep.Proc != nil {
+			_ = ep.Proc.Signal(syscall.SIGUSR2)
+		}
 		logf("%s: %s; %s", name, st, share)
 		return &st
 	}
 	if o.Scenarios["latency"] {
 		logf("latency: %d sequential payments, one POS, one terminal, against the hub", o.Payments)
-		res.Latency = seq("latency", func() (Endpoint, func(), error) { return l.Hub(ctx, "latency", false) }, &res.LatencyCPU)
+		res.Latency = seq("latency", func() (Endpoint, func(), error) { return l.Hub(ctx, "latency", o.CPUProfile != "") }, &res.LatencyCPU, o.CPUProfile != "")
 	}
 	if o.Scenarios["floor"] {
 		logf("floor: the same %d payments through the bare relay", o.Payments)
-		res.Floor = seq("floor", func() (Endpoint, func(), error) { return l.Floor(ctx, "floor") }, &res.FloorSeqCPU)
+		res.Floor = seq("floor", func() (Endpoint, func(), error) { return l.Floor(ctx, "floor") }, &res.FloorSeqCPU, false)
 	}
 
 	loaded := func(name string, launch func() (Endpoint, func(), error), open, profile bool) (*PaymentStats, CPUShare) {

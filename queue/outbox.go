@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/termhub/termhub/internal/keys"
+	"github.com/termhub/termhub/internal/redisx"
 )
 
 // Entry is one durable message: its stream id and its JSON without the
@@ -38,12 +39,15 @@ var ErrUnknownID = errors.New("queue: messageId was never sent")
 // Outbox reads and acknowledges the API keys' streams. Appending happens in
 // the session store's atomic commit, in the same script as the state change.
 type Outbox struct {
-	rdb  redis.UniversalClient
-	keys keys.Space
+	rdb   redis.UniversalClient
+	batch *redisx.Batcher // acks of concurrent POS connections share pipelines
+	keys  keys.Space
 }
 
 // NewOutbox returns an Outbox on rdb.
-func NewOutbox(rdb redis.UniversalClient, ks keys.Space) *Outbox { return &Outbox{rdb: rdb, keys: ks} }
+func NewOutbox(rdb redis.UniversalClient, ks keys.Space) *Outbox {
+	return &Outbox{rdb: rdb, batch: redisx.NewBatcher(rdb, 0), keys: ks}
+}
 
 // Cursor returns the API key's acknowledged cursor ("0-0" when none).
 func (o *Outbox) Cursor(ctx context.Context, merchantID, apiKey string) (string, error) {
@@ -116,7 +120,7 @@ func (o *Outbox) Ack(ctx context.Context, merchantID, apiKey, id string) (bool, 
 	if !ValidID(id) {
 		return false, ErrUnknownID
 	}
-	n, err := ackScript.Run(ctx, o.rdb, []string{o.keys.Outbox(merchantID, apiKey), o.keys.Ack(merchantID, apiKey)}, id).Int()
+	n, err := redisx.RunScript(ctx, o.batch, o.rdb, ackScript, []string{o.keys.Outbox(merchantID, apiKey), o.keys.Ack(merchantID, apiKey)}, id).Int()
 	if err != nil {
 		return false, err
 	}

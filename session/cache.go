@@ -100,3 +100,55 @@ func (t *Txn) Clone() *Txn {
 	}
 	return &c
 }
+
+// currentCache remembers, per terminal, the transaction this node last saw
+// committed as the terminal's current one ("" for none), so that a new sale
+// can skip reading it: the create's commit is guarded by the value it
+// assumed, so a wrong guess costs one retry with a real read, never a wrong
+// decision.
+type currentCache struct {
+	mu sync.Mutex
+	m  map[string]string // "<merchant>|<device>" → transaction id or ""; guarded by mu
+}
+
+// get returns the remembered current transaction and whether there is one.
+func (c *currentCache) get(merchantID, deviceID string) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	id, ok := c.m[cacheKey(merchantID, deviceID)]
+	return id, ok
+}
+
+// set remembers id as the device's current transaction.
+func (c *currentCache) set(merchantID, deviceID, id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxCached {
+		c.m = make(map[string]string)
+	}
+	c.m[cacheKey(merchantID, deviceID)] = id
+}
+
+// cleared records that id stopped being the device's current transaction
+// (the commit deleted the key only if it still held id).
+func (c *currentCache) cleared(merchantID, deviceID, id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := cacheKey(merchantID, deviceID)
+	if cur, ok := c.m[k]; ok && cur == id {
+		c.m[k] = ""
+	}
+}
+
+// forget drops what is remembered of the device.
+func (c *currentCache) forget(merchantID, deviceID string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, cacheKey(merchantID, deviceID))
+}
+
+// curChange is a staged change of a terminal's current-transaction key.
+type curChange struct {
+	merchantID, deviceID, id string
+	clear                    bool // delete-if-equal; otherwise set
+}

@@ -174,6 +174,7 @@ type pending struct {
 	terminal map[string][]any // device → commands
 	devOrder []string
 	arm      []*Txn
+	current  []curChange // in staging order
 	entered  []protocol.Status
 	autoVoid int
 }
@@ -206,6 +207,7 @@ func (e *Engine) stage(c *commit, p *pending, t *Txn, prev map[string]time.Time,
 	}
 	if wasActive && !t.Active() {
 		c.delIfEq(ks.Current(t.MerchantID, t.TerminalID), t.ID)
+		p.current = append(p.current, curChange{merchantID: t.MerchantID, deviceID: t.TerminalID, id: t.ID, clear: true})
 	}
 	for _, ev := range fx.POS {
 		data, err := json.Marshal(ev)
@@ -251,7 +253,7 @@ type WebhookData struct {
 // delivers messages (under the locks) and sends terminal commands.
 func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pending, res *Result) error {
 	unlock := e.lockKeys(merchantID, p.order...)
-	ids, err := c.exec(ctx, e.store.rdb)
+	ids, err := c.exec(ctx, e.store)
 	if err != nil {
 		unlock()
 		return err
@@ -261,6 +263,13 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 	for _, t := range p.arm {
 		e.timers.sync(t)
 		e.store.cache.put(t)
+	}
+	for _, ch := range p.current {
+		if ch.clear {
+			e.store.cur.cleared(ch.merchantID, ch.deviceID, ch.id)
+		} else {
+			e.store.cur.set(ch.merchantID, ch.deviceID, ch.id)
+		}
 	}
 	if f := replyHook(ctx); f != nil && res != nil {
 		f(*res)
@@ -364,6 +373,9 @@ func (e *Engine) update(ctx context.Context, merchantID, id string, ev Event, id
 func (e *Engine) forget(merchantID string, p *pending) {
 	for _, t := range p.arm {
 		e.store.cache.forget(merchantID, t.ID)
+	}
+	for _, ch := range p.current {
+		e.store.cur.forget(ch.merchantID, ch.deviceID)
 	}
 }
 
@@ -563,6 +575,7 @@ func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
 	build func(now time.Time) (*Txn, *protocol.Error), extra func(*commit, *pending) error,
 	sameParent func(superseded *Txn) bool) (Result, error) {
 	ks := e.store.keys
+	optimistic := true
 	var unlockDevice func()
 	defer func() {
 		if unlockDevice != nil {
@@ -590,12 +603,27 @@ func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
 			}
 		}
 		c, p := newCommit(), newPending()
-		// The reference and the terminal's current transaction in one read
-		// (both keys carry the merchant's hash tag).
 		curKey := ks.Current(merchantID, t.TerminalID)
-		existingID, curID, err := e.store.refAndCurrent(ctx, ks.Ref(merchantID, t.Reference), curKey, t.Reference != "")
-		if err != nil {
-			return Result{}, err
+		// While nothing has conflicted, trust this node's memory that the
+		// terminal is free and assume the reference is unused: the commit is
+		// conditional on both, so a wrong guess only costs a retry that
+		// reads them. A terminal with a current transaction is always read,
+		// because a repeated reference must be answered before device_busy.
+		curID, known := "", false
+		if optimistic {
+			curID, known = e.store.cur.get(merchantID, t.TerminalID)
+			known = known && curID == ""
+		}
+		existingID := ""
+		if !known {
+			// The reference and the terminal's current transaction in one
+			// read (both keys carry the merchant's hash tag).
+			var err error
+			existingID, curID, err = e.store.refAndCurrent(ctx, ks.Ref(merchantID, t.Reference), curKey, t.Reference != "")
+			if err != nil {
+				return Result{}, err
+			}
+			e.store.cur.set(merchantID, t.TerminalID, curID)
 		}
 		if t.Reference != "" {
 			if existingID != "" {
@@ -648,6 +676,7 @@ func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
 			return Result{}, err
 		}
 		c.set(curKey, t.ID)
+		p.current = append(p.current, curChange{merchantID: merchantID, deviceID: t.TerminalID, id: t.ID})
 		c.zadd(ks.Txns(merchantID), now.UnixMilli(), t.ID)
 		if extra != nil {
 			if err := extra(c, p); err != nil {
@@ -658,9 +687,11 @@ func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
 			created := true
 			(&idemWrite{key: idemKey, fp: fp}).stage(c, e.store, merchantID, t, http.StatusCreated, &created)
 		}
-		err = e.run(ctx, merchantID, c, p, &Result{Txn: t.Wire(), Created: true, Status: http.StatusCreated})
+		err := e.run(ctx, merchantID, c, p, &Result{Txn: t.Wire(), Created: true, Status: http.StatusCreated})
 		if errors.Is(err, errConflict) {
 			e.forget(merchantID, p)
+			e.store.cur.forget(merchantID, t.TerminalID)
+			optimistic = false
 			continue
 		}
 		if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/termhub/termhub/internal/keys"
+	"github.com/termhub/termhub/internal/redisx"
 )
 
 // ErrNotFound is returned for a transaction that does not exist (or belongs
@@ -24,12 +25,16 @@ var errConflict = errors.New("concurrent update")
 // Store keeps transactions in Redis.
 type Store struct {
 	rdb   redis.UniversalClient
+	batch *redisx.Batcher // commits of concurrent requests share pipelines
 	keys  keys.Space
 	cache txnCache
+	cur   currentCache
 }
 
 // NewStore returns a Store on rdb with keys under ks.
-func NewStore(rdb redis.UniversalClient, ks keys.Space) *Store { return &Store{rdb: rdb, keys: ks} }
+func NewStore(rdb redis.UniversalClient, ks keys.Space) *Store {
+	return &Store{rdb: rdb, batch: redisx.NewBatcher(rdb, 0), keys: ks}
+}
 
 // Keys returns the key space.
 func (s *Store) Keys() keys.Space { return s.keys }
@@ -184,12 +189,12 @@ func (c *commit) xadd(key string, data []byte) {
 
 // exec runs the commit; errConflict when a condition failed. It returns the
 // ids of the xadd entries in order.
-func (c *commit) exec(ctx context.Context, rdb redis.UniversalClient) ([]string, error) {
+func (c *commit) exec(ctx context.Context, s *Store) ([]string, error) {
 	args := make([]any, 0, 1+len(c.conds)+len(c.ops))
 	args = append(args, c.ncond)
 	args = append(args, c.conds...)
 	args = append(args, c.ops...)
-	res, err := commitScript.Run(ctx, rdb, c.keys, args...).Slice()
+	res, err := redisx.RunScript(ctx, s.batch, s.rdb, commitScript, c.keys, args...).Slice()
 	if err != nil {
 		return nil, err
 	}

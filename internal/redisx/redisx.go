@@ -1,6 +1,7 @@
 // Package redisx opens the Redis termhub keeps its state in: a real server
 // from a redis:// URL, or, when the URL is empty, an embedded in-process
 // miniredis so that `termhub serve` runs on a machine with nothing installed.
+// Its Batcher sends the commands of concurrent callers in shared pipelines.
 package redisx
 
 import (

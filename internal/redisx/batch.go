@@ -1,0 +1,125 @@
+package redisx
+
+import (
+	"context"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Batcher sends commands that many goroutines issue at the same time to
+// Redis in shared pipelines, so that under load a hundred commits cost one
+// write and one read instead of a hundred of each (on a small machine the
+// socket system calls, on both sides, are most of a commit's cost).
+//
+// There is no batching goroutine and no timer: a caller that finds a free
+// slot sends its command at once (so a lone caller pays nothing extra), and
+// callers that arrive while every slot is busy queue up; when a pipeline
+// returns, its slot passes to the oldest queued caller, which sends
+// everything queued so far as one pipeline.
+type Batcher struct {
+	rdb   redis.UniversalClient
+	slots int // pipelines in flight at most
+
+	mu      sync.Mutex
+	active  int     // pipelines in flight; guarded by mu
+	pending []*call // commands waiting for a slot; guarded by mu
+}
+
+// call is one caller's command and how it is told the outcome.
+type call struct {
+	cmd redis.Cmder
+	// lead receives the batch this caller must send (it was handed a
+	// slot), or nil once another caller has sent its command.
+	lead chan []*call
+}
+
+// maxBatch bounds one pipeline, so that the first command in a long queue
+// is not held back by the thousandth.
+const maxBatch = 256
+
+// DefaultSlots is the number of pipelines a Batcher keeps in flight.
+const DefaultSlots = 4
+
+// NewBatcher returns a Batcher on rdb with slots pipelines in flight at most
+// (DefaultSlots when slots <= 0).
+func NewBatcher(rdb redis.UniversalClient, slots int) *Batcher {
+	if slots <= 0 {
+		slots = DefaultSlots
+	}
+	return &Batcher{rdb: rdb, slots: slots}
+}
+
+// Do runs cmd, alone or in a pipeline with other callers' commands, and
+// returns cmd.Err(). It waits for the outcome even if ctx ends first: a
+// command already sent may have been applied, and its caller must learn
+// which. The pipeline runs without the caller's cancellation (the client's
+// own timeouts bound it), because it carries other callers' commands too.
+func (b *Batcher) Do(ctx context.Context, cmd redis.Cmder) error {
+	c := &call{cmd: cmd}
+	b.mu.Lock()
+	if b.active < b.slots {
+		b.active++
+		b.mu.Unlock()
+		b.send(ctx, []*call{c})
+		return cmd.Err()
+	}
+	c.lead = make(chan []*call, 1)
+	b.pending = append(b.pending, c)
+	b.mu.Unlock()
+	if batch := <-c.lead; batch != nil {
+		b.send(ctx, batch)
+	}
+	return cmd.Err()
+}
+
+// send runs batch on the caller's slot, tells every other caller in it that
+// its command is done, and passes the slot on.
+func (b *Batcher) send(ctx context.Context, batch []*call) {
+	ctx = context.WithoutCancel(ctx)
+	if len(batch) == 1 {
+		_ = b.rdb.Process(ctx, batch[0].cmd)
+	} else {
+		pipe := b.rdb.Pipeline()
+		for _, c := range batch {
+			_ = pipe.Process(ctx, c.cmd)
+		}
+		// Each command carries its own error; Exec's is the first of them.
+		_, _ = pipe.Exec(ctx)
+	}
+	for _, c := range batch[1:] {
+		c.lead <- nil
+	}
+	b.mu.Lock()
+	if len(b.pending) == 0 {
+		b.active--
+		b.mu.Unlock()
+		return
+	}
+	next := b.pending
+	if len(next) > maxBatch {
+		b.pending = append([]*call(nil), next[maxBatch:]...)
+		next = next[:maxBatch]
+	} else {
+		b.pending = nil
+	}
+	b.mu.Unlock()
+	next[0].lead <- next
+}
+
+// RunScript runs script through b like redis.Script.Run: EVALSHA, and EVAL
+// when the server does not know the script yet (it loads it for the next
+// time). The EVAL goes straight to rdb: it happens once per server start.
+func RunScript(ctx context.Context, b *Batcher, rdb redis.Scripter, script *redis.Script, keys []string, args ...any) *redis.Cmd {
+	cmdArgs := make([]any, 0, 3+len(keys)+len(args))
+	cmdArgs = append(cmdArgs, "evalsha", script.Hash(), len(keys))
+	for _, k := range keys {
+		cmdArgs = append(cmdArgs, k)
+	}
+	cmdArgs = append(cmdArgs, args...)
+	cmd := redis.NewCmd(ctx, cmdArgs...)
+	if err := b.Do(ctx, cmd); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		return script.Eval(ctx, rdb, keys, args...)
+	}
+	return cmd
+}

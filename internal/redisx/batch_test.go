@@ -1,0 +1,171 @@
+package redisx
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/termhub/termhub/internal/redistest"
+)
+
+// pipeHook records the size of every pipeline and can hold the first plain
+// command in flight, so a test can make callers queue behind it.
+type pipeHook struct {
+	mu      sync.Mutex
+	sizes   []int // of the pipelines that carry test commands
+	hold    chan struct{} // when set, the first single command waits on it
+	held    chan struct{} // closed once that command is waiting
+}
+
+func (h *pipeHook) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) { return next(ctx, network, addr) }
+}
+
+func (h *pipeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.mu.Lock()
+		hold := h.hold
+		h.hold = nil
+		h.mu.Unlock()
+		if hold != nil {
+			close(h.held)
+			<-hold
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *pipeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if cmds[len(cmds)-1].Name() == "incrby" { // not the client's own connection set-up
+			h.mu.Lock()
+			h.sizes = append(h.sizes, len(cmds))
+			h.mu.Unlock()
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func (b *Batcher) queued() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.pending)
+}
+
+// TestBatcherQueuesIntoOnePipeline holds the only slot busy, queues 50
+// callers behind it and checks that they go out as one pipeline, each with
+// its own reply, one of them an error that the others do not share.
+func TestBatcherQueuesIntoOnePipeline(t *testing.T) {
+	r := redistest.New(t)
+	b := NewBatcher(r.Client, 1)
+	ctx := context.Background()
+	notInt := r.Prefix + "text"
+	if err := r.Client.Set(ctx, notInt, "abc", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	hook := &pipeHook{hold: release, held: make(chan struct{})}
+	r.Client.AddHook(hook)
+
+	first := make(chan error, 1)
+	go func() { first <- b.Do(ctx, redis.NewCmd(ctx, "incr", r.Prefix+"first")) }()
+	<-hook.held
+
+	const n = 50
+	var wg sync.WaitGroup
+	cmds := make([]*redis.IntCmd, n)
+	errs := make([]error, n)
+	for i := range n {
+		key := fmt.Sprintf("%sk%d", r.Prefix, i)
+		if i == 7 {
+			key = notInt
+		}
+		cmds[i] = redis.NewIntCmd(ctx, "incrby", key, i+1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = b.Do(ctx, cmds[i])
+		}()
+	}
+	for b.queued() < n {
+		runtime.Gosched()
+	}
+	close(release)
+	wg.Wait()
+	if err := <-first; err != nil {
+		t.Fatalf("first command: %v", err)
+	}
+	for i := range n {
+		if i == 7 {
+			if errs[i] == nil || !strings.Contains(errs[i].Error(), "not an integer") {
+				t.Fatalf("command 7 (INCRBY on a string) returned %v, want a 'not an integer' error", errs[i])
+			}
+			continue
+		}
+		if errs[i] != nil || cmds[i].Val() != int64(i+1) {
+			t.Fatalf("command %d: %d, %v; want %d, nil", i, cmds[i].Val(), errs[i], i+1)
+		}
+	}
+	hook.mu.Lock()
+	defer hook.mu.Unlock()
+	if len(hook.sizes) != 1 || hook.sizes[0] != n {
+		t.Fatalf("pipelines sent: %v, want one of %d commands", hook.sizes, n)
+	}
+}
+
+// TestBatcherManyCallers runs many concurrent callers with several slots:
+// every command is applied exactly once and every caller sees its own reply.
+func TestBatcherManyCallers(t *testing.T) {
+	r := redistest.New(t)
+	b := NewBatcher(r.Client, 3)
+	ctx := context.Background()
+	const callers, each = 40, 25
+	var wg sync.WaitGroup
+	fail := make(chan string, callers)
+	for g := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			key := fmt.Sprintf("%sc%d", r.Prefix, g)
+			for i := 1; i <= each; i++ {
+				cmd := redis.NewIntCmd(ctx, "incr", key)
+				if err := b.Do(ctx, cmd); err != nil || cmd.Val() != int64(i) {
+					fail <- fmt.Sprintf("caller %d step %d: %d, %v", g, i, cmd.Val(), err)
+					return
+				}
+				total := redis.NewIntCmd(ctx, "incr", r.Prefix+"total")
+				if err := b.Do(ctx, total); err != nil {
+					fail <- err.Error()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(fail)
+	for f := range fail {
+		t.Error(f)
+	}
+	if got, err := r.Client.Get(ctx, r.Prefix+"total").Int(); err != nil || got != callers*each {
+		t.Fatalf("total = %d, %v; want %d", got, err, callers*each)
+	}
+}
+
+// TestBatcherIgnoresCancelledCaller shows that a caller whose context is
+// already cancelled still learns its command's outcome.
+func TestBatcherIgnoresCancelledCaller(t *testing.T) {
+	r := redistest.New(t)
+	b := NewBatcher(r.Client, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	cmd := redis.NewStatusCmd(ctx, "set", r.Prefix+"x", "1")
+	if err := b.Do(ctx, cmd); err != nil || cmd.Val() != "OK" {
+		t.Fatalf("Do with a cancelled context: %q, %v; want OK", cmd.Val(), err)
+	}
+}
