@@ -17,10 +17,10 @@ import (
 // pipeHook records the size of every pipeline and can hold the first plain
 // command in flight, so a test can make callers queue behind it.
 type pipeHook struct {
-	mu      sync.Mutex
-	sizes   []int // of the pipelines that carry test commands
-	hold    chan struct{} // when set, the first single command waits on it
-	held    chan struct{} // closed once that command is waiting
+	mu    sync.Mutex
+	sizes []int         // of the pipelines that carry test commands
+	hold  chan struct{} // when set, the first single command waits on it
+	held  chan struct{} // closed once that command is waiting
 }
 
 func (h *pipeHook) DialHook(next redis.DialHook) redis.DialHook {
