@@ -180,3 +180,33 @@ func (reconnectingTerminals) ResolveTerminal(_, terminalID string) (string, bool
 func (reconnectingTerminals) TerminalLive(string) (string, string, time.Time) {
 	return protocol.TerminalReconnecting, "", time.Now().Add(time.Minute)
 }
+
+// offlineTerminals has every terminal offline.
+type offlineTerminals struct{}
+
+func (offlineTerminals) ResolveTerminal(_, terminalID string) (string, bool) { return terminalID, true }
+func (offlineTerminals) TerminalLive(string) (string, string, time.Time) {
+	return protocol.TerminalOffline, "", time.Time{}
+}
+
+// A repeated reference is answered with its transaction even when the
+// terminal has since gone offline: the reference is read before the
+// offline check, whatever the node remembers.
+func TestRepeatedReferenceOnOfflineTerminalFindsTransaction(t *testing.T) {
+	a, _, _ := twoNodes(t)
+	first, err := nodeSale(t, a, "T1", "r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeApprove(t, a, "T1", first.Txn.ID)
+	a.SetTerminals(offlineTerminals{})
+	again, err := nodeSale(t, a, "T1", "r1")
+	if err != nil || again.Status != 200 || again.Txn.ID != first.Txn.ID {
+		t.Fatalf("repeated reference on an offline terminal: %+v, %v; want 200 with %s", again, err, first.Txn.ID)
+	}
+	_, err = nodeSale(t, a, "T1", "r2")
+	var pe *protocol.Error
+	if !errors.As(err, &pe) || pe.Code != protocol.CodeTerminalOffline {
+		t.Fatalf("new sale on an offline terminal: %v, want terminal_offline", err)
+	}
+}

@@ -607,10 +607,12 @@ func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
 		// While nothing has conflicted, trust this node's memory that the
 		// terminal is free and assume the reference is unused: the commit is
 		// conditional on both, so a wrong guess only costs a retry that
-		// reads them. A terminal with a current transaction is always read,
-		// because a repeated reference must be answered before device_busy.
+		// reads them. A terminal that is offline or has a current transaction
+		// is always read, because a repeated reference must be answered
+		// before terminal_offline or device_busy.
+		status, connID, graceUntil := e.opts.Terminals.TerminalLive(t.TerminalID)
 		curID, known := "", false
-		if optimistic {
+		if optimistic && status != protocol.TerminalOffline {
 			curID, known = e.store.cur.get(merchantID, t.TerminalID)
 			known = known && curID == ""
 		}
@@ -632,7 +634,6 @@ func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
 			c.requireValue(ks.Ref(merchantID, t.Reference), "")
 			c.set(ks.Ref(merchantID, t.Reference), t.ID)
 		}
-		status, connID, graceUntil := e.opts.Terminals.TerminalLive(t.TerminalID)
 		if status == protocol.TerminalOffline {
 			return Result{}, protocol.Errorf(protocol.CodeTerminalOffline, "terminalId", "terminal %s is offline", t.TerminalID)
 		}
