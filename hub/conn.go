@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,10 +27,12 @@ const (
 	KindOps      Kind = "ops"
 )
 
-// conn is one live WebSocket. Its reader runs in the HTTP handler's
-// goroutine; its writer drains a bounded queue so that a slow peer never
-// blocks the hub: when the queue is full the peer is disconnected (durable
-// data lives in Redis, so kicking it loses nothing).
+// conn is one live WebSocket. Its reader runs in a goroutine of its own
+// (serveConn returns from the HTTP handler once the connection is
+// registered); its writer runs only while there is something to write
+// (writer.go) and disconnects a peer that does not keep up rather than let
+// it block the hub (durable data lives in Redis, so kicking it loses
+// nothing).
 type conn struct {
 	h          *Hub
 	ws         *websocket.Conn
@@ -43,22 +46,31 @@ type conn struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	send   chan []byte
-	replay chan []byte               // unbuffered: replay waits for the writer and never fills send
-	kick   chan *protocol.Disconnect // capacity 1; the first kick wins
-	done   chan struct{}             // closed when the writer has finished
 
-	dlv posDelivery // POS only: outbox replay and live delivery
+	// The write queue (writer.go). Its slice and channels are made on first
+	// use and let go when drained: an idle connection holds none.
+	wmu     sync.Mutex
+	greeted bool                 // the greeting is queued, so replayed frames may follow; guarded by wmu
+	writing bool                 // a writer goroutine is running; guarded by wmu
+	ended   bool                 // writing is over for good; guarded by wmu
+	live    int32                // live frames in out, at most queueSize; guarded by wmu
+	replays int32                // replayed frames in out, at most replayQueue; guarded by wmu
+	out     []outFrame           // frames to write, oldest first; guarded by wmu
+	kick    *protocol.Disconnect // the first disconnect, taken by the writer; guarded by wmu
+	room    chan struct{}        // closed to wake the replays waiting in queueReplay; guarded by wmu
+	done    chan struct{}        // made by waitWritten, closed when writing has ended; guarded by wmu
+
+	dlv *posDelivery // POS only (nil for a terminal): outbox replay and live delivery
 
 	kicked atomic.Bool // a disconnect was taken: frames that still arrive are dropped
+	alive  atomic.Bool // a pong or a frame arrived since the last heartbeat tick
 	leave  func()      // unregisters once; set by serveConn
 
-	alive    atomic.Bool  // a pong or a frame arrived since the last heartbeat tick
 	missed   int          // heartbeats missed in a row; touched only by the heartbeat timer
 	lastSeen atomic.Int64 // unix nanoseconds of the last pong or frame, by the hub clock
 	hbMu     sync.Mutex
-	hbTimer  clock.Timer // guarded by hbMu
 	closed   bool        // guarded by hbMu
+	hbTimer  clock.Timer // guarded by hbMu
 }
 
 func (h *Hub) newConn(ws *websocket.Conn, kind Kind, merchantID, keyID, deviceID string) *conn {
@@ -68,9 +80,6 @@ func (h *Hub) newConn(ws *websocket.Conn, kind Kind, merchantID, keyID, deviceID
 		merchantID: merchantID, keyID: keyID, deviceID: deviceID,
 		connected: h.now(),
 		ctx:       ctx, cancel: cancel,
-		send: make(chan []byte, queueSize(h.opts, kind)), replay: make(chan []byte),
-		kick: make(chan *protocol.Disconnect, 1),
-		done: make(chan struct{}),
 	}
 	lc := h.log.With().Str("connectionId", c.id).Str("kind", string(kind)).Str("merchantId", merchantID)
 	if keyID != "" {
@@ -80,6 +89,9 @@ func (h *Hub) newConn(ws *websocket.Conn, kind Kind, merchantID, keyID, deviceID
 		lc = lc.Str("deviceId", deviceID)
 	}
 	c.log = lc.Logger()
+	if kind == KindPOS {
+		c.dlv = &posDelivery{}
+	}
 	c.touch()
 	return c
 }
@@ -93,70 +105,21 @@ func (c *conn) touch() {
 // lastSeenAt is when the peer last showed signs of life.
 func (c *conn) lastSeenAt() time.Time { return time.Unix(0, c.lastSeen.Load()).UTC() }
 
-// enqueue queues a frame for the writer. A full queue means the peer does not
-// keep up; it is disconnected rather than allowed to hold the hub back.
-func (c *conn) enqueue(frame []byte) {
-	select {
-	case <-c.ctx.Done():
-	case c.send <- frame:
-	default:
-		c.log.Warn().Int("queue", cap(c.send)).Msg("send queue full: disconnecting slow peer")
-		c.disconnect(&protocol.Disconnect{Code: protocol.ClosePolicy, Reason: protocol.ReasonOther,
-			Message: "Connection too slow to receive messages", ReconnectAllowed: true})
-	}
-}
-
-// sendJSON marshals v and queues it.
-func (c *conn) sendJSON(v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		c.log.Error().Err(err).Msg("marshal outgoing message")
-		return
-	}
-	c.enqueue(b)
-}
-
-// disconnect ends the connection: the writer sends d's forceDisconnect
-// (when d has a reason) and closes with d's code. Later calls are ignored.
-func (c *conn) disconnect(d *protocol.Disconnect) {
-	select {
-	case c.kick <- d:
-	default:
-	}
-}
-
-// writeLoop sends queued frames until the connection ends or is kicked.
-func (c *conn) writeLoop() {
-	defer close(c.done)
-	defer c.cancel()
-	// The greeting is always the first frame queued on send (register
-	// queues it). Replayed frames and re-sent commands are taken only once it
-	// is out, so nothing can overtake it.
-	var replay <-chan []byte
-	for {
-		var frame []byte
-		select {
-		case <-c.ctx.Done():
-			return
-		case d := <-c.kick:
-			c.kicked.Store(true)
-			if c.leave != nil {
-				c.leave()
-			}
-			c.finish(d)
-			return
-		case frame = <-replay:
-		case frame = <-c.send:
-			replay = c.replay
-		}
-		if err := c.write(frame); err != nil {
-			c.log.Debug().Err(err).Msg("write failed")
+// protect runs f and recovers a panic in it the way net/http recovers a
+// panicking handler, which the reader ran in before it got a goroutine of
+// its own: the panic is logged with its stack and the socket closed (the
+// connection cannot be served on), and the process goes on.
+func (c *conn) protect(f func()) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.log.Error().Interface("panic", v).Bytes("stack", debug.Stack()).Msg("panic serving a connection")
 			_ = c.ws.CloseNow()
-			return
 		}
-	}
+	}()
+	f()
 }
 
+// write sends one frame within the write timeout.
 func (c *conn) write(frame []byte) error {
 	ctx, cancel := context.WithTimeout(c.ctx, c.h.opts.WriteTimeout)
 	defer cancel()
@@ -266,9 +229,10 @@ func (c *conn) stopHeartbeat() {
 	}
 }
 
-// queueSize is a connection's send queue. A terminal is sent a command or
-// two at a time (re-sends after a reconnect go through the replay channel),
-// so its queue is small: it is most of an idle connection's memory.
+// queueSize is how many live frames a connection may have queued before it
+// counts as slow. A terminal is sent a command or two at a time (re-sends
+// after a reconnect are replayed frames, which wait instead), so its limit
+// is small.
 func queueSize(o Options, kind Kind) int {
 	if kind == KindTerminal {
 		return o.TerminalQueue

@@ -56,9 +56,9 @@ func (c *conn) sendEntryLocked(m queue.Entry) {
 }
 
 // replay sends every unacknowledged message of c's API key, oldest first,
-// then switches c to live delivery. It hands frames to the writer one at a
-// time instead of filling the send queue, so a long replay is backpressure,
-// never a reason to kick the POS as slow.
+// then switches c to live delivery. Its frames wait for room in the
+// writer's replay queue instead of filling the live one, so a long replay is
+// backpressure, never a reason to kick the POS as slow.
 func (h *Hub) replay(c *conn) {
 	if h.opts.Outbox == nil {
 		h.endReplay(c)
@@ -71,9 +71,7 @@ func (h *Hub) replay(c *conn) {
 		var page []queue.Entry
 		page, err = h.opts.Outbox.After(c.ctx, c.merchantID, c.keyID, cursor, replayPage)
 		for _, m := range page {
-			select {
-			case c.replay <- m.Frame():
-			case <-c.ctx.Done():
+			if !c.queueReplay(m.Frame()) {
 				return
 			}
 			c.dlv.mu.Lock()

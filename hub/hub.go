@@ -1,9 +1,10 @@
 // Package hub owns termhub's live connections: it accepts and authenticates
-// POS and terminal WebSockets, runs one reader and one writer per
-// connection, pings them, keeps one connection per API key and per device,
-// resolves terminal ids, tracks terminal status with its grace timer and
-// routes messages to the right connection. How a transaction decides is the
-// session package's business; the hub only carries out what it is told.
+// POS and terminal WebSockets, runs one reader per connection and a writer
+// while it has something to send, pings them, keeps one connection per API
+// key and per device, resolves terminal ids, tracks terminal status with its
+// grace timer and routes messages to the right connection. How a transaction
+// decides is the session package's business; the hub only carries out what
+// it is told.
 package hub
 
 import (
@@ -85,7 +86,7 @@ type Hub struct {
 	dir     atomic.Pointer[config.Directory]
 	baseCtx context.Context
 	stop    context.CancelFunc
-	conns   sync.WaitGroup // one per live WebSocket handler
+	conns   sync.WaitGroup // one per live WebSocket connection, until its reader and writer are done
 
 	draining atomic.Bool
 	metrics  *metrics.Metrics

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/session"
@@ -52,11 +53,17 @@ func (h *Hub) admit(w http.ResponseWriter, r *http.Request, auth func(*http.Requ
 	return p, true
 }
 
-// serveConn runs one connection from upgrade to cleanup.
+// serveConn upgrades and registers one connection, then hands it to a
+// goroutine of its own (readConn) and returns. Returning frees what net/http
+// holds while its handler runs and the hijacked connection no longer needs:
+// its goroutine and that goroutine's stack, and its connection, request and
+// response structs (about 2.5 KiB of heap).
 func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p principal,
 	register, unregister func(*conn), handle func(*conn, []byte) error) {
 	c := h.newConn(nil, kind, p.merchantID, p.keyID, p.deviceID)
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	// hijackWriter gives the connection small buffers of its own (hijack.go).
+	hw := hijackWriter{ResponseWriter: w, writeBuffer: writeBufferSize(kind)}
+	ws, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
 		// Credentials are HMAC signatures, not cookies, so a cross-origin
 		// page gains nothing it could not sign itself.
 		InsecureSkipVerify: true,
@@ -70,7 +77,8 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 	ws.SetReadLimit(-1) // readLoop enforces 64 KiB itself, to close with 4400
 	c.ws = ws
 	// Counted under h.mu so that Drain, which sets draining under h.mu before
-	// it waits, never sees an Add after its Wait began.
+	// it waits, never sees an Add after its Wait began. The count is the
+	// connection's, not the handler's: readConn ends it.
 	h.mu.Lock()
 	if h.draining.Load() {
 		h.mu.Unlock()
@@ -79,10 +87,8 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 	}
 	h.conns.Add(1)
 	h.mu.Unlock()
-	defer h.conns.Done()
 	gauge := h.metrics.Connections.WithLabelValues(string(kind))
 	gauge.Inc()
-	defer gauge.Dec()
 
 	// A kicked connection leaves the registry at once, not after its close
 	// handshake (which a stale peer never answers).
@@ -90,15 +96,25 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 		c.stopHeartbeat()
 		unregister(c)
 	})
-	go c.writeLoop() // first, so nothing register queues can fill the queue
 	c.startHeartbeat()
-	register(c)
-	c.readLoop(func(data []byte) error { return handle(c, data) })
+	// Registration stays in the handler's goroutine, whose stack has grown
+	// already and goes when it returns; the reader's stays small.
+	c.protect(func() { register(c) })
+	go h.readConn(c, gauge, handle)
+}
 
-	c.leave()
-	c.disconnect(&protocol.Disconnect{Code: protocol.CloseCode(websocket.StatusNormalClosure)})
-	<-c.done
-	c.cancel()
+// readConn reads c until the connection ends, then unregisters it, waits
+// for its writer to finish and releases its count.
+func (h *Hub) readConn(c *conn, gauge prometheus.Gauge, handle func(*conn, []byte) error) {
+	defer h.conns.Done()
+	defer gauge.Dec()
+	c.protect(func() { c.readLoop(func(data []byte) error { return handle(c, data) }) })
+	c.protect(func() {
+		c.leave()
+		c.disconnect(&protocol.Disconnect{Code: protocol.CloseCode(websocket.StatusNormalClosure)})
+		c.waitWritten()
+		c.cancel()
+	})
 }
 
 // terminalUp registers a terminal and, under the device's lock so that a
@@ -115,16 +131,14 @@ func (h *Hub) terminalUp(c *conn) {
 	if err != nil {
 		c.log.Error().Err(err).Msg("could not resume the terminal's transactions")
 	}
-	// Handed to the writer one by one, like a POS replay: however many
-	// commands are open, they never overflow the terminal's small queue.
+	// Queued as replayed frames, like a POS replay: however many commands
+	// are open, they never overflow the terminal's small queue.
 	for _, cmd := range cmds {
 		b, err := json.Marshal(cmd)
 		if err != nil {
 			continue
 		}
-		select {
-		case c.replay <- b:
-		case <-c.ctx.Done():
+		if !c.queueReplay(b) {
 			return
 		}
 	}

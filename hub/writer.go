@@ -1,0 +1,221 @@
+package hub
+
+import (
+	"encoding/json"
+
+	"github.com/termhub/termhub/protocol"
+)
+
+// A connection's writer is lazy: frames go into a queue under c.wmu, and the
+// first frame (or disconnect) finding no writer running starts one, which
+// writes until the queue is empty and then ends. An idle connection thus
+// holds no writer goroutine, no stack for it and no queue; a busy one is
+// written by one goroutine at a time.
+//
+// Rules kept from the design of one writer per connection draining bounded
+// queues:
+//   - Frames are written in the order they were queued, live and replayed
+//     alike: a POS's live messages held back during its replay are queued
+//     after the last replayed one, and so follow it on the wire.
+//   - Live frames (replies, pushes) beyond queueSize mean the peer does not
+//     keep up: it is disconnected, never allowed to hold the hub back.
+//   - Replayed frames (a POS's outbox replay, a terminal's re-sent commands)
+//     wait for room instead (queueReplay), so a long replay is backpressure
+//     and never a reason to kick the peer as slow.
+//   - The greeting, the first live frame register queues, is the first frame
+//     on the wire: replayed frames are taken only once it is queued.
+//   - The first disconnect wins and is acted on before any frame still
+//     queued, by the writer, never inside disconnect (which callers reach
+//     with the hub's locks held).
+
+// replayQueue is how many replayed frames may wait for the writer. A few
+// spare the replay a hand-over per frame; more would only hold memory.
+const replayQueue = 16
+
+// outFrame is one queued frame.
+type outFrame struct {
+	data   []byte
+	replay bool // queued by queueReplay: counts against replayQueue, not queueSize
+}
+
+// enqueue queues a live frame. A full queue means the peer does not keep up;
+// it is disconnected rather than allowed to hold the hub back. Frames queued
+// once the connection is being disconnected are dropped: none would be sent.
+func (c *conn) enqueue(frame []byte) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.kick != nil || c.ended || c.ctx.Err() != nil {
+		return
+	}
+	if limit := queueSize(c.h.opts, c.kind); int(c.live) >= limit {
+		c.log.Warn().Int("queue", limit).Msg("send queue full: disconnecting slow peer")
+		c.disconnectLocked(&protocol.Disconnect{Code: protocol.ClosePolicy, Reason: protocol.ReasonOther,
+			Message: "Connection too slow to receive messages", ReconnectAllowed: true})
+		return
+	}
+	c.out = append(c.out, outFrame{data: frame})
+	c.live++
+	if !c.greeted {
+		c.greeted = true // this is the greeting: replayed frames may follow it
+		c.wakeLocked()
+	}
+	c.startWriterLocked()
+}
+
+// sendJSON marshals v and queues it.
+func (c *conn) sendJSON(v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		c.log.Error().Err(err).Msg("marshal outgoing message")
+		return
+	}
+	c.enqueue(b)
+}
+
+// queueReplay queues a replayed frame behind the greeting. It waits while
+// replayQueue replayed frames are queued or the greeting is not, so however
+// many frames a replay has it never overflows the live queue nor counts as
+// slow. It reports false, without queueing, once the connection is being
+// disconnected or has ended.
+func (c *conn) queueReplay(frame []byte) bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for {
+		if c.kick != nil || c.ended || c.ctx.Err() != nil {
+			return false
+		}
+		if c.greeted && c.replays < replayQueue {
+			break
+		}
+		if c.room == nil {
+			c.room = make(chan struct{})
+		}
+		room := c.room
+		c.wmu.Unlock()
+		select {
+		case <-room:
+		case <-c.ctx.Done():
+		}
+		c.wmu.Lock()
+	}
+	c.out = append(c.out, outFrame{data: frame, replay: true})
+	c.replays++
+	c.startWriterLocked()
+	return true
+}
+
+// wakeLocked wakes the replays waiting in queueReplay to look again.
+func (c *conn) wakeLocked() {
+	if c.room != nil {
+		close(c.room)
+		c.room = nil
+	}
+}
+
+// disconnect ends the connection: the writer sends d's forceDisconnect
+// (when d has a reason) and closes with d's code. Later calls are ignored.
+// It returns at once, so it may be called with any lock held.
+func (c *conn) disconnect(d *protocol.Disconnect) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.disconnectLocked(d)
+}
+
+func (c *conn) disconnectLocked(d *protocol.Disconnect) {
+	if c.kick != nil || c.ended {
+		return
+	}
+	c.kick = d
+	// A replay waiting for room gives up now rather than when the kick
+	// has been acted on: terminalUp waits holding the device's lock, which
+	// acting on the kick (leave) takes.
+	c.wakeLocked()
+	c.startWriterLocked()
+}
+
+// startWriterLocked starts a writer unless one is running.
+func (c *conn) startWriterLocked() {
+	if !c.writing {
+		c.writing = true
+		go c.writeQueued()
+	}
+}
+
+// writeQueued is the writer: it writes queued frames until there are none
+// left and then ends. It ends the connection's writing for good when a
+// disconnect is taken (after the forceDisconnect and the close), when a
+// write fails or when the connection's context is done.
+func (c *conn) writeQueued() {
+	for {
+		c.wmu.Lock()
+		if c.ctx.Err() != nil {
+			c.wmu.Unlock()
+			c.endWriting()
+			return
+		}
+		if d := c.kick; d != nil {
+			c.wmu.Unlock()
+			c.kicked.Store(true)
+			if c.leave != nil {
+				c.leave()
+			}
+			c.finish(d)
+			c.endWriting()
+			return
+		}
+		if len(c.out) == 0 {
+			c.out = nil // let a drained queue's array go
+			c.writing = false
+			c.wmu.Unlock()
+			return
+		}
+		f := c.out[0]
+		c.out[0] = outFrame{}
+		c.out = c.out[1:]
+		if f.replay {
+			c.replays--
+			c.wakeLocked()
+		} else {
+			c.live--
+		}
+		c.wmu.Unlock()
+		if err := c.write(f.data); err != nil {
+			c.log.Debug().Err(err).Msg("write failed")
+			_ = c.ws.CloseNow()
+			c.endWriting()
+			return
+		}
+	}
+}
+
+// endWriting ends the connection's writing for good: the context is
+// cancelled (the reader stops), queued frames are dropped, waiting replays
+// give up and done is closed. Only the writer calls it, once.
+func (c *conn) endWriting() {
+	c.cancel()
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.ended, c.writing = true, false
+	c.out, c.live, c.replays = nil, 0, 0
+	c.wakeLocked()
+	if c.done != nil {
+		close(c.done)
+	}
+}
+
+// waitWritten waits until the connection's writing has ended. done is made
+// only here, by the one goroutine that waits, so that a connection that is
+// never waited for does not carry a channel.
+func (c *conn) waitWritten() {
+	c.wmu.Lock()
+	if c.ended {
+		c.wmu.Unlock()
+		return
+	}
+	if c.done == nil {
+		c.done = make(chan struct{})
+	}
+	done := c.done
+	c.wmu.Unlock()
+	<-done
+}
