@@ -23,8 +23,16 @@ type ackLines struct {
 
 // ackLine is one API key's queued acks.
 type ackLine struct {
-	reqs    []ackReq      // oldest first
-	drained chan struct{} // made by a waiter, closed when reqs has emptied
+	reqs    []ackReq    // oldest first
+	queued  int64       // acks ever queued on this line
+	applied int64       // acks applied so far
+	waiters []ackWaiter // waitAcks calls, each for the acks queued before it
+}
+
+// ackWaiter is a waitAcks call: done is closed once applied reaches upTo.
+type ackWaiter struct {
+	upTo int64
+	done chan struct{}
 }
 
 // ackReq is one ack frame: where it came from and what it acknowledges.
@@ -51,6 +59,7 @@ func (h *Hub) queueAck(c *conn, requestID json.RawMessage, id string) {
 		h.acks.running.Add(1)
 	}
 	l.reqs = append(l.reqs, ackReq{c: c, requestID: requestID, id: id})
+	l.queued++
 	h.acks.mu.Unlock()
 	if start {
 		go h.applyAcks(k, l)
@@ -65,8 +74,8 @@ func (h *Hub) applyAcks(k string, l *ackLine) {
 		h.acks.mu.Lock()
 		if len(l.reqs) == 0 {
 			delete(h.acks.lines, k)
-			if l.drained != nil {
-				close(l.drained)
+			for _, w := range l.waiters {
+				close(w.done)
 			}
 			h.acks.mu.Unlock()
 			return
@@ -76,13 +85,28 @@ func (h *Hub) applyAcks(k string, l *ackLine) {
 		l.reqs = l.reqs[1:]
 		h.acks.mu.Unlock()
 		// Not the connection's context: an ack that arrived is applied even
-		// if its connection has closed since.
-		h.ack(context.WithoutCancel(r.c.ctx), r.c, r.requestID, r.id)
+		// if its connection has closed since. A panic is logged and ends
+		// this ack, not the process (the reader it came from used to
+		// apply it under net/http's recovery).
+		r.c.protect(func() { h.ack(context.WithoutCancel(r.c.ctx), r.c, r.requestID, r.id) })
+		h.acks.mu.Lock()
+		l.applied++
+		kept := l.waiters[:0]
+		for _, w := range l.waiters {
+			if w.upTo <= l.applied {
+				close(w.done)
+			} else {
+				kept = append(kept, w)
+			}
+		}
+		l.waiters = kept
+		h.acks.mu.Unlock()
 	}
 }
 
 // waitAcks returns once every ack of the API key queued so far has been
-// applied, or when ctx ends.
+// applied (acks queued after it was called are not waited for), or when ctx
+// ends.
 func (h *Hub) waitAcks(ctx context.Context, merchantID, keyID string) {
 	h.acks.mu.Lock()
 	l := h.acks.lines[ackLineKey(merchantID, keyID)]
@@ -90,13 +114,11 @@ func (h *Hub) waitAcks(ctx context.Context, merchantID, keyID string) {
 		h.acks.mu.Unlock()
 		return
 	}
-	if l.drained == nil {
-		l.drained = make(chan struct{})
-	}
-	drained := l.drained
+	w := ackWaiter{upTo: l.queued, done: make(chan struct{})}
+	l.waiters = append(l.waiters, w)
 	h.acks.mu.Unlock()
 	select {
-	case <-drained:
+	case <-w.done:
 	case <-ctx.Done():
 	}
 }

@@ -72,6 +72,7 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 	})
 	if err != nil {
 		c.log.Info().Err(err).Msg("upgrade failed")
+		c.cancel() // its context would otherwise hang off the hub's until shutdown
 		return
 	}
 	ws.SetReadLimit(-1) // readLoop enforces 64 KiB itself, to close with 4400
@@ -83,6 +84,7 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 	if h.draining.Load() {
 		h.mu.Unlock()
 		_ = ws.Close(websocket.StatusCode(protocol.CloseShutdown), protocol.ReasonShutdown)
+		c.cancel()
 		return
 	}
 	h.conns.Add(1)

@@ -2,6 +2,7 @@ package redisx
 
 import (
 	"context"
+	"fmt"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -73,9 +74,20 @@ func (b *Batcher) Do(ctx context.Context, cmd redis.Cmder) error {
 	return cmd.Err()
 }
 
-// send runs batch on the caller's slot, tells every other caller in it that
-// its command is done, and passes the slot on.
+// send runs batch on the caller's slot, then passes the slot on.
 func (b *Batcher) send(ctx context.Context, batch []*call) {
+	defer func() {
+		// A panic here (a client hook, say) must not strand the callers
+		// queued behind this one: they get an error, the slot moves on, and
+		// the panic goes on up this caller's goroutine.
+		if v := recover(); v != nil {
+			for _, c := range batch {
+				c.cmd.SetErr(fmt.Errorf("redisx: pipeline aborted: %v", v))
+			}
+			b.pass(batch)
+			panic(v)
+		}
+	}()
 	ctx = context.WithoutCancel(ctx)
 	if len(batch) == 1 {
 		_ = b.rdb.Process(ctx, batch[0].cmd)
@@ -87,6 +99,12 @@ func (b *Batcher) send(ctx context.Context, batch []*call) {
 		// Each command carries its own error; Exec's is the first of them.
 		_, _ = pipe.Exec(ctx)
 	}
+	b.pass(batch)
+}
+
+// pass tells every other caller in batch that its command is done and
+// passes the slot to the oldest queued caller, or frees it.
+func (b *Batcher) pass(batch []*call) {
 	for _, c := range batch[1:] {
 		c.lead <- nil
 	}

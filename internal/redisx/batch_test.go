@@ -169,3 +169,77 @@ func TestBatcherIgnoresCancelledCaller(t *testing.T) {
 		t.Fatalf("Do with a cancelled context: %q, %v; want OK", cmd.Val(), err)
 	}
 }
+
+// panicHook panics in the first pipeline it sees.
+type panicHook struct{ pipeHook }
+
+func (h *panicHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if cmds[len(cmds)-1].Name() == "incr" {
+			panic("hook exploded")
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestBatcherPanicDoesNotStrandQueuedCallers: a panic while a pipeline is
+// sent reaches the goroutine that sent it, every other caller in that
+// pipeline gets an error instead of waiting forever, and the slot is free
+// for the next command.
+func TestBatcherPanicDoesNotStrandQueuedCallers(t *testing.T) {
+	r := redistest.New(t)
+	b := NewBatcher(r.Client, 1)
+	ctx := context.Background()
+	release := make(chan struct{})
+	hook := &panicHook{pipeHook{hold: release, held: make(chan struct{})}}
+	r.Client.AddHook(hook)
+
+	first := make(chan error, 1)
+	go func() { first <- b.Do(ctx, redis.NewCmd(ctx, "set", r.Prefix+"first", "1")) }()
+	<-hook.held
+
+	const n = 5
+	type outcome struct {
+		err      error
+		panicked bool
+	}
+	outcomes := make(chan outcome, n)
+	for i := range n {
+		go func() {
+			o := outcome{}
+			defer func() {
+				if v := recover(); v != nil {
+					o.panicked = true
+				}
+				outcomes <- o
+			}()
+			o.err = b.Do(ctx, redis.NewIntCmd(ctx, "incr", fmt.Sprintf("%sp%d", r.Prefix, i)))
+		}()
+	}
+	for b.queued() < n {
+		runtime.Gosched()
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatalf("first command: %v", err)
+	}
+	panics, aborted := 0, 0
+	for range n {
+		o := <-outcomes
+		switch {
+		case o.panicked:
+			panics++
+		case o.err != nil && strings.Contains(o.err.Error(), "pipeline aborted"):
+			aborted++
+		default:
+			t.Errorf("a caller in the panicking pipeline returned %v, want an aborted error", o.err)
+		}
+	}
+	if panics != 1 || aborted != n-1 {
+		t.Fatalf("%d callers saw the panic and %d an aborted error, want 1 and %d", panics, aborted, n-1)
+	}
+	cmd := redis.NewStatusCmd(ctx, "set", r.Prefix+"after", "1")
+	if err := b.Do(ctx, cmd); err != nil || cmd.Val() != "OK" {
+		t.Fatalf("a command after the panic: %q, %v; want OK (the slot must be free)", cmd.Val(), err)
+	}
+}

@@ -41,7 +41,13 @@ func Open(ctx context.Context, url string) (*Store, error) {
 		}
 	}
 	opts.PoolSize = max(opts.PoolSize, 64)
-	opts.MaxRetries = 3
+	// No automatic retries: a commit or an ack whose reply was lost may have
+	// been applied, and sending it again (go-redis would re-send a whole
+	// pipeline of commits) would turn a success into a conflict. A failed
+	// command is an error to the caller, which answers 503 to a client that
+	// can retry safely by reference or Idempotency-Key; background loops
+	// (timers, webhooks, trims) try again on their own schedule.
+	opts.MaxRetries = -1
 	opts.DialTimeout = 5 * time.Second
 	s.Client = redis.NewClient(opts)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
