@@ -21,20 +21,6 @@ import (
 // commits. These tests show a stale guess costs a retry, never a wrong
 // answer, and that the guess does save the read when it is right.
 
-// nodeTerminals has every terminal online.
-type nodeTerminals struct{}
-
-func (nodeTerminals) ResolveTerminal(_, terminalID string) (string, bool) { return terminalID, true }
-func (nodeTerminals) TerminalLive(string) (string, string, time.Time) {
-	return protocol.TerminalOnline, "conn_node", time.Time{}
-}
-
-// nodeSink drops every effect.
-type nodeSink struct{}
-
-func (nodeSink) DeliverPOS(string, string, []Message) {}
-func (nodeSink) SendTerminal(string, []any)           {}
-
 // readCounter counts the reads a create makes before its commit.
 type readCounter struct{ mget, get atomic.Int64 }
 
@@ -65,7 +51,7 @@ func twoNodes(t *testing.T) (a, b *Engine, reads *readCounter) {
 	r := redistest.New(t)
 	ks := keys.Space{Prefix: r.Prefix}
 	newNode := func(rdb redis.UniversalClient) *Engine {
-		return NewEngine(Options{Store: NewStore(rdb, ks), Terminals: nodeTerminals{}, Sink: nodeSink{}, Logger: zerolog.Nop()})
+		return NewEngine(Options{Store: NewStore(rdb, ks), Terminals: benchTerminals{}, Sink: benchSink{}, Logger: zerolog.Nop()})
 	}
 	opts := r.Client.Options()
 	ca := redis.NewClient(&redis.Options{Addr: opts.Addr, DB: opts.DB, Username: opts.Username, Password: opts.Password})
