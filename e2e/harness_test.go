@@ -3,18 +3,14 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"net/http/httptest"
-	"os"
 	"testing"
 	"time"
-
-	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/clock"
-	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/internal/apptest"
 	"github.com/termhub/termhub/internal/redistest"
 	"github.com/termhub/termhub/protocol"
 )
@@ -58,30 +54,12 @@ type env struct {
 // newEnv starts a hub. A log is written to the test output when TERMHUB_TEST_LOG is set.
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	cfg, err := config.Parse([]byte(testConfig), func(string) string { return "" })
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := redistest.New(t)
-	cfg.KeyPrefix = r.Prefix
-	fc := clock.NewFake(time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC))
-	log := zerolog.New(io.Discard)
-	if os.Getenv("TERMHUB_TEST_LOG") != "" {
-		log = zerolog.New(zerolog.NewTestWriter(t))
-	}
-	a := app.New(cfg, r.Client, fc, log)
-	if err := a.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(a.Handler())
-	e := &env{t: t, App: a, Clock: fc, Srv: srv, Redis: r, opts: client.Options{BaseURL: srv.URL, Now: fc.Now}}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = a.Drain(ctx)
-		srv.Close()
-	})
-	return e
+	return envFrom(t, apptest.Start(t, testConfig))
+}
+
+// envFrom wraps a started hub in the harness.
+func envFrom(t *testing.T, h *apptest.Env) *env {
+	return &env{t: t, App: h.App, Clock: h.Clock, Srv: h.Srv, Redis: h.Redis, opts: client.Options{BaseURL: h.Srv.URL, Now: h.Clock.Now}}
 }
 
 func ctx(t *testing.T) context.Context {

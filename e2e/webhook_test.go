@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,20 +9,14 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
-	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/client"
-	"github.com/termhub/termhub/clock"
-	"github.com/termhub/termhub/config"
-	"github.com/termhub/termhub/internal/redistest"
+	"github.com/termhub/termhub/internal/apptest"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -157,30 +150,7 @@ func (rc *whReceiver) requestsFor(id string) int {
 // newWHEnv starts a hub like newEnv, with m1's webhooks going to rc.
 func newWHEnv(t *testing.T, rc *whReceiver) *env {
 	t.Helper()
-	cfg, err := config.Parse(fmt.Appendf(nil, whConfig, whOpsToken, rc.srv.URL+"/termhub", whSecret), func(string) string { return "" })
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := redistest.New(t)
-	cfg.KeyPrefix = r.Prefix
-	fc := clock.NewFake(time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC))
-	log := zerolog.New(io.Discard)
-	if os.Getenv("TERMHUB_TEST_LOG") != "" {
-		log = zerolog.New(zerolog.NewTestWriter(t))
-	}
-	a := app.New(cfg, r.Client, fc, log)
-	if err := a.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(a.Handler())
-	e := &env{t: t, App: a, Clock: fc, Srv: srv, Redis: r, opts: client.Options{BaseURL: srv.URL, Now: fc.Now}}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = a.Drain(ctx)
-		srv.Close()
-	})
-	return e
+	return envFrom(t, apptest.Start(t, fmt.Sprintf(whConfig, whOpsToken, rc.srv.URL+"/termhub", whSecret)))
 }
 
 // whCommand reads the terminal's next command action for transaction id.

@@ -8,20 +8,17 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/clock"
-	"github.com/termhub/termhub/config"
 	"github.com/termhub/termhub/hub"
-	"github.com/termhub/termhub/internal/redistest"
+	"github.com/termhub/termhub/internal/apptest"
 )
 
 const opsToken = "s3cret-ops-token"
@@ -60,30 +57,8 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	cfg, err := config.Parse([]byte(testConfig), func(string) string { return "" })
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := redistest.New(t)
-	cfg.KeyPrefix = r.Prefix
-	fc := clock.NewFake(time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC))
-	log := zerolog.New(io.Discard)
-	if os.Getenv("TERMHUB_TEST_LOG") != "" {
-		log = zerolog.New(zerolog.NewTestWriter(t))
-	}
-	a := app.New(cfg, r.Client, fc, log)
-	if err := a.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(a.Handler())
-	e := &env{t: t, App: a, Clock: fc, Srv: srv, opts: client.Options{BaseURL: srv.URL, Now: fc.Now}}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = a.Drain(ctx)
-		srv.Close()
-	})
-	return e
+	h := apptest.Start(t, testConfig)
+	return &env{t: t, App: h.App, Clock: h.Clock, Srv: h.Srv, opts: client.Options{BaseURL: h.Srv.URL, Now: h.Clock.Now}}
 }
 
 func testCtx(t *testing.T) context.Context {

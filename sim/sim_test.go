@@ -5,23 +5,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/clock"
-	"github.com/termhub/termhub/config"
-	"github.com/termhub/termhub/internal/redistest"
+	"github.com/termhub/termhub/internal/apptest"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/sim"
 )
@@ -53,29 +49,8 @@ type hubEnv struct {
 
 func newHub(t *testing.T) *hubEnv {
 	t.Helper()
-	cfg, err := config.Parse([]byte(hubConfig), func(string) string { return "" })
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := redistest.New(t)
-	cfg.KeyPrefix = r.Prefix
-	fc := clock.NewFake(time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC))
-	log := zerolog.New(io.Discard)
-	if os.Getenv("TERMHUB_TEST_LOG") != "" {
-		log = zerolog.New(zerolog.NewTestWriter(t))
-	}
-	a := app.New(cfg, r.Client, fc, log)
-	if err := a.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(a.Handler())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = a.Drain(ctx)
-		srv.Close()
-	})
-	return &hubEnv{t: t, app: a, clock: fc, opts: client.Options{BaseURL: srv.URL, Now: fc.Now}}
+	h := apptest.Start(t, hubConfig)
+	return &hubEnv{t: t, app: h.App, clock: h.Clock, opts: client.Options{BaseURL: h.Srv.URL, Now: h.Clock.Now}}
 }
 
 // instant is a Sleep that does not wait.

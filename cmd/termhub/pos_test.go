@@ -7,18 +7,13 @@ import (
 	"errors"
 	"flag"
 	"io"
-	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/termhub/termhub/app"
-	"github.com/termhub/termhub/config"
-	"github.com/termhub/termhub/internal/redistest"
+	"github.com/termhub/termhub/internal/apptest"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/sim"
 )
@@ -200,27 +195,8 @@ type cliHub struct {
 
 func newCLIHub(t *testing.T) *cliHub {
 	t.Helper()
-	cfg, err := config.Parse([]byte(cliHubConfig), noEnv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := redistest.New(t)
-	cfg.KeyPrefix = r.Prefix
-	log := zerolog.New(io.Discard)
-	if os.Getenv("TERMHUB_TEST_LOG") != "" {
-		log = zerolog.New(zerolog.NewTestWriter(t))
-	}
-	a := app.New(cfg, r.Client, nil, log)
-	if err := a.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(a.Handler())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = a.Drain(ctx)
-		srv.Close()
-	})
+	e := apptest.Start(t, cliHubConfig, apptest.WallClock())
+	a, srv := e.App, e.Srv
 	h := &cliHub{app: a, url: srv.URL, simOut: &syncBuffer{}}
 
 	ctx, cancel := context.WithCancel(context.Background())

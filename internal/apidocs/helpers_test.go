@@ -1,13 +1,11 @@
 package apidocs
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
-	"io"
 	"math"
 	"net/http/httptest"
 	"os"
@@ -22,13 +20,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"gopkg.in/yaml.v3"
 
 	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/clock"
-	"github.com/termhub/termhub/config"
-	"github.com/termhub/termhub/internal/redistest"
+	"github.com/termhub/termhub/internal/apptest"
 )
 
 // ---- the repository ----
@@ -564,27 +560,6 @@ type hubEnv struct {
 
 func startHub(t *testing.T) *hubEnv {
 	t.Helper()
-	cfg, err := config.Parse([]byte(testConfig), func(string) string { return "" })
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := redistest.New(t)
-	cfg.KeyPrefix = r.Prefix
-	fc := clock.NewFake(time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC))
-	log := zerolog.New(io.Discard)
-	if os.Getenv("TERMHUB_TEST_LOG") != "" {
-		log = zerolog.New(zerolog.NewTestWriter(t))
-	}
-	a := app.New(cfg, r.Client, fc, log)
-	if err := a.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(a.Handler())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = a.Drain(ctx)
-		srv.Close()
-	})
-	return &hubEnv{App: a, Clock: fc, Srv: srv}
+	h := apptest.Start(t, testConfig)
+	return &hubEnv{App: h.App, Clock: h.Clock, Srv: h.Srv}
 }

@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
@@ -21,10 +20,8 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/rs/zerolog"
 
-	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/client"
-	"github.com/termhub/termhub/config"
-	"github.com/termhub/termhub/internal/redistest"
+	"github.com/termhub/termhub/internal/apptest"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/sim"
 )
@@ -99,23 +96,8 @@ func TestDashboardInChromium(t *testing.T) {
 	start := time.Now()
 
 	// ---- the hub, on the wall clock ----
-	cfg, err := config.Parse([]byte(testConfig), func(string) string { return "" })
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := redistest.New(t)
-	cfg.KeyPrefix = r.Prefix
-	a := app.New(cfg, r.Client, nil, zerolog.New(io.Discard))
-	if err := a.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(a.Handler())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = a.Drain(ctx)
-		srv.Close()
-	})
+	h := apptest.Start(t, testConfig, apptest.WallClock(), apptest.Logger(zerolog.New(io.Discard)))
+	srv := h.Srv
 	copts := client.Options{BaseURL: srv.URL}
 
 	// ---- the browser ----

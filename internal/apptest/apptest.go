@@ -1,0 +1,101 @@
+// Package apptest starts a whole termhub App for a test: the configuration
+// parsed from YAML, a Redis from internal/redistest, a fake clock, the App
+// started and served by an httptest server, and all of it drained and closed
+// when the test ends. It is test support, like internal/redistest.
+package apptest
+
+import (
+	"context"
+	"io"
+	"net/http/httptest"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/termhub/termhub/app"
+	"github.com/termhub/termhub/clock"
+	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/internal/redistest"
+)
+
+// epoch is the time the fake clock starts at.
+var epoch = time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+
+// drainTimeout bounds the App's drain when the test ends.
+const drainTimeout = 5 * time.Second
+
+// Env is one running App for a test.
+type Env struct {
+	// App is the started App.
+	App *app.App
+	// Clock is the App's fake clock, starting at 2026-11-22 10:00 UTC; nil
+	// with WallClock.
+	Clock *clock.Fake
+	// Srv serves App.Handler.
+	Srv *httptest.Server
+	// Redis is the test's Redis; Config.KeyPrefix is its Prefix.
+	Redis *redistest.Redis
+	// Config is the configuration the App was built with.
+	Config config.Config
+}
+
+// Option changes how Start builds the App.
+type Option func(*options)
+
+type options struct {
+	wallClock bool
+	log       *zerolog.Logger
+}
+
+// WallClock runs the App on the wall clock instead of a fake one; Env.Clock
+// is then nil.
+func WallClock() Option { return func(o *options) { o.wallClock = true } }
+
+// Logger gives the App log instead of the default, which discards
+// everything unless TERMHUB_TEST_LOG is set, when it writes to the test's
+// output.
+func Logger(log zerolog.Logger) Option { return func(o *options) { o.log = &log } }
+
+// Start parses yamlConfig (with no environment variables), gives it a Redis
+// key prefix of its own, and starts an App on it behind an httptest server.
+// When t ends the App is drained (for up to 5 s) and the server closed,
+// before the Redis is.
+func Start(t testing.TB, yamlConfig string, opts ...Option) *Env {
+	t.Helper()
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	cfg, err := config.Parse([]byte(yamlConfig), func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := redistest.New(t)
+	cfg.KeyPrefix = r.Prefix
+	e := &Env{Redis: r, Config: cfg}
+	var clk clock.Clock // nil: the App's wall clock
+	if !o.wallClock {
+		e.Clock = clock.NewFake(epoch)
+		clk = e.Clock
+	}
+	log := zerolog.New(io.Discard)
+	if o.log != nil {
+		log = *o.log
+	} else if os.Getenv("TERMHUB_TEST_LOG") != "" {
+		log = zerolog.New(zerolog.NewTestWriter(t))
+	}
+	e.App = app.New(cfg, r.Client, clk, log)
+	if err := e.App.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e.Srv = httptest.NewServer(e.App.Handler())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+		defer cancel()
+		_ = e.App.Drain(ctx)
+		e.Srv.Close()
+	})
+	return e
+}
