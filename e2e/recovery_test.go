@@ -196,7 +196,7 @@ func TestPOSGetsMissedResultsInOrderAndAckStopsReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 	send(t, pos2, "listTerminals", map[string]any{"requestId": "sync"})
-	read(t, pos2, "terminals") // acks are applied off the reader; the next replay waits for them
+	read(t, pos2, "terminals") // the ack was processed before this reply
 
 	// Acked: nothing is replayed any more.
 	pos3 := e.pos("pk1")

@@ -65,7 +65,6 @@ func (h *Hub) replay(c *conn) {
 		return
 	}
 	started := h.now()
-	h.waitAcks(c.ctx, c.merchantID, c.keyID) // acks of an earlier connection move the cursor first
 	cursor, err := h.opts.Outbox.Cursor(c.ctx, c.merchantID, c.keyID)
 	n := 0
 	for err == nil {

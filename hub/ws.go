@@ -177,7 +177,7 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 		c.sendJSON(protocol.TerminalsReply{Action: protocol.ActionTerminals, RequestID: in.RequestID, Terminals: h.Terminals(c.merchantID)})
 		return nil
 	case *protocol.AckRequest:
-		h.queueAck(c, in.RequestID, body.MessageID)
+		h.ack(c.ctx, c, in.RequestID, body.MessageID)
 		return nil
 	}
 	replied := false
