@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -52,6 +53,19 @@ func (h *pipeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 	}
 }
 
+// waitQueued yields until n callers are queued behind the busy slot, and
+// fails the test if they are not within 5 s.
+func waitQueued(t *testing.T, b *Batcher, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for b.queued() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d callers queued after 5 s, want %d", b.queued(), n)
+		}
+		runtime.Gosched()
+	}
+}
+
 func (b *Batcher) queued() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -93,9 +107,7 @@ func TestBatcherQueuesIntoOnePipeline(t *testing.T) {
 			errs[i] = b.Do(ctx, cmds[i])
 		}()
 	}
-	for b.queued() < n {
-		runtime.Gosched()
-	}
+	waitQueued(t, b, n)
 	close(release)
 	wg.Wait()
 	if err := <-first; err != nil {
@@ -216,9 +228,7 @@ func TestBatcherPanicDoesNotStrandQueuedCallers(t *testing.T) {
 			o.err = b.Do(ctx, redis.NewIntCmd(ctx, "incr", fmt.Sprintf("%sp%d", r.Prefix, i)))
 		}()
 	}
-	for b.queued() < n {
-		runtime.Gosched()
-	}
+	waitQueued(t, b, n)
 	close(release)
 	if err := <-first; err != nil {
 		t.Fatalf("first command: %v", err)
