@@ -322,6 +322,44 @@ type PaymentStats struct {
 	Elapsed    time.Duration // from the first payment to the stop (closed loop: to the last final)
 	Rate       float64       // finals per second over the measuring window
 	Unfinished bool          // the drain timed out
+
+	samples []time.Duration // the round trips, for mergeStats
+}
+
+// mergeStats adds up phases against one target into one figure: their
+// counts, their round trips (percentiles of all the samples, not averages
+// of percentiles) and their rate over the time they ran.
+func mergeStats(parts []PaymentStats) PaymentStats {
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	var out PaymentStats
+	var all []time.Duration
+	for i, p := range parts {
+		if i == 0 {
+			out.Target, out.POS, out.Terminals, out.Offered = p.Target, p.POS, p.Terminals, p.Offered
+			out.Errors = map[string]int{}
+		}
+		out.Sent += p.Sent
+		out.Responses += p.Responses
+		out.Completed += p.Completed
+		out.Failures += p.Failures
+		out.Lost += p.Lost
+		out.Duplicated += p.Duplicated
+		out.AutoVoids += p.AutoVoids
+		for k, v := range p.Errors {
+			out.Errors[k] += v
+		}
+		out.Elapsed += p.Elapsed
+		out.Unfinished = out.Unfinished || p.Unfinished
+		all = append(all, p.samples...)
+	}
+	out.samples = all
+	out.RoundTrip = Summarize(all)
+	if out.Elapsed > 0 {
+		out.Rate = float64(out.Completed+out.Failures) / out.Elapsed.Seconds()
+	}
+	return out
 }
 
 func (s PaymentStats) String() string {

@@ -295,7 +295,8 @@ func (r *loopRun) stats(name string, fc *fleetConns) PaymentStats {
 	default:
 		st.Unfinished = true
 	}
-	st.RoundTrip = r.rec.Summary()
+	st.samples = r.rec.Values()
+	st.RoundTrip = Summarize(st.samples)
 	stop := r.stopAt.Load()
 	if r.limit > 0 || stop == 1<<62-1 {
 		// Stopped by count: the window runs to the last final.

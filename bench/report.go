@@ -63,6 +63,10 @@ func (r *Results) Rows() []Row {
 		pay("2 floor", r.Floor, r.FloorSeqCPU)
 	}
 	if r.Latency != nil && r.Floor != nil {
+		if r.Interleaved > 0 {
+			add("1, 2", "how", fmt.Sprintf("both servers up at once, taking turns in %d rounds of %d payments each (hub, floor, floor, hub, ...)",
+				r.Interleaved, r.Latency.Sent/r.Interleaved), "", "")
+		}
 		p50 := ratio(float64(r.Latency.RoundTrip.P50), float64(r.Floor.RoundTrip.P50))
 		p99 := ratio(float64(r.Latency.RoundTrip.P99), float64(r.Floor.RoundTrip.P99))
 		add("1÷2", "hub ÷ floor, p50", fmt.Sprintf("%.2f×", p50), fmt.Sprintf("≤ %.1f×", TargetP50Ratio), verdict(p50 <= TargetP50Ratio))

@@ -21,6 +21,7 @@ var Scenarios = []string{"latency", "floor", "throughput", "load", "idle", "stor
 type Options struct {
 	Scenarios  map[string]bool
 	Payments   int           // sequential payments of latency and floor
+	Rounds     int           // latency and floor together: blocks each run in, taking turns
 	Warmup     int           // sequential payments before those, not measured
 	Duration   time.Duration // throughput and load
 	Rate       float64       // load: payments/s offered
@@ -76,6 +77,7 @@ type Results struct {
 	Finished time.Time
 
 	Latency, Floor              *PaymentStats
+	Interleaved                 int // rounds latency and floor took turns in (0: run apart)
 	LatencyCPU, FloorSeqCPU     CPUShare
 	LoadAvgStart, LoadAvgEnd    string // /proc/loadavg, 1 minute
 	Throughput, ThroughputFloor *PaymentStats
@@ -97,6 +99,7 @@ func (o *Options) fill() {
 		}
 	}
 	def(&o.Payments, 2000)
+	def(&o.Rounds, 20)
 	def(&o.Terminals, 1000)
 	def(&o.POS, 100)
 	def(&o.Idle, 15000)
@@ -160,46 +163,104 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 		res.Errors = append(res.Errors, scenario+": "+err.Error())
 		logf("%s failed: %v", scenario, err)
 	}
-	seq := func(name string, launch func() (Endpoint, func(), error), share *CPUShare, profile bool) *PaymentStats {
+	// seqSide is one server of the sequential scenarios, connected and
+	// warmed up: one POS and one terminal.
+	type seqSide struct {
+		name string
+		ep   Endpoint
+		fc   *fleetConns
+		cpu  cpuAcc
+		runs []PaymentStats
+	}
+	prepare := func(name string, launch func() (Endpoint, func(), error)) (*seqSide, func()) {
 		ep, stop, err := launch()
 		if err != nil {
 			fail(name, err)
-			return nil
+			return nil, func() {}
 		}
-		defer stop()
 		plans, err := ep.Fleet.Plan(1, 1)
 		if err != nil {
+			stop()
 			fail(name, err)
-			return nil
+			return nil, func() {}
 		}
 		fc, err := connect(ctx, ep, plans, tag+name)
 		if err != nil {
+			stop()
 			fail(name, err)
-			return nil
+			return nil, func() {}
 		}
-		defer fc.close()
 		if o.Warmup > 0 {
 			fc.closedLoop(ctx, ep.Name, int64(o.Warmup), 0, o.Drain)
 		}
-		if profile && ep.Proc != nil {
-			_ = ep.Proc.Signal(syscall.SIGUSR1)
-		}
-		before := o.cpu(ctx, ep)
-		st := fc.closedLoop(ctx, ep.Name, int64(o.Payments), 0, o.Drain)
-		*share = o.cpu(ctx, ep).since(before)
-		if profile && ep.Proc != nil {
-			_ = ep.Proc.Signal(syscall.SIGUSR2)
-		}
-		logf("%s: %s; %s", name, st, share)
+		return &seqSide{name: name, ep: ep, fc: fc}, func() { fc.close(); stop() }
+	}
+	measure := func(sd *seqSide, n int) {
+		before := o.cpu(ctx, sd.ep)
+		st := sd.fc.closedLoop(ctx, sd.ep.Name, int64(n), 0, o.Drain)
+		sd.cpu.add(before, o.cpu(ctx, sd.ep))
+		sd.runs = append(sd.runs, st)
+	}
+	finish := func(sd *seqSide, share *CPUShare) *PaymentStats {
+		st := mergeStats(sd.runs)
+		*share = sd.cpu.share()
+		logf("%s: %s; %s", sd.name, st, share)
 		return &st
 	}
-	if o.Scenarios["latency"] {
-		logf("latency: %d sequential payments, one POS, one terminal, against the hub", o.Payments)
-		res.Latency = seq("latency", func() (Endpoint, func(), error) { return l.Hub(ctx, "latency", o.CPUProfile != "") }, &res.LatencyCPU, o.CPUProfile != "")
+	profile := o.CPUProfile != ""
+	launchHub := func() (Endpoint, func(), error) { return l.Hub(ctx, "latency", profile) }
+	launchFloor := func() (Endpoint, func(), error) { return l.Floor(ctx, "floor") }
+	signal := func(sd *seqSide, sig syscall.Signal) {
+		if profile && sd.ep.Proc != nil {
+			_ = sd.ep.Proc.Signal(sig)
+		}
 	}
-	if o.Scenarios["floor"] {
-		logf("floor: the same %d payments through the bare relay", o.Payments)
-		res.Floor = seq("floor", func() (Endpoint, func(), error) { return l.Floor(ctx, "floor") }, &res.FloorSeqCPU, false)
+	switch {
+	case o.Scenarios["latency"] && o.Scenarios["floor"]:
+		// Interleaved: both servers run at once and take turns, a block of
+		// payments each, the order swapped every round (hub, floor, floor,
+		// hub, ...), so that whatever else the machine does during the run
+		// falls on both alike and the ratios compare like with like.
+		rounds := max(min(o.Rounds, o.Payments), 1)
+		logf("latency and floor: %d sequential payments each, one POS and one terminal per server, in %d interleaved rounds", o.Payments, rounds)
+		hub, stopHub := prepare("latency", launchHub)
+		defer stopHub()
+		floor, stopFloor := prepare("floor", launchFloor)
+		defer stopFloor()
+		if hub == nil || floor == nil {
+			break
+		}
+		signal(hub, syscall.SIGUSR1)
+		for r := range rounds {
+			n := o.Payments/rounds + btoi(r < o.Payments%rounds)
+			if r%2 == 0 {
+				measure(hub, n)
+				measure(floor, n)
+			} else {
+				measure(floor, n)
+				measure(hub, n)
+			}
+		}
+		signal(hub, syscall.SIGUSR2)
+		res.Latency = finish(hub, &res.LatencyCPU)
+		res.Floor = finish(floor, &res.FloorSeqCPU)
+		res.Interleaved = rounds
+	case o.Scenarios["latency"]:
+		logf("latency: %d sequential payments, one POS, one terminal, against the hub", o.Payments)
+		if hub, stop := prepare("latency", launchHub); hub != nil {
+			signal(hub, syscall.SIGUSR1)
+			measure(hub, o.Payments)
+			signal(hub, syscall.SIGUSR2)
+			res.Latency = finish(hub, &res.LatencyCPU)
+			stop()
+		}
+	case o.Scenarios["floor"]:
+		logf("floor: %d sequential payments through the bare relay", o.Payments)
+		if floor, stop := prepare("floor", launchFloor); floor != nil {
+			measure(floor, o.Payments)
+			res.Floor = finish(floor, &res.FloorSeqCPU)
+			stop()
+		}
 	}
 
 	loaded := func(name string, launch func() (Endpoint, func(), error), open, profile bool) (*PaymentStats, CPUShare) {
@@ -358,17 +419,52 @@ func (o *Options) cpu(ctx context.Context, ep Endpoint) cpuSample {
 	return s
 }
 
-func (s cpuSample) since(b cpuSample) CPUShare {
-	wall := s.at.Sub(b.at).Seconds()
-	if wall <= 0 || !s.serverOK || !b.serverOK {
+// cpuAcc adds up the CPU time of several phases.
+type cpuAcc struct {
+	wall, server, redis, generator, machine time.Duration
+	known, machineKnown                     bool
+	phases                                  int
+}
+
+// add adds the phase from b to s.
+func (a *cpuAcc) add(b, s cpuSample) {
+	if a.phases == 0 {
+		a.known, a.machineKnown = true, true
+	}
+	a.phases++
+	a.known = a.known && s.serverOK && b.serverOK
+	a.machineKnown = a.machineKnown && s.machine > 0 && b.machine > 0
+	a.wall += s.at.Sub(b.at)
+	a.server += s.server - b.server
+	a.redis += s.redis - b.redis
+	a.generator += s.generator - b.generator
+	a.machine += s.machine - b.machine
+}
+
+// share is the average use of the phases added.
+func (a *cpuAcc) share() CPUShare {
+	wall := a.wall.Seconds()
+	if wall <= 0 || !a.known {
 		return CPUShare{}
 	}
-	c := CPUShare{Known: true, Server: (s.server - b.server).Seconds() / wall,
-		Redis: (s.redis - b.redis).Seconds() / wall, Generator: (s.generator - b.generator).Seconds() / wall}
-	if s.machine > 0 && b.machine > 0 {
-		c.Other = max((s.machine-b.machine).Seconds()/wall-c.Server-c.Redis-c.Generator, 0)
+	c := CPUShare{Known: true, Server: a.server.Seconds() / wall, Redis: a.redis.Seconds() / wall, Generator: a.generator.Seconds() / wall}
+	if a.machineKnown {
+		c.Other = max(a.machine.Seconds()/wall-c.Server-c.Redis-c.Generator, 0)
 	}
 	return c
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (s cpuSample) since(b cpuSample) CPUShare {
+	var a cpuAcc
+	a.add(b, s)
+	return a.share()
 }
 
 // RedisCPU is the CPU time the Redis server has used (INFO cpu), 0 when

@@ -86,6 +86,9 @@ func TestRunSmall(t *testing.T) {
 			t.Errorf("%s throughput: %d round trips for %d finals, rate %.1f", s.Target, s.RoundTrip.N, s.Completed, s.Rate)
 		}
 	}
+	if res.Interleaved != 20 {
+		t.Errorf("latency and floor ran in %d interleaved rounds, want 20 (the default, one payment each)", res.Interleaved)
+	}
 	if p := res.Replay; p == nil || p.Messages != 30 || p.Received != 30 || p.Duplicates != 0 || p.FromDial <= 0 {
 		t.Errorf("replay: %+v", p)
 	}
@@ -99,6 +102,38 @@ func TestRunSmall(t *testing.T) {
 	}
 	if strings.Contains(out.String(), "not comparable") {
 		t.Errorf("report marks figures not comparable without being told to:\n%s", out.String())
+	}
+}
+
+// TestMergeStats: phases against one target add up to one figure whose
+// percentiles are those of all the samples.
+func TestMergeStats(t *testing.T) {
+	ms := func(v ...int) []time.Duration {
+		var d []time.Duration
+		for _, x := range v {
+			d = append(d, time.Duration(x)*time.Millisecond)
+		}
+		return d
+	}
+	a := PaymentStats{Target: "hub", POS: 1, Terminals: 1, Sent: 3, Completed: 3, Elapsed: time.Second, Errors: map[string]int{}, samples: ms(1, 2, 3)}
+	b := PaymentStats{Target: "hub", POS: 1, Terminals: 1, Sent: 3, Completed: 2, Failures: 1, Elapsed: 2 * time.Second,
+		Errors: map[string]int{"device_busy": 1}, samples: ms(10, 20, 30)}
+	m := mergeStats([]PaymentStats{a, b})
+	if m.Sent != 6 || m.Completed != 5 || m.Failures != 1 || m.Errors["device_busy"] != 1 || m.Elapsed != 3*time.Second {
+		t.Fatalf("counts: %+v", m)
+	}
+	if m.Rate != 2 { // 6 finals in 3 s
+		t.Errorf("rate %.2f, want 2", m.Rate)
+	}
+	if m.RoundTrip.N != 6 || m.RoundTrip.P50 != 3*time.Millisecond || m.RoundTrip.Max != 30*time.Millisecond {
+		t.Errorf("round trip %+v, want the percentiles of all six samples", m.RoundTrip)
+	}
+	var acc cpuAcc
+	t0 := time.Now()
+	acc.add(cpuSample{at: t0, serverOK: true}, cpuSample{at: t0.Add(time.Second), server: 500 * time.Millisecond, serverOK: true})
+	acc.add(cpuSample{at: t0, serverOK: true}, cpuSample{at: t0.Add(3 * time.Second), server: 2500 * time.Millisecond, serverOK: true})
+	if c := acc.share(); !c.Known || c.Server != 0.75 { // 3 s of CPU in 4 s
+		t.Errorf("cpu share %+v, want 0.75 cores of server", c)
 	}
 }
 

@@ -75,6 +75,13 @@ func (r *Recorder) Add(d time.Duration) {
 	r.mu.Unlock()
 }
 
+// Values returns a copy of what was recorded so far.
+func (r *Recorder) Values() []time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.d)
+}
+
 // Summary summarises what was recorded so far.
 func (r *Recorder) Summary() Summary {
 	r.mu.Lock()

@@ -60,6 +60,8 @@ type conn struct {
 	room    chan struct{}        // closed to wake the replays waiting in queueReplay; guarded by wmu
 	done    chan struct{}        // made by waitWritten, closed when writing has ended; guarded by wmu
 
+	spill *spillConn // the socket, set by the upgrade; nil in tests that upgrade otherwise
+
 	dlv *posDelivery // POS only (nil for a terminal): outbox replay and live delivery
 
 	kicked atomic.Bool // a disconnect was taken: frames that still arrive are dropped

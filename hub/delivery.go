@@ -52,7 +52,7 @@ func (c *conn) sendEntryLocked(m queue.Entry) {
 		return
 	}
 	c.dlv.lastSent = m.ID
-	c.enqueue(m.Frame())
+	c.send(m.Frame())
 }
 
 // replay sends every unacknowledged message of c's API key, oldest first,
@@ -119,7 +119,7 @@ func (h *Hub) SendTerminal(deviceID string, cmds []any) {
 		return
 	}
 	for _, cmd := range cmds {
-		c.sendJSON(cmd)
+		c.sendNowJSON(cmd)
 	}
 }
 
@@ -142,10 +142,10 @@ func (h *Hub) ack(ctx context.Context, c *conn, requestID json.RawMessage, id st
 	}
 	if _, err := h.opts.Outbox.Ack(ctx, c.merchantID, c.keyID, id); err != nil {
 		if err == queue.ErrUnknownID {
-			c.sendJSON(protocol.NewErrorReply(requestID, protocol.Invalid("messageId", "unknown messageId")))
+			c.sendNowJSON(protocol.NewErrorReply(requestID, protocol.Invalid("messageId", "unknown messageId")))
 			return
 		}
 		c.log.Error().Err(err).Msg("ack failed")
-		c.sendJSON(protocol.NewErrorReply(requestID, protocol.Errorf(protocol.CodeInternal, "", "ack failed; send it again")))
+		c.sendNowJSON(protocol.NewErrorReply(requestID, protocol.Errorf(protocol.CodeInternal, "", "ack failed; send it again")))
 	}
 }

@@ -37,7 +37,8 @@ func writeBufferSize(kind Kind) int {
 // connection that needs 2 or 3.
 type hijackWriter struct {
 	http.ResponseWriter
-	writeBuffer int // size of the new writer's buffer
+	writeBuffer int   // size of the new writer's buffer
+	conn        *conn // given the spillConn the socket is wrapped in, when set
 }
 
 // Unwrap lets http.ResponseController and coder/websocket reach the writer
@@ -62,13 +63,19 @@ func (w hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 			return nil, nil, err
 		}
 	}
+	raw := nc
+	sc := newSpillConn(nc) // lets send write frames without blocking (spill.go)
+	nc = sc
+	if w.conn != nil {
+		w.conn.spill = sc
+	}
 	n := brw.Reader.Buffered()
 	if n == 0 {
-		return nc, bufio.NewReadWriter(bufio.NewReaderSize(nc, wsReadBuffer), bufio.NewWriterSize(nc, w.writeBuffer)), nil
+		return nc, bufio.NewReadWriter(bufio.NewReaderSize(raw, wsReadBuffer), bufio.NewWriterSize(nc, w.writeBuffer)), nil
 	}
 	early, _ := brw.Reader.Peek(n) // cannot fail: n bytes are buffered
 	early = bytes.Clone(early)     // a copy, so that net/http's 4 KiB buffer can go
-	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(early), nc), max(wsReadBuffer, n))
+	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(early), raw), max(wsReadBuffer, n))
 	// Load the early bytes into br's buffer (one read of the bytes.Reader,
 	// so it never waits for the network): coder/websocket takes what
 	// Buffered reports and then resets the reader onto the net.Conn, as it

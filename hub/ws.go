@@ -62,7 +62,7 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 	register, unregister func(*conn), handle func(*conn, []byte) error) {
 	c := h.newConn(nil, kind, p.merchantID, p.keyID, p.deviceID)
 	// hijackWriter gives the connection small buffers of its own (hijack.go).
-	hw := hijackWriter{ResponseWriter: w, writeBuffer: writeBufferSize(kind)}
+	hw := hijackWriter{ResponseWriter: w, writeBuffer: writeBufferSize(kind), conn: c}
 	ws, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
 		// Credentials are HMAC signatures, not cookies, so a cross-origin
 		// page gains nothing it could not sign itself.
@@ -174,7 +174,7 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 	label = in.Action // a known action: decoding succeeded
 	switch body := in.Body.(type) {
 	case *protocol.ListTerminalsRequest:
-		c.sendJSON(protocol.TerminalsReply{Action: protocol.ActionTerminals, RequestID: in.RequestID, Terminals: h.Terminals(c.merchantID)})
+		c.sendNowJSON(protocol.TerminalsReply{Action: protocol.ActionTerminals, RequestID: in.RequestID, Terminals: h.Terminals(c.merchantID)})
 		return nil
 	case *protocol.AckRequest:
 		h.ack(c.ctx, c, in.RequestID, body.MessageID)
@@ -187,7 +187,7 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 			created := res.Created
 			reply.Created = &created
 		}
-		c.sendJSON(reply)
+		c.sendNowJSON(reply)
 		replied = true
 	}
 	// The reply goes out between the commit and the delivery of what it
@@ -200,7 +200,7 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 		if pe.Field == protocol.HeaderIdemKey {
 			pe = &protocol.Error{Code: pe.Code, Message: pe.Message, Field: "idempotencyKey"}
 		}
-		c.sendJSON(protocol.NewErrorReply(in.RequestID, pe))
+		c.sendNowJSON(protocol.NewErrorReply(in.RequestID, pe))
 	case !replied:
 		answer(res)
 	}
@@ -236,11 +236,11 @@ func (h *Hub) handleTerminalFrame(c *conn, data []byte) error {
 	}
 	label = in.Action // a known action: decoding succeeded
 	if h.opts.Engine == nil {
-		c.sendJSON(protocol.NewErrorReply(in.RequestID, errUnavailable))
+		c.sendNowJSON(protocol.NewErrorReply(in.RequestID, errUnavailable))
 		return nil
 	}
 	if err := h.opts.Engine.TerminalEvent(c.ctx, c.merchantID, c.deviceID, in.Body); err != nil {
-		c.sendJSON(protocol.NewErrorReply(in.RequestID, h.clientError(err, c.log)))
+		c.sendNowJSON(protocol.NewErrorReply(in.RequestID, h.clientError(err, c.log)))
 	}
 	return nil
 }
@@ -251,7 +251,7 @@ func (h *Hub) replyDecodeError(c *conn, in protocol.Inbound, err error) error {
 	var pe *protocol.Error
 	if errors.As(err, &pe) {
 		c.log.Debug().Str("code", string(pe.Code)).Str("field", pe.Field).Msg("bad request")
-		c.sendJSON(protocol.NewErrorReply(in.RequestID, pe))
+		c.sendNowJSON(protocol.NewErrorReply(in.RequestID, pe))
 		return nil
 	}
 	return err
