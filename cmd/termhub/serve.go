@@ -16,6 +16,7 @@ import (
 
 	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/internal/gcfloor"
 	"github.com/termhub/termhub/internal/redisx"
 )
 
@@ -48,6 +49,9 @@ func runServe(args []string) error {
 		return err
 	}
 	log := newLogger(cfg.LogLevel)
+	// Fewer collections on a small heap (internal/gcfloor); GOGC or
+	// GOMEMLIMIT in the environment turn this off.
+	defer gcfloor.Start()()
 
 	ctx := context.Background()
 	store, err := redisx.Open(ctx, cfg.RedisURL)
