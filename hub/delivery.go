@@ -35,6 +35,7 @@ func (h *Hub) DeliverPOS(merchantID, apiKeyID string, msgs []queue.Entry) {
 	if c == nil || c.merchantID != merchantID {
 		return // durable: replayed when the POS connects
 	}
+	h.waitAcks(c.ctx, merchantID, apiKeyID) // what the POS acked before is stored before it hears more
 	c.dlv.mu.Lock()
 	defer c.dlv.mu.Unlock()
 	if c.dlv.replaying {
@@ -65,6 +66,7 @@ func (h *Hub) replay(c *conn) {
 		return
 	}
 	started := h.now()
+	h.waitAcks(c.ctx, c.merchantID, c.keyID) // acks of an earlier connection move the cursor first
 	cursor, err := h.opts.Outbox.Cursor(c.ctx, c.merchantID, c.keyID)
 	n := 0
 	for err == nil {

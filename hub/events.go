@@ -143,6 +143,8 @@ func (h *Hub) handleEvents(w http.ResponseWriter, r *http.Request, p principal, 
 		writeError(w, e)
 		return
 	}
+	// WebSocket acks of the same API key still queued move the cursor first.
+	h.waitAcks(r.Context(), p.merchantID, p.keyID)
 	q := r.URL.Query()
 	after := q.Get("after")
 	if after == "" {

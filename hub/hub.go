@@ -87,6 +87,7 @@ type Hub struct {
 	baseCtx context.Context
 	stop    context.CancelFunc
 	conns   sync.WaitGroup // one per live WebSocket connection, until its reader and writer are done
+	acks    ackLines       // WebSocket acks not yet applied, per API key (acks.go)
 
 	draining atomic.Bool
 	metrics  *metrics.Metrics

@@ -23,7 +23,9 @@ func (h *Hub) Drain(ctx context.Context) error {
 			Message: "Server is shutting down; reconnect", ReconnectAllowed: true})
 	}
 	done := make(chan struct{})
-	go func() { h.conns.Wait(); close(done) }()
+	// Acks the readers took are applied before the hub stops: a POS that
+	// acked before a graceful restart is not sent those messages again.
+	go func() { h.conns.Wait(); h.acks.running.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():

@@ -174,10 +174,11 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 	label = in.Action // a known action: decoding succeeded
 	switch body := in.Body.(type) {
 	case *protocol.ListTerminalsRequest:
+		h.waitAcks(c.ctx, c.merchantID, c.keyID)
 		c.sendNowJSON(protocol.TerminalsReply{Action: protocol.ActionTerminals, RequestID: in.RequestID, Terminals: h.Terminals(c.merchantID)})
 		return nil
 	case *protocol.AckRequest:
-		h.ack(c.ctx, c, in.RequestID, body.MessageID)
+		h.queueAck(c, in.RequestID, body.MessageID) // applied off the reader (acks.go)
 		return nil
 	}
 	replied := false
@@ -187,6 +188,7 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 			created := res.Created
 			reply.Created = &created
 		}
+		h.waitAcks(c.ctx, c.merchantID, c.keyID)
 		c.sendNowJSON(reply)
 		replied = true
 	}
@@ -200,6 +202,7 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 		if pe.Field == protocol.HeaderIdemKey {
 			pe = &protocol.Error{Code: pe.Code, Message: pe.Message, Field: "idempotencyKey"}
 		}
+		h.waitAcks(c.ctx, c.merchantID, c.keyID)
 		c.sendNowJSON(protocol.NewErrorReply(in.RequestID, pe))
 	case !replied:
 		answer(res)

@@ -1,0 +1,113 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+)
+
+// WebSocket acks are applied off the reader: a POS typically acks a result
+// and sends its next request at once, and that request's commit should not
+// wait behind the ack's Redis round trip; the two now run side by side.
+// Acks of one API key are still applied one at a time, in the order they
+// arrived, by a goroutine that exists only while some are queued.
+//
+// What a POS may conclude from the order of frames is kept:
+//   - Nothing the hub sends the POS after an ack leaves before the ack is
+//     stored: a reply to a later request, an error reply and a live message
+//     all wait for the key's queued acks (waitAcks). A POS that has seen
+//     anything after its ack can rely on the ack, even across a crash of
+//     the hub. (An ack applied off the reader with no such wait was tried
+//     and reverted: the model test found acknowledged messages sent again
+//     after a crash, to a POS that had seen a later reply.)
+//   - Nothing reads the key's outbox position (a replay, an HTTP event
+//     poll) while acks received before it are queued, so an acknowledged
+//     message is never delivered again because its ack was late.
+//   - A draining hub applies every queued ack before it stops.
+
+// ackLines holds the queued acks of every API key.
+type ackLines struct {
+	mu      sync.Mutex
+	lines   map[string]*ackLine // "<merchant>\x00<api key>" → its queue; guarded by mu
+	running sync.WaitGroup      // one per applyAcks goroutine, so Drain can wait for them
+}
+
+// ackLine is one API key's queued acks.
+type ackLine struct {
+	reqs    []ackReq      // oldest first
+	drained chan struct{} // made by a waiter, closed when reqs has emptied
+}
+
+// ackReq is one ack frame: where it came from and what it acknowledges.
+type ackReq struct {
+	c         *conn
+	requestID json.RawMessage
+	id        string
+}
+
+func ackLineKey(merchantID, keyID string) string { return merchantID + "\x00" + keyID }
+
+// queueAck queues a WebSocket ack of c's API key and returns at once.
+func (h *Hub) queueAck(c *conn, requestID json.RawMessage, id string) {
+	k := ackLineKey(c.merchantID, c.keyID)
+	h.acks.mu.Lock()
+	if h.acks.lines == nil {
+		h.acks.lines = map[string]*ackLine{}
+	}
+	l := h.acks.lines[k]
+	start := l == nil
+	if start {
+		l = &ackLine{}
+		h.acks.lines[k] = l
+		h.acks.running.Add(1)
+	}
+	l.reqs = append(l.reqs, ackReq{c: c, requestID: requestID, id: id})
+	h.acks.mu.Unlock()
+	if start {
+		go h.applyAcks(k, l)
+	}
+}
+
+// applyAcks applies l's acks in order until none is left. An ack's error
+// reply goes to the connection it came from, if it is still open.
+func (h *Hub) applyAcks(k string, l *ackLine) {
+	defer h.acks.running.Done()
+	for {
+		h.acks.mu.Lock()
+		if len(l.reqs) == 0 {
+			delete(h.acks.lines, k)
+			if l.drained != nil {
+				close(l.drained)
+			}
+			h.acks.mu.Unlock()
+			return
+		}
+		r := l.reqs[0]
+		l.reqs[0] = ackReq{}
+		l.reqs = l.reqs[1:]
+		h.acks.mu.Unlock()
+		// Not the connection's context: an ack that arrived is applied even
+		// if its connection has closed since.
+		h.ack(context.WithoutCancel(r.c.ctx), r.c, r.requestID, r.id)
+	}
+}
+
+// waitAcks returns once every ack of the API key queued so far has been
+// applied, or when ctx ends.
+func (h *Hub) waitAcks(ctx context.Context, merchantID, keyID string) {
+	h.acks.mu.Lock()
+	l := h.acks.lines[ackLineKey(merchantID, keyID)]
+	if l == nil {
+		h.acks.mu.Unlock()
+		return
+	}
+	if l.drained == nil {
+		l.drained = make(chan struct{})
+	}
+	drained := l.drained
+	h.acks.mu.Unlock()
+	select {
+	case <-drained:
+	case <-ctx.Done():
+	}
+}
