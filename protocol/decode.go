@@ -68,15 +68,18 @@ func decode(data []byte, types map[string]func() Validator) (Inbound, error) {
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return in, Invalid("", "message must be a JSON object")
 	}
-	var env envelope
-	if err := json.Unmarshal(trimmed, &env); err != nil {
-		return in, Invalid("", "message must be a JSON object")
+	env, ok := scanEnvelope(trimmed)
+	if !ok {
+		env = envelope{}
+		if err := json.Unmarshal(trimmed, &env); err != nil {
+			return in, Invalid("", "message must be a JSON object")
+		}
 	}
 	in.RequestID = env.RequestID
 	if len(env.Action) == 0 || string(env.Action) == "null" {
 		return in, Invalid("action", "is required")
 	}
-	if err := json.Unmarshal(env.Action, &in.Action); err != nil {
+	if in.Action, ok = actionString(env.Action); !ok {
 		return in, Invalid("action", "must be a string")
 	}
 	newBody, ok := types[in.Action]
