@@ -15,18 +15,20 @@ import (
 // clients (Get, List) never use it.
 type txnCache struct {
 	mu sync.Mutex
-	m  map[string]*Txn // "<merchant>|<id>" → private copy; guarded by mu
+	m  map[cacheKey]*Txn // private copies; guarded by mu
 }
 
 // maxCached bounds the cache; past it, it starts again empty.
 const maxCached = 50_000
 
-func cacheKey(merchantID, id string) string { return merchantID + "|" + id }
+// cacheKey names a transaction or a device in a cache: a struct, so that a
+// lookup builds no string.
+type cacheKey struct{ merchantID, id string }
 
 func (c *txnCache) get(merchantID, id string) *Txn {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if t := c.m[cacheKey(merchantID, id)]; t != nil {
+	if t := c.m[cacheKey{merchantID, id}]; t != nil {
 		return t.Clone()
 	}
 	return nil
@@ -36,13 +38,13 @@ func (c *txnCache) get(merchantID, id string) *Txn {
 func (c *txnCache) put(t *Txn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	k := cacheKey(t.MerchantID, t.ID)
+	k := cacheKey{t.MerchantID, t.ID}
 	if !t.HasOpenCommands() {
 		delete(c.m, k)
 		return
 	}
 	if c.m == nil || len(c.m) >= maxCached {
-		c.m = make(map[string]*Txn)
+		c.m = make(map[cacheKey]*Txn)
 	}
 	c.m[k] = t.Clone()
 }
@@ -50,7 +52,7 @@ func (c *txnCache) put(t *Txn) {
 func (c *txnCache) forget(merchantID, id string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.m, cacheKey(merchantID, id))
+	delete(c.m, cacheKey{merchantID, id})
 }
 
 // loadForUpdate returns a private copy of the transaction, from the cache
@@ -108,14 +110,14 @@ func (t *Txn) Clone() *Txn {
 // decision.
 type currentCache struct {
 	mu sync.Mutex
-	m  map[string]string // "<merchant>|<device>" → transaction id or ""; guarded by mu
+	m  map[cacheKey]string // by merchant and device: transaction id or ""; guarded by mu
 }
 
 // get returns the remembered current transaction and whether there is one.
 func (c *currentCache) get(merchantID, deviceID string) (string, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	id, ok := c.m[cacheKey(merchantID, deviceID)]
+	id, ok := c.m[cacheKey{merchantID, deviceID}]
 	return id, ok
 }
 
@@ -124,9 +126,9 @@ func (c *currentCache) set(merchantID, deviceID, id string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil || len(c.m) >= maxCached {
-		c.m = make(map[string]string)
+		c.m = make(map[cacheKey]string)
 	}
-	c.m[cacheKey(merchantID, deviceID)] = id
+	c.m[cacheKey{merchantID, deviceID}] = id
 }
 
 // cleared records that id stopped being the device's current transaction
@@ -134,7 +136,7 @@ func (c *currentCache) set(merchantID, deviceID, id string) {
 func (c *currentCache) cleared(merchantID, deviceID, id string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	k := cacheKey(merchantID, deviceID)
+	k := cacheKey{merchantID, deviceID}
 	if cur, ok := c.m[k]; ok && cur == id {
 		c.m[k] = ""
 	}
@@ -144,7 +146,7 @@ func (c *currentCache) cleared(merchantID, deviceID, id string) {
 func (c *currentCache) forget(merchantID, deviceID string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.m, cacheKey(merchantID, deviceID))
+	delete(c.m, cacheKey{merchantID, deviceID})
 }
 
 // curChange is a staged change of a terminal's current-transaction key.

@@ -276,13 +276,19 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 	}
 	// xadd ids come back in staging order; outbox entries were staged per
 	// key in p.order's interleaving, so walk c.xadds to assign them.
-	next := map[string]int{}
-	for i, streamKey := range c.xadds {
-		for _, k := range p.order {
-			if e.store.keys.Outbox(merchantID, k) == streamKey {
-				p.msgs[k][next[k]].ID = ids[i]
-				next[k]++
-				break
+	if len(c.xadds) > 0 {
+		outboxes := make([]string, len(p.order)) // the stream of each key, built once
+		for j, k := range p.order {
+			outboxes[j] = e.store.keys.Outbox(merchantID, k)
+		}
+		next := make([]int, len(p.order))
+		for i, streamKey := range c.xadds {
+			for j, k := range p.order {
+				if outboxes[j] == streamKey {
+					p.msgs[k][next[j]].ID = ids[i]
+					next[j]++
+					break
+				}
 			}
 		}
 	}
