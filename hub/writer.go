@@ -74,22 +74,25 @@ func (c *conn) enqueue(frame []byte) {
 
 // sendJSON marshals v and queues it.
 func (c *conn) sendJSON(v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		c.log.Error().Err(err).Msg("marshal outgoing message")
-		return
+	if b, ok := c.marshal(v); ok {
+		c.enqueue(b)
 	}
-	c.enqueue(b)
 }
 
 // sendNowJSON marshals v and sends it with send.
 func (c *conn) sendNowJSON(v any) {
+	if b, ok := c.marshal(v); ok {
+		c.send(b)
+	}
+}
+
+func (c *conn) marshal(v any) ([]byte, bool) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		c.log.Error().Err(err).Msg("marshal outgoing message")
-		return
+		return nil, false
 	}
-	c.send(b)
+	return b, true
 }
 
 // send is enqueue for the hot paths: when nothing is queued and no writer
