@@ -125,7 +125,12 @@ func (c *conn) protect(f func()) {
 func (c *conn) write(frame []byte) error {
 	ctx, cancel := context.WithTimeout(c.ctx, c.h.opts.WriteTimeout)
 	defer cancel()
-	return c.ws.Write(ctx, websocket.MessageText, frame)
+	if err := c.ws.Write(ctx, websocket.MessageText, frame); err != nil {
+		return err
+	}
+	// The socket's writes do not wait (spill.go): what it could not take
+	// yet is written now, within the write timeout.
+	return c.spill.flushTail(c.h.opts.WriteTimeout)
 }
 
 // finish sends the forceDisconnect of d and closes the socket with its code.

@@ -67,6 +67,7 @@ func (w hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	sc := newSpillConn(nc) // lets send write frames without blocking (spill.go)
 	nc = sc
 	if w.conn != nil {
+		sc.onTail = w.conn.tailed
 		w.conn.spill = sc
 	}
 	n := brw.Reader.Buffered()

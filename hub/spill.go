@@ -9,22 +9,29 @@ import (
 	"time"
 )
 
-// spillConn is the net.Conn under an upgraded WebSocket. It lets the
-// caller of send write a frame itself without ever blocking on the peer:
-// while nonblocking is set, a write that the socket cannot take at once
-// (its kernel buffer is full: the peer is not reading) keeps the rest of
-// its bytes as a tail and reports them written; the connection's writer
-// goroutine then writes the tail, blocking as any writer does. Every other
-// write first writes the tail, so the bytes of every frame reach the socket
-// whole and in order, whichever goroutine wrote them.
+// spillConn is the net.Conn under an upgraded WebSocket. Its writes never
+// wait for the peer: each one writes what the socket takes at once and
+// keeps the rest as a tail (the socket's kernel buffer is full when the
+// peer is not reading), reports everything written, and tells its
+// connection (onTail), whose writer goroutine then writes the tail with a
+// deadline (flushTail). A later write tries the tail first and adds to it
+// while any is left, so the bytes of every frame reach the socket whole and
+// in order, whichever goroutine wrote them: the connection's writer, a
+// caller of send, or coder/websocket itself (pings, pongs, the close
+// frame). So no goroutine ever blocks on a peer inside coder/websocket's
+// frame lock, and a caller of send can never be held by a heartbeat ping
+// stuck on a full socket.
+//
+// Without onTail, or on a connection without a file descriptor, writes
+// block as on the net.Conn underneath.
 type spillConn struct {
 	net.Conn
-	raw syscall.RawConn // nil when the connection has no file descriptor: never nonblocking
+	raw    syscall.RawConn // nil when the connection has no file descriptor
+	onTail func()          // called, outside mu, after a write left a tail; set before the first write
 
-	mu          sync.Mutex
-	nonblocking bool   // guarded by mu
-	tail        []byte // bytes taken but not yet written; guarded by mu
-	pending     atomic.Bool
+	mu      sync.Mutex
+	tail    []byte // bytes taken but not yet written; guarded by mu
+	pending atomic.Bool
 }
 
 // newSpillConn wraps nc.
@@ -38,33 +45,23 @@ func newSpillConn(nc net.Conn) *spillConn {
 	return s
 }
 
-// canSpill reports whether writes can be made nonblocking.
-func (s *spillConn) canSpill() bool { return s != nil && s.raw != nil }
-
-// setNonblocking switches the nonblocking mode of the writes that follow.
-func (s *spillConn) setNonblocking(on bool) {
-	s.mu.Lock()
-	s.nonblocking = on
-	s.mu.Unlock()
-}
+// canSpill reports whether writes are nonblocking.
+func (s *spillConn) canSpill() bool { return s != nil && s.raw != nil && s.onTail != nil }
 
 // hasTail reports whether bytes are waiting to be written.
 func (s *spillConn) hasTail() bool { return s != nil && s.pending.Load() }
 
-// Write writes p: in nonblocking mode what the socket takes now, keeping
-// the rest; otherwise all of it, after the tail.
+// Write writes p: what the socket takes now, keeping the rest (see
+// spillConn); when writes cannot spill, all of it, blocking.
 func (s *spillConn) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.nonblocking {
-		if err := s.writeTailLocked(); err != nil {
-			return 0, err
-		}
+	if !s.canSpill() {
 		return s.Conn.Write(p)
 	}
+	s.mu.Lock()
 	if len(s.tail) > 0 {
 		n, err := s.tryWrite(s.tail)
 		if err != nil {
+			s.mu.Unlock()
 			return 0, err
 		}
 		s.keepTailLocked(s.tail[n:])
@@ -73,12 +70,18 @@ func (s *spillConn) Write(p []byte) (int, error) {
 	if len(s.tail) == 0 {
 		n, err := s.tryWrite(p)
 		if err != nil {
+			s.mu.Unlock()
 			return n, err
 		}
 		rest = p[n:]
 	}
 	if len(rest) > 0 {
 		s.keepTailLocked(append(s.tail, rest...))
+	}
+	left := len(s.tail) > 0
+	s.mu.Unlock()
+	if left {
+		s.onTail()
 	}
 	return len(p), nil
 }
@@ -93,8 +96,12 @@ func (s *spillConn) keepTailLocked(t []byte) {
 	s.pending.Store(len(s.tail) > 0)
 }
 
-// flushTail writes the tail, failing after d (the peer does not read).
+// flushTail writes the tail, blocking, and fails after d (the peer does
+// not read; the caller then closes the connection).
 func (s *spillConn) flushTail(d time.Duration) error {
+	if !s.hasTail() {
+		return nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.tail) == 0 {
@@ -103,20 +110,11 @@ func (s *spillConn) flushTail(d time.Duration) error {
 	if err := s.Conn.SetWriteDeadline(time.Now().Add(d)); err != nil {
 		return err
 	}
-	err := s.writeTailLocked()
+	n, err := s.Conn.Write(s.tail)
+	s.keepTailLocked(s.tail[n:])
 	if derr := s.Conn.SetWriteDeadline(time.Time{}); err == nil {
 		err = derr
 	}
-	return err
-}
-
-// writeTailLocked writes the whole tail, blocking.
-func (s *spillConn) writeTailLocked() error {
-	if len(s.tail) == 0 {
-		return nil
-	}
-	n, err := s.Conn.Write(s.tail)
-	s.keepTailLocked(s.tail[n:])
 	return err
 }
 

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
@@ -36,19 +39,20 @@ func tcpPair(t *testing.T) (server, client net.Conn) {
 	return server, client
 }
 
-// TestSpillConnNeverBlocksAndKeepsOrder fills a socket whose peer does not
-// read with nonblocking writes (none may wait), then writes once more
-// blocking, and checks that the peer gets every byte, in order, once the
-// tail is flushed.
-func TestSpillConnNeverBlocksAndKeepsOrder(t *testing.T) {
-	server, client := tcpPair(t)
+// spilling wraps server in a spillConn whose onTail counts its calls.
+func spilling(server net.Conn) (*spillConn, *atomic.Int32) {
+	var tails atomic.Int32
 	s := newSpillConn(server)
-	if !s.canSpill() {
-		t.Fatal("a TCP connection should allow nonblocking writes")
-	}
-	var want bytes.Buffer
+	s.onTail = func() { tails.Add(1) }
+	return s, &tails
+}
+
+// fill writes 64 KiB chunks to s, whose peer does not read, until one is
+// left as a tail; it returns what it wrote. None of the writes may wait
+// (were one to, the test would hang: nothing reads yet).
+func fill(t *testing.T, s *spillConn, want *bytes.Buffer) {
+	t.Helper()
 	chunk := make([]byte, 64<<10)
-	s.setNonblocking(true)
 	for i := 0; !s.hasTail(); i++ {
 		if i == 4096 { // 256 MiB: far more than loopback's buffers hold
 			t.Fatal("the socket never filled")
@@ -56,36 +60,53 @@ func TestSpillConnNeverBlocksAndKeepsOrder(t *testing.T) {
 		for j := range chunk {
 			chunk[j] = byte(i + j)
 		}
-		// A nonblocking Write that waited for the reader would hang here:
-		// nothing reads yet.
 		n, err := s.Write(chunk)
 		if err != nil || n != len(chunk) {
-			t.Fatalf("nonblocking write %d: %d, %v", i, n, err)
+			t.Fatalf("write %d: %d, %v", i, n, err)
 		}
 		want.Write(chunk)
 	}
-	// One more nonblocking write with a tail waiting goes behind it.
-	if _, err := s.Write([]byte("behind the tail|")); err != nil {
-		t.Fatal(err)
+}
+
+// TestSpillConnNeverBlocksAndKeepsOrder fills a socket whose peer does not
+// read (no write may wait), writes more behind the tail, and checks that
+// the peer gets every byte, in order, once the tail is flushed.
+func TestSpillConnNeverBlocksAndKeepsOrder(t *testing.T) {
+	server, client := tcpPair(t)
+	s, tails := spilling(server)
+	if !s.canSpill() {
+		t.Fatal("a TCP connection with onTail should spill")
 	}
-	want.WriteString("behind the tail|")
-	s.setNonblocking(false)
+	var want bytes.Buffer
+	fill(t, s, &want)
+	if tails.Load() == 0 {
+		t.Fatal("a write left a tail and did not call onTail")
+	}
+	// More writes with a tail waiting go behind it, still without waiting.
+	for _, p := range []string{"behind the tail|", "and this|"} {
+		if _, err := s.Write([]byte(p)); err != nil {
+			t.Fatal(err)
+		}
+		want.WriteString(p)
+	}
 
 	got := make(chan []byte, 1)
 	go func() {
 		b, _ := io.ReadAll(client)
 		got <- b
 	}()
-	// A blocking write writes the tail first.
+	if err := s.flushTail(5 * time.Second); err != nil {
+		t.Fatalf("flushTail with a reading peer: %v", err)
+	}
+	if s.hasTail() {
+		t.Fatal("flushTail left a tail")
+	}
 	if _, err := s.Write([]byte("last")); err != nil {
 		t.Fatal(err)
 	}
 	want.WriteString("last")
-	if s.hasTail() {
-		t.Fatal("a blocking write left a tail")
-	}
-	if err := s.flushTail(time.Second); err != nil {
-		t.Fatalf("flushing no tail: %v", err)
+	if err := s.flushTail(5 * time.Second); err != nil { // "last" may have spilled too
+		t.Fatal(err)
 	}
 	_ = server.(*net.TCPConn).CloseWrite()
 	b := <-got
@@ -98,35 +119,70 @@ func TestSpillConnNeverBlocksAndKeepsOrder(t *testing.T) {
 // after the deadline instead of blocking its writer for good.
 func TestSpillConnFlushTailGivesUp(t *testing.T) {
 	server, _ := tcpPair(t)
-	s := newSpillConn(server)
-	s.setNonblocking(true)
-	chunk := make([]byte, 64<<10)
-	for i := 0; !s.hasTail(); i++ {
-		if i == 4096 {
-			t.Fatal("the socket never filled")
-		}
-		if _, err := s.Write(chunk); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s.setNonblocking(false)
+	s, _ := spilling(server)
+	var sink bytes.Buffer
+	fill(t, s, &sink)
 	err := s.flushTail(50 * time.Millisecond)
 	if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
 		t.Fatalf("flushTail to a peer that does not read: %v, want a timeout", err)
 	}
 }
 
-// TestSpillConnWithoutDescriptor: a connection with no file descriptor
-// (net.Pipe) is never written nonblocking, so send falls back to the queue.
-func TestSpillConnWithoutDescriptor(t *testing.T) {
+// TestSpillConnWithoutFlusher: with no onTail, or no file descriptor
+// (net.Pipe), writes block as on the connection underneath, so nothing is
+// ever left for a writer that does not exist; send then uses the queue.
+func TestSpillConnWithoutFlusher(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	if newSpillConn(a).canSpill() {
+	p := newSpillConn(a)
+	p.onTail = func() {}
+	if p.canSpill() {
 		t.Fatal("net.Pipe has no descriptor to write nonblocking")
 	}
+	server, _ := tcpPair(t)
+	if newSpillConn(server).canSpill() {
+		t.Fatal("without onTail no one would write a tail: writes must block")
+	}
 	var nilSpill *spillConn
-	if nilSpill.canSpill() || nilSpill.hasTail() {
+	if nilSpill.canSpill() || nilSpill.hasTail() || nilSpill.flushTail(time.Second) != nil {
 		t.Fatal("a connection without a spillConn must use the queue")
 	}
+	done := make(chan error, 1)
+	go func() { _, err := p.Write([]byte("blocking")); done <- err }()
+	buf := make([]byte, 8)
+	if _, err := io.ReadFull(b, buf); err != nil || string(buf) != "blocking" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTailWithoutWriterIsFlushed: bytes left by a write from outside the
+// writer (coder/websocket's pings and pongs write from the heartbeat and
+// the reader) start a writer, which writes them and ends.
+func TestTailWithoutWriterIsFlushed(t *testing.T) {
+	h := New(Options{Logger: zerolog.Nop()})
+	t.Cleanup(h.stop)
+	c := h.newConn(nil, KindTerminal, "m1", "", "T1")
+	server, client := tcpPair(t)
+	c.spill = newSpillConn(server)
+	c.spill.onTail = c.tailed
+	var want bytes.Buffer
+	fill(t, c.spill, &want)
+	within(t, "a writer to start for the tail", func() bool {
+		c.wmu.Lock()
+		defer c.wmu.Unlock()
+		return c.writing
+	})
+	got := make([]byte, want.Len())
+	if _, err := io.ReadFull(client, got); err != nil || !bytes.Equal(got, want.Bytes()) {
+		t.Fatalf("peer read %v; got the bytes in order: %v", err, bytes.Equal(got, want.Bytes()))
+	}
+	within(t, "the writer to end once the tail is written", func() bool {
+		c.wmu.Lock()
+		defer c.wmu.Unlock()
+		return !c.writing && !c.spill.hasTail()
+	})
 }

@@ -114,12 +114,9 @@ func (c *conn) send(frame []byte) {
 	}
 	c.writing = true
 	c.wmu.Unlock()
-	c.spill.setNonblocking(true)
 	// c.ctx, not a timeout: the write cannot wait for the peer, and a
 	// context without a deadline spares a timer per frame.
-	err := c.ws.Write(c.ctx, websocket.MessageText, frame)
-	c.spill.setNonblocking(false)
-	if err != nil {
+	if err := c.ws.Write(c.ctx, websocket.MessageText, frame); err != nil {
 		c.log.Debug().Err(err).Msg("write failed")
 		_ = c.ws.CloseNow()
 		c.endWriting()
@@ -195,6 +192,17 @@ func (c *conn) disconnectLocked(d *protocol.Disconnect) {
 	c.startWriterLocked()
 }
 
+// tailed is the spillConn's onTail: a write left bytes for the writer.
+// Whoever holds the writing role looks for a tail before giving it up, so a
+// writer is started only when none runs.
+func (c *conn) tailed() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if !c.ended {
+		c.startWriterLocked()
+	}
+}
+
 // startWriterLocked starts a writer unless one is running.
 func (c *conn) startWriterLocked() {
 	if !c.writing {
@@ -215,6 +223,19 @@ func (c *conn) writeQueued() {
 			c.endWriting()
 			return
 		}
+		if c.spill.hasTail() {
+			// Bytes a write could not finish (a frame of send's, a ping,
+			// a pong) go out first; checked under wmu before the writer
+			// may end, so a tail left meanwhile starts a writer (tailed).
+			c.wmu.Unlock()
+			if err := c.spill.flushTail(c.h.opts.WriteTimeout); err != nil {
+				c.log.Debug().Err(err).Msg("write failed")
+				_ = c.ws.CloseNow()
+				c.endWriting()
+				return
+			}
+			continue
+		}
 		if d := c.kick; d != nil {
 			c.wmu.Unlock()
 			c.kicked.Store(true)
@@ -224,17 +245,6 @@ func (c *conn) writeQueued() {
 			c.finish(d)
 			c.endWriting()
 			return
-		}
-		if len(c.out) == 0 && c.spill.hasTail() {
-			// A frame send could not finish: write its rest before ending.
-			c.wmu.Unlock()
-			if err := c.spill.flushTail(c.h.opts.WriteTimeout); err != nil {
-				c.log.Debug().Err(err).Msg("write failed")
-				_ = c.ws.CloseNow()
-				c.endWriting()
-				return
-			}
-			continue
 		}
 		if len(c.out) == 0 {
 			c.out = nil // let a drained queue's array go
