@@ -221,30 +221,34 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 		// payments each, the order swapped every round (hub, floor, floor,
 		// hub, ...), so that whatever else the machine does during the run
 		// falls on both alike and the ratios compare like with like.
-		rounds := max(min(o.Rounds, o.Payments), 1)
-		logf("latency and floor: %d sequential payments each, one POS and one terminal per server, in %d interleaved rounds", o.Payments, rounds)
-		hub, stopHub := prepare("latency", launchHub)
-		defer stopHub()
-		floor, stopFloor := prepare("floor", launchFloor)
-		defer stopFloor()
-		if hub == nil || floor == nil {
-			break
-		}
-		signal(hub, syscall.SIGUSR1)
-		for r := range rounds {
-			n := o.Payments/rounds + btoi(r < o.Payments%rounds)
-			if r%2 == 0 {
-				measure(hub, n)
-				measure(floor, n)
-			} else {
-				measure(floor, n)
-				measure(hub, n)
+		// A function of its own, so that both servers stop when this
+		// scenario ends rather than run on through the ones after it.
+		func() {
+			rounds := max(min(o.Rounds, o.Payments), 1)
+			logf("latency and floor: %d sequential payments each, one POS and one terminal per server, in %d interleaved rounds", o.Payments, rounds)
+			hub, stopHub := prepare("latency", launchHub)
+			defer stopHub()
+			floor, stopFloor := prepare("floor", launchFloor)
+			defer stopFloor()
+			if hub == nil || floor == nil {
+				return
 			}
-		}
-		signal(hub, syscall.SIGUSR2)
-		res.Latency = finish(hub, &res.LatencyCPU)
-		res.Floor = finish(floor, &res.FloorSeqCPU)
-		res.Interleaved = rounds
+			signal(hub, syscall.SIGUSR1)
+			for r := range rounds {
+				n := o.Payments/rounds + btoi(r < o.Payments%rounds)
+				if r%2 == 0 {
+					measure(hub, n)
+					measure(floor, n)
+				} else {
+					measure(floor, n)
+					measure(hub, n)
+				}
+			}
+			signal(hub, syscall.SIGUSR2)
+			res.Latency = finish(hub, &res.LatencyCPU)
+			res.Floor = finish(floor, &res.FloorSeqCPU)
+			res.Interleaved = rounds
+		}()
 	case o.Scenarios["latency"]:
 		logf("latency: %d sequential payments, one POS, one terminal, against the hub", o.Payments)
 		if hub, stop := prepare("latency", launchHub); hub != nil {

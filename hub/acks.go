@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"sync"
+	"time"
 )
 
 // WebSocket acks are applied off the reader: a POS typically acks a result
@@ -13,9 +14,12 @@ import (
 // arrived, by a goroutine that exists only while some are queued.
 //
 // What a POS may conclude from the order of frames is kept:
-//   - Nothing the hub sends the POS after an ack leaves before the ack is
-//     stored: a reply to a later request, an error reply and a live message
-//     all wait for the key's queued acks (waitAcks). A POS that has seen
+//   - Nothing the hub answers or delivers durably after an ack leaves
+//     before the ack is stored: a reply to a later request, an error reply
+//     and a durable message (live or held back during a replay) all wait
+//     for the key's acks queued before them (waitAcks). Pushes that are
+//     not durable (terminalStatusUpdate, a new connection's greeting) do
+//     not wait: they are sent with the hub's lock held. A POS that has seen
 //     anything after its ack can rely on the ack, even across a crash of
 //     the hub. (An ack applied off the reader with no such wait was tried
 //     and reverted: the model test found acknowledged messages sent again
@@ -34,8 +38,10 @@ type ackLines struct {
 
 // ackLine is one API key's queued acks.
 type ackLine struct {
-	reqs    []ackReq      // oldest first
-	drained chan struct{} // made by a waiter, closed when reqs has emptied
+	reqs     []ackReq      // oldest first
+	queued   uint64        // acks ever queued on this line
+	applied  uint64        // acks ever applied; the first applied of reqs is number applied+1
+	progress chan struct{} // made by a waiter, closed (and dropped) when an ack has been applied
 }
 
 // ackReq is one ack frame: where it came from and what it acknowledges.
@@ -62,11 +68,17 @@ func (h *Hub) queueAck(c *conn, requestID json.RawMessage, id string) {
 		h.acks.running.Add(1)
 	}
 	l.reqs = append(l.reqs, ackReq{c: c, requestID: requestID, id: id})
+	l.queued++
 	h.acks.mu.Unlock()
 	if start {
 		go h.applyAcks(k, l)
 	}
 }
+
+// ackTimeout bounds one ack's Redis work, so that a hung Redis holds the
+// waiters of an API key (waitAcks) for a bounded time; a timed-out ack is
+// answered like any failed one ("ack failed; send it again").
+const ackTimeout = 10 * time.Second
 
 // applyAcks applies l's acks in order until none is left. An ack's error
 // reply goes to the connection it came from, if it is still open.
@@ -76,9 +88,7 @@ func (h *Hub) applyAcks(k string, l *ackLine) {
 		h.acks.mu.Lock()
 		if len(l.reqs) == 0 {
 			delete(h.acks.lines, k)
-			if l.drained != nil {
-				close(l.drained)
-			}
+			l.wakeLocked()
 			h.acks.mu.Unlock()
 			return
 		}
@@ -88,26 +98,48 @@ func (h *Hub) applyAcks(k string, l *ackLine) {
 		h.acks.mu.Unlock()
 		// Not the connection's context: an ack that arrived is applied even
 		// if its connection has closed since.
-		h.ack(context.WithoutCancel(r.c.ctx), r.c, r.requestID, r.id)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.c.ctx), ackTimeout)
+		h.ack(ctx, r.c, r.requestID, r.id)
+		cancel()
+		h.acks.mu.Lock()
+		l.applied++
+		l.wakeLocked()
+		h.acks.mu.Unlock()
 	}
 }
 
-// waitAcks returns once every ack of the API key queued so far has been
-// applied, or when ctx ends.
+// wakeLocked wakes the waiters of l to look again.
+func (l *ackLine) wakeLocked() {
+	if l.progress != nil {
+		close(l.progress)
+		l.progress = nil
+	}
+}
+
+// waitAcks returns once every ack of the API key queued before the call has
+// been applied, or when ctx ends. Acks queued later do not hold it, so a
+// POS that keeps acking cannot starve a waiter.
 func (h *Hub) waitAcks(ctx context.Context, merchantID, keyID string) {
+	k := ackLineKey(merchantID, keyID)
 	h.acks.mu.Lock()
-	l := h.acks.lines[ackLineKey(merchantID, keyID)]
+	l := h.acks.lines[k]
 	if l == nil {
 		h.acks.mu.Unlock()
 		return
 	}
-	if l.drained == nil {
-		l.drained = make(chan struct{})
+	target := l.queued
+	for l.applied < target && h.acks.lines[k] == l {
+		if l.progress == nil {
+			l.progress = make(chan struct{})
+		}
+		progress := l.progress
+		h.acks.mu.Unlock()
+		select {
+		case <-progress:
+		case <-ctx.Done():
+			return
+		}
+		h.acks.mu.Lock()
 	}
-	drained := l.drained
 	h.acks.mu.Unlock()
-	select {
-	case <-drained:
-	case <-ctx.Done():
-	}
 }

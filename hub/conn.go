@@ -136,6 +136,7 @@ func (c *conn) write(frame []byte) error {
 // finish sends the forceDisconnect of d and closes the socket with its code.
 func (c *conn) finish(d *protocol.Disconnect) {
 	c.log.Info().Str("reason", d.Reason).Int("code", int(d.Code)).Bool("reconnectAllowed", d.ReconnectAllowed).Msg("disconnecting")
+	c.spill.blockWrites()
 	if d.Reason != "" {
 		if b, err := json.Marshal(d.Frame()); err == nil {
 			_ = c.write(b)

@@ -102,6 +102,9 @@ func (h *Hub) replay(c *conn) {
 }
 
 func (h *Hub) endReplay(c *conn) {
+	// The POS may have acked replayed messages meanwhile: what it is sent
+	// next waits for those acks, as in DeliverPOS.
+	h.waitAcks(c.ctx, c.merchantID, c.keyID)
 	c.dlv.mu.Lock()
 	defer c.dlv.mu.Unlock()
 	for _, m := range c.dlv.held {

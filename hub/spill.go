@@ -29,9 +29,10 @@ type spillConn struct {
 	raw    syscall.RawConn // nil when the connection has no file descriptor
 	onTail func()          // called, outside mu, after a write left a tail; set before the first write
 
-	mu      sync.Mutex
-	tail    []byte // bytes taken but not yet written; guarded by mu
-	pending atomic.Bool
+	mu       sync.Mutex
+	tail     []byte // bytes taken but not yet written; guarded by mu
+	pending  atomic.Bool
+	blocking atomic.Bool // set once the connection is being closed (blockWrites)
 }
 
 // newSpillConn wraps nc.
@@ -58,6 +59,17 @@ func (s *spillConn) Write(p []byte) (int, error) {
 		return s.Conn.Write(p)
 	}
 	s.mu.Lock()
+	if s.blocking.Load() {
+		defer s.mu.Unlock()
+		if len(s.tail) > 0 {
+			n, err := s.Conn.Write(s.tail)
+			s.keepTailLocked(s.tail[n:])
+			if err != nil {
+				return 0, err
+			}
+		}
+		return s.Conn.Write(p)
+	}
 	if len(s.tail) > 0 {
 		n, err := s.tryWrite(s.tail)
 		if err != nil {
@@ -84,6 +96,17 @@ func (s *spillConn) Write(p []byte) (int, error) {
 		s.onTail()
 	}
 	return len(p), nil
+}
+
+// blockWrites makes every later write block, after the tail, as on the
+// connection underneath. The writer calls it before it closes the
+// connection: no writer would be left to write a tail after coder/websocket
+// has written the close frame, which (with the forceDisconnect before it)
+// must reach the peer within the close's own timeout.
+func (s *spillConn) blockWrites() {
+	if s != nil {
+		s.blocking.Store(true)
+	}
 }
 
 // keepTailLocked makes t the tail (copied when it is not the tail already).

@@ -169,6 +169,7 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 	defer func() { h.observeFrame(KindPOS, start, label) }()
 	in, err := protocol.DecodePOS(data)
 	if err != nil {
+		h.waitAcks(c.ctx, c.merchantID, c.keyID) // its error reply follows the acks before it too
 		return h.replyDecodeError(c, in, err)
 	}
 	label = in.Action // a known action: decoding succeeded
