@@ -163,7 +163,8 @@ func (h *Hub) terminalDown(c *conn) {
 }
 
 // handlePOSFrame decodes and serves one POS frame. Frames of one connection
-// are served in order.
+// are served in order; an ack is applied beside the frames after it, which
+// answer only once it is stored (acks.go).
 func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 	start, label := time.Now(), "invalid"
 	defer func() { h.observeFrame(KindPOS, start, label) }()
