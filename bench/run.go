@@ -426,18 +426,13 @@ func (o *Options) cpu(ctx context.Context, ep Endpoint) cpuSample {
 // cpuAcc adds up the CPU time of several phases.
 type cpuAcc struct {
 	wall, server, redis, generator, machine time.Duration
-	known, machineKnown                     bool
-	phases                                  int
+	serverMissing, machineMissing           bool // some phase could not read it
 }
 
 // add adds the phase from b to s.
 func (a *cpuAcc) add(b, s cpuSample) {
-	if a.phases == 0 {
-		a.known, a.machineKnown = true, true
-	}
-	a.phases++
-	a.known = a.known && s.serverOK && b.serverOK
-	a.machineKnown = a.machineKnown && s.machine > 0 && b.machine > 0
+	a.serverMissing = a.serverMissing || !s.serverOK || !b.serverOK
+	a.machineMissing = a.machineMissing || s.machine <= 0 || b.machine <= 0
 	a.wall += s.at.Sub(b.at)
 	a.server += s.server - b.server
 	a.redis += s.redis - b.redis
@@ -448,11 +443,11 @@ func (a *cpuAcc) add(b, s cpuSample) {
 // share is the average use of the phases added.
 func (a *cpuAcc) share() CPUShare {
 	wall := a.wall.Seconds()
-	if wall <= 0 || !a.known {
+	if wall <= 0 || a.serverMissing {
 		return CPUShare{}
 	}
 	c := CPUShare{Known: true, Server: a.server.Seconds() / wall, Redis: a.redis.Seconds() / wall, Generator: a.generator.Seconds() / wall}
-	if a.machineKnown {
+	if !a.machineMissing {
 		c.Other = max(a.machine.Seconds()/wall-c.Server-c.Redis-c.Generator, 0)
 	}
 	return c

@@ -76,6 +76,19 @@ func ackedSale(t *testing.T, pos *client.Conn, term *client.Conn, ref string) st
 	return posEvent(t, pos, protocol.ActionPaymentComplete, id).MessageID
 }
 
+// holdAck sends pos's ack of id and returns once the hub's Redis client
+// holds its script, not yet applied, until the returned gate is opened.
+func holdAck(t *testing.T, e *env, pos *client.Conn, id string) *ackGate {
+	t.Helper()
+	gate := newAckGate()
+	e.Redis.Client.AddHook(gate)
+	if err := pos.Ack(ctx(t), id); err != nil {
+		t.Fatal(err)
+	}
+	<-gate.blocked
+	return gate
+}
+
 // An ack is applied off the reader, beside the POS's next request; but the
 // reply to that request waits for it, so a POS that has its reply can rely
 // on its ack being stored (even if the hub crashes right after).
@@ -84,13 +97,7 @@ func TestReplyWaitsForAckBeforeIt(t *testing.T) {
 	term := e.terminal("T1")
 	pos := e.pos("pk1")
 	done := ackedSale(t, pos, term, "ack-reply-1")
-
-	gate := newAckGate()
-	e.Redis.Client.AddHook(gate)
-	if err := pos.Ack(ctx(t), done); err != nil {
-		t.Fatal(err)
-	}
-	<-gate.blocked
+	gate := holdAck(t, e, pos, done)
 	send(t, pos, "listTerminals", map[string]any{"requestId": "after-the-ack"})
 	// While the ack is held no reply may come. (A correct hub never sends
 	// one, so this cannot fail spuriously; the window only bounds how long
@@ -119,14 +126,7 @@ func TestReplayWaitsForAcksStillBeingApplied(t *testing.T) {
 	e := newEnv(t)
 	term := e.terminal("T1")
 	pos := e.pos("pk1")
-	done := ackedSale(t, pos, term, "ack-gate-1")
-
-	gate := newAckGate()
-	e.Redis.Client.AddHook(gate)
-	if err := pos.Ack(ctx(t), done); err != nil {
-		t.Fatal(err)
-	}
-	<-gate.blocked
+	gate := holdAck(t, e, pos, ackedSale(t, pos, term, "ack-gate-1"))
 
 	// A reconnect now must not replay what was acked, even though the ack
 	// has not been applied when the new connection's replay starts.

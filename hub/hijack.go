@@ -63,20 +63,20 @@ func (w hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 			return nil, nil, err
 		}
 	}
-	raw := nc
-	sc := newSpillConn(nc) // lets send write frames without blocking (spill.go)
-	nc = sc
+	// Writes go through a spillConn, which never waits for the peer once
+	// the connection takes its tails (spill.go); reads go straight to nc.
+	sc := newSpillConn(nc)
 	if w.conn != nil {
 		sc.onTail = w.conn.tailed
 		w.conn.spill = sc
 	}
 	n := brw.Reader.Buffered()
 	if n == 0 {
-		return nc, bufio.NewReadWriter(bufio.NewReaderSize(raw, wsReadBuffer), bufio.NewWriterSize(nc, w.writeBuffer)), nil
+		return sc, bufio.NewReadWriter(bufio.NewReaderSize(nc, wsReadBuffer), bufio.NewWriterSize(sc, w.writeBuffer)), nil
 	}
 	early, _ := brw.Reader.Peek(n) // cannot fail: n bytes are buffered
 	early = bytes.Clone(early)     // a copy, so that net/http's 4 KiB buffer can go
-	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(early), raw), max(wsReadBuffer, n))
+	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(early), nc), max(wsReadBuffer, n))
 	// Load the early bytes into br's buffer (one read of the bytes.Reader,
 	// so it never waits for the network): coder/websocket takes what
 	// Buffered reports and then resets the reader onto the net.Conn, as it
@@ -85,5 +85,5 @@ func (w hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		_ = nc.Close()
 		return nil, nil, err
 	}
-	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(nc, w.writeBuffer)), nil
+	return sc, bufio.NewReadWriter(br, bufio.NewWriterSize(sc, w.writeBuffer)), nil
 }

@@ -61,12 +61,8 @@ func (s *spillConn) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	if s.blocking.Load() {
 		defer s.mu.Unlock()
-		if len(s.tail) > 0 {
-			n, err := s.Conn.Write(s.tail)
-			s.keepTailLocked(s.tail[n:])
-			if err != nil {
-				return 0, err
-			}
+		if err := s.writeTailLocked(); err != nil {
+			return 0, err
 		}
 		return s.Conn.Write(p)
 	}
@@ -88,7 +84,7 @@ func (s *spillConn) Write(p []byte) (int, error) {
 		rest = p[n:]
 	}
 	if len(rest) > 0 {
-		s.keepTailLocked(append(s.tail, rest...))
+		s.keepTailLocked(append(s.tail, rest...)) // a copy: p is the caller's
 	}
 	left := len(s.tail) > 0
 	s.mu.Unlock()
@@ -109,14 +105,23 @@ func (s *spillConn) blockWrites() {
 	}
 }
 
-// keepTailLocked makes t the tail (copied when it is not the tail already).
+// keepTailLocked makes t, which the spillConn owns, the tail.
 func (s *spillConn) keepTailLocked(t []byte) {
 	if len(t) == 0 {
-		s.tail = nil
-	} else {
-		s.tail = append([]byte(nil), t...)
+		t = nil // let a written tail's array go
 	}
-	s.pending.Store(len(s.tail) > 0)
+	s.tail = t
+	s.pending.Store(len(t) > 0)
+}
+
+// writeTailLocked writes the tail, blocking.
+func (s *spillConn) writeTailLocked() error {
+	if len(s.tail) == 0 {
+		return nil
+	}
+	n, err := s.Conn.Write(s.tail)
+	s.keepTailLocked(s.tail[n:])
+	return err
 }
 
 // flushTail writes the tail, blocking, and fails after d (the peer does
@@ -127,14 +132,10 @@ func (s *spillConn) flushTail(d time.Duration) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.tail) == 0 {
-		return nil
-	}
 	if err := s.Conn.SetWriteDeadline(time.Now().Add(d)); err != nil {
 		return err
 	}
-	n, err := s.Conn.Write(s.tail)
-	s.keepTailLocked(s.tail[n:])
+	err := s.writeTailLocked()
 	if derr := s.Conn.SetWriteDeadline(time.Time{}); err == nil {
 		err = derr
 	}

@@ -170,14 +170,12 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 	defer func() { h.observeFrame(KindPOS, start, label) }()
 	in, err := protocol.DecodePOS(data)
 	if err != nil {
-		h.waitAcks(c.ctx, c.merchantID, c.keyID) // its error reply follows the acks before it too
 		return h.replyDecodeError(c, in, err)
 	}
 	label = in.Action // a known action: decoding succeeded
 	switch body := in.Body.(type) {
 	case *protocol.ListTerminalsRequest:
-		h.waitAcks(c.ctx, c.merchantID, c.keyID)
-		c.sendNowJSON(protocol.TerminalsReply{Action: protocol.ActionTerminals, RequestID: in.RequestID, Terminals: h.Terminals(c.merchantID)})
+		h.reply(c, protocol.TerminalsReply{Action: protocol.ActionTerminals, RequestID: in.RequestID, Terminals: h.Terminals(c.merchantID)})
 		return nil
 	case *protocol.AckRequest:
 		h.queueAck(c, in.RequestID, body.MessageID) // applied off the reader (acks.go)
@@ -190,8 +188,7 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 			created := res.Created
 			reply.Created = &created
 		}
-		h.waitAcks(c.ctx, c.merchantID, c.keyID)
-		c.sendNowJSON(reply)
+		h.reply(c, reply)
 		replied = true
 	}
 	// The reply goes out between the commit and the delivery of what it
@@ -204,12 +201,22 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 		if pe.Field == protocol.HeaderIdemKey {
 			pe = &protocol.Error{Code: pe.Code, Message: pe.Message, Field: "idempotencyKey"}
 		}
-		h.waitAcks(c.ctx, c.merchantID, c.keyID)
-		c.sendNowJSON(protocol.NewErrorReply(in.RequestID, pe))
+		h.reply(c, protocol.NewErrorReply(in.RequestID, pe))
 	case !replied:
 		answer(res)
 	}
 	return nil
+}
+
+// reply answers a frame of c. A POS's reply first waits for the acks it
+// sent before (acks.go), so a POS that has its answer can rely on them.
+// (The replies to acks themselves, sent by the ack goroutine, do not come
+// here: they would wait for themselves.)
+func (h *Hub) reply(c *conn, v any) {
+	if c.kind == KindPOS {
+		h.waitAcks(c.ctx, c.merchantID, c.keyID)
+	}
+	c.sendNowJSON(v)
 }
 
 // idempotencyKeyOf returns the idempotencyKey field of a WebSocket request.
@@ -241,11 +248,11 @@ func (h *Hub) handleTerminalFrame(c *conn, data []byte) error {
 	}
 	label = in.Action // a known action: decoding succeeded
 	if h.opts.Engine == nil {
-		c.sendNowJSON(protocol.NewErrorReply(in.RequestID, errUnavailable))
+		h.reply(c, protocol.NewErrorReply(in.RequestID, errUnavailable))
 		return nil
 	}
 	if err := h.opts.Engine.TerminalEvent(c.ctx, c.merchantID, c.deviceID, in.Body); err != nil {
-		c.sendNowJSON(protocol.NewErrorReply(in.RequestID, h.clientError(err, c.log)))
+		h.reply(c, protocol.NewErrorReply(in.RequestID, h.clientError(err, c.log)))
 	}
 	return nil
 }
@@ -256,7 +263,7 @@ func (h *Hub) replyDecodeError(c *conn, in protocol.Inbound, err error) error {
 	var pe *protocol.Error
 	if errors.As(err, &pe) {
 		c.log.Debug().Str("code", string(pe.Code)).Str("field", pe.Field).Msg("bad request")
-		c.sendNowJSON(protocol.NewErrorReply(in.RequestID, pe))
+		h.reply(c, protocol.NewErrorReply(in.RequestID, pe))
 		return nil
 	}
 	return err
