@@ -467,7 +467,7 @@ func (p *posCLI) follow(ctx context.Context, s *posStream, id string) error {
 		}
 		st := ev.Transaction.Status
 		if ev.Action == protocol.ActionPaymentComplete || ev.Action == protocol.ActionPaymentVoided || st == protocol.StatusAuthorized {
-			if err := s.ack(ev.MessageID); err != nil {
+			if err := s.ackStored(ctx, ev.MessageID); err != nil {
 				return fmt.Errorf("pos: acking %s: %w", ev.MessageID, err)
 			}
 			if !p.args.JSON {
@@ -750,6 +750,52 @@ func (s *posStream) ack(messageID string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return c.Ack(ctx, messageID)
+}
+
+// ackStored acknowledges messageID and returns once the hub has stored the
+// ack, so that a command that exits right after cannot leave it in flight.
+// The hub applies an ack beside the frames after it but answers those only
+// once it is stored (docs/protocol.md), so the reply to a listTerminals
+// sent on the same connection right after is the confirmation; an error
+// reply to the ack (an unknown id, a failed store) comes before it.
+func (s *posStream) ackStored(ctx context.Context, messageID string) error {
+	s.mu.Lock()
+	c := s.conn
+	s.mu.Unlock()
+	if c == nil {
+		return errors.New("not connected")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	// Writes use a context of their own: one that ends closes the WebSocket.
+	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer wcancel()
+	confirm := "ack-" + messageID
+	if err := c.Ack(wctx, messageID); err != nil {
+		return err
+	}
+	if err := c.SendAction(wctx, protocol.ActionListTerminals, confirm, struct{}{}); err != nil {
+		return err
+	}
+	for {
+		m, err := s.next(ctx)
+		if err != nil {
+			return fmt.Errorf("not confirmed (it may be replayed): %w", err)
+		}
+		var r struct {
+			RequestID string `json:"requestId"`
+		}
+		_ = m.Decode(&r)
+		switch {
+		case m.Action == protocol.ActionError && r.RequestID == "": // the ack's own error reply
+			if e := m.Err(); e != nil {
+				return e
+			}
+			return errors.New("the hub refused the ack")
+		case m.Action == protocol.ActionTerminals && r.RequestID == confirm:
+			return nil
+		}
+	}
 }
 
 // close ends the stream (the Reconnector closes the connection normally)
