@@ -22,7 +22,9 @@ type Engine interface {
 	Act(ctx context.Context, in session.ActInput) (session.Result, error)
 	Get(ctx context.Context, merchantID, id string) (*protocol.Transaction, error)
 	List(ctx context.Context, merchantID string, f session.Filter) (session.Page, error)
-	TerminalEvent(ctx context.Context, merchantID, deviceID string, body any) error
+	// TerminalEvents applies a terminal's messages in order and calls
+	// refused, in order too, for each one that was not applied.
+	TerminalEvents(ctx context.Context, merchantID, deviceID string, bodies []any, refused func(i int, err error))
 	TerminalConnected(ctx context.Context, merchantID, deviceID, connID string) ([]any, error)
 	TerminalDropped(ctx context.Context, merchantID, deviceID string, graceUntil time.Time) error
 	Current(ctx context.Context, merchantID string, devices []string) (map[string]string, error)

@@ -1,7 +1,9 @@
 package hub
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
@@ -61,6 +63,14 @@ type conn struct {
 	done    chan struct{}        // made by waitWritten, closed when writing has ended; guarded by wmu
 
 	spill *spillConn // the socket, set by the upgrade; nil in tests that upgrade otherwise
+
+	// The WebSocket's read buffer, set by the upgrade (nil in tests that
+	// upgrade otherwise): a terminal's reader looks in it for frames that
+	// arrived together, to serve them together (readLoop). rbufMu keeps the
+	// look apart from the close handshake, which reads the buffer from
+	// finish's goroutine.
+	rbufMu sync.Mutex
+	rbuf   *bufio.Reader
 
 	dlv *posDelivery // POS only (nil for a terminal): outbox replay and live delivery
 
@@ -142,8 +152,11 @@ func (c *conn) finish(d *protocol.Disconnect) {
 			_ = c.write(b)
 		}
 	}
-	// Close waits for the peer's close frame for up to 5 s; do it without
-	// holding anything so that a dead peer costs only this goroutine.
+	// Close waits for the peer's close frame for up to 5 s; do it holding
+	// nothing but rbufMu (Close reads the read buffer), which the reader
+	// takes only between frames, so a dead peer costs only this goroutine.
+	c.rbufMu.Lock()
+	defer c.rbufMu.Unlock()
 	_ = c.ws.Close(websocket.StatusCode(d.Code), closeText(d))
 }
 
@@ -158,39 +171,105 @@ func closeText(d *protocol.Disconnect) string {
 	return t
 }
 
-// readLoop reads frames and hands each to handle until the connection ends.
-// Frames over 64 KiB and non-text or non-JSON frames close the connection with
-// 4400; handle reports the latter by returning protocol.ErrNotJSON.
-func (c *conn) readLoop(handle func(data []byte) error) {
+// maxBatch is the most frames a terminal's reader serves together.
+const maxBatch = 8
+
+// readLoop reads frames and hands them to handle until the connection ends:
+// one at a time, except that a terminal's frames that arrived together
+// (every complete text frame already in the read buffer behind the one
+// read, up to maxBatch) are handed over together, so that they can be
+// committed together. Frames over 64 KiB and non-text or non-JSON frames
+// close the connection with 4400; handle reports the latter by returning
+// protocol.ErrNotJSON.
+func (c *conn) readLoop(handle func(frames [][]byte) error) {
+	var batch [][]byte
 	for {
-		typ, r, err := c.ws.Reader(c.ctx)
-		if err != nil {
-			if !errors.Is(err, context.Canceled) {
-				c.log.Debug().Err(err).Msg("read ended")
-			}
-			return
-		}
-		data, err := io.ReadAll(io.LimitReader(r, protocol.MaxFrameBytes+1))
-		if err != nil {
-			return
-		}
-		c.touch()
-		switch {
-		case len(data) > protocol.MaxFrameBytes:
-			c.protocolViolation("frame exceeds 64 KiB")
-			return
-		case typ != websocket.MessageText:
-			c.protocolViolation("binary frames are not accepted")
+		data, ok := c.readFrame()
+		if !ok {
 			return
 		}
 		if c.kicked.Load() {
 			continue // on its way out: nothing more is acted on
 		}
-		if err := handle(data); errors.Is(err, protocol.ErrNotJSON) {
+		batch = append(batch[:0], data)
+		for c.kind == KindTerminal && len(batch) < maxBatch && c.frameBuffered() {
+			data, ok := c.readFrame()
+			if !ok {
+				return
+			}
+			batch = append(batch, data)
+		}
+		if err := handle(batch); errors.Is(err, protocol.ErrNotJSON) {
 			c.protocolViolation("frame is not JSON")
 			return
 		}
+		clear(batch) // the frames are garbage once served
 	}
+}
+
+// readFrame reads one frame's payload; false when the connection ended or
+// the frame broke the rules (the connection is then closing).
+func (c *conn) readFrame() ([]byte, bool) {
+	typ, r, err := c.ws.Reader(c.ctx)
+	if err != nil {
+		if !errors.Is(err, context.Canceled) {
+			c.log.Debug().Err(err).Msg("read ended")
+		}
+		return nil, false
+	}
+	data, err := io.ReadAll(io.LimitReader(r, protocol.MaxFrameBytes+1))
+	if err != nil {
+		return nil, false
+	}
+	c.touch()
+	switch {
+	case len(data) > protocol.MaxFrameBytes:
+		c.protocolViolation("frame exceeds 64 KiB")
+		return nil, false
+	case typ != websocket.MessageText:
+		c.protocolViolation("binary frames are not accepted")
+		return nil, false
+	}
+	return data, true
+}
+
+// frameBuffered reports whether the read buffer holds a whole unfragmented
+// text frame of at most 64 KiB, which can be read without waiting for the
+// network (RFC 6455 §5.2). Anything else, a control frame included, is
+// left to the next read.
+func (c *conn) frameBuffered() bool {
+	c.rbufMu.Lock()
+	defer c.rbufMu.Unlock()
+	if c.rbuf == nil {
+		return false
+	}
+	p, _ := c.rbuf.Peek(c.rbuf.Buffered()) // cannot fail: only what is buffered
+	return wholeTextFrame(p)
+}
+
+// wholeTextFrame reports whether p starts with a whole unfragmented text
+// frame of at most 64 KiB.
+func wholeTextFrame(p []byte) bool {
+	if len(p) < 2 || p[0] != 0x81 { // FIN, no RSV bits, opcode 1 (text)
+		return false
+	}
+	size, head := uint64(p[1]&0x7f), 2
+	switch size {
+	case 126:
+		if len(p) < 4 {
+			return false
+		}
+		size, head = uint64(binary.BigEndian.Uint16(p[2:4])), 4
+	case 127:
+		if len(p) < 10 {
+			return false
+		}
+		size, head = binary.BigEndian.Uint64(p[2:10]), 10
+	}
+	if p[1]&0x80 != 0 {
+		head += 4 // the mask key
+	}
+	return size <= protocol.MaxFrameBytes && len(p) >= head && uint64(len(p)-head) >= size
 }
 
 func (c *conn) protocolViolation(why string) {

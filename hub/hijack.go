@@ -72,7 +72,9 @@ func (w hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	n := brw.Reader.Buffered()
 	if n == 0 {
-		return sc, bufio.NewReadWriter(bufio.NewReaderSize(nc, wsReadBuffer), bufio.NewWriterSize(sc, w.writeBuffer)), nil
+		br := bufio.NewReaderSize(nc, wsReadBuffer)
+		w.setReadBuffer(br)
+		return sc, bufio.NewReadWriter(br, bufio.NewWriterSize(sc, w.writeBuffer)), nil
 	}
 	early, _ := brw.Reader.Peek(n) // cannot fail: n bytes are buffered
 	early = bytes.Clone(early)     // a copy, so that net/http's 4 KiB buffer can go
@@ -85,5 +87,14 @@ func (w hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		_ = nc.Close()
 		return nil, nil, err
 	}
+	w.setReadBuffer(br)
 	return sc, bufio.NewReadWriter(br, bufio.NewWriterSize(sc, w.writeBuffer)), nil
+}
+
+// setReadBuffer tells the connection which buffer its frames are read
+// through (coder/websocket keeps the one Hijack returns).
+func (w hijackWriter) setReadBuffer(br *bufio.Reader) {
+	if w.conn != nil {
+		w.conn.rbuf = br
+	}
 }

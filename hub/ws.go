@@ -25,7 +25,7 @@ func (h *Hub) servePOS(w http.ResponseWriter, r *http.Request) {
 	h.serveConn(w, r, KindPOS, p, func(c *conn) {
 		h.registerPOS(c)
 		go h.replay(c)
-	}, h.unregisterPOS, h.handlePOSFrame)
+	}, h.unregisterPOS, h.handlePOSFrames)
 }
 
 // serveTerminal upgrades an authenticated terminal and serves it.
@@ -34,7 +34,7 @@ func (h *Hub) serveTerminal(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	h.serveConn(w, r, KindTerminal, p, h.terminalUp, h.terminalDown, h.handleTerminalFrame)
+	h.serveConn(w, r, KindTerminal, p, h.terminalUp, h.terminalDown, h.handleTerminalFrames)
 }
 
 // admit refuses upgrades while draining and checks credentials (401 before
@@ -59,7 +59,7 @@ func (h *Hub) admit(w http.ResponseWriter, r *http.Request, auth func(*http.Requ
 // its goroutine and that goroutine's stack, and its connection, request and
 // response structs (about 2.5 KiB of heap).
 func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p principal,
-	register, unregister func(*conn), handle func(*conn, []byte) error) {
+	register, unregister func(*conn), handle func(*conn, [][]byte) error) {
 	c := h.newConn(nil, kind, p.merchantID, p.keyID, p.deviceID)
 	// hijackWriter gives the connection small buffers of its own (hijack.go).
 	hw := hijackWriter{ResponseWriter: w, writeBuffer: writeBufferSize(kind), conn: c}
@@ -107,10 +107,10 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 
 // readConn reads c until the connection ends, then unregisters it, waits
 // for its writer to finish and releases its count.
-func (h *Hub) readConn(c *conn, gauge prometheus.Gauge, handle func(*conn, []byte) error) {
+func (h *Hub) readConn(c *conn, gauge prometheus.Gauge, handle func(*conn, [][]byte) error) {
 	defer h.conns.Done()
 	defer gauge.Dec()
-	c.protect(func() { c.readLoop(func(data []byte) error { return handle(c, data) }) })
+	c.protect(func() { c.readLoop(func(frames [][]byte) error { return handle(c, frames) }) })
 	c.protect(func() {
 		c.leave()
 		c.disconnect(&protocol.Disconnect{Code: protocol.CloseCode(websocket.StatusNormalClosure)})
@@ -160,6 +160,16 @@ func (h *Hub) terminalDown(c *conn) {
 	if err := h.opts.Engine.TerminalDropped(ctx, c.merchantID, c.deviceID, until); err != nil {
 		c.log.Error().Err(err).Msg("could not start the grace period of the terminal's transactions")
 	}
+}
+
+// handlePOSFrames serves a POS's frames one by one.
+func (h *Hub) handlePOSFrames(c *conn, frames [][]byte) error {
+	for _, data := range frames {
+		if err := h.handlePOSFrame(c, data); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // handlePOSFrame decodes and serves one POS frame. Frames of one connection
@@ -238,22 +248,55 @@ func idempotencyKeyOf(body any) string {
 	return ""
 }
 
-// handleTerminalFrame decodes and serves one terminal frame.
-func (h *Hub) handleTerminalFrame(c *conn, data []byte) error {
-	start, label := time.Now(), "invalid"
-	defer func() { h.observeFrame(KindTerminal, start, label) }()
-	in, err := protocol.DecodeTerminal(data)
-	if err != nil {
-		return h.replyDecodeError(c, in, err)
+// handleTerminalFrames decodes and serves frames a terminal sent together.
+// The engine applies their events in one go (consecutive events about one
+// transaction in one commit); answers and errors come in frame order, as if
+// each frame had been served alone.
+func (h *Hub) handleTerminalFrames(c *conn, frames [][]byte) error {
+	start := time.Now()
+	labels := make([]string, len(frames))
+	defer func() {
+		for _, l := range labels {
+			h.observeFrame(KindTerminal, start, l)
+		}
+	}()
+	// Decoded frames wait in run until a frame that fails to decode (whose
+	// error reply must come after their outcome), or the end.
+	var run []protocol.Inbound
+	flush := func() {
+		if len(run) == 0 {
+			return
+		}
+		if h.opts.Engine == nil {
+			for _, in := range run {
+				h.reply(c, protocol.NewErrorReply(in.RequestID, errUnavailable))
+			}
+			run = run[:0]
+			return
+		}
+		bodies := make([]any, len(run))
+		for i, in := range run {
+			bodies[i] = in.Body
+		}
+		h.opts.Engine.TerminalEvents(c.ctx, c.merchantID, c.deviceID, bodies, func(i int, err error) {
+			h.reply(c, protocol.NewErrorReply(run[i].RequestID, h.clientError(err, c.log)))
+		})
+		run = run[:0]
 	}
-	label = in.Action // a known action: decoding succeeded
-	if h.opts.Engine == nil {
-		h.reply(c, protocol.NewErrorReply(in.RequestID, errUnavailable))
-		return nil
+	for i, data := range frames {
+		labels[i] = "invalid"
+		in, err := protocol.DecodeTerminal(data)
+		if err != nil {
+			flush()
+			if err := h.replyDecodeError(c, in, err); err != nil {
+				return err
+			}
+			continue
+		}
+		labels[i] = in.Action // a known action: decoding succeeded
+		run = append(run, in)
 	}
-	if err := h.opts.Engine.TerminalEvent(c.ctx, c.merchantID, c.deviceID, in.Body); err != nil {
-		h.reply(c, protocol.NewErrorReply(in.RequestID, h.clientError(err, c.log)))
-	}
+	flush()
 	return nil
 }
 

@@ -195,6 +195,20 @@ func (p *pending) addTerminal(device string, cmds []any) {
 
 // stage adds t's save and the messages and webhook of fx to c.
 func (e *Engine) stage(c *commit, p *pending, t *Txn, prev map[string]time.Time, wasOpen, wasActive bool, fx Effects) error {
+	return e.stageSteps(c, p, t, prev, wasOpen, wasActive, step{fx: fx})
+}
+
+// step is what one event of a run did to a transaction (update): its
+// effects and, when it queued a webhook, the transaction as that event left
+// it, since a later event of the run changes t before it is staged.
+type step struct {
+	fx   Effects
+	hook *protocol.Transaction // nil: t as staged
+}
+
+// stageSteps adds t's save to c, once, and the messages and webhooks of
+// every step, in order.
+func (e *Engine) stageSteps(c *commit, p *pending, t *Txn, prev map[string]time.Time, wasOpen, wasActive bool, steps ...step) error {
 	if err := e.store.saveTxn(c, t, prev); err != nil {
 		return err
 	}
@@ -209,30 +223,37 @@ func (e *Engine) stage(c *commit, p *pending, t *Txn, prev map[string]time.Time,
 		c.delIfEq(ks.Current(t.MerchantID, t.TerminalID), t.ID)
 		p.current = append(p.current, curChange{merchantID: t.MerchantID, deviceID: t.TerminalID, id: t.ID, clear: true})
 	}
-	for _, ev := range fx.POS {
-		data, err := json.Marshal(ev)
-		if err != nil {
-			return err
+	for _, s := range steps {
+		fx := s.fx
+		for _, ev := range fx.POS {
+			data, err := json.Marshal(ev)
+			if err != nil {
+				return err
+			}
+			c.xadd(ks.Outbox(t.MerchantID, t.APIKeyID), data)
+			if _, ok := p.msgs[t.APIKeyID]; !ok {
+				p.order = append(p.order, t.APIKeyID)
+			}
+			p.msgs[t.APIKeyID] = append(p.msgs[t.APIKeyID], Message{Data: data})
 		}
-		c.xadd(ks.Outbox(t.MerchantID, t.APIKeyID), data)
-		if _, ok := p.msgs[t.APIKeyID]; !ok {
-			p.order = append(p.order, t.APIKeyID)
+		if fx.Webhook != "" && e.opts.Webhooks(t.MerchantID) {
+			wire := s.hook
+			if wire == nil {
+				wire = t.Wire()
+			}
+			evt, err := json.Marshal(WebhookEvent{ID: "evt_" + newTxnID()[4:], Type: fx.Webhook, CreatedAt: e.now(), Data: WebhookData{Transaction: wire}})
+			if err != nil {
+				return err
+			}
+			c.xadd(ks.Webhooks(t.MerchantID), evt)
 		}
-		p.msgs[t.APIKeyID] = append(p.msgs[t.APIKeyID], Message{Data: data})
+		p.addTerminal(t.TerminalID, fx.Terminal)
+		p.entered = append(p.entered, fx.Entered...)
+		if fx.AutoVoid {
+			p.autoVoid++
+		}
 	}
-	if fx.Webhook != "" && e.opts.Webhooks(t.MerchantID) {
-		evt, err := json.Marshal(WebhookEvent{ID: "evt_" + newTxnID()[4:], Type: fx.Webhook, CreatedAt: e.now(), Data: WebhookData{Transaction: t.Wire()}})
-		if err != nil {
-			return err
-		}
-		c.xadd(ks.Webhooks(t.MerchantID), evt)
-	}
-	p.addTerminal(t.TerminalID, fx.Terminal)
 	p.arm = append(p.arm, t)
-	p.entered = append(p.entered, fx.Entered...)
-	if fx.AutoVoid {
-		p.autoVoid++
-	}
 	return nil
 }
 
@@ -320,39 +341,72 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 // update applies ev to one transaction, committing with retries. idem, if
 // set, is stored in the same commit.
 func (e *Engine) update(ctx context.Context, merchantID, id string, ev Event, idem *idemWrite) (*Txn, *protocol.Error, error) {
+	t, _, perr, err := e.updateRun(ctx, merchantID, id, []Event{ev}, idem)
+	return t, perr, err
+}
+
+// updateRun applies evs, in order, to one transaction and commits what they
+// changed in one commit, with retries: the same outcome as one update per
+// event, in one round trip to Redis (a terminal's commandReceived and
+// paymentResult often arrive together). It stops at the first event that
+// is refused: it returns how many were applied before it (committed) and
+// the refusal, and the events after it are not applied. idem, if set, is
+// stored in the same commit; it is only given with one event.
+func (e *Engine) updateRun(ctx context.Context, merchantID, id string, evs []Event, idem *idemWrite) (*Txn, int, *protocol.Error, error) {
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		t, err := e.store.loadForUpdate(ctx, merchantID, id)
 		if err != nil {
-			return nil, nil, err
+			return nil, 0, nil, err
 		}
 		prev, wasOpen, wasActive := t.Deadlines(), t.HasOpenCommands(), t.Active()
-		if d, ok := ev.(EvDeadline); ok {
+		if d, ok := evs[0].(EvDeadline); ok && len(evs) == 1 {
 			at := t.Deadline(d.Kind)
 			if at.IsZero() || e.now().Before(at) {
 				e.timers.sync(t) // moved, cleared, or fired early (Redis keeps ms): re-arm
-				return t, nil, nil
+				return t, 0, nil, nil
 			}
 		}
-		fx, perr := Apply(t, ev, e.now(), e.settings())
-		if perr != nil {
-			return t, perr, nil
+		now, settings := e.now(), e.settings()
+		steps := make([]step, 0, len(evs))
+		changed, autoVoid := false, false
+		var perr *protocol.Error
+		for i, ev := range evs {
+			fx, pe := Apply(t, ev, now, settings)
+			if pe != nil {
+				perr = pe
+				break
+			}
+			s := step{fx: fx}
+			if fx.Webhook != "" && i < len(evs)-1 {
+				s.hook = t.Wire() // a later event changes t before it is staged
+			}
+			steps = append(steps, s)
+			changed = changed || fx.Changed
+			autoVoid = autoVoid || fx.AutoVoid
 		}
-		if !fx.Changed {
+		if len(steps) == 0 {
+			return t, 0, perr, nil
+		}
+		if !changed {
 			if idem != nil {
 				e.storeIdemLate(ctx, merchantID, idem, t)
 			}
-			if e.opts.Sink != nil && len(fx.Terminal) > 0 {
-				e.opts.Sink.SendTerminal(t.TerminalID, fx.Terminal)
+			if e.opts.Sink != nil {
+				for _, s := range steps {
+					if len(s.fx.Terminal) > 0 {
+						e.opts.Sink.SendTerminal(t.TerminalID, s.fx.Terminal)
+					}
+				}
 			}
-			return t, nil, nil
+			return t, len(steps), perr, nil
 		}
 		c, p := newCommit(), newPending()
-		if err := e.stage(c, p, t, prev, wasOpen, wasActive, fx); err != nil {
-			return nil, nil, err
+		if err := e.stageSteps(c, p, t, prev, wasOpen, wasActive, steps...); err != nil {
+			return nil, 0, nil, err
 		}
 		if t.Type == protocol.TypeRefund && wasActive && !t.Active() {
 			if err := e.settleRefund(ctx, c, p, t); err != nil {
-				return nil, nil, err
+				return nil, 0, nil, err
 			}
 		}
 		if idem != nil {
@@ -364,15 +418,15 @@ func (e *Engine) update(ctx context.Context, merchantID, id string, ev Event, id
 			continue
 		}
 		if err != nil {
-			return nil, nil, err
+			return nil, 0, nil, err
 		}
-		if fx.AutoVoid {
+		if autoVoid {
 			e.log.Warn().Str("transactionId", t.ID).Str("merchantId", merchantID).Str("reasonCode", t.VoidReasonCode).
 				Msg("late approval voided automatically")
 		}
-		return t, nil, nil
+		return t, len(steps), perr, nil
 	}
-	return nil, nil, errTooManyConflicts
+	return nil, 0, nil, errTooManyConflicts
 }
 
 // forget drops the cached copies of what a failed commit touched.
@@ -786,43 +840,90 @@ func (e *Engine) Get(ctx context.Context, merchantID, id string) (*protocol.Tran
 // TerminalEvent applies a message from a terminal to its transaction. A
 // transaction of another terminal is not found.
 func (e *Engine) TerminalEvent(ctx context.Context, merchantID, deviceID string, body any) error {
-	var id string
-	var ev Event
+	var err error
+	e.TerminalEvents(ctx, merchantID, deviceID, []any{body}, func(_ int, e error) { err = e })
+	return err
+}
+
+// TerminalEvents applies messages of one terminal, in the order it sent
+// them, and calls refused with the index and error of each one not applied,
+// as soon as that is known: after what the messages before it caused was
+// delivered, before what the messages after it cause. Consecutive messages
+// about one transaction are committed together (updateRun), with the same
+// outcome as one TerminalEvent each.
+func (e *Engine) TerminalEvents(ctx context.Context, merchantID, deviceID string, bodies []any, refused func(i int, err error)) {
+	for i := 0; i < len(bodies); {
+		id, ev, err := terminalEvent(bodies[i])
+		if err != nil {
+			refused(i, err)
+			i++
+			continue
+		}
+		evs := []Event{ev}
+		for j := i + 1; j < len(bodies); j++ {
+			id2, ev2, err := terminalEvent(bodies[j])
+			if err != nil || id2 != id {
+				break
+			}
+			evs = append(evs, ev2)
+		}
+		n, perr, err := e.terminalRun(ctx, merchantID, deviceID, id, evs)
+		switch {
+		case perr != nil: // events before it are applied; those after it get a run of their own
+			refused(i+n, perr)
+			i += n + 1
+		case err != nil: // nothing of the run was committed
+			for k := i; k < i+len(evs); k++ {
+				refused(k, err)
+			}
+			i += len(evs)
+		default:
+			i += len(evs)
+		}
+	}
+}
+
+// terminalEvent is the transaction and event of a terminal's message.
+func terminalEvent(body any) (string, Event, error) {
 	switch m := body.(type) {
 	case *protocol.CommandReceived:
-		id, ev = m.TransactionID, EvCommandReceived{}
+		return m.TransactionID, EvCommandReceived{}, nil
 	case *protocol.PaymentProgress:
-		id, ev = m.TransactionID, EvProgress{Stage: m.Stage}
+		return m.TransactionID, EvProgress{Stage: m.Stage}, nil
 	case *protocol.SignatureRequiredEvent:
-		id, ev = m.TransactionID, EvSignatureRequired{}
+		return m.TransactionID, EvSignatureRequired{}, nil
 	case *protocol.PaymentResult:
-		id, ev = m.TransactionID, EvResult{Result: *m}
+		return m.TransactionID, EvResult{Result: *m}, nil
 	case *protocol.VoidResult:
-		id, ev = m.TransactionID, EvVoidResult{OK: *m.OK, ErrorMessage: m.ErrorMessage}
+		return m.TransactionID, EvVoidResult{OK: *m.OK, ErrorMessage: m.ErrorMessage}, nil
 	case *protocol.CaptureResult:
 		amt := int64(0)
 		if m.AmountMinor != nil {
 			amt = *m.AmountMinor
 		}
-		id, ev = m.TransactionID, EvCaptureResult{OK: *m.OK, AmountMinor: amt, ErrorMessage: m.ErrorMessage}
-	default:
-		return protocol.Errorf(protocol.CodeUnknownAction, "action", "unexpected message")
+		return m.TransactionID, EvCaptureResult{OK: *m.OK, AmountMinor: amt, ErrorMessage: m.ErrorMessage}, nil
 	}
+	return "", nil, protocol.Errorf(protocol.CodeUnknownAction, "action", "unexpected message")
+}
+
+// terminalRun applies evs, a terminal's consecutive events about
+// transaction id. It returns how many were applied and, when one was
+// refused, its refusal (the events after it are not applied); or an error
+// that is every event's (the transaction is not the terminal's, or the
+// store failed).
+func (e *Engine) terminalRun(ctx context.Context, merchantID, deviceID, id string, evs []Event) (int, *protocol.Error, error) {
 	t, err := e.store.loadForUpdate(ctx, merchantID, id)
 	if errors.Is(err, ErrNotFound) || (err == nil && t.TerminalID != deviceID) {
-		return protocol.Errorf(protocol.CodeTransactionNotFound, "transactionId", "no such transaction for this terminal")
+		return 0, nil, protocol.Errorf(protocol.CodeTransactionNotFound, "transactionId", "no such transaction for this terminal")
 	}
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
-	_, perr, err := e.update(ctx, merchantID, id, ev, nil)
+	_, n, perr, err := e.updateRun(ctx, merchantID, id, evs, nil)
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
-	if perr != nil {
-		return perr
-	}
-	return nil
+	return n, perr, nil
 }
 
 // TerminalConnected resumes a device's transactions after it (re)connects

@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+
+	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/internal/keys"
+	"github.com/termhub/termhub/protocol"
+)
+
+// corkedConn holds what is written to it while corked and sends it in one
+// write when uncorked, so that frames sent one by one reach the hub
+// together, as a terminal's commandReceived and paymentResult do when it
+// approves at once.
+type corkedConn struct {
+	net.Conn
+	mu     sync.Mutex
+	corked bool
+	held   bytes.Buffer
+}
+
+func (c *corkedConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.corked {
+		return c.held.Write(p)
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *corkedConn) cork() {
+	c.mu.Lock()
+	c.corked = true
+	c.mu.Unlock()
+}
+
+func (c *corkedConn) uncork(t *testing.T) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corked = false
+	if _, err := c.Conn.Write(c.held.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	c.held.Reset()
+}
+
+// corkedTerminal connects terminal id over a corkedConn.
+func (e *env) corkedTerminal(id string) (*client.Conn, *corkedConn) {
+	e.t.Helper()
+	var cc *corkedConn
+	opts := e.opts
+	opts.HTTPClient = &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			cc = &corkedConn{Conn: nc}
+			return cc, nil
+		},
+	}}
+	c, err := client.DialTerminal(ctx(e.t), opts, id, secrets[id])
+	if err != nil {
+		e.t.Fatalf("dial terminal %s: %v", id, err)
+	}
+	e.t.Cleanup(func() { _ = c.CloseNow() })
+	// The hub reads a terminal's first frame only after it has resumed the
+	// terminal's transactions, so once this is answered no resume can
+	// commit a later sale behind the test's back.
+	send(e.t, c, "commandReceived", map[string]any{"requestId": "barrier", "transactionId": "txn_000000000000000000000000"})
+	if m := next(e.t, c); m.Action != protocol.ActionError {
+		e.t.Fatalf("barrier answered with %s", m.Raw)
+	}
+	return c, cc
+}
+
+// storedRev is how many commits transaction id has had.
+func (e *env) storedRev(t *testing.T, id string) string {
+	t.Helper()
+	v, err := e.Redis.Client.HGet(ctx(t), keys.Space{Prefix: e.Redis.Prefix}.Txn("m1", id), "rev").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// Frames a terminal sends together are served together: its commandReceived
+// and paymentResult become one commit (the create and one more), and the
+// POS and the terminal hear exactly what two separate frames would give
+// them, in order.
+func TestTerminalFramesArrivingTogetherCommitTogether(t *testing.T) {
+	e := newEnv(t)
+	pos := e.pos("pk1")
+	term, cork := e.corkedTerminal("T1")
+	id := sell(t, pos, "T1", 1250, "together-1").Transaction.ID
+	startPayment(t, term, id)
+
+	cork.cork()
+	termSend(t, term, "commandReceived", id, nil)
+	termSend(t, term, "paymentResult", id, map[string]any{"outcome": "approved", "authCode": "A1",
+		"maskedPan": "411111******1111", "cardScheme": "visa", "entryMode": "emv_chip"})
+	cork.uncork(t)
+
+	command(t, term, protocol.ActionResultAck, id)
+	upd := event(t, next(t, pos))
+	done := event(t, next(t, pos))
+	if upd.Action != protocol.ActionPaymentStatusUpdate || upd.Transaction.Status != protocol.StatusDispatched ||
+		done.Action != protocol.ActionPaymentComplete || done.Transaction.Status != protocol.StatusCompleted {
+		t.Fatalf("POS got %s %s then %s %s, want paymentStatusUpdate DISPATCHED then paymentComplete COMPLETED",
+			upd.Action, upd.Transaction.Status, done.Action, done.Transaction.Status)
+	}
+	if upd.Version != done.Version-1 || upd.MessageID == "" || upd.MessageID == done.MessageID {
+		t.Fatalf("versions %d, %d and message ids %q, %q: want consecutive versions and two messages",
+			upd.Version, done.Version, upd.MessageID, done.MessageID)
+	}
+	if got := e.storedRev(t, id); got != "2" {
+		t.Fatalf("stored rev %s, want 2: the create and one commit for both frames", got)
+	}
+}
+
+// An error answers its own frame, before anything a later frame of the same
+// batch causes.
+func TestTerminalBatchAnswersErrorsInOrder(t *testing.T) {
+	e := newEnv(t)
+	pos := e.pos("pk1")
+	term, cork := e.corkedTerminal("T1")
+	id := sell(t, pos, "T1", 1250, "together-2").Transaction.ID
+	startPayment(t, term, id)
+
+	cork.cork()
+	send(t, term, "commandReceived", map[string]any{"requestId": "nope", "transactionId": "txn_000000000000000000000000"})
+	send(t, term, "paymentResult", map[string]any{"requestId": "bad", "transactionId": id, "outcome": "maybe"})
+	termSend(t, term, "commandReceived", id, nil)
+	termSend(t, term, "paymentResult", id, map[string]any{"outcome": "declined", "errorCode": "card_declined"})
+	cork.uncork(t)
+
+	for _, want := range []struct{ requestID, code, field string }{
+		{"nope", string(protocol.CodeTransactionNotFound), "transactionId"},
+		{"bad", string(protocol.CodeInvalidRequest), "outcome"},
+	} {
+		m := next(t, term)
+		var r protocol.ErrorReply
+		if err := m.Decode(&r); err != nil || m.Action != protocol.ActionError || string(r.RequestID) != `"`+want.requestID+`"` ||
+			string(r.Code) != want.code || r.Field != want.field {
+			t.Fatalf("terminal got %s, want the error %s on %s for %s", m.Raw, want.code, want.field, want.requestID)
+		}
+	}
+	command(t, term, protocol.ActionResultAck, id)
+	if ev := posEvent(t, pos, protocol.ActionPaymentComplete, id); ev.Transaction.Status != protocol.StatusDeclined {
+		t.Fatalf("sale ended %s, want DECLINED", ev.Transaction.Status)
+	}
+	if got := e.storedRev(t, id); got != "2" {
+		t.Fatalf("stored rev %s, want 2: the create and one commit for the two good frames", got)
+	}
+}

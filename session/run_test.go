@@ -1,0 +1,203 @@
+package session
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/termhub/termhub/internal/keys"
+	"github.com/termhub/termhub/internal/redistest"
+	"github.com/termhub/termhub/protocol"
+)
+
+// recordSink records what the engine delivers, in order, as one log.
+type recordSink struct {
+	mu  sync.Mutex
+	log []string // "pos <action> <status>" or "terminal <action>"
+}
+
+func (s *recordSink) DeliverPOS(_, _ string, msgs []Message) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range msgs {
+		var ev protocol.POSEvent
+		if err := json.Unmarshal(m.Data, &ev); err != nil || m.ID == "" {
+			s.log = append(s.log, fmt.Sprintf("bad POS message %q (id %q): %v", m.Data, m.ID, err))
+			continue
+		}
+		s.log = append(s.log, fmt.Sprintf("pos %s %s v%d", ev.Action, ev.Transaction.Status, ev.Version))
+	}
+}
+
+func (s *recordSink) SendTerminal(_ string, cmds []any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range cmds {
+		b, _ := json.Marshal(c)
+		var m struct{ Action string }
+		_ = json.Unmarshal(b, &m)
+		s.log = append(s.log, "terminal "+m.Action)
+	}
+}
+
+func (s *recordSink) take() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.log
+	s.log = nil
+	return out
+}
+
+// runEngine is an engine on a test Redis with a recording sink.
+func runEngine(t *testing.T) (*Engine, *recordSink, *redistest.Redis) {
+	t.Helper()
+	r := redistest.New(t)
+	sink := &recordSink{}
+	e := NewEngine(Options{Store: NewStore(r.Client, keys.Space{Prefix: r.Prefix}), Terminals: benchTerminals{}, Sink: sink, Logger: zerolog.Nop()})
+	return e, sink, r
+}
+
+// rev is the number of commits a transaction has had.
+func rev(t *testing.T, r *redistest.Redis, id string) string {
+	t.Helper()
+	v, err := r.Client.HGet(context.Background(), keys.Space{Prefix: r.Prefix}.Txn("m1", id), "rev").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func approved(id string) *protocol.PaymentResult {
+	return &protocol.PaymentResult{TransactionID: id, Outcome: protocol.OutcomeApproved, AuthCode: "A1",
+		MaskedPAN: "411111******1111", CardScheme: "visa", EntryMode: "emv_chip"}
+}
+
+// A terminal's commandReceived and paymentResult handed over together are
+// one commit, with every message of both, in order, as two calls would give.
+func TestTerminalEventsCommitARunTogether(t *testing.T) {
+	e, sink, r := runEngine(t)
+	res, err := nodeSale(t, e, "T1", "run-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.Txn.ID
+	sink.take()
+	var refused []string
+	e.TerminalEvents(context.Background(), "m1", "T1", []any{&protocol.CommandReceived{TransactionID: id}, approved(id)},
+		func(i int, err error) { refused = append(refused, fmt.Sprint(i, err)) })
+	if len(refused) > 0 {
+		t.Fatalf("refused: %v", refused)
+	}
+	want := []string{"pos paymentStatusUpdate DISPATCHED v2", "pos paymentComplete COMPLETED v3", "terminal resultAck"}
+	if got := sink.take(); !slices.Equal(got, want) {
+		t.Fatalf("delivered %q, want %q", got, want)
+	}
+	if got := rev(t, r, id); got != "2" {
+		t.Fatalf("rev %s after the create and the run, want 2 (one commit for the run)", got)
+	}
+
+	// The same two messages one call each: the same deliveries, two commits.
+	res2, err := nodeSale(t, e, "T1", "run-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id2 := res2.Txn.ID
+	sink.take()
+	for _, b := range []any{&protocol.CommandReceived{TransactionID: id2}, approved(id2)} {
+		if err := e.TerminalEvent(context.Background(), "m1", "T1", b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := sink.take(); !slices.Equal(got, want) {
+		t.Fatalf("one call each delivered %q, want %q", got, want)
+	}
+	if got := rev(t, r, id2); got != "3" {
+		t.Fatalf("rev %s after one call each, want 3", got)
+	}
+}
+
+// Errors come back in order, each as soon as it is known: a message about
+// another transaction, or not the terminal's, is refused before what the
+// next messages cause; one the machine refuses ends its run, the messages
+// before it are committed and those after it applied afterwards.
+func TestTerminalEventsRefusals(t *testing.T) {
+	e, sink, r := runEngine(t)
+	res, err := nodeSale(t, e, "T1", "run-3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.Txn.ID
+	sink.take()
+	var got []string
+	refused := func(i int, err error) {
+		var pe *protocol.Error
+		if !errors.As(err, &pe) {
+			t.Fatalf("message %d: %v, want a client error", i, err)
+		}
+		got = append(got, sink.take()...) // what was delivered before the refusal
+		got = append(got, fmt.Sprintf("refused %d %s", i, pe.Code))
+	}
+	e.TerminalEvents(context.Background(), "m1", "T1", []any{
+		&protocol.CommandReceived{TransactionID: "txn_000000000000000000000000"}, // no such transaction
+		&protocol.CommandReceived{TransactionID: id},
+		&protocol.PaymentProgress{TransactionID: id, Stage: "card_presented"},
+		&protocol.AckRequest{MessageID: "1-0"}, // not a terminal's message
+		approved(id),
+	}, refused)
+	got = append(got, sink.take()...)
+	want := []string{
+		"refused 0 transaction_not_found",
+		"pos paymentStatusUpdate DISPATCHED v2", "pos paymentStatusUpdate IN_PROGRESS v3",
+		"refused 3 unknown_action",
+		"pos paymentComplete COMPLETED v4", "terminal resultAck",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	if got := rev(t, r, id); got != "3" {
+		t.Fatalf("rev %s, want 3 (the create, the run before the refusal, the result)", got)
+	}
+
+	// Another terminal's transaction is not found, for every message of its run.
+	got = nil
+	e.TerminalEvents(context.Background(), "m1", "T2", []any{&protocol.CommandReceived{TransactionID: id}, approved(id)}, refused)
+	if want := []string{"refused 0 transaction_not_found", "refused 1 transaction_not_found"}; !slices.Equal(got, want) {
+		t.Fatalf("another terminal: got %q, want %q", got, want)
+	}
+}
+
+// updateRun stops at the first event the machine refuses: the events before
+// it are committed, the refused one and those after it are not applied.
+func TestUpdateRunStopsAtARefusal(t *testing.T) {
+	e, sink, r := runEngine(t)
+	res, err := nodeSale(t, e, "T1", "run-4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.Txn.ID
+	sink.take()
+	txn, n, perr, err := e.updateRun(context.Background(), "m1", id,
+		[]Event{EvCommandReceived{}, EvProgress{Stage: "card_presented"}, EvCancel{}, EvResult{Result: *approved(id)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 || perr == nil || perr.Code != protocol.CodeInvalidState {
+		t.Fatalf("applied %d, refusal %v; want 2 and invalid_state (a cancel while the card is in)", n, perr)
+	}
+	if txn.Status != protocol.StatusInProgress {
+		t.Fatalf("status %s, want IN_PROGRESS (the result after the refusal not applied)", txn.Status)
+	}
+	want := []string{"pos paymentStatusUpdate DISPATCHED v2", "pos paymentStatusUpdate IN_PROGRESS v3"}
+	if got := sink.take(); !slices.Equal(got, want) {
+		t.Fatalf("delivered %q, want %q", got, want)
+	}
+	if got := rev(t, r, id); got != "2" {
+		t.Fatalf("rev %s, want 2", got)
+	}
+}
