@@ -42,6 +42,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeTerminal$$' -fuzztime $(FUZZTIME) ./protocol/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAmount$$' -fuzztime $(FUZZTIME) ./protocol/
 	$(GO) test -run '^$$' -fuzz '^FuzzScanEnvelope$$' -fuzztime $(FUZZTIME) ./protocol/
+	$(GO) test -run '^$$' -fuzz '^FuzzTransactionJSON$$' -fuzztime $(FUZZTIME) ./protocol/
 
 ## soak: the model-based property test at volume (SOAK engine-level sequences and SOAK/20 over
 ## real sockets; REDIS_URL for real Redis); fails on any violation

@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"slices"
 	"strconv"
@@ -144,4 +145,29 @@ func BenchmarkStoreCommit(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkEncodeTxn is the stored copy of a completed sale, written by
+// every commit: the hand-written encoder (txn_json.go) and encoding/json's
+// reflection, which it replaced.
+func BenchmarkEncodeTxn(b *testing.B) {
+	now := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	t := benchDispatched(now)
+	Apply(t, EvResult{Result: benchApproved}, now, benchSettings)
+	b.Run("hand-written", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := t.encode(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("reflection", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := json.Marshal(t); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

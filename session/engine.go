@@ -226,7 +226,7 @@ func (e *Engine) stageSteps(c *commit, p *pending, t *Txn, prev map[string]time.
 	for _, s := range steps {
 		fx := s.fx
 		for _, ev := range fx.POS {
-			data, err := json.Marshal(ev)
+			data, err := ev.AppendJSON(make([]byte, 0, 1280))
 			if err != nil {
 				return err
 			}

@@ -214,7 +214,7 @@ func (c *commit) exec(ctx context.Context, s *Store) ([]string, error) {
 func (s *Store) saveTxn(c *commit, t *Txn, prev map[string]time.Time) error {
 	prevRev := t.Rev
 	t.Rev++
-	data, err := json.Marshal(t)
+	data, err := t.encode()
 	if err != nil {
 		return err
 	}
