@@ -192,14 +192,20 @@ func (c *conn) readLoop(handle func(frames [][]byte) error) {
 			continue // on its way out: nothing more is acted on
 		}
 		batch = append(batch[:0], data)
+		ended := false
 		for c.kind == KindTerminal && len(batch) < maxBatch && c.frameBuffered() {
 			data, ok := c.readFrame()
 			if !ok {
-				return
+				ended = true // the frames before it are still served
+				break
 			}
 			batch = append(batch, data)
 		}
-		if err := handle(batch); errors.Is(err, protocol.ErrNotJSON) {
+		err := handle(batch)
+		switch {
+		case ended: // readFrame has ended the connection
+			return
+		case errors.Is(err, protocol.ErrNotJSON):
 			c.protocolViolation("frame is not JSON")
 			return
 		}

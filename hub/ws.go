@@ -267,20 +267,20 @@ func (h *Hub) handleTerminalFrames(c *conn, frames [][]byte) error {
 		if len(run) == 0 {
 			return
 		}
-		if h.opts.Engine == nil {
-			for _, in := range run {
-				h.reply(c, protocol.NewErrorReply(in.RequestID, errUnavailable))
-			}
-			run = run[:0]
-			return
-		}
 		bodies := make([]any, len(run))
 		for i, in := range run {
 			bodies[i] = in.Body
 		}
-		h.opts.Engine.TerminalEvents(c.ctx, c.merchantID, c.deviceID, bodies, func(i int, err error) {
+		refused := func(i int, err error) {
 			h.reply(c, protocol.NewErrorReply(run[i].RequestID, h.clientError(err, c.log)))
-		})
+		}
+		if e := h.opts.Engine; e != nil {
+			e.TerminalEvents(c.ctx, c.merchantID, c.deviceID, bodies, refused)
+		} else {
+			for i := range run {
+				refused(i, errUnavailable)
+			}
+		}
 		run = run[:0]
 	}
 	for i, data := range frames {
