@@ -321,6 +321,7 @@ type PaymentStats struct {
 	RoundTrip  Summary
 	Elapsed    time.Duration // from the first payment to the stop (closed loop: to the last final)
 	Rate       float64       // finals per second over the measuring window
+	Counted    int           // the finals Rate counts: those inside the window
 	Unfinished bool          // the drain timed out
 
 	samples []time.Duration // the round trips, for mergeStats
@@ -351,13 +352,14 @@ func mergeStats(parts []PaymentStats) PaymentStats {
 			out.Errors[k] += v
 		}
 		out.Elapsed += p.Elapsed
+		out.Counted += p.Counted
 		out.Unfinished = out.Unfinished || p.Unfinished
 		all = append(all, p.samples...)
 	}
 	out.samples = all
 	out.RoundTrip = Summarize(all)
 	if out.Elapsed > 0 {
-		out.Rate = float64(out.Completed+out.Failures) / out.Elapsed.Seconds()
+		out.Rate = float64(out.Counted) / out.Elapsed.Seconds()
 	}
 	return out
 }

@@ -302,11 +302,14 @@ func (r *loopRun) stats(name string, fc *fleetConns) PaymentStats {
 		// Stopped by count: the window runs to the last final.
 		if lf := r.lastFinal.Load(); lf > r.startAt {
 			st.Elapsed = time.Duration(lf - r.startAt)
-			st.Rate = float64(st.Completed+st.Failures) / st.Elapsed.Seconds()
+			st.Counted = st.Completed + st.Failures
 		}
 	} else if stop > r.startAt {
 		st.Elapsed = time.Duration(stop - r.startAt)
-		st.Rate = float64(r.inWindow.Load()) / st.Elapsed.Seconds()
+		st.Counted = int(r.inWindow.Load())
+	}
+	if st.Elapsed > 0 {
+		st.Rate = float64(st.Counted) / st.Elapsed.Seconds()
 	}
 	return st
 }

@@ -82,9 +82,13 @@ func (r *Results) Rows() []Row {
 		add("3 throughput", "floor round trip", f.RoundTrip.String(), "", "")
 		add("3 throughput", "floor CPU", r.FloorCPU.String(), "", "")
 	}
-	if t, f := r.Throughput, r.ThroughputFloor; t != nil && f != nil && r.ThroughputCPU.Known && r.FloorCPU.Known && t.Rate > 0 && f.Rate > 0 {
-		h, fl := r.ThroughputCPU.Server/t.Rate, r.FloorCPU.Server/f.Rate
-		add("3 throughput", "server CPU per payment: hub, floor", fmt.Sprintf("%.2f ms, %.2f ms (%.1f×)", h*1000, fl*1000, ratio(h, fl)), "", "")
+	if t, f := r.Throughput, r.ThroughputFloor; t != nil && f != nil {
+		if r.LoadRounds > 0 {
+			add("3 throughput", "how", turns(r.LoadRounds, r.Options.Duration), "", "")
+		}
+		if h, fl := r.ThroughputCPU.PerPayment(t), r.FloorCPU.PerPayment(f); h > 0 && fl > 0 {
+			add("3 throughput", "server CPU per payment: hub, floor", fmt.Sprintf("%.2f ms, %.2f ms (%.1f×)", msf(h), msf(fl), ratio(float64(h), float64(fl))), "", "")
+		}
 	}
 	if t, f := r.Throughput, r.ThroughputFloor; t != nil && f != nil {
 		q := ratio(t.Rate, f.Rate)
@@ -105,6 +109,12 @@ func (r *Results) Rows() []Row {
 	}
 	if f := r.LoadFloor; f != nil {
 		add("3b load", fmt.Sprintf("floor at %.0f/s offered", f.Offered), f.RoundTrip.String()+"; "+f.outcome()+"; "+rate(f.Rate)+" answered", "", "")
+		if r.LoadFloorCPU.Known {
+			add("3b load", "floor CPU", r.LoadFloorCPU.String(), "", "")
+		}
+		if r.Load != nil && r.LoadRounds > 0 {
+			add("3b load", "how", turns(r.LoadRounds, r.Options.Duration), "", "")
+		}
 	}
 	if i := r.Idle; i != nil {
 		v := verdict(i.PerConn <= TargetIdleBytes)
@@ -187,3 +197,11 @@ func (s PaymentStats) outcome() string {
 	}
 	return out
 }
+
+// turns describes how a loaded scenario's hub and floor took turns.
+func turns(rounds int, dur time.Duration) string {
+	return fmt.Sprintf("both servers up at once, taking turns in %d blocks of %s each (hub, floor, floor, hub, ...)", rounds, dur/time.Duration(rounds))
+}
+
+// msf is d in milliseconds.
+func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -22,6 +22,7 @@ type Options struct {
 	Scenarios  map[string]bool
 	Payments   int           // sequential payments of latency and floor
 	Rounds     int           // latency and floor together: blocks each run in, taking turns
+	LoadRounds int           // throughput and load: blocks the hub and the floor each run in, taking turns
 	Warmup     int           // sequential payments before those, not measured
 	Duration   time.Duration // throughput and load
 	Rate       float64       // load: payments/s offered
@@ -53,7 +54,17 @@ type CPUShare struct {
 	// time less the three above): other work on a shared machine that the
 	// figures had to share the cores with.
 	Other float64
-	Known bool // Server and Generator were measured (Redis when > 0)
+	Known bool          // Server and Generator were measured (Redis when > 0)
+	Wall  time.Duration // how long the phases measured lasted, drains included
+}
+
+// PerPayment is the server CPU time per final of st, over the same phases.
+func (c CPUShare) PerPayment(st *PaymentStats) time.Duration {
+	n := st.Completed + st.Failures
+	if !c.Known || n == 0 {
+		return 0
+	}
+	return time.Duration(c.Server * float64(c.Wall) / float64(n))
 }
 
 func (c CPUShare) String() string {
@@ -83,7 +94,8 @@ type Results struct {
 	Throughput, ThroughputFloor *PaymentStats
 	ThroughputCPU, FloorCPU     CPUShare
 	Load, LoadFloor             *PaymentStats
-	LoadCPU                     CPUShare
+	LoadCPU, LoadFloorCPU       CPUShare
+	LoadRounds                  int // blocks throughput and load took turns in, each server
 	Idle                        *IdleStats
 	Storm                       *StormStats
 	StormCPU                    CPUShare
@@ -100,6 +112,7 @@ func (o *Options) fill() {
 	}
 	def(&o.Payments, 2000)
 	def(&o.Rounds, 20)
+	def(&o.LoadRounds, 6)
 	def(&o.Terminals, 1000)
 	def(&o.POS, 100)
 	def(&o.Idle, 15000)
@@ -163,22 +176,15 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 		res.Errors = append(res.Errors, scenario+": "+err.Error())
 		logf("%s failed: %v", scenario, err)
 	}
-	// seqSide is one server of the sequential scenarios, connected and
-	// warmed up: one POS and one terminal.
-	type seqSide struct {
-		name string
-		ep   Endpoint
-		fc   *fleetConns
-		cpu  cpuAcc
-		runs []PaymentStats
-	}
-	prepare := func(name string, launch func() (Endpoint, func(), error)) (*seqSide, func()) {
+	// prepare starts a server for a scenario and connects its load (pos
+	// POS with terms terminals), warmed up with warm unmeasured payments.
+	prepare := func(name string, launch func() (Endpoint, func(), error), pos, terms, warm int) (*side, func()) {
 		ep, stop, err := launch()
 		if err != nil {
 			fail(name, err)
 			return nil, func() {}
 		}
-		plans, err := ep.Fleet.Plan(1, 1)
+		plans, err := ep.Fleet.Plan(pos, terms)
 		if err != nil {
 			stop()
 			fail(name, err)
@@ -190,27 +196,47 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 			fail(name, err)
 			return nil, func() {}
 		}
-		if o.Warmup > 0 {
-			fc.closedLoop(ctx, ep.Name, int64(o.Warmup), 0, o.Drain)
+		if warm > 0 {
+			fc.closedLoop(ctx, ep.Name, int64(warm), 0, o.Drain)
 		}
-		return &seqSide{name: name, ep: ep, fc: fc}, func() { fc.close(); stop() }
+		return &side{name: name, ep: ep, fc: fc}, func() { fc.close(); stop() }
 	}
-	measure := func(sd *seqSide, n int) {
+	// measure runs one block of a phase against a server and adds it to
+	// the server's figures.
+	measure := func(sd *side, phase func(sd *side) PaymentStats) {
 		before := o.cpu(ctx, sd.ep)
-		st := sd.fc.closedLoop(ctx, sd.ep.Name, int64(n), 0, o.Drain)
+		st := phase(sd)
 		sd.cpu.add(before, o.cpu(ctx, sd.ep))
 		sd.runs = append(sd.runs, st)
 	}
-	finish := func(sd *seqSide, share *CPUShare) *PaymentStats {
+	// sequential is n payments one after the other (latency and floor).
+	sequential := func(n int) func(sd *side) PaymentStats {
+		return func(sd *side) PaymentStats { return sd.fc.closedLoop(ctx, sd.ep.Name, int64(n), 0, o.Drain) }
+	}
+	finish := func(sd *side, share *CPUShare) *PaymentStats {
 		st := mergeStats(sd.runs)
 		*share = sd.cpu.share()
 		logf("%s: %s; %s", sd.name, st, share)
 		return &st
 	}
+	// takeTurns runs rounds blocks of phase against each of a and b, the
+	// order swapped every round (a, b, b, a, ...), so that whatever else
+	// the machine does during the run falls on both alike and their ratio
+	// compares like with like.
+	takeTurns := func(a, b *side, rounds int, phase func(r int) func(sd *side) PaymentStats) {
+		for r := range rounds {
+			first, second := a, b
+			if r%2 == 1 {
+				first, second = b, a
+			}
+			measure(first, phase(r))
+			measure(second, phase(r))
+		}
+	}
 	profile := o.CPUProfile != ""
 	launchHub := func() (Endpoint, func(), error) { return l.Hub(ctx, "latency", profile) }
 	launchFloor := func() (Endpoint, func(), error) { return l.Floor(ctx, "floor") }
-	signal := func(sd *seqSide, sig syscall.Signal) {
+	signal := func(sd *side, sig syscall.Signal) {
 		if profile && sd.ep.Proc != nil {
 			_ = sd.ep.Proc.Signal(sig)
 		}
@@ -226,24 +252,17 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 		func() {
 			rounds := max(min(o.Rounds, o.Payments), 1)
 			logf("latency and floor: %d sequential payments each, one POS and one terminal per server, in %d interleaved rounds", o.Payments, rounds)
-			hub, stopHub := prepare("latency", launchHub)
+			hub, stopHub := prepare("latency", launchHub, 1, 1, o.Warmup)
 			defer stopHub()
-			floor, stopFloor := prepare("floor", launchFloor)
+			floor, stopFloor := prepare("floor", launchFloor, 1, 1, o.Warmup)
 			defer stopFloor()
 			if hub == nil || floor == nil {
 				return
 			}
 			signal(hub, syscall.SIGUSR1)
-			for r := range rounds {
-				n := o.Payments/rounds + btoi(r < o.Payments%rounds)
-				if r%2 == 0 {
-					measure(hub, n)
-					measure(floor, n)
-				} else {
-					measure(floor, n)
-					measure(hub, n)
-				}
-			}
+			takeTurns(hub, floor, rounds, func(r int) func(sd *side) PaymentStats {
+				return sequential(o.Payments/rounds + btoi(r < o.Payments%rounds))
+			})
 			signal(hub, syscall.SIGUSR2)
 			res.Latency = finish(hub, &res.LatencyCPU)
 			res.Floor = finish(floor, &res.FloorSeqCPU)
@@ -251,76 +270,66 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 		}()
 	case o.Scenarios["latency"]:
 		logf("latency: %d sequential payments, one POS, one terminal, against the hub", o.Payments)
-		if hub, stop := prepare("latency", launchHub); hub != nil {
+		if hub, stop := prepare("latency", launchHub, 1, 1, o.Warmup); hub != nil {
 			signal(hub, syscall.SIGUSR1)
-			measure(hub, o.Payments)
+			measure(hub, sequential(o.Payments))
 			signal(hub, syscall.SIGUSR2)
 			res.Latency = finish(hub, &res.LatencyCPU)
 			stop()
 		}
 	case o.Scenarios["floor"]:
 		logf("floor: %d sequential payments through the bare relay", o.Payments)
-		if floor, stop := prepare("floor", launchFloor); floor != nil {
-			measure(floor, o.Payments)
+		if floor, stop := prepare("floor", launchFloor, 1, 1, o.Warmup); floor != nil {
+			measure(floor, sequential(o.Payments))
 			res.Floor = finish(floor, &res.FloorSeqCPU)
 			stop()
 		}
 	}
 
-	loaded := func(name string, launch func() (Endpoint, func(), error), open, profile bool) (*PaymentStats, CPUShare) {
-		ep, stop, err := launch()
-		if err != nil {
-			fail(name, err)
-			return nil, CPUShare{}
+	// loaded runs the hub and the floor under the same load, interleaved
+	// like latency and floor: both up at once, each with its own fleet
+	// (warmed up by one payment per terminal), taking turns in blocks of
+	// Duration/LoadRounds. Run one after the other, the two met different
+	// moments of a noisy machine: the floor's closed-loop rate moved by a
+	// third between two runs minutes apart.
+	loaded := func(scenario string, launchHub func() (Endpoint, func(), error), open, profile bool) (hubSt, floorSt *PaymentStats, hubCPU, floorCPU CPUShare, rounds int) {
+		rounds = max(min(o.LoadRounds, int(o.Duration/minBlock)), 1)
+		hub, stopHub := prepare(scenario, launchHub, o.POS, o.Terminals, o.Terminals)
+		defer stopHub()
+		floor, stopFloor := prepare(scenario+"-floor", func() (Endpoint, func(), error) { return l.Floor(ctx, scenario+"-floor") }, o.POS, o.Terminals, o.Terminals)
+		defer stopFloor()
+		if hub == nil || floor == nil {
+			return nil, nil, CPUShare{}, CPUShare{}, 0
 		}
-		defer stop()
-		plans, err := ep.Fleet.Plan(o.POS, o.Terminals)
-		if err != nil {
-			fail(name, err)
-			return nil, CPUShare{}
+		block := o.Duration / time.Duration(rounds)
+		phase := func(sd *side) PaymentStats {
+			if open {
+				return sd.fc.openLoop(ctx, sd.ep.Name, o.Rate, block, o.Drain)
+			}
+			return sd.fc.closedLoop(ctx, sd.ep.Name, 0, block, o.Drain)
 		}
-		fc, err := connect(ctx, ep, plans, tag+name)
-		if err != nil {
-			fail(name, err)
-			return nil, CPUShare{}
+		if profile && hub.ep.Proc != nil {
+			_ = hub.ep.Proc.Signal(syscall.SIGUSR1) // the profiled hub starts its CPU profile
 		}
-		defer fc.close()
-		// One payment per terminal first, so that connections, pools and
-		// caches are warm before anything is measured.
-		fc.closedLoop(ctx, ep.Name, int64(o.Terminals), 0, o.Drain)
-		if profile && ep.Proc != nil {
-			_ = ep.Proc.Signal(syscall.SIGUSR1) // the profiled hub starts its CPU profile
+		takeTurns(hub, floor, rounds, func(int) func(sd *side) PaymentStats { return phase })
+		if profile && hub.ep.Proc != nil {
+			_ = hub.ep.Proc.Signal(syscall.SIGUSR2) // and writes it
 		}
-		before := o.cpu(ctx, ep)
-		var st PaymentStats
-		if open {
-			st = fc.openLoop(ctx, ep.Name, o.Rate, o.Duration, o.Drain)
-		} else {
-			st = fc.closedLoop(ctx, ep.Name, 0, o.Duration, o.Drain)
-		}
-		share := o.cpu(ctx, ep).since(before)
-		if profile && ep.Proc != nil {
-			_ = ep.Proc.Signal(syscall.SIGUSR2) // and writes it
-		}
-		logf("%s: %s; %s", name, st, share)
-		return &st, share
+		hubSt, floorSt = finish(hub, &hubCPU), finish(floor, &floorCPU)
+		return hubSt, floorSt, hubCPU, floorCPU, rounds
 	}
 	if o.Scenarios["throughput"] {
-		logf("throughput: closed loop, %d terminals, %d POS, %s, against the hub", o.Terminals, o.POS, o.Duration)
-		res.Throughput, res.ThroughputCPU = loaded("throughput", func() (Endpoint, func(), error) {
+		logf("throughput: closed loop, %d terminals, %d POS, %s each for the hub and the floor, taking turns", o.Terminals, o.POS, o.Duration)
+		res.Throughput, res.ThroughputFloor, res.ThroughputCPU, res.FloorCPU, res.LoadRounds = loaded("throughput", func() (Endpoint, func(), error) {
 			return l.Hub(ctx, "throughput", o.CPUProfile != "")
 		}, false, o.CPUProfile != "")
 		if o.CPUProfile != "" && res.Throughput != nil {
 			res.Profile = o.CPUProfile
 		}
-		logf("throughput: the same load through the bare relay")
-		res.ThroughputFloor, res.FloorCPU = loaded("throughput-floor", func() (Endpoint, func(), error) { return l.Floor(ctx, "throughput-floor") }, false, false)
 	}
 	if o.Scenarios["load"] {
-		logf("load: open loop, %.0f payments/s offered over %d terminals, %s, against the hub", o.Rate, o.Terminals, o.Duration)
-		res.Load, res.LoadCPU = loaded("load", func() (Endpoint, func(), error) { return l.Hub(ctx, "load", false) }, true, false)
-		logf("load: the same offered load through the bare relay")
-		res.LoadFloor, _ = loaded("load-floor", func() (Endpoint, func(), error) { return l.Floor(ctx, "load-floor") }, true, false)
+		logf("load: open loop, %.0f payments/s offered over %d terminals, %s each for the hub and the floor, taking turns", o.Rate, o.Terminals, o.Duration)
+		res.Load, res.LoadFloor, res.LoadCPU, res.LoadFloorCPU, res.LoadRounds = loaded("load", func() (Endpoint, func(), error) { return l.Hub(ctx, "load", false) }, true, false)
 	}
 	if o.Scenarios["idle"] || o.Scenarios["storm"] {
 		res.idleAndStorm(ctx, o, l, logf, fail)
@@ -402,6 +411,19 @@ func (res *Results) idleAndStorm(ctx context.Context, o Options, l Launcher, log
 	res.Storm = &st
 }
 
+// minBlock is the shortest block a loaded scenario's servers take turns in.
+const minBlock = 100 * time.Millisecond
+
+// side is one server of a scenario with its connected load, and what the
+// blocks run against it measured.
+type side struct {
+	name string
+	ep   Endpoint
+	fc   *fleetConns
+	cpu  cpuAcc
+	runs []PaymentStats
+}
+
 // cpuSample is the CPU time used so far by the server, Redis and the bench.
 type cpuSample struct {
 	at                       time.Time
@@ -446,7 +468,7 @@ func (a *cpuAcc) share() CPUShare {
 	if wall <= 0 || a.serverMissing {
 		return CPUShare{}
 	}
-	c := CPUShare{Known: true, Server: a.server.Seconds() / wall, Redis: a.redis.Seconds() / wall, Generator: a.generator.Seconds() / wall}
+	c := CPUShare{Known: true, Wall: a.wall, Server: a.server.Seconds() / wall, Redis: a.redis.Seconds() / wall, Generator: a.generator.Seconds() / wall}
 	if !a.machineMissing {
 		c.Other = max(a.machine.Seconds()/wall-c.Server-c.Redis-c.Generator, 0)
 	}

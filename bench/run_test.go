@@ -56,8 +56,8 @@ func TestRunSmall(t *testing.T) {
 	defer cancel()
 	var log bytes.Buffer
 	res := Run(ctx, Options{
-		Scenarios: map[string]bool{"latency": true, "floor": true, "throughput": true, "replay": true},
-		Payments:  20, Warmup: 2, Duration: 300 * time.Millisecond, POS: 2, Terminals: 6, Replay: 30,
+		Scenarios: map[string]bool{"latency": true, "floor": true, "throughput": true, "load": true, "replay": true},
+		Payments:  20, Warmup: 2, Duration: 600 * time.Millisecond, LoadRounds: 3, Rate: 20, POS: 2, Terminals: 6, Replay: 30,
 		Drain: 10 * time.Second, Log: &log,
 	}, l)
 	if len(res.Errors) > 0 {
@@ -86,6 +86,18 @@ func TestRunSmall(t *testing.T) {
 			t.Errorf("%s throughput: %d round trips for %d finals, rate %.1f", s.Target, s.RoundTrip.N, s.Completed, s.Rate)
 		}
 	}
+	for _, s := range []*PaymentStats{res.Load, res.LoadFloor} {
+		if s == nil {
+			t.Fatalf("load has no result:\n%s", log.String())
+		}
+		// 20/s for 3 blocks of 200 ms: 4 payments a block.
+		if s.Sent != 12 || s.Completed+s.Failures != s.Sent || s.Lost != 0 || s.Duplicated != 0 || s.Unfinished || s.Offered != 20 {
+			t.Errorf("%s load: want 12 payments offered in 3 blocks, each with one final; got %+v", s.Target, *s)
+		}
+	}
+	if res.LoadRounds != 3 {
+		t.Errorf("throughput and load took turns in %d blocks, want 3", res.LoadRounds)
+	}
 	if res.Interleaved != 20 {
 		t.Errorf("latency and floor ran in %d interleaved rounds, want 20 (the default, one payment each)", res.Interleaved)
 	}
@@ -95,7 +107,8 @@ func TestRunSmall(t *testing.T) {
 	var out strings.Builder
 	res.Markdown(&out)
 	for _, want := range []string{"| 1 latency | hub round trip | p50 ", "| 2 floor | floor round trip |", "hub ÷ floor, p50", "hub ÷ floor, p99",
-		"| 3 throughput | hub finals: lost / duplicated | 0 / 0 (", "| 5 replay |"} {
+		"| 3 throughput | hub finals: lost / duplicated | 0 / 0 (",
+		"| 3 throughput | how | both servers up at once, taking turns in 3 blocks of 200ms each", "| 3b load | how | both servers up at once, taking turns in 3 blocks", "| 5 replay |"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, out.String())
 		}
@@ -115,14 +128,15 @@ func TestMergeStats(t *testing.T) {
 		}
 		return d
 	}
-	a := PaymentStats{Target: "hub", POS: 1, Terminals: 1, Sent: 3, Completed: 3, Elapsed: time.Second, Errors: map[string]int{}, samples: ms(1, 2, 3)}
-	b := PaymentStats{Target: "hub", POS: 1, Terminals: 1, Sent: 3, Completed: 2, Failures: 1, Elapsed: 2 * time.Second,
+	a := PaymentStats{Target: "hub", POS: 1, Terminals: 1, Sent: 3, Completed: 3, Counted: 3, Elapsed: time.Second, Errors: map[string]int{}, samples: ms(1, 2, 3)}
+	// b's last final came in its drain, after the window its rate counts.
+	b := PaymentStats{Target: "hub", POS: 1, Terminals: 1, Sent: 4, Completed: 3, Failures: 1, Counted: 3, Elapsed: 2 * time.Second,
 		Errors: map[string]int{"device_busy": 1}, samples: ms(10, 20, 30)}
 	m := mergeStats([]PaymentStats{a, b})
-	if m.Sent != 6 || m.Completed != 5 || m.Failures != 1 || m.Errors["device_busy"] != 1 || m.Elapsed != 3*time.Second {
+	if m.Sent != 7 || m.Completed != 6 || m.Failures != 1 || m.Errors["device_busy"] != 1 || m.Elapsed != 3*time.Second {
 		t.Fatalf("counts: %+v", m)
 	}
-	if m.Rate != 2 { // 6 finals in 3 s
+	if m.Rate != 2 { // 6 finals inside the windows, which last 3 s
 		t.Errorf("rate %.2f, want 2", m.Rate)
 	}
 	if m.RoundTrip.N != 6 || m.RoundTrip.P50 != 3*time.Millisecond || m.RoundTrip.Max != 30*time.Millisecond {
@@ -132,8 +146,13 @@ func TestMergeStats(t *testing.T) {
 	t0 := time.Now()
 	acc.add(cpuSample{at: t0, serverOK: true}, cpuSample{at: t0.Add(time.Second), server: 500 * time.Millisecond, serverOK: true})
 	acc.add(cpuSample{at: t0, serverOK: true}, cpuSample{at: t0.Add(3 * time.Second), server: 2500 * time.Millisecond, serverOK: true})
-	if c := acc.share(); !c.Known || c.Server != 0.75 { // 3 s of CPU in 4 s
-		t.Errorf("cpu share %+v, want 0.75 cores of server", c)
+	c := acc.share()
+	if !c.Known || c.Server != 0.75 || c.Wall != 4*time.Second { // 3 s of CPU in 4 s
+		t.Errorf("cpu share %+v, want 0.75 cores of server over 4 s", c)
+	}
+	// Per payment counts every final, those of the drains too: 3 s for 7.
+	if got, want := c.PerPayment(&m), 3*time.Second/7; got != want {
+		t.Errorf("CPU per payment %s, want %s", got, want)
 	}
 }
 

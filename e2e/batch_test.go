@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/coder/websocket"
+
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/internal/keys"
 	"github.com/termhub/termhub/protocol"
@@ -157,5 +159,44 @@ func TestTerminalBatchAnswersErrorsInOrder(t *testing.T) {
 	}
 	if got := e.storedRev(t, id); got != "2" {
 		t.Fatalf("stored rev %s, want 2: the create and one commit for the two good frames", got)
+	}
+}
+
+// Frames that reached the hub before one breaking the rules are still
+// served: the sale completes, and only then is the connection closed with
+// 4400.
+func TestTerminalFramesBeforeAViolationAreServed(t *testing.T) {
+	e := newEnv(t)
+	pos := e.pos("pk1")
+	term, cork := e.corkedTerminal("T1")
+	id := sell(t, pos, "T1", 1250, "together-3").Transaction.ID
+	startPayment(t, term, id)
+
+	cork.cork()
+	termSend(t, term, "commandReceived", id, nil)
+	termSend(t, term, "paymentResult", id, map[string]any{"outcome": "approved", "authCode": "A3",
+		"maskedPan": "411111******1111", "cardScheme": "visa", "entryMode": "emv_chip"})
+	if err := term.SendRaw(ctx(t), websocket.MessageBinary, []byte(`{"action":"listTerminals"}`)); err != nil {
+		t.Fatal(err)
+	}
+	cork.uncork(t)
+
+	for {
+		m, err := term.Read(ctx(t))
+		if err != nil {
+			if code := client.CloseCode(err); code != 4400 {
+				t.Fatalf("terminal closed with %d (%v), want 4400", code, err)
+			}
+			break
+		}
+		if m.Action == protocol.ActionError {
+			t.Fatalf("terminal answered %s, want the frames served and then 4400", m.Raw)
+		}
+	}
+	if done := posEvent(t, pos, protocol.ActionPaymentComplete, id); done.Transaction.Status != protocol.StatusCompleted {
+		t.Fatalf("sale ended %s, want COMPLETED", done.Transaction.Status)
+	}
+	if got := e.storedRev(t, id); got != "2" {
+		t.Fatalf("stored rev %s, want 2: the two frames before the binary one in one commit", got)
 	}
 }

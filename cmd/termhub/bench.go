@@ -56,6 +56,7 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	payments := fs.Int("payments", 2000, "latency and floor: sequential payments measured")
 	warmup := fs.Int("warmup", 100, "latency and floor: sequential payments before those, not measured")
 	rounds := fs.Int("rounds", 20, "latency and floor together: the hub and the floor take turns in this many blocks of payments")
+	loadRounds := fs.Int("load-rounds", 6, "throughput and load: the hub and the floor take turns in this many blocks of --duration/N each")
 	hubURL := fs.String("hub-url", "", "bench an already running hub at this URL instead of starting one (needs --config)")
 	hubConfig := fs.String("config", "", "with --hub-url: the running hub's configuration file, for its credentials")
 	hubPID := fs.Int("hub-pid", 0, "with --hub-url: the running hub's process id, for its RSS and CPU")
@@ -113,7 +114,7 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 
 	opts := bench.Options{
-		Scenarios: scenarios, Payments: *payments, Rounds: *rounds, Warmup: *warmup, Duration: *duration, Rate: *rate,
+		Scenarios: scenarios, Payments: *payments, Rounds: *rounds, LoadRounds: *loadRounds, Warmup: *warmup, Duration: *duration, Rate: *rate,
 		Terminals: *terminals, POS: *pos, Idle: *idle, Storm: *storm, Replay: *replay,
 		Embedded: embedded, CPUProfile: *cpuprofile, Log: stderr,
 	}
