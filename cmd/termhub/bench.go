@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -204,9 +205,17 @@ func runFloorChild(ctx context.Context, addr, redisURL, prefix string) error {
 	return bench.ServeFloor(ctx, addr, store.Client, prefix)
 }
 
+// allocsPath is where the allocation profile of a hub CPU-profiled to
+// profile goes: "hub.prof" gives "hub.allocs.prof".
+func allocsPath(profile string) string {
+	ext := filepath.Ext(profile)
+	return strings.TrimSuffix(profile, ext) + ".allocs" + ext
+}
+
 // runProfiledHub runs `serve --config cfg` and profiles its CPU from SIGUSR1
 // to SIGUSR2 (or to the end), so that the profile covers the measured run
-// only.
+// only. When the CPU profile stops it also writes the allocations since the
+// hub started (warm-up included) beside it, as allocsPath(profile).
 func runProfiledHub(cfg, profile string) error {
 	if profile == "" {
 		return errors.New("bench: --serve-hub needs --cpuprofile")
@@ -225,6 +234,10 @@ func runProfiledHub(cfg, profile string) error {
 			pprof.StopCPUProfile()
 			_ = f.Close()
 			f = nil
+			if af, err := os.Create(allocsPath(profile)); err == nil {
+				_ = pprof.Lookup("allocs").WriteTo(af, 0)
+				_ = af.Close()
+			}
 		}
 	}
 	go func() {
