@@ -236,6 +236,9 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 	profile := o.CPUProfile != ""
 	launchHub := func() (Endpoint, func(), error) { return l.Hub(ctx, "latency", profile) }
 	launchFloor := func() (Endpoint, func(), error) { return l.Floor(ctx, "floor") }
+	// signal starts (SIGUSR1) or stops (SIGUSR2) the CPU profile of a hub
+	// launched with profiling; any other server's default action would be
+	// to exit.
 	signal := func(sd *side, sig syscall.Signal) {
 		if profile && sd.ep.Proc != nil {
 			_ = sd.ep.Proc.Signal(sig)
@@ -308,12 +311,12 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 			}
 			return sd.fc.closedLoop(ctx, sd.ep.Name, 0, block, o.Drain)
 		}
-		if profile && hub.ep.Proc != nil {
-			_ = hub.ep.Proc.Signal(syscall.SIGUSR1) // the profiled hub starts its CPU profile
+		if profile {
+			signal(hub, syscall.SIGUSR1)
 		}
 		takeTurns(hub, floor, rounds, func(int) func(sd *side) PaymentStats { return phase })
-		if profile && hub.ep.Proc != nil {
-			_ = hub.ep.Proc.Signal(syscall.SIGUSR2) // and writes it
+		if profile {
+			signal(hub, syscall.SIGUSR2)
 		}
 		hubSt, floorSt = finish(hub, &hubCPU), finish(floor, &floorCPU)
 		return hubSt, floorSt, hubCPU, floorCPU, rounds

@@ -203,7 +203,7 @@ func (c *conn) readLoop(handle func(frames [][]byte) error) {
 		}
 		err := handle(batch)
 		switch {
-		case ended: // readFrame has ended the connection
+		case ended: // the connection is closing (kicked, shut down) while the batch was gathered
 			return
 		case errors.Is(err, protocol.ErrNotJSON):
 			c.protocolViolation("frame is not JSON")
