@@ -49,12 +49,18 @@ func ratio(a, b float64) float64 {
 func (r *Results) Rows() []Row {
 	var rows []Row
 	add := func(s, f, m, t, v string) { rows = append(rows, Row{s, f, m, t, v}) }
+	allocRow := func(scn string, s *PaymentStats, cpu CPUShare) {
+		if b := cpu.AllocPerPayment(s); b > 0 {
+			add(scn, s.Target+" heap allocated per payment", fmt.Sprintf("%.1f KiB (%.0f GC cycles in %s)", b/1024, cpu.GCs, cpu.Wall.Round(time.Millisecond)), "", "")
+		}
+	}
 	pay := func(scn string, s *PaymentStats, cpu CPUShare) {
 		add(scn, s.Target+" round trip", s.RoundTrip.String(), "", "")
 		add(scn, s.Target+" rate", rate(s.Rate)+" ("+s.outcome()+")", "", "")
 		if cpu.Known {
 			add(scn, s.Target+" CPU", cpu.String(), "", "")
 		}
+		allocRow(scn, s, cpu)
 	}
 	if r.Latency != nil {
 		pay("1 latency", r.Latency, r.LatencyCPU)
@@ -76,6 +82,7 @@ func (r *Results) Rows() []Row {
 		add("3 throughput", "hub payments/s", rate(t.Rate), "", "")
 		add("3 throughput", "hub round trip", t.RoundTrip.String(), "", "")
 		add("3 throughput", "hub CPU", r.ThroughputCPU.String(), "", "")
+		allocRow("3 throughput", t, r.ThroughputCPU)
 	}
 	if f := r.ThroughputFloor; f != nil {
 		add("3 throughput", "floor payments/s", rate(f.Rate), "", "")
@@ -106,6 +113,7 @@ func (r *Results) Rows() []Row {
 		}
 		add("3b load", fmt.Sprintf("hub at %.0f/s offered", l.Offered), l.RoundTrip.String()+"; "+l.outcome()+"; "+rate(l.Rate)+" answered", tgt, v)
 		add("3b load", "hub CPU", r.LoadCPU.String(), "", "")
+		allocRow("3b load", l, r.LoadCPU)
 	}
 	if f := r.LoadFloor; f != nil {
 		add("3b load", fmt.Sprintf("floor at %.0f/s offered", f.Offered), f.RoundTrip.String()+"; "+f.outcome()+"; "+rate(f.Rate)+" answered", "", "")

@@ -56,6 +56,23 @@ type CPUShare struct {
 	Other float64
 	Known bool          // Server and Generator were measured (Redis when > 0)
 	Wall  time.Duration // how long the phases measured lasted, drains included
+	// Allocated and GCs are what the hub's Go runtime reported over the
+	// same phases (/metrics: go_memstats_alloc_bytes_total and
+	// go_gc_duration_seconds_count); AllocKnown says whether it could be
+	// read (not for the floor relay, which has no /metrics).
+	Allocated  float64
+	GCs        float64
+	AllocKnown bool
+}
+
+// AllocPerPayment is the hub's heap allocation per final of st, in bytes,
+// over the same phases; 0 when unknown.
+func (c CPUShare) AllocPerPayment(st *PaymentStats) float64 {
+	n := st.Completed + st.Failures
+	if !c.AllocKnown || n == 0 {
+		return 0
+	}
+	return c.Allocated / float64(n)
 }
 
 // PerPayment is the server CPU time per final of st, over the same phases.
@@ -433,6 +450,8 @@ type cpuSample struct {
 	server, redis, generator time.Duration
 	machine                  time.Duration // busy time of every core
 	serverOK                 bool
+	alloc, gcs               float64 // the hub's runtime counters, when allocOK
+	allocOK                  bool
 }
 
 func (o *Options) cpu(ctx context.Context, ep Endpoint) cpuSample {
@@ -445,13 +464,22 @@ func (o *Options) cpu(ctx context.Context, ep Endpoint) cpuSample {
 	if o.Redis != nil && !o.Embedded {
 		s.redis = RedisCPU(ctx, o.Redis)
 	}
+	if ep.OpsToken != "" {
+		if rt, err := ep.runtimeMetrics(ctx); err == nil {
+			a, okA := rt["go_memstats_alloc_bytes_total"]
+			g, okG := rt["go_gc_duration_seconds_count"]
+			s.alloc, s.gcs, s.allocOK = a, g, okA && okG
+		}
+	}
 	return s
 }
 
 // cpuAcc adds up the CPU time of several phases.
 type cpuAcc struct {
 	wall, server, redis, generator, machine time.Duration
+	alloc, gcs                              float64
 	serverMissing, machineMissing           bool // some phase could not read it
+	allocMissing                            bool
 }
 
 // add adds the phase from b to s.
@@ -463,15 +491,25 @@ func (a *cpuAcc) add(b, s cpuSample) {
 	a.redis += s.redis - b.redis
 	a.generator += s.generator - b.generator
 	a.machine += s.machine - b.machine
+	a.allocMissing = a.allocMissing || !s.allocOK || !b.allocOK
+	a.alloc += s.alloc - b.alloc
+	a.gcs += s.gcs - b.gcs
 }
 
 // share is the average use of the phases added.
 func (a *cpuAcc) share() CPUShare {
 	wall := a.wall.Seconds()
-	if wall <= 0 || a.serverMissing {
+	if wall <= 0 {
 		return CPUShare{}
 	}
-	c := CPUShare{Known: true, Wall: a.wall, Server: a.server.Seconds() / wall, Redis: a.redis.Seconds() / wall, Generator: a.generator.Seconds() / wall}
+	c := CPUShare{Wall: a.wall}
+	if !a.allocMissing {
+		c.Allocated, c.GCs, c.AllocKnown = a.alloc, a.gcs, true
+	}
+	if a.serverMissing {
+		return c
+	}
+	c.Known, c.Server, c.Redis, c.Generator = true, a.server.Seconds()/wall, a.redis.Seconds()/wall, a.generator.Seconds()/wall
 	if !a.machineMissing {
 		c.Other = max(a.machine.Seconds()/wall-c.Server-c.Redis-c.Generator, 0)
 	}

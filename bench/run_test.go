@@ -24,7 +24,8 @@ type inProcess struct {
 }
 
 func (l *inProcess) Hub(ctx context.Context, name string, profile bool) (Endpoint, func(), error) {
-	cfg, err := config.Parse(l.fleet.ConfigYAML("127.0.0.1:0", "", l.r.Prefix+name+":", "info"), func(string) string { return "" })
+	prefix := l.r.Prefix + name + ":"
+	cfg, err := config.Parse(l.fleet.ConfigYAML("127.0.0.1:0", "", prefix, "info"), func(string) string { return "" })
 	if err != nil {
 		return Endpoint{}, nil, err
 	}
@@ -33,7 +34,9 @@ func (l *inProcess) Hub(ctx context.Context, name string, profile bool) (Endpoin
 		return Endpoint{}, nil, err
 	}
 	srv := httptest.NewServer(a.Handler())
-	return Endpoint{Name: "hub", URL: srv.URL, Fleet: l.fleet}, func() {
+	// The token lets the bench read /metrics; in this process its
+	// allocation figures are the test's as much as the hub's.
+	return Endpoint{Name: "hub", URL: srv.URL, Fleet: l.fleet, OpsToken: opsToken(prefix)}, func() {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = a.Drain(dctx)
@@ -104,10 +107,13 @@ func TestRunSmall(t *testing.T) {
 	if p := res.Replay; p == nil || p.Messages != 30 || p.Received != 30 || p.Duplicates != 0 || p.FromDial <= 0 {
 		t.Errorf("replay: %+v", p)
 	}
+	if !res.LatencyCPU.AllocKnown || res.LatencyCPU.AllocPerPayment(res.Latency) <= 0 || res.FloorSeqCPU.AllocKnown {
+		t.Errorf("allocation figures: hub %+v, floor %+v; want the hub's read from /metrics and none for the floor", res.LatencyCPU, res.FloorSeqCPU)
+	}
 	var out strings.Builder
 	res.Markdown(&out)
 	for _, want := range []string{"| 1 latency | hub round trip | p50 ", "| 2 floor | floor round trip |", "hub ÷ floor, p50", "hub ÷ floor, p99",
-		"| 3 throughput | hub finals: lost / duplicated | 0 / 0 (",
+		"| 3 throughput | hub finals: lost / duplicated | 0 / 0 (", "| 1 latency | hub heap allocated per payment | ", "| 3 throughput | hub heap allocated per payment | ",
 		"| 3 throughput | how | both servers up at once, taking turns in 3 blocks of 200ms each", "| 3b load | how | both servers up at once, taking turns in 3 blocks", "| 5 replay |"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, out.String())

@@ -182,19 +182,38 @@ const maxBatch = 8
 // close the connection with 4400; handle reports the latter by returning
 // protocol.ErrNotJSON.
 func (c *conn) readLoop(handle func(frames [][]byte) error) {
-	var batch [][]byte
+	var (
+		batch [][]byte
+		bufs  []*[]byte // the pooled buffers batch's frames were read into
+	)
+	read := func() ([]byte, bool) {
+		buf := frameBufs.Get().(*[]byte)
+		bufs = append(bufs, buf)
+		return c.readFrame(buf)
+	}
+	done := func() { // the frames are garbage once served
+		clear(batch)
+		for _, b := range bufs {
+			if cap(*b) <= maxPooledFrame {
+				frameBufs.Put(b)
+			}
+		}
+		bufs = bufs[:0]
+	}
+	defer done()
 	for {
-		data, ok := c.readFrame()
+		data, ok := read()
 		if !ok {
 			return
 		}
 		if c.kicked.Load() {
+			done()
 			continue // on its way out: nothing more is acted on
 		}
 		batch = append(batch[:0], data)
 		ended := false
 		for c.kind == KindTerminal && len(batch) < maxBatch && c.frameBuffered() {
-			data, ok := c.readFrame()
+			data, ok := read()
 			if !ok {
 				ended = true // the frames before it are still served
 				break
@@ -209,13 +228,24 @@ func (c *conn) readLoop(handle func(frames [][]byte) error) {
 			c.protocolViolation("frame is not JSON")
 			return
 		}
-		clear(batch) // the frames are garbage once served
+		done()
 	}
 }
 
-// readFrame reads one frame's payload; false when the connection ended or
-// the frame broke the rules (the connection is then closing).
-func (c *conn) readFrame() ([]byte, bool) {
+// frameBufs recycles the buffers frames are read into: the handlers decode
+// a frame into values of their own (encoding/json and protocol's envelope
+// scan copy what they keep), so nothing refers to a frame's bytes once it
+// has been served.
+var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// maxPooledFrame is the largest read buffer kept for reuse: one 64 KiB
+// frame should not pin 64 KiB in the pool.
+const maxPooledFrame = 16 << 10
+
+// readFrame reads one frame's payload into *buf (grown as needed and left
+// there); false when the connection ended or the frame broke the rules (the
+// connection is then closing).
+func (c *conn) readFrame(buf *[]byte) ([]byte, bool) {
 	typ, r, err := c.ws.Reader(c.ctx)
 	if err != nil {
 		if !errors.Is(err, context.Canceled) {
@@ -223,7 +253,8 @@ func (c *conn) readFrame() ([]byte, bool) {
 		}
 		return nil, false
 	}
-	data, err := io.ReadAll(io.LimitReader(r, protocol.MaxFrameBytes+1))
+	data, err := readAll(r, (*buf)[:0], protocol.MaxFrameBytes+1)
+	*buf = data
 	if err != nil {
 		return nil, false
 	}
@@ -237,6 +268,25 @@ func (c *conn) readFrame() ([]byte, bool) {
 		return nil, false
 	}
 	return data, true
+}
+
+// readAll is io.ReadAll(io.LimitReader(r, limit)) appending to b: it reads
+// until EOF or until it has limit bytes.
+func readAll(r io.Reader, b []byte, limit int) ([]byte, error) {
+	for len(b) < limit {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)] // let append pick the growth
+		}
+		n, err := r.Read(b[len(b):min(cap(b), limit)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
+	return b, nil
 }
 
 // frameBuffered reports whether the read buffer holds a whole unfragmented

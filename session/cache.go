@@ -3,8 +3,6 @@ package session
 import (
 	"context"
 	"sync"
-
-	"github.com/termhub/termhub/protocol"
 )
 
 // txnCache keeps the last committed copy of transactions that still have
@@ -15,7 +13,7 @@ import (
 // clients (Get, List) never use it.
 type txnCache struct {
 	mu sync.Mutex
-	m  map[cacheKey]*Txn // private copies; guarded by mu
+	m  map[cacheKey]*Txn // committed copies nobody changes; guarded by mu
 }
 
 // maxCached bounds the cache; past it, it starts again empty.
@@ -34,7 +32,10 @@ func (c *txnCache) get(merchantID, id string) *Txn {
 	return nil
 }
 
-// put remembers t (a copy) if it still has work, and forgets it otherwise.
+// put remembers t if it still has work, and forgets it otherwise. t
+// becomes the cache's: the caller only reads it afterwards (get hands out
+// copies, which are what gets changed), so that a commit does not copy
+// the transaction it has just written.
 func (c *txnCache) put(t *Txn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -46,7 +47,7 @@ func (c *txnCache) put(t *Txn) {
 	if c.m == nil || len(c.m) >= maxCached {
 		c.m = make(map[cacheKey]*Txn)
 	}
-	c.m[k] = t.Clone()
+	c.m[k] = t
 }
 
 func (c *txnCache) forget(merchantID, id string) {
@@ -63,15 +64,17 @@ func (s *Store) loadForUpdate(ctx context.Context, merchantID, id string) (*Txn,
 	}
 	t, err := s.Load(ctx, merchantID, id)
 	if err == nil {
-		s.cache.put(t)
+		s.cache.put(t.Clone()) // t itself is the caller's to change
 	}
 	return t, err
 }
 
-// Clone returns a deep copy of t.
+// Clone returns a copy of t that can be changed without changing t: its
+// pointers point to copies, and its history shares t's entries, which are
+// never changed in place (sharedHistory).
 func (t *Txn) Clone() *Txn {
 	c := *t
-	c.History = append([]protocol.HistoryEntry(nil), t.History...)
+	c.History = sharedHistory(t.History)
 	if t.CompletedAt != nil {
 		v := *t.CompletedAt
 		c.CompletedAt = &v

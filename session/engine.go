@@ -53,7 +53,8 @@ type Options struct {
 	PaymentTimeout   time.Duration
 	SignatureTimeout time.Duration
 	// Observe, if set, is told every transaction a commit changed, after the
-	// commit (for the ops feed). It must not block.
+	// commit (for the ops feed). It must not block, and must not change t,
+	// which is the engine's committed copy, not one of its own.
 	Observe func(t *protocol.Transaction)
 	// Metrics records transitions and auto-voids; nil records nothing.
 	Metrics *metrics.Metrics
@@ -163,34 +164,46 @@ func (e *Engine) lockKeys(merchantID string, apiKeys ...string) func() {
 	}
 }
 
-// pending collects what one commit produces for the world.
+// pending collects what one commit produces for the world. A commit
+// touches one or two API keys and terminals, so they are kept in short
+// slices (index-aligned) rather than maps.
 type pending struct {
-	msgs  map[string][]Message // api key → messages (ids filled after exec)
-	order []string             // api keys in first-use order
-	raw   []struct {
-		key  string
-		data []byte
-	}
-	terminal map[string][]any // device → commands
-	devOrder []string
+	order    []string    // api keys in first-use order
+	msgs     [][]Message // messages of order[i] (ids filled after exec)
+	devOrder []string    // devices in first-use order
+	terminal [][]any     // commands for devOrder[i]
 	arm      []*Txn
 	current  []curChange // in staging order
 	entered  []protocol.Status
 	autoVoid int
 }
 
-func newPending() *pending {
-	return &pending{msgs: map[string][]Message{}, terminal: map[string][]any{}}
+func newPending() *pending { return &pending{} }
+
+// addPOS queues a durable message for an API key.
+func (p *pending) addPOS(apiKey string, m Message) {
+	for i, k := range p.order {
+		if k == apiKey {
+			p.msgs[i] = append(p.msgs[i], m)
+			return
+		}
+	}
+	p.order = append(p.order, apiKey)
+	p.msgs = append(p.msgs, []Message{m})
 }
 
 func (p *pending) addTerminal(device string, cmds []any) {
 	if len(cmds) == 0 {
 		return
 	}
-	if _, ok := p.terminal[device]; !ok {
-		p.devOrder = append(p.devOrder, device)
+	for i, d := range p.devOrder {
+		if d == device {
+			p.terminal[i] = append(p.terminal[i], cmds...)
+			return
+		}
 	}
-	p.terminal[device] = append(p.terminal[device], cmds...)
+	p.devOrder = append(p.devOrder, device)
+	p.terminal = append(p.terminal, cmds[:len(cmds):len(cmds)]) // a later add copies instead of writing into the caller's array
 }
 
 // stage adds t's save and the messages and webhook of fx to c.
@@ -231,10 +244,7 @@ func (e *Engine) stageSteps(c *commit, p *pending, t *Txn, prev map[string]time.
 				return err
 			}
 			c.xadd(ks.Outbox(t.MerchantID, t.APIKeyID), data)
-			if _, ok := p.msgs[t.APIKeyID]; !ok {
-				p.order = append(p.order, t.APIKeyID)
-			}
-			p.msgs[t.APIKeyID] = append(p.msgs[t.APIKeyID], Message{Data: data})
+			p.addPOS(t.APIKeyID, Message{Data: data})
 		}
 		if fx.Webhook != "" && e.opts.Webhooks(t.MerchantID) {
 			wire := s.hook
@@ -304,9 +314,9 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 		}
 		next := make([]int, len(p.order))
 		for i, streamKey := range c.xadds {
-			for j, k := range p.order {
+			for j := range p.order {
 				if outboxes[j] == streamKey {
-					p.msgs[k][next[j]].ID = ids[i]
+					p.msgs[j][next[j]].ID = ids[i]
 					next[j]++
 					break
 				}
@@ -314,8 +324,8 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 		}
 	}
 	if e.opts.Sink != nil {
-		for _, k := range p.order {
-			e.opts.Sink.DeliverPOS(merchantID, k, p.msgs[k])
+		for j, k := range p.order {
+			e.opts.Sink.DeliverPOS(merchantID, k, p.msgs[j])
 		}
 	}
 	unlock()
@@ -327,12 +337,14 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 	}
 	if e.opts.Observe != nil {
 		for _, t := range p.arm {
-			e.opts.Observe(t.Wire())
+			// Not a copy: a committed t is only read from now on (the
+			// cache holds it and hands out copies to change).
+			e.opts.Observe(&t.Transaction)
 		}
 	}
 	if e.opts.Sink != nil {
-		for _, d := range p.devOrder {
-			e.opts.Sink.SendTerminal(d, p.terminal[d])
+		for j, d := range p.devOrder {
+			e.opts.Sink.SendTerminal(d, p.terminal[j])
 		}
 	}
 	return nil
@@ -412,7 +424,11 @@ func (e *Engine) updateRun(ctx context.Context, merchantID, id string, evs []Eve
 		if idem != nil {
 			idem.stage(c, e.store, merchantID, t, http.StatusOK, nil)
 		}
-		err = e.run(ctx, merchantID, c, p, &Result{Txn: t.Wire(), Status: http.StatusOK})
+		var res *Result // for a reply hook only: a terminal's events have none
+		if replyHook(ctx) != nil {
+			res = &Result{Txn: t.Wire(), Status: http.StatusOK}
+		}
+		err = e.run(ctx, merchantID, c, p, res)
 		if errors.Is(err, errConflict) {
 			e.forget(merchantID, p)
 			continue
@@ -748,7 +764,8 @@ func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
 			created := true
 			(&idemWrite{key: idemKey, fp: fp}).stage(c, e.store, merchantID, t, http.StatusCreated, &created)
 		}
-		err := e.run(ctx, merchantID, c, p, &Result{Txn: t.Wire(), Created: true, Status: http.StatusCreated})
+		res := Result{Txn: t.Wire(), Created: true, Status: http.StatusCreated}
+		err := e.run(ctx, merchantID, c, p, &res)
 		if errors.Is(err, errConflict) {
 			e.forget(merchantID, p)
 			e.store.cur.forget(merchantID, t.TerminalID)
@@ -760,7 +777,7 @@ func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
 		}
 		e.log.Info().Str("transactionId", t.ID).Str("merchantId", merchantID).Str("deviceId", t.TerminalID).
 			Str("type", t.Type).Int64("amountMinor", t.AmountMinor).Str("currency", t.Currency).Msg("transaction created")
-		return Result{Txn: t.Wire(), Created: true, Status: http.StatusCreated}, nil
+		return res, nil
 	}
 	return Result{}, errTooManyConflicts
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -139,21 +140,48 @@ return res
 // commit collects the conditions and writes of one atomic change.
 type commit struct {
 	keys  []string
-	index map[string]int
 	conds []any
 	ncond int
 	ops   []any
-	xadds []string // outbox stream key of each xadd, in order
+	xadds []string  // outbox stream key of each xadd, in order
+	bufs  []*[]byte // encode buffers of the ops, back to encodeBufs once exec returns
 }
 
-func newCommit() *commit { return &commit{index: map[string]int{}} }
+// encodeBufs recycles the buffers transactions are encoded into for a
+// commit: every commit writes at least one, and once the script has run
+// (go-redis has written its arguments and returned) nothing refers to them.
+var encodeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
+// maxPooledBuf is the largest encode buffer kept for reuse, so that one
+// transaction with a long history does not pin a big buffer in the pool.
+const maxPooledBuf = 16 << 10
+
+// release returns the commit's encode buffers to the pool.
+func (c *commit) release() {
+	for _, b := range c.bufs {
+		if cap(*b) <= maxPooledBuf {
+			*b = (*b)[:0]
+			encodeBufs.Put(b)
+		}
+	}
+	c.bufs = nil
+}
+
+// newCommit returns an empty commit, sized for a payment's (a few keys, a
+// score of ops) so that staging one does not grow its slices step by step.
+func newCommit() *commit {
+	return &commit{keys: make([]string, 0, 8), conds: make([]any, 0, 6), ops: make([]any, 0, 32)}
+}
+
+// key returns k's number among the commit's keys (KEYS[n] in the script),
+// adding it if it is new. A commit has a handful of keys: a scan beats a map.
 func (c *commit) key(k string) int {
-	if i, ok := c.index[k]; ok {
-		return i
+	for i, have := range c.keys {
+		if have == k {
+			return i + 1
+		}
 	}
 	c.keys = append(c.keys, k)
-	c.index[k] = len(c.keys)
 	return len(c.keys)
 }
 
@@ -190,11 +218,12 @@ func (c *commit) xadd(key string, data []byte) {
 // exec runs the commit; errConflict when a condition failed. It returns the
 // ids of the xadd entries in order.
 func (c *commit) exec(ctx context.Context, s *Store) ([]string, error) {
-	args := make([]any, 0, 1+len(c.conds)+len(c.ops))
+	args := redisx.ScriptArgs(commitScript, c.keys, 1+len(c.conds)+len(c.ops))
 	args = append(args, c.ncond)
 	args = append(args, c.conds...)
 	args = append(args, c.ops...)
-	res, err := redisx.RunScript(ctx, s.batch, s.rdb, commitScript, c.keys, args...).Slice()
+	res, err := redisx.RunScriptArgs(ctx, s.batch, s.rdb, commitScript, c.keys, args).Slice()
+	c.release() // RunScript waits for the outcome even when ctx ends (redisx.Batcher.Do)
 	if err != nil {
 		return nil, err
 	}
@@ -214,10 +243,14 @@ func (c *commit) exec(ctx context.Context, s *Store) ([]string, error) {
 func (s *Store) saveTxn(c *commit, t *Txn, prev map[string]time.Time) error {
 	prevRev := t.Rev
 	t.Rev++
-	data, err := t.encode()
+	buf := encodeBufs.Get().(*[]byte)
+	data, err := t.appendJSON((*buf)[:0])
 	if err != nil {
+		encodeBufs.Put(buf)
 		return err
 	}
+	*buf = data
+	c.bufs = append(c.bufs, buf)
 	k := s.keys.Txn(t.MerchantID, t.ID)
 	c.requireRev(k, prevRev)
 	c.hset(k, t.Rev, data)

@@ -82,11 +82,25 @@ func (t *Txn) Deadline(kind string) time.Time {
 // Active reports whether the transaction still occupies its terminal.
 func (t *Txn) Active() bool { return !t.Status.Final() }
 
-// Wire returns a copy of the client-facing transaction.
+// Wire returns a copy of the client-facing transaction, history entries
+// included: it leaves the engine, and what its receiver does to it must not
+// reach the engine's copies.
 func (t *Txn) Wire() *protocol.Transaction {
 	w := t.Transaction
 	w.History = append([]protocol.HistoryEntry(nil), t.History...)
 	return &w
+}
+
+// sharedHistory is h for an engine copy of a transaction (Clone) to hold
+// without copying its entries: the engine only ever appends to a history,
+// never changes an entry in place, and the slice is capped at its length,
+// so that an append to either side allocates anew instead of writing into
+// the other's view. Empty is nil, as a copy by append was.
+func sharedHistory(h []protocol.HistoryEntry) []protocol.HistoryEntry {
+	if len(h) == 0 {
+		return nil
+	}
+	return h[:len(h):len(h)]
 }
 
 // OpenCommands lists every command for the terminal that is still open, in

@@ -117,6 +117,33 @@ func TestTxnWireIsACopy(t *testing.T) {
 	}
 }
 
+// Clone is the copy the engine changes: a clone and its original, both
+// moved on by the state machine (which appends to the history), never see
+// each other's changes, although they start out sharing the entries.
+func TestTxnCloneIsIndependent(t *testing.T) {
+	orig := mtInProgress()
+	orig.History = append(make([]protocol.HistoryEntry, 0, 16), orig.History...) // room to append in place
+	n := len(orig.History)
+	c := orig.Clone()
+	if !reflect.DeepEqual(c, orig) {
+		t.Fatalf("Clone() differs from the transaction")
+	}
+	Apply(c, EvResult{Result: mtResult(protocol.OutcomeApproved)}, mtNow, Settings{})
+	Apply(orig, EvResult{Result: mtResult(protocol.OutcomeDeclined)}, mtNow, Settings{})
+	if len(orig.History) != n+1 || len(c.History) != n+1 {
+		t.Fatalf("histories: original %d, clone %d entries, want %d each", len(orig.History), len(c.History), n+1)
+	}
+	if c.Status != protocol.StatusCompleted || c.History[n].Status != protocol.StatusCompleted {
+		t.Errorf("the clone's history was overwritten by its original's: %s, %+v", c.Status, c.History[n])
+	}
+	if orig.Status != protocol.StatusDeclined || orig.History[n].Status != protocol.StatusDeclined {
+		t.Errorf("the original's history was overwritten by its clone's: %s, %+v", orig.Status, orig.History[n])
+	}
+	if c.CompletedAt == orig.CompletedAt || c.Result == orig.Result {
+		t.Errorf("the clone shares pointers with the original")
+	}
+}
+
 func TestTxnStartPaymentCarriesTheSale(t *testing.T) {
 	tx := mtBase()
 	tx.Description, tx.CaptureMode, tx.PrintReceipt = "2 coffees", protocol.CaptureManual, false

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -235,6 +236,9 @@ func runProfiledHub(cfg, profile string) error {
 			_ = f.Close()
 			f = nil
 			if af, err := os.Create(allocsPath(profile)); err == nil {
+				// The profile is as of the last completed GC: without one
+				// now it would miss what the run allocated since then.
+				runtime.GC()
 				_ = pprof.Lookup("allocs").WriteTo(af, 0)
 				_ = af.Close()
 			}

@@ -129,15 +129,27 @@ func (b *Batcher) pass(batch []*call) {
 // when the server does not know the script yet (it loads it for the next
 // time). The EVAL goes straight to rdb: it happens once per server start.
 func RunScript(ctx context.Context, b *Batcher, rdb redis.Scripter, script *redis.Script, keys []string, args ...any) *redis.Cmd {
-	cmdArgs := make([]any, 0, 3+len(keys)+len(args))
+	return RunScriptArgs(ctx, b, rdb, script, keys, append(ScriptArgs(script, keys, len(args)), args...))
+}
+
+// ScriptArgs starts the arguments of an EVALSHA of script on keys, with
+// room for extra more, for a caller that builds its arguments in place
+// (RunScriptArgs) instead of in a slice of its own that RunScript copies.
+func ScriptArgs(script *redis.Script, keys []string, extra int) []any {
+	cmdArgs := make([]any, 0, 3+len(keys)+extra)
 	cmdArgs = append(cmdArgs, "evalsha", script.Hash(), len(keys))
 	for _, k := range keys {
 		cmdArgs = append(cmdArgs, k)
 	}
-	cmdArgs = append(cmdArgs, args...)
+	return cmdArgs
+}
+
+// RunScriptArgs is RunScript with cmdArgs from ScriptArgs(script, keys, n)
+// followed by the script's arguments.
+func RunScriptArgs(ctx context.Context, b *Batcher, rdb redis.Scripter, script *redis.Script, keys []string, cmdArgs []any) *redis.Cmd {
 	cmd := redis.NewCmd(ctx, cmdArgs...)
 	if err := b.Do(ctx, cmd); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		return script.Eval(ctx, rdb, keys, args...)
+		return script.Eval(ctx, rdb, keys, cmdArgs[3+len(keys):]...)
 	}
 	return cmd
 }
