@@ -280,8 +280,9 @@ type WebhookData struct {
 	Transaction *protocol.Transaction `json:"transaction"`
 }
 
-// run executes c with the ordering locks of p's API keys held, then
-// delivers messages (under the locks) and sends terminal commands.
+// run executes c with the ordering locks of p's API keys held, then, still
+// under the locks, sends the terminal commands, the reply and the POS
+// messages.
 func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pending, res *Result) error {
 	unlock := e.lockKeys(merchantID, p.order...)
 	ids, err := c.exec(ctx, e.store)
@@ -300,6 +301,15 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 			e.store.cur.cleared(ch.merchantID, ch.deviceID, ch.id)
 		} else {
 			e.store.cur.set(ch.merchantID, ch.deviceID, ch.id)
+		}
+	}
+	// The terminal hears first: its answer is the next step of a payment,
+	// and it cannot overtake what this commit tells the POS, because the
+	// commit it causes delivers under the same API key locks, held here
+	// until this commit's reply and messages are out.
+	if e.opts.Sink != nil {
+		for j, d := range p.devOrder {
+			e.opts.Sink.SendTerminal(d, p.terminal[j])
 		}
 	}
 	if f := replyHook(ctx); f != nil && res != nil {
@@ -340,11 +350,6 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 			// Not a copy: a committed t is only read from now on (the
 			// cache holds it and hands out copies to change).
 			e.opts.Observe(&t.Transaction)
-		}
-	}
-	if e.opts.Sink != nil {
-		for j, d := range p.devOrder {
-			e.opts.Sink.SendTerminal(d, p.terminal[j])
 		}
 	}
 	return nil
