@@ -220,3 +220,35 @@ func only(log []string, prefix string) []string {
 	}
 	return out
 }
+
+// A commit's terminal commands go out before its reply and POS messages:
+// a sale's startPayment before the reply, a result's resultAck before
+// paymentComplete (Engine.run).
+func TestCommitServesTheTerminalFirst(t *testing.T) {
+	e, sink, _ := runEngine(t)
+	amount := int64(1250)
+	ctx := WithReply(context.Background(), func(Result) {
+		sink.mu.Lock()
+		defer sink.mu.Unlock()
+		sink.log = append(sink.log, "reply")
+	})
+	res, err := e.Create(ctx, CreateInput{MerchantID: "m1", APIKeyID: "pk1",
+		Req: &protocol.PaymentRequest{TerminalID: "T1", AmountMinor: &amount, Currency: "USD", Reference: "next-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sink.take(); len(got) < 2 || got[0] != "terminal startPayment" || got[1] != "reply" {
+		t.Fatalf("a sale delivered %q, want the terminal's startPayment, then the reply", got)
+	}
+	if err := e.TerminalEvent(context.Background(), "m1", "T1", &protocol.CommandReceived{TransactionID: res.Txn.ID}); err != nil {
+		t.Fatal(err)
+	}
+	sink.take()
+	if err := e.TerminalEvent(context.Background(), "m1", "T1", approved(res.Txn.ID)); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"terminal resultAck", "pos paymentComplete COMPLETED v3"}
+	if got := sink.take(); !slices.Equal(got, want) {
+		t.Fatalf("a result delivered %q, want %q", got, want)
+	}
+}
