@@ -187,9 +187,11 @@ func (c *conn) readLoop(handle func(frames [][]byte) error) {
 		bufs  []*[]byte // the pooled buffers batch's frames were read into
 	)
 	read := func() ([]byte, bool) {
-		buf := frameBufs.Get().(*[]byte)
-		bufs = append(bufs, buf)
-		return c.readFrame(buf)
+		data, buf, ok := c.readFrame()
+		if buf != nil {
+			bufs = append(bufs, buf)
+		}
+		return data, ok
 	}
 	done := func() { // the frames are garbage once served
 		clear(batch)
@@ -242,32 +244,36 @@ var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &
 // frame should not pin 64 KiB in the pool.
 const maxPooledFrame = 16 << 10
 
-// readFrame reads one frame's payload into *buf (grown as needed and left
-// there); false when the connection ended or the frame broke the rules (the
-// connection is then closing).
-func (c *conn) readFrame(buf *[]byte) ([]byte, bool) {
+// readFrame reads one frame's payload into a buffer from frameBufs, which
+// it returns too (for the caller to give back once the frame is served; nil
+// when no frame came); false when the connection ended or the frame broke
+// the rules (the connection is then closing). The buffer is taken only once
+// a frame has arrived, so that an idle connection, parked in ws.Reader,
+// holds none.
+func (c *conn) readFrame() ([]byte, *[]byte, bool) {
 	typ, r, err := c.ws.Reader(c.ctx)
 	if err != nil {
 		if !errors.Is(err, context.Canceled) {
 			c.log.Debug().Err(err).Msg("read ended")
 		}
-		return nil, false
+		return nil, nil, false
 	}
+	buf := frameBufs.Get().(*[]byte)
 	data, err := readAll(r, (*buf)[:0], protocol.MaxFrameBytes+1)
 	*buf = data
 	if err != nil {
-		return nil, false
+		return nil, buf, false
 	}
 	c.touch()
 	switch {
 	case len(data) > protocol.MaxFrameBytes:
 		c.protocolViolation("frame exceeds 64 KiB")
-		return nil, false
+		return nil, buf, false
 	case typ != websocket.MessageText:
 		c.protocolViolation("binary frames are not accepted")
-		return nil, false
+		return nil, buf, false
 	}
-	return data, true
+	return data, buf, true
 }
 
 // readAll is io.ReadAll(io.LimitReader(r, limit)) appending to b: it reads
