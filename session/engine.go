@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -280,11 +281,15 @@ type WebhookData struct {
 	Transaction *protocol.Transaction `json:"transaction"`
 }
 
-// run executes c with the ordering locks of p's API keys held, then, still
+// run executes c with the ordering locks of replyKeys held, then, still
 // under the locks, sends the terminal commands, the reply and the POS
 // messages.
 func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pending, res *Result) error {
-	unlock := e.lockKeys(merchantID, p.order...)
+	reply := replyHook(ctx)
+	if res == nil {
+		reply = nil
+	}
+	unlock := e.lockKeys(merchantID, replyKeys(p, reply != nil)...)
 	ids, err := c.exec(ctx, e.store)
 	if err != nil {
 		unlock()
@@ -304,16 +309,17 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 		}
 	}
 	// The terminal hears first: its answer is the next step of a payment,
-	// and it cannot overtake what this commit tells the POS, because the
-	// commit it causes delivers under the same API key locks, held here
-	// until this commit's reply and messages are out.
+	// and it cannot overtake the reply or what this commit tells the POS,
+	// because the commit it causes delivers under the same API key locks,
+	// held here until this commit's reply and messages are out (replyKeys:
+	// also when this commit has no POS message, as a sale's has none).
 	if e.opts.Sink != nil {
 		for j, d := range p.devOrder {
 			e.opts.Sink.SendTerminal(d, p.terminal[j])
 		}
 	}
-	if f := replyHook(ctx); f != nil && res != nil {
-		f(*res)
+	if reply != nil {
+		reply(*res)
 	}
 	// xadd ids come back in staging order; outbox entries were staged per
 	// key in p.order's interleaving, so walk c.xadds to assign them.
@@ -353,6 +359,24 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 		}
 	}
 	return nil
+}
+
+// replyKeys are the API keys whose ordering locks a commit holds: those
+// it has POS messages for and, when it answers a request, those of the
+// transactions it changed. The reply goes out after the terminal's
+// commands (run), and the terminal's answer must not reach the POS
+// before it.
+func replyKeys(p *pending, replying bool) []string {
+	if !replying {
+		return p.order
+	}
+	keys := p.order
+	for _, t := range p.arm {
+		if !slices.Contains(keys, t.APIKeyID) {
+			keys = append(keys[:len(keys):len(keys)], t.APIKeyID) // never into p.order's array
+		}
+	}
+	return keys
 }
 
 // update applies ev to one transaction, committing with retries. idem, if

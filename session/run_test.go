@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -250,5 +251,58 @@ func TestCommitServesTheTerminalFirst(t *testing.T) {
 	want := []string{"terminal resultAck", "pos paymentComplete COMPLETED v3"}
 	if got := sink.take(); !slices.Equal(got, want) {
 		t.Fatalf("a result delivered %q, want %q", got, want)
+	}
+}
+
+// answeringSink is a recordSink whose terminal answers startPayment at
+// once, from another goroutine, as a real connection's reader would.
+type answeringSink struct {
+	*recordSink
+	e        *Engine
+	answered chan error
+}
+
+func (s *answeringSink) SendTerminal(device string, cmds []any) {
+	s.recordSink.SendTerminal(device, cmds)
+	for _, c := range cmds {
+		if sp, ok := c.(protocol.StartPayment); ok {
+			go func() {
+				s.answered <- s.e.TerminalEvent(context.Background(), "m1", device, &protocol.CommandReceived{TransactionID: sp.TransactionID})
+			}()
+		}
+	}
+}
+
+// The terminal hears of a sale before the POS gets its reply (the reply
+// follows the commands), but what the terminal's answer causes still
+// reaches the POS after the reply, although a sale's commit has no POS
+// message of its own: the sale holds its API key's ordering lock until the
+// reply is out. The reply waits (up to 200 ms) for the answer's commit,
+// which must not be able to finish first.
+func TestSaleReplyPrecedesWhatTheTerminalsAnswerCauses(t *testing.T) {
+	e, rec, _ := runEngine(t)
+	sink := &answeringSink{recordSink: rec, e: e, answered: make(chan error, 1)}
+	e.SetSink(sink)
+	amount := int64(1250)
+	ctx := WithReply(context.Background(), func(Result) {
+		select {
+		case err := <-sink.answered: // the answer was applied before the reply: the bug
+			sink.answered <- err
+		case <-time.After(200 * time.Millisecond):
+		}
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		rec.log = append(rec.log, "reply")
+	})
+	if _, err := e.Create(ctx, CreateInput{MerchantID: "m1", APIKeyID: "pk1",
+		Req: &protocol.PaymentRequest{TerminalID: "T1", AmountMinor: &amount, Currency: "USD", Reference: "order-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-sink.answered; err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"terminal startPayment", "reply", "pos paymentStatusUpdate DISPATCHED v2"}
+	if got := rec.take(); !slices.Equal(got, want) {
+		t.Fatalf("delivered %q, want %q", got, want)
 	}
 }
