@@ -59,9 +59,22 @@ func (c *txnCache) forget(merchantID, id string) {
 // loadForUpdate returns a private copy of the transaction, from the cache
 // when it has one.
 func (s *Store) loadForUpdate(ctx context.Context, merchantID, id string) (*Txn, error) {
+	t, _, err := s.loadCached(ctx, merchantID, id)
+	return t, err
+}
+
+// loadCached is loadForUpdate that also reports whether the copy came from
+// the cache (and so may be behind Redis).
+func (s *Store) loadCached(ctx context.Context, merchantID, id string) (*Txn, bool, error) {
 	if t := s.cache.get(merchantID, id); t != nil {
-		return t, nil
+		return t, true, nil
 	}
+	t, err := s.loadFresh(ctx, merchantID, id)
+	return t, false, err
+}
+
+// loadFresh reads the transaction from Redis and caches a copy of it.
+func (s *Store) loadFresh(ctx context.Context, merchantID, id string) (*Txn, error) {
 	t, err := s.Load(ctx, merchantID, id)
 	if err == nil {
 		s.cache.put(t.Clone()) // t itself is the caller's to change

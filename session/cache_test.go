@@ -196,3 +196,31 @@ func TestRepeatedReferenceOnOfflineTerminalFindsTransaction(t *testing.T) {
 		t.Fatalf("new sale on an offline terminal: %v, want terminal_offline", err)
 	}
 }
+
+// A POS request refused on a stale cached copy would be a wrong answer no
+// rev catches, since a refusal commits nothing: node a cached the sale at
+// PENDING, node b took it on to AWAITING_SIGNATURE, and a's answer to the
+// signature must be judged on what Redis holds. (Within one node the same
+// happens when a POS hears of a commit through a replay before the
+// committing goroutine has cached it; sim's TestSignature found that.)
+func TestRefusalIsNotDecidedOnAStaleCachedCopy(t *testing.T) {
+	a, b, _ := twoNodes(t)
+	ctx := context.Background()
+	res, err := nodeSale(t, a, "T1", "stale-refusal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.Txn.ID
+	for _, ev := range []any{&protocol.CommandReceived{TransactionID: id}, &protocol.SignatureRequiredEvent{TransactionID: id}} {
+		if err := b.TerminalEvent(ctx, "m1", "T1", ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := a.Act(ctx, ActInput{MerchantID: "m1", TxnID: id, Event: EvSignatureAnswer{Accepted: true}})
+	if err != nil {
+		t.Fatalf("signature answer on node a: %v (its cached copy is still PENDING)", err)
+	}
+	if got.Txn.Status != protocol.StatusInProgress {
+		t.Fatalf("status %s after the answer, want IN_PROGRESS", got.Txn.Status)
+	}
+}

@@ -394,8 +394,18 @@ func (e *Engine) update(ctx context.Context, merchantID, id string, ev Event, id
 // the refusal, and the events after it are not applied. idem, if set, is
 // stored in the same commit; it is only given with one event.
 func (e *Engine) updateRun(ctx context.Context, merchantID, id string, evs []Event, idem *idemWrite) (*Txn, int, *protocol.Error, error) {
+	fresh := false // read Redis, not the cache
 	for attempt := 0; attempt < maxAttempts; attempt++ {
-		t, err := e.store.loadForUpdate(ctx, merchantID, id)
+		var (
+			t      *Txn
+			cached bool
+			err    error
+		)
+		if fresh {
+			t, err = e.store.loadFresh(ctx, merchantID, id)
+		} else {
+			t, cached, err = e.store.loadCached(ctx, merchantID, id)
+		}
 		if err != nil {
 			return nil, 0, nil, err
 		}
@@ -424,6 +434,15 @@ func (e *Engine) updateRun(ctx context.Context, merchantID, id string, evs []Eve
 			steps = append(steps, s)
 			changed = changed || fx.Changed
 			autoVoid = autoVoid || fx.AutoVoid
+		}
+		if cached && (perr != nil || !changed) {
+			// A decision that commits nothing is not checked by a rev, so
+			// it must not rest on a cached copy that may be behind Redis:
+			// a POS can hear of a commit (a replay reads the stream) before
+			// the committing goroutine has cached it, and answer at once.
+			e.store.cache.forget(merchantID, id)
+			fresh = true
+			continue
 		}
 		if len(steps) == 0 {
 			return t, 0, perr, nil
