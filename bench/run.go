@@ -33,7 +33,7 @@ type Options struct {
 	Replay     int           // unacknowledged messages to replay
 	Drain      time.Duration // how long to wait for finals in flight at the end of a phase
 	Embedded   bool          // the hub runs on embedded Redis: figures are not comparable
-	CPUProfile string        // the hub of the throughput run writes a CPU profile here
+	CPUProfile string        // the hub of the throughput run writes a CPU profile here (latency's and load's beside it)
 	// Redis is the Redis the servers use, for its CPU time (nil or embedded: not reported).
 	Redis redis.UniversalClient
 	// Log receives one progress line per step; nil discards them.
@@ -349,7 +349,9 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 	}
 	if o.Scenarios["load"] {
 		logf("load: open loop, %.0f payments/s offered over %d terminals, %s each for the hub and the floor, taking turns", o.Rate, o.Terminals, o.Duration)
-		res.Load, res.LoadFloor, res.LoadCPU, res.LoadFloorCPU, res.LoadRounds = loaded("load", func() (Endpoint, func(), error) { return l.Hub(ctx, "load", false) }, true, false)
+		res.Load, res.LoadFloor, res.LoadCPU, res.LoadFloorCPU, res.LoadRounds = loaded("load", func() (Endpoint, func(), error) {
+			return l.Hub(ctx, "load", o.CPUProfile != "")
+		}, true, o.CPUProfile != "")
 	}
 	if o.Scenarios["idle"] || o.Scenarios["storm"] {
 		res.idleAndStorm(ctx, o, l, logf, fail)

@@ -42,18 +42,25 @@ func (h *Hub) DeliverPOS(merchantID, apiKeyID string, msgs []queue.Entry) {
 		c.dlv.held = append(c.dlv.held, msgs...)
 		return
 	}
-	for _, m := range msgs {
-		c.sendEntryLocked(m)
-	}
+	c.sendEntriesLocked(msgs)
 }
 
-// sendEntryLocked queues an entry unless it was already sent.
-func (c *conn) sendEntryLocked(m queue.Entry) {
-	if c.dlv.lastSent != "" && queue.CompareIDs(m.ID, c.dlv.lastSent) <= 0 {
-		return
+// sendEntriesLocked sends the entries not already sent, in one write
+// (sendAll): a commit's messages to one POS usually come two at a time
+// (a status update and the final).
+func (c *conn) sendEntriesLocked(msgs []queue.Entry) {
+	var one [2][]byte
+	frames := one[:0]
+	for _, m := range msgs {
+		if c.dlv.lastSent != "" && queue.CompareIDs(m.ID, c.dlv.lastSent) <= 0 {
+			continue
+		}
+		c.dlv.lastSent = m.ID
+		frames = append(frames, m.Frame())
 	}
-	c.dlv.lastSent = m.ID
-	c.send(m.Frame())
+	if len(frames) > 0 {
+		c.sendAll(frames)
+	}
 }
 
 // replay sends every unacknowledged message of c's API key, oldest first,
@@ -107,9 +114,7 @@ func (h *Hub) endReplay(c *conn) {
 	h.waitAcks(c.ctx, c.merchantID, c.keyID)
 	c.dlv.mu.Lock()
 	defer c.dlv.mu.Unlock()
-	for _, m := range c.dlv.held {
-		c.sendEntryLocked(m)
-	}
+	c.sendEntriesLocked(c.dlv.held)
 	c.dlv.held = nil
 	c.dlv.replaying = false
 }
@@ -123,8 +128,14 @@ func (h *Hub) SendTerminal(deviceID string, cmds []any) {
 	if c == nil {
 		return
 	}
+	frames := make([][]byte, 0, len(cmds))
 	for _, cmd := range cmds {
-		c.sendNowJSON(cmd)
+		if b, ok := c.marshal(cmd); ok {
+			frames = append(frames, b)
+		}
+	}
+	if len(frames) > 0 {
+		c.sendAll(frames)
 	}
 }
 

@@ -31,9 +31,14 @@ type spillConn struct {
 
 	mu       sync.Mutex
 	tail     []byte // bytes taken but not yet written; guarded by mu
+	corked   bool   // writes are gathered in held until uncork; guarded by mu
+	held     []byte // the corked writes; guarded by mu
 	pending  atomic.Bool
 	blocking atomic.Bool // set once the connection is being closed (blockWrites)
 }
+
+// corkBufs recycles the buffers corked writes are gathered in.
+var corkBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
 // newSpillConn wraps nc.
 func newSpillConn(nc net.Conn) *spillConn {
@@ -59,6 +64,17 @@ func (s *spillConn) Write(p []byte) (int, error) {
 		return s.Conn.Write(p)
 	}
 	s.mu.Lock()
+	if s.corked {
+		s.held = append(s.held, p...)
+		s.mu.Unlock()
+		return len(p), nil
+	}
+	return s.writeUnlock(p)
+}
+
+// writeUnlock is Write's nonblocking path, entered with mu held; it
+// releases mu.
+func (s *spillConn) writeUnlock(p []byte) (int, error) {
 	if s.blocking.Load() {
 		defer s.mu.Unlock()
 		if err := s.writeTailLocked(); err != nil {
@@ -93,6 +109,52 @@ func (s *spillConn) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// cork gathers the writes that follow, every frame's (a ping or pong
+// written meanwhile too, in its place), until uncork writes them as one:
+// several frames for one peer cost one system call instead of one each.
+// Only the connection's writer corks, and it uncorks before it gives up
+// that role. A connection whose writes cannot spill is not corked.
+func (s *spillConn) cork() bool {
+	if !s.canSpill() {
+		return false
+	}
+	s.mu.Lock()
+	s.corked = true
+	if s.held == nil {
+		s.held = (*corkBufs.Get().(*[]byte))[:0]
+	}
+	s.mu.Unlock()
+	return true
+}
+
+// uncork writes what was gathered since cork, as Write would have, and
+// ends the gathering.
+func (s *spillConn) uncork() error {
+	s.mu.Lock()
+	s.corked = false
+	held := s.held
+	s.held = nil
+	if len(held) == 0 {
+		s.mu.Unlock()
+		s.recycle(held)
+		return nil
+	}
+	_, err := s.writeUnlock(held) // copies what the socket does not take
+	s.recycle(held)
+	return err
+}
+
+// recycle returns a cork buffer to the pool unless it grew too big to keep.
+func (s *spillConn) recycle(b []byte) {
+	if b != nil && cap(b) <= maxCorkBuf {
+		b = b[:0]
+		corkBufs.Put(&b)
+	}
+}
+
+// maxCorkBuf is the largest cork buffer kept for reuse.
+const maxCorkBuf = 64 << 10
 
 // blockWrites makes every later write block, after the tail, as on the
 // connection underneath. The writer calls it before it closes the

@@ -186,3 +186,69 @@ func TestTailWithoutWriterIsFlushed(t *testing.T) {
 		return !c.writing && !c.spill.hasTail()
 	})
 }
+
+// TestSpillConnCorkGathersWrites: corked writes reach the socket only at
+// uncork, as one write, in order; what the socket cannot take then is a
+// tail like any other write's (onTail), flushed whole and in order.
+func TestSpillConnCorkGathersWrites(t *testing.T) {
+	server, client := tcpPair(t)
+	s, tails := spilling(server)
+	if !s.cork() {
+		t.Fatal("a spilling connection should cork")
+	}
+	for _, p := range []string{"first|", "ping|", "second|"} {
+		if n, err := s.Write([]byte(p)); err != nil || n != len(p) {
+			t.Fatalf("corked write %q: %d, %v", p, n, err)
+		}
+	}
+	if got := string(s.held); got != "first|ping|second|" || s.hasTail() {
+		t.Fatalf("corked writes: held %q, tail %v; want every byte held, none written", got, s.hasTail())
+	}
+	if err := s.uncork(); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len("first|ping|second|"))
+	if _, err := io.ReadFull(client, got); err != nil || string(got) != "first|ping|second|" {
+		t.Fatalf("peer read %q, %v", got, err)
+	}
+
+	// More than the socket holds, corked: no write is made (so none can
+	// wait or leave a tail) until uncork, which leaves the rest as a tail.
+	s.cork()
+	var want bytes.Buffer
+	chunk := make([]byte, 64<<10)
+	for i := range 1024 { // 64 MiB: more than loopback's buffers hold
+		for j := range chunk {
+			chunk[j] = byte(i * j)
+		}
+		if _, err := s.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+		want.Write(chunk)
+	}
+	if s.hasTail() || tails.Load() != 0 {
+		t.Fatal("a corked write reached the socket")
+	}
+	if err := s.uncork(); err != nil {
+		t.Fatal(err)
+	}
+	if !s.hasTail() || tails.Load() != 1 {
+		t.Fatalf("uncork of 64 MiB to a peer not reading: tail %v, onTail called %d times; want a tail, reported once", s.hasTail(), tails.Load())
+	}
+	if _, err := s.Write([]byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	want.WriteString("after")
+	read := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(client)
+		read <- b
+	}()
+	if err := s.flushTail(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_ = server.(*net.TCPConn).CloseWrite()
+	if b := <-read; !bytes.Equal(b, want.Bytes()) {
+		t.Fatalf("peer got %d bytes, want %d (or different bytes)", len(b), want.Len())
+	}
+}

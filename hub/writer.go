@@ -119,22 +119,74 @@ func (c *conn) marshal(v any) ([]byte, bool) {
 // order in which they were sent or queued. A peer that stops reading thus
 // still fills its queue and is disconnected as slow, as with enqueue.
 func (c *conn) send(frame []byte) {
-	c.wmu.Lock()
-	if c.writing || len(c.out) > 0 || !c.greeted || c.kick != nil || c.ended || c.ctx.Err() != nil || !c.spill.canSpill() {
-		c.wmu.Unlock()
+	if !c.takeWriting() {
 		c.enqueue(frame) // looks again under the lock: the state may have changed
 		return
 	}
-	c.writing = true
-	c.wmu.Unlock()
 	// c.ctx, not a timeout: the write cannot wait for the peer, and a
 	// context without a deadline spares a timer per frame.
 	if err := c.ws.Write(c.ctx, websocket.MessageText, frame); err != nil {
-		c.log.Debug().Err(err).Msg("write failed")
-		_ = c.ws.CloseNow()
-		c.endWriting()
+		c.writeFailed(err)
 		return
 	}
+	c.doneWriting()
+}
+
+// sendAll is send for several frames to one peer (a commit's messages to
+// a POS): written the same way, but gathered into one system call (cork),
+// which saves a write per frame after the first and lets the peer read
+// them at once.
+func (c *conn) sendAll(frames [][]byte) {
+	if len(frames) == 1 {
+		c.send(frames[0])
+		return
+	}
+	if !c.takeWriting() {
+		for _, f := range frames {
+			c.enqueue(f)
+		}
+		return
+	}
+	c.spill.cork()
+	var err error
+	for _, f := range frames {
+		if err = c.ws.Write(c.ctx, websocket.MessageText, f); err != nil {
+			break
+		}
+	}
+	if uerr := c.spill.uncork(); err == nil {
+		err = uerr
+	}
+	if err != nil {
+		c.writeFailed(err)
+		return
+	}
+	c.doneWriting()
+}
+
+// takeWriting makes the caller the connection's writer when nothing is
+// queued, no writer runs and its writes cannot block (see send); false
+// means the frames must be queued instead.
+func (c *conn) takeWriting() bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.writing || len(c.out) > 0 || !c.greeted || c.kick != nil || c.ended || c.ctx.Err() != nil || !c.spill.canSpill() {
+		return false
+	}
+	c.writing = true
+	return true
+}
+
+// writeFailed ends a connection whose write failed.
+func (c *conn) writeFailed(err error) {
+	c.log.Debug().Err(err).Msg("write failed")
+	_ = c.ws.CloseNow()
+	c.endWriting()
+}
+
+// doneWriting gives up the writer role taken by takeWriting, or hands it
+// to a writer goroutine when frames were queued meanwhile or a tail is left.
+func (c *conn) doneWriting() {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if len(c.out) > 0 || c.kick != nil || c.spill.hasTail() {
