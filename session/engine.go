@@ -71,8 +71,8 @@ type Engine struct {
 	store  *Store
 	clock  clock.Clock
 	log    zerolog.Logger
-	locks  [256]sync.Mutex // per API key stripes: commit and live delivery in stream order
-	devs   [256]sync.Mutex // per device stripes: creates for one terminal, one at a time
+	locks  [4096]sync.Mutex // per API key stripes: commit and live delivery in stream order
+	devs   [4096]sync.Mutex // per device stripes: creates for one terminal, one at a time
 	timers *timers
 }
 
