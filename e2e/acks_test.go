@@ -27,14 +27,20 @@ func newAckGate() *ackGate {
 	return &ackGate{blocked: make(chan struct{}), open: make(chan struct{})}
 }
 
-// isAck recognises the ack script: EVALSHA sha 2 <outbox> <ack> <id>.
+// isAck recognises an ack's Redis work: the script (EVALSHA sha 2
+// <outbox> <ack> <id>) or, for an ack the connection vouches for, the
+// plain SET of the cursor (queue.Outbox.AckForward).
 func isAck(cmd redis.Cmder) bool {
 	a := cmd.Args()
-	if cmd.Name() != "evalsha" || len(a) != 6 {
-		return false
+	switch {
+	case cmd.Name() == "evalsha" && len(a) == 6:
+		k, _ := a[3].(string)
+		return strings.Contains(k, ":outbox:")
+	case cmd.Name() == "set" && len(a) == 3:
+		k, _ := a[1].(string)
+		return strings.Contains(k, ":ack:")
 	}
-	k, _ := a[3].(string)
-	return strings.Contains(k, ":outbox:")
+	return false
 }
 
 func (g *ackGate) hold(cmds ...redis.Cmder) {
@@ -151,5 +157,96 @@ func TestReplayWaitsForAcksStillBeingApplied(t *testing.T) {
 			t.Fatalf("first durable message of the new sale: %s, want paymentStatusUpdate", ev.Action)
 		}
 		break
+	}
+}
+
+// ackCounter counts the ack work a hub's Redis client sends: ack scripts
+// and plain SETs of a cursor (see isAck).
+type ackCounter struct {
+	mu             sync.Mutex
+	scripts, plain int
+}
+
+func (a *ackCounter) count(cmds ...redis.Cmder) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, c := range cmds {
+		if isAck(c) {
+			if c.Name() == "evalsha" {
+				a.scripts++
+			} else {
+				a.plain++
+			}
+		}
+	}
+}
+
+func (a *ackCounter) get() (scripts, plain int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.scripts, a.plain
+}
+
+func (a *ackCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (a *ackCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { a.count(cmd); return next(ctx, cmd) }
+}
+
+func (a *ackCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { a.count(cmds...); return next(ctx, cmds) }
+}
+
+// An ack of a message the connection delivered, newer than the cursor, is
+// stored with plain commands; one the connection cannot vouch for (newer
+// than anything it was sent) goes through the script, which refuses it.
+// Either way the cursor and the stream end as the script alone would
+// leave them, also on a later connection.
+func TestAckOfADeliveredMessageSkipsTheScript(t *testing.T) {
+	e := newEnv(t)
+	ks := keys.Space{Prefix: e.Redis.Prefix}
+	counter := &ackCounter{}
+	e.Redis.Client.AddHook(counter)
+	term := e.terminal("T1")
+	cursor := func() string {
+		t.Helper()
+		v, err := e.Redis.Client.Get(ctx(t), ks.Ack("m1", "pk1")).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for round, ref := range []string{"fast-1", "fast-2"} {
+		pos := e.pos("pk1") // the second connection knows the cursor from its replay
+		done := ackedSale(t, pos, term, ref)
+		s0, p0 := counter.get()
+		if err := pos.Ack(ctx(t), done); err != nil {
+			t.Fatal(err)
+		}
+		// The reply to a later request waits for the ack (acks.go).
+		send(t, pos, "listTerminals", map[string]any{"requestId": "after-ack"})
+		read(t, pos, "terminals")
+		if s, p := counter.get(); s != s0 || p != p0+1 {
+			t.Fatalf("round %d: ack of a delivered message: %d scripts and %d plain SETs, want 0 and 1", round, s-s0, p-p0)
+		}
+		if c := cursor(); c != done {
+			t.Fatalf("round %d: cursor %s, want %s", round, c, done)
+		}
+		if n, err := e.App.Outbox.Depth(ctx(t), "m1", "pk1"); err != nil || n != 0 {
+			t.Fatalf("round %d: outbox depth %d (%v) after acking the newest message, want 0", round, n, err)
+		}
+		// Beyond what this connection was sent: the script decides, and
+		// the cursor stays.
+		send(t, pos, "ack", map[string]any{"requestId": "too-new", "messageId": "99999999999999-0"})
+		if m := read(t, pos, "error"); m.Err() == nil || m.Err().Code != protocol.CodeInvalidRequest || m.Err().Field != "messageId" {
+			t.Fatalf("round %d: ack of an id never sent: %s, want invalid_request on messageId", round, m.Raw)
+		}
+		if s, _ := counter.get(); s != s0+1 {
+			t.Fatalf("round %d: ack of an id never sent made %d script calls, want 1", round, s-s0)
+		}
+		if c := cursor(); c != done {
+			t.Fatalf("round %d: cursor %s after a refused ack, want %s", round, c, done)
+		}
+		_ = pos.CloseNow()
 	}
 }

@@ -46,8 +46,11 @@ func TestMetricsByName(t *testing.T) {
 		body, _ = io.ReadAll(resp.Body)
 		resp.Body.Close()
 		// The replay is counted once it has ended, which may be just after
-		// the new connection was accepted: scrape until it is.
-		return regexp.MustCompile(`(?m)^termhub_replays_total 2$`).Match(body)
+		// the new connection was accepted, and a WebSocket message's
+		// duration once its frames are served, which may be just after what
+		// it caused was delivered: scrape until both are.
+		return regexp.MustCompile(`(?m)^termhub_replays_total 2$`).Match(body) &&
+			regexp.MustCompile(`termhub_ws_request_duration_seconds_count\{action="paymentResult",kind="terminal"\}`).Match(body)
 	}
 	eventually(t, scrape)
 	value := func(series string) float64 {

@@ -61,6 +61,11 @@ type conn struct {
 	kick    *protocol.Disconnect // the first disconnect, taken by the writer; guarded by wmu
 	room    chan struct{}        // closed to wake the replays waiting in queueReplay; guarded by wmu
 	done    chan struct{}        // made by waitWritten, closed when writing has ended; guarded by wmu
+	// While a terminal's open commands are read (terminalUp), the live
+	// commands sent to it are kept, so that a command both sent live and
+	// found open is sent once. Guarded by wmu.
+	resuming bool
+	sentLive [][]byte
 
 	spill *spillConn // the socket, set by the upgrade; nil in tests that upgrade otherwise
 

@@ -22,6 +22,12 @@ type posDelivery struct {
 	replaying bool          // guarded by mu
 	held      []queue.Entry // live entries that arrived during the replay; guarded by mu
 	lastSent  string        // newest stream id queued to the socket; guarded by mu
+	// acked is the key's stored cursor as this connection knows it: read
+	// when its replay starts and moved by each of its acks ("" once it is
+	// unknown: an ack found the cursor moved by someone else). With it, an
+	// ack of a message this connection delivered, newer than acked, needs
+	// none of the script's checks (Outbox.AckForward). Guarded by mu.
+	acked string
 }
 
 // DeliverPOS sends freshly committed durable messages to the API key's live
@@ -75,6 +81,13 @@ func (h *Hub) replay(c *conn) {
 	started := h.now()
 	h.waitAcks(c.ctx, c.merchantID, c.keyID) // acks of an earlier connection move the cursor first
 	cursor, err := h.opts.Outbox.Cursor(c.ctx, c.merchantID, c.keyID)
+	if err == nil {
+		c.dlv.mu.Lock()
+		if c.dlv.acked == "" { // else an ack applied since the read knows better
+			c.dlv.acked = cursor
+		}
+		c.dlv.mu.Unlock()
+	}
 	n := 0
 	for err == nil {
 		var page []queue.Entry
@@ -134,9 +147,15 @@ func (h *Hub) SendTerminal(deviceID string, cmds []any) {
 			frames = append(frames, b)
 		}
 	}
-	if len(frames) > 0 {
-		c.sendAll(frames)
+	if len(frames) == 0 {
+		return
 	}
+	c.wmu.Lock()
+	if c.resuming { // terminalUp: not to be re-sent
+		c.sentLive = append(c.sentLive, frames...)
+	}
+	c.wmu.Unlock()
+	c.sendAll(frames)
 }
 
 // TerminalLive reports a device's status, its connection and, while it is
@@ -156,7 +175,7 @@ func (h *Hub) ack(ctx context.Context, c *conn, requestID json.RawMessage, id st
 	if h.opts.Outbox == nil {
 		return
 	}
-	if _, err := h.opts.Outbox.Ack(ctx, c.merchantID, c.keyID, id); err != nil {
+	if err := h.storeAck(ctx, c, id); err != nil {
 		if err == queue.ErrUnknownID {
 			c.sendNowJSON(protocol.NewErrorReply(requestID, protocol.Invalid("messageId", "unknown messageId")))
 			return
@@ -164,4 +183,37 @@ func (h *Hub) ack(ctx context.Context, c *conn, requestID json.RawMessage, id st
 		c.log.Error().Err(err).Msg("ack failed")
 		c.sendNowJSON(protocol.NewErrorReply(requestID, protocol.Errorf(protocol.CodeInternal, "", "ack failed; send it again")))
 	}
+}
+
+// storeAck stores a WebSocket ack of c's API key. Acks of one key are
+// applied one at a time (acks.go), so c.dlv.acked is the cursor as of
+// the previous one: an ack this connection can vouch for (it delivered the
+// message, and the message is newer than the cursor) is stored with plain
+// commands, any other through the script that checks it.
+func (h *Hub) storeAck(ctx context.Context, c *conn, id string) error {
+	c.dlv.mu.Lock()
+	known, acked := c.dlv.lastSent, c.dlv.acked
+	c.dlv.mu.Unlock()
+	if known != "" && acked != "" && queue.ValidID(id) && queue.CompareIDs(id, known) <= 0 && queue.CompareIDs(id, acked) > 0 {
+		err := h.opts.Outbox.AckForward(ctx, c.merchantID, c.keyID, id)
+		c.dlv.mu.Lock()
+		if err == nil {
+			c.dlv.acked = id
+		} else {
+			c.dlv.acked = "" // it may or may not have been stored
+		}
+		c.dlv.mu.Unlock()
+		return err
+	}
+	moved, err := h.opts.Outbox.Ack(ctx, c.merchantID, c.keyID, id)
+	c.dlv.mu.Lock()
+	switch {
+	case err == queue.ErrUnknownID:
+	case err != nil || !moved && acked != "" && queue.CompareIDs(id, acked) > 0:
+		c.dlv.acked = "" // stored or not, or moved by someone else: unknown
+	case moved:
+		c.dlv.acked = id
+	}
+	c.dlv.mu.Unlock()
+	return err
 }

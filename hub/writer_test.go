@@ -216,3 +216,52 @@ func TestSlowPeerIsDisconnected(t *testing.T) {
 		return th.TerminalStatus("T1") == protocol.TerminalReconnecting
 	})
 }
+
+// liveDuringResume is an engine under which a command is sent live to a
+// connecting terminal while its open commands are read (a sale committed
+// then), and is found open as well.
+type liveDuringResume struct {
+	hub.Engine
+	h    **hub.Hub
+	live probe
+	more probe
+}
+
+func (e liveDuringResume) TerminalConnected(_ context.Context, _, deviceID, _ string) ([]any, error) {
+	(*e.h).SendTerminal(deviceID, []any{e.live})
+	return []any{e.live, e.more}, nil
+}
+
+func (e liveDuringResume) TerminalDropped(context.Context, string, string, time.Time) error {
+	return nil
+}
+
+// TestCommandSentLiveDuringResumeIsSentOnce: a command that reaches a
+// connecting terminal live while its open commands are read is not sent
+// again with them; the other open commands still are.
+func TestCommandSentLiveDuringResumeIsSentOnce(t *testing.T) {
+	var h *hub.Hub
+	live, more := probe{Action: "probe", Seq: 1}, probe{Action: "probe", Seq: 2}
+	th := newTestHub(t, func(o *hub.Options) { o.Engine = liveDuringResume{h: &h, live: live, more: more} })
+	h = th.Hub
+	term := th.terminal(t, "T1")
+	for _, want := range []int{1, 2, 3} {
+		if want == 3 {
+			th.SendTerminal("T1", []any{probe{Action: "probe", Seq: 3}})
+		}
+		var got probe
+		if err := term.expect(t, "probe").Decode(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Seq != want {
+			t.Fatalf("got probe %d, want %d (the live command once, then the other open one, then a later one)", got.Seq, want)
+		}
+	}
+	// Once resumed, a live command equal to a resumed one is sent again:
+	// only a copy sent during the resume is left out.
+	th.SendTerminal("T1", []any{more})
+	var got probe
+	if err := term.expect(t, "probe").Decode(&got); err != nil || got.Seq != 2 {
+		t.Fatalf("live re-send after the resume: %+v, %v; want probe 2", got, err)
+	}
+}

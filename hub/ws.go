@@ -1,10 +1,11 @@
 package hub
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -125,6 +126,11 @@ func (h *Hub) readConn(c *conn, gauge prometheus.Gauge, handle func(*conn, [][]b
 func (h *Hub) terminalUp(c *conn) {
 	unlock := h.lockDevice(c.deviceID)
 	defer unlock()
+	if h.opts.Engine != nil {
+		c.wmu.Lock()
+		c.resuming = true
+		c.wmu.Unlock()
+	}
 	h.registerTerminal(c)
 	if h.opts.Engine == nil {
 		return
@@ -133,11 +139,23 @@ func (h *Hub) terminalUp(c *conn) {
 	if err != nil {
 		c.log.Error().Err(err).Msg("could not resume the terminal's transactions")
 	}
+	// A sale committed while the commands were read was sent live as well
+	// as found open (the engine orders the two: TerminalConnected waits
+	// for a create of the device to finish, and the other way round); the
+	// copy already sent is not sent again.
+	c.wmu.Lock()
+	live := c.sentLive
+	c.resuming, c.sentLive = false, nil
+	c.wmu.Unlock()
 	// Queued as replayed frames, like a POS replay: however many commands
 	// are open, they never overflow the terminal's small queue.
 	for _, cmd := range cmds {
-		b, err := json.Marshal(cmd)
-		if err != nil {
+		b, ok := c.marshal(cmd) // as SendTerminal does, so that equal commands are equal bytes
+		if !ok {
+			continue
+		}
+		if i := slices.IndexFunc(live, func(l []byte) bool { return bytes.Equal(l, b) }); i >= 0 {
+			live = slices.Delete(live, i, i+1)
 			continue
 		}
 		if !c.queueReplay(b) {

@@ -130,6 +130,31 @@ func (o *Outbox) Ack(ctx context.Context, merchantID, apiKey, id string) (bool, 
 	return n == 1, nil
 }
 
+// AckForward acknowledges id and every earlier message of the API key, for
+// a caller that knows what Ack's script would otherwise check: that id is
+// no newer than the newest message (the caller delivered it) and newer
+// than the stored cursor (the caller stored that cursor itself, and
+// nothing else acks the key meanwhile: one POS connection per key). It
+// costs two plain commands in one pipeline (SET, XTRIM) instead of a
+// script: on an idle Redis 5 µs against the script's 30 µs, most of which
+// is the script reading the newest entry whole. Should the caller be wrong
+// about the cursor (another connection of the key acked further, on
+// another node, during a takeover), the cursor moves back and the messages
+// between are delivered again on a later replay: duplicates, which the
+// protocol allows (at-least-once), never a loss, since what was trimmed
+// stays trimmed.
+func (o *Outbox) AckForward(ctx context.Context, merchantID, apiKey, id string) error {
+	ms, seq, ok := strings.Cut(id, "-")
+	n, err := strconv.ParseUint(seq, 10, 64)
+	if _, merr := strconv.ParseUint(ms, 10, 64); !ok || err != nil || merr != nil {
+		return ErrUnknownID
+	}
+	set := redis.NewStatusCmd(ctx, "set", o.keys.Ack(merchantID, apiKey), id)
+	// MINID keeps ids >= its argument: trim to the id right after the ack.
+	trim := redis.NewIntCmd(ctx, "xtrim", o.keys.Outbox(merchantID, apiKey), "minid", ms+"-"+strconv.FormatUint(n+1, 10))
+	return o.batch.DoAll(ctx, set, trim)
+}
+
 // Trim drops messages older than retention, acknowledged or not.
 func (o *Outbox) Trim(ctx context.Context, merchantID, apiKey string, retention time.Duration, now time.Time) error {
 	minID := strconv.FormatInt(now.Add(-retention).UnixMilli(), 10) + "-0"

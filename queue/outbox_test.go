@@ -52,3 +52,45 @@ func TestAckIsCumulativeTrimsAndRefusesUnknownIDs(t *testing.T) {
 		t.Fatalf("frame = %s", f)
 	}
 }
+
+// TestAckForwardMovesTheCursorAndTrims: the plain-command ack stores the
+// cursor and trims what it acknowledges, exactly as the script does, and
+// the script's checks hold after it (an older ack moves nothing).
+func TestAckForwardMovesTheCursorAndTrims(t *testing.T) {
+	r := redistest.New(t)
+	ks := keys.Space{Prefix: r.Prefix}
+	o := NewOutbox(r.Client, ks)
+	ctx := context.Background()
+	var ids []string
+	for i := 0; i < 4; i++ {
+		id, err := r.Client.XAdd(ctx, &redis.XAddArgs{Stream: ks.Outbox("m", "k"), Values: []any{"m", `{"n":` + string(rune('0'+i)) + `}`}}).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if err := o.AckForward(ctx, "m", "k", ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := o.Cursor(ctx, "m", "k"); c != ids[1] {
+		t.Fatalf("cursor %s, want %s", c, ids[1])
+	}
+	rest, err := o.After(ctx, "m", "k", "0-0", 100)
+	if err != nil || len(rest) != 2 || rest[0].ID != ids[2] || rest[1].ID != ids[3] {
+		t.Fatalf("after AckForward of the second of 4: %+v %v, want the last two", rest, err)
+	}
+	if moved, err := o.Ack(ctx, "m", "k", ids[0]); err != nil || moved {
+		t.Fatalf("older ack after AckForward: moved=%v err=%v", moved, err)
+	}
+	if moved, err := o.Ack(ctx, "m", "k", ids[3]); err != nil || !moved {
+		t.Fatalf("newer ack after AckForward: moved=%v err=%v", moved, err)
+	}
+	if n, _ := o.Depth(ctx, "m", "k"); n != 0 {
+		t.Fatalf("depth %d after acking all, want 0", n)
+	}
+	for _, bad := range []string{"nope", "1-", "-1", ""} {
+		if err := o.AckForward(ctx, "m", "k", bad); err != ErrUnknownID {
+			t.Fatalf("AckForward %q: %v, want ErrUnknownID", bad, err)
+		}
+	}
+}

@@ -995,6 +995,12 @@ func (e *Engine) terminalRun(ctx context.Context, merchantID, deviceID, id strin
 // and returns every command still open for it (CONTRACT §6), oldest
 // transaction first, for the caller to send.
 func (e *Engine) TerminalConnected(ctx context.Context, merchantID, deviceID, connID string) ([]any, error) {
+	// Not during a create for the device (which holds this lock until it
+	// has sent its command): the hub registers the connection before it
+	// calls this, so a sale committed meanwhile is either sent live before
+	// the open commands are read, and the hub sends it once, or committed
+	// after, and not among them.
+	defer e.lockDevice(merchantID, deviceID)()
 	ids, err := e.store.rdb.SMembers(ctx, e.store.keys.Open(merchantID, deviceID)).Result()
 	if err != nil {
 		return nil, err

@@ -29,13 +29,13 @@ type Batcher struct {
 
 // call is one caller's command and how it is told the outcome.
 type call struct {
-	cmd redis.Cmder
+	cmds []redis.Cmder // in order, all in the same pipeline
 	// lead receives the batch this caller must send (it was handed a
 	// slot), or nil once another caller has sent its command.
 	lead chan []*call
 }
 
-// maxBatch bounds one pipeline, so that the first command in a long queue
+// maxBatch bounds the calls in one pipeline, so that the first command in a long queue
 // is not held back by the thousandth.
 const maxBatch = 256
 
@@ -57,13 +57,20 @@ func NewBatcher(rdb redis.UniversalClient, slots int) *Batcher {
 // which. The pipeline runs without the caller's cancellation (the client's
 // own timeouts bound it), because it carries other callers' commands too.
 func (b *Batcher) Do(ctx context.Context, cmd redis.Cmder) error {
-	c := &call{cmd: cmd}
+	return b.DoAll(ctx, cmd)
+}
+
+// DoAll is Do for several commands, sent in order in the same pipeline (not
+// atomically: each may fail on its own); it returns the first error among
+// them.
+func (b *Batcher) DoAll(ctx context.Context, cmds ...redis.Cmder) error {
+	c := &call{cmds: cmds}
 	b.mu.Lock()
 	if b.active < b.slots {
 		b.active++
 		b.mu.Unlock()
 		b.send(ctx, []*call{c})
-		return cmd.Err()
+		return c.err()
 	}
 	c.lead = make(chan []*call, 1)
 	b.pending = append(b.pending, c)
@@ -71,7 +78,17 @@ func (b *Batcher) Do(ctx context.Context, cmd redis.Cmder) error {
 	if batch := <-c.lead; batch != nil {
 		b.send(ctx, batch)
 	}
-	return cmd.Err()
+	return c.err()
+}
+
+// err is the first error among the call's commands.
+func (c *call) err() error {
+	for _, cmd := range c.cmds {
+		if err := cmd.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // send runs batch on the caller's slot, then passes the slot on.
@@ -82,19 +99,23 @@ func (b *Batcher) send(ctx context.Context, batch []*call) {
 		// the panic goes on up this caller's goroutine.
 		if v := recover(); v != nil {
 			for _, c := range batch {
-				c.cmd.SetErr(fmt.Errorf("redisx: pipeline aborted: %v", v))
+				for _, cmd := range c.cmds {
+					cmd.SetErr(fmt.Errorf("redisx: pipeline aborted: %v", v))
+				}
 			}
 			b.pass(batch)
 			panic(v)
 		}
 	}()
 	ctx = context.WithoutCancel(ctx)
-	if len(batch) == 1 {
-		_ = b.rdb.Process(ctx, batch[0].cmd)
+	if len(batch) == 1 && len(batch[0].cmds) == 1 {
+		_ = b.rdb.Process(ctx, batch[0].cmds[0])
 	} else {
 		pipe := b.rdb.Pipeline()
 		for _, c := range batch {
-			_ = pipe.Process(ctx, c.cmd)
+			for _, cmd := range c.cmds {
+				_ = pipe.Process(ctx, cmd)
+			}
 		}
 		// Each command carries its own error; Exec's is the first of them.
 		_, _ = pipe.Exec(ctx)

@@ -253,3 +253,65 @@ func TestBatcherPanicDoesNotStrandQueuedCallers(t *testing.T) {
 		t.Fatalf("a command after the panic: %q, %v; want OK (the slot must be free)", cmd.Val(), err)
 	}
 }
+
+// TestBatcherDoAll: a caller's commands go out in order in one pipeline,
+// alone (a free slot) or with queued callers' commands, and the caller gets
+// the first error among its own commands only.
+func TestBatcherDoAll(t *testing.T) {
+	r := redistest.New(t)
+	b := NewBatcher(r.Client, 1)
+	ctx := context.Background()
+	hook := &pipeHook{}
+	r.Client.AddHook(hook)
+
+	set := redis.NewStatusCmd(ctx, "set", r.Prefix+"a", "1")
+	incr := redis.NewIntCmd(ctx, "incrby", r.Prefix+"a", 2) // after the set: 3
+	if err := b.DoAll(ctx, set, incr); err != nil || incr.Val() != 3 {
+		t.Fatalf("DoAll(set, incrby): %d, %v; want 3, nil (in order)", incr.Val(), err)
+	}
+	hook.mu.Lock()
+	if len(hook.sizes) != 1 || hook.sizes[0] != 2 {
+		t.Fatalf("pipelines: %v, want one of 2 commands", hook.sizes)
+	}
+	hook.sizes = nil
+	hook.mu.Unlock()
+
+	// Queued behind a held command: two callers of two commands each share
+	// one pipeline; one caller's failing command is not the other's error.
+	hook.mu.Lock()
+	hook.hold, hook.held = make(chan struct{}), make(chan struct{})
+	release := hook.hold
+	hook.mu.Unlock()
+	first := make(chan error, 1)
+	go func() { first <- b.Do(ctx, redis.NewCmd(ctx, "get", r.Prefix+"a")) }()
+	<-hook.held
+	bad := redis.NewIntCmd(ctx, "incrby", r.Prefix+"a", "x") // not an integer
+	after := redis.NewIntCmd(ctx, "incrby", r.Prefix+"b", 5)
+	good1 := redis.NewIntCmd(ctx, "incrby", r.Prefix+"c", 1)
+	good2 := redis.NewIntCmd(ctx, "incrby", r.Prefix+"c", 1)
+	errs := make(chan error, 2)
+	go func() { errs <- b.DoAll(ctx, bad, after) }()
+	waitQueued(t, b, 1)
+	go func() { errs <- b.DoAll(ctx, good1, good2) }()
+	waitQueued(t, b, 2)
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	var failed, ok int
+	for range 2 {
+		if err := <-errs; err != nil {
+			failed++
+		} else {
+			ok++
+		}
+	}
+	if failed != 1 || ok != 1 || bad.Err() == nil || after.Val() != 5 || good2.Val() != 2 {
+		t.Fatalf("failed %d, ok %d; bad %v, after %d, good2 %d: want the bad caller alone to fail, every other command applied", failed, ok, bad.Err(), after.Val(), good2.Val())
+	}
+	hook.mu.Lock()
+	defer hook.mu.Unlock()
+	if len(hook.sizes) != 1 || hook.sizes[0] != 4 {
+		t.Fatalf("pipelines: %v, want one of 4 commands", hook.sizes)
+	}
+}
