@@ -28,6 +28,10 @@ type posDelivery struct {
 	// ack of a message this connection delivered, newer than acked, needs
 	// none of the script's checks (Outbox.AckForward). Guarded by mu.
 	acked string
+	// ackSeen: an ack of this connection has been applied, so the cursor
+	// read when its replay started is no longer what acked may be set to
+	// (acked "" then means unknown, not unset). Guarded by mu.
+	ackSeen bool
 }
 
 // DeliverPOS sends freshly committed durable messages to the API key's live
@@ -83,7 +87,7 @@ func (h *Hub) replay(c *conn) {
 	cursor, err := h.opts.Outbox.Cursor(c.ctx, c.merchantID, c.keyID)
 	if err == nil {
 		c.dlv.mu.Lock()
-		if c.dlv.acked == "" { // else an ack applied since the read knows better
+		if !c.dlv.ackSeen { // else an ack applied since the read knows better
 			c.dlv.acked = cursor
 		}
 		c.dlv.mu.Unlock()
@@ -193,6 +197,7 @@ func (h *Hub) ack(ctx context.Context, c *conn, requestID json.RawMessage, id st
 func (h *Hub) storeAck(ctx context.Context, c *conn, id string) error {
 	c.dlv.mu.Lock()
 	known, acked := c.dlv.lastSent, c.dlv.acked
+	c.dlv.ackSeen = true
 	c.dlv.mu.Unlock()
 	if known != "" && acked != "" && queue.ValidID(id) && queue.CompareIDs(id, known) <= 0 && queue.CompareIDs(id, acked) > 0 {
 		err := h.opts.Outbox.AckForward(ctx, c.merchantID, c.keyID, id)

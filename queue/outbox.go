@@ -139,10 +139,12 @@ func (o *Outbox) Ack(ctx context.Context, merchantID, apiKey, id string) (bool, 
 // script: on an idle Redis 5 µs against the script's 30 µs, most of which
 // is the script reading the newest entry whole. Should the caller be wrong
 // about the cursor (another connection of the key acked further, on
-// another node, during a takeover), the cursor moves back and the messages
-// between are delivered again on a later replay: duplicates, which the
-// protocol allows (at-least-once), never a loss, since what was trimmed
-// stays trimmed.
+// another node, during a takeover), the cursor moves back, but nothing is
+// lost and, in all but a rare case, nothing delivered again: every cursor
+// move trims what it acknowledges, so the messages between were trimmed
+// already and a replay from the older cursor reads what it would have read
+// from the newer one (only a trim that failed after its SET leaves some,
+// sent again: duplicates, which at-least-once allows).
 func (o *Outbox) AckForward(ctx context.Context, merchantID, apiKey, id string) error {
 	ms, seq, ok := strings.Cut(id, "-")
 	n, err := strconv.ParseUint(seq, 10, 64)
