@@ -91,7 +91,7 @@ type Hub struct {
 
 	draining atomic.Bool
 	metrics  *metrics.Metrics
-	devLocks [64]sync.Mutex // serialise a device's connect and drop handling
+	devLocks [1024]sync.Mutex // serialise a device's connect and drop handling
 
 	mux        *http.ServeMux
 	mu         sync.Mutex
