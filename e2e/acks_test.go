@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -53,20 +52,22 @@ func (g *ackGate) hold(cmds ...redis.Cmder) {
 	}
 }
 
-func (g *ackGate) DialHook(next redis.DialHook) redis.DialHook {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) { return next(ctx, network, addr) }
-}
+// seeHook is a Redis client hook that shows every command, alone or in a
+// pipeline, to see before it is sent.
+type seeHook func(cmds ...redis.Cmder)
 
-func (g *ackGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func (f seeHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (f seeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		g.hold(cmd)
+		f(cmd)
 		return next(ctx, cmd)
 	}
 }
 
-func (g *ackGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (f seeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		g.hold(cmds...)
+		f(cmds...)
 		return next(ctx, cmds)
 	}
 }
@@ -87,7 +88,7 @@ func ackedSale(t *testing.T, pos *client.Conn, term *client.Conn, ref string) st
 func holdAck(t *testing.T, e *env, pos *client.Conn, id string) *ackGate {
 	t.Helper()
 	gate := newAckGate()
-	e.Redis.Client.AddHook(gate)
+	e.Redis.Client.AddHook(seeHook(gate.hold))
 	if err := pos.Ack(ctx(t), id); err != nil {
 		t.Fatal(err)
 	}
@@ -187,16 +188,6 @@ func (a *ackCounter) get() (scripts, plain int) {
 	return a.scripts, a.plain
 }
 
-func (a *ackCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (a *ackCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error { a.count(cmd); return next(ctx, cmd) }
-}
-
-func (a *ackCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error { a.count(cmds...); return next(ctx, cmds) }
-}
-
 // An ack of a message the connection delivered, newer than the cursor, is
 // stored with plain commands; one the connection cannot vouch for (newer
 // than anything it was sent) goes through the script, which refuses it.
@@ -206,7 +197,7 @@ func TestAckOfADeliveredMessageSkipsTheScript(t *testing.T) {
 	e := newEnv(t)
 	ks := keys.Space{Prefix: e.Redis.Prefix}
 	counter := &ackCounter{}
-	e.Redis.Client.AddHook(counter)
+	e.Redis.Client.AddHook(seeHook(counter.count))
 	term := e.terminal("T1")
 	cursor := func() string {
 		t.Helper()

@@ -135,18 +135,19 @@ func (s *spillConn) uncork() error {
 	s.corked = false
 	held := s.held
 	s.held = nil
+	var err error
 	if len(held) == 0 {
 		s.mu.Unlock()
-		s.recycle(held)
-		return nil
+	} else {
+		_, err = s.writeUnlock(held) // copies what the socket does not take
 	}
-	_, err := s.writeUnlock(held) // copies what the socket does not take
-	s.recycle(held)
+	recycleCorkBuf(held)
 	return err
 }
 
-// recycle returns a cork buffer to the pool unless it grew too big to keep.
-func (s *spillConn) recycle(b []byte) {
+// recycleCorkBuf returns a cork buffer to the pool unless it grew too big
+// to keep.
+func recycleCorkBuf(b []byte) {
 	if b != nil && cap(b) <= maxCorkBuf {
 		b = b[:0]
 		corkBufs.Put(&b)

@@ -105,13 +105,19 @@ return 0
 
 // ValidID reports whether id has the form of a stream id ("<ms>-<seq>").
 func ValidID(id string) bool {
-	ms, seq, ok := strings.Cut(id, "-")
+	_, _, ok := parseID(id)
+	return ok
+}
+
+// parseID splits a stream id into its two numbers.
+func parseID(id string) (ms, seq uint64, ok bool) {
+	a, b, ok := strings.Cut(id, "-")
 	if !ok {
-		return false
+		return 0, 0, false
 	}
-	_, err1 := strconv.ParseUint(ms, 10, 64)
-	_, err2 := strconv.ParseUint(seq, 10, 64)
-	return err1 == nil && err2 == nil
+	ms, err1 := strconv.ParseUint(a, 10, 64)
+	seq, err2 := strconv.ParseUint(b, 10, 64)
+	return ms, seq, err1 == nil && err2 == nil
 }
 
 // Ack acknowledges id and every earlier message of the API key. It reports
@@ -146,14 +152,14 @@ func (o *Outbox) Ack(ctx context.Context, merchantID, apiKey, id string) (bool, 
 // from the newer one (only a trim that failed after its SET leaves some,
 // sent again: duplicates, which at-least-once allows).
 func (o *Outbox) AckForward(ctx context.Context, merchantID, apiKey, id string) error {
-	ms, seq, ok := strings.Cut(id, "-")
-	n, err := strconv.ParseUint(seq, 10, 64)
-	if _, merr := strconv.ParseUint(ms, 10, 64); !ok || err != nil || merr != nil {
+	ms, seq, ok := parseID(id)
+	if !ok {
 		return ErrUnknownID
 	}
 	set := redis.NewStatusCmd(ctx, "set", o.keys.Ack(merchantID, apiKey), id)
 	// MINID keeps ids >= its argument: trim to the id right after the ack.
-	trim := redis.NewIntCmd(ctx, "xtrim", o.keys.Outbox(merchantID, apiKey), "minid", ms+"-"+strconv.FormatUint(n+1, 10))
+	next := strconv.FormatUint(ms, 10) + "-" + strconv.FormatUint(seq+1, 10)
+	trim := redis.NewIntCmd(ctx, "xtrim", o.keys.Outbox(merchantID, apiKey), "minid", next)
 	return o.batch.DoAll(ctx, set, trim)
 }
 

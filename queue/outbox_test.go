@@ -10,19 +10,26 @@ import (
 	"github.com/termhub/termhub/internal/redistest"
 )
 
-func TestAckIsCumulativeTrimsAndRefusesUnknownIDs(t *testing.T) {
+// outboxOf returns an Outbox whose stream of merchant "m", key "k" holds n
+// messages {"action":"x","n":i}, and their ids in order.
+func outboxOf(t *testing.T, n int) (*Outbox, []string) {
+	t.Helper()
 	r := redistest.New(t)
 	ks := keys.Space{Prefix: r.Prefix}
-	o := NewOutbox(r.Client, ks)
-	ctx := context.Background()
 	var ids []string
-	for i := 0; i < 5; i++ {
-		id, err := r.Client.XAdd(ctx, &redis.XAddArgs{Stream: ks.Outbox("m", "k"), Values: []any{"m", `{"action":"x","n":` + string(rune('0'+i)) + `}`}}).Result()
+	for i := 0; i < n; i++ {
+		id, err := r.Client.XAdd(context.Background(), &redis.XAddArgs{Stream: ks.Outbox("m", "k"), Values: []any{"m", `{"action":"x","n":` + string(rune('0'+i)) + `}`}}).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, id)
 	}
+	return NewOutbox(r.Client, ks), ids
+}
+
+func TestAckIsCumulativeTrimsAndRefusesUnknownIDs(t *testing.T) {
+	o, ids := outboxOf(t, 5)
+	ctx := context.Background()
 	if moved, err := o.Ack(ctx, "m", "k", ids[2]); err != nil || !moved {
 		t.Fatalf("ack %s: moved=%v err=%v", ids[2], moved, err)
 	}
@@ -57,18 +64,8 @@ func TestAckIsCumulativeTrimsAndRefusesUnknownIDs(t *testing.T) {
 // cursor and trims what it acknowledges, exactly as the script does, and
 // the script's checks hold after it (an older ack moves nothing).
 func TestAckForwardMovesTheCursorAndTrims(t *testing.T) {
-	r := redistest.New(t)
-	ks := keys.Space{Prefix: r.Prefix}
-	o := NewOutbox(r.Client, ks)
+	o, ids := outboxOf(t, 4)
 	ctx := context.Background()
-	var ids []string
-	for i := 0; i < 4; i++ {
-		id, err := r.Client.XAdd(ctx, &redis.XAddArgs{Stream: ks.Outbox("m", "k"), Values: []any{"m", `{"n":` + string(rune('0'+i)) + `}`}}).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
 	if err := o.AckForward(ctx, "m", "k", ids[1]); err != nil {
 		t.Fatal(err)
 	}
