@@ -66,7 +66,7 @@ func (ep Endpoint) runtimeMetrics(ctx context.Context) (map[string]float64, erro
 	return out, sc.Err()
 }
 
-func (ep Endpoint) opts() client.Options { return client.Options{BaseURL: ep.URL} }
+func (ep Endpoint) opts() client.Options { return clientOptions(ep.URL) }
 
 // parallel runs f(i) for i in [0, n) on at most width goroutines and returns
 // the first error.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -383,7 +385,14 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 }
 
 func (res *Results) idleAndStorm(ctx context.Context, o Options, l Launcher, logf func(string, ...any), fail func(string, error)) {
-	ep, stop, err := l.Hub(ctx, "idle", false)
+	// With --cpuprofile, the storm's hub is profiled (FILE-storm), and so is
+	// the bench itself during the storm (FILE-storm-generator): there the
+	// load generator's dials cost as much CPU as the hub's handshakes.
+	name, profile := "idle", false
+	if o.Scenarios["storm"] {
+		name, profile = "storm", o.CPUProfile != ""
+	}
+	ep, stop, err := l.Hub(ctx, name, profile)
 	if err != nil {
 		fail("idle", err)
 		return
@@ -422,7 +431,12 @@ func (res *Results) idleAndStorm(ctx context.Context, o Options, l Launcher, log
 	}
 	logf("storm: %d terminals dropped and reconnecting at once", len(creds))
 	before := o.cpu(ctx, ep)
+	stopProfiles := func() {}
+	if profile {
+		stopProfiles = profileStorm(ep, ProfilePath(o.CPUProfile, "storm-generator"), logf)
+	}
 	st, c, err := Storm(ctx, ep, conns, creds)
+	stopProfiles()
 	res.StormCPU = o.cpu(ctx, ep).since(before)
 	conns = c
 	if err != nil {
@@ -431,6 +445,34 @@ func (res *Results) idleAndStorm(ctx context.Context, o Options, l Launcher, log
 	}
 	logf("storm: all online after %s, handshake %s, %d retries, %d failed; %s", ms(st.AllOnline), st.Handshake, st.Retries, st.Failed, res.StormCPU)
 	res.Storm = &st
+}
+
+// profileStorm starts the CPU profiles of the storm: the hub's (SIGUSR1 to
+// its --serve-hub mode) and this process's, into generator. The function it
+// returns stops both.
+func profileStorm(ep Endpoint, generator string, logf func(string, ...any)) func() {
+	if ep.Proc != nil {
+		_ = ep.Proc.Signal(syscall.SIGUSR1)
+	}
+	f, err := os.Create(generator)
+	if err == nil {
+		if err = pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			f = nil
+		}
+	}
+	if err != nil {
+		logf("storm: no CPU profile of the load generator: %v", err)
+	}
+	return func() {
+		if ep.Proc != nil {
+			_ = ep.Proc.Signal(syscall.SIGUSR2)
+		}
+		if f != nil {
+			pprof.StopCPUProfile()
+			f.Close()
+		}
+	}
 }
 
 // minBlock is the shortest block a loaded scenario's servers take turns in.

@@ -39,6 +39,34 @@ type hijackWriter struct {
 	http.ResponseWriter
 	writeBuffer int   // size of the new writer's buffer
 	conn        *conn // given the spillConn the socket is wrapped in, when set
+	// switching, when set, holds back the 101 response: WriteHeader(101)
+	// records it and Hijack puts it in the new writer, unflushed, so that
+	// it leaves in the same write as the first frame (the greeting). net/http
+	// would flush it on its own, one more write per connection: 13% of the
+	// hub's CPU in a reconnect storm, with the peer woken twice.
+	switching *bool
+}
+
+// WriteHeader holds back a 101 when switching is set (see there) and passes
+// anything else on.
+func (w hijackWriter) WriteHeader(code int) {
+	if code == http.StatusSwitchingProtocols && w.switching != nil {
+		*w.switching = true
+		return
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// newWriter returns the connection's buffered writer over sc, holding the
+// 101 response if it was held back.
+func (w hijackWriter) newWriter(sc io.Writer) *bufio.Writer {
+	bw := bufio.NewWriterSize(sc, w.writeBuffer)
+	if w.switching != nil && *w.switching {
+		bw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+		_ = w.Header().Write(bw) // a bufio.Writer's errors wait for its Flush
+		bw.WriteString("\r\n")
+	}
+	return bw
 }
 
 // Unwrap lets http.ResponseController and coder/websocket reach the writer
@@ -74,7 +102,7 @@ func (w hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if n == 0 {
 		br := bufio.NewReaderSize(nc, wsReadBuffer)
 		w.setReadBuffer(br)
-		return sc, bufio.NewReadWriter(br, bufio.NewWriterSize(sc, w.writeBuffer)), nil
+		return sc, bufio.NewReadWriter(br, w.newWriter(sc)), nil
 	}
 	early, _ := brw.Reader.Peek(n) // cannot fail: n bytes are buffered
 	early = bytes.Clone(early)     // a copy, so that net/http's 4 KiB buffer can go
@@ -88,7 +116,7 @@ func (w hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	w.setReadBuffer(br)
-	return sc, bufio.NewReadWriter(br, bufio.NewWriterSize(sc, w.writeBuffer)), nil
+	return sc, bufio.NewReadWriter(br, w.newWriter(sc)), nil
 }
 
 // setReadBuffer tells the connection which buffer its frames are read

@@ -202,3 +202,64 @@ func (u unwrapper) Header() http.Header         { return u.w.Header() }
 func (u unwrapper) Write(b []byte) (int, error) { return u.w.Write(b) }
 func (u unwrapper) WriteHeader(code int)        { u.w.WriteHeader(code) }
 func (u unwrapper) Unwrap() http.ResponseWriter { return u.w }
+
+// writeLog is a net.Conn that records each Write it is given.
+type writeLog struct {
+	net.Conn
+	writes chan []byte
+}
+
+func (w *writeLog) Write(p []byte) (int, error) {
+	w.writes <- bytes.Clone(p)
+	return w.Conn.Write(p)
+}
+
+// loggingListener hands out connections that record their writes.
+type loggingListener struct {
+	net.Listener
+	writes chan []byte
+}
+
+func (l loggingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &writeLog{Conn: c, writes: l.writes}, nil
+}
+
+// The 101 response is held back until the first frame and leaves with it,
+// in one write to the socket, and the client reads both as usual.
+func TestSwitchingResponseLeavesWithTheFirstFrame(t *testing.T) {
+	writes := make(chan []byte, 16)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hw := hijackWriter{ResponseWriter: w, writeBuffer: wsTerminalWriteBuffer, switching: new(bool)}
+		ws, err := websocket.Accept(hw, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+		if err != nil {
+			return
+		}
+		_ = ws.Write(r.Context(), websocket.MessageText, []byte(`{"action":"connected"}`))
+	}))
+	srv.Listener = loggingListener{Listener: srv.Listener, writes: writes}
+	srv.Start()
+	defer srv.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ws, resp, err := websocket.Dial(ctx, srv.URL, nil)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer ws.CloseNow()
+	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Sec-WebSocket-Accept") == "" {
+		t.Fatalf("response %d %v, want 101 with Sec-WebSocket-Accept", resp.StatusCode, resp.Header)
+	}
+	_, msg, err := ws.Read(ctx)
+	if err != nil || string(msg) != `{"action":"connected"}` {
+		t.Fatalf("read %q, %v; want the first frame", msg, err)
+	}
+	first := <-writes
+	if !bytes.HasPrefix(first, []byte("HTTP/1.1 101 Switching Protocols\r\n")) || !bytes.Contains(first, []byte(`{"action":"connected"}`)) {
+		t.Fatalf("first write to the socket %q, want the 101 response and the first frame together", first)
+	}
+}

@@ -63,7 +63,7 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 	register, unregister func(*conn), handle func(*conn, [][]byte) error) {
 	c := h.newConn(nil, kind, p.merchantID, p.keyID, p.deviceID)
 	// hijackWriter gives the connection small buffers of its own (hijack.go).
-	hw := hijackWriter{ResponseWriter: w, writeBuffer: writeBufferSize(kind), conn: c}
+	hw := hijackWriter{ResponseWriter: w, writeBuffer: writeBufferSize(kind), conn: c, switching: new(bool)}
 	ws, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
 		// Credentials are HMAC signatures, not cookies, so a cross-origin
 		// page gains nothing it could not sign itself.

@@ -1001,7 +1001,7 @@ func (e *Engine) TerminalConnected(ctx context.Context, merchantID, deviceID, co
 	// the open commands are read, and the hub sends it once, or committed
 	// after, and not among them.
 	defer e.lockDevice(merchantID, deviceID)()
-	ids, err := e.store.rdb.SMembers(ctx, e.store.keys.Open(merchantID, deviceID)).Result()
+	ids, err := e.store.openIDs(ctx, merchantID, deviceID)
 	if err != nil {
 		return nil, err
 	}
@@ -1033,7 +1033,7 @@ func (e *Engine) TerminalConnected(ctx context.Context, merchantID, deviceID, co
 // TerminalDropped starts the grace period of every transaction the device
 // was working on.
 func (e *Engine) TerminalDropped(ctx context.Context, merchantID, deviceID string, graceUntil time.Time) error {
-	ids, err := e.store.rdb.SMembers(ctx, e.store.keys.Open(merchantID, deviceID)).Result()
+	ids, err := e.store.openIDs(ctx, merchantID, deviceID)
 	if err != nil {
 		return err
 	}

@@ -59,6 +59,18 @@ func (s *Store) Load(ctx context.Context, merchantID, id string) (*Txn, error) {
 	return t, nil
 }
 
+// openIDs lists the transactions with open commands on a device. It goes
+// through the commit batcher: in a reconnect storm every connect and every
+// drop reads one such set, and thousands of them at once share pipelines
+// instead of costing a write and a read on a socket each.
+func (s *Store) openIDs(ctx context.Context, merchantID, deviceID string) ([]string, error) {
+	cmd := redis.NewStringSliceCmd(ctx, "smembers", s.keys.Open(merchantID, deviceID))
+	if err := s.batch.Do(ctx, cmd); err != nil {
+		return nil, err
+	}
+	return cmd.Val(), nil
+}
+
 // Get reads a plain string key ("" when absent).
 func (s *Store) get(ctx context.Context, key string) (string, error) {
 	v, err := s.rdb.Get(ctx, key).Result()
