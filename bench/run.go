@@ -330,11 +330,14 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 			}
 			return sd.fc.closedLoop(ctx, sd.ep.Name, 0, block, o.Drain)
 		}
+		stopSelf := func() {}
 		if profile {
 			signal(hub, syscall.SIGUSR1)
+			stopSelf = profileSelf(ProfilePath(o.CPUProfile, scenario+"-generator"), logf)
 		}
 		takeTurns(hub, floor, rounds, func(int) func(sd *side) PaymentStats { return phase })
 		if profile {
+			stopSelf()
 			signal(hub, syscall.SIGUSR2)
 		}
 		hubSt, floorSt = finish(hub, &hubCPU), finish(floor, &floorCPU)
@@ -386,8 +389,8 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 
 func (res *Results) idleAndStorm(ctx context.Context, o Options, l Launcher, logf func(string, ...any), fail func(string, error)) {
 	// With --cpuprofile, the storm's hub is profiled (FILE-storm), and so is
-	// the bench itself during the storm (FILE-storm-generator): there the
-	// load generator's dials cost as much CPU as the hub's handshakes.
+	// the bench itself during the storm (FILE-storm-generator), as during
+	// the throughput and load runs.
 	name, profile := "idle", false
 	if o.Scenarios["storm"] {
 		name, profile = "storm", o.CPUProfile != ""
@@ -431,12 +434,18 @@ func (res *Results) idleAndStorm(ctx context.Context, o Options, l Launcher, log
 	}
 	logf("storm: %d terminals dropped and reconnecting at once", len(creds))
 	before := o.cpu(ctx, ep)
-	stopProfiles := func() {}
+	if profile && ep.Proc != nil {
+		_ = ep.Proc.Signal(syscall.SIGUSR1)
+	}
+	stopSelf := func() {}
 	if profile {
-		stopProfiles = profileStorm(ep, ProfilePath(o.CPUProfile, "storm-generator"), logf)
+		stopSelf = profileSelf(ProfilePath(o.CPUProfile, "storm-generator"), logf)
 	}
 	st, c, err := Storm(ctx, ep, conns, creds)
-	stopProfiles()
+	stopSelf()
+	if profile && ep.Proc != nil {
+		_ = ep.Proc.Signal(syscall.SIGUSR2)
+	}
 	res.StormCPU = o.cpu(ctx, ep).since(before)
 	conns = c
 	if err != nil {
@@ -447,31 +456,23 @@ func (res *Results) idleAndStorm(ctx context.Context, o Options, l Launcher, log
 	res.Storm = &st
 }
 
-// profileStorm starts the CPU profiles of the storm: the hub's (SIGUSR1 to
-// its --serve-hub mode) and this process's, into generator. The function it
-// returns stops both.
-func profileStorm(ep Endpoint, generator string, logf func(string, ...any)) func() {
-	if ep.Proc != nil {
-		_ = ep.Proc.Signal(syscall.SIGUSR1)
-	}
-	f, err := os.Create(generator)
+// profileSelf starts a CPU profile of this process, the load generator,
+// into path; the function it returns stops it. Profiling is best effort: a
+// profile that cannot start is logged and skipped.
+func profileSelf(path string, logf func(string, ...any)) func() {
+	f, err := os.Create(path)
 	if err == nil {
 		if err = pprof.StartCPUProfile(f); err != nil {
 			f.Close()
-			f = nil
 		}
 	}
 	if err != nil {
-		logf("storm: no CPU profile of the load generator: %v", err)
+		logf("no CPU profile of the load generator: %v", err)
+		return func() {}
 	}
 	return func() {
-		if ep.Proc != nil {
-			_ = ep.Proc.Signal(syscall.SIGUSR2)
-		}
-		if f != nil {
-			pprof.StopCPUProfile()
-			f.Close()
-		}
+		pprof.StopCPUProfile()
+		f.Close()
 	}
 }
 
