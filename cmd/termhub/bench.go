@@ -62,7 +62,7 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	hubURL := fs.String("hub-url", "", "bench an already running hub at this URL instead of starting one (needs --config)")
 	hubConfig := fs.String("config", "", "with --hub-url: the running hub's configuration file, for its credentials")
 	hubPID := fs.Int("hub-pid", 0, "with --hub-url: the running hub's process id, for its RSS and CPU")
-	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the hub during the throughput run to FILE (latency and load: FILE-latency, FILE-load)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the hub during the throughput run to FILE (latency, load, storm: FILE-latency, FILE-load, FILE-storm; the load generator during throughput, load, storm: FILE-<scenario>-generator)")
 	logLevel := fs.String("hub-log-level", "info", "log_level of the hub the bench starts")
 	out := fs.String("out", "", "also write the report to FILE")
 	keep := fs.Bool("keep", false, "keep the directory of generated configurations and server logs")
