@@ -50,7 +50,7 @@ type conn struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	// peerGone: the read ended because the peer's side of the socket
-	// closed or reset (no close frame), so nothing written can reach it.
+	// closed or reset, with no close frame.
 	peerGone atomic.Bool
 
 	// The write queue (writer.go). Its slice and channels are made on first
@@ -156,10 +156,14 @@ func (c *conn) write(frame []byte) error {
 func (c *conn) finish(d *protocol.Disconnect) {
 	c.log.Info().Str("reason", d.Reason).Int("code", int(d.Code)).Bool("reconnectAllowed", d.ReconnectAllowed).Msg("disconnecting")
 	c.spill.blockWrites()
-	if c.peerGone.Load() {
-		// Nothing reaches a peer whose side has closed, and it cannot answer
-		// a close handshake, which would cost a write and a 5 s wait for
-		// nothing (in a reconnect storm, a sixth of the hub's CPU).
+	if c.peerGone.Load() && d.Reason == "" {
+		// The peer ended the connection without a close frame and the hub
+		// owes it nothing (no reason of its own to close): no close frame
+		// and no wait for an answer that a vanished peer never sends (in a
+		// reconnect storm, a sixth of the hub's CPU). A disconnect with a
+		// reason (shutdown, displaced, kicked) still sends its
+		// forceDisconnect and close frame: a peer that only closed its
+		// sending side can read them.
 		_ = c.ws.CloseNow()
 		return
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -96,4 +97,55 @@ func TestPeerGoneWithoutCloseFrameGetsNone(t *testing.T) {
 		t.Fatalf("the hub wrote %d bytes (% x) to a peer whose side had closed; want none", len(rest), rest[:min(len(rest), 8)])
 	}
 	pos.expectStatus(t, th.clock.Now(), "T1", connID, protocol.TerminalOnline, protocol.TerminalReconnecting)
+}
+
+// firstWrite is a listener whose first accepted connection reports its
+// first write.
+type firstWrite struct {
+	net.Listener
+	first chan []byte
+}
+
+func (l firstWrite) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &firstWriteConn{Conn: c, first: l.first}, nil
+}
+
+type firstWriteConn struct {
+	net.Conn
+	first chan []byte
+	once  bool
+}
+
+func (c *firstWriteConn) Write(p []byte) (int, error) {
+	if !c.once {
+		c.once = true
+		select {
+		case c.first <- bytes.Clone(p):
+		default:
+		}
+	}
+	return c.Conn.Write(p)
+}
+
+// The hub's own handler holds the 101 back: it leaves in the same write as
+// the terminal's greeting.
+func TestHubSendsUpgradeResponseWithGreeting(t *testing.T) {
+	th := newTestHub(t)
+	first := make(chan []byte, 1)
+	srv := httptest.NewUnstartedServer(th.Handler())
+	srv.Listener = firstWrite{Listener: srv.Listener, first: first}
+	srv.Start()
+	defer srv.Close()
+	opts := th.options()
+	opts.BaseURL, opts.HTTPClient = srv.URL, srv.Client()
+	term := th.terminalWith(t, opts, "T1")
+	defer term.conn.Close()
+	got := <-first
+	if !bytes.HasPrefix(got, []byte("HTTP/1.1 101 Switching Protocols\r\n")) || !bytes.Contains(got, []byte(`"connected"`)) {
+		t.Fatalf("first write %q, want the 101 response and the greeting together", got)
+	}
 }

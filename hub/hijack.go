@@ -30,7 +30,8 @@ func writeBufferSize(kind Kind) int {
 }
 
 // hijackWriter is the http.ResponseWriter handed to websocket.Accept. It
-// passes everything through except Hijack, which gives the WebSocket small
+// passes everything through except WriteHeader(101) (see switching) and
+// Hijack, which gives the WebSocket small
 // buffers of its own: coder/websocket keeps the buffers Hijack returns for
 // the connection's whole life, and net/http's are 4 KiB each (its
 // connection's read buffer and the writer it reuses), 8 KiB of an idle
@@ -77,9 +78,9 @@ func (w hijackWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // http.ResponseController, so wrapped writers work too) and returns a fresh,
 // small bufio.ReadWriter over it. Bytes the client sent right behind its
 // upgrade request and net/http already read are moved into the new reader,
-// so nothing is lost. net/http has flushed the 101 response before its
-// Hijack returns, so its writer is empty and can be dropped; a wrapper's
-// writer that still holds something is flushed first.
+// so nothing is lost. net/http's writer is empty (the 101 is held back, or
+// without switching net/http flushed it in Hijack) and can be dropped; a
+// wrapper's writer that still holds something is flushed first.
 func (w hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err != nil {
