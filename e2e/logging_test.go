@@ -86,6 +86,9 @@ func TestLogsNeverCarrySecretsSignaturesOrCardNumbers(t *testing.T) {
 	read(t, term, "resultAck")
 	statusOf(t, pos, id, protocol.StatusCompleted)
 
+	// The engine logs "transaction created" after the reply and the
+	// terminal's command are out, so the payment can finish first.
+	eventually(t, func() bool { return strings.Contains(logs.String(), "transaction created") })
 	out := logs.String()
 	if !strings.Contains(out, "unauthorized") || !strings.Contains(out, "transaction created") {
 		t.Fatalf("the log does not show the session at all:\n%s", out)
