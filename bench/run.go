@@ -397,7 +397,7 @@ func (res *Results) idleAndStorm(ctx context.Context, o Options, l Launcher, log
 	}
 	ep, stop, err := l.Hub(ctx, name, profile)
 	if err != nil {
-		fail("idle", err)
+		fail(name, err)
 		return
 	}
 	defer stop()
@@ -464,6 +464,7 @@ func profileSelf(path string, logf func(string, ...any)) func() {
 	if err == nil {
 		if err = pprof.StartCPUProfile(f); err != nil {
 			f.Close()
+			_ = os.Remove(path) // no empty profile left behind
 		}
 	}
 	if err != nil {

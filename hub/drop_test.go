@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -99,45 +100,13 @@ func TestPeerGoneWithoutCloseFrameGetsNone(t *testing.T) {
 	pos.expectStatus(t, th.clock.Now(), "T1", connID, protocol.TerminalOnline, protocol.TerminalReconnecting)
 }
 
-// firstWrite is a listener whose first accepted connection reports its
-// first write.
-type firstWrite struct {
-	net.Listener
-	first chan []byte
-}
-
-func (l firstWrite) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return &firstWriteConn{Conn: c, first: l.first}, nil
-}
-
-type firstWriteConn struct {
-	net.Conn
-	first chan []byte
-	once  bool
-}
-
-func (c *firstWriteConn) Write(p []byte) (int, error) {
-	if !c.once {
-		c.once = true
-		select {
-		case c.first <- bytes.Clone(p):
-		default:
-		}
-	}
-	return c.Conn.Write(p)
-}
-
 // The hub's own handler holds the 101 back: it leaves in the same write as
 // the terminal's greeting.
 func TestHubSendsUpgradeResponseWithGreeting(t *testing.T) {
 	th := newTestHub(t)
 	first := make(chan []byte, 1)
 	srv := httptest.NewUnstartedServer(th.Handler())
-	srv.Listener = firstWrite{Listener: srv.Listener, first: first}
+	srv.Listener = hub.WriteLogListener{Listener: srv.Listener, Writes: first}
 	srv.Start()
 	defer srv.Close()
 	opts := th.options()

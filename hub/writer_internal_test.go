@@ -203,29 +203,35 @@ func (u unwrapper) Write(b []byte) (int, error) { return u.w.Write(b) }
 func (u unwrapper) WriteHeader(code int)        { u.w.WriteHeader(code) }
 func (u unwrapper) Unwrap() http.ResponseWriter { return u.w }
 
-// writeLog is a net.Conn that records each Write it is given.
+// writeLog is a net.Conn that records each Write it is given, as long as
+// its channel has room (later writes go unrecorded, never blocked).
 type writeLog struct {
 	net.Conn
 	writes chan []byte
 }
 
 func (w *writeLog) Write(p []byte) (int, error) {
-	w.writes <- bytes.Clone(p)
+	select {
+	case w.writes <- bytes.Clone(p):
+	default:
+	}
 	return w.Conn.Write(p)
 }
 
-// loggingListener hands out connections that record their writes.
-type loggingListener struct {
+// WriteLogListener hands out connections that record their writes on
+// Writes. Exported for the black-box tests of package hub_test.
+type WriteLogListener struct {
 	net.Listener
-	writes chan []byte
+	Writes chan []byte
 }
 
-func (l loggingListener) Accept() (net.Conn, error) {
+// Accept wraps the accepted connection in a writeLog.
+func (l WriteLogListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
 	}
-	return &writeLog{Conn: c, writes: l.writes}, nil
+	return &writeLog{Conn: c, writes: l.Writes}, nil
 }
 
 // The 101 response is held back until the first frame and leaves with it,
@@ -240,7 +246,7 @@ func TestSwitchingResponseLeavesWithTheFirstFrame(t *testing.T) {
 		}
 		_ = ws.Write(r.Context(), websocket.MessageText, []byte(`{"action":"connected"}`))
 	}))
-	srv.Listener = loggingListener{Listener: srv.Listener, writes: writes}
+	srv.Listener = WriteLogListener{Listener: srv.Listener, Writes: writes}
 	srv.Start()
 	defer srv.Close()
 
