@@ -51,7 +51,8 @@ type StatusUpdate struct {
 }
 
 // TransactionUpdate carries a transaction after every committed change.
-// Updates may arrive out of order; the higher version wins.
+// A transaction's updates arrive in version order, except for two of its
+// changes that race each other; the higher version wins.
 type TransactionUpdate struct {
 	Action      string                `json:"action"`
 	Transaction *protocol.Transaction `json:"transaction"`

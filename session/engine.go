@@ -54,7 +54,8 @@ type Options struct {
 	PaymentTimeout   time.Duration
 	SignatureTimeout time.Duration
 	// Observe, if set, is told every transaction a commit changed, after the
-	// commit (for the ops feed). It must not block, and must not change t,
+	// commit and before the terminal or the POS hears of it (for the ops
+	// feed, which then sees a transaction's changes in order). It must not block, and must not change t,
 	// which is the engine's committed copy, not one of its own.
 	Observe func(t *protocol.Transaction)
 	// Metrics records transitions and auto-voids; nil records nothing.
@@ -308,6 +309,18 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 			e.store.cur.set(ch.merchantID, ch.deviceID, ch.id)
 		}
 	}
+	// Observers hear before anyone who could cause the next change does,
+	// so a transaction's changes reach them in order unless two commits
+	// of it race (a timer and a POS, say; the higher version wins). A
+	// sale's PENDING would otherwise often follow the DISPATCHED its
+	// terminal's answer commits.
+	if e.opts.Observe != nil {
+		for _, t := range p.arm {
+			// Not a copy: a committed t is only read from now on (the
+			// cache holds it and hands out copies to change).
+			e.opts.Observe(&t.Transaction)
+		}
+	}
 	// The terminal hears first: its answer is the next step of a payment,
 	// and it cannot overtake the reply or what this commit tells the POS,
 	// because the commit it causes delivers under the same API key locks,
@@ -350,13 +363,6 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 			m.Transactions.WithLabelValues(string(s)).Inc()
 		}
 		m.AutoVoids.Add(float64(p.autoVoid))
-	}
-	if e.opts.Observe != nil {
-		for _, t := range p.arm {
-			// Not a copy: a committed t is only read from now on (the
-			// cache holds it and hands out copies to change).
-			e.opts.Observe(&t.Transaction)
-		}
 	}
 	return nil
 }

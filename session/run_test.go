@@ -306,3 +306,29 @@ func TestSaleReplyPrecedesWhatTheTerminalsAnswerCauses(t *testing.T) {
 		t.Fatalf("delivered %q, want %q", got, want)
 	}
 }
+
+// The observer (the ops feed) hears of a commit before the terminal does,
+// so what the terminal's answer commits cannot reach it first: a sale's
+// PENDING precedes its DISPATCHED there, as on the POS.
+func TestObserverHearsBeforeTheTerminal(t *testing.T) {
+	e, rec, _ := runEngine(t)
+	sink := &answeringSink{recordSink: rec, e: e, answered: make(chan error, 1)}
+	e.SetSink(sink)
+	e.SetObserver(func(tx *protocol.Transaction) {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		rec.log = append(rec.log, fmt.Sprintf("observe %s v%d", tx.Status, tx.Version))
+	})
+	amount := int64(1250)
+	if _, err := e.Create(context.Background(), CreateInput{MerchantID: "m1", APIKeyID: "pk1",
+		Req: &protocol.PaymentRequest{TerminalID: "T1", AmountMinor: &amount, Currency: "USD", Reference: "order-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-sink.answered; err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"observe PENDING v1", "terminal startPayment", "observe DISPATCHED v2", "pos paymentStatusUpdate DISPATCHED v2"}
+	if got := rec.take(); !slices.Equal(got, want) {
+		t.Fatalf("delivered %q, want %q", got, want)
+	}
+}

@@ -187,22 +187,23 @@ func TestDashboardInChromium(t *testing.T) {
 	}
 
 	// Record every status a transaction row takes, as the page renders it.
+	// A batch of records carries each change's old value, in order; the
+	// row's value now follows the last of them (reading it per record would
+	// put a later status before an earlier one when a batch holds two).
 	eval[bool](t, bctx, `(() => {
 		window.__statuses = {};
-		const note = (tr) => {
-			const id = tr.dataset.transaction, s = tr.dataset.status;
+		const add = (id, s) => {
 			if (!id || !s) return;
 			const seen = window.__statuses[id] = window.__statuses[id] || [];
 			if (seen[seen.length - 1] !== s) seen.push(s);
 		};
 		new MutationObserver((records) => {
+			const rows = new Set();
 			for (const r of records) {
-				if (r.type === 'attributes' && r.oldValue) {
-					const seen = window.__statuses[r.target.dataset.transaction] = window.__statuses[r.target.dataset.transaction] || [];
-					if (seen[seen.length - 1] !== r.oldValue) seen.push(r.oldValue);
-				}
-				if (r.type === 'attributes') note(r.target);
+				add(r.target.dataset.transaction, r.oldValue);
+				rows.add(r.target);
 			}
+			for (const tr of rows) add(tr.dataset.transaction, tr.dataset.status);
 		}).observe(document.querySelector('#transactions tbody'),
 			{ subtree: true, attributes: true, attributeFilter: ['data-status'], attributeOldValue: true });
 		return true;
