@@ -214,26 +214,31 @@ func childEnv() []string {
 }
 
 // MachineBusy is the busy time of every core so far (/proc/stat: all but
-// idle and iowait), 0 when unreadable.
-func MachineBusy() time.Duration {
+// idle, iowait and steal) and, apart, the time the hypervisor ran something
+// else on this machine's virtual cores (steal): on a shared host that is
+// what makes two runs minutes apart differ, and no process here used it.
+// Both are 0 when unreadable.
+func MachineBusy() (busy, steal time.Duration) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	line, _, _ := bytes.Cut(b, []byte("\n"))
 	f := strings.Fields(string(line))
 	if len(f) < 8 || f[0] != "cpu" {
-		return 0
+		return 0, 0
 	}
-	var busy int64
-	for i, v := range f[1:] {
-		if i == 3 || i == 4 || i >= 8 { // idle, iowait; guest time is already in user
-			continue
-		}
-		n, _ := strconv.ParseInt(v, 10, 64)
-		busy += n
+	var n [7]int64 // user nice system idle iowait irq softirq
+	for i := range n {
+		n[i], _ = strconv.ParseInt(f[1+i], 10, 64)
 	}
-	return time.Duration(busy) * time.Second / clockTicks
+	var st int64
+	if len(f) > 8 {
+		st, _ = strconv.ParseInt(f[8], 10, 64)
+	}
+	// Guest time is already in user.
+	busyTicks := n[0] + n[1] + n[2] + n[5] + n[6]
+	return time.Duration(busyTicks) * time.Second / clockTicks, time.Duration(st) * time.Second / clockTicks
 }
 
 // LoadAvg is the first field of /proc/loadavg ("" when unreadable).

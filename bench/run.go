@@ -56,8 +56,11 @@ type CPUShare struct {
 	// time less the three above): other work on a shared machine that the
 	// figures had to share the cores with.
 	Other float64
-	Known bool          // Server and Generator were measured (Redis when > 0)
-	Wall  time.Duration // how long the phases measured lasted, drains included
+	// Stolen is the time the hypervisor gave this machine's cores to
+	// others (steal), in cores: not in Other, and not the figures' doing.
+	Stolen float64
+	Known  bool          // Server and Generator were measured (Redis when > 0)
+	Wall   time.Duration // how long the phases measured lasted, drains included
 	// Allocated and GCs are what the hub's Go runtime reported over the
 	// same phases (/metrics: go_memstats_alloc_bytes_total and
 	// go_gc_duration_seconds_count); AllocKnown says whether it could be
@@ -96,6 +99,9 @@ func (c CPUShare) String() string {
 	}
 	if c.Other >= 0.005 {
 		s += fmt.Sprintf(", other processes %.2f", c.Other)
+	}
+	if c.Stolen >= 0.005 {
+		s += fmt.Sprintf(", stolen by the host %.2f", c.Stolen)
 	}
 	return s
 }
@@ -494,14 +500,15 @@ type side struct {
 type cpuSample struct {
 	at                       time.Time
 	server, redis, generator time.Duration
-	machine                  time.Duration // busy time of every core
+	machine, steal           time.Duration // busy and stolen time of every core
 	serverOK                 bool
 	alloc, gcs               float64 // the hub's runtime counters, when allocOK
 	allocOK                  bool
 }
 
 func (o *Options) cpu(ctx context.Context, ep Endpoint) cpuSample {
-	s := cpuSample{at: time.Now(), generator: SelfCPU(), machine: MachineBusy()}
+	s := cpuSample{at: time.Now(), generator: SelfCPU()}
+	s.machine, s.steal = MachineBusy()
 	if ep.Proc != nil {
 		if d, err := ep.Proc.CPU(); err == nil {
 			s.server, s.serverOK = d, true
@@ -522,10 +529,10 @@ func (o *Options) cpu(ctx context.Context, ep Endpoint) cpuSample {
 
 // cpuAcc adds up the CPU time of several phases.
 type cpuAcc struct {
-	wall, server, redis, generator, machine time.Duration
-	alloc, gcs                              float64
-	serverMissing, machineMissing           bool // some phase could not read it
-	allocMissing                            bool
+	wall, server, redis, generator, machine, steal time.Duration
+	alloc, gcs                                     float64
+	serverMissing, machineMissing                  bool // some phase could not read it
+	allocMissing                                   bool
 }
 
 // add adds the phase from b to s.
@@ -537,6 +544,7 @@ func (a *cpuAcc) add(b, s cpuSample) {
 	a.redis += s.redis - b.redis
 	a.generator += s.generator - b.generator
 	a.machine += s.machine - b.machine
+	a.steal += s.steal - b.steal
 	a.allocMissing = a.allocMissing || !s.allocOK || !b.allocOK
 	a.alloc += s.alloc - b.alloc
 	a.gcs += s.gcs - b.gcs
@@ -558,6 +566,7 @@ func (a *cpuAcc) share() CPUShare {
 	c.Known, c.Server, c.Redis, c.Generator = true, a.server.Seconds()/wall, a.redis.Seconds()/wall, a.generator.Seconds()/wall
 	if !a.machineMissing {
 		c.Other = max(a.machine.Seconds()/wall-c.Server-c.Redis-c.Generator, 0)
+		c.Stolen = a.steal.Seconds() / wall
 	}
 	return c
 }

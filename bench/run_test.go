@@ -3,7 +3,9 @@ package bench
 import (
 	"bytes"
 	"context"
+	"math"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -264,5 +266,43 @@ func TestFinalCounting(t *testing.T) {
 	st := r.stats("hub", &fleetConns{drivers: []*posDriver{d}})
 	if st.AutoVoids != 1 || st.Duplicated != 1 || st.Completed != 1 || st.Failures != 1 || st.Lost != 0 || st.Unfinished {
 		t.Fatalf("stats = %+v", st)
+	}
+}
+
+// The host's steal time is reported apart from the other processes, and
+// neither includes the other: two cores busy for a second with the server,
+// Redis and the generator using 1.2 of them and the host stealing 0.5.
+func TestCPUShareSplitsSteal(t *testing.T) {
+	at := time.Unix(1000, 0)
+	b := cpuSample{at: at, serverOK: true, machine: time.Second, steal: 2 * time.Second}
+	s := cpuSample{at: at.Add(time.Second), serverOK: true,
+		server: 600 * time.Millisecond, redis: 200 * time.Millisecond, generator: 400 * time.Millisecond,
+		machine: time.Second + 1500*time.Millisecond, steal: 2*time.Second + 500*time.Millisecond}
+	var a cpuAcc
+	a.add(b, s)
+	c := a.share()
+	if !c.Known || math.Abs(c.Other-0.3) > 1e-9 || math.Abs(c.Stolen-0.5) > 1e-9 {
+		t.Fatalf("other %.3f, stolen %.3f (known %v), want 0.3 and 0.5", c.Other, c.Stolen, c.Known)
+	}
+	if got, want := c.String(), "server 0.60 cores, load generator 0.40, Redis 0.20, other processes 0.30, stolen by the host 0.50"; got != want {
+		t.Fatalf("String() = %q, want %q", got, want)
+	}
+}
+
+// MachineBusy reads this machine's counters: busy time grows while this
+// process spins, and steal never goes backwards.
+func TestMachineBusyReadsProcStat(t *testing.T) {
+	if _, err := os.Stat("/proc/stat"); err != nil {
+		t.Skip("no /proc/stat here")
+	}
+	busy0, steal0 := MachineBusy()
+	if busy0 <= 0 {
+		t.Fatalf("busy %v: /proc/stat not read", busy0)
+	}
+	for d := time.Now().Add(50 * time.Millisecond); time.Now().Before(d); {
+	}
+	busy1, steal1 := MachineBusy()
+	if busy1 <= busy0 || steal1 < steal0 {
+		t.Fatalf("busy %v → %v, steal %v → %v", busy0, busy1, steal0, steal1)
 	}
 }
