@@ -552,7 +552,10 @@ type CreateInput struct {
 // sale, the per-device lock, all committed atomically.
 func (e *Engine) Create(ctx context.Context, in CreateInput) (Result, error) {
 	req := in.Req
-	fp := fingerprint(protocol.ActionPayment, req)
+	fp := ""
+	if in.IdemKey != "" { // only an Idempotency-Key's record keeps it
+		fp = fingerprint(protocol.ActionPayment, req)
+	}
 	device, ok := e.opts.Terminals.ResolveTerminal(in.MerchantID, req.TerminalID)
 	if !ok {
 		return Result{}, protocol.Errorf(protocol.CodeTerminalNotFound, "terminalId", "no such terminal")
@@ -585,7 +588,10 @@ type RefundInput struct {
 // Refund creates a refund of a completed sale on the sale's terminal.
 func (e *Engine) Refund(ctx context.Context, in RefundInput) (Result, error) {
 	req := in.Req
-	fp := fingerprint(protocol.ActionRefund, req)
+	fp := ""
+	if in.IdemKey != "" {
+		fp = fingerprint(protocol.ActionRefund, req)
+	}
 	if in.IdemKey != "" {
 		if r, done, err := e.replayIdem(ctx, in.MerchantID, in.IdemKey, fp); done || err != nil {
 			return r, err
