@@ -55,8 +55,9 @@ type Options struct {
 	SignatureTimeout time.Duration
 	// Observe, if set, is told every transaction a commit changed, after the
 	// commit and before the terminal or the POS hears of it (for the ops
-	// feed, which then sees a transaction's changes in order). It must not block, and must not change t,
-	// which is the engine's committed copy, not one of its own.
+	// feed, which then sees a transaction's changes in order). It runs with
+	// the commit's ordering locks held, so it must not block, and it must
+	// not change t, which is the engine's committed copy, not one of its own.
 	Observe func(t *protocol.Transaction)
 	// Metrics records transitions and auto-voids; nil records nothing.
 	Metrics *metrics.Metrics
@@ -591,8 +592,6 @@ func (e *Engine) Refund(ctx context.Context, in RefundInput) (Result, error) {
 	fp := ""
 	if in.IdemKey != "" {
 		fp = fingerprint(protocol.ActionRefund, req)
-	}
-	if in.IdemKey != "" {
 		if r, done, err := e.replayIdem(ctx, in.MerchantID, in.IdemKey, fp); done || err != nil {
 			return r, err
 		}
