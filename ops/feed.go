@@ -51,8 +51,9 @@ type StatusUpdate struct {
 }
 
 // TransactionUpdate carries a transaction after every committed change.
-// A transaction's updates arrive in version order, except for two of its
-// changes that race each other; the higher version wins.
+// What the hub's messages about a change cause arrives after it;
+// independent changes may interleave, and updates can share a version: the
+// higher version wins.
 type TransactionUpdate struct {
 	Action      string                `json:"action"`
 	Transaction *protocol.Transaction `json:"transaction"`
@@ -86,11 +87,31 @@ type Conflicts struct {
 	Conflicts []hub.KeyConflict `json:"conflicts"`
 }
 
-// item is one queued frame; conflicts asks the feed to re-check the
-// fighting-keys list after sending it (a POS connection came or went).
+// item is one queued frame, or a transaction to send as one; conflicts
+// asks the feed to re-check the fighting-keys list after sending it (a POS
+// connection came or went).
 type item struct {
 	frame     []byte
+	txn       *txnFrame
 	conflicts bool
+}
+
+// txnFrame is a committed transaction's transactionUpdate, encoded by the
+// first feed that sends it: the engine tells ops of a commit before the
+// terminal hears of it, so the encoding is left to the feeds' goroutines.
+type txnFrame struct {
+	t    *protocol.Transaction // committed: only read
+	once sync.Once
+	b    []byte
+	err  error
+}
+
+// bytes encodes the update once.
+func (f *txnFrame) bytes() ([]byte, error) {
+	f.once.Do(func() {
+		f.b, f.err = json.Marshal(TransactionUpdate{Action: ActionTransactionUpdate, Transaction: f.t})
+	})
+	return f.b, f.err
 }
 
 // feed is one /v1/ops/ws connection's queue.
@@ -284,7 +305,15 @@ func (s *Server) serveFeed(ws *websocket.Conn, f *feed) {
 			_ = ws.Close(websocket.StatusPolicyViolation, "feed too slow; reconnect")
 			return
 		case it := <-f.out:
-			if !write(it.frame) {
+			frame := it.frame
+			if it.txn != nil {
+				var err error
+				if frame, err = it.txn.bytes(); err != nil {
+					s.log.Error().Err(err).Msg("marshal transactionUpdate")
+					continue
+				}
+			}
+			if !write(frame) {
 				return
 			}
 			if !it.conflicts {

@@ -138,19 +138,18 @@ func (s *Server) PublishTransaction(t *protocol.Transaction) {
 	}
 	s.mu.Lock()
 	obs := s.observers
+	if len(s.feeds) > 0 {
+		// Queued as it is, in commit order, and encoded by the feeds: this
+		// runs before the terminal hears of the commit.
+		it := item{txn: &txnFrame{t: t}}
+		for f := range s.feeds {
+			f.push(it)
+		}
+	}
 	s.mu.Unlock()
 	for _, o := range obs {
 		o(t)
 	}
-	if !s.hasFeeds() {
-		return
-	}
-	frame, err := json.Marshal(TransactionUpdate{Action: ActionTransactionUpdate, Transaction: t})
-	if err != nil {
-		s.log.Error().Err(err).Msg("marshal transactionUpdate")
-		return
-	}
-	s.broadcast(frame, false)
 }
 
 // ObserveTransactions adds f to the receivers of every committed

@@ -55,7 +55,7 @@ type Options struct {
 	SignatureTimeout time.Duration
 	// Observe, if set, is told every transaction a commit changed, after the
 	// commit and before the terminal or the POS hears of it (for the ops
-	// feed, which then sees a transaction's changes in order). It runs with
+	// feed, which then sees what a change causes after it). It runs with
 	// the commit's ordering locks held, so it must not block, and it must
 	// not change t, which is the engine's committed copy, not one of its own.
 	Observe func(t *protocol.Transaction)
@@ -310,11 +310,11 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 			e.store.cur.set(ch.merchantID, ch.deviceID, ch.id)
 		}
 	}
-	// Observers hear before anyone who could cause the next change does,
-	// so a transaction's changes reach them in order unless two commits
-	// of it race (a timer and a POS, say; the higher version wins). A
-	// sale's PENDING would otherwise often follow the DISPATCHED its
-	// terminal's answer commits.
+	// Observers hear before the terminal and the POS do, so whatever this
+	// commit's messages cause reaches them after it: a sale's PENDING
+	// would otherwise often follow the DISPATCHED its terminal's answer
+	// commits. Independent commits (a timer, a reconnect) may still
+	// interleave; the feed's readers keep the higher version.
 	if e.opts.Observe != nil {
 		for _, t := range p.arm {
 			// Not a copy: a committed t is only read from now on (the
