@@ -59,3 +59,69 @@ func TestWaitAcksWaitsOnlyForEarlierAcks(t *testing.T) {
 	step(2, 9)
 	h.waitAcks(ctx, "m1", "pk1")
 }
+
+// TestAckLineLingers: a line's goroutine stays for the next ack instead of
+// ending with its queue (a POS acks every result, and a fresh goroutine per
+// ack cost a stack growth or two each), and ends at once when the drain
+// asks it to.
+func TestAckLineLingers(t *testing.T) {
+	lingerForever(t)
+	h := New(Options{Logger: zerolog.Nop()}) // no outbox: an ack is applied as a no-op
+	t.Cleanup(h.stop)
+	c := &conn{merchantID: "m1", keyID: "pk1", ctx: context.Background()}
+	k := ackLineKey("m1", "pk1")
+	line := func() *ackLine {
+		h.acks.mu.Lock()
+		defer h.acks.mu.Unlock()
+		return h.acks.lines[k]
+	}
+
+	h.queueAck(c, nil, "1-1")
+	h.waitAcks(context.Background(), "m1", "pk1")
+	first := line()
+	if first == nil || first.applied != 1 {
+		t.Fatalf("after one ack the line is %+v, want it kept with 1 applied", first)
+	}
+	h.queueAck(c, nil, "1-2")
+	h.waitAcks(context.Background(), "m1", "pk1")
+	if l := line(); l != first || l.applied != 2 {
+		t.Fatalf("the second ack went to line %p (%d applied), want the first one, %p, with 2", l, l.applied, first)
+	}
+
+	ended := make(chan struct{})
+	go func() { h.acks.endLinger(); h.acks.running.Wait(); close(ended) }()
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the line's goroutine did not end when the drain asked")
+	}
+	if l := line(); l != nil {
+		t.Fatalf("the line is still registered after its goroutine ended: %+v", l)
+	}
+}
+
+// TestAckLineEndsWithTheHub: a hub stopped without a drain does not keep a
+// lingering line's goroutine.
+func TestAckLineEndsWithTheHub(t *testing.T) {
+	lingerForever(t)
+	h := New(Options{Logger: zerolog.Nop()})
+	c := &conn{merchantID: "m1", keyID: "pk1", ctx: context.Background()}
+	h.queueAck(c, nil, "1-1")
+	h.waitAcks(context.Background(), "m1", "pk1")
+	h.stop()
+	ended := make(chan struct{})
+	go func() { h.acks.running.Wait(); close(ended) }()
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the line's goroutine outlived the hub")
+	}
+}
+
+// lingerForever makes lines linger longer than any test, so that only the
+// drain or the hub's stop can end them.
+func lingerForever(t *testing.T) {
+	old := ackLinger
+	ackLinger = time.Hour
+	t.Cleanup(func() { ackLinger = old })
+}

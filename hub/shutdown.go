@@ -25,7 +25,7 @@ func (h *Hub) Drain(ctx context.Context) error {
 	done := make(chan struct{})
 	// Acks the readers took are applied before the hub stops: a POS that
 	// acked before a graceful restart is not sent those messages again.
-	go func() { h.conns.Wait(); h.acks.running.Wait(); close(done) }()
+	go func() { h.conns.Wait(); h.acks.endLinger(); h.acks.running.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():
