@@ -39,11 +39,12 @@ type ackLines struct {
 	running sync.WaitGroup      // one per applyAcks goroutine, so Drain can wait for them
 	done    chan struct{}       // closed by endLinger: idle goroutines leave at once; guarded by mu
 	ended   bool                // endLinger has run; guarded by mu
+	linger  time.Duration       // ackLinger when 0 (tests set it before the first ack)
 }
 
 // ackLinger is how long a line's goroutine waits for the next ack once its
-// queue is empty before it ends (a variable for the tests).
-var ackLinger = time.Second
+// queue is empty before it ends.
+const ackLinger = time.Second
 
 // doneLocked is the channel endLinger closes.
 func (a *ackLines) doneLocked() chan struct{} {
@@ -98,10 +99,13 @@ func (h *Hub) queueAck(c *conn, requestID json.RawMessage, id string) {
 	}
 	l.reqs = append(l.reqs, ackReq{c: c, requestID: requestID, id: id})
 	l.queued++
-	done := h.acks.doneLocked()
+	done, linger := h.acks.doneLocked(), h.acks.linger
+	if linger == 0 {
+		linger = ackLinger
+	}
 	h.acks.mu.Unlock()
 	if start {
-		go h.applyAcks(k, l, done)
+		go h.applyAcks(k, l, done, linger)
 	} else {
 		select {
 		case l.more <- struct{}{}:
@@ -115,10 +119,10 @@ func (h *Hub) queueAck(c *conn, requestID json.RawMessage, id string) {
 // answered like any failed one ("ack failed; send it again").
 const ackTimeout = 10 * time.Second
 
-// applyAcks applies l's acks in order until none has come for ackLinger
+// applyAcks applies l's acks in order until none has come for linger
 // (or, once done is closed, until none is left). An ack's error reply goes
 // to the connection it came from, if it is still open.
-func (h *Hub) applyAcks(k string, l *ackLine, done <-chan struct{}) {
+func (h *Hub) applyAcks(k string, l *ackLine, done <-chan struct{}, lingerFor time.Duration) {
 	defer h.acks.running.Done()
 	var linger *time.Timer
 	for {
@@ -126,10 +130,10 @@ func (h *Hub) applyAcks(k string, l *ackLine, done <-chan struct{}) {
 		if len(l.reqs) == 0 {
 			h.acks.mu.Unlock()
 			if linger == nil {
-				linger = time.NewTimer(ackLinger)
+				linger = time.NewTimer(lingerFor)
 				defer linger.Stop()
 			} else {
-				linger.Reset(ackLinger)
+				linger.Reset(lingerFor)
 			}
 			idle := false
 			select {

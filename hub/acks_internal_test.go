@@ -65,8 +65,8 @@ func TestWaitAcksWaitsOnlyForEarlierAcks(t *testing.T) {
 // ack cost a stack growth or two each), and ends at once when the drain
 // asks it to.
 func TestAckLineLingers(t *testing.T) {
-	lingerForever(t)
 	h := New(Options{Logger: zerolog.Nop()}) // no outbox: an ack is applied as a no-op
+	h.acks.linger = time.Hour                // longer than the test: only the drain ends it
 	t.Cleanup(h.stop)
 	c := &conn{merchantID: "m1", keyID: "pk1", ctx: context.Background()}
 	k := ackLineKey("m1", "pk1")
@@ -103,8 +103,8 @@ func TestAckLineLingers(t *testing.T) {
 // TestAckLineEndsWithTheHub: a hub stopped without a drain does not keep a
 // lingering line's goroutine.
 func TestAckLineEndsWithTheHub(t *testing.T) {
-	lingerForever(t)
 	h := New(Options{Logger: zerolog.Nop()})
+	h.acks.linger = time.Hour // only the stop can end it
 	c := &conn{merchantID: "m1", keyID: "pk1", ctx: context.Background()}
 	h.queueAck(c, nil, "1-1")
 	h.waitAcks(context.Background(), "m1", "pk1")
@@ -116,12 +116,4 @@ func TestAckLineEndsWithTheHub(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the line's goroutine outlived the hub")
 	}
-}
-
-// lingerForever makes lines linger longer than any test, so that only the
-// drain or the hub's stop can end them.
-func lingerForever(t *testing.T) {
-	old := ackLinger
-	ackLinger = time.Hour
-	t.Cleanup(func() { ackLinger = old })
 }

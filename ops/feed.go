@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/protocol"
@@ -106,10 +107,17 @@ type txnFrame struct {
 	err  error
 }
 
-// bytes encodes the update once.
-func (f *txnFrame) bytes() ([]byte, error) {
+// bytes encodes the update once, as encoding/json would encode a
+// TransactionUpdate (protocol's encoder writes the same bytes, faster); a
+// failure is logged once and every feed skips the update.
+func (f *txnFrame) bytes(log zerolog.Logger) ([]byte, error) {
 	f.once.Do(func() {
-		f.b, f.err = json.Marshal(TransactionUpdate{Action: ActionTransactionUpdate, Transaction: f.t})
+		b := append(make([]byte, 0, 2048), `{"action":"`+ActionTransactionUpdate+`","transaction":`...)
+		if b, f.err = f.t.AppendJSON(b); f.err != nil {
+			log.Error().Err(f.err).Msg("marshal transactionUpdate")
+			return
+		}
+		f.b = append(b, '}')
 	})
 	return f.b, f.err
 }
@@ -308,8 +316,7 @@ func (s *Server) serveFeed(ws *websocket.Conn, f *feed) {
 			frame := it.frame
 			if it.txn != nil {
 				var err error
-				if frame, err = it.txn.bytes(); err != nil {
-					s.log.Error().Err(err).Msg("marshal transactionUpdate")
+				if frame, err = it.txn.bytes(s.log); err != nil {
 					continue
 				}
 			}

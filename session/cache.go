@@ -84,7 +84,9 @@ func (s *Store) loadFresh(ctx context.Context, merchantID, id string) (*Txn, err
 
 // Clone returns a copy of t that can be changed without changing t: its
 // pointers point to copies, and its history shares t's entries, which are
-// never changed in place (sharedHistory).
+// never changed in place (sharedHistory). A committed Txn is never changed
+// again, only cloned: the ops feeds read it from their own goroutines
+// (Options.Observe) while the engine goes on.
 func (t *Txn) Clone() *Txn {
 	c := *t
 	c.History = sharedHistory(t.History)
