@@ -100,6 +100,31 @@ func TestPeerGoneWithoutCloseFrameGetsNone(t *testing.T) {
 	pos.expectStatus(t, th.clock.Now(), "T1", connID, protocol.TerminalOnline, protocol.TerminalReconnecting)
 }
 
+// The same when the peer's side ends in the middle of a frame (a network
+// that dropped the rest): the read ends with an unexpected EOF, and the
+// hub writes nothing more either.
+func TestPeerGoneMidFrameGetsNone(t *testing.T) {
+	th := newTestHub(t)
+	nc, br, connID := rawTerminal(t, th, "T1")
+	pos := th.pos(t, "pk1")
+	// A masked text frame announcing 5 bytes, of which only the header,
+	// the mask and 2 bytes arrive.
+	if _, err := nc.Write([]byte{0x81, 0x85, 1, 2, 3, 4, 'h' ^ 1, 'e' ^ 2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := io.ReadAll(br)
+	if err != nil {
+		t.Fatalf("reading until the hub closes: %v", err)
+	}
+	if len(rest) > 0 {
+		t.Fatalf("the hub wrote %d bytes (% x) to a peer gone mid-frame; want none", len(rest), rest[:min(len(rest), 8)])
+	}
+	pos.expectStatus(t, th.clock.Now(), "T1", connID, protocol.TerminalOnline, protocol.TerminalReconnecting)
+}
+
 // The hub's own handler holds the 101 back: it leaves in the same write as
 // the terminal's greeting.
 func TestHubSendsUpgradeResponseWithGreeting(t *testing.T) {
