@@ -38,12 +38,10 @@ type ackLines struct {
 	lines   map[string]*ackLine // "<merchant>\x00<api key>" → its queue; guarded by mu
 	running sync.WaitGroup      // one per applyAcks goroutine, so Drain can wait for them
 	done    chan struct{}       // closed by endLinger: idle goroutines leave at once; guarded by mu
-	ended   bool                // endLinger has run; guarded by mu
-	linger  time.Duration       // ackLinger when 0 (tests set it before the first ack)
 }
 
 // ackLinger is how long a line's goroutine waits for the next ack once its
-// queue is empty before it ends.
+// queue is empty before it ends (on the hub's clock).
 const ackLinger = time.Second
 
 // doneLocked is the channel endLinger closes.
@@ -59,9 +57,10 @@ func (a *ackLines) doneLocked() chan struct{} {
 func (a *ackLines) endLinger() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !a.ended {
-		a.ended = true
-		close(a.doneLocked())
+	select {
+	case <-a.doneLocked(): // already ended
+	default:
+		close(a.done)
 	}
 }
 
@@ -99,13 +98,10 @@ func (h *Hub) queueAck(c *conn, requestID json.RawMessage, id string) {
 	}
 	l.reqs = append(l.reqs, ackReq{c: c, requestID: requestID, id: id})
 	l.queued++
-	done, linger := h.acks.doneLocked(), h.acks.linger
-	if linger == 0 {
-		linger = ackLinger
-	}
+	done := h.acks.doneLocked()
 	h.acks.mu.Unlock()
 	if start {
-		go h.applyAcks(k, l, done, linger)
+		go h.applyAcks(k, l, done)
 	} else {
 		select {
 		case l.more <- struct{}{}:
@@ -119,32 +115,16 @@ func (h *Hub) queueAck(c *conn, requestID json.RawMessage, id string) {
 // answered like any failed one ("ack failed; send it again").
 const ackTimeout = 10 * time.Second
 
-// applyAcks applies l's acks in order until none has come for linger
+// applyAcks applies l's acks in order until none has come for ackLinger
 // (or, once done is closed, until none is left). An ack's error reply goes
 // to the connection it came from, if it is still open.
-func (h *Hub) applyAcks(k string, l *ackLine, done <-chan struct{}, lingerFor time.Duration) {
+func (h *Hub) applyAcks(k string, l *ackLine, done <-chan struct{}) {
 	defer h.acks.running.Done()
-	var linger *time.Timer
 	for {
 		h.acks.mu.Lock()
 		if len(l.reqs) == 0 {
 			h.acks.mu.Unlock()
-			if linger == nil {
-				linger = time.NewTimer(lingerFor)
-				defer linger.Stop()
-			} else {
-				linger.Reset(lingerFor)
-			}
-			idle := false
-			select {
-			case <-l.more:
-			case <-linger.C:
-				idle = true
-			case <-done:
-				idle = true
-			case <-h.baseCtx.Done(): // stopped without a drain
-				idle = true
-			}
+			idle := h.lingerForAck(l, done)
 			h.acks.mu.Lock()
 			if idle && len(l.reqs) == 0 {
 				delete(h.acks.lines, k)
@@ -169,6 +149,22 @@ func (h *Hub) applyAcks(k string, l *ackLine, done <-chan struct{}, lingerFor ti
 		l.wakeLocked()
 		h.acks.mu.Unlock()
 	}
+}
+
+// lingerForAck waits for the next ack of l, for ackLinger at most; true
+// when none came (the time passed, or the hub drains or stopped).
+func (h *Hub) lingerForAck(l *ackLine, done <-chan struct{}) bool {
+	expired := make(chan struct{})
+	timer := h.clock.AfterFunc(ackLinger, func() { close(expired) })
+	defer timer.Stop()
+	select {
+	case <-l.more:
+		return false
+	case <-expired:
+	case <-done:
+	case <-h.baseCtx.Done(): // stopped without a drain
+	}
+	return true
 }
 
 // wakeLocked wakes the waiters of l to look again.

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/termhub/termhub/clock"
 )
 
 // TestWaitAcksWaitsOnlyForEarlierAcks: a waiter returns once the acks
@@ -65,8 +67,9 @@ func TestWaitAcksWaitsOnlyForEarlierAcks(t *testing.T) {
 // ack cost a stack growth or two each), and ends at once when the drain
 // asks it to.
 func TestAckLineLingers(t *testing.T) {
-	h := New(Options{Logger: zerolog.Nop()}) // no outbox: an ack is applied as a no-op
-	h.acks.linger = time.Hour                // longer than the test: only the drain ends it
+	// No outbox: an ack is applied as a no-op. The fake clock stands still:
+	// only the drain can end the line.
+	h := New(Options{Logger: zerolog.Nop(), Clock: clock.NewFake(time.Unix(0, 0))})
 	t.Cleanup(h.stop)
 	c := &conn{merchantID: "m1", keyID: "pk1", ctx: context.Background()}
 	k := ackLineKey("m1", "pk1")
@@ -88,13 +91,8 @@ func TestAckLineLingers(t *testing.T) {
 		t.Fatalf("the second ack went to line %p (%d applied), want the first one, %p, with 2", l, l.applied, first)
 	}
 
-	ended := make(chan struct{})
-	go func() { h.acks.endLinger(); h.acks.running.Wait(); close(ended) }()
-	select {
-	case <-ended:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the line's goroutine did not end when the drain asked")
-	}
+	h.acks.endLinger()
+	waitAckGoroutines(t, h, "the line's goroutine did not end when the drain asked")
 	if l := line(); l != nil {
 		t.Fatalf("the line is still registered after its goroutine ended: %+v", l)
 	}
@@ -103,17 +101,48 @@ func TestAckLineLingers(t *testing.T) {
 // TestAckLineEndsWithTheHub: a hub stopped without a drain does not keep a
 // lingering line's goroutine.
 func TestAckLineEndsWithTheHub(t *testing.T) {
-	h := New(Options{Logger: zerolog.Nop()})
-	h.acks.linger = time.Hour // only the stop can end it
+	h := New(Options{Logger: zerolog.Nop(), Clock: clock.NewFake(time.Unix(0, 0))}) // only the stop can end it
 	c := &conn{merchantID: "m1", keyID: "pk1", ctx: context.Background()}
 	h.queueAck(c, nil, "1-1")
 	h.waitAcks(context.Background(), "m1", "pk1")
 	h.stop()
+	waitAckGoroutines(t, h, "the line's goroutine outlived the hub")
+}
+
+// TestAckLineEndsAfterLinger: with no further ack for ackLinger on the
+// hub's clock, the line's goroutine ends and the line is gone; the next ack
+// starts a new one.
+func TestAckLineEndsAfterLinger(t *testing.T) {
+	clk := clock.NewFake(time.Unix(0, 0))
+	h := New(Options{Logger: zerolog.Nop(), Clock: clk})
+	t.Cleanup(h.stop)
+	c := &conn{merchantID: "m1", keyID: "pk1", ctx: context.Background()}
+	h.queueAck(c, nil, "1-1")
+	h.waitAcks(context.Background(), "m1", "pk1")
+	within(t, "the line to wait for its next ack", func() bool { return clk.Pending() == 1 })
+	clk.Advance(ackLinger - time.Millisecond)
+	if clk.Pending() != 1 {
+		t.Fatal("the line stopped waiting before ackLinger had passed")
+	}
+	clk.Advance(time.Millisecond)
+	waitAckGoroutines(t, h, "the line's goroutine outlived its linger")
+	h.acks.mu.Lock()
+	l := h.acks.lines[ackLineKey("m1", "pk1")]
+	h.acks.mu.Unlock()
+	if l != nil {
+		t.Fatalf("the line is still registered after its linger: %+v", l)
+	}
+}
+
+// waitAckGoroutines waits for every ack line's goroutine of h to end, and
+// fails the test with failure if they have not within 5 s.
+func waitAckGoroutines(t *testing.T, h *Hub, failure string) {
+	t.Helper()
 	ended := make(chan struct{})
 	go func() { h.acks.running.Wait(); close(ended) }()
 	select {
 	case <-ended:
 	case <-time.After(5 * time.Second):
-		t.Fatal("the line's goroutine outlived the hub")
+		t.Fatal(failure)
 	}
 }
