@@ -22,6 +22,9 @@
 //   - every message it sends carries requestId "<action>:<transactionId>",
 //     and a result the hub answers with transaction_not_found is dropped
 //     rather than re-sent forever;
+//   - a message the hub answers with unavailable (it may not be recorded)
+//     is sent again unchanged about a second later, once per such answer,
+//     and a result only until resultAck;
 //   - displaced by another connection with its device id, it stops
 //     (ErrDisplaced) instead of fighting for the device.
 //

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -673,6 +674,209 @@ func TestCancelBeforeResult(t *testing.T) {
 	write(t, ws, map[string]any{"action": "cancelPayment", "transactionId": "txn_unknown"})
 	if r := next(t, ws, "paymentResult"); r.str("outcome") != "cancelled" || r.str("transactionId") != "txn_unknown" {
 		t.Fatalf("result = %v", r)
+	}
+}
+
+// resendGate is a Sleep for a terminal without card delays whose reconnect
+// backoff is at most a millisecond: it holds every longer wait, which is the
+// wait before a re-send (just under a second), until the test lets it go.
+type resendGate struct {
+	arrived chan time.Duration
+	release chan struct{}
+}
+
+func newResendGate() *resendGate {
+	return &resendGate{arrived: make(chan time.Duration, 8), release: make(chan struct{})}
+}
+
+func (g *resendGate) sleep(ctx context.Context, d time.Duration) error {
+	if d <= time.Millisecond {
+		return ctx.Err()
+	}
+	select {
+	case g.arrived <- d:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-g.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// hold waits until a re-send waits at the gate.
+func (g *resendGate) hold(t *testing.T) {
+	t.Helper()
+	select {
+	case d := <-g.arrived:
+		if d > time.Second {
+			t.Fatalf("re-send wait = %s, want about a second", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no re-send is waiting")
+	}
+}
+
+// open lets the waiting re-send go.
+func (g *resendGate) open(t *testing.T) {
+	t.Helper()
+	select {
+	case g.release <- struct{}{}:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no re-send is waiting")
+	}
+}
+
+func (g *resendGate) pass(t *testing.T) { g.hold(t); g.open(t) }
+
+// runGated starts a terminal on f whose re-sends wait at the returned gate.
+func runGated(t *testing.T, f *fakeHub) (*sim.Terminal, *recorder, *resendGate) {
+	t.Helper()
+	gate, rec := newResendGate(), &recorder{}
+	term := runSim(t, sim.Options{
+		Client: client.Options{BaseURL: f.url}, DeviceID: "T1", Secret: "x",
+		CardDelay: -1, ReconnectDelay: time.Millisecond, MaxReconnectDelay: time.Millisecond,
+		Sleep: gate.sleep, OnEvent: rec.add,
+	})
+	return term, rec, gate
+}
+
+// answer writes the hub's error reply with code to frame m.
+func answer(t *testing.T, ws *websocket.Conn, m frame, code string) {
+	t.Helper()
+	write(t, ws, map[string]any{"action": "error", "requestId": m["requestId"], "code": code, "message": "answered " + code})
+}
+
+// same reads the next frame and checks that it repeats want exactly.
+func same(t *testing.T, ws *websocket.Conn, want frame) {
+	t.Helper()
+	if got := next(t, ws, want.str("action")); !reflect.DeepEqual(got, want) {
+		t.Fatalf("re-sent %v, want %v", got, want)
+	}
+}
+
+func TestUnavailableAnswerIsResent(t *testing.T) {
+	f := newFakeHub(t)
+	_, rec, gate := runGated(t, f)
+	ws := f.accept(t, "conn_1")
+
+	// A signature payment: its card flow then waits for signatureVerified,
+	// so every other frame is a re-send.
+	write(t, ws, startPayment("txn_1", 1055))
+	cr := next(t, ws, "commandReceived")
+	pp := next(t, ws, "paymentProgress")
+	sr := next(t, ws, "signatureRequired")
+
+	// Once per unavailable: the repeat is answered unavailable too, then
+	// (like any message the hub records) not at all.
+	answer(t, ws, cr, "unavailable")
+	gate.pass(t)
+	same(t, ws, cr)
+	answer(t, ws, cr, "unavailable")
+	gate.pass(t)
+	same(t, ws, cr)
+
+	// Another code is an answer that a repeat would not change; it also
+	// cancels the re-send its earlier unavailable had scheduled.
+	answer(t, ws, pp, "unavailable")
+	answer(t, ws, pp, "invalid_state")
+	answer(t, ws, sr, "unavailable")
+	// The replies are handled in order: once the last is seen, the
+	// paymentProgress re-send is cancelled.
+	eventually(t, "replies handled", func() bool { return rec.has(sim.EventError, "signatureRequired", "") })
+	gate.pass(t) // the cancelled paymentProgress wait
+	gate.pass(t)
+	same(t, ws, sr)
+
+	write(t, ws, map[string]any{"action": "signatureVerified", "transactionId": "txn_1", "accepted": true})
+	if r := next(t, ws, "paymentResult"); r.str("outcome") != "approved" {
+		t.Fatalf("result = %v", r)
+	}
+	if !rec.has(sim.EventSent, "commandReceived", "re-sent after unavailable") || !rec.has(sim.EventSent, "signatureRequired", "re-sent after unavailable") {
+		t.Fatalf("events:\n%s", rec)
+	}
+}
+
+func TestUnavailableResultResentUntilAcked(t *testing.T) {
+	f := newFakeHub(t)
+	term, rec, gate := runGated(t, f)
+	ws := f.accept(t, "conn_1")
+
+	write(t, ws, startPayment("txn_1", 1000))
+	next(t, ws, "commandReceived")
+	next(t, ws, "paymentProgress")
+	res := next(t, ws, "paymentResult")
+	for range 2 { // three frames in all
+		answer(t, ws, res, "unavailable")
+		gate.pass(t)
+		same(t, ws, res)
+	}
+
+	// Acknowledged while the next re-send waits: it is not sent.
+	answer(t, ws, res, "unavailable")
+	gate.hold(t)
+	write(t, ws, map[string]any{"action": "resultAck", "transactionId": "txn_1"})
+	eventually(t, "result acknowledged", func() bool { return len(term.Unacked()) == 0 })
+	gate.open(t)
+	// Re-sends go out one after the other: the voidResult's comes second,
+	// so nothing was sent for the acknowledged result if it comes next.
+	write(t, ws, map[string]any{"action": "voidPayment", "transactionId": "txn_1"})
+	vr := next(t, ws, "voidResult")
+	answer(t, ws, vr, "unavailable")
+	gate.pass(t)
+	same(t, ws, vr)
+
+	// Nor on the next connection.
+	ws.CloseNow()
+	ws = f.accept(t, "conn_2")
+	write(t, ws, map[string]any{"action": "voidPayment", "transactionId": "txn_1"})
+	next(t, ws, "voidResult")
+	if n := strings.Count(rec.String(), "→ paymentResult txn_1"); n != 3 {
+		t.Fatalf("paymentResult sent %d times, want 3\nevents:\n%s", n, rec)
+	}
+}
+
+func TestUnavailableResultWaitsForReconnectWhenOffline(t *testing.T) {
+	f := newFakeHub(t)
+	term, rec, gate := runGated(t, f)
+	ws := f.accept(t, "conn_1")
+
+	write(t, ws, startPayment("txn_1", 1000))
+	next(t, ws, "commandReceived")
+	next(t, ws, "paymentProgress")
+	res := next(t, ws, "paymentResult")
+	answer(t, ws, res, "unavailable")
+	gate.hold(t)
+
+	// The connection is lost, and the next one not yet greeted, when the
+	// re-send is due: it is skipped, and the result goes out on reconnect.
+	ws.CloseNow()
+	eventually(t, "offline", func() bool { return term.ConnectionID() == "" })
+	gate.open(t)
+	eventually(t, "re-send skipped", func() bool { return rec.has(sim.EventError, "paymentResult", "not re-sent after unavailable: offline") })
+	ws = f.accept(t, "conn_2")
+	same(t, ws, res)
+
+	// Answered unavailable on the new connection too, and lost again before
+	// the re-send: the reconnect's copy is the only one sent.
+	answer(t, ws, res, "unavailable")
+	gate.hold(t)
+	ws.CloseNow()
+	ws = f.accept(t, "conn_3")
+	same(t, ws, res)
+	gate.open(t)
+	write(t, ws, map[string]any{"action": "resultAck", "transactionId": "txn_1"})
+	// As in TestUnavailableResultResentUntilAcked, a later re-send shows
+	// that the skipped one is settled.
+	write(t, ws, map[string]any{"action": "capturePayment", "transactionId": "txn_1", "amountMinor": 500})
+	c := next(t, ws, "captureResult")
+	answer(t, ws, c, "unavailable")
+	gate.pass(t)
+	same(t, ws, c)
+	if rec.has(sim.EventSent, "paymentResult", "re-sent after unavailable") {
+		t.Fatalf("re-sent although the reconnect had sent it:\n%s", rec)
 	}
 }
 

@@ -66,7 +66,9 @@ type Options struct {
 
 	// Sleep waits d or until ctx ends (returning ctx's error then). Every
 	// wait of the simulator goes through it: card delays, the
-	// DropAndReturn absence and the reconnect backoff. nil means a timer.
+	// DropAndReturn absence, the reconnect backoff and the wait (about a
+	// second) before re-sending a message the hub answered unavailable.
+	// nil means a timer.
 	Sleep func(ctx context.Context, d time.Duration) error
 
 	// OnEvent is told everything the terminal does, from several
@@ -94,7 +96,11 @@ type Terminal struct {
 	payments map[string]*payment // guarded by mu
 	finished []string            // guarded by mu; acked payment ids, oldest first
 	seq      uint64              // guarded by mu; orders results for re-sending
-	wg       sync.WaitGroup      // payment goroutines
+	sent     sentLog             // guarded by mu; latest body per requestId, results aside
+	resends  map[string]*resend  // guarded by mu; re-sends due, by requestId
+	queue    []*resend           // guarded by mu; re-sends in due order (stale ones skipped)
+	wake     chan struct{}       // tells the resender that queue has grown
+	wg       sync.WaitGroup      // payment goroutines and the resender
 }
 
 // payment is the terminal's memory of one transaction. All fields are
@@ -141,7 +147,7 @@ func New(opts Options) (*Terminal, error) {
 	if opts.Sleep == nil {
 		opts.Sleep = client.SleepContext
 	}
-	return &Terminal{opts: opts, payments: map[string]*payment{}}, nil
+	return &Terminal{opts: opts, payments: map[string]*payment{}, resends: map[string]*resend{}, wake: make(chan struct{}, 1)}, nil
 }
 
 // DeviceID is the terminal's device id.
@@ -201,7 +207,9 @@ func (t *Terminal) Run(ctx context.Context) error {
 		return errors.New("sim: Terminal.Run is already running")
 	}
 	t.running, t.stopRun = true, stop
+	t.wg.Add(1)
 	t.mu.Unlock()
+	go t.resender(runCtx)
 	defer func() {
 		stop(nil)
 		t.wg.Wait()
@@ -213,8 +221,13 @@ func (t *Terminal) Run(ctx context.Context) error {
 		for id, p := range t.payments {
 			if p.result == nil && p.cancel != nil {
 				delete(t.payments, id)
+				t.forgetFlowLocked(id)
 			}
 		}
+		// The next Run starts on a new connection, where unacknowledged
+		// results are re-sent anyway.
+		clear(t.resends)
+		t.queue = nil
 		t.mu.Unlock()
 	}()
 
@@ -350,9 +363,11 @@ func (t *Terminal) handle(ctx context.Context, _ *client.Conn, m client.Message)
 
 // hubError handles an error reply. Every message the simulator sends
 // carries requestId "<action>:<transactionId>", so an error names what it
-// refused. A result for a transaction the hub does not know (a hub that
-// lost its state, or another terminal's id) will never be acknowledged:
-// it is forgotten instead of being re-sent on every reconnect.
+// refused. One answered unavailable may not be recorded: it is sent again
+// after resendAfter (CONTRACT §6). A result for a transaction the hub does
+// not know (a hub that lost its state, or another terminal's id) will never
+// be acknowledged: it is forgotten instead of being re-sent on every
+// reconnect.
 func (t *Terminal) hubError(m client.Message) {
 	var r protocol.ErrorReply
 	_ = m.Decode(&r)
@@ -360,6 +375,9 @@ func (t *Terminal) hubError(m client.Message) {
 	_ = json.Unmarshal(r.RequestID, &reqID)
 	action, id, _ := strings.Cut(reqID, ":")
 	t.emit(Event{Kind: EventError, Action: action, TransactionID: id, Detail: m.Err().Error()})
+	if resendable[action] && id != "" {
+		t.answered(action, id, r.Code)
+	}
 	if action != protocol.ActionPaymentResult || (r.Code != protocol.CodeTransactionNotFound && r.Code != protocol.CodeNotFound) {
 		return
 	}
@@ -565,6 +583,7 @@ func (t *Terminal) ack(id string) {
 		return
 	}
 	p.acked = true
+	t.forgetFlowLocked(id)
 	t.finished = append(t.finished, id)
 	if len(t.finished) > keepFinished {
 		delete(t.payments, t.finished[0])
@@ -578,6 +597,18 @@ func (t *Terminal) ack(id string) {
 // messages (the hub resumes from its own state) but keeps results, which
 // are re-sent on reconnect.
 func (t *Terminal) send(ctx context.Context, action, txnID string, body any, detail string) (uint64, bool) {
+	if action != protocol.ActionPaymentResult {
+		// Kept before the write: the hub's unavailable answer can arrive
+		// before the write call returns.
+		t.mu.Lock()
+		t.sent.put(sentMsg{requestID: requestID(action, txnID), body: body, detail: detail})
+		t.mu.Unlock()
+	}
+	return t.transmit(ctx, action, txnID, body, detail)
+}
+
+// transmit is send without keeping the body, for a message sent again.
+func (t *Terminal) transmit(ctx context.Context, action, txnID string, body any, detail string) (uint64, bool) {
 	t.mu.Lock()
 	c, gen := t.conn, t.gen
 	t.mu.Unlock()
@@ -590,7 +621,7 @@ func (t *Terminal) send(ctx context.Context, action, txnID string, body any, det
 	t.emit(Event{Kind: EventSent, Action: action, TransactionID: txnID, Detail: detail})
 	sctx, cancel := context.WithTimeout(ctx, sendTimeout)
 	defer cancel()
-	if err := c.SendAction(sctx, action, action+":"+txnID, body); err != nil {
+	if err := c.SendAction(sctx, action, requestID(action, txnID), body); err != nil {
 		t.emit(Event{Kind: EventError, Action: action, TransactionID: txnID, Detail: "not sent: " + err.Error()})
 		return 0, false
 	}
