@@ -18,6 +18,7 @@ import (
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/internal/keys"
 	"github.com/termhub/termhub/internal/metrics"
+	"github.com/termhub/termhub/internal/redisx"
 	"github.com/termhub/termhub/ops"
 	"github.com/termhub/termhub/queue"
 	"github.com/termhub/termhub/session"
@@ -35,6 +36,9 @@ type App struct {
 	Clock   clock.Clock
 	Log     zerolog.Logger
 	Ops     *ops.Server // dashboard, ops feed and kick endpoint
+	// Health probes Redis: /readyz, answering 503 at once while it does
+	// not answer, and noticing a Redis that came back empty (CONTRACT §7.1).
+	Health *redisx.Health
 
 	Webhooks *webhook.Sender // delivers the merchants' webhook events (CONTRACT §10)
 }
@@ -47,6 +51,21 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 	ks := keys.Space{Prefix: cfg.KeyPrefix}
 	dir := config.NewDirectory(cfg)
 	a := &App{Config: cfg, Redis: rdb, Clock: clk, Log: log, Outbox: queue.NewOutbox(rdb, ks), Metrics: metrics.New()}
+	a.Health = redisx.NewHealth(redisx.HealthOptions{
+		Client: rdb, MarkerKey: ks.Marker(), Logger: log,
+		OnChange: func(up bool) {
+			if up {
+				a.Metrics.RedisUp.Set(1)
+				return
+			}
+			a.Metrics.RedisUp.Set(0)
+			a.Metrics.RedisOutages.Inc()
+		},
+		OnDataLoss: func() {
+			a.Metrics.RedisDataLosses.Inc()
+			a.Engine.ForgetCaches()
+		},
+	})
 	a.Engine = session.NewEngine(session.Options{
 		Store:            session.NewStore(rdb, ks),
 		Metrics:          a.Metrics,
@@ -58,6 +77,9 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 			m, ok := a.Hub.Directory().Merchant(merchantID)
 			return ok && m.WebhookURL != ""
 		},
+		Ready:          a.Health.Ready,
+		Merchants:      func() []string { return a.Hub.Directory().MerchantIDs() },
+		RequestTimeout: cfg.RequestTimeout.D(),
 	})
 	a.Hub = hub.New(hub.Options{
 		Directory:         dir,
@@ -70,7 +92,8 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 		Metrics:           a.Metrics,
 		Outbox:            a.Outbox,
 		Sessions:          hub.RedisSessions{RDB: rdb, Key: ks.Session},
-		Ready:             func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
+		Health:            a.Health,
+		RequestTimeout:    cfg.RequestTimeout.D(),
 	})
 	a.Engine.SetTerminals(a.Hub)
 	a.Engine.SetSink(a.Hub)
@@ -83,27 +106,33 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 	return a
 }
 
+// outboxDepth counts the entries of every outbox for /metrics, in one
+// pipeline; -1 when Redis does not answer within a second (a scrape during
+// an outage is answered at once: the gate fails the pipeline).
 func (a *App) outboxDepth() float64 {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	dir := a.Hub.Directory()
-	total := int64(0)
+	var outboxes [][2]string
 	for _, m := range dir.MerchantIDs() {
 		for _, k := range dir.KeyIDs(m) {
-			n, err := a.Outbox.Depth(ctx, m, k)
-			if err != nil {
-				return -1
-			}
-			total += n
+			outboxes = append(outboxes, [2]string{m, k})
 		}
 	}
-	return float64(total)
+	n, err := a.Outbox.DepthAll(ctx, outboxes)
+	if err != nil {
+		return -1
+	}
+	return float64(n)
 }
 
 // Start re-arms every deadline kept in Redis (those that fell due while no
 // hub ran fire at once) and starts the grace period of every transaction
 // whose terminal is not connected (a restarted hub has no terminals yet).
 func (a *App) Start(ctx context.Context) error {
+	if err := a.Health.Start(ctx); err != nil {
+		return err
+	}
 	ids := a.Hub.Directory().MerchantIDs()
 	sort.Strings(ids)
 	if err := a.Engine.Start(ctx, ids); err != nil {
@@ -171,13 +200,23 @@ func (a *App) Handler() http.Handler {
 	return h
 }
 
-// Drain tells every client to reconnect and waits for them to go.
+// Drain tells every client to reconnect and waits for them to go, then
+// for the engine's recovery work (within ctx), and stops the background
+// work: webhooks (undelivered ones stay queued in Redis), the engine's
+// workers and sweeper, the Redis probe.
 func (a *App) Drain(ctx context.Context) error {
 	_ = a.Ops.Close(ctx) // ops feeds are not hub connections: end them too
-
-	// Webhooks stop after the hub; undelivered ones stay queued in Redis.
-	defer a.Webhooks.Close()
-	return a.Hub.Drain(ctx)
+	defer func() {
+		a.Webhooks.Close()
+		a.Engine.Close()
+		a.Health.Close()
+	}()
+	err := a.Hub.Drain(ctx)
+	// What is held (a lost commit, a terminal's events) is carried out if
+	// Redis answers in time; else the restarted hub reads Redis, and the
+	// terminal re-sends its results.
+	a.Engine.WaitIdle(ctx)
+	return err
 }
 
 // Reload swaps in a new configuration's merchants, keys and terminals.

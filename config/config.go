@@ -128,6 +128,7 @@ type Config struct {
 	SignatureTimeout  Duration   `yaml:"signature_timeout"`
 	WebhookRetryBase  Duration   `yaml:"webhook_retry_base"`
 	OutboxRetention   Duration   `yaml:"outbox_retention"`
+	RequestTimeout    Duration   `yaml:"request_timeout"` // every request is answered within it (CONTRACT §7.1)
 	OpsToken          string     `yaml:"ops_token"`
 	LogLevel          string     `yaml:"log_level"`
 	Merchants         []Merchant `yaml:"merchants"`
@@ -168,6 +169,7 @@ func Defaults() Config {
 		SignatureTimeout:  Duration(60 * time.Second),
 		WebhookRetryBase:  Duration(5 * time.Second),
 		OutboxRetention:   Duration(168 * time.Hour),
+		RequestTimeout:    Duration(5 * time.Second),
 		OpsToken:          "change-me",
 		LogLevel:          "info",
 	}
@@ -240,6 +242,7 @@ func applyEnv(cfg *Config, getenv func(string) string) error {
 		{"grace_period", &cfg.GracePeriod}, {"payment_timeout", &cfg.PaymentTimeout},
 		{"heartbeat_interval", &cfg.HeartbeatInterval}, {"signature_timeout", &cfg.SignatureTimeout},
 		{"webhook_retry_base", &cfg.WebhookRetryBase}, {"outbox_retention", &cfg.OutboxRetention},
+		{"request_timeout", &cfg.RequestTimeout},
 	} {
 		if err := dur(d.name, d.dst); err != nil {
 			return err
@@ -266,6 +269,7 @@ func (c *Config) Validate() error {
 		{"grace_period", c.GracePeriod}, {"payment_timeout", c.PaymentTimeout},
 		{"heartbeat_interval", c.HeartbeatInterval}, {"signature_timeout", c.SignatureTimeout},
 		{"webhook_retry_base", c.WebhookRetryBase}, {"outbox_retention", c.OutboxRetention},
+		{"request_timeout", c.RequestTimeout},
 	} {
 		if d.v <= 0 {
 			return bad(d.name, "must be a positive duration")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"testing"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/internal/keys"
 	"github.com/termhub/termhub/protocol"
+	"github.com/termhub/termhub/session"
 )
 
 // corkedConn holds what is written to it while corked and sends it in one
@@ -85,11 +87,11 @@ func (e *env) corkedTerminal(id string) (*client.Conn, *corkedConn) {
 // storedRev is how many commits transaction id has had.
 func (e *env) storedRev(t *testing.T, id string) string {
 	t.Helper()
-	v, err := e.Redis.Client.HGet(ctx(t), keys.Space{Prefix: e.Redis.Prefix}.Txn("m1", id), "rev").Result()
+	v, err := e.Redis.Client.HGet(ctx(t), keys.Space{Prefix: e.Redis.Prefix}.Txn("m1", id), "rev").Int64()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return v
+	return strconv.FormatInt(session.Commits(v), 10)
 }
 
 // corkedSale starts a sale on terminal T1, connected over a corkedConn,

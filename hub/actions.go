@@ -3,13 +3,11 @@ package hub
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/termhub/termhub/internal/redisx"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/session"
 )
@@ -28,6 +26,9 @@ type Engine interface {
 	TerminalConnected(ctx context.Context, merchantID, deviceID, connID string) ([]any, error)
 	TerminalDropped(ctx context.Context, merchantID, deviceID string, graceUntil time.Time) error
 	Current(ctx context.Context, merchantID string, devices []string) (map[string]string, error)
+	// CurrentKnown is Current from this process's memory, for when Redis
+	// does not answer.
+	CurrentKnown(merchantID string, devices []string) map[string]string
 }
 
 // errUnavailable answers requests when no engine is configured.
@@ -72,10 +73,12 @@ func (h *Hub) clientError(err error, log zerolog.Logger) *protocol.Error {
 	if errors.As(err, &pe) {
 		return pe
 	}
-	var ne net.Error
-	if errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.EOF) || errors.Is(err, redis.ErrClosed) {
-		log.Error().Err(err).Msg("store unavailable")
-		return protocol.Errorf(protocol.CodeUnavailable, "", "the store is unavailable; retry shortly")
+	if errors.Is(err, session.ErrUnavailable) || redisx.Outage(err) {
+		// Answered 503: the outcome is unknown, and a retry by reference
+		// or Idempotency-Key is safe (CONTRACT §7.1). Redis's outages are
+		// reported by its probe (redisx.Health), not once per request.
+		log.Debug().Err(err).Msg("store unavailable")
+		return protocol.Errorf(protocol.CodeUnavailable, "", "the store is unavailable; the request may or may not have been applied: retry it (same reference or Idempotency-Key) shortly")
 	}
 	log.Error().Err(err).Msg("request failed")
 	return protocol.Errorf(protocol.CodeInternal, "", "internal error; the request may be retried")

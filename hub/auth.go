@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"io"
@@ -120,7 +121,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // writeError writes the one HTTP error body.
 func writeError(w http.ResponseWriter, e *protocol.Error) {
-	if e.Code == protocol.CodeRateLimited && w.Header().Get("Retry-After") == "" {
+	if (e.Code == protocol.CodeRateLimited || e.Code == protocol.CodeUnavailable) && w.Header().Get("Retry-After") == "" {
 		w.Header().Set("Retry-After", "1")
 	}
 	writeJSON(w, e.Code.HTTPStatus(), protocol.ErrorBody{Error: e})
@@ -155,6 +156,10 @@ func (h *Hub) posHTTP(next func(w http.ResponseWriter, r *http.Request, p princi
 			writeError(w, e)
 			return
 		}
-		next(w, r, p, body)
+		// Every request is answered within request_timeout (CONTRACT
+		// §7.1); a long poll's own wait comes on top (handleEvents).
+		ctx, cancel := context.WithTimeout(r.Context(), h.opts.RequestTimeout+requestExtra(r))
+		defer cancel()
+		next(w, r.WithContext(ctx), p, body)
 	}
 }

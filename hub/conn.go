@@ -85,7 +85,11 @@ type conn struct {
 
 	kicked atomic.Bool // a disconnect was taken: frames that still arrive are dropped
 	alive  atomic.Bool // a pong or a frame arrived since the last heartbeat tick
-	leave  func()      // unregisters once; set by serveConn
+	// busy: the reader is serving frames, and reads nothing (pongs
+	// included) until it is done. A peer whose frames are being served is
+	// alive, however long Redis makes the serving take.
+	busy  atomic.Bool
+	leave func() // unregisters once; set by serveConn
 
 	missed   int          // heartbeats missed in a row; touched only by the heartbeat timer
 	lastSeen atomic.Int64 // unix nanoseconds of the last pong or frame, by the hub clock
@@ -242,7 +246,10 @@ func (c *conn) readLoop(handle func(frames [][]byte) error) {
 			}
 			batch = append(batch, data)
 		}
+		c.busy.Store(true)
 		err := handle(batch)
+		c.busy.Store(false)
+		c.alive.Store(true) // its pongs waited behind the frames: read next
 		switch {
 		case ended: // the connection is closing (kicked, shut down) while the batch was gathered
 			return
@@ -381,7 +388,7 @@ func (c *conn) startHeartbeat() {
 }
 
 func (c *conn) heartbeat() {
-	if c.alive.Swap(false) {
+	if c.alive.Swap(false) || c.busy.Load() {
 		c.missed = 0
 	} else {
 		c.missed++

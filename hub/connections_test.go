@@ -15,6 +15,7 @@ import (
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/config"
 	"github.com/termhub/termhub/hub"
+	"github.com/termhub/termhub/internal/redisx"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -513,6 +514,14 @@ func TestReloadDropsRemovedCredentials(t *testing.T) {
 		protocol.HeaderAPIKey, "unknown X-Api-Key", allSecrets()...)
 }
 
+// downHealth is a Redis probe that has found Redis down since noon.
+type downHealth struct{}
+
+func (downHealth) Ready() <-chan struct{} { return make(chan struct{}) }
+func (downHealth) Status() redisx.HealthStatus {
+	return redisx.HealthStatus{Since: time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC), Error: "dial tcp: connection refused"}
+}
+
 func TestHealthAndReadiness(t *testing.T) {
 	th := newTestHub(t)
 	for _, path := range []string{"/healthz", "/readyz"} {
@@ -530,10 +539,14 @@ func TestHealthAndReadiness(t *testing.T) {
 
 	t.Run("store unreachable", func(t *testing.T) {
 		th := newTestHub(t, func(o *hub.Options) {
-			o.Ready = func(context.Context) error { return errors.New("dial tcp: connection refused") }
+			o.Health = downHealth{}
 		})
-		if status, body := th.get(t, "/readyz", nil); status != http.StatusServiceUnavailable {
-			t.Errorf("/readyz with the store down: HTTP %d %s, want 503", status, body)
+		status, body := th.get(t, "/readyz", nil)
+		m := decodeMap(t, body)
+		redis, _ := m["redis"].(map[string]any)
+		if status != http.StatusServiceUnavailable || m["status"] != "redis unreachable" || redis["up"] != false ||
+			redis["error"] != "dial tcp: connection refused" || redis["since"] != "2026-12-06T12:00:00Z" {
+			t.Errorf("/readyz with the store down: HTTP %d %s, want 503 redis unreachable with the probe's error and since", status, body)
 		}
 		if status, _ := th.get(t, "/healthz", nil); status != http.StatusOK {
 			t.Errorf("/healthz with the store down: HTTP %d, want 200", status)

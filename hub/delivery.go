@@ -10,18 +10,35 @@ import (
 	"github.com/termhub/termhub/queue"
 )
 
-// replayPage is how many outbox entries one replay read takes.
+// replayPage is how many outbox entries one read of the stream takes.
 const replayPage = 500
 
-// posDelivery is a POS connection's place in its API key's outbox. While a
-// replay runs, live messages are held back and then sent after it, skipping
-// those the replay already sent, so the POS sees every message once, in
-// stream order, with no gap between replay and live delivery.
+// posDelivery is a POS connection's place in its API key's outbox.
+//
+// Delivery to a connection has no gaps by construction: every entry of the
+// outbox after the connection's starting cursor is sent, in stream order,
+// and none is skipped, so a cumulative ack never covers a message the
+// connection was not sent (CONTRACT §7.1). A commit hands its entries over
+// directly when they are the very next ones: the outbox counts its
+// entries (Entry.Seq) and the connection knows the count at the last one
+// it has. Anything else — a connection that has just been opened, a commit
+// whose answer was lost and that turned out applied (a nudge), entries
+// written by another process — is read from the stream after the last
+// entry the connection has; live entries wait meanwhile and follow the
+// read, skipping what it already sent.
 type posDelivery struct {
-	mu        sync.Mutex
-	replaying bool          // guarded by mu
-	held      []queue.Entry // live entries that arrived during the replay; guarded by mu
-	lastSent  string        // newest stream id queued to the socket; guarded by mu
+	mu      sync.Mutex
+	reading bool          // a read of the stream runs (replay or catch-up); guarded by mu
+	held    []queue.Entry // live entries that came during the read; guarded by mu
+	again   bool          // a nudge came during the read: read once more; guarded by mu
+	// from is the stream id up to which the connection has every entry:
+	// sent, or acknowledged before it connected. Reads go on after it.
+	// Guarded by mu.
+	from string
+	// seq is the outbox's count at from: the next entry is seq+1. 0 while
+	// unknown (before the first read). Guarded by mu.
+	seq      int64
+	lastSent string // newest stream id queued to the socket; guarded by mu
 	// acked is the key's stored cursor as this connection knows it: read
 	// when its replay starts and moved by each of its acks ("" once it is
 	// unknown: an ack found the cursor moved by someone else). With it, an
@@ -38,102 +55,205 @@ type posDelivery struct {
 // connection, if any. It is called in stream order (session holds the key's
 // ordering lock).
 func (h *Hub) DeliverPOS(merchantID, apiKeyID string, msgs []queue.Entry) {
-	h.mu.Lock()
-	c := h.pos[apiKeyID]
-	h.wakeLocked(apiKeyID)
-	h.mu.Unlock()
-	if c == nil || c.merchantID != merchantID {
+	c := h.posFor(merchantID, apiKeyID)
+	if c == nil {
 		return // durable: replayed when the POS connects
 	}
 	h.waitAcks(c.ctx, merchantID, apiKeyID) // what the POS acked before is stored before it hears more
 	c.dlv.mu.Lock()
 	defer c.dlv.mu.Unlock()
-	if c.dlv.replaying {
+	if c.dlv.reading {
 		c.dlv.held = append(c.dlv.held, msgs...)
 		return
 	}
-	c.sendEntriesLocked(msgs)
+	if !c.sendEntriesLocked(msgs) {
+		h.startReadLocked(c)
+	}
 }
 
-// sendEntriesLocked sends the entries not already sent, in one write
-// (sendAll): a commit's messages to one POS usually come two at a time
-// (a status update and the final).
-func (c *conn) sendEntriesLocked(msgs []queue.Entry) {
+// NudgePOS makes the API key's live connection, if any, read its outbox
+// for entries it was not handed (session.Sink).
+func (h *Hub) NudgePOS(merchantID, apiKeyID string) {
+	c := h.posFor(merchantID, apiKeyID)
+	if c == nil {
+		return
+	}
+	c.dlv.mu.Lock()
+	defer c.dlv.mu.Unlock()
+	if c.dlv.reading {
+		c.dlv.again = true
+		return
+	}
+	h.startReadLocked(c)
+}
+
+// posFor returns the API key's live connection (nil for none) and wakes
+// the key's HTTP long polls: its outbox has news.
+func (h *Hub) posFor(merchantID, apiKeyID string) *conn {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.wakeLocked(apiKeyID)
+	if c := h.pos[apiKeyID]; c != nil && c.merchantID == merchantID {
+		return c
+	}
+	return nil
+}
+
+// startReadLocked starts a catch-up read of c's outbox; live entries wait
+// until it is done.
+func (h *Hub) startReadLocked(c *conn) {
+	c.dlv.reading = true
+	go h.readOutbox(c, false)
+}
+
+// sendEntriesLocked sends, in one write (sendAll: a commit's messages to
+// one POS usually come two at a time, a status update and the final), the
+// entries after from, as long as each is the very next one of the outbox.
+// It reports false at the first that may not be (its number is not the
+// next, or unknown): the stream must then be read from `from` on, which
+// sends it too.
+func (c *conn) sendEntriesLocked(msgs []queue.Entry) bool {
 	var one [2][]byte
 	frames := one[:0]
+	next := true
 	for _, m := range msgs {
-		if c.dlv.lastSent != "" && queue.CompareIDs(m.ID, c.dlv.lastSent) <= 0 {
+		if c.dlv.from != "" && queue.CompareIDs(m.ID, c.dlv.from) <= 0 {
+			if m.ID == c.dlv.from && m.Seq > 0 {
+				c.dlv.seq = m.Seq // a read sent it; now its number is known too
+			}
 			continue
 		}
-		c.dlv.lastSent = m.ID
+		if m.Seq == 0 || c.dlv.seq == 0 || m.Seq != c.dlv.seq+1 {
+			next = false
+			break
+		}
+		c.dlv.from, c.dlv.lastSent, c.dlv.seq = m.ID, m.ID, m.Seq
 		frames = append(frames, m.Frame())
 	}
 	if len(frames) > 0 {
 		c.sendAll(frames)
 	}
+	return next
 }
 
 // replay sends every unacknowledged message of c's API key, oldest first,
-// then switches c to live delivery. Its frames wait for room in the
-// writer's replay queue instead of filling the live one, so a long replay is
-// backpressure, never a reason to kick the POS as slow.
+// then switches c to live delivery (registerPOS set c reading).
 func (h *Hub) replay(c *conn) {
 	if h.opts.Outbox == nil {
-		h.endReplay(c)
+		c.dlv.mu.Lock()
+		c.dlv.reading = false
+		c.dlv.mu.Unlock()
 		return
 	}
+	h.readOutbox(c, true)
+}
+
+// readOutbox reads c's outbox after from — from its key's ack cursor when
+// replaying — and sends what it finds, then the live entries held
+// meanwhile, reading again while there may be more. Its frames wait for
+// room in the writer's replay queue instead of filling the live one, so a
+// long read is backpressure, never a reason to kick the POS as slow. A
+// Redis that does not answer is waited for: the connection stays up
+// through an outage (CONTRACT §7.1), and what it is owed is sent after.
+func (h *Hub) readOutbox(c *conn, replaying bool) {
 	started := h.now()
-	h.waitAcks(c.ctx, c.merchantID, c.keyID) // acks of an earlier connection move the cursor first
-	cursor, err := h.opts.Outbox.Cursor(c.ctx, c.merchantID, c.keyID)
-	if err == nil {
-		c.dlv.mu.Lock()
-		if !c.dlv.ackSeen { // else an ack applied since the read knows better
-			c.dlv.acked = cursor
-		}
-		c.dlv.mu.Unlock()
-	}
 	n := 0
-	for err == nil {
-		var page []queue.Entry
-		page, err = h.opts.Outbox.After(c.ctx, c.merchantID, c.keyID, cursor, replayPage)
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 && !h.waitStore(c.ctx, attempt-1) {
+			return // the connection ended
+		}
+		if replaying {
+			// Acks of an earlier connection move the cursor first.
+			h.waitAcks(c.ctx, c.merchantID, c.keyID)
+			ctx, cancel := context.WithTimeout(c.ctx, h.opts.RequestTimeout)
+			cursor, err := h.opts.Outbox.Cursor(ctx, c.merchantID, c.keyID)
+			cancel()
+			if err != nil {
+				h.readFailed(c, err)
+				continue
+			}
+			c.dlv.mu.Lock()
+			if !c.dlv.ackSeen { // else an ack applied since the read knows better
+				c.dlv.acked = cursor
+			}
+			if c.dlv.from == "" || queue.CompareIDs(cursor, c.dlv.from) > 0 {
+				c.dlv.from = cursor
+			}
+			c.dlv.mu.Unlock()
+			replaying = false
+		}
+		c.dlv.mu.Lock()
+		from := c.dlv.from
+		c.dlv.again = false
+		c.dlv.mu.Unlock()
+		ctx, cancel := context.WithTimeout(c.ctx, h.opts.RequestTimeout)
+		page, count, err := h.opts.Outbox.Read(ctx, c.merchantID, c.keyID, from, replayPage)
+		cancel()
+		if err != nil {
+			h.readFailed(c, err)
+			continue
+		}
+		attempt = -1 // the next pass reads at once
 		for _, m := range page {
 			if !c.queueReplay(m.Frame()) {
 				return
 			}
 			c.dlv.mu.Lock()
-			c.dlv.lastSent = m.ID
+			c.dlv.from, c.dlv.lastSent = m.ID, m.ID
 			c.dlv.mu.Unlock()
-			cursor = m.ID
 			n++
 		}
-		if len(page) < replayPage {
-			break
+		if len(page) == replayPage {
+			continue // more to read
 		}
-	}
-	if err != nil {
-		if c.ctx.Err() == nil {
-			c.log.Error().Err(err).Msg("replay failed; the POS will get the rest on its next connection")
-			c.disconnect(&protocol.Disconnect{Code: protocol.ClosePolicy, Reason: protocol.ReasonOther, Message: "Replay failed; reconnect", ReconnectAllowed: true})
+		// Everything counted when the page was read is sent: the live
+		// entries held meanwhile follow, unless one of them is not the
+		// next (or a nudge came): then read again.
+		h.waitAcks(c.ctx, c.merchantID, c.keyID) // acks of what was just sent come first
+		c.dlv.mu.Lock()
+		c.dlv.seq = count
+		held := c.dlv.held
+		c.dlv.held = nil
+		if !c.sendEntriesLocked(held) || c.dlv.again {
+			c.dlv.mu.Unlock()
+			continue
 		}
-		return
+		c.dlv.reading = false
+		c.dlv.mu.Unlock()
+		break
 	}
-	h.endReplay(c)
 	if n > 0 {
 		h.metrics.Replays.Inc()
 		h.metrics.ReplayedMessages.Add(float64(n))
-		c.log.Info().Int("messages", n).Dur("took", h.now().Sub(started)).Msg("replayed unacknowledged messages")
+		c.log.Info().Int("messages", n).Dur("took", h.now().Sub(started)).Msg("sent unacknowledged messages from the outbox")
 	}
 }
 
-func (h *Hub) endReplay(c *conn) {
-	// The POS may have acked replayed messages meanwhile: what it is sent
-	// next waits for those acks, as in DeliverPOS.
-	h.waitAcks(c.ctx, c.merchantID, c.keyID)
-	c.dlv.mu.Lock()
-	defer c.dlv.mu.Unlock()
-	c.sendEntriesLocked(c.dlv.held)
-	c.dlv.held = nil
-	c.dlv.replaying = false
+// readFailed logs a failed read of the outbox (once per outage, at most,
+// at warning level).
+func (h *Hub) readFailed(c *conn, err error) {
+	if c.ctx.Err() == nil {
+		c.log.Warn().Err(err).Msg("outbox read failed; trying again once Redis answers")
+	}
+}
+
+// waitStore waits before another attempt at Redis: a short, growing pause,
+// then until Redis is believed up. It reports false when ctx ends first.
+// Its waits are on the wall clock: Redis answers in real time.
+func (h *Hub) waitStore(ctx context.Context, attempt int) bool {
+	pause := time.NewTimer(min(50*time.Millisecond<<min(attempt, 5), time.Second))
+	defer pause.Stop()
+	select {
+	case <-pause.C:
+	case <-ctx.Done():
+		return false
+	}
+	select {
+	case <-h.ready():
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // SendTerminal sends commands to the device's live connection, if any; an

@@ -225,6 +225,19 @@ func (h *Hub) handleEventsAck(w http.ResponseWriter, r *http.Request, p principa
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// requestExtra is the time a request may take on top of request_timeout:
+// a long poll's wait.
+func requestExtra(r *http.Request) time.Duration {
+	if r.URL.Path != "/v1/events" {
+		return 0
+	}
+	d, err := time.ParseDuration(r.URL.Query().Get("wait"))
+	if err != nil || d < 0 || d > maxEventWait {
+		return 0 // refused by handleEvents
+	}
+	return d
+}
+
 // waitFor returns a channel closed when a message is next committed for key.
 func (h *Hub) waitFor(apiKey string) <-chan struct{} {
 	h.mu.Lock()

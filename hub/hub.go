@@ -23,6 +23,7 @@ import (
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/config"
 	"github.com/termhub/termhub/internal/metrics"
+	"github.com/termhub/termhub/internal/redisx"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/queue"
 )
@@ -47,8 +48,20 @@ type Options struct {
 	Sessions Sessions
 	// Metrics is where the hub records; a fresh one when nil.
 	Metrics *metrics.Metrics
-	// Ready reports whether the hub's store answers (for /readyz).
-	Ready func(ctx context.Context) error
+	// Health tells whether Redis answers (/readyz, and when to try again
+	// after a failure); nil: always.
+	Health Health
+	// RequestTimeout bounds every request's wait for Redis (CONTRACT §7.1
+	// request_timeout); 5 s when zero.
+	RequestTimeout time.Duration
+}
+
+// Health is what the hub needs to know of its Redis (redisx.Health).
+type Health interface {
+	// Ready returns a channel closed while Redis answers.
+	Ready() <-chan struct{}
+	// Status is what /readyz reports.
+	Status() redisx.HealthStatus
 }
 
 func (o *Options) fill() {
@@ -75,6 +88,9 @@ func (o *Options) fill() {
 	}
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = 10 * time.Second
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = redisx.DefaultRequestTimeout
 	}
 }
 
@@ -199,21 +215,56 @@ func (w *statusWriter) WriteHeader(code int) { w.code = code; w.ResponseWriter.W
 // Unwrap lets http.ResponseController reach the real writer.
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// readiness is the body of /readyz.
+type readiness struct {
+	Status string       `json:"status"` // ready, draining or redis unreachable
+	Redis  *redisReport `json:"redis,omitempty"`
+}
+
+// redisReport is what /readyz tells of Redis. It comes from the hub's
+// probe (redisx.Health), never from a command of the request's own, so
+// that /readyz answers at once during an outage.
+type redisReport struct {
+	Up    bool      `json:"up"`
+	Since time.Time `json:"since"`           // of the last change between up and down
+	Error string    `json:"error,omitempty"` // why the last probe failed, while down
+	// DataLostAt is when this hub last found Redis without the data it had
+	// (restarted without persistence): see docs/ops.md.
+	DataLostAt *time.Time `json:"dataLostAt,omitempty"`
+}
+
 func (h *Hub) handleReady(w http.ResponseWriter, r *http.Request) {
-	if h.draining.Load() {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
-		return
-	}
-	if h.opts.Ready != nil {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := h.opts.Ready(ctx); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "redis unreachable"})
-			return
+	body := readiness{Status: "ready"}
+	if hl := h.opts.Health; hl != nil {
+		st := hl.Status()
+		body.Redis = &redisReport{Up: st.Up, Since: st.Since.UTC(), Error: st.Error}
+		if !st.DataLostAt.IsZero() {
+			at := st.DataLostAt.UTC()
+			body.Redis.DataLostAt = &at
+		}
+		if !st.Up {
+			body.Status = "redis unreachable"
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	if h.draining.Load() {
+		body.Status = "draining"
+	}
+	code := http.StatusOK
+	if body.Status != "ready" {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, body)
 }
+
+// ready returns a channel closed while Redis answers.
+func (h *Hub) ready() <-chan struct{} {
+	if h.opts.Health == nil {
+		return closedChan
+	}
+	return h.opts.Health.Ready()
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 func newConnectionID() string {
 	b := make([]byte, 12)

@@ -61,7 +61,7 @@ func (h *Hub) registerPOS(c *conn) {
 			Message: "Connection displaced by new connection with same API key", ReconnectAllowed: allowed})
 		h.dropPOSLocked(old)
 	}
-	c.dlv.replaying = true // live messages wait until the replay has run
+	c.dlv.reading = true // live messages wait until the replay has run
 	h.pos[c.keyID] = c
 	if h.posByMerch[c.merchantID] == nil {
 		h.posByMerch[c.merchantID] = map[*conn]struct{}{}
@@ -295,8 +295,14 @@ func (h *Hub) terminalInfosLocked(merchantID string, cur map[string]string) []pr
 	return out
 }
 
+// currentLookup bounds the read of current transactions for a greeting or
+// a terminal list: they answer from memory when Redis does not answer at
+// once (CONTRACT §7.1).
+const currentLookup = time.Second
+
 // currentTxns reads which transaction occupies each of a merchant's
-// terminals (outside h.mu: it asks Redis). On error the rows just lack it.
+// terminals (outside h.mu: it asks Redis), or, when Redis does not answer
+// within currentLookup, what this hub last committed.
 func (h *Hub) currentTxns(merchantID string) map[string]string {
 	if h.opts.Engine == nil {
 		return nil
@@ -306,11 +312,12 @@ func (h *Hub) currentTxns(merchantID string) map[string]string {
 	for i, t := range entries {
 		devices[i] = t.DeviceID
 	}
-	ctx, cancel := context.WithTimeout(h.baseCtx, 2*time.Second)
+	ctx, cancel := context.WithTimeout(h.baseCtx, min(currentLookup, h.opts.RequestTimeout))
 	defer cancel()
 	cur, err := h.opts.Engine.Current(ctx, merchantID, devices)
 	if err != nil {
-		h.log.Warn().Err(err).Msg("could not read current transactions")
+		h.log.Debug().Err(err).Msg("current transactions from memory: Redis did not answer")
+		return h.opts.Engine.CurrentKnown(merchantID, devices)
 	}
 	return cur
 }

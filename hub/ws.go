@@ -22,7 +22,9 @@ func (h *Hub) servePOS(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	h.displaceSession(r.Context(), p.merchantID, p.keyID)
+	ctx, cancel := context.WithTimeout(r.Context(), h.opts.RequestTimeout)
+	h.displaceSession(ctx, p.merchantID, p.keyID)
+	cancel()
 	h.serveConn(w, r, KindPOS, p, func(c *conn) {
 		h.registerPOS(c)
 		go h.replay(c)
@@ -101,8 +103,12 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 	})
 	c.startHeartbeat()
 	// Registration stays in the handler's goroutine, whose stack has grown
-	// already and goes when it returns; the reader's stays small.
+	// already and goes when it returns; the reader's stays small. Until it
+	// is done nothing reads the peer's pongs: a terminal's resume may wait
+	// for Redis (up to request_timeout), and the peer is not stale for it.
+	c.busy.Store(true)
 	c.protect(func() { register(c) })
+	c.busy.Store(false)
 	go h.readConn(c, gauge, handle)
 }
 
@@ -122,22 +128,49 @@ func (h *Hub) readConn(c *conn, gauge prometheus.Gauge, handle func(*conn, [][]b
 
 // terminalUp registers a terminal and, under the device's lock so that a
 // drop and a reconnect are applied in order, resumes its transactions and
-// re-sends its open commands.
+// re-sends its open commands. If Redis does not answer, the terminal is
+// online all the same, and the resume is tried again until it succeeds or
+// the connection is no longer the device's.
 func (h *Hub) terminalUp(c *conn) {
 	unlock := h.lockDevice(c.deviceID)
-	defer unlock()
 	if h.opts.Engine != nil {
 		c.wmu.Lock()
 		c.resuming = true
 		c.wmu.Unlock()
 	}
 	h.registerTerminal(c)
-	if h.opts.Engine == nil {
+	if h.opts.Engine == nil || h.resume(c) {
+		unlock()
 		return
 	}
-	cmds, err := h.opts.Engine.TerminalConnected(c.ctx, c.merchantID, c.deviceID, c.id)
+	unlock()
+	go func() {
+		for attempt := 0; h.waitStore(c.ctx, attempt); attempt++ {
+			unlock := h.lockDevice(c.deviceID)
+			h.mu.Lock()
+			still := h.terminals[c.deviceID] == c
+			h.mu.Unlock()
+			done := !still || h.resume(c)
+			unlock()
+			if done {
+				return
+			}
+		}
+	}()
+}
+
+// resume tells the engine the terminal is back and queues the commands
+// still open for it; false when Redis did not answer (nothing is queued).
+// It runs under the device's lock.
+func (h *Hub) resume(c *conn) bool {
+	ctx, cancel := context.WithTimeout(c.ctx, h.opts.RequestTimeout)
+	cmds, err := h.opts.Engine.TerminalConnected(ctx, c.merchantID, c.deviceID, c.id)
+	cancel()
 	if err != nil {
-		c.log.Error().Err(err).Msg("could not resume the terminal's transactions")
+		if c.ctx.Err() == nil {
+			c.log.Warn().Err(err).Msg("could not resume the terminal's transactions yet; trying again once Redis answers")
+		}
+		return false
 	}
 	// A sale committed while the commands were read was sent live as well
 	// as found open (the engine orders the two: TerminalConnected waits
@@ -159,25 +192,53 @@ func (h *Hub) terminalUp(c *conn) {
 			continue
 		}
 		if !c.queueReplay(b) {
-			return
+			break
 		}
 	}
+	return true
 }
 
 // terminalDown starts the grace period of a terminal whose registered
-// connection ended (not of one that was displaced).
+// connection ended (not of one that was displaced). If Redis does not
+// answer, the terminal is reconnecting all the same, and the engine is
+// told later, unless the terminal is back by then (its resume covers it).
 func (h *Hub) terminalDown(c *conn) {
 	unlock := h.lockDevice(c.deviceID)
-	defer unlock()
 	if !h.unregisterTerminal(c) || h.opts.Engine == nil {
+		unlock()
 		return
 	}
 	_, _, until := h.TerminalLive(c.deviceID)
-	ctx, cancel := context.WithTimeout(h.baseCtx, 10*time.Second)
+	done := h.dropped(c, until)
+	unlock()
+	if done {
+		return
+	}
+	go func() {
+		for attempt := 0; h.waitStore(h.baseCtx, attempt); attempt++ {
+			unlock := h.lockDevice(c.deviceID)
+			h.mu.Lock()
+			back := h.terminals[c.deviceID] != nil
+			h.mu.Unlock()
+			done := back || h.dropped(c, until)
+			unlock()
+			if done {
+				return
+			}
+		}
+	}()
+}
+
+// dropped tells the engine the terminal's transactions lost it; false when
+// Redis did not answer. It runs under the device's lock.
+func (h *Hub) dropped(c *conn, until time.Time) bool {
+	ctx, cancel := context.WithTimeout(h.baseCtx, h.opts.RequestTimeout)
 	defer cancel()
 	if err := h.opts.Engine.TerminalDropped(ctx, c.merchantID, c.deviceID, until); err != nil {
-		c.log.Error().Err(err).Msg("could not start the grace period of the terminal's transactions")
+		c.log.Warn().Err(err).Msg("could not start the grace period of the terminal's transactions yet; trying again once Redis answers")
+		return false
 	}
+	return true
 }
 
 // handlePOSFrames serves a POS's frames one by one.
@@ -196,14 +257,18 @@ func (h *Hub) handlePOSFrames(c *conn, frames [][]byte) error {
 func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 	start, label := time.Now(), "invalid"
 	defer func() { h.observeFrame(KindPOS, start, label) }()
+	// The request has request_timeout to get its answer (CONTRACT §7.1),
+	// waits for earlier acks included.
+	ctx, cancel := context.WithTimeout(c.ctx, h.opts.RequestTimeout)
+	defer cancel()
 	in, err := protocol.DecodePOS(data)
 	if err != nil {
-		return h.replyDecodeError(c, in, err)
+		return h.replyDecodeError(ctx, c, in, err)
 	}
 	label = in.Action // a known action: decoding succeeded
 	switch body := in.Body.(type) {
 	case *protocol.ListTerminalsRequest:
-		h.reply(c, protocol.TerminalsReply{Action: protocol.ActionTerminals, RequestID: in.RequestID, Terminals: h.Terminals(c.merchantID)})
+		h.reply(ctx, c, protocol.TerminalsReply{Action: protocol.ActionTerminals, RequestID: in.RequestID, Terminals: h.Terminals(c.merchantID)})
 		return nil
 	case *protocol.AckRequest:
 		h.queueAck(c, in.RequestID, body.MessageID) // applied off the reader (acks.go)
@@ -216,20 +281,19 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 			created := res.Created
 			reply.Created = &created
 		}
-		h.reply(c, reply)
+		h.reply(ctx, c, reply)
 		replied = true
 	}
 	// The reply goes out between the commit and the delivery of what it
 	// caused, so the POS never sees an outcome before the answer.
-	ctx := session.WithReply(c.ctx, answer)
-	res, err := h.perform(ctx, principal{merchantID: c.merchantID, keyID: c.keyID}, in.Body, idempotencyKeyOf(in.Body))
+	res, err := h.perform(session.WithReply(ctx, answer), principal{merchantID: c.merchantID, keyID: c.keyID}, in.Body, idempotencyKeyOf(in.Body))
 	switch {
 	case err != nil:
 		pe := h.clientError(err, c.log)
 		if pe.Field == protocol.HeaderIdemKey {
 			pe = &protocol.Error{Code: pe.Code, Message: pe.Message, Field: "idempotencyKey"}
 		}
-		h.reply(c, protocol.NewErrorReply(in.RequestID, pe))
+		h.reply(ctx, c, protocol.NewErrorReply(in.RequestID, pe))
 	case !replied:
 		answer(res)
 	}
@@ -237,12 +301,15 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 }
 
 // reply answers a frame of c. A POS's reply first waits for the acks it
-// sent before (acks.go), so a POS that has its answer can rely on them.
+// sent before (acks.go), so a POS that has its answer can rely on them —
+// unless Redis does not store them within the request's time (ctx): the
+// answer is then sent anyway (it is an unavailable error, or the outcome
+// of what did not need Redis), and those acks may be sent again.
 // (The replies to acks themselves, sent by the ack goroutine, do not come
 // here: they would wait for themselves.)
-func (h *Hub) reply(c *conn, v any) {
+func (h *Hub) reply(ctx context.Context, c *conn, v any) {
 	if c.kind == KindPOS {
-		h.waitAcks(c.ctx, c.merchantID, c.keyID)
+		h.waitAcks(ctx, c.merchantID, c.keyID)
 	}
 	c.sendNowJSON(v)
 }
@@ -290,10 +357,12 @@ func (h *Hub) handleTerminalFrames(c *conn, frames [][]byte) error {
 			bodies[i] = in.Body
 		}
 		refused := func(i int, err error) {
-			h.reply(c, protocol.NewErrorReply(run[i].RequestID, h.clientError(err, c.log)))
+			h.reply(c.ctx, c, protocol.NewErrorReply(run[i].RequestID, h.clientError(err, c.log)))
 		}
 		if e := h.opts.Engine; e != nil {
-			e.TerminalEvents(c.ctx, c.merchantID, c.deviceID, bodies, refused)
+			ctx, cancel := context.WithTimeout(c.ctx, h.opts.RequestTimeout)
+			e.TerminalEvents(ctx, c.merchantID, c.deviceID, bodies, refused)
+			cancel()
 		} else {
 			for i := range run {
 				refused(i, errUnavailable)
@@ -306,7 +375,7 @@ func (h *Hub) handleTerminalFrames(c *conn, frames [][]byte) error {
 		in, err := protocol.DecodeTerminal(data)
 		if err != nil {
 			flush()
-			if err := h.replyDecodeError(c, in, err); err != nil {
+			if err := h.replyDecodeError(c.ctx, c, in, err); err != nil {
 				return err
 			}
 			continue
@@ -320,11 +389,11 @@ func (h *Hub) handleTerminalFrames(c *conn, frames [][]byte) error {
 
 // replyDecodeError answers a frame that failed to decode; only ErrNotJSON is
 // passed up, to close the connection.
-func (h *Hub) replyDecodeError(c *conn, in protocol.Inbound, err error) error {
+func (h *Hub) replyDecodeError(ctx context.Context, c *conn, in protocol.Inbound, err error) error {
 	var pe *protocol.Error
 	if errors.As(err, &pe) {
 		c.log.Debug().Str("code", string(pe.Code)).Str("field", pe.Field).Msg("bad request")
-		h.reply(c, protocol.NewErrorReply(in.RequestID, pe))
+		h.reply(ctx, c, protocol.NewErrorReply(in.RequestID, pe))
 		return nil
 	}
 	return err

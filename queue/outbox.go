@@ -22,6 +22,11 @@ import (
 type Entry struct {
 	ID   string
 	Data []byte
+	// Seq is the entry's number in its outbox's count of entries ever
+	// appended (keys.OutboxSeq), set for entries a commit has just written:
+	// a connection that sent the entry numbered n knows that n+1 is next.
+	// 0 when unknown (entries read back from the stream).
+	Seq int64
 }
 
 // Frame returns the message as sent: its JSON object with "messageId" first.
@@ -64,6 +69,31 @@ func (o *Outbox) After(ctx context.Context, merchantID, apiKey, after string, co
 	if err != nil {
 		return nil, err
 	}
+	return entries(msgs), nil
+}
+
+// Read returns up to count entries with ids after the given one, oldest
+// first, and the outbox's count of entries ever appended as it stood when
+// they were read (one MULTI, so the two agree): when fewer than count came
+// back, the newest entry counted is among them, or at or before after.
+// A connection that has sent what Read returned then knows the number of
+// the next entry (Entry.Seq), and can tell a gap.
+func (o *Outbox) Read(ctx context.Context, merchantID, apiKey, after string, count int64) ([]Entry, int64, error) {
+	pipe := o.rdb.TxPipeline()
+	rng := pipe.XRangeN(ctx, o.keys.Outbox(merchantID, apiKey), "("+after, "+", count)
+	seq := pipe.Get(ctx, o.keys.OutboxSeq(merchantID, apiKey))
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, 0, err
+	}
+	n, err := seq.Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, 0, err
+	}
+	return entries(rng.Val()), n, nil
+}
+
+// entries turns stream messages into Entries, skipping any without a body.
+func entries(msgs []redis.XMessage) []Entry {
 	out := make([]Entry, 0, len(msgs))
 	for _, m := range msgs {
 		s, _ := m.Values["m"].(string)
@@ -72,7 +102,7 @@ func (o *Outbox) After(ctx context.Context, merchantID, apiKey, after string, co
 		}
 		out = append(out, Entry{ID: m.ID, Data: []byte(s)})
 	}
-	return out, nil
+	return out
 }
 
 // ackScript moves the cursor forward only (acks are cumulative and may
@@ -172,6 +202,27 @@ func (o *Outbox) Trim(ctx context.Context, merchantID, apiKey string, retention 
 // Depth returns how many messages of the API key are waiting for an ack.
 func (o *Outbox) Depth(ctx context.Context, merchantID, apiKey string) (int64, error) {
 	return o.rdb.XLen(ctx, o.keys.Outbox(merchantID, apiKey)).Result()
+}
+
+// DepthAll is Depth summed over several outboxes (merchant, API key), in
+// one pipeline.
+func (o *Outbox) DepthAll(ctx context.Context, outboxes [][2]string) (int64, error) {
+	if len(outboxes) == 0 {
+		return 0, nil
+	}
+	pipe := o.rdb.Pipeline()
+	lens := make([]*redis.IntCmd, len(outboxes))
+	for i, mk := range outboxes {
+		lens[i] = pipe.XLen(ctx, o.keys.Outbox(mk[0], mk[1]))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return 0, err
+	}
+	total := int64(0)
+	for _, l := range lens {
+		total += l.Val()
+	}
+	return total, nil
 }
 
 // CompareIDs orders two stream ids: -1, 0 or 1.

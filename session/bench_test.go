@@ -74,6 +74,7 @@ func (benchTerminals) TerminalLive(string) (string, string, time.Time) {
 type benchSink struct{}
 
 func (benchSink) DeliverPOS(string, string, []Message) {}
+func (benchSink) NudgePOS(string, string)              {}
 func (benchSink) SendTerminal(string, []any)           {}
 
 func benchEngine(rdb redis.UniversalClient, prefix string) *Engine {

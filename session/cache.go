@@ -172,3 +172,17 @@ type curChange struct {
 	merchantID, deviceID, id string
 	clear                    bool // delete-if-equal; otherwise set
 }
+
+// clear forgets every transaction.
+func (c *txnCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m = nil
+}
+
+// clear forgets every terminal.
+func (c *currentCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m = nil
+}

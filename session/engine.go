@@ -36,7 +36,13 @@ type Terminals interface {
 // Sink carries out effects after a commit. DeliverPOS is called while the
 // API key's ordering lock is held, so messages reach it in stream order.
 type Sink interface {
+	// DeliverPOS hands an API key's live connection, if any, the messages
+	// a commit wrote to its outbox (with their ids and numbers).
 	DeliverPOS(merchantID, apiKeyID string, msgs []Message)
+	// NudgePOS tells the API key's live connection, if any, that its
+	// outbox may hold messages it was not handed: it reads them from the
+	// stream (a commit whose answer was lost turned out applied).
+	NudgePOS(merchantID, apiKeyID string)
 	SendTerminal(deviceID string, cmds []any)
 }
 
@@ -64,6 +70,16 @@ type Options struct {
 	// Webhooks reports whether a merchant takes webhooks; when it does, every
 	// final state is queued for delivery in the same commit.
 	Webhooks func(merchantID string) bool
+	// Ready returns a channel that is closed while the store answers
+	// (redisx.Health.Ready); the engine's recovery work waits on it. nil:
+	// always ready.
+	Ready func() <-chan struct{}
+	// Merchants lists the merchants whose deadlines the sweeper watches
+	// (sweeper.go); nil watches none.
+	Merchants func() []string
+	// RequestTimeout bounds the Redis work of one step of the engine's own
+	// (a deadline, a recovery attempt); 5 s when zero.
+	RequestTimeout time.Duration
 }
 
 // Engine runs transactions: it loads, applies the pure transition, commits
@@ -76,6 +92,8 @@ type Engine struct {
 	locks  [4096]sync.Mutex // per API key stripes: commit and live delivery in stream order
 	devs   [4096]sync.Mutex // per device stripes: creates for one terminal, one at a time
 	timers *timers
+	work   backlog // transactions held after a lost commit, terminal events to retry (resolver.go)
+	sweep  sweeper // deadlines in Redis that no timer here watches (sweeper.go)
 }
 
 // NewEngine builds an engine.
@@ -92,8 +110,18 @@ func NewEngine(opts Options) *Engine {
 	if opts.Webhooks == nil {
 		opts.Webhooks = func(string) bool { return false }
 	}
+	if opts.Ready == nil {
+		ready := make(chan struct{})
+		close(ready)
+		opts.Ready = func() <-chan struct{} { return ready }
+	}
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = 5 * time.Second
+	}
 	e := &Engine{opts: opts, store: opts.Store, clock: opts.Clock, log: opts.Logger}
 	e.timers = newTimers(e)
+	e.work.init(e)
+	e.sweep.e = e
 	return e
 }
 
@@ -176,12 +204,17 @@ type pending struct {
 	devOrder []string    // devices in first-use order
 	terminal [][]any     // commands for devOrder[i]
 	arm      []*Txn
+	revs     []revChange // of arm[i], index-aligned
 	current  []curChange // in staging order
 	entered  []protocol.Status
 	autoVoid int
 }
 
 func newPending() *pending { return &pending{} }
+
+// revChange is the rev a commit expects a transaction at and the one it
+// writes.
+type revChange struct{ prev, next int64 }
 
 // addPOS queues a durable message for an API key.
 func (p *pending) addPOS(apiKey string, m Message) {
@@ -225,6 +258,7 @@ type step struct {
 // stageSteps adds t's save to c, once, and the messages and webhooks of
 // every step, in order.
 func (e *Engine) stageSteps(c *commit, p *pending, t *Txn, prev map[string]time.Time, wasOpen, wasActive bool, steps ...step) error {
+	prevRev := t.Rev
 	if err := e.store.saveTxn(c, t, prev); err != nil {
 		return err
 	}
@@ -246,7 +280,7 @@ func (e *Engine) stageSteps(c *commit, p *pending, t *Txn, prev map[string]time.
 			if err != nil {
 				return err
 			}
-			c.xadd(ks.Outbox(t.MerchantID, t.APIKeyID), data)
+			c.xadd(ks.Outbox(t.MerchantID, t.APIKeyID), ks.OutboxSeq(t.MerchantID, t.APIKeyID), data)
 			p.addPOS(t.APIKeyID, Message{Data: data})
 		}
 		if fx.Webhook != "" && e.opts.Webhooks(t.MerchantID) {
@@ -258,7 +292,7 @@ func (e *Engine) stageSteps(c *commit, p *pending, t *Txn, prev map[string]time.
 			if err != nil {
 				return err
 			}
-			c.xadd(ks.Webhooks(t.MerchantID), evt)
+			c.appendEntry(ks.Webhooks(t.MerchantID), evt)
 		}
 		p.addTerminal(t.TerminalID, fx.Terminal)
 		p.entered = append(p.entered, fx.Entered...)
@@ -267,6 +301,7 @@ func (e *Engine) stageSteps(c *commit, p *pending, t *Txn, prev map[string]time.
 		}
 	}
 	p.arm = append(p.arm, t)
+	p.revs = append(p.revs, revChange{prev: prevRev, next: t.Rev})
 	return nil
 }
 
@@ -285,20 +320,41 @@ type WebhookData struct {
 
 // run executes c with the ordering locks of replyKeys held, then, still
 // under the locks, sends the terminal commands, the reply and the POS
-// messages.
-func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pending, res *Result) error {
+// messages (carryOut). A commit whose answer is lost is held until the
+// engine knows whether it was applied (resolver.go); retry, if set, are the
+// terminal's events it applied, to be applied again if it was not.
+func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pending, res *Result, retry *retryRun) error {
 	reply := replyHook(ctx)
 	if res == nil {
 		reply = nil
 	}
 	unlock := e.lockKeys(merchantID, replyKeys(p, reply != nil)...)
-	ids, err := c.exec(ctx, e.store)
+	if err := e.work.mayCommit(ctx, merchantID, p.arm); err != nil {
+		unlock()
+		c.release()
+		return err
+	}
+	sent, err := c.exec(ctx, e.store)
 	if err != nil {
+		if errors.Is(err, ErrOutcomeUnknown) {
+			e.hold(merchantID, c, p, retry)
+		}
 		unlock()
 		return err
 	}
-	// Deadlines are armed before anyone hears of the change, so a client
-	// that reacts at once (or a test that moves the clock) cannot outrun them.
+	e.carryOut(merchantID, c, p, sent, true, reply, res)
+	unlock()
+	e.count(p)
+	return nil
+}
+
+// carryOut does what an applied commit asks of the world, with the
+// ordering locks of its API keys held. Deadlines are armed before anyone
+// hears of the change, so a client that reacts at once (or a test that
+// moves the clock) cannot outrun them. sent are the outbox entries the
+// commit wrote, in order, when known; a commit whose answer was lost
+// (known false) nudges the POS connections to read their outbox instead.
+func (e *Engine) carryOut(merchantID string, c *commit, p *pending, sent []appended, known bool, reply func(Result), res *Result) {
 	for _, t := range p.arm {
 		e.timers.sync(t)
 		e.store.cache.put(t)
@@ -335,8 +391,17 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 	if reply != nil {
 		reply(*res)
 	}
-	// xadd ids come back in staging order; outbox entries were staged per
-	// key in p.order's interleaving, so walk c.xadds to assign them.
+	if e.opts.Sink == nil {
+		return
+	}
+	if !known {
+		for _, k := range p.order {
+			e.opts.Sink.NudgePOS(merchantID, k)
+		}
+		return
+	}
+	// xadd entries come back in staging order; outbox entries were staged
+	// per key in p.order's interleaving, so walk c.xadds to assign them.
 	if len(c.xadds) > 0 {
 		outboxes := make([]string, len(p.order)) // the stream of each key, built once
 		for j, k := range p.order {
@@ -346,26 +411,27 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 		for i, streamKey := range c.xadds {
 			for j := range p.order {
 				if outboxes[j] == streamKey {
-					p.msgs[j][next[j]].ID = ids[i]
+					m := &p.msgs[j][next[j]]
+					m.ID, m.Seq = sent[i].id, sent[i].seq
 					next[j]++
 					break
 				}
 			}
 		}
 	}
-	if e.opts.Sink != nil {
-		for j, k := range p.order {
-			e.opts.Sink.DeliverPOS(merchantID, k, p.msgs[j])
-		}
+	for j, k := range p.order {
+		e.opts.Sink.DeliverPOS(merchantID, k, p.msgs[j])
 	}
-	unlock()
+}
+
+// count records a commit's transitions and auto-voids.
+func (e *Engine) count(p *pending) {
 	if m := e.opts.Metrics; m != nil {
 		for _, s := range p.entered {
 			m.Transactions.WithLabelValues(string(s)).Inc()
 		}
 		m.AutoVoids.Add(float64(p.autoVoid))
 	}
-	return nil
 }
 
 // replyKeys are the API keys whose ordering locks a commit holds: those
@@ -389,7 +455,7 @@ func replyKeys(p *pending, replying bool) []string {
 // update applies ev to one transaction, committing with retries. idem, if
 // set, is stored in the same commit.
 func (e *Engine) update(ctx context.Context, merchantID, id string, ev Event, idem *idemWrite) (*Txn, *protocol.Error, error) {
-	t, _, perr, err := e.updateRun(ctx, merchantID, id, []Event{ev}, idem)
+	t, _, perr, err := e.updateRun(ctx, merchantID, id, []Event{ev}, idem, "")
 	return t, perr, err
 }
 
@@ -399,8 +465,10 @@ func (e *Engine) update(ctx context.Context, merchantID, id string, ev Event, id
 // paymentResult often arrive together). It stops at the first event that
 // is refused: it returns how many were applied before it (committed) and
 // the refusal, and the events after it are not applied. idem, if set, is
-// stored in the same commit; it is only given with one event.
-func (e *Engine) updateRun(ctx context.Context, merchantID, id string, evs []Event, idem *idemWrite) (*Txn, int, *protocol.Error, error) {
+// stored in the same commit; it is only given with one event. from is the
+// device that sent evs, when they are a terminal's (so that they are
+// applied again if their commit is lost and was not applied), else "".
+func (e *Engine) updateRun(ctx context.Context, merchantID, id string, evs []Event, idem *idemWrite, from string) (*Txn, int, *protocol.Error, error) {
 	fresh := false // read Redis, not the cache
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		var (
@@ -409,9 +477,9 @@ func (e *Engine) updateRun(ctx context.Context, merchantID, id string, evs []Eve
 			err    error
 		)
 		if fresh {
-			t, err = e.store.loadFresh(ctx, merchantID, id)
+			t, err = e.loadFresh(ctx, merchantID, id)
 		} else {
-			t, cached, err = e.store.loadCached(ctx, merchantID, id)
+			t, cached, err = e.loadCached(ctx, merchantID, id)
 		}
 		if err != nil {
 			return nil, 0, nil, err
@@ -483,7 +551,11 @@ func (e *Engine) updateRun(ctx context.Context, merchantID, id string, evs []Eve
 		if replyHook(ctx) != nil {
 			res = &Result{Txn: t.Wire(), Status: http.StatusOK}
 		}
-		err = e.run(ctx, merchantID, c, p, res)
+		var retry *retryRun
+		if from != "" {
+			retry = &retryRun{device: from, id: id, evs: evs[:len(steps)]}
+		}
+		err = e.run(ctx, merchantID, c, p, res, retry)
 		if errors.Is(err, errConflict) {
 			e.forget(merchantID, p)
 			continue
@@ -513,7 +585,7 @@ func (e *Engine) forget(merchantID string, p *pending) {
 // settleRefund releases a final refund's reservation on its sale and, if
 // it completed, adds it to the sale's refunded amount.
 func (e *Engine) settleRefund(ctx context.Context, c *commit, p *pending, r *Txn) error {
-	parent, err := e.store.loadForUpdate(ctx, r.MerchantID, r.ParentID)
+	parent, err := e.loadForUpdate(ctx, r.MerchantID, r.ParentID)
 	if err != nil {
 		return err
 	}
@@ -692,7 +764,7 @@ func (e *Engine) Current(ctx context.Context, merchantID string, devices []strin
 	}
 	vals, err := e.store.rdb.MGet(ctx, ks...).Result()
 	if err != nil {
-		return nil, err
+		return nil, storeErr(err)
 	}
 	for i, v := range vals {
 		if s, ok := v.(string); ok {
@@ -700,6 +772,20 @@ func (e *Engine) Current(ctx context.Context, merchantID string, devices []strin
 		}
 	}
 	return out, nil
+}
+
+// CurrentKnown is Current as this process last committed it, without
+// asking Redis: for answers that must not wait on a Redis that does not
+// answer (a greeting, ops). A device this process knows nothing of, or
+// knows free, is left out.
+func (e *Engine) CurrentKnown(merchantID string, devices []string) map[string]string {
+	out := make(map[string]string, len(devices))
+	for _, d := range devices {
+		if id, ok := e.store.cur.get(merchantID, d); ok && id != "" {
+			out[d] = id
+		}
+	}
+	return out
 }
 
 // createTxn is the shared path of Create and Refund. build returns the new
@@ -774,7 +860,7 @@ func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
 		}
 		c.requireValue(curKey, curID)
 		if curID != "" {
-			cur, err := e.store.loadForUpdate(ctx, merchantID, curID)
+			cur, err := e.loadForUpdate(ctx, merchantID, curID)
 			if err != nil && !errors.Is(err, ErrNotFound) {
 				return Result{}, err
 			}
@@ -824,7 +910,7 @@ func (e *Engine) createTxn(ctx context.Context, merchantID, idemKey, fp string,
 			(&idemWrite{key: idemKey, fp: fp}).stage(c, e.store, merchantID, t, http.StatusCreated, &created)
 		}
 		res := Result{Txn: t.Wire(), Created: true, Status: http.StatusCreated}
-		err := e.run(ctx, merchantID, c, p, &res)
+		err := e.run(ctx, merchantID, c, p, &res, nil)
 		if errors.Is(err, errConflict) {
 			e.forget(merchantID, p)
 			e.store.cur.forget(merchantID, t.TerminalID)
@@ -943,12 +1029,29 @@ func (e *Engine) TerminalEvents(ctx context.Context, merchantID, deviceID string
 			}
 			evs = append(evs, ev2)
 		}
+		if e.work.holds(merchantID, id) {
+			// Events that arrived earlier wait to be applied (or a commit
+			// of the transaction is being resolved): these go after them.
+			e.work.queue(merchantID, deviceID, id, evs, false)
+			for k := i; k < i+len(evs); k++ {
+				refused(k, ErrUnavailable)
+			}
+			i += len(evs)
+			continue
+		}
 		n, perr, err := e.terminalRun(ctx, merchantID, deviceID, id, evs)
 		switch {
 		case perr != nil: // events before it are applied; those after it get a run of their own
 			refused(i+n, perr)
 			i += n + 1
-		case err != nil: // nothing of the run was committed
+		case err != nil: // nothing of the run was committed (or, if its answer was lost, it may have been)
+			if errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrOutcomeUnknown) {
+				// The hub keeps what the terminal sent and applies it once
+				// Redis answers, in order (a lost commit is retried by its
+				// resolver if it was not applied). The terminal, told
+				// unavailable, sends it again too; the repeat is harmless.
+				e.work.queue(merchantID, deviceID, id, evs, false)
+			}
 			for k := i; k < i+len(evs); k++ {
 				refused(k, err)
 			}
@@ -988,14 +1091,14 @@ func terminalEvent(body any) (string, Event, error) {
 // that is every event's (the transaction is not the terminal's, or the
 // store failed).
 func (e *Engine) terminalRun(ctx context.Context, merchantID, deviceID, id string, evs []Event) (int, *protocol.Error, error) {
-	t, err := e.store.loadForUpdate(ctx, merchantID, id)
+	t, err := e.loadForUpdate(ctx, merchantID, id)
 	if errors.Is(err, ErrNotFound) || (err == nil && t.TerminalID != deviceID) {
 		return 0, nil, protocol.Errorf(protocol.CodeTransactionNotFound, "transactionId", "no such transaction for this terminal")
 	}
 	if err != nil {
 		return 0, nil, err
 	}
-	_, n, perr, err := e.updateRun(ctx, merchantID, id, evs, nil)
+	_, n, perr, err := e.updateRun(ctx, merchantID, id, evs, nil, deviceID)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -1018,7 +1121,10 @@ func (e *Engine) TerminalConnected(ctx context.Context, merchantID, deviceID, co
 	}
 	txns := make([]*Txn, 0, len(ids))
 	for _, id := range ids {
-		t, _, err := e.update(ctx, merchantID, id, EvTerminalBack{ConnectionID: connID}, nil)
+		// Back, and sent if it never was, in one commit: a PENDING sale
+		// that waited for the terminal swaps its grace deadline for its
+		// payment deadline at once, never left with neither.
+		t, _, _, err := e.updateRun(ctx, merchantID, id, []Event{EvTerminalBack{ConnectionID: connID}, EvSent{ConnectionID: connID}}, nil, "")
 		if errors.Is(err, ErrNotFound) {
 			e.store.rdb.SRem(ctx, e.store.keys.Open(merchantID, deviceID), id)
 			continue
@@ -1031,11 +1137,6 @@ func (e *Engine) TerminalConnected(ctx context.Context, merchantID, deviceID, co
 	sortByCreated(txns)
 	var cmds []any
 	for _, t := range txns {
-		if t.Active() && t.FirstSentAt == nil {
-			if t2, _, err := e.update(ctx, merchantID, t.ID, EvSent{ConnectionID: connID}, nil); err == nil {
-				t = t2
-			}
-		}
 		cmds = append(cmds, t.OpenCommands()...)
 	}
 	return cmds, nil
@@ -1056,8 +1157,14 @@ func (e *Engine) TerminalDropped(ctx context.Context, merchantID, deviceID strin
 	return nil
 }
 
-// Deadline applies a deadline that fell due (a timer or the start-up sweep).
+// Deadline applies a deadline that fell due (a timer or the sweeper). It
+// waits (errHeld) while the transaction is held: a result the terminal sent
+// before the deadline is applied first, so that a timer never wins a race
+// against a result already received.
 func (e *Engine) Deadline(ctx context.Context, merchantID, txnID, kind string) error {
+	if e.work.holds(merchantID, txnID) {
+		return errHeld
+	}
 	_, _, err := e.update(ctx, merchantID, txnID, EvDeadline{Kind: kind}, nil)
 	if errors.Is(err, ErrNotFound) {
 		return nil
@@ -1098,7 +1205,7 @@ func (e *Engine) DevicesWithWork(ctx context.Context, merchantID string, devices
 	}
 	if len(devices) > 0 {
 		if _, err := pipe.Exec(ctx); err != nil {
-			return nil, err
+			return nil, storeErr(err)
 		}
 	}
 	var out []string

@@ -13,7 +13,8 @@ type Event interface{ eventName() string }
 // Events. POS requests may be refused with an *protocol.Error; terminal and
 // timer events never are (a stale or repeated one changes nothing).
 type (
-	// EvSent: startPayment was written to the live terminal.
+	// EvSent: startPayment was written to the live terminal (only the
+	// first time counts).
 	EvSent struct{ ConnectionID string }
 	// EvCommandReceived: the terminal took the command.
 	EvCommandReceived struct{}
@@ -125,17 +126,19 @@ func (m *machine) apply(ev Event) *protocol.Error {
 	t := m.t
 	switch e := ev.(type) {
 	case EvSent:
-		if !t.Active() {
+		// Only the first sending counts: the payment timeout runs from it
+		// and replaces the wait for the terminal (grace). A terminal that
+		// is away (AWAITING_RECONNECT) cannot have been sent anything, and
+		// its grace deadline must stay.
+		if !t.Active() || t.FirstSentAt != nil || t.Status == protocol.StatusAwaitingReconnect {
 			return nil
 		}
 		m.fx.Changed = true
 		t.ConnectionID = e.ConnectionID
 		t.GraceDeadline = time.Time{}
-		if t.FirstSentAt == nil {
-			at := m.now
-			t.FirstSentAt = &at
-			t.PaymentDeadline = m.now.Add(time.Duration(t.TimeoutSeconds) * time.Second)
-		}
+		at := m.now
+		t.FirstSentAt = &at
+		t.PaymentDeadline = m.now.Add(time.Duration(t.TimeoutSeconds) * time.Second)
 
 	case EvCommandReceived:
 		m.ack()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -35,6 +36,12 @@ func (s *recordSink) DeliverPOS(_, _ string, msgs []Message) {
 		}
 		s.log = append(s.log, fmt.Sprintf("pos %s %s v%d", ev.Action, ev.Transaction.Status, ev.Version))
 	}
+}
+
+func (s *recordSink) NudgePOS(_, key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.log = append(s.log, "nudge "+key)
 }
 
 func (s *recordSink) SendTerminal(_ string, cmds []any) {
@@ -68,11 +75,11 @@ func runEngine(t *testing.T) (*Engine, *recordSink, *redistest.Redis) {
 // rev is the number of commits a transaction has had.
 func rev(t *testing.T, r *redistest.Redis, id string) string {
 	t.Helper()
-	v, err := r.Client.HGet(context.Background(), keys.Space{Prefix: r.Prefix}.Txn("m1", id), "rev").Result()
+	v, err := r.Client.HGet(context.Background(), keys.Space{Prefix: r.Prefix}.Txn("m1", id), "rev").Int64()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return v
+	return strconv.FormatInt(Commits(v), 10)
 }
 
 func approved(id string) *protocol.PaymentResult {
@@ -192,7 +199,7 @@ func TestUpdateRunStopsAtARefusal(t *testing.T) {
 	id := res.Txn.ID
 	sink.take()
 	txn, n, perr, err := e.updateRun(context.Background(), "m1", id,
-		[]Event{EvCommandReceived{}, EvProgress{Stage: "card_presented"}, EvCancel{}, EvResult{Result: *approved(id)}}, nil)
+		[]Event{EvCommandReceived{}, EvProgress{Stage: "card_presented"}, EvCancel{}, EvResult{Result: *approved(id)}}, nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}

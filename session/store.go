@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"sync"
 	"time"
@@ -23,6 +24,27 @@ var ErrNotFound = errors.New("transaction not found")
 // on; the caller reloads and tries again.
 var errConflict = errors.New("concurrent update")
 
+// ErrUnavailable means Redis did not serve a request: nothing it asked for
+// was changed (or, as ErrOutcomeUnknown, it may have been and the engine is
+// finding out). The client may retry: by reference or Idempotency-Key a
+// retry converges on the one transaction (CONTRACT §7.1).
+var ErrUnavailable = errors.New("the store is unavailable; retry shortly")
+
+// ErrOutcomeUnknown is the error of a commit that was sent but whose answer
+// never came (a stalled or restarting Redis): it may or may not have been
+// applied. The engine finds out and, if it was, carries out everything it
+// caused (resolver.go). It is an ErrUnavailable to the client.
+var ErrOutcomeUnknown = fmt.Errorf("%w (the outcome is being checked)", ErrUnavailable)
+
+// storeErr turns a Redis error into ErrUnavailable when it is one: an
+// outage, as opposed to an answer such as redis.Nil.
+func storeErr(err error) error {
+	if err != nil && redisx.Outage(err) && !errors.Is(err, ErrUnavailable) {
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return err
+}
+
 // Store keeps transactions in Redis.
 type Store struct {
 	rdb   redis.UniversalClient
@@ -40,21 +62,30 @@ func NewStore(rdb redis.UniversalClient, ks keys.Space) *Store {
 // Keys returns the key space.
 func (s *Store) Keys() keys.Space { return s.keys }
 
-// Load reads a transaction.
+// Load reads a transaction. Its rev is the hash's: the data's own copy of
+// it is behind once a resolver has fenced a commit (resolver.go), and a
+// hash with a rev and no data is the tombstone of a create that never
+// happened.
 func (s *Store) Load(ctx context.Context, merchantID, id string) (*Txn, error) {
-	data, err := s.rdb.HGet(ctx, s.keys.Txn(merchantID, id), "data").Bytes()
-	if errors.Is(err, redis.Nil) {
+	vals, err := s.rdb.HMGet(ctx, s.keys.Txn(merchantID, id), "rev", "data").Result()
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	data, _ := vals[1].(string)
+	if data == "" {
 		return nil, ErrNotFound
 	}
-	if err != nil {
-		return nil, err
-	}
 	t := new(Txn)
-	if err := json.Unmarshal(data, t); err != nil {
+	if err := json.Unmarshal([]byte(data), t); err != nil {
 		return nil, fmt.Errorf("decode %s: %w", id, err)
 	}
 	if t.MerchantID != merchantID {
 		return nil, ErrNotFound
+	}
+	if rev, _ := vals[0].(string); rev != "" {
+		if t.Rev, err = strconv.ParseInt(rev, 10, 64); err != nil {
+			return nil, fmt.Errorf("decode %s: rev %q", id, rev)
+		}
 	}
 	return t, nil
 }
@@ -66,7 +97,7 @@ func (s *Store) Load(ctx context.Context, merchantID, id string) (*Txn, error) {
 func (s *Store) openIDs(ctx context.Context, merchantID, deviceID string) ([]string, error) {
 	cmd := redis.NewStringSliceCmd(ctx, "smembers", s.keys.Open(merchantID, deviceID))
 	if err := s.batch.Do(ctx, cmd); err != nil {
-		return nil, err
+		return nil, storeErr(err)
 	}
 	return cmd.Val(), nil
 }
@@ -77,7 +108,7 @@ func (s *Store) get(ctx context.Context, key string) (string, error) {
 	if errors.Is(err, redis.Nil) {
 		return "", nil
 	}
-	return v, err
+	return v, storeErr(err)
 }
 
 // refAndCurrent reads a reference key (when withRef) and a current-
@@ -89,7 +120,7 @@ func (s *Store) refAndCurrent(ctx context.Context, refKey, curKey string, withRe
 	}
 	vals, err := s.rdb.MGet(ctx, refKey, curKey).Result()
 	if err != nil {
-		return "", "", err
+		return "", "", storeErr(err)
 	}
 	ref, _ := vals[0].(string)
 	cur, _ := vals[1].(string)
@@ -100,7 +131,9 @@ func (s *Store) refAndCurrent(ctx context.Context, refKey, curKey string, withRe
 // only if all hold, performs every write. Conditions: "rev" (a transaction
 // hash's rev equals the value, "0" = absent) and "get" (a string key equals
 // the value, "" = absent). Writes: hset, set, setpx, del, delifeq, zadd,
-// zrem, xadd (returns the new stream ids in order).
+// zrem, xadd (an outbox entry: increments the outbox's counter and returns
+// the new stream id and the counter, in order), append (a stream entry
+// that returns nothing: a webhook event).
 var commitScript = redis.NewScript(`
 local i = 2
 local n = tonumber(ARGV[1])
@@ -141,7 +174,11 @@ while i <= #ARGV do
   elseif op == "zrem" then
     redis.call("ZREM", k, ARGV[i+2]); i = i + 3
   elseif op == "xadd" then
-    table.insert(res, redis.call("XADD", k, "*", "m", ARGV[i+2])); i = i + 3
+    local seq = redis.call("INCR", KEYS[tonumber(ARGV[i+2])])
+    table.insert(res, redis.call("XADD", k, "*", "m", ARGV[i+3]))
+    table.insert(res, seq); i = i + 4
+  elseif op == "append" then
+    redis.call("XADD", k, "*", "m", ARGV[i+2]); i = i + 3
   else
     return redis.error_reply("commit: unknown op " .. op)
   end
@@ -155,7 +192,7 @@ type commit struct {
 	conds []any
 	ncond int
 	ops   []any
-	xadds []string  // outbox stream key of each xadd, in order
+	xadds []string  // outbox stream key of each xadd (not append), in order
 	bufs  []*[]byte // encode buffers of the ops, back to encodeBufs once exec returns
 }
 
@@ -222,14 +259,32 @@ func (c *commit) zrem(key, member string) { c.ops = append(c.ops, "zrem", c.key(
 func (c *commit) zadd(key string, score int64, member string) {
 	c.ops = append(c.ops, "zadd", c.key(key), score, member)
 }
-func (c *commit) xadd(key string, data []byte) {
-	c.ops = append(c.ops, "xadd", c.key(key), data)
+
+// xadd appends an outbox entry to stream key, counting it in seqKey.
+func (c *commit) xadd(key, seqKey string, data []byte) {
+	c.ops = append(c.ops, "xadd", c.key(key), c.key(seqKey), data)
 	c.xadds = append(c.xadds, key)
 }
 
-// exec runs the commit; errConflict when a condition failed. It returns the
-// ids of the xadd entries in order.
-func (c *commit) exec(ctx context.Context, s *Store) ([]string, error) {
+// appendEntry adds an entry to stream key (a webhook event), whose id
+// nobody needs.
+func (c *commit) appendEntry(key string, data []byte) {
+	c.ops = append(c.ops, "append", c.key(key), data)
+}
+
+// appended is an outbox entry a commit wrote: its stream id and its
+// number in the outbox's count.
+type appended struct {
+	id  string
+	seq int64
+}
+
+// exec runs the commit and returns the entries of its xadds in order. Its
+// errors: errConflict when a condition failed (nothing written);
+// ErrUnavailable when the commit was not sent or Redis refused it (nothing
+// written); ErrOutcomeUnknown when it was sent and no answer came (it may
+// have been written).
+func (c *commit) exec(ctx context.Context, s *Store) ([]appended, error) {
 	args := redisx.ScriptArgs(commitScript, c.keys, 1+len(c.conds)+len(c.ops))
 	args = append(args, c.ncond)
 	args = append(args, c.conds...)
@@ -237,24 +292,49 @@ func (c *commit) exec(ctx context.Context, s *Store) ([]string, error) {
 	res, err := redisx.RunScriptArgs(ctx, s.batch, s.rdb, commitScript, c.keys, args).Slice()
 	c.release() // RunScript waits for the outcome even when ctx ends (redisx.Batcher.Do)
 	if err != nil {
+		var re redis.Error
+		switch {
+		case errors.Is(err, redisx.ErrUnavailable), errors.As(err, &re): // never sent, or refused as a whole
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		case redisx.Outage(err):
+			return nil, fmt.Errorf("%w: %v", ErrOutcomeUnknown, err)
+		}
 		return nil, err
 	}
 	if ok, _ := res[0].(int64); ok != 1 {
 		return nil, errConflict
 	}
-	ids := make([]string, 0, len(res)-2)
-	for _, v := range res[2:] {
-		s, _ := v.(string)
-		ids = append(ids, s)
+	out := make([]appended, 0, (len(res)-2)/2)
+	for i := 2; i+1 < len(res); i += 2 {
+		id, _ := res[i].(string)
+		seq, _ := res[i+1].(int64)
+		out = append(out, appended{id: id, seq: seq})
 	}
-	return ids, nil
+	return out, nil
 }
 
-// saveTxn writes t (with its rev bumped) guarded by its previous rev, and
+// nextRev is the rev a commit gives a transaction saved at rev: the count
+// of its commits in the high 32 bits, and a random stamp in the low ones,
+// so that every commit's rev is its own. A commit whose answer was lost is
+// then known to have been applied if and only if the rev it wrote is there
+// (resolver.go), even when a competing commit from the same rev won.
+func nextRev(rev int64) int64 {
+	for {
+		next := (rev>>32+1)<<32 | int64(rand.Uint32())
+		if next != rev && next&0xffffffff != 0 {
+			return next
+		}
+	}
+}
+
+// Commits is the number of commits a transaction stored with rev has had.
+func Commits(rev int64) int64 { return rev >> 32 }
+
+// saveTxn writes t (with a new rev) guarded by its previous rev, and
 // brings its deadline entries in line with prev's.
 func (s *Store) saveTxn(c *commit, t *Txn, prev map[string]time.Time) error {
 	prevRev := t.Rev
-	t.Rev++
+	t.Rev = nextRev(prevRev)
 	buf := encodeBufs.Get().(*[]byte)
 	data, err := t.appendJSON((*buf)[:0])
 	if err != nil {
@@ -297,7 +377,7 @@ func (s *Store) Deadlines(ctx context.Context, merchantID string, until time.Tim
 	}
 	zs, err := s.rdb.ZRangeByScoreWithScores(ctx, s.keys.Deadlines(merchantID), &redis.ZRangeBy{Min: "-inf", Max: max}).Result()
 	if err != nil {
-		return nil, err
+		return nil, storeErr(err)
 	}
 	out := make([]DueDeadline, 0, len(zs))
 	for _, z := range zs {
@@ -318,4 +398,61 @@ func cutLast(s string, sep byte) (string, string, bool) {
 		}
 	}
 	return s, "", false
+}
+
+// resolveScript settles a commit whose answer was lost, by its first
+// transaction's rev. ARGV: the rev the commit expected, the rev it wrote,
+// a fence rev, and how long a tombstone lives (ms). It returns {code, rev
+// found}: 1, applied (the rev is the commit's); 0, not applied and now
+// never to be: the rev was still the expected one and the fence replaces
+// it, so the commit's condition can no longer hold (a transaction that did
+// not exist gets a tombstone, a hash with only a rev, which expires long
+// after any command could still be on its way); 2, the rev is someone
+// else's (a later commit, or another fence).
+var resolveScript = redis.NewScript(`
+local cur = redis.call("HGET", KEYS[1], "rev") or "0"
+if cur == ARGV[2] then return {1, cur} end
+if cur ~= ARGV[1] then return {2, cur} end
+redis.call("HSET", KEYS[1], "rev", ARGV[3])
+if cur == "0" then redis.call("PEXPIRE", KEYS[1], ARGV[4]) end
+return {0, cur}
+`)
+
+// tombstoneTTL is how long the fence of a create that never happened stays.
+const tombstoneTTL = 24 * time.Hour
+
+// outcome is what resolve found about a commit whose answer was lost.
+type outcome int
+
+const (
+	outcomeApplied    outcome = iota // the commit was applied
+	outcomeNotApplied                // it was not, and is fenced off for good
+	outcomeMoved                     // another commit (or fence) came after: the rev tells no more
+)
+
+// resolve settles a lost commit by the rev of transaction id: prev is the
+// rev it expected, next the rev it wrote, fence the rev to write if it has
+// not been applied yet. It returns the rev found when the outcome is
+// outcomeMoved.
+func (s *Store) resolve(ctx context.Context, merchantID, id string, prev, next, fence int64) (outcome, int64, error) {
+	res, err := resolveScript.Run(ctx, s.rdb, []string{s.keys.Txn(merchantID, id)},
+		prev, next, fence, tombstoneTTL.Milliseconds()).Slice()
+	if err != nil {
+		return 0, 0, storeErr(err)
+	}
+	code, _ := res[0].(int64)
+	var found int64
+	switch v := res[1].(type) {
+	case string:
+		found, _ = strconv.ParseInt(v, 10, 64)
+	case int64:
+		found = v
+	}
+	switch code {
+	case 1:
+		return outcomeApplied, found, nil
+	case 0:
+		return outcomeNotApplied, found, nil
+	}
+	return outcomeMoved, found, nil
 }

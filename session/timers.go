@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -61,6 +62,15 @@ func (ts *timers) setLocked(merchantID, txnID, kind string, at time.Time) {
 	ts.m[k] = armed{at: at, t: ts.e.clock.AfterFunc(d, func() { ts.fire(merchantID, txnID, kind, at) })}
 }
 
+// armMissing arms a timer for a deadline that has none (the sweeper).
+func (ts *timers) armMissing(merchantID, txnID, kind string, at time.Time) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if _, ok := ts.m[timerKey{merchantID, txnID, kind}]; !ok {
+		ts.setLocked(merchantID, txnID, kind, at)
+	}
+}
+
 func (ts *timers) fire(merchantID, txnID, kind string, at time.Time) {
 	ts.mu.Lock()
 	k := timerKey{merchantID, txnID, kind}
@@ -68,12 +78,21 @@ func (ts *timers) fire(merchantID, txnID, kind string, at time.Time) {
 		delete(ts.m, k)
 	}
 	ts.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), ts.e.opts.RequestTimeout)
 	defer cancel()
 	if err := ts.e.Deadline(ctx, merchantID, txnID, kind); err != nil {
-		ts.e.log.Error().Err(err).Str("transactionId", txnID).Str("deadline", kind).Msg("deadline failed; retrying")
+		// Tried again in a second: Redis did not answer, or the
+		// transaction is held (resolver.go), whose worker re-arms it when
+		// it is done.
+		ev := ts.e.log.Error()
+		if errors.Is(err, errHeld) {
+			ev = ts.e.log.Debug()
+		}
+		ev.Err(err).Str("transactionId", txnID).Str("deadline", kind).Msg("deadline not applied yet; retrying")
 		ts.mu.Lock()
-		ts.setLocked(merchantID, txnID, kind, ts.e.now().Add(time.Second))
+		if _, ok := ts.m[k]; !ok { // unless a commit armed it anew meanwhile
+			ts.setLocked(merchantID, txnID, kind, ts.e.now().Add(time.Second))
+		}
 		ts.mu.Unlock()
 	}
 }
@@ -99,6 +118,7 @@ func (e *Engine) Start(ctx context.Context, merchantIDs []string) error {
 		}
 		e.timers.mu.Unlock()
 	}
+	e.sweep.start()
 	return nil
 }
 

@@ -123,7 +123,7 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	tag := strconv.FormatInt(time.Now().Unix()%1e7, 36) + strconv.Itoa(os.Getpid()%1000)
 	child := &bench.ChildLauncher{Exe: exe, RedisURL: *redisURL, Dir: dir, Tag: tag, LogLevel: *logLevel, CPUProfile: *cpuprofile, Log: stderr}
 	if !embedded {
-		store, err := redisx.Open(ctx, *redisURL)
+		store, err := redisx.Open(ctx, *redisURL, 0)
 		if err != nil {
 			return err
 		}
@@ -198,7 +198,7 @@ func raiseFileLimit(stderr io.Writer) {
 
 // runFloorChild is the floor relay as a child process of the bench.
 func runFloorChild(ctx context.Context, addr, redisURL, prefix string) error {
-	store, err := redisx.Open(ctx, redisURL)
+	store, err := redisx.Open(ctx, redisURL, 0)
 	if err != nil {
 		return err
 	}

@@ -35,6 +35,38 @@ func newLogger(level string) zerolog.Logger {
 	return log.Level(lvl).With().Timestamp().Logger()
 }
 
+// startApp opens Redis and starts the App on it, trying again every few
+// seconds while Redis does not answer, until ctx ends.
+func startApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (*redisx.Store, *app.App, error) {
+	for attempt := 0; ; attempt++ {
+		store, err := redisx.Open(ctx, cfg.RedisURL, cfg.RequestTimeout.D())
+		if err == nil {
+			if store.Embedded {
+				log.Warn().Msg("running on the embedded in-process Redis: nothing survives a restart (set redis_url for durability)")
+			} else if attempt == 0 {
+				log.Info().Msg("using Redis from redis_url")
+			}
+			a := app.New(cfg, store.Client, nil, log)
+			if err = a.Start(ctx); err == nil {
+				return store, a, nil
+			}
+			a.Engine.Close()
+			a.Health.Close()
+			store.Close()
+		}
+		var perr *redisx.ParseError
+		if errors.As(err, &perr) || cfg.RedisURL == "" {
+			return nil, nil, err
+		}
+		log.Error().Err(err).Msg("Redis does not answer at start-up: waiting for it")
+		select {
+		case <-ctx.Done():
+			return nil, nil, err
+		case <-time.After(min(time.Duration(attempt+1)*time.Second, 5*time.Second)):
+		}
+	}
+}
+
 func runServe(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "YAML configuration file (required)")
@@ -54,21 +86,16 @@ func runServe(args []string) error {
 	defer gcfloor.Start()()
 
 	ctx := context.Background()
-	store, err := redisx.Open(ctx, cfg.RedisURL)
+	// A hub started while Redis is down (an outage, a restart of both)
+	// waits for it rather than exiting; SIGTERM or SIGINT end the wait.
+	wctx, stopWaiting := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stopWaiting()
+	store, a, err := startApp(wctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
-	if store.Embedded {
-		log.Warn().Msg("running on the embedded in-process Redis: nothing survives a restart (set redis_url for durability)")
-	} else {
-		log.Info().Msg("using Redis from redis_url")
-	}
-
-	a := app.New(cfg, store.Client, nil, log)
-	if err := a.Start(ctx); err != nil {
-		return err
-	}
+	stopWaiting()
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/internal/keys"
+	"github.com/termhub/termhub/internal/redistest"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/queue"
 	"github.com/termhub/termhub/session"
@@ -69,14 +70,16 @@ func engineRedis(t *testing.T) (redis.UniversalClient, string, func()) {
 		if err := m.Start(); err != nil {
 			t.Fatal(err)
 		}
-		p = &pipeRedis{m: m, rdb: redis.NewClient(&redis.Options{
+		opts := &redis.Options{
 			Addr: m.Addr(),
 			Dialer: func(context.Context, string, string) (net.Conn, error) {
 				client, server := net.Pipe()
 				m.Server().ServeConn(server)
 				return client, nil
 			},
-		})}
+		}
+		redistest.Configure(opts)
+		p = &pipeRedis{m: m, rdb: redis.NewClient(opts)}
 	}
 	p.m.FlushAll()
 	return p.rdb, "test:", func() {
@@ -97,7 +100,7 @@ type engTerm struct {
 
 type engPOS struct {
 	connected bool
-	lastSent  string
+	from      string // the stream id up to which the connection has every entry
 }
 
 // engineBackend is the hub's part done in process: what app.App, the hub's
@@ -188,6 +191,12 @@ func (s engSink) DeliverPOS(_, apiKeyID string, msgs []session.Message) {
 	}
 }
 
+func (s engSink) NudgePOS(_, apiKeyID string) {
+	if s.gen == s.b.gen {
+		s.b.deliver(apiKeyID, nil)
+	}
+}
+
 func (s engSink) SendTerminal(deviceID string, cmds []any) {
 	if s.gen == s.b.gen {
 		s.b.sendTerminal(deviceID, cmds)
@@ -210,17 +219,23 @@ func (b *engineBackend) sendTerminal(deviceID string, cmds []any) {
 	}
 }
 
-// deliver is hub.DeliverPOS: live messages after the replayed ones, each once.
-func (b *engineBackend) deliver(key string, msgs []queue.Entry) {
+// deliver is the hub's delivery to a POS connection: every entry of the
+// outbox after what the connection has, in stream order, each once. The
+// hub hands a commit's entries over directly when they are the next ones
+// and reads the stream otherwise; the double always reads it, which sends
+// the same frames.
+func (b *engineBackend) deliver(key string, _ []queue.Entry) {
 	p := b.poss[key]
 	if !p.connected {
 		return
 	}
-	for _, m := range msgs {
-		if p.lastSent != "" && queue.CompareIDs(m.ID, p.lastSent) <= 0 {
-			continue
-		}
-		p.lastSent = m.ID
+	entries, err := b.ob.After(context.Background(), merchant, key, p.from, 100000)
+	if err != nil {
+		b.w.violate("delivery", "%s: reading the outbox: %v", key, err)
+		return
+	}
+	for _, m := range entries {
+		p.from = m.ID
 		b.w.onPOS(key, m.Frame())
 	}
 }
@@ -245,17 +260,12 @@ func (b *engineBackend) markReconnecting(d string) time.Time {
 
 func (b *engineBackend) posConnect(key string) error {
 	p := b.poss[key]
-	p.connected, p.lastSent = true, ""
-	ctx := context.Background()
-	cursor, err := b.ob.Cursor(ctx, merchant, key)
+	cursor, err := b.ob.Cursor(context.Background(), merchant, key)
 	if err != nil {
 		return err
 	}
-	entries, err := b.ob.After(ctx, merchant, key, cursor, 100000)
-	if err != nil {
-		return err
-	}
-	b.deliver(key, entries)
+	p.connected, p.from = true, cursor
+	b.deliver(key, nil)
 	return nil
 }
 

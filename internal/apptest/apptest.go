@@ -47,7 +47,12 @@ type Option func(*options)
 type options struct {
 	wallClock bool
 	log       *zerolog.Logger
+	redisURL  string
 }
+
+// OnRedis runs the App on the real Redis at url (a private server of the
+// test's, say, that it stalls or restarts) instead of the default one.
+func OnRedis(url string) Option { return func(o *options) { o.redisURL = url } }
 
 // WallClock runs the App on the wall clock instead of a fake one; Env.Clock
 // is then nil.
@@ -72,7 +77,12 @@ func Start(t testing.TB, yamlConfig string, opts ...Option) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := redistest.New(t)
+	var r *redistest.Redis
+	if o.redisURL != "" {
+		r = redistest.Dial(t, o.redisURL)
+	} else {
+		r = redistest.New(t)
+	}
 	cfg.KeyPrefix = r.Prefix
 	e := &Env{Redis: r, Config: cfg}
 	var clk clock.Clock // nil: the App's wall clock

@@ -54,3 +54,13 @@ func (s Space) WebhookState(m string) string { return s.tag("webhook-state", m) 
 // WebhookStats counts the merchant's webhook outcomes by hour (a hash of
 // "ok:<unix hour>" and "gave_up:<unix hour>" counters and "last_ok").
 func (s Space) WebhookStats(m string) string { return s.tag("webhook-stats", m) }
+
+// OutboxSeq counts the entries ever appended to an API key's outbox: the
+// commit that appends one increments it in the same script, so a live
+// connection can tell whether a commit's messages follow the last one it
+// sent or whether something came in between (hub delivery).
+func (s Space) OutboxSeq(m, apiKey string) string { return s.tag("outbox-seq", m) + ":" + apiKey }
+
+// Marker holds a random token that every hub on this Redis reads: when it
+// is gone or different, the Redis came back without its data.
+func (s Space) Marker() string { return s.Prefix + "redis-marker" }

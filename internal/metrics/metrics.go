@@ -23,6 +23,10 @@ type Metrics struct {
 	WebhookRetries   prometheus.Counter
 	HTTPDuration     *prometheus.HistogramVec // route, code
 	WSDuration       *prometheus.HistogramVec // kind, action
+	RedisUp          prometheus.Gauge         // 1 while Redis answers the hub's probe
+	RedisOutages     prometheus.Counter       // times Redis stopped answering
+	RedisDataLosses  prometheus.Counter       // times Redis came back without its data
+	LostCommits      *prometheus.CounterVec   // outcome: applied, not_applied, overtaken
 }
 
 // New creates and registers every collector, with the Go and process
@@ -67,8 +71,22 @@ func New() *Metrics {
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 		}, []string{"kind", "action"}),
 	}
+	m.RedisUp = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "termhub_redis_up", Help: "1 while Redis answers the hub's probe, 0 while requests that need it are answered 503.",
+	})
+	m.RedisUp.Set(1)
+	m.RedisOutages = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "termhub_redis_outages_total", Help: "Times Redis stopped answering the hub's probe.",
+	})
+	m.RedisDataLosses = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "termhub_redis_data_losses_total", Help: "Times Redis came back without the data it had (restarted without persistence, or replaced).",
+	})
+	m.LostCommits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "termhub_lost_commits_total", Help: "Commits whose answer from Redis was lost, by what the hub then found: applied, not_applied or overtaken.",
+	}, []string{"outcome"})
 	r.MustRegister(m.Connections, m.Displacements, m.KeyConflicts, m.Transactions, m.AutoVoids, m.Replays,
 		m.ReplayedMessages, m.WebhookDelivered, m.WebhookRetries, m.HTTPDuration, m.WSDuration,
+		m.RedisUp, m.RedisOutages, m.RedisDataLosses, m.LostCommits,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

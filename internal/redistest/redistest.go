@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
@@ -25,37 +26,66 @@ type Redis struct {
 	Mini *miniredis.Miniredis
 }
 
+// Configure gives a test client the settings of the hub's own
+// (redisx.Configure, which this package cannot import: redisx's tests use
+// this package; TestRedistestConfiguresLikeTheHub keeps the two equal).
+func Configure(o *redis.Options) {
+	const requestTimeout = 5 * time.Second
+	o.PoolSize = max(o.PoolSize, 64)
+	o.MaxRetries = -1
+	o.DialTimeout = requestTimeout
+	o.ReadTimeout = requestTimeout
+	o.WriteTimeout = requestTimeout
+	o.PoolTimeout = requestTimeout
+	o.ContextTimeoutEnabled = true
+}
+
 // Real reports whether tests run against a real Redis.
 func Real() bool { return os.Getenv("REDIS_URL") != "" }
 
 // New returns a Redis for t, cleaned up when t ends.
 func New(t testing.TB) *Redis {
 	t.Helper()
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	r := &Redis{Prefix: "test:" + hex.EncodeToString(b) + ":"}
 	if url := os.Getenv("REDIS_URL"); url != "" {
-		opts, err := redis.ParseURL(url)
-		if err != nil {
-			t.Fatalf("REDIS_URL: %v", err)
-		}
-		r.URL = url
-		r.Client = redis.NewClient(opts)
-		if err := r.Client.Ping(context.Background()).Err(); err != nil {
-			t.Fatalf("REDIS_URL=%s does not answer: %v", url, err)
-		}
-		t.Cleanup(func() {
-			ctx := context.Background()
-			iter := r.Client.Scan(ctx, 0, r.Prefix+"*", 1000).Iterator()
-			for iter.Next(ctx) {
-				r.Client.Del(ctx, iter.Val())
-			}
-			_ = r.Client.Close()
-		})
-		return r
+		return Dial(t, url)
 	}
+	r := &Redis{Prefix: newPrefix()}
 	r.Mini = miniredis.RunT(t)
-	r.Client = redis.NewClient(&redis.Options{Addr: r.Mini.Addr()})
+	opts := &redis.Options{Addr: r.Mini.Addr()}
+	Configure(opts)
+	r.Client = redis.NewClient(opts)
 	t.Cleanup(func() { _ = r.Client.Close() })
 	return r
+}
+
+// Dial returns the real Redis at url for t, with a key prefix of its own
+// whose keys are deleted when t ends (if the server still answers then).
+func Dial(t testing.TB, url string) *Redis {
+	t.Helper()
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatalf("redis url %s: %v", url, err)
+	}
+	r := &Redis{Prefix: newPrefix(), URL: url}
+	Configure(opts)
+	r.Client = redis.NewClient(opts)
+	if err := r.Client.Ping(context.Background()).Err(); err != nil {
+		t.Fatalf("Redis %s does not answer: %v", url, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		iter := r.Client.Scan(ctx, 0, r.Prefix+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			r.Client.Del(ctx, iter.Val())
+		}
+		_ = r.Client.Close()
+	})
+	return r
+}
+
+func newPrefix() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return "test:" + hex.EncodeToString(b) + ":"
 }

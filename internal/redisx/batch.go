@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -29,6 +30,7 @@ type Batcher struct {
 
 // call is one caller's command and how it is told the outcome.
 type call struct {
+	ctx  context.Context
 	cmds []redis.Cmder // in order, all in the same pipeline
 	// lead receives the batch this caller must send (it was handed a
 	// slot), or nil once another caller has sent its command.
@@ -52,10 +54,13 @@ func NewBatcher(rdb redis.UniversalClient, slots int) *Batcher {
 }
 
 // Do runs cmd, alone or in a pipeline with other callers' commands, and
-// returns cmd.Err(). It waits for the outcome even if ctx ends first: a
-// command already sent may have been applied, and its caller must learn
-// which. The pipeline runs without the caller's cancellation (the client's
-// own timeouts bound it), because it carries other callers' commands too.
+// returns cmd.Err(). A caller whose deadline passes while it still waits
+// for its turn leaves with ErrUnavailable: its command was never sent.
+// Once sent, it waits for the outcome even if ctx ends first: a command
+// already sent may have been applied, and its caller must learn which. The
+// pipeline runs without the callers' cancellation, because it carries
+// other callers' commands too, but with the latest of their deadlines, so
+// that a stalled Redis holds none of them much past its own.
 func (b *Batcher) Do(ctx context.Context, cmd redis.Cmder) error {
 	return b.DoAll(ctx, cmd)
 }
@@ -64,21 +69,52 @@ func (b *Batcher) Do(ctx context.Context, cmd redis.Cmder) error {
 // atomically: each may fail on its own); it returns the first error among
 // them.
 func (b *Batcher) DoAll(ctx context.Context, cmds ...redis.Cmder) error {
-	c := &call{cmds: cmds}
+	if ctx.Err() != nil { // the caller's time is up before anything was sent
+		for _, cmd := range cmds {
+			cmd.SetErr(ErrUnavailable)
+		}
+		return ErrUnavailable
+	}
+	c := &call{cmds: cmds, ctx: ctx}
 	b.mu.Lock()
 	if b.active < b.slots {
 		b.active++
 		b.mu.Unlock()
-		b.send(ctx, []*call{c})
+		b.send([]*call{c})
 		return c.err()
 	}
 	c.lead = make(chan []*call, 1)
 	b.pending = append(b.pending, c)
 	b.mu.Unlock()
-	if batch := <-c.lead; batch != nil {
-		b.send(ctx, batch)
+	var batch []*call
+	select {
+	case batch = <-c.lead:
+	case <-ctx.Done():
+		if b.leave(c) {
+			for _, cmd := range cmds {
+				cmd.SetErr(ErrUnavailable)
+			}
+			return ErrUnavailable
+		}
+		batch = <-c.lead // already taken into a pipeline: wait for it
+	}
+	if batch != nil {
+		b.send(batch)
 	}
 	return c.err()
+}
+
+// leave takes c out of the queue, reporting whether it was still there.
+func (b *Batcher) leave(c *call) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, p := range b.pending {
+		if p == c {
+			b.pending = append(b.pending[:i:i], b.pending[i+1:]...)
+			return true
+		}
+	}
+	return false
 }
 
 // err is the first error among the call's commands.
@@ -92,7 +128,7 @@ func (c *call) err() error {
 }
 
 // send runs batch on the caller's slot, then passes the slot on.
-func (b *Batcher) send(ctx context.Context, batch []*call) {
+func (b *Batcher) send(batch []*call) {
 	defer func() {
 		// A panic here (a client hook, say) must not strand the callers
 		// queued behind this one: they get an error, the slot moves on, and
@@ -107,7 +143,8 @@ func (b *Batcher) send(ctx context.Context, batch []*call) {
 			panic(v)
 		}
 	}()
-	ctx = context.WithoutCancel(ctx)
+	ctx, cancel := batchContext(batch)
+	defer cancel()
 	if len(batch) == 1 && len(batch[0].cmds) == 1 {
 		_ = b.rdb.Process(ctx, batch[0].cmds[0])
 	} else {
@@ -121,6 +158,24 @@ func (b *Batcher) send(ctx context.Context, batch []*call) {
 		_, _ = pipe.Exec(ctx)
 	}
 	b.pass(batch)
+}
+
+// batchContext is the context a pipeline runs with: the first caller's
+// values, nobody's cancellation, and the latest of the callers' deadlines
+// (none if one of them has none: the client's timeouts bound it then).
+func batchContext(batch []*call) (context.Context, context.CancelFunc) {
+	ctx := context.WithoutCancel(batch[0].ctx)
+	var latest time.Time
+	for _, c := range batch {
+		d, ok := c.ctx.Deadline()
+		if !ok {
+			return ctx, func() {}
+		}
+		if d.After(latest) {
+			latest = d
+		}
+	}
+	return context.WithDeadline(ctx, latest)
 }
 
 // pass tells every other caller in batch that its command is done and

@@ -2,6 +2,7 @@ package redisx
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"runtime"
@@ -169,16 +170,62 @@ func TestBatcherManyCallers(t *testing.T) {
 	}
 }
 
-// TestBatcherIgnoresCancelledCaller shows that a caller whose context is
-// already cancelled still learns its command's outcome.
-func TestBatcherIgnoresCancelledCaller(t *testing.T) {
+// TestBatcherSendsNothingForACallerWhoseTimeIsUp shows that a caller whose
+// context ended before its command could be sent — at once, or while it
+// waited for its turn — gets ErrUnavailable, and the command never reaches
+// Redis: its outcome is known.
+func TestBatcherSendsNothingForACallerWhoseTimeIsUp(t *testing.T) {
 	r := redistest.New(t)
+	release := make(chan struct{})
+	hook := &pipeHook{hold: release, held: make(chan struct{})}
+	r.Client.AddHook(hook)
 	b := NewBatcher(r.Client, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
+	if err := b.Do(ctx, redis.NewStatusCmd(ctx, "set", r.Prefix+"early", "1")); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Do with an ended context: %v, want ErrUnavailable", err)
+	}
+	// One caller holds the only slot; another queues behind it and its
+	// deadline passes while it waits.
+	busy := make(chan error, 1)
+	go func() {
+		busy <- b.Do(context.Background(), redis.NewStatusCmd(context.Background(), "set", r.Prefix+"first", "1"))
+	}()
+	<-hook.held
+	wctx, wcancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer wcancel()
+	if err := b.Do(wctx, redis.NewStatusCmd(wctx, "set", r.Prefix+"queued", "1")); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Do whose deadline passed in the queue: %v, want ErrUnavailable", err)
+	}
+	close(release)
+	if err := <-busy; err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"early", "queued"} {
+		if n, err := r.Client.Exists(context.Background(), r.Prefix+k).Result(); err != nil || n != 0 {
+			t.Errorf("%s: exists %d, %v: a command not sent must not be applied", k, n, err)
+		}
+	}
+}
+
+// TestBatcherWaitsForACommandSent shows that a caller whose context is
+// cancelled once its command is on its way still learns the outcome: it
+// may have been applied.
+func TestBatcherWaitsForACommandSent(t *testing.T) {
+	r := redistest.New(t)
+	release := make(chan struct{})
+	hook := &pipeHook{hold: release, held: make(chan struct{})}
+	r.Client.AddHook(hook)
+	b := NewBatcher(r.Client, 1)
+	ctx, cancel := context.WithCancel(context.Background())
 	cmd := redis.NewStatusCmd(ctx, "set", r.Prefix+"x", "1")
-	if err := b.Do(ctx, cmd); err != nil || cmd.Val() != "OK" {
-		t.Fatalf("Do with a cancelled context: %q, %v; want OK", cmd.Val(), err)
+	done := make(chan error, 1)
+	go func() { done <- b.Do(ctx, cmd) }()
+	<-hook.held
+	cancel()
+	close(release)
+	if err := <-done; err != nil || cmd.Val() != "OK" {
+		t.Fatalf("Do cancelled while in flight: %q, %v; want OK", cmd.Val(), err)
 	}
 }
 

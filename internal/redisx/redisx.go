@@ -1,7 +1,8 @@
 // Package redisx opens the Redis termhub keeps its state in: a real server
 // from a redis:// URL, or, when the URL is empty, an embedded in-process
 // miniredis so that `termhub serve` runs on a machine with nothing installed.
-// Its Batcher sends the commands of concurrent callers in shared pipelines.
+// Its Batcher sends the commands of concurrent callers in shared pipelines,
+// and its Health watches whether Redis answers (health.go).
 package redisx
 
 import (
@@ -22,9 +23,41 @@ type Store struct {
 	Mini *miniredis.Miniredis
 }
 
+// DefaultRequestTimeout bounds one command when the caller gives none
+// (CONTRACT §7.1's request_timeout default).
+const DefaultRequestTimeout = 5 * time.Second
+
+// Configure applies termhub's client settings to o. Every client of the
+// hub's Redis is made with them, the tests' included, so that what is
+// tested is what runs.
+//
+//   - No automatic retries: a commit or an ack whose reply was lost may
+//     have been applied, and sending it again (go-redis would re-send a
+//     whole pipeline of commits) would turn a success into a conflict. A
+//     failed command is an error to the caller, which finds out what
+//     happened (session's commit resolver) or answers 503 to a client that
+//     can retry safely by reference or Idempotency-Key; background loops
+//     (timers, webhooks, trims) try again on their own schedule.
+//   - A command waits at most as long as its caller's context allows
+//     (ContextTimeoutEnabled), and never longer than requestTimeout when
+//     the caller set no deadline: a stalled Redis must not hold a request,
+//     or a reader, past the answer time the contract promises.
+func Configure(o *redis.Options, requestTimeout time.Duration) {
+	if requestTimeout <= 0 {
+		requestTimeout = DefaultRequestTimeout
+	}
+	o.PoolSize = max(o.PoolSize, 64)
+	o.MaxRetries = -1
+	o.DialTimeout = requestTimeout
+	o.ReadTimeout = requestTimeout
+	o.WriteTimeout = requestTimeout
+	o.PoolTimeout = requestTimeout
+	o.ContextTimeoutEnabled = true
+}
+
 // Open connects to url, or starts an embedded Redis when url is empty, and
 // checks that it answers.
-func Open(ctx context.Context, url string) (*Store, error) {
+func Open(ctx context.Context, url string, requestTimeout time.Duration) (*Store, error) {
 	s := &Store{}
 	var opts *redis.Options
 	if url == "" {
@@ -37,18 +70,10 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	} else {
 		var err error
 		if opts, err = redis.ParseURL(url); err != nil {
-			return nil, fmt.Errorf("redis_url: %w", err)
+			return nil, &ParseError{Err: err}
 		}
 	}
-	opts.PoolSize = max(opts.PoolSize, 64)
-	// No automatic retries: a commit or an ack whose reply was lost may have
-	// been applied, and sending it again (go-redis would re-send a whole
-	// pipeline of commits) would turn a success into a conflict. A failed
-	// command is an error to the caller, which answers 503 to a client that
-	// can retry safely by reference or Idempotency-Key; background loops
-	// (timers, webhooks, trims) try again on their own schedule.
-	opts.MaxRetries = -1
-	opts.DialTimeout = 5 * time.Second
+	Configure(opts, requestTimeout)
 	s.Client = redis.NewClient(opts)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -58,6 +83,15 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	}
 	return s, nil
 }
+
+// ParseError is a redis_url that cannot be used: trying again will not
+// help.
+type ParseError struct{ Err error }
+
+func (e *ParseError) Error() string { return "redis_url: " + e.Err.Error() }
+
+// Unwrap returns the parser's error.
+func (e *ParseError) Unwrap() error { return e.Err }
 
 // Close closes the client and stops an embedded server.
 func (s *Store) Close() {
