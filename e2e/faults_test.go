@@ -2,14 +2,18 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/internal/apptest"
+	"github.com/termhub/termhub/internal/faultproxy"
 	"github.com/termhub/termhub/internal/redisproc"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/queue"
@@ -118,11 +122,11 @@ func (e *faultEnv) dialTerminal(id string) *peer {
 	return newPeer(e.t, c)
 }
 
-// next returns the first message of the action that match accepts (nil:
-// any), within d; the others stay for later calls.
+// next returns the first message of the action ("": any) that match
+// accepts (nil: any), within d; the others stay for later calls.
 func (p *peer) next(action string, d time.Duration, match func(client.Message) bool) client.Message {
 	p.t.Helper()
-	ok := func(m client.Message) bool { return m.Action == action && (match == nil || match(m)) }
+	ok := func(m client.Message) bool { return (action == "" || m.Action == action) && (match == nil || match(m)) }
 	for i, m := range p.kept {
 		if ok(m) {
 			p.kept = append(p.kept[:i:i], p.kept[i+1:]...)
@@ -194,9 +198,10 @@ func (e *faultEnv) inProgress(pos, term *peer, device, ref string, extra map[str
 		body[k] = v
 	}
 	pos.send(protocol.ActionPayment, ref, body)
+	m := pos.next("", 5*time.Second, func(m client.Message) bool { return m.Action == "paymentResponse" || m.Err() != nil })
 	var res protocol.Response
-	if err := pos.next("paymentResponse", 5*time.Second, nil).Decode(&res); err != nil || res.Transaction == nil {
-		e.t.Fatalf("paymentResponse: %v %+v", err, res)
+	if err := m.Decode(&res); err != nil || res.Transaction == nil {
+		e.t.Fatalf("paymentResponse: %v %s", err, m.Raw)
 	}
 	id := res.Transaction.ID
 	term.next(protocol.ActionStartPayment, 5*time.Second, forTxn(id))
@@ -438,4 +443,131 @@ func TestAStallKeepsConnectionsUpAndEndpointsAnswering(t *testing.T) {
 		default:
 		}
 	}
+}
+
+// newProxyEnv starts a private Redis behind an in-process toxiproxy and a
+// hub that reaches it through the proxy.
+func newProxyEnv(t *testing.T) (*faultEnv, *faultproxy.Proxy) {
+	t.Helper()
+	srv := redisproc.Start(t, redisproc.Options{})
+	proxy := faultproxy.Start(t, srv.Addr)
+	h := apptest.Start(t, faultConfig, apptest.WallClock(), apptest.OnRedis(proxy.URL()))
+	return &faultEnv{env: &env{t: t, App: h.App, Srv: h.Srv, Redis: h.Redis, opts: client.Options{BaseURL: h.Srv.URL}}, redis: srv}, proxy
+}
+
+// TestLostRepliesAreResolved: Redis executes what it is sent but its
+// replies never come back. A sale is answered 503 within request_timeout;
+// once replies flow again the hub finds the sale was created, sends its
+// terminal the startPayment, and a retry of the reference answers it.
+func TestLostRepliesAreResolved(t *testing.T) {
+	e, proxy := newProxyEnv(t)
+	pos, term := e.dialPOS("pk1"), e.dialTerminal("T1")
+	// A first sale, completed: the hub then knows T1 is free and sends the
+	// next sale's commit without reading first, so that it is the commit
+	// whose reply is lost.
+	first := e.inProgress(pos, term, "T1", "before", nil)
+	term.send(protocol.ActionPaymentResult, "pr-"+first, approval(first))
+	pos.next(protocol.ActionPaymentComplete, 5*time.Second, withStatus(first, protocol.StatusCompleted))
+	h := client.NewHTTP(e.opts, "pk1", "sk1")
+	proxy.DropReplies()
+	start := time.Now()
+	resp, err := h.Do(ctx(t), http.MethodPost, "/v1/payments", sale("T1", 900, "lost-reply"), nil)
+	if err != nil || resp.Status != http.StatusServiceUnavailable || time.Since(start) > requestTimeout+answerSlack {
+		t.Fatalf("sale while replies are lost: %v %+v after %s, want 503 within request_timeout", err, resp, time.Since(start))
+	}
+	proxy.Clear()
+	sp := term.next(protocol.ActionStartPayment, 10*time.Second, nil)
+	var cmd protocol.StartPayment
+	if err := sp.Decode(&cmd); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() bool { return e.App.Health.Up() })
+	resp, err = h.Do(ctx(t), http.MethodPost, "/v1/payments", sale("T1", 900, "lost-reply"), nil)
+	var body struct {
+		Transaction protocol.Transaction
+		Created     bool
+	}
+	if err != nil || resp.Status != http.StatusOK || resp.Decode(&body) != nil || body.Created || body.Transaction.ID != cmd.TransactionID {
+		t.Fatalf("retrying the reference: %v %+v %+v, want 200 created:false for %s", err, resp, body, cmd.TransactionID)
+	}
+}
+
+// TestSlowRedisIsServedWithinTheTimeout: with 50 ms each way between the
+// hub and Redis (new connections need several round trips), a whole
+// payment still goes through, every answer in time.
+func TestSlowRedisIsServedWithinTheTimeout(t *testing.T) {
+	e, proxy := newProxyEnv(t)
+	pos, term := e.dialPOS("pk1"), e.dialTerminal("T1")
+	proxy.Latency(50*time.Millisecond, 50*time.Millisecond)
+	start := time.Now()
+	id := e.inProgress(pos, term, "T1", "slow", nil)
+	term.send(protocol.ActionPaymentResult, "pr-"+id, approval(id))
+	pos.next(protocol.ActionPaymentComplete, 10*time.Second, withStatus(id, protocol.StatusCompleted))
+	term.next(protocol.ActionResultAck, 5*time.Second, forTxn(id))
+	t.Logf("a payment with 100 ms to Redis and back took %s", time.Since(start))
+	if !e.App.Health.Up() {
+		t.Fatal("a slow Redis that answers within the probe's timeout was taken for down")
+	}
+}
+
+// TestConnectionResetsLoseNothing: the connections to Redis are reset as
+// soon as they carry anything. The terminal's approval is answered
+// unavailable, and once Redis is reachable again the hub applies it: the
+// POS gets paymentComplete and the terminal resultAck.
+func TestConnectionResetsLoseNothing(t *testing.T) {
+	e, proxy := newProxyEnv(t)
+	pos, term := e.dialPOS("pk1"), e.dialTerminal("T1")
+	id := e.inProgress(pos, term, "T1", "resets", nil)
+	proxy.ResetAfter(0)
+	term.send(protocol.ActionPaymentResult, "pr-"+id, approval(id))
+	term.next(protocol.ActionError, requestTimeout+answerSlack, errorCode(protocol.CodeUnavailable))
+	proxy.Clear()
+	pos.next(protocol.ActionPaymentComplete, 10*time.Second, withStatus(id, protocol.StatusCompleted))
+	term.next(protocol.ActionResultAck, 5*time.Second, forTxn(id))
+}
+
+// TestARedisThatComesBackEmptyIsReported: Redis restarted without
+// persistence answers again without the hub's data; the hub says so in
+// /readyz and /metrics, and serves new payments.
+func TestARedisThatComesBackEmptyIsReported(t *testing.T) {
+	srv := redisproc.Start(t, redisproc.Options{}) // no AOF: a restart keeps nothing
+	h := apptest.Start(t, faultConfig, apptest.WallClock(), apptest.OnRedis(srv.URL()))
+	e := &faultEnv{env: &env{t: t, App: h.App, Srv: h.Srv, Redis: h.Redis, opts: client.Options{BaseURL: h.Srv.URL}}, redis: srv}
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	var ready struct {
+		Status string
+		Redis  struct {
+			Up         bool
+			DataLostAt *time.Time
+		}
+	}
+	eventually(t, func() bool {
+		resp, err := http.Get(e.Srv.URL + "/readyz")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		return json.NewDecoder(resp.Body).Decode(&ready) == nil && ready.Redis.DataLostAt != nil
+	})
+	if ready.Status != "ready" || !ready.Redis.Up {
+		t.Fatalf("/readyz after the loss: %+v, want ready (the hub works on) with redis.dataLostAt", ready)
+	}
+	req, _ := http.NewRequest(http.MethodGet, e.Srv.URL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer change-me")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(body), "termhub_redis_data_losses_total 1") {
+		t.Fatalf("/metrics lacks termhub_redis_data_losses_total 1")
+	}
+	pos, term := e.dialPOS("pk1"), e.dialTerminal("T1")
+	e.inProgress(pos, term, "T1", "after-loss", nil)
 }

@@ -110,10 +110,6 @@ func (h *Hub) queueAck(c *conn, requestID json.RawMessage, id string) {
 	}
 }
 
-// ackTimeout bounds one ack's Redis work, so that a hung Redis holds the
-// waiters of an API key (waitAcks) for a bounded time; a timed-out ack is
-// answered like any failed one ("ack failed; send it again").
-const ackTimeout = 10 * time.Second
 
 // applyAcks applies l's acks in order until none has come for ackLinger
 // (or, once done is closed, until none is left). An ack's error reply goes
@@ -141,7 +137,11 @@ func (h *Hub) applyAcks(k string, l *ackLine, done <-chan struct{}) {
 		h.acks.mu.Unlock()
 		// Not the connection's context: an ack that arrived is applied even
 		// if its connection has closed since.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.c.ctx), ackTimeout)
+		// One ack's Redis work has request_timeout, so that a stalled Redis
+		// holds the waiters of an API key (waitAcks) for a bounded time; a
+		// timed-out ack is answered like any failed one ("ack not stored; send
+		// it again").
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.c.ctx), h.opts.RequestTimeout)
 		h.ack(ctx, r.c, r.requestID, r.id)
 		cancel()
 		h.acks.mu.Lock()

@@ -304,8 +304,8 @@ func (h *Hub) ack(ctx context.Context, c *conn, requestID json.RawMessage, id st
 			c.sendNowJSON(protocol.NewErrorReply(requestID, protocol.Invalid("messageId", "unknown messageId")))
 			return
 		}
-		c.log.Error().Err(err).Msg("ack failed")
-		c.sendNowJSON(protocol.NewErrorReply(requestID, protocol.Errorf(protocol.CodeInternal, "", "ack failed; send it again")))
+		pe := h.clientError(err, c.log)
+		c.sendNowJSON(protocol.NewErrorReply(requestID, protocol.Errorf(pe.Code, "", "ack not stored; send it again")))
 	}
 }
 

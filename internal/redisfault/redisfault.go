@@ -1,0 +1,166 @@
+// Package redisfault injects Redis faults into a go-redis client, for tests
+// that must be fast and deterministic (the model test runs thousands of
+// sequences): a stall whose commands are executed later, or never (a Redis
+// killed before reading them), and replies lost after the command was
+// executed. It does what a stalled, restarting or cut-off Redis does to the
+// client, in process; the same faults on a real server are tested with
+// internal/redisproc and internal/faultproxy.
+//
+// Install it with Client.AddHook after anything that must see the faults
+// (the hub's redisx.Health gate is installed by app.New: add Faults after
+// it, so that the gate's fail-fast is in front, as it is in front of the
+// network).
+package redisfault
+
+import (
+	"context"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Error is what a caller gets for a command whose answer never came: a
+// timeout, as from a socket read deadline. redisx.Outage reports it as an
+// outage, and the outcome of what was sent is unknown.
+type Error struct{ msg string }
+
+func (e *Error) Error() string { return e.msg }
+
+// Timeout reports true: the command timed out (net.Error).
+func (e *Error) Timeout() bool { return true }
+
+// Temporary reports true (net.Error).
+func (e *Error) Temporary() bool { return true }
+
+var (
+	errStalled   = &Error{"redisfault: i/o timeout (Redis is stalled)"}
+	errReplyLost = &Error{"redisfault: i/o timeout (the reply was lost)"}
+)
+
+// Faults is a go-redis hook. The zero value lets everything through.
+type Faults struct {
+	mu      sync.Mutex
+	stalled bool     // guarded by mu
+	parked  []parked // commands sent during the stall, in order; guarded by mu
+	lose    int      // replies still to lose; guarded by mu
+}
+
+// parked is a command that reached a stalled Redis: a copy of it, run later
+// by Resume on the path the original took.
+type parked struct {
+	cmds []redis.Cmder
+	run  func(context.Context, []redis.Cmder) error
+}
+
+// Stall makes Redis stop answering: from now on every command is kept
+// (as a stalled Redis keeps what clients send in its socket buffers) and
+// its caller gets a timeout at once, as if its deadline had passed.
+func (f *Faults) Stall() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stalled = true
+}
+
+// Resume ends a stall. The first keep commands sent during it are executed
+// now, in the order they were sent (keep < 0: all of them, as a stalled
+// Redis does when it wakes); the others never are (a Redis killed before it
+// read them). Commands sent while they run wait behind them, as they would
+// in Redis. It reports how many were sent during the stall.
+func (f *Faults) Resume(keep int) int {
+	f.mu.Lock()
+	p := f.parked
+	f.parked = nil
+	f.mu.Unlock()
+	if keep < 0 || keep > len(p) {
+		keep = len(p)
+	}
+	sent := len(p)
+	for p = p[:keep]; ; {
+		for _, c := range p {
+			_ = c.run(context.Background(), c.cmds)
+		}
+		f.mu.Lock()
+		p = f.parked
+		f.parked = nil
+		if len(p) == 0 {
+			f.stalled = false
+			f.mu.Unlock()
+			return sent
+		}
+		f.mu.Unlock()
+	}
+}
+
+// Stalled reports whether Redis is stalled.
+func (f *Faults) Stalled() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.stalled
+}
+
+// LoseReplies makes the next n commands (or pipelines) be executed and
+// their callers get a timeout instead of the reply.
+func (f *Faults) LoseReplies(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lose = n
+}
+
+// DialHook lets dials through.
+func (f *Faults) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+// ProcessHook applies the faults to a single command.
+func (f *Faults) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		return f.process(ctx, []redis.Cmder{cmd}, func(ctx context.Context, cmds []redis.Cmder) error {
+			return next(ctx, cmds[0])
+		})
+	}
+}
+
+// ProcessPipelineHook applies the faults to a pipeline as a whole.
+func (f *Faults) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { return f.process(ctx, cmds, next) }
+}
+
+func (f *Faults) process(ctx context.Context, cmds []redis.Cmder, next func(context.Context, []redis.Cmder) error) error {
+	f.mu.Lock()
+	switch {
+	case f.stalled:
+		copies := make([]redis.Cmder, len(cmds))
+		for i, c := range cmds {
+			copies[i] = redis.NewCmd(context.Background(), copyArgs(c.Args())...)
+		}
+		f.parked = append(f.parked, parked{cmds: copies, run: next})
+		f.mu.Unlock()
+		return fail(cmds, errStalled)
+	case f.lose > 0:
+		f.lose--
+		f.mu.Unlock()
+		_ = next(ctx, cmds)
+		return fail(cmds, errReplyLost)
+	}
+	f.mu.Unlock()
+	return next(ctx, cmds)
+}
+
+// copyArgs copies a command's arguments as they would stand on the wire:
+// its caller may reuse a byte slice it passed once the command has
+// returned (the session's encode buffers are pooled).
+func copyArgs(args []any) []any {
+	out := make([]any, len(args))
+	for i, a := range args {
+		if b, ok := a.([]byte); ok {
+			a = append([]byte(nil), b...)
+		}
+		out[i] = a
+	}
+	return out
+}
+
+func fail(cmds []redis.Cmder, err error) error {
+	for _, c := range cmds {
+		c.SetErr(err)
+	}
+	return err
+}
