@@ -256,6 +256,21 @@ func (h *Hub) Observe(f func(merchantID string, update any)) {
 	h.observers = append(h.observers, f)
 }
 
+// Resumed reports whether the device's live connection has been resumed:
+// its transactions told it is back and its open commands queued (false
+// while that waits for Redis, and for a device that is not connected).
+func (h *Hub) Resumed(deviceID string) bool {
+	h.mu.Lock()
+	c := h.terminals[deviceID]
+	h.mu.Unlock()
+	if c == nil {
+		return false
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return !c.resuming
+}
+
 // TerminalStatus returns a device's status: online, reconnecting or offline.
 func (h *Hub) TerminalStatus(deviceID string) string {
 	h.mu.Lock()

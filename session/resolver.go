@@ -35,8 +35,15 @@ var errHeld = fmt.Errorf("%w: a change of this transaction is being recovered", 
 
 // maxHeldEvents bounds the events kept for one transaction: a terminal
 // that repeats itself during a long outage must not grow the queue without
-// end (repeats are dropped anyway, see queue).
-const maxHeldEvents = 64
+// end (repeats are dropped anyway, see queue). maxHeld bounds the
+// transactions whose events are kept: during an outage a terminal may name
+// any id, and whether it exists cannot be told until Redis answers. Past
+// it, events are only refused (unavailable), and the terminal sends them
+// again.
+const (
+	maxHeldEvents = 64
+	maxHeld       = 10_000
+)
 
 // backlog is what the engine owes held transactions.
 type backlog struct {
@@ -66,6 +73,10 @@ type lostCommit struct {
 	c          *commit
 	p          *pending
 	retry      *retryRun // terminal events it applied: applied again if it was not
+	// fence is the rev a resolution writes if the commit was not applied:
+	// the same on every attempt, so that an attempt whose own reply was
+	// lost is recognised by the next.
+	fence int64
 
 	mu   sync.Mutex // one resolution at a time
 	done bool       // guarded by mu
@@ -136,7 +147,10 @@ func (b *backlog) heldLocked(merchantID, id string) *held {
 
 // hold records a lost commit and holds every transaction it touched.
 func (e *Engine) hold(merchantID string, c *commit, p *pending, retry *retryRun) {
-	u := &lostCommit{merchantID: merchantID, c: c, p: p, retry: retry}
+	u := &lostCommit{merchantID: merchantID, c: c, p: p, retry: retry, fence: nextRev(p.revs[0].prev)}
+	for u.fence == p.revs[0].next {
+		u.fence = nextRev(p.revs[0].prev)
+	}
 	e.forget(merchantID, p)
 	e.log.Warn().Str("merchantId", merchantID).Str("transactionId", p.arm[0].ID).
 		Msg("commit sent but not answered: holding its transactions until Redis tells whether it was applied")
@@ -155,6 +169,9 @@ func (e *Engine) hold(merchantID string, c *commit, p *pending, retry *retryRun)
 func (b *backlog) queue(merchantID, device, id string, evs []Event, first bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.txns[cacheKey{merchantID, id}] == nil && len(b.txns) >= maxHeld {
+		return
+	}
 	h := b.heldLocked(merchantID, id)
 	h.device = device
 	if first {
@@ -254,16 +271,14 @@ func (e *Engine) settle(ctx context.Context, u *lostCommit) bool {
 		ctx, cancel := context.WithTimeout(ctx, e.opts.RequestTimeout)
 		defer cancel()
 		first, rev := u.p.arm[0], u.p.revs[0]
-		fence := nextRev(rev.prev)
-		for fence == rev.next {
-			fence = nextRev(rev.prev)
-		}
-		found, foundRev, err := e.store.resolve(ctx, u.merchantID, first.ID, rev.prev, rev.next, fence)
+		found, foundRev, err := e.store.resolve(ctx, u.merchantID, first.ID, rev.prev, rev.next, u.fence)
 		if err != nil {
 			return false
 		}
-		if found == outcomeMoved && e.work.fenced(u.merchantID, first.ID, foundRev) {
-			found = outcomeNotApplied // a sibling's fence: nothing built on prev can apply any more
+		if found == outcomeMoved && (foundRev == u.fence || e.work.fenced(u.merchantID, first.ID, foundRev)) {
+			// Its own fence (an earlier attempt whose reply was lost) or a
+			// sibling's: nothing built on prev can apply any more.
+			found = outcomeNotApplied
 		}
 		if m := e.opts.Metrics; m != nil {
 			m.LostCommits.WithLabelValues([...]string{"applied", "not_applied", "overtaken"}[found]).Inc()
@@ -279,7 +294,7 @@ func (e *Engine) settle(ctx context.Context, u *lostCommit) bool {
 			e.log.Info().Str("transactionId", first.ID).Msg("lost commit was not applied, and never will be")
 			e.work.mu.Lock()
 			if h := e.work.txns[cacheKey{u.merchantID, first.ID}]; h != nil {
-				h.fences = append(h.fences, fence)
+				h.fences = append(h.fences, u.fence)
 			}
 			e.work.mu.Unlock()
 			if r := u.retry; r != nil {

@@ -229,3 +229,25 @@ func TestSweepArmsADeadlineNoTimerWatches(t *testing.T) {
 		t.Fatalf("status %s after the sweep, want TIMED_OUT", s)
 	}
 }
+
+// A resolution that fenced a lost commit off, and whose own reply was lost
+// too, is recognised by the next attempt (the fence is the same on every
+// attempt): the result is applied again, not given up as overtaken.
+func TestResolutionWhoseReplyWasLostIsRecognised(t *testing.T) {
+	e, sink, r, f, _ := faultEngine(t)
+	id := dispatched(t, e, sink, "fence-lost")
+	f.Stall()
+	if err := e.TerminalEvent(context.Background(), "m1", "T1", approved(id)); !errors.Is(err, ErrOutcomeUnknown) {
+		t.Fatalf("result into a stalled Redis: %v, want ErrOutcomeUnknown", err)
+	}
+	f.LoseScriptReplies(1) // the first script after the stall: the resolution's
+	f.Resume(0)
+	waitIdle(t, e)
+	want := []string{"terminal resultAck", "pos paymentComplete COMPLETED v3"}
+	if got := sink.take(); !slices.Equal(got, want) {
+		t.Fatalf("delivered %q, want %q", got, want)
+	}
+	if got := rev(t, r, id); got != "4" {
+		t.Fatalf("%s commits, want 4: create, commandReceived, the fence, the result", got)
+	}
+}

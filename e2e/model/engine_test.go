@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"testing"
@@ -17,7 +18,9 @@ import (
 
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/internal/keys"
+	"github.com/termhub/termhub/internal/redisfault"
 	"github.com/termhub/termhub/internal/redistest"
+	"github.com/termhub/termhub/internal/redisx"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/queue"
 	"github.com/termhub/termhub/session"
@@ -35,19 +38,35 @@ func TestModelEngine(t *testing.T) {
 }
 
 func runEngineSequence(t *testing.T, seed uint64, steps int) outcome {
-	rdb, prefix, done := engineRedis(t)
+	p, prefix, done := engineRedis(t)
 	defer done()
-	be := newEngineBackend(t, rdb, prefix)
+	be := newEngineBackend(t, p, prefix)
 	defer be.close()
 	return runSequence(seed, steps, be, 1+int(seed%2), false)
 }
 
 // pipeRedis is a miniredis reached over net.Pipe, without TCP: the engine
 // variant spends most of its time talking to Redis. One is reused by
-// sequence after sequence (flushed in between).
+// sequence after sequence (flushed in between). rdb is the test's own view
+// of it; the hub double gets a client of its own per sequence (client),
+// which the sequence's Redis faults apply to.
 type pipeRedis struct {
 	m   *miniredis.Miniredis
 	rdb *redis.Client
+}
+
+// client returns a new client of p's server.
+func (p *pipeRedis) client() *redis.Client {
+	opts := &redis.Options{
+		Addr: p.m.Addr(),
+		Dialer: func(context.Context, string, string) (net.Conn, error) {
+			client, server := net.Pipe()
+			p.m.Server().ServeConn(server)
+			return client, nil
+		},
+	}
+	redistest.Configure(opts)
+	return redis.NewClient(opts)
 }
 
 var pipePool struct {
@@ -58,7 +77,7 @@ var pipePool struct {
 // engineRedis gives a sequence a pooled in-process miniredis, also when
 // REDIS_URL is set: the engine variant is about volume; real Redis is what
 // the socket variant (redistest) runs on.
-func engineRedis(t *testing.T) (redis.UniversalClient, string, func()) {
+func engineRedis(t *testing.T) (*pipeRedis, string, func()) {
 	pipePool.mu.Lock()
 	var p *pipeRedis
 	if n := len(pipePool.free); n > 0 {
@@ -70,19 +89,11 @@ func engineRedis(t *testing.T) (redis.UniversalClient, string, func()) {
 		if err := m.Start(); err != nil {
 			t.Fatal(err)
 		}
-		opts := &redis.Options{
-			Addr: m.Addr(),
-			Dialer: func(context.Context, string, string) (net.Conn, error) {
-				client, server := net.Pipe()
-				m.Server().ServeConn(server)
-				return client, nil
-			},
-		}
-		redistest.Configure(opts)
-		p = &pipeRedis{m: m, rdb: redis.NewClient(opts)}
+		p = &pipeRedis{m: m}
+		p.rdb = p.client()
 	}
 	p.m.FlushAll()
-	return p.rdb, "test:", func() {
+	return p, "test:", func() {
 		pipePool.mu.Lock()
 		pipePool.free = append(pipePool.free, p)
 		pipePool.mu.Unlock()
@@ -105,21 +116,40 @@ type engPOS struct {
 
 // engineBackend is the hub's part done in process: what app.App, the hub's
 // registry and its delivery do, over the real engine, store and outbox.
+// The engine works through the hub's own client (hubRdb), which Redis
+// faults apply to, behind a redisx.Health gate as in the hub; the test
+// reads Redis through its own (st, ob).
 type engineBackend struct {
-	w     *world
-	st    *session.Store
-	ob    *queue.Outbox
-	clk   *clock.Fake
-	eng   *session.Engine
-	gen   int
-	terms map[string]*engTerm
-	poss  map[string]*engPOS
-	n     int
+	w       *world
+	hubRdb  *redis.Client
+	faults  *redisfault.Faults
+	health  *redisx.Health
+	ks      keys.Space
+	st      *session.Store // the test's view
+	ob      *queue.Outbox  // the test's view
+	hubOb   *queue.Outbox  // the hub's acks
+	clk     *clock.Fake
+	eng     *session.Engine
+	mu      sync.Mutex  // guards gen and effects, which the engine's workers touch
+	gen     int         // guarded by mu
+	effects []engEffect // guarded by mu: what the engine asked for, not yet carried out (flush)
+	terms   map[string]*engTerm
+	poss    map[string]*engPOS
+	n       int
+	// Connection changes Redis did not take, tried again once it answers
+	// (as the hub does): a resume by device (its connection id), a drop by
+	// device (its grace deadline).
+	resumes map[string]string
+	drops   map[string]time.Time
 }
 
-func newEngineBackend(t *testing.T, rdb redis.UniversalClient, prefix string) *engineBackend {
+func newEngineBackend(t *testing.T, p *pipeRedis, prefix string) *engineBackend {
 	ks := keys.Space{Prefix: prefix}
-	b := &engineBackend{st: session.NewStore(rdb, ks), ob: queue.NewOutbox(rdb, ks), poss: map[string]*engPOS{}}
+	b := &engineBackend{ks: ks, st: session.NewStore(p.rdb, ks), ob: queue.NewOutbox(p.rdb, ks), poss: map[string]*engPOS{},
+		hubRdb: p.client(), faults: &redisfault.Faults{Exec: p.rdb}, resumes: map[string]string{}, drops: map[string]time.Time{}}
+	b.health = redisx.NewHealth(redisx.HealthOptions{Client: b.hubRdb, MarkerKey: ks.Marker(), Logger: zerolog.Nop()})
+	b.hubRdb.AddHook(b.faults) // behind the gate, as the network is
+	b.hubOb = queue.NewOutbox(b.hubRdb, ks)
 	for _, k := range []string{"pk1", "pk1b"} {
 		b.poss[k] = &engPOS{}
 	}
@@ -132,18 +162,131 @@ func newEngineBackend(t *testing.T, rdb redis.UniversalClient, prefix string) *e
 func (b *engineBackend) bind(w *world)         { b.w = w }
 func (b *engineBackend) store() *session.Store { return b.st }
 func (b *engineBackend) outbox() *queue.Outbox { return b.ob }
-func (b *engineBackend) close()                {}
-func (b *engineBackend) settle() error         { return nil }
+
+func (b *engineBackend) close() {
+	b.eng.Close()
+	b.health.Close()
+	_ = b.hubRdb.Close()
+}
+
+// settle is what the hub does once Redis answers again: the probe finds it
+// up, the connection changes it did not take are tried again, the engine's
+// held work is done, and every POS connection has what its outbox holds.
+func (b *engineBackend) settle() error {
+	defer b.flush()
+	if b.w.stalled {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := probeUntilUp(ctx, b.health); err != nil {
+		return err
+	}
+	// The engine's held work first: a change of a held transaction is
+	// refused (the hub's retries simply come again).
+	for attempt := 0; ; attempt++ {
+		if !b.eng.WaitIdle(ctx) {
+			return errors.New("the engine still holds transactions")
+		}
+		err := b.retryConnections(ctx)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, session.ErrUnavailable) || attempt == 100 {
+			return err
+		}
+	}
+	if !b.eng.WaitIdle(ctx) {
+		return errors.New("the engine still holds transactions")
+	}
+	b.flush()
+	for k := range b.poss {
+		b.deliver(k, nil)
+	}
+	return nil
+}
+
+// probeUntilUp probes Redis (the probe itself may lose its reply) until it
+// answers, as the hub's probe loop does.
+func probeUntilUp(ctx context.Context, h *redisx.Health) error {
+	for {
+		err := h.Check(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("Redis probe after the faults: %w", err)
+		}
+	}
+}
+
+// retryConnections applies the drops and resumes Redis did not take.
+func (b *engineBackend) retryConnections(ctx context.Context) error {
+	for _, d := range []string{"T1", "T2"} {
+		if until, ok := b.drops[d]; ok {
+			if err := b.eng.TerminalDropped(ctx, merchant, d, until); err != nil {
+				return fmt.Errorf("drop of %s, tried again: %w", d, err)
+			}
+			delete(b.drops, d)
+		}
+		if connID, ok := b.resumes[d]; ok {
+			cmds, err := b.eng.TerminalConnected(ctx, merchant, d, connID)
+			if err != nil {
+				return fmt.Errorf("resume of %s, tried again: %w", d, err)
+			}
+			delete(b.resumes, d)
+			b.sendTerminal(d, cmds)
+		}
+	}
+	return nil
+}
+
+func (b *engineBackend) redisStall(noticed bool) {
+	b.faults.Stall()
+	if !noticed {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	_ = b.health.Check(ctx) // the probe finds it down: the gate closes
+}
+
+func (b *engineBackend) redisResume(keep int) { b.faults.Resume(keep) }
+func (b *engineBackend) redisLoseReply(scriptOnly bool) {
+	if scriptOnly {
+		b.faults.LoseScriptReplies(1)
+	} else {
+		b.faults.LoseReplies(1)
+	}
+}
 
 // startGen is a hub process starting: a new engine and clock on the same
-// Redis, then what app.App.Start does.
+// Redis, then what app.App.Start does. The old engine, if any, dies with
+// what it held.
 func (b *engineBackend) startGen(start time.Time) error {
+	defer b.flush()
+	if b.eng != nil {
+		b.eng.Close()
+	}
+	b.faults.LoseReplies(0) // a reply to be lost belonged to the old process
+	b.faults.LoseScriptReplies(0)
+	b.mu.Lock()
 	b.gen++
+	gen := b.gen
+	b.effects = nil
+	b.mu.Unlock()
 	b.clk = clock.NewFake(start)
 	b.terms = map[string]*engTerm{"T1": {status: protocol.TerminalOffline}, "T2": {status: protocol.TerminalOffline}}
+	clear(b.resumes)
+	clear(b.drops)
+	log := zerolog.Nop()
+	if os.Getenv("TERMHUB_TEST_LOG") != "" {
+		log = zerolog.New(os.Stderr).With().Int("gen", b.gen).Logger()
+	}
 	b.eng = session.NewEngine(session.Options{
-		Store: b.st, Clock: b.clk, Logger: zerolog.Nop(), Terminals: b, Sink: engSink{b, b.gen},
-		PaymentTimeout: paymentTimeout, SignatureTimeout: 60 * time.Second,
+		Store: session.NewStore(b.hubRdb, b.ks), Clock: b.clk, Logger: log, Terminals: b, Sink: engSink{b, gen},
+		PaymentTimeout: paymentTimeout, SignatureTimeout: 60 * time.Second, Ready: b.health.Ready,
+		Merchants: func() []string { return []string{merchant} },
 	})
 	ctx := context.Background()
 	if err := b.eng.Start(ctx, []string{merchant}); err != nil {
@@ -178,28 +321,56 @@ func (b *engineBackend) TerminalLive(deviceID string) (string, string, time.Time
 	return t.status, t.connID, t.graceUntil
 }
 
-// engSink delivers for one generation; a dead generation's engine is never
-// called again (its clock is abandoned), the check is belt and braces.
+// engSink takes one generation's effects. The engine hands them over from
+// the caller's goroutine, or from a worker of its own (a lost commit
+// carried out, held events applied): they wait in the backend's queue
+// until the sequence's goroutine takes them (flush), which every backend
+// call does before it returns. A dead generation's effects are dropped.
 type engSink struct {
 	b   *engineBackend
 	gen int
 }
 
-func (s engSink) DeliverPOS(_, apiKeyID string, msgs []session.Message) {
+// engEffect is a POS connection to deliver to, or commands for a terminal.
+type engEffect struct {
+	key  string
+	dev  string
+	cmds []any
+}
+
+func (s engSink) queue(e engEffect) {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
 	if s.gen == s.b.gen {
-		s.b.deliver(apiKeyID, msgs)
+		s.b.effects = append(s.b.effects, e)
 	}
 }
 
-func (s engSink) NudgePOS(_, apiKeyID string) {
-	if s.gen == s.b.gen {
-		s.b.deliver(apiKeyID, nil)
-	}
+func (s engSink) DeliverPOS(_, apiKeyID string, _ []session.Message) {
+	s.queue(engEffect{key: apiKeyID})
 }
-
+func (s engSink) NudgePOS(_, apiKeyID string) { s.queue(engEffect{key: apiKeyID}) }
 func (s engSink) SendTerminal(deviceID string, cmds []any) {
-	if s.gen == s.b.gen {
-		s.b.sendTerminal(deviceID, cmds)
+	s.queue(engEffect{dev: deviceID, cmds: cmds})
+}
+
+// flush carries out the queued effects, in the order they came.
+func (b *engineBackend) flush() {
+	for {
+		b.mu.Lock()
+		effects := b.effects
+		b.effects = nil
+		b.mu.Unlock()
+		if len(effects) == 0 {
+			return
+		}
+		for _, e := range effects {
+			if e.key != "" {
+				b.deliver(e.key, nil)
+			} else {
+				b.sendTerminal(e.dev, e.cmds)
+			}
+		}
 	}
 }
 
@@ -274,20 +445,29 @@ func (b *engineBackend) posDrop(key string) error {
 	return nil
 }
 
-func (b *engineBackend) posAck(key, id string) error {
-	_, err := b.ob.Ack(context.Background(), merchant, key, id)
-	return err
+func (b *engineBackend) posAck(key, id string) (*protocol.Error, error) {
+	defer b.flush()
+	_, err := b.hubOb.Ack(context.Background(), merchant, key, id)
+	return clientErr(err)
 }
 
+// clientErr is what the hub answers for an engine error: a client error,
+// or unavailable when Redis did not serve the request (hub.clientError).
 func clientErr(err error) (*protocol.Error, error) {
 	var pe *protocol.Error
-	if errors.As(err, &pe) {
+	switch {
+	case err == nil:
+		return nil, nil
+	case errors.As(err, &pe):
 		return pe, nil
+	case errors.Is(err, session.ErrUnavailable) || redisx.Outage(err):
+		return protocol.Errorf(protocol.CodeUnavailable, "", "%v", err), nil
 	}
 	return nil, err
 }
 
 func (b *engineBackend) create(key, dev, ref string, minor int64, _ bool) (createResult, error) {
+	defer b.flush()
 	req := &protocol.PaymentRequest{TerminalID: dev, AmountMinor: &minor, Currency: "USD", Reference: ref}
 	if e := req.Validate(); e != nil {
 		return createResult{perr: e}, nil
@@ -301,6 +481,7 @@ func (b *engineBackend) create(key, dev, ref string, minor int64, _ bool) (creat
 }
 
 func (b *engineBackend) act(_, action, txnID string, _ bool) (*protocol.Transaction, *protocol.Error, error) {
+	defer b.flush()
 	in := session.ActInput{MerchantID: merchant, TxnID: txnID, Action: action}
 	switch action {
 	case protocol.ActionCancel:
@@ -321,6 +502,7 @@ func (b *engineBackend) act(_, action, txnID string, _ bool) (*protocol.Transact
 // ---- terminals ----
 
 func (b *engineBackend) termConnect(dev string, _ bool) error {
+	defer b.flush()
 	t := b.terms[dev]
 	if t.grace != nil {
 		t.grace.Stop()
@@ -331,8 +513,15 @@ func (b *engineBackend) termConnect(dev string, _ bool) error {
 	t.silent = false
 	t.status, t.connID, t.graceUntil = protocol.TerminalOnline, fmt.Sprintf("conn_%d", b.n), time.Time{}
 	// Like hub.terminalUp: the engine resumes the device's transactions and
-	// returns every command still open, which the hub re-sends.
+	// returns every command still open, which the hub re-sends; if Redis
+	// does not answer, the hub tries again once it does.
+	delete(b.drops, dev)
 	cmds, err := b.eng.TerminalConnected(context.Background(), merchant, dev, t.connID)
+	if errors.Is(err, session.ErrUnavailable) || redisx.Outage(err) {
+		b.resumes[dev] = t.connID
+		return nil
+	}
+	delete(b.resumes, dev)
 	b.sendTerminal(dev, cmds)
 	return err
 }
@@ -340,12 +529,20 @@ func (b *engineBackend) termConnect(dev string, _ bool) error {
 func (b *engineBackend) termSilent(dev string) { b.terms[dev].silent = true }
 
 func (b *engineBackend) termDrop(dev string) error {
+	defer b.flush()
 	b.terms[dev].silent = false
 	until := b.markReconnecting(dev)
-	return b.eng.TerminalDropped(context.Background(), merchant, dev, until)
+	delete(b.resumes, dev)
+	err := b.eng.TerminalDropped(context.Background(), merchant, dev, until)
+	if errors.Is(err, session.ErrUnavailable) || redisx.Outage(err) {
+		b.drops[dev] = until // the hub tries again once Redis answers
+		return nil
+	}
+	return err
 }
 
-func (b *engineBackend) termSend(dev, _ string, body any) error {
+func (b *engineBackend) termSend(dev, _, rid string, body any) error {
+	defer b.flush()
 	if b.terms[dev].status != protocol.TerminalOnline {
 		return fmt.Errorf("terminal %s is not connected", dev)
 	}
@@ -355,12 +552,15 @@ func (b *engineBackend) termSend(dev, _ string, body any) error {
 		if err != nil {
 			return err
 		}
-		b.w.onTerminalError(dev, fmt.Sprintf("%s: %s", pe.Code, pe.Message))
+		b.w.onTerminalError(dev, rid, pe.Code, pe.Message)
 	}
 	return nil
 }
 
-func (b *engineBackend) advance(d time.Duration) { b.clk.Advance(d) }
+func (b *engineBackend) advance(d time.Duration) {
+	defer b.flush()
+	b.clk.Advance(d)
+}
 
 // restart: a drained hub first lets go of its terminals (their transactions
 // start the grace period on the old engine); a crashed one does nothing more.

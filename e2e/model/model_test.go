@@ -15,6 +15,13 @@
 // declined result (also while offline: cached for the next connection) or a
 // duplicate. The clock jumps 10 s, 61 s or 181 s. The hub restarts, drained
 // or crashed, after 0–120 s of downtime, as a new App on the same Redis.
+// Redis itself stalls (the hub's commands wait in it, and their callers time
+// out), wakes up and runs what it was sent, or is killed and restarted with
+// its AOF, having run only some of it; or it loses the reply to a command
+// it ran (internal/redisfault, on the hub's client only). The hub then
+// answers unavailable: a POS retries its unanswered sales by reference once
+// Redis is back, and a terminal sends again what was refused (CONTRACT §6),
+// while the hub recovers on its own (lost commits, held events).
 // At the end everyone reconnects and every command and cached result plays
 // out.
 //
@@ -54,6 +61,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -97,7 +105,9 @@ type backend interface {
 	bind(w *world)
 	posConnect(key string) error
 	posDrop(key string) error
-	posAck(key, messageID string) error
+	// posAck acks and waits until the ack is stored; perr is the hub's
+	// refusal (unavailable while Redis does not answer).
+	posAck(key, messageID string) (perr *protocol.Error, err error)
 	create(key, dev, ref string, minor int64, rest bool) (createResult, error)
 	act(key, action, txnID string, rest bool) (*protocol.Transaction, *protocol.Error, error)
 	termConnect(dev string, displace bool) error
@@ -105,10 +115,21 @@ type backend interface {
 	// termSilent makes dev's live connection half-open: the hub still has
 	// it, but nothing it sends from now on reaches the terminal.
 	termSilent(dev string)
-	termSend(dev, action string, body any) error
+	// termSend sends a terminal message with requestId rid; an error reply
+	// reaches the world's onTerminalError.
+	termSend(dev, action, rid string, body any) error
 	advance(d time.Duration)
 	restart(crash bool, downtime time.Duration) error
 	settle() error
+	// redisStall stops Redis answering the hub, its probe noticing at once
+	// (the hub then sends nothing more) or not yet (commands go on being
+	// sent into the stalled Redis); redisResume ends the stall,
+	// Redis running the first keep commands it was sent meanwhile (all
+	// when keep < 0); redisLoseReply loses the reply to the hub's next
+	// command (or next script: a commit, an ack), which Redis runs.
+	redisStall(noticed bool)
+	redisResume(keep int)
+	redisLoseReply(scriptOnly bool)
 	store() *session.Store
 	outbox() *queue.Outbox
 	close()
@@ -141,6 +162,17 @@ type world struct {
 	// storeEveryStep runs the Redis-side history check after every step
 	// (the socket variant); otherwise only at the end.
 	storeEveryStep bool
+	faults         int             // Redis faults so far: unavailable answers are allowed once there was one
+	stalled        bool            // Redis does not answer
+	unknown        []unknownCreate // sales answered unavailable, retried by reference once Redis is back
+}
+
+// unknownCreate is a sale whose outcome the POS does not know (CONTRACT
+// §7.1: unavailable means it may or may not have been created).
+type unknownCreate struct {
+	key, dev, ref string
+	minor         int64
+	rest          bool
 }
 
 type posState struct {
@@ -188,6 +220,8 @@ type termState struct {
 	cache       []protocol.PaymentResult // results not yet acknowledged by resultAck
 	sent        []protocol.PaymentResult // every result produced, for duplicates
 	voidResults []string                 // voidResult answers owed while offline
+	bodies      map[string]any           // the last message sent under each requestId
+	refused     []string                 // requestIds answered unavailable: sent again later (CONTRACT §6)
 }
 
 func newWorld(seed uint64, be backend, nKeys int) *world {
@@ -201,7 +235,7 @@ func newWorld(seed uint64, be backend, nKeys int) *world {
 		w.pos[k] = &posState{key: k, cursor0: "0-0", acked: "0-0", got: map[string]bool{}, vers: map[string]int64{}}
 	}
 	for _, d := range w.devs {
-		w.term[d] = &termState{dev: d, jobs: map[string]*job{}}
+		w.term[d] = &termState{dev: d, jobs: map[string]*job{}, bodies: map[string]any{}}
 	}
 	return w
 }
@@ -375,6 +409,7 @@ func (w *world) onTerminal(dev string, raw []byte) {
 	var m struct {
 		Action        string `json:"action"`
 		TransactionID string `json:"transactionId"`
+		RequestID     string `json:"requestId"`
 		Code          string `json:"code"`
 		Message       string `json:"message"`
 	}
@@ -396,15 +431,26 @@ func (w *world) onTerminal(dev string, raw []byte) {
 			w.txn(m.TransactionID).approvalProcessed = true
 		}
 	case protocol.ActionError:
-		w.onTerminalError(dev, fmt.Sprintf("%s: %s", m.Code, m.Message))
+		w.onTerminalError(dev, m.RequestID, protocol.Code(m.Code), m.Message)
 	case protocol.ActionStartPayment, protocol.ActionCancelPayment, protocol.ActionVoidPayment,
 		protocol.ActionCapturePayment, protocol.ActionSignatureVerified:
 		ts.inbox = append(ts.inbox, termCmd{m.Action, m.TransactionID})
 	}
 }
 
-func (w *world) onTerminalError(dev, msg string) {
-	w.violate("terminal-refused", "%s: the hub refused a terminal message: %s", dev, msg)
+// onTerminalError takes the hub's error answering the terminal's message
+// rid. Unavailable, after a Redis fault, means it may not be recorded: the
+// terminal sends it again later (CONTRACT §6). Anything else is a
+// violation.
+func (w *world) onTerminalError(dev, rid string, code protocol.Code, msg string) {
+	ts := w.term[dev]
+	if code == protocol.CodeUnavailable && w.faults > 0 && ts.bodies[rid] != nil {
+		if !slices.Contains(ts.refused, rid) {
+			ts.refused = append(ts.refused, rid)
+		}
+		return
+	}
+	w.violate("terminal-refused", "%s: the hub refused a terminal message (%s): %s: %s", dev, rid, code, msg)
 }
 
 // ---- steps ----
@@ -461,6 +507,9 @@ func (w *world) step() {
 		if len(ts.inbox) > 0 {
 			add(10, func() { w.termProcess(d) })
 		}
+		if ts.connected && len(ts.refused) > 0 && !w.stalled {
+			add(4, func() { w.termResend(d) })
+		}
 		for _, j := range ts.jobOrder {
 			if j.done {
 				continue
@@ -488,8 +537,17 @@ func (w *world) step() {
 	add(3, func() { w.advance(10 * time.Second) })
 	add(3, func() { w.advance(61 * time.Second) })
 	add(2, func() { w.advance(181 * time.Second) })
-	add(1, func() { w.restart(false) })
-	add(1, func() { w.restart(true) })
+	if w.stalled {
+		// Redis wakes up and runs what it was sent, or was killed and
+		// comes back from its AOF having read only some of it.
+		add(3, func() { w.redisResume(false) })
+		add(2, func() { w.redisResume(true) })
+	} else {
+		add(1, func() { w.restart(false) })
+		add(1, func() { w.restart(true) })
+		add(1, func() { w.redisStall() })
+		add(2, func() { w.redisLoseReply() })
+	}
 
 	total := 0
 	for _, c := range cs {
@@ -544,11 +602,17 @@ func (w *world) posDrop(k string) {
 func (w *world) posAck(k string) {
 	p := w.pos[k]
 	w.logStep("POS %s acks %s", k, p.lastID)
-	if err := w.be.posAck(k, p.lastID); err != nil {
+	perr, err := w.be.posAck(k, p.lastID)
+	switch {
+	case err != nil:
 		w.violate("ack-refused", "%s ack %s: %v", k, p.lastID, err)
-		return
+	case perr != nil && perr.Code == protocol.CodeUnavailable && w.faults > 0:
+		w.note("unavailable: not stored") // the POS acks again later
+	case perr != nil:
+		w.violate("ack-refused", "%s ack %s: %s %s", k, p.lastID, perr.Code, perr.Message)
+	default:
+		p.acked = p.lastID
 	}
-	p.acked = p.lastID
 }
 
 func (w *world) create(k, d string, rest bool) {
@@ -563,8 +627,12 @@ func (w *world) create(k, d string, rest bool) {
 	}
 	if res.perr != nil {
 		w.note("%s", res.perr.Code)
-		switch res.perr.Code {
-		case protocol.CodeDeviceBusy, protocol.CodeTerminalOffline:
+		switch {
+		case res.perr.Code == protocol.CodeDeviceBusy, res.perr.Code == protocol.CodeTerminalOffline:
+		case res.perr.Code == protocol.CodeUnavailable && w.faults > 0:
+			// It may or may not exist: the POS asks again by reference
+			// once Redis answers.
+			w.unknown = append(w.unknown, unknownCreate{key: k, dev: d, ref: ref, minor: minor, rest: rest})
 		default:
 			w.violate("create-refused", "create %s on %s: %s %s", ref, d, res.perr.Code, res.perr.Message)
 		}
@@ -591,6 +659,10 @@ func (w *world) retryCreate(k string, rest bool) {
 		w.violate("request-failed", "repeat %s: %v", t.ref, err)
 		return
 	}
+	if res.perr != nil && res.perr.Code == protocol.CodeUnavailable && w.faults > 0 {
+		w.note("unavailable")
+		return
+	}
 	if res.perr != nil || res.created || res.txn == nil || res.txn.ID != t.id {
 		w.violate("idempotency", "repeating reference %s of %s: %+v %+v", t.ref, t.alias, res.perr, res.txn)
 		return
@@ -608,7 +680,7 @@ func (w *world) act(k, action, id string, rest bool) {
 		w.violate("request-failed", "%s %s: %v", action, t.alias, err)
 	case perr != nil:
 		w.note("%s", perr.Code)
-		if perr.Code != protocol.CodeInvalidState {
+		if perr.Code != protocol.CodeInvalidState && (perr.Code != protocol.CodeUnavailable || w.faults == 0) {
 			w.violate("act-refused", "%s %s: %s %s", action, t.alias, perr.Code, perr.Message)
 		}
 	default:
@@ -674,8 +746,120 @@ func (w *world) termDrop(d string) {
 }
 
 func (w *world) termSend(d, action string, body any) {
-	if err := w.be.termSend(d, action, body); err != nil {
+	rid := action + ":" + txnOf(body)
+	w.term[d].bodies[rid] = body
+	if err := w.be.termSend(d, action, rid, body); err != nil {
 		w.violate("stuck", "terminal %s send %s: %v", d, action, err)
+	}
+}
+
+// txnOf is the transaction a terminal message is about.
+func txnOf(body any) string {
+	b, _ := json.Marshal(body)
+	var v struct {
+		TransactionID string `json:"transactionId"`
+	}
+	_ = json.Unmarshal(b, &v)
+	return v.TransactionID
+}
+
+// termResend sends again what the hub answered unavailable (CONTRACT §6):
+// a result only while the hub has not acknowledged it.
+func (w *world) termResend(d string) {
+	ts := w.term[d]
+	rids := ts.refused
+	ts.refused = nil
+	w.logStep("terminal %s sends again what was answered unavailable: %s", d, strings.Join(rids, ", "))
+	for _, rid := range rids {
+		action, _, _ := strings.Cut(rid, ":")
+		body := ts.bodies[rid]
+		if r, ok := body.(*protocol.PaymentResult); ok && !slices.ContainsFunc(ts.cache, func(c protocol.PaymentResult) bool { return c.TransactionID == r.TransactionID }) {
+			continue // acknowledged meanwhile
+		}
+		w.termSend(d, action, body)
+	}
+}
+
+func (w *world) redisStall() {
+	w.faults++
+	w.stalled = true
+	noticed := w.rng.IntN(2) == 0
+	if noticed {
+		w.logStep("Redis stalls (the hub's probe notices at once)")
+	} else {
+		w.logStep("Redis stalls (the hub goes on sending to it until its probe notices)")
+	}
+	w.be.redisStall(noticed)
+}
+
+func (w *world) redisLoseReply() {
+	w.faults++
+	scriptOnly := w.rng.IntN(3) > 0
+	if scriptOnly {
+		w.logStep("Redis loses the reply to the hub's next script (a commit, an ack)")
+	} else {
+		w.logStep("Redis loses the reply to the hub's next command")
+	}
+	w.be.redisLoseReply(scriptOnly)
+}
+
+// redisResume ends a stall: Redis wakes and runs everything it was sent,
+// or (killed) comes back from its AOF having run only what it had read.
+// Then the POS asks again about the sales it got no answer to.
+func (w *world) redisResume(killed bool) {
+	keep := -1
+	if killed {
+		keep = w.rng.IntN(4)
+		w.logStep("Redis is killed and restarts with its AOF, having run the first %d commands it was sent during the stall", keep)
+	} else {
+		w.logStep("Redis wakes up and runs what it was sent")
+	}
+	w.stalled = false
+	w.be.redisResume(keep)
+	w.settle()
+	w.retryUnknown()
+}
+
+// retryUnknown asks again, by reference, about every sale answered
+// unavailable, as a POS does (CONTRACT §7.1): one transaction per
+// reference, whichever attempt created it.
+func (w *world) retryUnknown() {
+	pending := w.unknown
+	w.unknown = nil
+	for _, u := range pending {
+		if !w.pos[u.key].connected {
+			u.rest = true
+		}
+		w.logStep("POS %s asks again about %s on %s over %s", u.key, u.ref, u.dev, via(u.rest))
+		res, err := w.be.create(u.key, u.dev, u.ref, u.minor, u.rest)
+		if err != nil {
+			w.violate("request-failed", "retry %s: %v", u.ref, err)
+			continue
+		}
+		if res.perr != nil {
+			w.note("%s", res.perr.Code)
+			switch res.perr.Code {
+			case protocol.CodeDeviceBusy, protocol.CodeTerminalOffline: // it never was created
+			case protocol.CodeUnavailable:
+				w.unknown = append(w.unknown, u)
+			default:
+				w.violate("create-refused", "retry %s on %s: %s %s", u.ref, u.dev, res.perr.Code, res.perr.Message)
+			}
+			continue
+		}
+		t := w.txn(res.txn.ID)
+		if t.owner != "" && t.owner != u.key {
+			w.violate("idempotency", "retrying %s answered %s, owned by %s", u.ref, t.alias, t.owner)
+		}
+		t.owner, t.dev, t.ref, t.minor = u.key, u.dev, u.ref, u.minor
+		if !slices.Contains(w.refs, t) {
+			w.refs = append(w.refs, t)
+		}
+		w.note("%s %s v%d created=%v", t.alias, res.txn.Status, res.txn.Version, res.created)
+		w.observe(t, res.txn.Version, res.txn.Status, "paymentResponse (retry)")
+		if t.firstKey != "" && t.firstKey != u.key {
+			w.violate("pos-wrong-key", "%s (created by %s) was first told to %s", t.alias, u.key, t.firstKey)
+		}
 	}
 }
 
@@ -835,11 +1019,12 @@ func (w *world) settle() {
 func (w *world) stepChecks() {
 	for _, k := range w.keys {
 		p := w.pos[k]
-		if !p.connected {
+		if !p.connected || w.stalled {
 			continue
 		}
 		// (4) every durable message after the connection's starting cursor
-		// that is still in the outbox reached this connection.
+		// that is still in the outbox reached this connection (once Redis
+		// answers: a connection made during a stall gets its replay after).
 		entries, err := w.be.outbox().After(ctxT(), merchant, k, p.cursor0, 100000)
 		if err != nil {
 			w.violate("stuck", "read outbox %s: %v", k, err)
@@ -854,9 +1039,10 @@ func (w *world) stepChecks() {
 			}
 		}
 	}
-	// (1) an approval the hub took is known to its (connected) owner.
+	// (1) an approval the hub took is known to its (connected) owner, once
+	// Redis answers (a connection made during a stall gets its replay after).
 	for _, t := range w.order {
-		if t.approvalProcessed && !t.told && w.pos[t.owner] != nil && w.pos[t.owner].connected {
+		if t.approvalProcessed && !t.told && w.pos[t.owner] != nil && w.pos[t.owner].connected && !w.stalled {
 			w.violate("approval-untold", "the hub acknowledged the approval of %s but its POS %s, connected, was told neither COMPLETED nor paymentVoided (last seen %s v%d)",
 				t.alias, t.owner, t.lastStatus, t.maxVer)
 		}
@@ -936,6 +1122,12 @@ func lastCause(t *session.Txn) string {
 // finish reconnects everyone, lets every open command and cached result
 // play out, and runs the end checks.
 func (w *world) finish() {
+	if w.stalled {
+		w.redisResume(false)
+	}
+	if len(w.unknown) > 0 {
+		w.retryUnknown()
+	}
 	w.logStep("end: everyone reconnects")
 	for _, d := range w.devs {
 		if !w.term[d].connected {
@@ -956,6 +1148,10 @@ func (w *world) finish() {
 			if len(w.term[d].inbox) > 0 {
 				busy = true
 				w.termProcess(d)
+			}
+			if len(w.term[d].refused) > 0 {
+				busy = true
+				w.termResend(d)
 			}
 		}
 		w.settle()

@@ -22,6 +22,7 @@ import (
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/config"
 	"github.com/termhub/termhub/internal/keys"
+	"github.com/termhub/termhub/internal/redisfault"
 	"github.com/termhub/termhub/internal/redistest"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/queue"
@@ -117,6 +118,12 @@ type socketBackend struct {
 	pos  map[string]*wsConn
 	term map[string]*wsConn
 	n    int
+	// faults apply to every hub process's client, behind its Health gate;
+	// the test reads Redis through r.Client, untouched.
+	faults *redisfault.Faults
+	// drops are terminal connections that ended while Redis did not
+	// answer: the hub applies the drop once it does (settle waits).
+	drops map[string]string
 }
 
 func newSocketBackend(t *testing.T) *socketBackend {
@@ -132,6 +139,7 @@ func newSocketBackend(t *testing.T) *socketBackend {
 		st: session.NewStore(r.Client, ks), ob: queue.NewOutbox(r.Client, ks),
 		log: zerolog.New(io.Discard),
 		pos: map[string]*wsConn{}, term: map[string]*wsConn{},
+		faults: &redisfault.Faults{Exec: r.Client}, drops: map[string]string{},
 	}
 	if os.Getenv("TERMHUB_TEST_LOG") != "" {
 		b.log = zerolog.New(zerolog.NewTestWriter(t))
@@ -157,8 +165,12 @@ func (b *socketBackend) startGen(start time.Time) error {
 	} else {
 		o.Addr = b.r.Mini.Addr()
 	}
+	redistest.Configure(o)
 	rdb := redis.NewClient(o)
 	a := app.New(b.cfg, rdb, clk, b.log)
+	b.faults.LoseReplies(0) // a reply to be lost belonged to the old process
+	b.faults.LoseScriptReplies(0)
+	rdb.AddHook(b.faults) // behind the App's Health gate, as the network is
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	if err := a.Start(ctx); err != nil {
@@ -266,28 +278,36 @@ func (b *socketBackend) posDrop(key string) error {
 	}, "the hub to notice POS "+key+" dropped")
 }
 
-func (b *socketBackend) posAck(key, id string) error {
+func (b *socketBackend) posAck(key, id string) (*protocol.Error, error) {
 	b.n++
 	ackID, syncID := fmt.Sprintf("ack-%d", b.n), fmt.Sprintf("sync-%d", b.n)
 	c := b.pos[key].c
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	if err := c.SendAction(ctx, protocol.ActionAck, ackID, protocol.AckRequest{MessageID: id}); err != nil {
-		return err
+		return nil, err
 	}
 	if err := c.SendAction(ctx, protocol.ActionListTerminals, syncID, nil); err != nil {
-		return err
+		return nil, err
 	}
 	// Frames of one connection are served in order: the reply to the
-	// listTerminals after the ack means the ack is stored.
+	// listTerminals after the ack means the ack is stored, unless an error
+	// answering the ack comes first.
 	m, err := b.readPOS(key, func(m client.Message) bool { r := requestID(m); return r == ackID || r == syncID }, ackID)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if requestID(m) == ackID {
-		return fmt.Errorf("ack refused: %s", m.Raw)
+		if e := m.Err(); e != nil {
+			// Its sync reply still comes: read it, so the next step starts clean.
+			if _, err := b.readPOS(key, func(m client.Message) bool { return requestID(m) == syncID }); err != nil {
+				return nil, err
+			}
+			return e, nil
+		}
+		return nil, fmt.Errorf("ack answered: %s", m.Raw)
 	}
-	return nil
+	return nil, nil
 }
 
 func (b *socketBackend) create(key, dev, ref string, minor int64, rest bool) (createResult, error) {
@@ -444,7 +464,17 @@ func (b *socketBackend) termDrop(dev string) error {
 		return err
 	}
 	// The hub applies a drop asynchronously (reader error → grace period →
-	// the engine moves the device's transactions). Wait until it has.
+	// the engine moves the device's transactions). Wait until it has; while
+	// Redis does not answer, until the terminal is reconnecting (the engine
+	// is told once Redis answers: settle waits for that).
+	if b.w.stalled {
+		b.drops[dev] = id
+		return poll(func() bool {
+			st, cid, _ := b.gen.app.Hub.TerminalLive(dev)
+			return st != protocol.TerminalOnline && cid == id
+		},
+			"the hub to notice terminal "+dev+" dropped")
+	}
 	return poll(func() bool { return b.dropApplied(dev, id) }, "the hub to apply terminal "+dev+"'s drop")
 }
 
@@ -477,10 +507,61 @@ func (b *socketBackend) dropApplied(dev, connID string) bool {
 // terminal.
 func (b *socketBackend) termSilent(dev string) { b.term[dev].silent = true }
 
-func (b *socketBackend) termSend(dev, action string, body any) error {
+func (b *socketBackend) termSend(dev, action, rid string, body any) error {
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	return b.term[dev].c.SendAction(ctx, action, "", body)
+	return b.term[dev].c.SendAction(ctx, action, rid, body)
+}
+
+func (b *socketBackend) redisStall(noticed bool) {
+	b.faults.Stall()
+	if !noticed {
+		return // its probe notices in its own time (every 500 ms)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	_ = b.gen.app.Health.Check(ctx) // its probe finds Redis down: the gate closes
+}
+
+func (b *socketBackend) redisResume(keep int) { b.faults.Resume(keep) }
+func (b *socketBackend) redisLoseReply(scriptOnly bool) {
+	if scriptOnly {
+		b.faults.LoseScriptReplies(1)
+	} else {
+		b.faults.LoseReplies(1)
+	}
+}
+
+// recover is what the hub does once Redis answers again, waited for: the
+// probe finds it up (at once, not at its next tick), the engine's held
+// work is done, the drops Redis missed are applied and every connected
+// terminal is resumed.
+func (b *socketBackend) recover() error {
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	a := b.gen.app
+	if err := probeUntilUp(ctx, a.Health); err != nil {
+		return err
+	}
+	if !a.Engine.WaitIdle(ctx) {
+		return errors.New("the engine still holds transactions")
+	}
+	for dev, id := range b.drops {
+		if err := poll(func() bool { return b.term[dev] != nil || b.dropApplied(dev, id) }, "the hub to apply terminal "+dev+"'s drop"); err != nil {
+			return err
+		}
+		delete(b.drops, dev)
+	}
+	for dev := range b.term {
+		if err := poll(func() bool { return a.Hub.Resumed(dev) }, "the hub to resume terminal "+dev); err != nil {
+			return err
+		}
+	}
+	// What a resume or a drop committed may have held work again.
+	if !a.Engine.WaitIdle(ctx) {
+		return errors.New("the engine still holds transactions")
+	}
+	return nil
 }
 
 // ---- time, restarts, barriers ----
@@ -536,6 +617,11 @@ func (b *socketBackend) restart(crash bool, downtime time.Duration) error {
 // connection are served in order, and a terminal's frames only after its
 // connect handling), a POS until the newest message of its outbox.
 func (b *socketBackend) settle() error {
+	if b.w.faults > 0 && !b.w.stalled {
+		if err := b.recover(); err != nil {
+			return err
+		}
+	}
 	for _, dev := range b.w.devs {
 		wc := b.term[dev]
 		if wc == nil {
@@ -554,8 +640,8 @@ func (b *socketBackend) settle() error {
 		}
 	}
 	for _, key := range b.w.keys {
-		if b.pos[key] == nil {
-			continue
+		if b.pos[key] == nil || b.w.stalled {
+			continue // while Redis does not answer, a POS gets its replay later
 		}
 		newest, err := b.r.Client.XRevRangeN(context.Background(), b.ks.Outbox(merchant, key), "+", "-", 1).Result()
 		if err != nil {

@@ -39,10 +39,17 @@ var (
 
 // Faults is a go-redis hook. The zero value lets everything through.
 type Faults struct {
-	mu      sync.Mutex
-	stalled bool     // guarded by mu
-	parked  []parked // commands sent during the stall, in order; guarded by mu
-	lose    int      // replies still to lose; guarded by mu
+	// Exec, if set, runs the commands a stall kept when Resume executes
+	// them, instead of the client that sent them: Redis executes what it
+	// was sent even when the process that sent it has died meanwhile (and
+	// closed its client).
+	Exec redis.UniversalClient
+
+	mu         sync.Mutex
+	stalled    bool     // guarded by mu
+	parked     []parked // commands sent during the stall, in order; guarded by mu
+	lose       int      // replies still to lose; guarded by mu
+	loseScript int      // replies of scripts still to lose; guarded by mu
 }
 
 // parked is a command that reached a stalled Redis: a copy of it, run later
@@ -77,7 +84,7 @@ func (f *Faults) Resume(keep int) int {
 	sent := len(p)
 	for p = p[:keep]; ; {
 		for _, c := range p {
-			_ = c.run(context.Background(), c.cmds)
+			f.run(c)
 		}
 		f.mu.Lock()
 		p = f.parked
@@ -88,6 +95,23 @@ func (f *Faults) Resume(keep int) int {
 			return sent
 		}
 		f.mu.Unlock()
+	}
+}
+
+// run executes a kept command (or pipeline).
+func (f *Faults) run(c parked) {
+	ctx := context.Background()
+	switch {
+	case f.Exec == nil:
+		_ = c.run(ctx, c.cmds)
+	case len(c.cmds) == 1:
+		_ = f.Exec.Process(ctx, c.cmds[0])
+	default:
+		pipe := f.Exec.Pipeline()
+		for _, cmd := range c.cmds {
+			_ = pipe.Process(ctx, cmd)
+		}
+		_, _ = pipe.Exec(ctx)
 	}
 }
 
@@ -104,6 +128,15 @@ func (f *Faults) LoseReplies(n int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lose = n
+}
+
+// LoseScriptReplies makes the next n scripts (EVAL, EVALSHA: the hub's
+// commits, acks and resolutions), alone or in a pipeline, be executed and
+// their callers get a timeout instead of the reply.
+func (f *Faults) LoseScriptReplies(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.loseScript = n
 }
 
 // DialHook lets dials through.
@@ -126,6 +159,9 @@ func (f *Faults) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proce
 func (f *Faults) process(ctx context.Context, cmds []redis.Cmder, next func(context.Context, []redis.Cmder) error) error {
 	f.mu.Lock()
 	switch {
+	case f.stalled && setup(cmds):
+		f.mu.Unlock()
+		return fail(cmds, errStalled) // a connection's set-up: nothing to run later
 	case f.stalled:
 		copies := make([]redis.Cmder, len(cmds))
 		for i, c := range cmds {
@@ -139,9 +175,36 @@ func (f *Faults) process(ctx context.Context, cmds []redis.Cmder, next func(cont
 		f.mu.Unlock()
 		_ = next(ctx, cmds)
 		return fail(cmds, errReplyLost)
+	case f.loseScript > 0 && script(cmds):
+		f.loseScript--
+		f.mu.Unlock()
+		_ = next(ctx, cmds)
+		return fail(cmds, errReplyLost)
 	}
 	f.mu.Unlock()
 	return next(ctx, cmds)
+}
+
+// setup reports whether cmds set a connection up (go-redis's handshake),
+// which only means something on the connection that sent it.
+func setup(cmds []redis.Cmder) bool {
+	for _, c := range cmds {
+		switch c.Name() {
+		case "hello", "auth", "client", "select":
+			return true
+		}
+	}
+	return false
+}
+
+// script reports whether cmds hold a script.
+func script(cmds []redis.Cmder) bool {
+	for _, c := range cmds {
+		if n := c.Name(); n == "evalsha" || n == "eval" {
+			return true
+		}
+	}
+	return false
 }
 
 // copyArgs copies a command's arguments as they would stand on the wire:
