@@ -8,6 +8,7 @@ import (
 	"context"
 	"net/http"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -41,6 +42,10 @@ type App struct {
 	Health *redisx.Health
 
 	Webhooks *webhook.Sender // delivers the merchants' webhook events (CONTRACT §10)
+
+	trimMu sync.Mutex
+	trim   clock.Timer // the next outbox trim; guarded by trimMu
+	closed bool        // guarded by trimMu
 }
 
 // New builds an App on rdb. clk may be nil (wall clock).
@@ -168,7 +173,12 @@ func (a *App) Start(ctx context.Context) error {
 const trimEvery = time.Hour
 
 func (a *App) scheduleTrim() {
-	a.Clock.AfterFunc(trimEvery, func() {
+	a.trimMu.Lock()
+	defer a.trimMu.Unlock()
+	if a.closed {
+		return
+	}
+	a.trim = a.Clock.AfterFunc(trimEvery, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		if err := a.Trim(ctx); err != nil {
@@ -206,17 +216,29 @@ func (a *App) Handler() http.Handler {
 // workers and sweeper, the Redis probe.
 func (a *App) Drain(ctx context.Context) error {
 	_ = a.Ops.Close(ctx) // ops feeds are not hub connections: end them too
-	defer func() {
-		a.Webhooks.Close()
-		a.Engine.Close()
-		a.Health.Close()
-	}()
+	defer a.Close()
 	err := a.Hub.Drain(ctx)
 	// What is held (a lost commit, a terminal's events) is carried out if
 	// Redis answers in time; else the restarted hub reads Redis, and the
 	// terminal re-sends its results.
 	a.Engine.WaitIdle(ctx)
 	return err
+}
+
+// Close stops what Start started, connections aside (Drain ends those
+// first): webhook delivery (undelivered events stay queued in Redis), the
+// engine's workers, sweeper and timers, the outbox trim and the Redis
+// probe. A start that failed is undone by it.
+func (a *App) Close() {
+	a.trimMu.Lock()
+	a.closed = true
+	if a.trim != nil {
+		a.trim.Stop()
+	}
+	a.trimMu.Unlock()
+	a.Webhooks.Close()
+	a.Engine.Close()
+	a.Health.Close()
 }
 
 // Reload swaps in a new configuration's merchants, keys and terminals.

@@ -110,7 +110,6 @@ func (h *Hub) queueAck(c *conn, requestID json.RawMessage, id string) {
 	}
 }
 
-
 // applyAcks applies l's acks in order until none has come for ackLinger
 // (or, once done is closed, until none is left). An ack's error reply goes
 // to the connection it came from, if it is still open.

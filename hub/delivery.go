@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/termhub/termhub/internal/redisx"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/queue"
 )
@@ -118,8 +119,17 @@ func (c *conn) sendEntriesLocked(msgs []queue.Entry) bool {
 	next := true
 	for _, m := range msgs {
 		if c.dlv.from != "" && queue.CompareIDs(m.ID, c.dlv.from) <= 0 {
-			if m.ID == c.dlv.from && m.Seq > 0 {
+			switch {
+			case m.ID == c.dlv.from && m.Seq > 0:
 				c.dlv.seq = m.Seq // a read sent it; now its number is known too
+			case m.Seq > c.dlv.seq:
+				// Numbered past what this connection has, with an older id:
+				// the outbox was lost and rebuilt under an older clock. The
+				// read finds the count gone back and starts again.
+				next = false
+			}
+			if !next {
+				break
 			}
 			continue
 		}
@@ -169,7 +179,9 @@ func (h *Hub) readOutbox(c *conn, replaying bool) {
 			cursor, err := h.opts.Outbox.Cursor(ctx, c.merchantID, c.keyID)
 			cancel()
 			if err != nil {
-				h.readFailed(c, err)
+				if !h.readFailed(c, err, attempt) {
+					return
+				}
 				continue
 			}
 			c.dlv.mu.Lock()
@@ -190,10 +202,24 @@ func (h *Hub) readOutbox(c *conn, replaying bool) {
 		page, count, err := h.opts.Outbox.Read(ctx, c.merchantID, c.keyID, from, replayPage)
 		cancel()
 		if err != nil {
-			h.readFailed(c, err)
+			if !h.readFailed(c, err, attempt) {
+				return
+			}
 			continue
 		}
 		attempt = -1 // the next pass reads at once
+		c.dlv.mu.Lock()
+		if count < c.dlv.seq && c.dlv.seq > 0 {
+			// The outbox counts fewer entries than this connection was
+			// sent: Redis lost it (restarted empty, or failed over to a
+			// replica behind). What it holds now is all new: send it all
+			// (what was sent already comes again, at least once).
+			c.dlv.from, c.dlv.seq = "0-0", 0
+			c.dlv.mu.Unlock()
+			c.log.Warn().Msg("outbox counts fewer messages than this connection was sent: Redis lost data; sending what it holds again")
+			continue
+		}
+		c.dlv.mu.Unlock()
 		for _, m := range page {
 			if !c.queueReplay(m.Frame()) {
 				return
@@ -229,12 +255,26 @@ func (h *Hub) readOutbox(c *conn, replaying bool) {
 	}
 }
 
-// readFailed logs a failed read of the outbox (once per outage, at most,
-// at warning level).
-func (h *Hub) readFailed(c *conn, err error) {
-	if c.ctx.Err() == nil {
-		c.log.Warn().Err(err).Msg("outbox read failed; trying again once Redis answers")
+// readFailed handles a failed read of c's outbox and reports whether to
+// try again: Redis not answering is waited for (the connection stays up
+// through an outage, logged on its first failed attempt); any other error
+// will not go away by waiting, so the connection is closed (1008) and the
+// next one reads the outbox from the cursor.
+func (h *Hub) readFailed(c *conn, err error, attempt int) bool {
+	if c.ctx.Err() != nil {
+		return false
 	}
+	if !redisx.Outage(err) {
+		c.log.Error().Err(err).Msg("outbox read failed; closing the connection so that the next one reads it again")
+		c.disconnect(&protocol.Disconnect{Code: protocol.ClosePolicy, Reason: protocol.ReasonOther, Message: "Reading undelivered messages failed; reconnect", ReconnectAllowed: true})
+		return false
+	}
+	ev := c.log.Debug()
+	if attempt <= 0 {
+		ev = c.log.Warn()
+	}
+	ev.Err(err).Msg("outbox read failed; trying again once Redis answers")
+	return true
 }
 
 // waitStore waits before another attempt at Redis: a short, growing pause,

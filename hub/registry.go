@@ -36,6 +36,7 @@ type terminalState struct {
 	graceUntil time.Time
 	grace      clock.Timer
 	graceSeq   uint64 // identifies the running grace timer; a stale firing is ignored
+	conns      uint64 // connections of the device registered so far
 }
 
 func (h *Hub) stateLocked(deviceID string) *terminalState {
@@ -157,6 +158,7 @@ func (h *Hub) registerTerminal(c *conn) {
 	st := h.stateLocked(c.deviceID)
 	prev := st.status
 	st.status, st.connID, st.graceUntil = protocol.TerminalOnline, c.id, time.Time{}
+	st.conns++
 	h.stopGraceLocked(st)
 	h.publishStatusLocked(c.merchantID, c.deviceID, c.id, prev, st.status)
 	h.publishConnLocked(c, "connected")
@@ -254,6 +256,16 @@ func (h *Hub) Observe(f func(merchantID string, update any)) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.observers = append(h.observers, f)
+}
+
+// connsOf is how many connections of the device have registered so far.
+func (h *Hub) connsOf(deviceID string) uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if st := h.status[deviceID]; st != nil {
+		return st.conns
+	}
+	return 0
 }
 
 // Resumed reports whether the device's live connection has been resumed:

@@ -201,7 +201,8 @@ func (h *Hub) resume(c *conn) bool {
 // terminalDown starts the grace period of a terminal whose registered
 // connection ended (not of one that was displaced). If Redis does not
 // answer, the terminal is reconnecting all the same, and the engine is
-// told later, unless the terminal is back by then (its resume covers it).
+// told later (with the grace deadline of this drop), unless the terminal
+// has connected again since (its resume, or its next drop, covers it).
 func (h *Hub) terminalDown(c *conn) {
 	unlock := h.lockDevice(c.deviceID)
 	if !h.unregisterTerminal(c) || h.opts.Engine == nil {
@@ -209,6 +210,7 @@ func (h *Hub) terminalDown(c *conn) {
 		return
 	}
 	_, _, until := h.TerminalLive(c.deviceID)
+	conns := h.connsOf(c.deviceID)
 	done := h.dropped(c, until)
 	unlock()
 	if done {
@@ -217,10 +219,9 @@ func (h *Hub) terminalDown(c *conn) {
 	go func() {
 		for attempt := 0; h.waitStore(h.baseCtx, attempt); attempt++ {
 			unlock := h.lockDevice(c.deviceID)
-			h.mu.Lock()
-			back := h.terminals[c.deviceID] != nil
-			h.mu.Unlock()
-			done := back || h.dropped(c, until)
+			// A connection of the device since: its resume (or its own
+			// drop, with its own grace period) covers this one.
+			done := h.connsOf(c.deviceID) != conns || h.dropped(c, until)
 			unlock()
 			if done {
 				return

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -48,6 +50,7 @@ const (
 // backlog is what the engine owes held transactions.
 type backlog struct {
 	e       *Engine
+	n       atomic.Int64 // len(txns): the paths every commit takes skip the lock while nothing is held
 	mu      sync.Mutex
 	txns    map[cacheKey]*held // guarded by mu
 	running sync.WaitGroup     // one per worker
@@ -60,11 +63,20 @@ type backlog struct {
 type held struct {
 	merchantID, id string
 	lost           []*lostCommit // commits that touched it whose outcome is not known, oldest first
-	events         []Event       // terminal events to apply, in the order they came
-	device         string        // the terminal that sent them
-	fences         []int64       // revs this process's resolvers wrote to it
+	events         []heldEvent   // terminal events to apply, in the order they came
+	fences         []fenceRec    // what this process's resolvers wrote to it
 	working        bool          // a worker serves it
 }
+
+// heldEvent is a terminal's event and the terminal that sent it.
+type heldEvent struct {
+	device string
+	ev     Event
+}
+
+// fenceRec is a fence a resolver wrote: its rev, and the rev it replaced
+// (the one its commit expected).
+type fenceRec struct{ fence, replaced int64 }
 
 // lostCommit is a commit whose answer was lost, with what it would have
 // done had it been applied.
@@ -99,6 +111,9 @@ type workerKey struct{}
 
 // holds reports whether the transaction is held.
 func (b *backlog) holds(merchantID, id string) bool {
+	if b.n.Load() == 0 {
+		return false
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.txns[cacheKey{merchantID, id}] != nil
@@ -107,18 +122,26 @@ func (b *backlog) holds(merchantID, id string) bool {
 // refuses reports whether a load of the transaction for a change must be
 // refused: it is held, and ctx is not its worker's.
 func (b *backlog) refuses(ctx context.Context, merchantID, id string) bool {
+	if b.n.Load() == 0 {
+		return false
+	}
 	if w, _ := ctx.Value(workerKey{}).(*held); w != nil && w.merchantID == merchantID && w.id == id {
 		return false
 	}
 	return b.holds(merchantID, id)
 }
 
+// minCommitTime is the least time a requester must have left for its
+// commit to be sent: one sent with less would most likely go unanswered
+// in time, and then have to be found out.
+const minCommitTime = 100 * time.Millisecond
+
 // mayCommit refuses a commit that must not be sent: its requester's time
-// is up (nothing was sent: the answer is a plain unavailable), or one of its
-// transactions was held since it was loaded.
+// is (nearly) up — nothing is sent, so the answer is a plain unavailable —
+// or one of its transactions was held since it was loaded.
 func (b *backlog) mayCommit(ctx context.Context, merchantID string, txns []*Txn) error {
-	if ctx.Err() != nil {
-		return fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+	if d, ok := ctx.Deadline(); ctx.Err() != nil || ok && time.Until(d) < min(minCommitTime, b.e.opts.RequestTimeout/10) {
+		return fmt.Errorf("%w: the request's time is up", ErrUnavailable)
 	}
 	for _, t := range txns {
 		if b.refuses(ctx, merchantID, t.ID) {
@@ -136,6 +159,7 @@ func (b *backlog) heldLocked(merchantID, id string) *held {
 	if h == nil {
 		h = &held{merchantID: merchantID, id: id}
 		b.txns[k] = h
+		b.n.Store(int64(len(b.txns)))
 	}
 	if !h.working && !b.closed {
 		h.working = true
@@ -173,29 +197,24 @@ func (b *backlog) queue(merchantID, device, id string, evs []Event, first bool) 
 		return
 	}
 	h := b.heldLocked(merchantID, id)
-	h.device = device
+	add := make([]heldEvent, len(evs))
+	for i, ev := range evs {
+		add[i] = heldEvent{device: device, ev: ev}
+	}
 	if first {
-		h.events = append(append([]Event(nil), evs...), h.events...)
+		h.events = append(add, h.events...)
 	} else {
-		h.events = append(h.events, evs...)
+		h.events = append(h.events, add...)
 	}
 	kept := h.events[:0]
-	for i, ev := range h.events {
-		if !slicesContainsEvent(h.events[:i], ev) && len(kept) < maxHeldEvents {
-			kept = append(kept, ev)
+	for i, he := range h.events {
+		if !slices.ContainsFunc(h.events[:i], func(x heldEvent) bool { return x.device == he.device && reflect.DeepEqual(x.ev, he.ev) }) &&
+			len(kept) < maxHeldEvents {
+			kept = append(kept, he)
 		}
 	}
 	clear(h.events[len(kept):])
 	h.events = kept
-}
-
-func slicesContainsEvent(evs []Event, ev Event) bool {
-	for _, x := range evs {
-		if reflect.DeepEqual(x, ev) {
-			return true
-		}
-	}
-	return false
 }
 
 // serve is the worker of h: it settles h's lost commits, then applies its
@@ -214,6 +233,7 @@ func (b *backlog) serve(h *held) {
 		}
 		if u == nil && len(h.events) == 0 {
 			delete(b.txns, cacheKey{h.merchantID, h.id})
+			b.n.Store(int64(len(b.txns)))
 			h.working = false
 			if len(b.txns) == 0 && b.idle != nil {
 				close(b.idle)
@@ -275,10 +295,8 @@ func (e *Engine) settle(ctx context.Context, u *lostCommit) bool {
 		if err != nil {
 			return false
 		}
-		if found == outcomeMoved && (foundRev == u.fence || e.work.fenced(u.merchantID, first.ID, foundRev)) {
-			// Its own fence (an earlier attempt whose reply was lost) or a
-			// sibling's: nothing built on prev can apply any more.
-			found = outcomeNotApplied
+		if found == outcomeMoved {
+			found = e.work.fencedBy(u, foundRev)
 		}
 		if m := e.opts.Metrics; m != nil {
 			m.LostCommits.WithLabelValues([...]string{"applied", "not_applied", "overtaken"}[found]).Inc()
@@ -294,7 +312,7 @@ func (e *Engine) settle(ctx context.Context, u *lostCommit) bool {
 			e.log.Info().Str("transactionId", first.ID).Msg("lost commit was not applied, and never will be")
 			e.work.mu.Lock()
 			if h := e.work.txns[cacheKey{u.merchantID, first.ID}]; h != nil {
-				h.fences = append(h.fences, u.fence)
+				h.fences = append(h.fences, fenceRec{fence: u.fence, replaced: rev.prev})
 			}
 			e.work.mu.Unlock()
 			if r := u.retry; r != nil {
@@ -308,6 +326,9 @@ func (e *Engine) settle(ctx context.Context, u *lostCommit) bool {
 			e.log.Warn().Str("transactionId", first.ID).Msg("lost commit was overtaken by another writer: re-deriving its effects from Redis")
 			if !e.rederive(ctx, u) {
 				return false
+			}
+			if r := u.retry; r != nil { // applied or not: applying them again is harmless
+				e.work.queue(u.merchantID, r.device, r.id, r.evs, true)
 			}
 		}
 		u.done = true
@@ -327,19 +348,31 @@ func (e *Engine) settle(ctx context.Context, u *lostCommit) bool {
 	return true
 }
 
-// fenced reports whether rev is one this process's resolvers wrote to the
-// transaction.
-func (b *backlog) fenced(merchantID, id string, rev int64) bool {
+// fencedBy tells what a rev that is neither the one u expected nor the
+// one it wrote says of u: u's own fence (an earlier attempt whose reply
+// was lost) means it was not applied; a sibling's fence (another lost
+// commit of this process on the same transaction) tells by the rev that
+// fence replaced: u's expected rev, not applied; the rev u wrote, applied
+// (the sibling was built on u's result). Anything else is another
+// writer's.
+func (b *backlog) fencedBy(u *lostCommit, rev int64) outcome {
+	if rev == u.fence {
+		return outcomeNotApplied
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if h := b.txns[cacheKey{merchantID, id}]; h != nil {
+	if h := b.txns[cacheKey{u.merchantID, u.p.arm[0].ID}]; h != nil {
 		for _, f := range h.fences {
-			if f == rev {
-				return true
+			switch {
+			case f.fence != rev:
+			case f.replaced == u.p.revs[0].prev:
+				return outcomeNotApplied
+			case f.replaced == u.p.revs[0].next:
+				return outcomeApplied
 			}
 		}
 	}
-	return false
+	return outcomeMoved
 }
 
 // rederive does, for the transactions of a commit whose outcome cannot be
@@ -375,8 +408,17 @@ func (e *Engine) rederive(ctx context.Context, u *lostCommit) bool {
 // meanwhile (queue, first) cannot be undone by this worker.
 func (e *Engine) applyHeld(ctx context.Context, h *held) bool {
 	e.work.mu.Lock()
-	evs, device := h.events, h.device
-	h.events = nil
+	// A run is the first events that came from one terminal.
+	n := 0
+	for n < len(h.events) && h.events[n].device == h.events[0].device {
+		n++
+	}
+	var device string
+	evs := make([]Event, n)
+	for i, he := range h.events[:n] {
+		evs[i], device = he.ev, he.device
+	}
+	h.events = h.events[n:]
 	e.work.mu.Unlock()
 	if len(evs) == 0 {
 		return true
@@ -468,8 +510,8 @@ func (e *Engine) WaitIdle(ctx context.Context) bool {
 
 // Close stops the engine's background work: the workers of held
 // transactions (what they hold is lost with the process, as on a crash:
-// the terminal re-sends its results, and a restarted hub reads Redis) and
-// the deadline sweeper.
+// the terminal re-sends its results, and a restarted hub reads Redis), the
+// deadline sweeper and every deadline timer.
 func (e *Engine) Close() {
 	e.work.mu.Lock()
 	if !e.work.closed {
@@ -478,6 +520,7 @@ func (e *Engine) Close() {
 	}
 	e.work.mu.Unlock()
 	e.sweep.stop()
+	e.timers.stopAll()
 	e.work.running.Wait()
 }
 

@@ -251,3 +251,64 @@ func TestResolutionWhoseReplyWasLostIsRecognised(t *testing.T) {
 		t.Fatalf("%s commits, want 4: create, commandReceived, the fence, the result", got)
 	}
 }
+
+// A lost commit that reaches Redis only after it was fenced off (delayed
+// in the network) changes nothing: the result, applied again, stands, and
+// the late commit fails its condition.
+func TestLateCommitAfterItsFenceChangesNothing(t *testing.T) {
+	e, sink, r, f, _ := faultEngine(t)
+	id := dispatched(t, e, sink, "late")
+	f.Stall()
+	if err := e.TerminalEvent(context.Background(), "m1", "T1", approved(id)); !errors.Is(err, ErrOutcomeUnknown) {
+		t.Fatalf("result into a stalled Redis: %v, want ErrOutcomeUnknown", err)
+	}
+	f.ResumeLate()
+	waitIdle(t, e) // fenced off, the result applied again
+	if got, want := sink.take(), []string{"terminal resultAck", "pos paymentComplete COMPLETED v3"}; !slices.Equal(got, want) {
+		t.Fatalf("delivered %q, want %q", got, want)
+	}
+	before := rev(t, r, id)
+	if n := f.Arrive(); n == 0 {
+		t.Fatal("nothing was on its way")
+	}
+	if got := rev(t, r, id); got != before || got != "4" {
+		t.Fatalf("%s commits after the late commit arrived (%s before), want 4: it must fail its condition", got, before)
+	}
+	if s := statusOf(t, e, id).Status; s != protocol.StatusCompleted {
+		t.Fatalf("status %s, want COMPLETED", s)
+	}
+}
+
+// What a rev that is neither the one a lost commit expected nor the one it
+// wrote says of it: its own fence (an attempt whose reply was lost) or a
+// sibling's that replaced its expected rev, not applied; a sibling's that
+// replaced the rev it wrote, applied (the sibling was built on its
+// result); anything else, another writer's.
+func TestFencedByTellsOwnAndSiblingFences(t *testing.T) {
+	e := NewEngine(Options{Logger: zerolog.Nop()})
+	const prev, next, own, sibling, other = 1<<32 | 7, 2<<32 | 9, 2<<32 | 11, 3<<32 | 13, 3<<32 | 17
+	u := &lostCommit{merchantID: "m1", p: &pending{arm: []*Txn{{Transaction: protocol.Transaction{ID: "txn_1"}}},
+		revs: []revChange{{prev: prev, next: next}}}, fence: own}
+	e.work.txns[cacheKey{"m1", "txn_1"}] = &held{merchantID: "m1", id: "txn_1"}
+	for _, c := range []struct {
+		name     string
+		replaced int64 // by the sibling's fence; 0: no sibling fence
+		rev      int64
+		want     outcome
+	}{
+		{"its own fence", 0, own, outcomeNotApplied},
+		{"a sibling's fence of the rev it expected", prev, sibling, outcomeNotApplied},
+		{"a sibling's fence of the rev it wrote", next, sibling, outcomeApplied},
+		{"a sibling's fence of another rev", other, sibling, outcomeMoved},
+		{"another writer's rev", next, other, outcomeMoved},
+	} {
+		h := e.work.txns[cacheKey{"m1", "txn_1"}]
+		h.fences = nil
+		if c.replaced != 0 {
+			h.fences = []fenceRec{{fence: sibling, replaced: c.replaced}}
+		}
+		if got := e.work.fencedBy(u, c.rev); got != c.want {
+			t.Errorf("%s: %d, want %d", c.name, got, c.want)
+		}
+	}
+}

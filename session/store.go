@@ -290,16 +290,18 @@ func (c *commit) exec(ctx context.Context, s *Store) ([]appended, error) {
 	args = append(args, c.conds...)
 	args = append(args, c.ops...)
 	res, err := redisx.RunScriptArgs(ctx, s.batch, s.rdb, commitScript, c.keys, args).Slice()
-	c.release() // RunScript waits for the outcome even when ctx ends (redisx.Batcher.Do)
+	if !errors.Is(err, redisx.ErrNoAnswer) { // else the pipeline may still read the arguments
+		c.release()
+	}
 	if err != nil {
-		var re redis.Error
-		switch {
-		case errors.Is(err, redisx.ErrUnavailable), errors.As(err, &re): // never sent, or refused as a whole
+		if errors.Is(err, redisx.ErrUnavailable) || redisx.Refused(err) {
+			// Never sent, or refused by Redis before the script ran.
 			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
-		case redisx.Outage(err):
-			return nil, fmt.Errorf("%w: %v", ErrOutcomeUnknown, err)
 		}
-		return nil, err
+		// No answer, or an error from within the script, which may have
+		// written part of the commit: found out like a lost answer (the
+		// rev is the first thing it writes).
+		return nil, fmt.Errorf("%w: %v", ErrOutcomeUnknown, err)
 	}
 	if ok, _ := res[0].(int64); ok != 1 {
 		return nil, errConflict

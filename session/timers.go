@@ -14,9 +14,10 @@ import (
 // transaction and acts only if the deadline is still set and due, and a
 // restarted hub re-arms everything from Redis (Engine.Start).
 type timers struct {
-	e  *Engine
-	mu sync.Mutex
-	m  map[timerKey]armed // guarded by mu
+	e      *Engine
+	mu     sync.Mutex
+	m      map[timerKey]armed // guarded by mu
+	closed bool               // the engine closed: nothing is armed any more; guarded by mu
 }
 
 // timerKey names one deadline timer. A struct rather than a joined string:
@@ -43,6 +44,9 @@ func (ts *timers) sync(t *Txn) {
 }
 
 func (ts *timers) setLocked(merchantID, txnID, kind string, at time.Time) {
+	if ts.closed {
+		return
+	}
 	k := timerKey{merchantID, txnID, kind}
 	cur, ok := ts.m[k]
 	if ok && cur.at.Equal(at) {
@@ -95,6 +99,17 @@ func (ts *timers) fire(merchantID, txnID, kind string, at time.Time) {
 		}
 		ts.mu.Unlock()
 	}
+}
+
+// stopAll stops every timer (the engine closes).
+func (ts *timers) stopAll() {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	for k, a := range ts.m {
+		a.t.Stop()
+		delete(ts.m, k)
+	}
+	ts.closed = true
 }
 
 // Armed returns how many deadline timers are running (for metrics).

@@ -50,8 +50,7 @@ func startApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (*redi
 			if err = a.Start(ctx); err == nil {
 				return store, a, nil
 			}
-			a.Engine.Close()
-			a.Health.Close()
+			a.Close()
 			store.Close()
 		}
 		var perr *redisx.ParseError

@@ -48,6 +48,7 @@ type Faults struct {
 	mu         sync.Mutex
 	stalled    bool     // guarded by mu
 	parked     []parked // commands sent during the stall, in order; guarded by mu
+	late       []parked // commands of an ended stall still on their way (ResumeLate); guarded by mu
 	lose       int      // replies still to lose; guarded by mu
 	loseScript int      // replies of scripts still to lose; guarded by mu
 }
@@ -96,6 +97,29 @@ func (f *Faults) Resume(keep int) int {
 		}
 		f.mu.Unlock()
 	}
+}
+
+// ResumeLate ends a stall without running what was sent during it: those
+// commands are still on their way, as through a network that delays them,
+// and arrive when Arrive is called — after whatever was sent since.
+func (f *Faults) ResumeLate() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.late = append(f.late, f.parked...)
+	f.parked, f.stalled = nil, false
+}
+
+// Arrive executes the commands ResumeLate left on their way, in the order
+// they were sent, and reports how many there were.
+func (f *Faults) Arrive() int {
+	f.mu.Lock()
+	p := f.late
+	f.late = nil
+	f.mu.Unlock()
+	for _, c := range p {
+		f.run(c)
+	}
+	return len(p)
 }
 
 // run executes a kept command (or pipeline).

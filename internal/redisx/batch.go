@@ -2,9 +2,9 @@ package redisx
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -30,8 +30,9 @@ type Batcher struct {
 
 // call is one caller's command and how it is told the outcome.
 type call struct {
-	ctx  context.Context
-	cmds []redis.Cmder // in order, all in the same pipeline
+	ctx       context.Context
+	passenger bool          // taken into a pipeline another caller sends; guarded by Batcher.mu
+	cmds      []redis.Cmder // in order, all in the same pipeline
 	// lead receives the batch this caller must send (it was handed a
 	// slot), or nil once another caller has sent its command.
 	lead chan []*call
@@ -53,14 +54,20 @@ func NewBatcher(rdb redis.UniversalClient, slots int) *Batcher {
 	return &Batcher{rdb: rdb, slots: slots}
 }
 
+// ErrNoAnswer is the error of a caller whose deadline passed while its
+// command was on its way in another caller's pipeline: it may still be
+// applied, as after any timeout. The command then belongs to the pipeline,
+// which still writes its reply: the caller must not read it.
+var ErrNoAnswer = errors.New("redis: no answer within the caller's time (the command may still be applied)")
+
 // Do runs cmd, alone or in a pipeline with other callers' commands, and
-// returns cmd.Err(). A caller whose deadline passes while it still waits
-// for its turn leaves with ErrUnavailable: its command was never sent.
-// Once sent, it waits for the outcome even if ctx ends first: a command
-// already sent may have been applied, and its caller must learn which. The
-// pipeline runs without the callers' cancellation, because it carries
-// other callers' commands too, but with the latest of their deadlines, so
-// that a stalled Redis holds none of them much past its own.
+// returns cmd.Err(). Every caller has its answer by its own deadline: one
+// whose deadline passes while it waits for its turn leaves with
+// ErrUnavailable (its command was never sent); one whose command goes in
+// another caller's pipeline leaves at its deadline with ErrNoAnswer; one
+// that sends a pipeline runs it with its own deadline (and without its
+// cancellation, since the pipeline carries other callers' commands too:
+// the outcome of what was sent must be learnt).
 func (b *Batcher) Do(ctx context.Context, cmd redis.Cmder) error {
 	return b.DoAll(ctx, cmd)
 }
@@ -90,13 +97,16 @@ func (b *Batcher) DoAll(ctx context.Context, cmds ...redis.Cmder) error {
 	select {
 	case batch = <-c.lead:
 	case <-ctx.Done():
-		if b.leave(c) {
+		switch b.leave(c) {
+		case stillQueued:
 			for _, cmd := range cmds {
 				cmd.SetErr(ErrUnavailable)
 			}
 			return ErrUnavailable
+		case inPipeline:
+			return ErrNoAnswer
 		}
-		batch = <-c.lead // already taken into a pipeline: wait for it
+		batch = <-c.lead // chosen to send the next pipeline: it carries others too
 	}
 	if batch != nil {
 		b.send(batch)
@@ -104,17 +114,28 @@ func (b *Batcher) DoAll(ctx context.Context, cmds ...redis.Cmder) error {
 	return c.err()
 }
 
-// leave takes c out of the queue, reporting whether it was still there.
-func (b *Batcher) leave(c *call) bool {
+// Where a caller stands when it wants to leave.
+const (
+	stillQueued = iota // not sent: taken out of the queue
+	inPipeline         // in a pipeline another caller sends
+	sending            // chosen to send the next pipeline
+)
+
+// leave takes c out of the queue if it is still there, and reports where
+// it stands.
+func (b *Batcher) leave(c *call) int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for i, p := range b.pending {
 		if p == c {
 			b.pending = append(b.pending[:i:i], b.pending[i+1:]...)
-			return true
+			return stillQueued
 		}
 	}
-	return false
+	if c.passenger {
+		return inPipeline
+	}
+	return sending
 }
 
 // err is the first error among the call's commands.
@@ -160,22 +181,17 @@ func (b *Batcher) send(batch []*call) {
 	b.pass(batch)
 }
 
-// batchContext is the context a pipeline runs with: the first caller's
-// values, nobody's cancellation, and the latest of the callers' deadlines
-// (none if one of them has none: the client's timeouts bound it then).
+// batchContext is the context a pipeline runs with: the values and the
+// deadline of the caller that sends it (batch[0]), without its
+// cancellation. Its other callers leave at their own deadlines (DoAll); one
+// whose deadline is later than the sender's gets the timeout, an outcome
+// as unknown as its own would have been.
 func batchContext(batch []*call) (context.Context, context.CancelFunc) {
 	ctx := context.WithoutCancel(batch[0].ctx)
-	var latest time.Time
-	for _, c := range batch {
-		d, ok := c.ctx.Deadline()
-		if !ok {
-			return ctx, func() {}
-		}
-		if d.After(latest) {
-			latest = d
-		}
+	if d, ok := batch[0].ctx.Deadline(); ok {
+		return context.WithDeadline(ctx, d)
 	}
-	return context.WithDeadline(ctx, latest)
+	return ctx, func() {}
 }
 
 // pass tells every other caller in batch that its command is done and
@@ -196,6 +212,9 @@ func (b *Batcher) pass(batch []*call) {
 		next = next[:maxBatch]
 	} else {
 		b.pending = nil
+	}
+	for _, c := range next[1:] {
+		c.passenger = true
 	}
 	b.mu.Unlock()
 	next[0].lead <- next
@@ -224,7 +243,14 @@ func ScriptArgs(script *redis.Script, keys []string, extra int) []any {
 // followed by the script's arguments.
 func RunScriptArgs(ctx context.Context, b *Batcher, rdb redis.Scripter, script *redis.Script, keys []string, cmdArgs []any) *redis.Cmd {
 	cmd := redis.NewCmd(ctx, cmdArgs...)
-	if err := b.Do(ctx, cmd); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+	err := b.Do(ctx, cmd)
+	switch {
+	case errors.Is(err, ErrNoAnswer):
+		// cmd is the pipeline's now (and so are cmdArgs, until it is sent).
+		left := redis.NewCmd(ctx)
+		left.SetErr(err)
+		return left
+	case err != nil && redis.HasErrorPrefix(err, "NOSCRIPT"):
 		return script.Eval(ctx, rdb, keys, cmdArgs[3+len(keys):]...)
 	}
 	return cmd

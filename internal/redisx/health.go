@@ -5,9 +5,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"io"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -21,28 +24,41 @@ import (
 var ErrUnavailable = errors.New("redis: unavailable (command not sent)")
 
 // Outage reports whether err means Redis could not serve a command: it is
-// stalled, restarting, unreachable or refusing work while it loads or fails
-// over. A reply that Redis chose to give (an error such as WRONGTYPE, a
-// script's own error, redis.Nil) is not an outage, nor is a caller that
-// gave up (context.Canceled).
+// stalled, restarting, unreachable, or refusing work while it loads, fails
+// over or is out of memory or replicas. Anything else — a reply Redis
+// chose to give (WRONGTYPE, a script's own error, redis.Nil), a caller
+// that gave up (context.Canceled), a bug — is not.
 func Outage(err error) bool {
 	switch {
 	case err == nil, errors.Is(err, redis.Nil), errors.Is(err, context.Canceled):
 		return false
-	case errors.Is(err, ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, ErrUnavailable), errors.Is(err, ErrNoAnswer), errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed),
+		errors.Is(err, redis.ErrClosed), errors.Is(err, redis.ErrPoolTimeout), errors.Is(err, redis.ErrPoolExhausted),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EPIPE):
 		return true
 	}
+	var ne net.Error
+	return errors.As(err, &ne) || Refused(err)
+}
+
+// Refused reports whether err is Redis refusing a command before running
+// any of it: while it loads its data, is busy with a script, fails over,
+// is out of memory or of replicas, or cannot persist. Nothing of the
+// command was applied.
+func Refused(err error) bool {
 	var re redis.Error
-	if errors.As(err, &re) {
-		msg := re.Error()
-		for _, p := range []string{"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY"} {
-			if strings.HasPrefix(msg, p) {
-				return true
-			}
-		}
+	if !errors.As(err, &re) {
 		return false
 	}
-	return true // timeouts, EOF, resets, refused connections, a full pool: no answer came
+	msg := re.Error()
+	for _, p := range []string{"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "OOM",
+		"NOREPLICAS", "MISCONF", "NOSCRIPT"} {
+		if strings.HasPrefix(msg, p+" ") || msg == p {
+			return true
+		}
+	}
+	return false
 }
 
 // HealthOptions configure a Health.

@@ -3,6 +3,10 @@ package redisx_test
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -155,10 +159,11 @@ func TestOutage(t *testing.T) {
 		err  error
 		want bool
 	}{
-		{nil, false}, {redis.Nil, false}, {context.Canceled, false},
-		{redisx.ErrUnavailable, true}, {context.DeadlineExceeded, true},
-		{errors.New("read tcp: i/o timeout"), true},
-		{redis.ErrClosed, true},
+		{nil, false}, {redis.Nil, false}, {context.Canceled, false}, {errors.New("decode: unexpected end"), false},
+		{redisx.ErrUnavailable, true}, {redisx.ErrNoAnswer, true}, {context.DeadlineExceeded, true},
+		{&net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}, true},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, true},
+		{io.EOF, true}, {redis.ErrClosed, true}, {redis.ErrPoolTimeout, true},
 	} {
 		if got := redisx.Outage(c.err); got != c.want {
 			t.Errorf("Outage(%v) = %v, want %v", c.err, got, c.want)
@@ -166,7 +171,35 @@ func TestOutage(t *testing.T) {
 	}
 	r := redistest.New(t)
 	err := r.Client.Do(context.Background(), "nosuchcommand").Err()
+	if err == nil || redisx.Outage(err) || redisx.Refused(err) {
+		t.Errorf("Outage or Refused of Redis's own error %v = true, want false", err)
+	}
+	r.Client.Set(context.Background(), r.Prefix+"s", "x", 0)
+	err = r.Client.Incr(context.Background(), r.Prefix+"s").Err()
 	if err == nil || redisx.Outage(err) {
-		t.Errorf("Outage of Redis's own error %v = true, want false", err)
+		t.Errorf("Outage of %v = true, want false (Redis answered)", err)
+	}
+}
+
+// redisErr is an error reply as Redis sends it (redis.Error).
+type redisErr string
+
+func (e redisErr) Error() string { return string(e) }
+func (redisErr) RedisError()     {}
+
+// Refused tells Redis refusing a command before running it from Redis
+// answering with an error.
+func TestRefused(t *testing.T) {
+	for _, msg := range []string{"LOADING Redis is loading the dataset in memory", "BUSY Redis is busy running a script",
+		"READONLY You can't write against a read only replica.", "OOM command not allowed when used memory > 'maxmemory'.",
+		"MASTERDOWN Link with MASTER is down", "NOREPLICAS Not enough good replicas to write.", "NOSCRIPT No matching script."} {
+		if err := redisErr(msg); !redisx.Refused(err) || !redisx.Outage(err) {
+			t.Errorf("%q: Refused %v, Outage %v; want both", msg, redisx.Refused(err), redisx.Outage(err))
+		}
+	}
+	for _, msg := range []string{"WRONGTYPE Operation against a key holding the wrong kind of value", "ERR commit: unknown op x", "LOADINGX"} {
+		if err := redisErr(msg); redisx.Refused(err) || redisx.Outage(err) {
+			t.Errorf("%q: Refused %v, Outage %v; want neither", msg, redisx.Refused(err), redisx.Outage(err))
+		}
 	}
 }
