@@ -68,7 +68,13 @@ type faultEnv struct {
 func newFaultEnv(t *testing.T) *faultEnv {
 	t.Helper()
 	srv := redisproc.Start(t, redisproc.Options{AppendOnly: true})
-	h := apptest.Start(t, faultConfig, apptest.WallClock(), apptest.OnRedis(srv.URL()))
+	return hubOn(t, srv, srv.URL())
+}
+
+// hubOn starts a hub on the wall clock that reaches srv at url.
+func hubOn(t *testing.T, srv *redisproc.Server, url string) *faultEnv {
+	t.Helper()
+	h := apptest.Start(t, faultConfig, apptest.WallClock(), apptest.OnRedis(url))
 	return &faultEnv{env: &env{t: t, App: h.App, Srv: h.Srv, Redis: h.Redis, opts: client.Options{BaseURL: h.Srv.URL}}, redis: srv}
 }
 
@@ -459,8 +465,7 @@ func newProxyEnv(t *testing.T) (*faultEnv, *faultproxy.Proxy) {
 	t.Helper()
 	srv := redisproc.Start(t, redisproc.Options{})
 	proxy := faultproxy.Start(t, srv.Addr)
-	h := apptest.Start(t, faultConfig, apptest.WallClock(), apptest.OnRedis(proxy.URL()))
-	return &faultEnv{env: &env{t: t, App: h.App, Srv: h.Srv, Redis: h.Redis, opts: client.Options{BaseURL: h.Srv.URL}}, redis: srv}, proxy
+	return hubOn(t, srv, proxy.URL()), proxy
 }
 
 // TestLostRepliesAreResolved: Redis executes what it is sent but its
@@ -539,8 +544,7 @@ func TestConnectionResetsLoseNothing(t *testing.T) {
 // /readyz and /metrics, and serves new payments.
 func TestARedisThatComesBackEmptyIsReported(t *testing.T) {
 	srv := redisproc.Start(t, redisproc.Options{}) // no AOF: a restart keeps nothing
-	h := apptest.Start(t, faultConfig, apptest.WallClock(), apptest.OnRedis(srv.URL()))
-	e := &faultEnv{env: &env{t: t, App: h.App, Srv: h.Srv, Redis: h.Redis, opts: client.Options{BaseURL: h.Srv.URL}}, redis: srv}
+	e := hubOn(t, srv, srv.URL())
 	if err := srv.Kill(); err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,24 @@ func dispatched(t *testing.T, e *Engine, sink *recordSink, ref string) string {
 	return res.Txn.ID
 }
 
+// resultIntoAStall stalls Redis and has the terminal approve id: the
+// commit is lost (sent, no answer).
+func resultIntoAStall(t *testing.T, e *Engine, f *redisfault.Faults, id string) {
+	t.Helper()
+	f.Stall()
+	if err := e.TerminalEvent(context.Background(), "m1", "T1", approved(id)); !errors.Is(err, ErrOutcomeUnknown) {
+		t.Fatalf("result into a stalled Redis: %v, want ErrOutcomeUnknown", err)
+	}
+}
+
+// delivered checks what the sink was told since it was last emptied.
+func delivered(t *testing.T, sink *recordSink, want ...string) {
+	t.Helper()
+	if got := sink.take(); !slices.Equal(got, want) {
+		t.Fatalf("delivered %q, want %q", got, want)
+	}
+}
+
 func waitIdle(t *testing.T, e *Engine) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -77,9 +95,7 @@ func TestLostReplyOfAnAppliedCommitIsCarriedOut(t *testing.T) {
 		t.Fatalf("result with its reply lost: %v, want ErrOutcomeUnknown", err)
 	}
 	waitIdle(t, e)
-	if got, want := sink.take(), []string{"terminal resultAck", "nudge pk1"}; !slices.Equal(got, want) {
-		t.Fatalf("carried out %q, want %q", got, want)
-	}
+	delivered(t, sink, "terminal resultAck", "nudge pk1")
 	if s := statusOf(t, e, id).Status; s != protocol.StatusCompleted {
 		t.Fatalf("status %s, want COMPLETED", s)
 	}
@@ -95,10 +111,7 @@ func TestLostReplyOfAnAppliedCommitIsCarriedOut(t *testing.T) {
 func TestStalledCommitThatNeverRanIsAppliedAgain(t *testing.T) {
 	e, sink, r, f, _ := faultEngine(t)
 	id := dispatched(t, e, sink, "never-ran")
-	f.Stall()
-	if err := e.TerminalEvent(context.Background(), "m1", "T1", approved(id)); !errors.Is(err, ErrOutcomeUnknown) {
-		t.Fatalf("result into a stalled Redis: %v, want ErrOutcomeUnknown", err)
-	}
+	resultIntoAStall(t, e, f, id)
 	// Held: a POS's cancel and the payment's deadline wait.
 	_, err := e.Act(context.Background(), ActInput{MerchantID: "m1", TxnID: id, Action: protocol.ActionCancel, Event: EvCancel{}})
 	if !errors.Is(err, ErrUnavailable) {
@@ -111,10 +124,7 @@ func TestStalledCommitThatNeverRanIsAppliedAgain(t *testing.T) {
 		t.Fatal("nothing reached the stalled Redis")
 	}
 	waitIdle(t, e)
-	want := []string{"terminal resultAck", "pos paymentComplete COMPLETED v3"}
-	if got := sink.take(); !slices.Equal(got, want) {
-		t.Fatalf("delivered %q, want %q", got, want)
-	}
+	delivered(t, sink, "terminal resultAck", "pos paymentComplete COMPLETED v3")
 	if got := rev(t, r, id); got != "4" {
 		t.Fatalf("%s commits, want 4: create, commandReceived, the fence, the result", got)
 	}
@@ -125,15 +135,10 @@ func TestStalledCommitThatNeverRanIsAppliedAgain(t *testing.T) {
 func TestStalledCommitThatRanLaterIsCarriedOut(t *testing.T) {
 	e, sink, r, f, _ := faultEngine(t)
 	id := dispatched(t, e, sink, "ran-later")
-	f.Stall()
-	if err := e.TerminalEvent(context.Background(), "m1", "T1", approved(id)); !errors.Is(err, ErrOutcomeUnknown) {
-		t.Fatalf("result into a stalled Redis: %v, want ErrOutcomeUnknown", err)
-	}
+	resultIntoAStall(t, e, f, id)
 	f.Resume(-1)
 	waitIdle(t, e)
-	if got, want := sink.take(), []string{"terminal resultAck", "nudge pk1"}; !slices.Equal(got, want) {
-		t.Fatalf("carried out %q, want %q", got, want)
-	}
+	delivered(t, sink, "terminal resultAck", "nudge pk1")
 	if got := rev(t, r, id); got != "3" {
 		t.Fatalf("%s commits, want 3: create, commandReceived, the result once", got)
 	}
@@ -144,8 +149,7 @@ func TestStalledCommitThatRanLaterIsCarriedOut(t *testing.T) {
 func TestHeldResultWinsOverItsDeadline(t *testing.T) {
 	e, sink, _, f, clk := faultEngine(t)
 	id := dispatched(t, e, sink, "result-first")
-	f.Stall()
-	_ = e.TerminalEvent(context.Background(), "m1", "T1", approved(id))
+	resultIntoAStall(t, e, f, id)
 	clk.Advance(181 * time.Second) // the deadline fires, finds the transaction held
 	f.Resume(0)
 	waitIdle(t, e)
@@ -236,17 +240,11 @@ func TestSweepArmsADeadlineNoTimerWatches(t *testing.T) {
 func TestResolutionWhoseReplyWasLostIsRecognised(t *testing.T) {
 	e, sink, r, f, _ := faultEngine(t)
 	id := dispatched(t, e, sink, "fence-lost")
-	f.Stall()
-	if err := e.TerminalEvent(context.Background(), "m1", "T1", approved(id)); !errors.Is(err, ErrOutcomeUnknown) {
-		t.Fatalf("result into a stalled Redis: %v, want ErrOutcomeUnknown", err)
-	}
+	resultIntoAStall(t, e, f, id)
 	f.LoseScriptReplies(1) // the first script after the stall: the resolution's
 	f.Resume(0)
 	waitIdle(t, e)
-	want := []string{"terminal resultAck", "pos paymentComplete COMPLETED v3"}
-	if got := sink.take(); !slices.Equal(got, want) {
-		t.Fatalf("delivered %q, want %q", got, want)
-	}
+	delivered(t, sink, "terminal resultAck", "pos paymentComplete COMPLETED v3")
 	if got := rev(t, r, id); got != "4" {
 		t.Fatalf("%s commits, want 4: create, commandReceived, the fence, the result", got)
 	}
@@ -258,15 +256,10 @@ func TestResolutionWhoseReplyWasLostIsRecognised(t *testing.T) {
 func TestLateCommitAfterItsFenceChangesNothing(t *testing.T) {
 	e, sink, r, f, _ := faultEngine(t)
 	id := dispatched(t, e, sink, "late")
-	f.Stall()
-	if err := e.TerminalEvent(context.Background(), "m1", "T1", approved(id)); !errors.Is(err, ErrOutcomeUnknown) {
-		t.Fatalf("result into a stalled Redis: %v, want ErrOutcomeUnknown", err)
-	}
+	resultIntoAStall(t, e, f, id)
 	f.ResumeLate()
 	waitIdle(t, e) // fenced off, the result applied again
-	if got, want := sink.take(), []string{"terminal resultAck", "pos paymentComplete COMPLETED v3"}; !slices.Equal(got, want) {
-		t.Fatalf("delivered %q, want %q", got, want)
-	}
+	delivered(t, sink, "terminal resultAck", "pos paymentComplete COMPLETED v3")
 	before := rev(t, r, id)
 	if n := f.Arrive(); n == 0 {
 		t.Fatal("nothing was on its way")

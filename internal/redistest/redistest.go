@@ -13,6 +13,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/termhub/termhub/internal/redisopts"
 )
 
 // Redis is a test's Redis.
@@ -26,19 +28,8 @@ type Redis struct {
 	Mini *miniredis.Miniredis
 }
 
-// Configure gives a test client the settings of the hub's own
-// (redisx.Configure, which this package cannot import: redisx's tests use
-// this package; TestRedistestConfiguresLikeTheHub keeps the two equal).
-func Configure(o *redis.Options) {
-	const requestTimeout = 5 * time.Second
-	o.PoolSize = max(o.PoolSize, 64)
-	o.MaxRetries = -1
-	o.DialTimeout = requestTimeout
-	o.ReadTimeout = requestTimeout
-	o.WriteTimeout = requestTimeout
-	o.PoolTimeout = requestTimeout
-	o.ContextTimeoutEnabled = true
-}
+// Configure gives a test client the settings of the hub's own clients.
+func Configure(o *redis.Options) { redisopts.Configure(o, 0) }
 
 // Real reports whether tests run against a real Redis.
 func Real() bool { return os.Getenv("REDIS_URL") != "" }

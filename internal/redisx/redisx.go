@@ -12,6 +12,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/termhub/termhub/internal/redisopts"
 )
 
 // Store is an open Redis connection and how to close it.
@@ -23,37 +25,8 @@ type Store struct {
 	Mini *miniredis.Miniredis
 }
 
-// DefaultRequestTimeout bounds one command when the caller gives none
-// (CONTRACT §7.1's request_timeout default).
-const DefaultRequestTimeout = 5 * time.Second
-
-// Configure applies termhub's client settings to o. Every client of the
-// hub's Redis is made with them, the tests' included, so that what is
-// tested is what runs.
-//
-//   - No automatic retries: a commit or an ack whose reply was lost may
-//     have been applied, and sending it again (go-redis would re-send a
-//     whole pipeline of commits) would turn a success into a conflict. A
-//     failed command is an error to the caller, which finds out what
-//     happened (session's commit resolver) or answers 503 to a client that
-//     can retry safely by reference or Idempotency-Key; background loops
-//     (timers, webhooks, trims) try again on their own schedule.
-//   - A command waits at most as long as its caller's context allows
-//     (ContextTimeoutEnabled), and never longer than requestTimeout when
-//     the caller set no deadline: a stalled Redis must not hold a request,
-//     or a reader, past the answer time the contract promises.
-func Configure(o *redis.Options, requestTimeout time.Duration) {
-	if requestTimeout <= 0 {
-		requestTimeout = DefaultRequestTimeout
-	}
-	o.PoolSize = max(o.PoolSize, 64)
-	o.MaxRetries = -1
-	o.DialTimeout = requestTimeout
-	o.ReadTimeout = requestTimeout
-	o.WriteTimeout = requestTimeout
-	o.PoolTimeout = requestTimeout
-	o.ContextTimeoutEnabled = true
-}
+// DefaultRequestTimeout bounds one command when the caller gives none.
+const DefaultRequestTimeout = redisopts.DefaultRequestTimeout
 
 // Open connects to url, or starts an embedded Redis when url is empty, and
 // checks that it answers.
@@ -73,7 +46,7 @@ func Open(ctx context.Context, url string, requestTimeout time.Duration) (*Store
 			return nil, &ParseError{Err: err}
 		}
 	}
-	Configure(opts, requestTimeout)
+	redisopts.Configure(opts, requestTimeout)
 	s.Client = redis.NewClient(opts)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

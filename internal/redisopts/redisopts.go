@@ -1,0 +1,42 @@
+// Package redisopts holds the settings every client of the hub's Redis is
+// made with, the tests' included (internal/redistest), so that what is
+// tested — retries, timeouts — is what runs. It is a package of its own
+// because redisx's own tests use redistest.
+package redisopts
+
+import (
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// DefaultRequestTimeout bounds one command when the caller gives none
+// (CONTRACT §7.1's request_timeout default).
+const DefaultRequestTimeout = 5 * time.Second
+
+// Configure applies the settings to o.
+//
+//   - No automatic retries: a commit or an ack whose reply was lost may
+//     have been applied, and sending it again (go-redis would re-send a
+//     whole pipeline of commits) would turn a success into a conflict. A
+//     failed command is an error to the caller, which finds out what
+//     happened (session's commit resolver) or answers 503 to a client that
+//     can retry safely by reference or Idempotency-Key; background loops
+//     (timers, webhooks, trims) try again on their own schedule.
+//   - A command waits at most as long as its caller's context allows
+//     (ContextTimeoutEnabled), and never longer than requestTimeout
+//     (DefaultRequestTimeout when zero) when the caller set no deadline: a
+//     stalled Redis must not hold a request, or a reader, past the answer
+//     time the contract promises.
+func Configure(o *redis.Options, requestTimeout time.Duration) {
+	if requestTimeout <= 0 {
+		requestTimeout = DefaultRequestTimeout
+	}
+	o.PoolSize = max(o.PoolSize, 64)
+	o.MaxRetries = -1
+	o.DialTimeout = requestTimeout
+	o.ReadTimeout = requestTimeout
+	o.WriteTimeout = requestTimeout
+	o.PoolTimeout = requestTimeout
+	o.ContextTimeoutEnabled = true
+}
