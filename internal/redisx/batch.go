@@ -164,8 +164,7 @@ func (b *Batcher) send(batch []*call) {
 			panic(v)
 		}
 	}()
-	ctx, cancel := batchContext(batch)
-	defer cancel()
+	ctx := batchContext(batch)
 	if len(batch) == 1 && len(batch[0].cmds) == 1 {
 		_ = b.rdb.Process(ctx, batch[0].cmds[0])
 	} else {
@@ -186,13 +185,17 @@ func (b *Batcher) send(batch []*call) {
 // cancellation. Its other callers leave at their own deadlines (DoAll); one
 // whose deadline is later than the sender's gets the timeout, an outcome
 // as unknown as its own would have been.
-func batchContext(batch []*call) (context.Context, context.CancelFunc) {
-	ctx := context.WithoutCancel(batch[0].ctx)
-	if d, ok := batch[0].ctx.Deadline(); ok {
-		return context.WithDeadline(ctx, d)
-	}
-	return ctx, func() {}
-}
+func batchContext(batch []*call) context.Context { return detached{batch[0].ctx} }
+
+// detached is a context with its parent's values and deadline that is
+// never done: the client bounds the pipeline's socket reads and writes by
+// the deadline, and no caller's cancellation cuts a pipeline that carries
+// others' commands too. (context.WithoutCancel drops the deadline, and a
+// deadline of its own would cost a timer per pipeline.)
+type detached struct{ context.Context }
+
+func (detached) Done() <-chan struct{} { return nil }
+func (detached) Err() error            { return nil }
 
 // pass tells every other caller in batch that its command is done and
 // passes the slot to the oldest queued caller, or frees it.
