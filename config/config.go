@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -119,20 +120,96 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 
 // Config is the whole configuration.
 type Config struct {
-	Listen            string     `yaml:"listen"`
-	RedisURL          string     `yaml:"redis_url"`
-	KeyPrefix         string     `yaml:"key_prefix"` // prefix of every Redis key; lets several hubs or tests share one Redis
-	GracePeriod       Duration   `yaml:"grace_period"`
-	PaymentTimeout    Duration   `yaml:"payment_timeout"`
-	HeartbeatInterval Duration   `yaml:"heartbeat_interval"`
-	SignatureTimeout  Duration   `yaml:"signature_timeout"`
-	WebhookRetryBase  Duration   `yaml:"webhook_retry_base"`
-	OutboxRetention   Duration   `yaml:"outbox_retention"`
-	RequestTimeout    Duration   `yaml:"request_timeout"` // every request is answered within it (CONTRACT §7.1)
-	OpsToken          string     `yaml:"ops_token"`
-	LogLevel          string     `yaml:"log_level"`
-	Merchants         []Merchant `yaml:"merchants"`
+	Listen            string   `yaml:"listen"`
+	RedisURL          string   `yaml:"redis_url"`
+	KeyPrefix         string   `yaml:"key_prefix"` // prefix of every Redis key; lets several hubs or tests share one Redis
+	GracePeriod       Duration `yaml:"grace_period"`
+	PaymentTimeout    Duration `yaml:"payment_timeout"`
+	HeartbeatInterval Duration `yaml:"heartbeat_interval"`
+	SignatureTimeout  Duration `yaml:"signature_timeout"`
+	WebhookRetryBase  Duration `yaml:"webhook_retry_base"`
+	OutboxRetention   Duration `yaml:"outbox_retention"`
+	RequestTimeout    Duration `yaml:"request_timeout"` // every request is answered within it (CONTRACT §7.1)
+	OpsToken          string   `yaml:"ops_token"`
+	// OpsCookieSecure marks the ops session cookie Secure although the hub
+	// itself serves plain HTTP (a TLS-terminating proxy in front). With
+	// TLSCertFile the cookie is Secure anyway.
+	OpsCookieSecure bool `yaml:"ops_cookie_secure"`
+	// TLSCertFile and TLSKeyFile (PEM) make the one listener serve HTTPS
+	// and WSS; both or neither.
+	TLSCertFile string `yaml:"tls_cert_file"`
+	TLSKeyFile  string `yaml:"tls_key_file"`
+	// MemoryLimit is a soft limit on the memory the Go runtime uses (as
+	// GOMEMLIMIT), which the garbage collector's tuning never goes past;
+	// 0: none.
+	MemoryLimit ByteSize   `yaml:"memory_limit"`
+	RateLimit   RateLimit  `yaml:"rate_limit"`
+	LogLevel    string     `yaml:"log_level"`
+	Merchants   []Merchant `yaml:"merchants"`
 }
+
+// RateLimit is how fast clients may go (CONTRACT §3). Rates are per
+// second; a burst is how many may come at once before the rate applies.
+type RateLimit struct {
+	// KeyRate and KeyBurst limit the requests of one API key, REST and
+	// WebSocket together (acks are not requests: they are never limited).
+	KeyRate  float64 `yaml:"key_rate"`
+	KeyBurst int     `yaml:"key_burst"`
+	// TerminalRate and TerminalBurst limit the messages of one terminal;
+	// its results (paymentResult, voidResult, captureResult) are never
+	// limited.
+	TerminalRate  float64 `yaml:"terminal_rate"`
+	TerminalBurst int     `yaml:"terminal_burst"`
+	// AuthFailureRate and AuthFailureBurst limit failed authentications,
+	// per source address and per key id (an API key, a device, the ops
+	// token): past them, every attempt from that address, or for that
+	// id, is refused until the rate allows one again.
+	AuthFailureRate  float64 `yaml:"auth_failure_rate"`
+	AuthFailureBurst int     `yaml:"auth_failure_burst"`
+}
+
+// ByteSize is a number of bytes written with an optional unit: B, KiB,
+// MiB, GiB, TiB (as GOMEMLIMIT), or KB, MB, GB, TB (powers of 1000).
+type ByteSize int64
+
+// UnmarshalYAML parses a byte size.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return &nodeError{line: n.Line, col: n.Column, msg: "must be a size such as \"512MiB\""}
+	}
+	v, err := ParseByteSize(s)
+	if err != nil {
+		return &nodeError{line: n.Line, col: n.Column, msg: err.Error()}
+	}
+	*b = v
+	return nil
+}
+
+// ParseByteSize parses "512MiB", "1GiB", "1500000000" and the like.
+func ParseByteSize(s string) (ByteSize, error) {
+	s = strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("must be a size such as \"512MiB\" or \"2GiB\", got %q", s)
+	}
+	return ByteSize(n * mult), nil
+}
+
+// MarshalYAML writes the size in bytes.
+func (b ByteSize) MarshalYAML() (any, error) { return strconv.FormatInt(int64(b), 10), nil }
 
 // Merchant is one merchant with its keys and terminals.
 type Merchant struct {
@@ -144,11 +221,22 @@ type Merchant struct {
 	Terminals     []Terminal `yaml:"terminals"`
 }
 
-// APIKey is a POS credential: a public id and its HMAC secret.
+// APIKey is a POS credential: a public id and its HMAC secret, and what it
+// may do (Scopes: ScopeRead, ScopeWrite; both when omitted).
 type APIKey struct {
-	ID     string `yaml:"id"`
-	Secret string `yaml:"secret"`
+	ID     string   `yaml:"id"`
+	Secret string   `yaml:"secret"`
+	Scopes []string `yaml:"scopes,omitempty"`
 }
+
+// Key scopes (CONTRACT §3).
+const (
+	// ScopeRead lets a key read transactions and terminals, connect and
+	// receive (and acknowledge) its messages.
+	ScopeRead = "terminal:read"
+	// ScopeWrite lets a key create and change transactions.
+	ScopeWrite = "terminal:write"
+)
 
 // Terminal is a registered card terminal.
 type Terminal struct {
@@ -172,6 +260,11 @@ func Defaults() Config {
 		RequestTimeout:    Duration(5 * time.Second),
 		OpsToken:          "change-me",
 		LogLevel:          "info",
+		RateLimit: RateLimit{
+			KeyRate: 100, KeyBurst: 200,
+			TerminalRate: 20, TerminalBurst: 40,
+			AuthFailureRate: 1, AuthFailureBurst: 10,
+		},
 	}
 }
 
@@ -235,6 +328,48 @@ func applyEnv(cfg *Config, getenv func(string) string) error {
 	str("key_prefix", &cfg.KeyPrefix)
 	str("ops_token", &cfg.OpsToken)
 	str("log_level", &cfg.LogLevel)
+	str("tls_cert_file", &cfg.TLSCertFile)
+	str("tls_key_file", &cfg.TLSKeyFile)
+	if v := getenv("TERMHUB_OPS_COOKIE_SECURE"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("config: ops_cookie_secure (from TERMHUB_OPS_COOKIE_SECURE): must be true or false, got %q", v)
+		}
+		cfg.OpsCookieSecure = b
+	}
+	if v := getenv("TERMHUB_MEMORY_LIMIT"); v != "" {
+		b, err := ParseByteSize(v)
+		if err != nil {
+			return fmt.Errorf("config: memory_limit (from TERMHUB_MEMORY_LIMIT): %v", err)
+		}
+		cfg.MemoryLimit = b
+	}
+	for _, f := range []struct {
+		name string
+		dst  *float64
+	}{{"key_rate", &cfg.RateLimit.KeyRate}, {"terminal_rate", &cfg.RateLimit.TerminalRate}, {"auth_failure_rate", &cfg.RateLimit.AuthFailureRate}} {
+		name := "TERMHUB_RATE_LIMIT_" + strings.ToUpper(f.name)
+		if v := getenv(name); v != "" {
+			x, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return fmt.Errorf("config: rate_limit.%s (from %s): must be a number, got %q", f.name, name, v)
+			}
+			*f.dst = x
+		}
+	}
+	for _, f := range []struct {
+		name string
+		dst  *int
+	}{{"key_burst", &cfg.RateLimit.KeyBurst}, {"terminal_burst", &cfg.RateLimit.TerminalBurst}, {"auth_failure_burst", &cfg.RateLimit.AuthFailureBurst}} {
+		name := "TERMHUB_RATE_LIMIT_" + strings.ToUpper(f.name)
+		if v := getenv(name); v != "" {
+			x, err := strconv.Atoi(v)
+			if err != nil {
+				return fmt.Errorf("config: rate_limit.%s (from %s): must be a whole number, got %q", f.name, name, v)
+			}
+			*f.dst = x
+		}
+	}
 	for _, d := range []struct {
 		name string
 		dst  *Duration
@@ -278,6 +413,31 @@ func (c *Config) Validate() error {
 	if c.OpsToken == "" {
 		return bad("ops_token", "is required")
 	}
+	switch {
+	case c.TLSCertFile != "" && c.TLSKeyFile == "":
+		return bad("tls_key_file", "is required when tls_cert_file is set")
+	case c.TLSKeyFile != "" && c.TLSCertFile == "":
+		return bad("tls_cert_file", "is required when tls_key_file is set")
+	}
+	if c.MemoryLimit != 0 && c.MemoryLimit < 64<<20 {
+		return bad("memory_limit", "must be at least 64MiB (or 0 for none)")
+	}
+	for _, r := range []struct {
+		name  string
+		rate  float64
+		burst int
+	}{
+		{"key", c.RateLimit.KeyRate, c.RateLimit.KeyBurst},
+		{"terminal", c.RateLimit.TerminalRate, c.RateLimit.TerminalBurst},
+		{"auth_failure", c.RateLimit.AuthFailureRate, c.RateLimit.AuthFailureBurst},
+	} {
+		switch {
+		case r.rate <= 0:
+			return bad("rate_limit."+r.name+"_rate", "must be a positive number of requests per second")
+		case r.burst < 1:
+			return bad("rate_limit."+r.name+"_burst", "must be at least 1")
+		}
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -306,6 +466,11 @@ func (c *Config) Validate() error {
 				return bad(kat+".id", "%q is used by another key (key ids are global)", k.ID)
 			case k.Secret == "":
 				return bad(kat+".secret", "is required")
+			}
+			for n, sc := range k.Scopes {
+				if sc != ScopeRead && sc != ScopeWrite {
+					return bad(fmt.Sprintf("%s.scopes[%d]", kat, n), "must be %s or %s, got %q", ScopeRead, ScopeWrite, sc)
+				}
 			}
 			keys[k.ID] = true
 		}

@@ -390,9 +390,9 @@ func TestDirectory(t *testing.T) {
 			want KeyEntry
 			ok   bool
 		}{
-			{"pk_demo", KeyEntry{MerchantID: "m_demo", Secret: "sk_demo"}, true},
-			{"pk_demo2", KeyEntry{MerchantID: "m_demo", Secret: "sk_demo2"}, true},
-			{"pk_other", KeyEntry{MerchantID: "m_other", Secret: "sk_other"}, true},
+			{"pk_demo", KeyEntry{MerchantID: "m_demo", Secret: "sk_demo", CanWrite: true}, true},
+			{"pk_demo2", KeyEntry{MerchantID: "m_demo", Secret: "sk_demo2", CanWrite: true}, true},
+			{"pk_other", KeyEntry{MerchantID: "m_other", Secret: "sk_other", CanWrite: true}, true},
 			{"pk_nope", KeyEntry{}, false},
 			{"", KeyEntry{}, false},
 			{"PK_DEMO", KeyEntry{}, false},
@@ -474,4 +474,59 @@ func TestDirectory(t *testing.T) {
 			t.Errorf("MerchantIDs = %v", ids)
 		}
 	})
+}
+
+// The security settings (CONTRACT §3): scopes, TLS files, the memory
+// limit and the rate limits, from the file and the environment.
+func TestSecuritySettings(t *testing.T) {
+	const merchants = `
+merchants:
+  - id: m1
+    api_keys:
+      - {id: k_rw, secret: s1}
+      - {id: k_ro, secret: s2, scopes: [terminal:read]}
+      - {id: k_w, secret: s3, scopes: [terminal:write]}
+`
+	cfg, err := Parse([]byte("memory_limit: 512MiB\nops_cookie_secure: true\nrate_limit: {key_rate: 5, key_burst: 7}\n"+merchants), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MemoryLimit != 512<<20 || !cfg.OpsCookieSecure || cfg.RateLimit.KeyRate != 5 || cfg.RateLimit.KeyBurst != 7 ||
+		cfg.RateLimit.TerminalRate != 20 || cfg.RateLimit.AuthFailureBurst != 10 {
+		t.Fatalf("parsed %+v", cfg)
+	}
+	d := NewDirectory(cfg)
+	for id, want := range map[string]bool{"k_rw": true, "k_ro": false, "k_w": true} {
+		if k, _ := d.Key(id); k.CanWrite != want {
+			t.Errorf("%s: CanWrite %v, want %v", id, k.CanWrite, want)
+		}
+	}
+	env := map[string]string{"TERMHUB_MEMORY_LIMIT": "1GiB", "TERMHUB_RATE_LIMIT_TERMINAL_RATE": "2.5",
+		"TERMHUB_RATE_LIMIT_AUTH_FAILURE_BURST": "3", "TERMHUB_OPS_COOKIE_SECURE": "false", "TERMHUB_TLS_CERT_FILE": "c.pem", "TERMHUB_TLS_KEY_FILE": "k.pem"}
+	cfg, err = Parse([]byte("ops_cookie_secure: true\n"+merchants), func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MemoryLimit != 1<<30 || cfg.RateLimit.TerminalRate != 2.5 || cfg.RateLimit.AuthFailureBurst != 3 || cfg.OpsCookieSecure ||
+		cfg.TLSCertFile != "c.pem" || cfg.TLSKeyFile != "k.pem" {
+		t.Fatalf("from the environment: %+v", cfg)
+	}
+	for _, c := range []struct{ yaml, field string }{
+		{"tls_cert_file: c.pem\n", "tls_key_file"},
+		{"tls_key_file: k.pem\n", "tls_cert_file"},
+		{"memory_limit: 10MiB\n", "memory_limit"},
+		{"memory_limit: lots\n", "memory_limit"},
+		{"rate_limit: {key_rate: 0}\n", "rate_limit.key_rate"},
+		{"rate_limit: {terminal_burst: 0}\n", "rate_limit.terminal_burst"},
+		{merchants + "      - {id: k_x, secret: s4, scopes: [terminal:admin]}\n", "merchants[0].api_keys[3].scopes[0]"},
+	} {
+		_, err := Parse([]byte(c.yaml), noEnv)
+		if err == nil || !strings.Contains(err.Error(), c.field+":") {
+			t.Errorf("%q: %v, want an error naming %s", c.yaml, err, c.field)
+		}
+	}
+	if _, err := Parse(nil, func(k string) string { return map[string]string{"TERMHUB_RATE_LIMIT_KEY_BURST": "many"}[k] }); err == nil ||
+		!strings.Contains(err.Error(), "rate_limit.key_burst") {
+		t.Errorf("a bad TERMHUB_RATE_LIMIT_KEY_BURST: %v", err)
+	}
 }

@@ -1,5 +1,7 @@
 package config
 
+import "slices"
+
 // Directory is the read-only lookup the hub authenticates and routes with,
 // built from a Config. A reload builds a new one and swaps it in whole.
 type Directory struct {
@@ -8,10 +10,13 @@ type Directory struct {
 	terminals map[string]TerminalEntry
 }
 
-// KeyEntry is an API key with its merchant.
+// KeyEntry is an API key with its merchant and what it may do.
 type KeyEntry struct {
 	MerchantID string
 	Secret     string
+	// CanWrite: the key may create and change transactions
+	// (terminal:write, which a key without scopes has).
+	CanWrite bool
 }
 
 // TerminalEntry is a terminal with its merchant.
@@ -29,7 +34,7 @@ func NewDirectory(cfg Config) *Directory {
 		m := &cfg.Merchants[i]
 		d.merchants[m.ID] = m
 		for _, k := range m.APIKeys {
-			d.keys[k.ID] = KeyEntry{MerchantID: m.ID, Secret: k.Secret}
+			d.keys[k.ID] = KeyEntry{MerchantID: m.ID, Secret: k.Secret, CanWrite: len(k.Scopes) == 0 || slices.Contains(k.Scopes, ScopeWrite)}
 		}
 		for _, t := range m.Terminals {
 			d.terminals[t.DeviceID] = TerminalEntry{MerchantID: m.ID, DeviceID: t.DeviceID, Secret: t.Secret, Label: t.Label}

@@ -723,7 +723,7 @@ func TestErrorHTTPStatus(t *testing.T) {
 		{CodeNotFound, 404}, {CodeTerminalNotFound, 404}, {CodeTransactionNotFound, 404},
 		{CodeDeviceBusy, 409}, {CodeReferenceConflict, 409}, {CodeInvalidState, 409}, {CodeSessionDisplaced, 409},
 		{CodeIdempotencyKeyReused, 422}, {CodeTerminalOffline, 422}, {CodeRefundExceedsAmount, 422},
-		{CodeRateLimited, 429}, {CodeUnavailable, 503}, {CodeInternal, 500}, {Code("bogus"), 500},
+		{CodeInsufficientScopes, 403}, {CodeDuplicateRequest, 409}, {CodeRateLimited, 429}, {CodeUnavailable, 503}, {CodeInternal, 500}, {Code("bogus"), 500},
 	}
 	for _, tt := range tests {
 		t.Run(string(tt.code), func(t *testing.T) {

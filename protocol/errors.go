@@ -14,6 +14,7 @@ const (
 	CodeInvalidRequest       Code = "invalid_request"
 	CodeUnknownAction        Code = "unknown_action"
 	CodeUnauthorized         Code = "unauthorized"
+	CodeInsufficientScopes   Code = "insufficient_scopes"
 	CodeNotFound             Code = "not_found"
 	CodeTerminalNotFound     Code = "terminal_not_found"
 	CodeTransactionNotFound  Code = "transaction_not_found"
@@ -21,6 +22,7 @@ const (
 	CodeReferenceConflict    Code = "reference_conflict"
 	CodeInvalidState         Code = "invalid_state"
 	CodeSessionDisplaced     Code = "session_displaced"
+	CodeDuplicateRequest     Code = "duplicate_request"
 	CodeIdempotencyKeyReused Code = "idempotency_key_reused"
 	CodeTerminalOffline      Code = "terminal_offline"
 	CodeRefundExceedsAmount  Code = "refund_exceeds_amount"
@@ -36,9 +38,11 @@ func (c Code) HTTPStatus() int {
 		return http.StatusBadRequest
 	case CodeUnauthorized:
 		return http.StatusUnauthorized
+	case CodeInsufficientScopes:
+		return http.StatusForbidden
 	case CodeNotFound, CodeTerminalNotFound, CodeTransactionNotFound:
 		return http.StatusNotFound
-	case CodeDeviceBusy, CodeReferenceConflict, CodeInvalidState, CodeSessionDisplaced:
+	case CodeDeviceBusy, CodeReferenceConflict, CodeInvalidState, CodeSessionDisplaced, CodeDuplicateRequest:
 		return http.StatusConflict
 	case CodeIdempotencyKeyReused, CodeTerminalOffline, CodeRefundExceedsAmount:
 		return http.StatusUnprocessableEntity
