@@ -99,11 +99,14 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 		Sessions:          hub.RedisSessions{RDB: rdb, Key: ks.Session},
 		Health:            a.Health,
 		RequestTimeout:    cfg.RequestTimeout.D(),
+		RateLimit:         cfg.RateLimit,
+		Replays:           hub.RedisReplays{RDB: rdb, Key: ks.Replay},
 	})
 	a.Engine.SetTerminals(a.Hub)
 	a.Engine.SetSink(a.Hub)
 	// Ops owns the engine's one observer slot and fans out (Ops.ObserveTransactions).
-	a.Ops = ops.New(ops.Options{Hub: a.Hub, Engine: a.Engine, Token: cfg.OpsToken, Clock: clk, Logger: log})
+	a.Ops = ops.New(ops.Options{Hub: a.Hub, Engine: a.Engine, Token: cfg.OpsToken, Clock: clk, Logger: log,
+		Redis: rdb, Keys: ks, CookieSecure: cfg.OpsCookieSecure, RequestTimeout: cfg.RequestTimeout.D()})
 	a.Engine.SetObserver(a.Ops.PublishTransaction)
 	a.newWebhooks(cfg, rdb, ks)
 	a.Metrics.GaugeFunc("termhub_outbox_depth", "Durable POS messages kept in the outboxes (unacknowledged or within retention).", a.outboxDepth)

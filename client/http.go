@@ -3,10 +3,15 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
 
 	"github.com/termhub/termhub/protocol"
 )
@@ -23,11 +28,56 @@ type HTTP struct {
 	opts   Options
 	keyID  string
 	secret string
+
+	// The hub refuses a signed POST it has seen (duplicate_request), so
+	// two identical requests — a retry of one that got no answer, or a
+	// test's deliberate repeat — must not share a timestamp. signed holds
+	// the second each recent request was signed for, by a digest of its
+	// method, path and body; a repeat within that second is signed for the
+	// next one (the hub accepts ±300 s).
+	mu      sync.Mutex
+	signed  map[[sha256.Size]byte]int64
+	pruneAt int // prune signed when it grows to this size
 }
 
 // NewHTTP returns a REST client for API key keyID.
 func NewHTTP(opts Options, keyID, secret string) *HTTP {
 	return &HTTP{opts: opts, keyID: keyID, secret: secret}
+}
+
+// timestamp is the X-Timestamp for a request: now, unless an identical
+// request was signed for now or later already.
+func (h *HTTP) timestamp(method, path string, body []byte) string {
+	now := h.opts.now().Unix()
+	d := sha256.Sum256([]byte(method + "\n" + path + "\n" + string(body)))
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.signed == nil {
+		h.signed = map[[sha256.Size]byte]int64{}
+	}
+	sec := now
+	if prev, ok := h.signed[d]; ok && prev >= now {
+		sec = prev + 1
+	}
+	if len(h.signed) >= max(h.pruneAt, 4096) {
+		for k, v := range h.signed {
+			if v < now {
+				delete(h.signed, k)
+			}
+		}
+		h.pruneAt = 2 * len(h.signed)
+	}
+	h.signed[d] = sec
+	return strconv.FormatInt(sec, 10)
+}
+
+// skipAhead moves the next timestamp of an identical request n seconds
+// further on.
+func (h *HTTP) skipAhead(method string, u *url.URL, body []byte, n int) {
+	d := sha256.Sum256([]byte(method + "\n" + protocol.SignedPath(u, false) + "\n" + string(body)))
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.signed[d] += int64(n)
 }
 
 // Response is a REST answer read in full, so callers can assert on status,
@@ -107,11 +157,31 @@ func (h *HTTP) Do(ctx context.Context, method, pathWithQuery string, body any, h
 	if err != nil {
 		return nil, err
 	}
+	// A caller that set its own credentials (a test replaying a request)
+	// gets the hub's answer as it is; otherwise a duplicate_request, which
+	// means another process of this key sent the identical request signed
+	// for the same second, is signed for the next second and sent again.
+	own := headers.Get(protocol.HeaderTimestamp) == "" && headers.Get(protocol.HeaderSignature) == ""
+	for attempt := 1; ; attempt++ {
+		resp, err := h.send(ctx, method, u.String(), payload, headers)
+		if err != nil || !own || attempt == 3 || resp.Status != http.StatusConflict {
+			return resp, err
+		}
+		if e := resp.Err(); e == nil || e.Code != protocol.CodeDuplicateRequest {
+			return resp, nil
+		}
+		// Others may be stepping through the next seconds too: skip a few.
+		h.skipAhead(method, u, payload, rand.IntN(5))
+	}
+}
+
+// send signs and sends one attempt of a request.
+func (h *HTTP) send(ctx context.Context, method, url string, payload []byte, headers http.Header) (*Response, error) {
 	var rd io.Reader
 	if len(payload) > 0 {
 		rd = bytes.NewReader(payload)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +189,7 @@ func (h *HTTP) Do(ctx context.Context, method, pathWithQuery string, body any, h
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
-	ts := protocol.Timestamp(h.opts.now())
+	ts := h.timestamp(method, protocol.SignedPath(req.URL, false), payload)
 	req.Header.Set(protocol.HeaderAPIKey, h.keyID)
 	req.Header.Set(protocol.HeaderTimestamp, ts)
 	// Sign over the URL of the request itself: that is what the request line
@@ -138,7 +208,7 @@ func (h *HTTP) Do(ctx context.Context, method, pathWithQuery string, body any, h
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody))
 	if err != nil {
-		return nil, fmt.Errorf("client: reading %s %s answer: %w", method, pathWithQuery, err)
+		return nil, fmt.Errorf("client: reading %s %s answer: %w", method, req.URL.Path, err)
 	}
 	return &Response{Status: resp.StatusCode, Body: data, Header: resp.Header}, nil
 }

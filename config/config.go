@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -166,6 +167,12 @@ type RateLimit struct {
 	// id, is refused until the rate allows one again.
 	AuthFailureRate  float64 `yaml:"auth_failure_rate"`
 	AuthFailureBurst int     `yaml:"auth_failure_burst"`
+	// TrustedProxies are the addresses or CIDR ranges of reverse proxies
+	// in front of the hub. A request whose peer is one of them is counted
+	// (and logged) under the address its X-Forwarded-For names, taken
+	// from the right and skipping other trusted proxies; without it every
+	// client behind the proxy would share the proxy's failure budget.
+	TrustedProxies []string `yaml:"trusted_proxies,omitempty"`
 }
 
 // ByteSize is a number of bytes written with an optional unit: B, KiB,
@@ -261,9 +268,9 @@ func Defaults() Config {
 		OpsToken:          "change-me",
 		LogLevel:          "info",
 		RateLimit: RateLimit{
-			KeyRate: 100, KeyBurst: 200,
-			TerminalRate: 20, TerminalBurst: 40,
-			AuthFailureRate: 1, AuthFailureBurst: 10,
+			KeyRate: 200, KeyBurst: 1000,
+			TerminalRate: 20, TerminalBurst: 100,
+			AuthFailureRate: 10, AuthFailureBurst: 100,
 		},
 	}
 }
@@ -438,6 +445,13 @@ func (c *Config) Validate() error {
 			return bad("rate_limit."+r.name+"_burst", "must be at least 1")
 		}
 	}
+	for i, p := range c.RateLimit.TrustedProxies {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			if _, err := netip.ParseAddr(p); err != nil {
+				return bad(fmt.Sprintf("rate_limit.trusted_proxies[%d]", i), "must be an IP address or CIDR range, got %q", p)
+			}
+		}
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -466,6 +480,9 @@ func (c *Config) Validate() error {
 				return bad(kat+".id", "%q is used by another key (key ids are global)", k.ID)
 			case k.Secret == "":
 				return bad(kat+".secret", "is required")
+			}
+			if k.Scopes != nil && len(k.Scopes) == 0 {
+				return bad(kat+".scopes", "lists no scope: name %s and/or %s, or leave it out for both", ScopeRead, ScopeWrite)
 			}
 			for n, sc := range k.Scopes {
 				if sc != ScopeRead && sc != ScopeWrite {

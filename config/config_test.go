@@ -390,9 +390,9 @@ func TestDirectory(t *testing.T) {
 			want KeyEntry
 			ok   bool
 		}{
-			{"pk_demo", KeyEntry{MerchantID: "m_demo", Secret: "sk_demo", CanWrite: true}, true},
-			{"pk_demo2", KeyEntry{MerchantID: "m_demo", Secret: "sk_demo2", CanWrite: true}, true},
-			{"pk_other", KeyEntry{MerchantID: "m_other", Secret: "sk_other", CanWrite: true}, true},
+			{"pk_demo", KeyEntry{MerchantID: "m_demo", Secret: "sk_demo", CanWrite: true, CanRead: true}, true},
+			{"pk_demo2", KeyEntry{MerchantID: "m_demo", Secret: "sk_demo2", CanWrite: true, CanRead: true}, true},
+			{"pk_other", KeyEntry{MerchantID: "m_other", Secret: "sk_other", CanWrite: true, CanRead: true}, true},
 			{"pk_nope", KeyEntry{}, false},
 			{"", KeyEntry{}, false},
 			{"PK_DEMO", KeyEntry{}, false},
@@ -487,18 +487,18 @@ merchants:
       - {id: k_ro, secret: s2, scopes: [terminal:read]}
       - {id: k_w, secret: s3, scopes: [terminal:write]}
 `
-	cfg, err := Parse([]byte("memory_limit: 512MiB\nops_cookie_secure: true\nrate_limit: {key_rate: 5, key_burst: 7}\n"+merchants), noEnv)
+	cfg, err := Parse([]byte("memory_limit: 512MiB\nops_cookie_secure: true\nrate_limit: {key_rate: 5, key_burst: 7, trusted_proxies: [10.0.0.0/8, 192.0.2.1]}\n"+merchants), noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.MemoryLimit != 512<<20 || !cfg.OpsCookieSecure || cfg.RateLimit.KeyRate != 5 || cfg.RateLimit.KeyBurst != 7 ||
-		cfg.RateLimit.TerminalRate != 20 || cfg.RateLimit.AuthFailureBurst != 10 {
+		cfg.RateLimit.TerminalRate != 20 || cfg.RateLimit.AuthFailureBurst != 100 || len(cfg.RateLimit.TrustedProxies) != 2 {
 		t.Fatalf("parsed %+v", cfg)
 	}
 	d := NewDirectory(cfg)
 	for id, want := range map[string]bool{"k_rw": true, "k_ro": false, "k_w": true} {
-		if k, _ := d.Key(id); k.CanWrite != want {
-			t.Errorf("%s: CanWrite %v, want %v", id, k.CanWrite, want)
+		if k, _ := d.Key(id); k.CanWrite != want || k.CanRead != (id != "k_w") {
+			t.Errorf("%s: CanWrite %v CanRead %v, want %v %v", id, k.CanWrite, k.CanRead, want, id != "k_w")
 		}
 	}
 	env := map[string]string{"TERMHUB_MEMORY_LIMIT": "1GiB", "TERMHUB_RATE_LIMIT_TERMINAL_RATE": "2.5",
@@ -518,7 +518,9 @@ merchants:
 		{"memory_limit: lots\n", "memory_limit"},
 		{"rate_limit: {key_rate: 0}\n", "rate_limit.key_rate"},
 		{"rate_limit: {terminal_burst: 0}\n", "rate_limit.terminal_burst"},
+		{"rate_limit: {trusted_proxies: [10.0.0.0/8, proxy.local]}\n", "rate_limit.trusted_proxies[1]"},
 		{merchants + "      - {id: k_x, secret: s4, scopes: [terminal:admin]}\n", "merchants[0].api_keys[3].scopes[0]"},
+		{merchants + "      - {id: k_x, secret: s4, scopes: []}\n", "merchants[0].api_keys[3].scopes"},
 	} {
 		_, err := Parse([]byte(c.yaml), noEnv)
 		if err == nil || !strings.Contains(err.Error(), c.field+":") {

@@ -17,6 +17,9 @@ type KeyEntry struct {
 	// CanWrite: the key may create and change transactions
 	// (terminal:write, which a key without scopes has).
 	CanWrite bool
+	// CanRead: the key may read transactions and terminals
+	// (terminal:read, which a key without scopes has).
+	CanRead bool
 }
 
 // TerminalEntry is a terminal with its merchant.
@@ -34,7 +37,9 @@ func NewDirectory(cfg Config) *Directory {
 		m := &cfg.Merchants[i]
 		d.merchants[m.ID] = m
 		for _, k := range m.APIKeys {
-			d.keys[k.ID] = KeyEntry{MerchantID: m.ID, Secret: k.Secret, CanWrite: len(k.Scopes) == 0 || slices.Contains(k.Scopes, ScopeWrite)}
+			all := len(k.Scopes) == 0
+			d.keys[k.ID] = KeyEntry{MerchantID: m.ID, Secret: k.Secret,
+				CanWrite: all || slices.Contains(k.Scopes, ScopeWrite), CanRead: all || slices.Contains(k.Scopes, ScopeRead)}
 		}
 		for _, t := range m.Terminals {
 			d.terminals[t.DeviceID] = TerminalEntry{MerchantID: m.ID, DeviceID: t.DeviceID, Secret: t.Secret, Label: t.Label}

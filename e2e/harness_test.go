@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,6 +50,9 @@ type env struct {
 	Srv   *httptest.Server
 	Redis *redistest.Redis
 	opts  client.Options
+
+	mu      sync.Mutex
+	clients map[string]*client.HTTP // one per API key, as one POS process has
 }
 
 // newEnv starts a hub. A log is written to the test output when TERMHUB_TEST_LOG is set.
@@ -92,7 +96,20 @@ func (e *env) terminal(id string) *client.Conn {
 }
 
 // http returns a signed REST client for key id.
-func (e *env) http(id string) *client.HTTP { return client.NewHTTP(e.opts, id, secrets[id]) }
+// http is the REST client of API key id. It is the same client each time,
+// as in a POS process: it signs a repeat of an identical request for the
+// next second, so the hub does not take it for a replay.
+func (e *env) http(id string) *client.HTTP {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.clients == nil {
+		e.clients = map[string]*client.HTTP{}
+	}
+	if e.clients[id] == nil {
+		e.clients[id] = client.NewHTTP(e.opts, id, secrets[id])
+	}
+	return e.clients[id]
+}
 
 // eventually polls cond until it holds or 5 s pass (no sleeping on a guess).
 func eventually(t *testing.T, cond func() bool) {

@@ -90,7 +90,7 @@ func TestLogsNeverCarrySecretsSignaturesOrCardNumbers(t *testing.T) {
 	// terminal's command are out, so the payment can finish first.
 	eventually(t, func() bool { return strings.Contains(logs.String(), "transaction created") })
 	out := logs.String()
-	if !strings.Contains(out, "unauthorized") || !strings.Contains(out, "transaction created") {
+	if !strings.Contains(out, "authentication failed") || !strings.Contains(out, "transaction created") {
 		t.Fatalf("the log does not show the session at all:\n%s", out)
 	}
 	forbidden := append([]string{"sk1", "sk1b", "sk2", "dt1", "dt2", "du1", "not-the-secret", "4111111111111111", "411111******1111"}, signatures...)

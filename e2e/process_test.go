@@ -50,6 +50,9 @@ type hubProcess struct {
 	env    []string
 	cmd    *exec.Cmd
 	exited chan struct{}
+	// tls, when set, is the client that trusts the hub's certificate: the
+	// hub serves HTTPS and WSS.
+	tls *http.Client
 }
 
 func freeAddr(t *testing.T) string {
@@ -77,6 +80,14 @@ func startProcessHub(t *testing.T, env ...string) *hubProcess {
 // merchants of merchantsYAML.
 func startProcessHubOn(t *testing.T, url, merchantsYAML string, env ...string) *hubProcess {
 	t.Helper()
+	p := newProcessHub(t, url, merchantsYAML, env...)
+	p.start()
+	return p
+}
+
+// newProcessHub is startProcessHubOn without the start.
+func newProcessHub(t *testing.T, url, merchantsYAML string, env ...string) *hubProcess {
+	t.Helper()
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
 	p := &hubProcess{t: t, bin: buildBinary(t), addr: freeAddr(t), env: env}
@@ -86,7 +97,6 @@ func startProcessHubOn(t *testing.T, url, merchantsYAML string, env ...string) *
 	if err := os.WriteFile(p.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p.start()
 	t.Cleanup(func() {
 		if p.cmd != nil && p.cmd.Process != nil {
 			_ = p.cmd.Process.Kill()
@@ -108,7 +118,7 @@ func (p *hubProcess) start() {
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(p.cmd, p.exited)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		resp, err := http.Get("http://" + p.addr + "/readyz")
+		resp, err := p.httpClient().Get(p.baseURL() + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -135,7 +145,23 @@ func (p *hubProcess) kill9() {
 	<-p.exited
 }
 
-func (p *hubProcess) opts() client.Options { return client.Options{BaseURL: "http://" + p.addr} }
+func (p *hubProcess) opts() client.Options {
+	return client.Options{BaseURL: p.baseURL(), HTTPClient: p.tls}
+}
+
+func (p *hubProcess) baseURL() string {
+	if p.tls != nil {
+		return "https://" + p.addr
+	}
+	return "http://" + p.addr
+}
+
+func (p *hubProcess) httpClient() *http.Client {
+	if p.tls != nil {
+		return p.tls
+	}
+	return http.DefaultClient
+}
 
 func dialPOS(t *testing.T, p *hubProcess, id string) *client.Conn {
 	t.Helper()

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 
+	"github.com/termhub/termhub/config"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -16,6 +18,9 @@ type principal struct {
 	merchantID string
 	keyID      string // POS
 	deviceID   string // terminal
+	canWrite   bool   // POS: the key has terminal:write
+	canRead    bool   // POS: the key has terminal:read
+	ts, sig    string // the request's X-Timestamp and X-Signature
 }
 
 // maxBody bounds an HTTP request body; it is read whole to check its hash.
@@ -54,12 +59,13 @@ func readCredentials(r *http.Request, idHeader, idQuery string) (credentials, *p
 
 // authenticate checks a signed request. lookup maps the credential id to its
 // secret and merchant. The error says which part failed and never echoes the
-// signature or a secret.
+// signature or a secret; the credentials come back either way (a failure is
+// counted under the id it claimed).
 func (h *Hub) authenticate(r *http.Request, body []byte, idHeader, idQuery string,
-	lookup func(id string) (secret, merchantID string, ok bool)) (string, string, *protocol.Error) {
+	lookup func(id string) (secret, merchantID string, ok bool)) (credentials, string, *protocol.Error) {
 	c, e := readCredentials(r, idHeader, idQuery)
 	if e != nil {
-		return "", "", e
+		return c, "", e
 	}
 	// Name the part the way the client sent it: header or query parameter.
 	idName, tsName, sigName := idHeader, protocol.HeaderTimestamp, protocol.HeaderSignature
@@ -67,49 +73,61 @@ func (h *Hub) authenticate(r *http.Request, body []byte, idHeader, idQuery strin
 		idName, tsName, sigName = idQuery, protocol.QueryTimestamp, protocol.QuerySignature
 	}
 	if ok, problem := protocol.CheckTimestamp(c.ts, h.now()); !ok {
-		return "", "", protocol.Errorf(protocol.CodeUnauthorized, tsName, "%s", problem)
+		return c, "", protocol.Errorf(protocol.CodeUnauthorized, tsName, "%s", problem)
 	}
 	secret, merchantID, ok := lookup(c.id)
 	if !ok {
-		return "", "", protocol.Errorf(protocol.CodeUnauthorized, idName, "unknown %s", idName)
+		return c, "", protocol.Errorf(protocol.CodeUnauthorized, idName, "unknown %s", idName)
 	}
 	if !protocol.VerifySignature(secret, r.Method, protocol.SignedPath(r.URL, c.queryForm), c.ts, body, c.sig) {
-		return "", "", protocol.Errorf(protocol.CodeUnauthorized, sigName, "bad signature")
+		return c, "", protocol.Errorf(protocol.CodeUnauthorized, sigName, "bad signature")
 	}
-	return c.id, merchantID, nil
+	return c, merchantID, nil
 }
 
+// authPOS authenticates a POS request. On failure the principal holds only
+// the key id the request claimed.
 func (h *Hub) authPOS(r *http.Request, body []byte) (principal, *protocol.Error) {
 	dir := h.Directory()
-	id, m, e := h.authenticate(r, body, protocol.HeaderAPIKey, protocol.QueryAPIKey, func(id string) (string, string, bool) {
+	var key config.KeyEntry
+	c, m, e := h.authenticate(r, body, protocol.HeaderAPIKey, protocol.QueryAPIKey, func(id string) (string, string, bool) {
 		k, ok := dir.Key(id)
+		key = k
 		return k.Secret, k.MerchantID, ok
 	})
-	return principal{merchantID: m, keyID: id}, e
+	if e != nil {
+		return principal{keyID: c.id}, e
+	}
+	return principal{merchantID: m, keyID: c.id, canWrite: key.CanWrite, canRead: key.CanRead, ts: c.ts, sig: c.sig}, nil
 }
 
+// authTerminal authenticates a terminal's upgrade. On failure the
+// principal holds only the device id the request claimed.
 func (h *Hub) authTerminal(r *http.Request) (principal, *protocol.Error) {
 	dir := h.Directory()
-	id, m, e := h.authenticate(r, nil, protocol.HeaderDeviceID, protocol.QueryDeviceID, func(id string) (string, string, bool) {
+	c, m, e := h.authenticate(r, nil, protocol.HeaderDeviceID, protocol.QueryDeviceID, func(id string) (string, string, bool) {
 		t, ok := dir.Terminal(id)
 		return t.Secret, t.MerchantID, ok
 	})
-	return principal{merchantID: m, deviceID: id}, e
+	if e != nil {
+		return principal{deviceID: c.id}, e
+	}
+	return principal{merchantID: m, deviceID: c.id, ts: c.ts, sig: c.sig}, nil
 }
 
-// OpsAuthorized reports whether r carries the ops token as a bearer token or
-// in the dashboard's session cookie.
+// OpsAuthorized reports whether r carries token as `Authorization: Bearer
+// <token>`. It never reads the dashboard's cookie: that holds a session id,
+// not the token, and package ops checks it against Redis on its own routes.
 func (h *Hub) OpsAuthorized(r *http.Request, token string) bool {
 	got := ""
 	if a := r.Header.Get("Authorization"); len(a) > 7 && strings.EqualFold(a[:7], "Bearer ") {
 		got = a[7:]
-	} else if ck, err := r.Cookie(OpsCookie); err == nil {
-		got = ck.Value
 	}
-	return got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
+	return got != "" && token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
 }
 
-// OpsCookie is the dashboard session cookie's name.
+// OpsCookie is the name of the dashboard's session cookie (package ops),
+// which holds a random session id.
 const OpsCookie = "termhub_ops"
 
 // writeJSON writes v with status.
@@ -122,7 +140,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // writeError writes the one HTTP error body.
 func writeError(w http.ResponseWriter, e *protocol.Error) {
 	if (e.Code == protocol.CodeRateLimited || e.Code == protocol.CodeUnavailable) && w.Header().Get("Retry-After") == "" {
-		w.Header().Set("Retry-After", "1")
+		w.Header().Set("Retry-After", strconv.Itoa(max(e.RetryAfter, 1)))
 	}
 	writeJSON(w, e.Code.HTTPStatus(), protocol.ErrorBody{Error: e})
 }
@@ -145,6 +163,10 @@ func readBody(r *http.Request) ([]byte, *protocol.Error) {
 // posHTTP wraps a POS REST handler with body reading and authentication.
 func (h *Hub) posHTTP(next func(w http.ResponseWriter, r *http.Request, p principal, body []byte)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if e := h.addrBlocked(r); e != nil {
+			writeError(w, e)
+			return
+		}
 		body, e := readBody(r)
 		if e != nil {
 			writeError(w, e)
@@ -152,7 +174,10 @@ func (h *Hub) posHTTP(next func(w http.ResponseWriter, r *http.Request, p princi
 		}
 		p, e := h.authPOS(r, body)
 		if e != nil {
-			h.log.Info().Str("path", r.URL.Path).Str("problem", e.Message).Msg("unauthorized request")
+			writeError(w, h.AuthFailed(r, "pos", p.keyID, e))
+			return
+		}
+		if e := h.allowKey(p.keyID); e != nil {
 			writeError(w, e)
 			return
 		}
@@ -160,6 +185,10 @@ func (h *Hub) posHTTP(next func(w http.ResponseWriter, r *http.Request, p princi
 		// §7.1); a long poll's own wait comes on top (handleEvents).
 		ctx, cancel := context.WithTimeout(r.Context(), h.opts.RequestTimeout+requestExtra(r))
 		defer cancel()
+		if e := h.firstUse(ctx, r, p); e != nil {
+			writeError(w, e)
+			return
+		}
 		next(w, r.WithContext(ctx), p, body)
 	}
 }

@@ -292,6 +292,8 @@ func TestOpsAuthorization(t *testing.T) {
 		{"token without Bearer", http.Header{"Authorization": {opsToken}}},
 		{"basic auth", http.Header{"Authorization": {"Basic b3BzOm9wcy1zZWNyZXQ="}}},
 		{"wrong cookie", http.Header{"Cookie": {"termhub_ops=nope"}}},
+		// The cookie holds an ops session id (package ops), never the token.
+		{"token as cookie", http.Header{"Cookie": {"termhub_ops=" + opsToken}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			status, body := th.get(t, "/v1/ops/terminals", tc.header)
@@ -303,7 +305,7 @@ func TestOpsAuthorization(t *testing.T) {
 		header http.Header
 	}{
 		{"bearer", http.Header{"Authorization": {"Bearer " + opsToken}}},
-		{"dashboard cookie", http.Header{"Cookie": {"termhub_ops=" + opsToken}}},
+		{"bearer in lower case", http.Header{"Authorization": {"bearer " + opsToken}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			status, body := th.get(t, "/v1/ops/terminals", tc.header)

@@ -49,6 +49,9 @@ type conn struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
+	// refusedInARow counts frames refused by the rate limit since the last
+	// one let through; touched by the reader only (Hub.frameLimited).
+	refusedInARow int
 	// peerGone: the read ended because the peer's side of the socket
 	// closed or reset, with no close frame.
 	peerGone atomic.Bool

@@ -54,6 +54,12 @@ type Options struct {
 	// RequestTimeout bounds every request's wait for Redis (CONTRACT §7.1
 	// request_timeout); 5 s when zero.
 	RequestTimeout time.Duration
+	// RateLimit are the limits of CONTRACT §3; config.Defaults' when
+	// zero.
+	RateLimit config.RateLimit
+	// Replays remembers accepted signed POSTs so that a repeat is refused
+	// (duplicate_request); nil does not check.
+	Replays Replays
 }
 
 // Health is what the hub needs to know of its Redis (redisx.Health).
@@ -92,6 +98,11 @@ func (o *Options) fill() {
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = redisx.DefaultRequestTimeout
 	}
+	if o.RateLimit.KeyRate <= 0 {
+		trusted := o.RateLimit.TrustedProxies
+		o.RateLimit = config.Defaults().RateLimit
+		o.RateLimit.TrustedProxies = trusted
+	}
 }
 
 // Hub is the registry of live connections and the HTTP front end.
@@ -107,6 +118,7 @@ type Hub struct {
 
 	draining atomic.Bool
 	metrics  *metrics.Metrics
+	limits   *limits
 	devLocks [1024]sync.Mutex // serialise a device's connect and drop handling
 
 	mux        *http.ServeMux
@@ -136,6 +148,7 @@ func New(opts Options) *Hub {
 	}
 	h.dir.Store(opts.Directory)
 	h.metrics = opts.Metrics
+	h.limits = newLimits(opts.RateLimit)
 	h.metrics.GaugeFunc("termhub_grace_timers", "Terminals inside their reconnect grace period.", func() float64 {
 		h.mu.Lock()
 		defer h.mu.Unlock()
@@ -164,12 +177,12 @@ func (h *Hub) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/pos/ws", h.servePOS)
 	mux.HandleFunc("GET /v1/terminal/ws", h.serveTerminal)
-	mux.HandleFunc("GET /v1/terminals", h.posHTTP(h.handleListTerminals))
-	mux.HandleFunc("GET /v1/terminals/{id}", h.posHTTP(h.handleGetTerminal))
-	mux.HandleFunc("POST /v1/payments", h.posHTTP(h.handleCreatePayment))
-	mux.HandleFunc("GET /v1/transactions", h.posHTTP(h.handleListTransactions))
-	mux.HandleFunc("GET /v1/transactions/{id}", h.posHTTP(h.handleGetTransaction))
-	mux.HandleFunc("POST /v1/transactions/{id}/{action}", h.posHTTP(h.handleLifecycle))
+	mux.HandleFunc("GET /v1/terminals", h.posHTTP(scoped(requireRead, h.handleListTerminals)))
+	mux.HandleFunc("GET /v1/terminals/{id}", h.posHTTP(scoped(requireRead, h.handleGetTerminal)))
+	mux.HandleFunc("POST /v1/payments", h.posHTTP(scoped(requireWrite, h.handleCreatePayment)))
+	mux.HandleFunc("GET /v1/transactions", h.posHTTP(scoped(requireRead, h.handleListTransactions)))
+	mux.HandleFunc("GET /v1/transactions/{id}", h.posHTTP(scoped(requireRead, h.handleGetTransaction)))
+	mux.HandleFunc("POST /v1/transactions/{id}/{action}", h.posHTTP(scoped(requireWrite, h.handleLifecycle)))
 	mux.HandleFunc("POST /v1/sessions", h.posHTTP(h.handleOpenSession))
 	mux.HandleFunc("GET /v1/events", h.posHTTP(h.handleEvents))
 	mux.HandleFunc("POST /v1/events/ack", h.posHTTP(h.handleEventsAck))

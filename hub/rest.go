@@ -30,8 +30,12 @@ func (h *Hub) handleGetTerminal(w http.ResponseWriter, r *http.Request, p princi
 // opsHTTP guards an ops endpoint with the ops token.
 func (h *Hub) opsHTTP(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if e := h.addrBlocked(r); e != nil {
+			writeError(w, e)
+			return
+		}
 		if !h.OpsAuthorized(r, h.opts.OpsToken) {
-			writeError(w, protocol.Errorf(protocol.CodeUnauthorized, "Authorization", "missing or wrong ops token"))
+			writeError(w, h.AuthFailed(r, string(KindOps), "", protocol.Errorf(protocol.CodeUnauthorized, "Authorization", "missing or wrong ops token")))
 			return
 		}
 		next(w, r)
@@ -51,8 +55,8 @@ func (h *Hub) handleOpsTerminals(w http.ResponseWriter, r *http.Request) {
 // idempotencyHeader reads and checks the Idempotency-Key header.
 func idempotencyHeader(r *http.Request) (string, *protocol.Error) {
 	k := r.Header.Get(protocol.HeaderIdemKey)
-	if len(k) > 128 {
-		return "", protocol.Invalid(protocol.HeaderIdemKey, "must be at most 128 characters")
+	if e := protocol.CheckID(protocol.HeaderIdemKey, k); e != nil {
+		return "", e
 	}
 	return k, nil
 }

@@ -18,7 +18,7 @@ import (
 
 // servePOS upgrades an authenticated POS to a WebSocket and serves it.
 func (h *Hub) servePOS(w http.ResponseWriter, r *http.Request) {
-	p, ok := h.admit(w, r, h.authPOS)
+	p, ok := h.admit(w, r, KindPOS, h.authPOS)
 	if !ok {
 		return
 	}
@@ -33,7 +33,7 @@ func (h *Hub) servePOS(w http.ResponseWriter, r *http.Request) {
 
 // serveTerminal upgrades an authenticated terminal and serves it.
 func (h *Hub) serveTerminal(w http.ResponseWriter, r *http.Request) {
-	p, ok := h.admit(w, r, func(r *http.Request, _ []byte) (principal, *protocol.Error) { return h.authTerminal(r) })
+	p, ok := h.admit(w, r, KindTerminal, func(r *http.Request, _ []byte) (principal, *protocol.Error) { return h.authTerminal(r) })
 	if !ok {
 		return
 	}
@@ -42,14 +42,32 @@ func (h *Hub) serveTerminal(w http.ResponseWriter, r *http.Request) {
 
 // admit refuses upgrades while draining and checks credentials (401 before
 // the upgrade, so a client sees why).
-func (h *Hub) admit(w http.ResponseWriter, r *http.Request, auth func(*http.Request, []byte) (principal, *protocol.Error)) (principal, bool) {
+func (h *Hub) admit(w http.ResponseWriter, r *http.Request, kind Kind, auth func(*http.Request, []byte) (principal, *protocol.Error)) (principal, bool) {
 	if h.draining.Load() {
 		writeError(w, protocol.Errorf(protocol.CodeUnavailable, "", "server is shutting down; reconnect shortly"))
 		return principal{}, false
 	}
+	if e := h.addrBlocked(r); e != nil {
+		writeError(w, e)
+		return principal{}, false
+	}
 	p, e := auth(r, nil)
 	if e != nil {
-		h.log.Info().Str("path", r.URL.Path).Str("problem", e.Message).Msg("unauthorized connection")
+		id := p.keyID
+		if kind == KindTerminal {
+			id = p.deviceID
+		}
+		writeError(w, h.AuthFailed(r, string(kind), id, e))
+		return principal{}, false
+	}
+	// A connect counts against the key's or terminal's budget: a client
+	// reconnecting in a tight loop is slowed before it costs an upgrade.
+	if kind == KindTerminal {
+		e = h.allowTerminal(p.deviceID)
+	} else {
+		e = h.allowKey(p.keyID)
+	}
+	if e != nil {
 		writeError(w, e)
 		return principal{}, false
 	}
@@ -263,10 +281,20 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 	ctx, cancel := context.WithTimeout(c.ctx, h.opts.RequestTimeout)
 	defer cancel()
 	in, err := protocol.DecodePOS(data)
+	// Acks are never refused: they free what the hub keeps for the POS.
+	if e := h.frameLimited(c, err == nil && in.Action == protocol.ActionAck); e != nil {
+		label = "rate_limited"
+		h.reply(ctx, c, protocol.NewErrorReply(in.RequestID, e))
+		return nil
+	}
 	if err != nil {
 		return h.replyDecodeError(ctx, c, in, err)
 	}
 	label = in.Action // a known action: decoding succeeded
+	if e := h.scopeOf(c.keyID, in.Body); e != nil {
+		h.reply(ctx, c, protocol.NewErrorReply(in.RequestID, e))
+		return nil
+	}
 	switch body := in.Body.(type) {
 	case *protocol.ListTerminalsRequest:
 		h.reply(ctx, c, protocol.TerminalsReply{Action: protocol.ActionTerminals, RequestID: in.RequestID, Terminals: h.Terminals(c.merchantID)})
@@ -313,6 +341,33 @@ func (h *Hub) reply(ctx context.Context, c *conn, v any) {
 		h.waitAcks(ctx, c.merchantID, c.keyID)
 	}
 	c.sendNowJSON(v)
+}
+
+// isResult reports whether a terminal's action is a result.
+func isResult(action string) bool {
+	switch action {
+	case protocol.ActionPaymentResult, protocol.ActionVoidResult, protocol.ActionCaptureResult:
+		return true
+	}
+	return false
+}
+
+// scopeOf refuses a POS request its key's scopes do not allow: creating or
+// changing a transaction needs terminal:write, reading one or the
+// terminals terminal:read; acks need neither. The scopes are looked up in
+// the directory in force, so a reload that takes one away applies to open
+// connections too.
+func (h *Hub) scopeOf(keyID string, body any) *protocol.Error {
+	k, _ := h.Directory().Key(keyID)
+	p := principal{canWrite: k.CanWrite, canRead: k.CanRead}
+	switch body.(type) {
+	case *protocol.PaymentRequest, *protocol.RefundRequest, *protocol.CancelRequest,
+		*protocol.VoidRequest, *protocol.CaptureRequest, *protocol.SignatureVerificationRequest:
+		return requireWrite(p)
+	case *protocol.GetTransactionStatusRequest, *protocol.ListTerminalsRequest:
+		return requireRead(p)
+	}
+	return nil
 }
 
 // idempotencyKeyOf returns the idempotencyKey field of a WebSocket request.
@@ -374,6 +429,14 @@ func (h *Hub) handleTerminalFrames(c *conn, frames [][]byte) error {
 	for i, data := range frames {
 		labels[i] = "invalid"
 		in, err := protocol.DecodeTerminal(data)
+		// A terminal's results are never refused (CONTRACT §3): they may
+		// be the only record of a charge.
+		if e := h.frameLimited(c, err == nil && isResult(in.Action)); e != nil {
+			labels[i] = "rate_limited"
+			flush()
+			h.reply(c.ctx, c, protocol.NewErrorReply(in.RequestID, e))
+			continue
+		}
 		if err != nil {
 			flush()
 			if err := h.replyDecodeError(c.ctx, c, in, err); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/rs/zerolog"
 
+	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/session"
@@ -127,7 +128,15 @@ type feed struct {
 	out  chan item
 	slow chan struct{} // closed when the queue overflowed
 	once sync.Once
+
+	session string        // Redis key of the session that opened it; "" for the bearer token
+	ended   chan struct{} // closed when that session was logged out on this hub
+	endOnce sync.Once
+	check   chan struct{} // the session is due for a check (SessionCheck)
 }
+
+// end closes the feed because its session was logged out.
+func (f *feed) end() { f.endOnce.Do(func() { close(f.ended) }) }
 
 func (f *feed) push(it item) {
 	select {
@@ -250,10 +259,12 @@ func (s *Server) heartbeats() Heartbeats {
 func (s *Server) now() time.Time { return s.opts.Clock.Now().UTC() }
 
 // handleFeed serves GET /v1/ops/ws: 401 before the upgrade without the ops
-// token, then a snapshot followed by live updates.
+// token or a live session (503 when Redis cannot tell), then a snapshot
+// followed by live updates.
 func (s *Server) handleFeed(w http.ResponseWriter, r *http.Request) {
-	if !s.authorized(r) {
-		writeError(w, protocol.Errorf(protocol.CodeUnauthorized, "Authorization", "missing or wrong ops token"))
+	session, e := s.authenticate(r, "missing or wrong ops token")
+	if e != nil {
+		writeError(w, e)
 		return
 	}
 	select {
@@ -270,7 +281,8 @@ func (s *Server) handleFeed(w http.ResponseWriter, r *http.Request) {
 		s.log.Info().Err(err).Str("origin", r.Header.Get("Origin")).Msg("ops feed upgrade refused")
 		return
 	}
-	f := &feed{out: make(chan item, s.opts.FeedQueue), slow: make(chan struct{})}
+	f := &feed{out: make(chan item, s.opts.FeedQueue), slow: make(chan struct{}),
+		session: session, ended: make(chan struct{}), check: make(chan struct{}, 1)}
 	// Registered before the snapshot is taken, so that nothing falls between
 	// the two: an update queued meanwhile is applied on top of the snapshot.
 	if !s.addFeed(f) {
@@ -296,6 +308,27 @@ func (s *Server) serveFeed(ws *websocket.Conn, f *feed) {
 		defer cancel()
 		return ws.Write(wctx, websocket.MessageText, b) == nil
 	}
+	// A feed opened with a session checks it every SessionCheck: an open
+	// dashboard counts as use, and a logout on another hub ends the feed.
+	// Armed before the snapshot goes out, so that a client holding the
+	// snapshot knows the check is due.
+	var checkTimer clock.Timer
+	arm := func() {
+		if f.session != "" {
+			checkTimer = s.opts.Clock.AfterFunc(s.opts.SessionCheck, func() {
+				select {
+				case f.check <- struct{}{}:
+				default:
+				}
+			})
+		}
+	}
+	arm()
+	defer func() {
+		if checkTimer != nil {
+			checkTimer.Stop()
+		}
+	}()
 	snap, err := json.Marshal(s.snapshot(ctx))
 	if err != nil || !write(snap) {
 		return
@@ -305,6 +338,18 @@ func (s *Server) serveFeed(ws *websocket.Conn, f *feed) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-f.ended:
+			_ = ws.Close(websocket.StatusPolicyViolation, "ops session ended")
+			return
+		case <-f.check:
+			// Redis not answering keeps the feed: it is what an operator
+			// watches during an outage.
+			live, err := s.touchSession(ctx, f.session)
+			if err == nil && !live {
+				_ = ws.Close(websocket.StatusPolicyViolation, "ops session ended")
+				return
+			}
+			arm()
 		case <-s.done:
 			_ = ws.Close(websocket.StatusCode(protocol.CloseShutdown), protocol.ReasonShutdown)
 			return

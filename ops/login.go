@@ -46,11 +46,16 @@ type loginRequest struct {
 	Token string `json:"token"`
 }
 
-// handleLogin turns the ops token into the dashboard's session cookie:
-// 204 with Set-Cookie when it is right, 401 otherwise.
+// handleLogin opens a dashboard session for the ops token: 204 with a
+// Set-Cookie holding a new random session id when the token is right, 401
+// otherwise, 503 when Redis cannot store the session.
 func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	if !sameOrigin(r) {
 		writeError(w, protocol.Errorf(protocol.CodeUnauthorized, "Origin", "cross-origin request refused"))
+		return
+	}
+	if e := s.hub.AddrBlocked(r); e != nil {
+		writeError(w, e)
 		return
 	}
 	var req loginRequest
@@ -60,68 +65,56 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.tokenMatches(req.Token) {
-		s.log.Info().Str("remote", r.RemoteAddr).Msg("ops login refused: wrong token")
-		writeError(w, protocol.Errorf(protocol.CodeUnauthorized, "token", "wrong ops token"))
+		// Logged (rate-limited) and counted by the hub's limits.
+		writeError(w, s.hub.AuthFailed(r, string(hub.KindOps), "", protocol.Errorf(protocol.CodeUnauthorized, "token", "wrong ops token")))
 		return
 	}
-	if !s.cookieOK {
-		writeError(w, protocol.Errorf(protocol.CodeInternal, "token",
-			"the ops token has characters a cookie cannot carry; use Authorization: Bearer or choose another token"))
+	id, err := s.newSession(r.Context(), r)
+	if err != nil {
+		s.log.Warn().Err(err).Str("remote", r.RemoteAddr).Msg("ops login failed: could not store the session")
+		writeError(w, errSessionUnavailable())
 		return
 	}
-	http.SetCookie(w, sessionCookie(r, s.opts.Token, 0))
+	http.SetCookie(w, s.sessionCookie(r, id, 0))
 	s.log.Info().Str("remote", r.RemoteAddr).Msg("ops login")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// handleLogout clears the session cookie.
+// handleLogout ends the session named by the cookie at once (its Redis
+// key is deleted and this hub's feeds opened with it are closed) and
+// clears the cookie. When Redis cannot delete it the answer is 503 and the
+// cookie stays, so the operator can try again.
 func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
 	if !sameOrigin(r) {
 		writeError(w, protocol.Errorf(protocol.CodeUnauthorized, "Origin", "cross-origin request refused"))
 		return
 	}
-	http.SetCookie(w, sessionCookie(r, "", -1))
-	w.WriteHeader(http.StatusNoContent)
-}
-
-// handleSession answers 204 when the request carries valid ops credentials
-// and 401 otherwise, so the page knows whether to show the login form (a
-// browser cannot see why a WebSocket upgrade failed).
-func (s *Server) handleSession(w http.ResponseWriter, r *http.Request) {
-	if !s.authorized(r) {
-		writeError(w, protocol.Errorf(protocol.CodeUnauthorized, "Authorization", "not signed in"))
-		return
+	if key, ok := s.requestSession(r); ok {
+		if err := s.endSession(r.Context(), key); err != nil {
+			s.log.Warn().Err(err).Str("remote", r.RemoteAddr).Msg("ops logout failed: could not delete the session")
+			writeError(w, protocol.Errorf(protocol.CodeUnavailable, "",
+				"the ops session could not be ended (Redis does not answer); sign out again shortly"))
+			return
+		}
+		s.log.Info().Str("remote", r.RemoteAddr).Msg("ops logout")
 	}
+	http.SetCookie(w, s.sessionCookie(r, "", -1))
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// sessionCookie is the dashboard cookie: HttpOnly (page scripts never see
-// the token), SameSite=Strict (no other site's request carries it), Secure
-// when the request came over TLS (directly or through a proxy that says so).
-// It lasts for the browser session; maxAge < 0 deletes it.
-func sessionCookie(r *http.Request, value string, maxAge int) *http.Cookie {
-	return &http.Cookie{
-		Name: hub.OpsCookie, Value: value, Path: "/", MaxAge: maxAge,
-		HttpOnly: true, SameSite: http.SameSiteStrictMode,
-		Secure: r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https"),
+// handleSession answers 204 when the request carries valid ops credentials
+// (and so refreshes the session's idle expiry), 401 otherwise, so the page
+// knows whether to show the login form (a browser cannot see why a
+// WebSocket upgrade failed), and 503 when Redis cannot tell.
+func (s *Server) handleSession(w http.ResponseWriter, r *http.Request) {
+	if _, e := s.authenticate(r, "not signed in"); e != nil {
+		writeError(w, e)
+		return
 	}
-}
-
-// validCookieValue reports whether v is made only of RFC 6265 cookie-octets,
-// so that it reaches the browser and comes back unchanged.
-func validCookieValue(v string) bool {
-	if v == "" {
-		return false
-	}
-	for i := 0; i < len(v); i++ {
-		b := v[i]
-		if b < 0x21 || b > 0x7e || b == '"' || b == ',' || b == ';' || b == '\\' {
-			return false
-		}
-	}
-	return true
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // sameOrigin refuses a browser request made by another site's page: a

@@ -1,6 +1,7 @@
 // Package ops is termhub's operator side (CONTRACT §2, §3, §11): the live
-// dashboard page at /ops/, the cookie login that lets a browser use the ops
-// token, the live feed /v1/ops/ws and the endpoint that kicks a connection.
+// dashboard page at /ops/, the cookie login that gives a browser a session
+// (kept in Redis, session.go) for the ops token, the live feed /v1/ops/ws
+// and the endpoint that kicks a connection.
 //
 // The feed is built from two hooks: Hub.Observe (terminal status changes and
 // connections coming and going, called under the hub's lock) and the
@@ -16,13 +17,17 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/hub"
+	"github.com/termhub/termhub/internal/keys"
+	"github.com/termhub/termhub/internal/redisx"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/session"
 )
@@ -33,6 +38,11 @@ const (
 	DefaultRecent          = 50
 	DefaultFeedQueue       = 512
 	DefaultWriteTimeout    = 10 * time.Second
+	// DefaultSessionIdle is how long a dashboard session lives unused
+	// (CONTRACT §3: 12 h idle).
+	DefaultSessionIdle = 12 * time.Hour
+	// DefaultSessionCheck is how often an open feed re-checks its session.
+	DefaultSessionCheck = time.Minute
 )
 
 // Transactions is what ops reads from the session engine; *session.Engine
@@ -49,9 +59,31 @@ type Options struct {
 	// them out (live transactionUpdates still flow through Publish).
 	Engine Transactions
 	// Token is the ops token (config ops_token). Empty refuses every login.
+	// It also keys the hash that names a session in Redis, so a hub with
+	// another token finds none of the old sessions.
 	Token  string
 	Clock  clock.Clock
 	Logger zerolog.Logger
+	// Redis keeps the dashboard sessions, under Keys.OpsSession. Nil
+	// refuses logins (503); bearer auth works without it.
+	Redis redis.UniversalClient
+	// Keys names the session keys (config key_prefix).
+	Keys keys.Space
+	// CookieSecure marks the session cookie Secure even on a plain-HTTP
+	// request (config ops_cookie_secure: TLS ends at a proxy in front). A
+	// request over TLS, or with X-Forwarded-Proto: https, gets it anyway.
+	CookieSecure bool
+	// SessionIdle is how long a session lives without being used; every
+	// authenticated request and connect, and every SessionCheck of an open
+	// feed, starts it again. DefaultSessionIdle when zero.
+	SessionIdle time.Duration
+	// SessionCheck is how often an open feed opened with a session checks
+	// that it still exists (ending the feed when another hub logged it
+	// out) and refreshes its idle expiry. DefaultSessionCheck when zero.
+	SessionCheck time.Duration
+	// RequestTimeout bounds each Redis command of a session (config
+	// request_timeout); redisx.DefaultRequestTimeout when zero.
+	RequestTimeout time.Duration
 	// RefreshInterval is how often every feed gets a heartbeats message with
 	// the terminals' lastHeartbeat and the connections' lastSeen.
 	RefreshInterval time.Duration
@@ -80,6 +112,15 @@ func (o *Options) fill() {
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = DefaultWriteTimeout
 	}
+	if o.SessionIdle <= 0 {
+		o.SessionIdle = DefaultSessionIdle
+	}
+	if o.SessionCheck <= 0 {
+		o.SessionCheck = DefaultSessionCheck
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = redisx.DefaultRequestTimeout
+	}
 }
 
 // Server serves the ops endpoints. Create it with New, add its routes with
@@ -92,7 +133,6 @@ type Server struct {
 	wg   sync.WaitGroup
 
 	tokenSum [sha256.Size]byte // of the ops token
-	cookieOK bool              // the token can travel in a cookie
 
 	mu        sync.Mutex
 	feeds     map[*feed]struct{}              // guarded by mu
@@ -109,10 +149,7 @@ func New(opts Options) *Server {
 	s := &Server{
 		opts: opts, hub: opts.Hub, log: opts.Logger.With().Str("component", "ops").Logger(),
 		done: make(chan struct{}), feeds: map[*feed]struct{}{},
-		tokenSum: sha256.Sum256([]byte(opts.Token)), cookieOK: validCookieValue(opts.Token),
-	}
-	if opts.Token != "" && !s.cookieOK {
-		s.log.Warn().Msg("ops_token contains characters a cookie cannot carry: the dashboard login is disabled, bearer auth still works")
+		tokenSum: sha256.Sum256([]byte(opts.Token)),
 	}
 	opts.Hub.Observe(s.observeHub)
 	return s
@@ -185,11 +222,6 @@ func (s *Server) Close(ctx context.Context) error {
 	}
 }
 
-// authorized reports whether r carries the ops token (bearer or cookie).
-func (s *Server) authorized(r *http.Request) bool {
-	return s.opts.Token != "" && s.hub.OpsAuthorized(r, s.opts.Token)
-}
-
 // tokenMatches compares a presented token with the ops token in constant
 // time (hashing first, so that not even the length leaks).
 func (s *Server) tokenMatches(got string) bool {
@@ -203,8 +235,8 @@ func (s *Server) tokenMatches(got string) bool {
 // handleDisconnect kicks a live POS or terminal connection with
 // forceDisconnect admin_action and close 4003; the client may reconnect.
 func (s *Server) handleDisconnect(w http.ResponseWriter, r *http.Request) {
-	if !s.authorized(r) {
-		writeError(w, protocol.Errorf(protocol.CodeUnauthorized, "Authorization", "missing or wrong ops token"))
+	if _, e := s.authenticate(r, "missing or wrong ops token"); e != nil {
+		writeError(w, e)
 		return
 	}
 	if !sameOrigin(r) {
@@ -232,7 +264,10 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// writeError writes the contract's error body.
+// writeError writes the contract's error body, with Retry-After on a 503.
 func writeError(w http.ResponseWriter, e *protocol.Error) {
+	if (e.Code == protocol.CodeUnavailable || e.Code == protocol.CodeRateLimited) && w.Header().Get("Retry-After") == "" {
+		w.Header().Set("Retry-After", strconv.Itoa(max(e.RetryAfter, 1)))
+	}
 	writeJSON(w, e.Code.HTTPStatus(), protocol.ErrorBody{Error: e})
 }

@@ -76,6 +76,12 @@ func decode(data []byte, types map[string]func() Validator) (Inbound, error) {
 		}
 	}
 	in.RequestID = env.RequestID
+	if e := checkRawText(trimmed); e != nil {
+		if head, _, _ := strings.Cut(e.Field, "."); strings.EqualFold(head, "requestId") {
+			in.RequestID = nil // not echoed: the reply would not be valid UTF-8
+		}
+		return in, e
+	}
 	if len(env.Action) == 0 || string(env.Action) == "null" {
 		return in, Invalid("action", "is required")
 	}
@@ -84,6 +90,11 @@ func decode(data []byte, types map[string]func() Validator) (Inbound, error) {
 	}
 	newBody, ok := types[in.Action]
 	if !ok {
+		// The unknown action is quoted back only if it is clean text.
+		if e := CheckText("action", in.Action, false); e != nil {
+			in.Action = ""
+			return in, e
+		}
 		return in, Errorf(CodeUnknownAction, "action", "unknown action %q", truncate(in.Action, 64))
 	}
 	body := newBody()
@@ -108,6 +119,9 @@ func DecodeBody(data []byte, v Validator) *Error {
 	}
 	if t := bytes.TrimSpace(data); t[0] != '{' {
 		return Invalid("", "body must be a JSON object")
+	}
+	if e := checkRawText(data); e != nil {
+		return e
 	}
 	if err := json.Unmarshal(data, v); err != nil {
 		return jsonFieldError(err)
@@ -145,6 +159,9 @@ func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n-- // do not cut a character in two
+	}
 	return s[:n] + "…"
 }
 
@@ -155,17 +172,38 @@ const (
 	maxTextLen = 500
 )
 
-func requireID(field, v string) *Error {
+// requireLookupID checks an identifier the hub issued or configured
+// (transactionId, terminalId, messageId): required, at most maxIDLen bytes,
+// one line of text. It is only looked up, never stored as sent, so the
+// card-number rule does not apply (a hub id such as a stream id
+// "1712345678901-0" may well pass the Luhn check).
+func requireLookupID(field, v string) *Error {
 	switch {
 	case v == "":
 		return Invalid(field, "is required")
 	case len(v) > maxIDLen:
 		return Invalid(field, "must be at most %d characters", maxIDLen)
-	case !utf8.ValidString(v) || strings.ContainsAny(v, "\x00\r\n"):
-		return Invalid(field, "contains invalid characters")
+	}
+	return checkChars(field, v, false)
+}
+
+// requireID checks an identifier or code the client chose (reference,
+// idempotencyKey, authCode, rrn …): as requireLookupID, and no full card
+// number.
+func requireID(field, v string) *Error {
+	if e := requireLookupID(field, v); e != nil {
+		return e
+	}
+	if ContainsCardNumber(v) {
+		return Invalid(field, msgCardNumber)
 	}
 	return nil
 }
+
+// CheckID applies the rules of an optional identifier a client chooses
+// (such as an Idempotency-Key header): at most 128 bytes of one-line text
+// (see CheckText) with no full card number. "" passes.
+func CheckID(field, v string) *Error { return optionalID(field, v) }
 
 func optionalID(field, v string) *Error {
 	if v == "" {
@@ -174,14 +212,27 @@ func optionalID(field, v string) *Error {
 	return requireID(field, v)
 }
 
+// optionalText checks a free one-line text (description, reason,
+// errorMessage).
 func optionalText(field, v string) *Error {
 	if len(v) > maxTextLen {
 		return Invalid(field, "must be at most %d characters", maxTextLen)
 	}
-	if !utf8.ValidString(v) {
-		return Invalid(field, "is not valid UTF-8")
+	return CheckText(field, v, false)
+}
+
+// maxReceiptLen bounds each receipt text.
+const maxReceiptLen = 8192
+
+// checkReceipts checks both receipt texts: line breaks are allowed there.
+func checkReceipts(r *Receipts) *Error {
+	if r == nil {
+		return nil
 	}
-	return nil
+	if len(r.Customer) > maxReceiptLen || len(r.Merchant) > maxReceiptLen {
+		return Invalid("receipts", "each receipt must be at most %d bytes", maxReceiptLen)
+	}
+	return firstErr(CheckText("receipts.customer", r.Customer, true), CheckText("receipts.merchant", r.Merchant, true))
 }
 
 func firstErr(errs ...*Error) *Error {
@@ -234,7 +285,7 @@ func checkCurrency(c *string) *Error {
 
 // Validate checks the request and resolves the amount into AmountMinor.
 func (r *PaymentRequest) Validate() *Error {
-	if e := firstErr(requireID("terminalId", r.TerminalID), checkCurrency(&r.Currency)); e != nil {
+	if e := firstErr(requireLookupID("terminalId", r.TerminalID), checkCurrency(&r.Currency)); e != nil {
 		return e
 	}
 	minor, e := resolveAmount(r.AmountMinor, r.Amount, r.Currency, true)
@@ -261,7 +312,7 @@ func (r *PaymentRequest) Minor() int64 { return *r.AmountMinor }
 
 // Validate checks the request.
 func (r *CancelRequest) Validate() *Error {
-	return firstErr(requireID("transactionId", r.TransactionID), optionalID("idempotencyKey", r.IdempotencyKey))
+	return firstErr(requireLookupID("transactionId", r.TransactionID), optionalID("idempotencyKey", r.IdempotencyKey))
 }
 
 // Validate checks the request. A refund's amount needs the sale's currency to
@@ -275,7 +326,7 @@ func (r *RefundRequest) Validate() *Error {
 			return e
 		}
 	}
-	return firstErr(requireID("transactionId", r.TransactionID), optionalID("reference", r.Reference),
+	return firstErr(requireLookupID("transactionId", r.TransactionID), optionalID("reference", r.Reference),
 		optionalText("reason", r.Reason), optionalID("idempotencyKey", r.IdempotencyKey))
 }
 
@@ -287,7 +338,7 @@ func (r *RefundRequest) ResolveAmount(currency string) (int64, *Error) {
 
 // Validate checks the request.
 func (r *VoidRequest) Validate() *Error {
-	return firstErr(requireID("transactionId", r.TransactionID), optionalText("reason", r.Reason),
+	return firstErr(requireLookupID("transactionId", r.TransactionID), optionalText("reason", r.Reason),
 		optionalID("idempotencyKey", r.IdempotencyKey))
 }
 
@@ -298,12 +349,12 @@ func (r *CaptureRequest) Validate() *Error {
 			return e
 		}
 	}
-	return firstErr(requireID("transactionId", r.TransactionID), optionalID("idempotencyKey", r.IdempotencyKey))
+	return firstErr(requireLookupID("transactionId", r.TransactionID), optionalID("idempotencyKey", r.IdempotencyKey))
 }
 
 // Validate checks the request.
 func (r *SignatureVerificationRequest) Validate() *Error {
-	if e := requireID("transactionId", r.TransactionID); e != nil {
+	if e := requireLookupID("transactionId", r.TransactionID); e != nil {
 		return e
 	}
 	if r.Accepted == nil {
@@ -314,21 +365,21 @@ func (r *SignatureVerificationRequest) Validate() *Error {
 
 // Validate checks the request.
 func (r *GetTransactionStatusRequest) Validate() *Error {
-	return requireID("transactionId", r.TransactionID)
+	return requireLookupID("transactionId", r.TransactionID)
 }
 
 // Validate checks the request.
 func (r *ListTerminalsRequest) Validate() *Error { return nil }
 
 // Validate checks the request.
-func (r *AckRequest) Validate() *Error { return requireID("messageId", r.MessageID) }
+func (r *AckRequest) Validate() *Error { return requireLookupID("messageId", r.MessageID) }
 
 // Validate checks the message.
-func (m *CommandReceived) Validate() *Error { return requireID("transactionId", m.TransactionID) }
+func (m *CommandReceived) Validate() *Error { return requireLookupID("transactionId", m.TransactionID) }
 
 // Validate checks the message.
 func (m *PaymentProgress) Validate() *Error {
-	if e := requireID("transactionId", m.TransactionID); e != nil {
+	if e := requireLookupID("transactionId", m.TransactionID); e != nil {
 		return e
 	}
 	switch m.Stage {
@@ -342,7 +393,7 @@ func (m *PaymentProgress) Validate() *Error {
 
 // Validate checks the message.
 func (m *SignatureRequiredEvent) Validate() *Error {
-	return requireID("transactionId", m.TransactionID)
+	return requireLookupID("transactionId", m.TransactionID)
 }
 
 var entryModes = map[string]bool{"contactless": true, "emv_chip": true, "magnetic_stripe": true, "manual_entry": true, "fallback": true}
@@ -350,7 +401,7 @@ var entryModes = map[string]bool{"contactless": true, "emv_chip": true, "magneti
 // Validate checks the result. A maskedPan that shows more than the first six
 // and last four digits is refused without echoing it.
 func (m *PaymentResult) Validate() *Error {
-	if e := requireID("transactionId", m.TransactionID); e != nil {
+	if e := requireLookupID("transactionId", m.TransactionID); e != nil {
 		return e
 	}
 	switch m.Outcome {
@@ -366,6 +417,9 @@ func (m *PaymentResult) Validate() *Error {
 	if m.MaskedPAN != "" && !MaskedPANOK(m.MaskedPAN) {
 		return Invalid("maskedPan", "shows more than the first six and last four digits; mask the rest and send the result again")
 	}
+	if e := CheckText("maskedPan", m.MaskedPAN, false); e != nil {
+		return e
+	}
 	if m.AmountMinor != nil {
 		if e := CheckMinor(*m.AmountMinor, "amountMinor"); e != nil {
 			return e
@@ -379,8 +433,8 @@ func (m *PaymentResult) Validate() *Error {
 			return e
 		}
 	}
-	if m.Receipts != nil && (len(m.Receipts.Customer) > 8192 || len(m.Receipts.Merchant) > 8192) {
-		return Invalid("receipts", "each receipt must be at most 8192 bytes")
+	if e := checkReceipts(m.Receipts); e != nil {
+		return e
 	}
 	return optionalText("errorMessage", m.ErrorMessage)
 }
@@ -401,7 +455,7 @@ func MaskedPANOK(pan string) bool {
 
 // Validate checks the message.
 func (m *VoidResult) Validate() *Error {
-	if e := requireID("transactionId", m.TransactionID); e != nil {
+	if e := requireLookupID("transactionId", m.TransactionID); e != nil {
 		return e
 	}
 	if m.OK == nil {
@@ -412,7 +466,7 @@ func (m *VoidResult) Validate() *Error {
 
 // Validate checks the message.
 func (m *CaptureResult) Validate() *Error {
-	if e := requireID("transactionId", m.TransactionID); e != nil {
+	if e := requireLookupID("transactionId", m.TransactionID); e != nil {
 		return e
 	}
 	if m.OK == nil {

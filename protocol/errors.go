@@ -61,6 +61,10 @@ type Error struct {
 	Code    Code   `json:"code"`
 	Message string `json:"message"`
 	Field   string `json:"field,omitempty"`
+	// RetryAfter is, for rate_limited, how many seconds until the limit
+	// lets the client in again: the HTTP Retry-After header, and the
+	// WebSocket error frame's retryAfter.
+	RetryAfter int `json:"-"`
 }
 
 func (e *Error) Error() string {

@@ -1,12 +1,15 @@
 package protocol
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"math/big"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 var posSeeds = []string{
@@ -26,6 +29,9 @@ var posSeeds = []string{
 	`{"action":"ack","messageId":"1-0"}`,
 	`{"action":"nope"}`,
 	`{"action":1}`,
+	`{"action":"payment","terminalId":"T1","amountMinor":100,"currency":"USD","reference":"o\u001b[2J","description":"4111 1111 1111 1111"}`,
+	"{\"action\":\"payment\",\"terminalId\":\"T1\",\"amountMinor\":100,\"currency\":\"USD\",\"reference\":\"r\xff\"}",
+	`{"action":"void","transactionId":"txn_1","reason":"\ud800"}`,
 	`[{"action":"payment"}]`,
 	`not json`,
 	``,
@@ -40,6 +46,9 @@ var terminalSeeds = []string{
 	`{"action":"paymentResult","transactionId":"txn_1","outcome":"declined","maskedPan":"****4242","amountMinor":5}`,
 	`{"action":"voidResult","transactionId":"txn_1","ok":false,"errorMessage":"no"}`,
 	`{"action":"captureResult","transactionId":"txn_1","ok":true,"amountMinor":100}`,
+	`{"action":"paymentResult","transactionId":"txn_1","outcome":"approved","authCode":"\u001b[2J\u001b[31mPWNED","rrn":"4111111111111111"}`,
+	`{"action":"paymentResult","transactionId":"txn_1","outcome":"approved","receipts":{"customer":"A\r\nB\nC","merchant":"4111-1111-1111-1111"}}`,
+	"{\"action\":\"paymentResult\",\"transactionId\":\"txn_1\",\"outcome\":\"error\",\"errorMessage\":\"\xc3\u0085\"}",
 	`{"action":"startPayment"}`,
 	`{"requestId":"x"}`,
 	`null`,
@@ -95,6 +104,7 @@ func checkDecoded(t *testing.T, data []byte, in Inbound, err error, actions []st
 		if in.Body == nil {
 			t.Fatal("no error and no Body")
 		}
+		checkAcceptedText(t, data, in.Body)
 		v, ok := in.Body.(Validator)
 		if !ok {
 			t.Fatalf("Body %T is not a Validator", in.Body)
@@ -132,7 +142,7 @@ func checkDecoded(t *testing.T, data []byte, in Inbound, err error, actions []st
 	if pe.Message == "" {
 		t.Fatalf("error without message: %+v", pe)
 	}
-	if pe.Field == "maskedPan" && strings.ContainsAny(pe.Message, "0123456789") {
+	if pe.Field == "maskedPan" && pe.Message != msgNotUTF8 && strings.ContainsAny(pe.Message, "0123456789") {
 		t.Fatalf("maskedPan error message has digits: %q", pe.Message)
 	}
 	if in.RequestID != nil && !json.Valid(in.RequestID) {
@@ -184,6 +194,164 @@ func FuzzParseAmount(f *testing.F) {
 		}
 		if FormatAmount(back, cur) != formatted {
 			t.Fatalf("FormatAmount not canonical for %d", n)
+		}
+	})
+}
+
+// lookupFields are the identifiers exempt from the card-number rule.
+var lookupFields = map[string]bool{"transactionId": true, "terminalId": true, "messageId": true}
+
+// checkAcceptedText is the text invariant of an accepted frame: it was
+// valid UTF-8 with no unpaired surrogate escape (so decoding changed no
+// text), and every string of the body is clean text: no control character
+// (receipts may have LF and CR LF), and no card number outside the lookup
+// identifiers.
+func checkAcceptedText(t *testing.T, data []byte, body any) {
+	t.Helper()
+	if !utf8.Valid(data) {
+		t.Fatalf("frame %q with invalid UTF-8 accepted", data)
+	}
+	if e := checkRawText(data); e != nil {
+		t.Fatalf("frame %q accepted though %v", data, e)
+	}
+	var walk func(v reflect.Value, path string)
+	walk = func(v reflect.Value, path string) {
+		switch v.Kind() {
+		case reflect.Pointer:
+			if !v.IsNil() {
+				walk(v.Elem(), path)
+			}
+		case reflect.Struct:
+			for i := 0; i < v.NumField(); i++ {
+				name, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("json"), ",")
+				if path != "" {
+					name = path + "." + name
+				}
+				walk(v.Field(i), name)
+			}
+		case reflect.String:
+			s := v.String()
+			multiline := strings.HasPrefix(path, "receipts.")
+			if !utf8.ValidString(s) {
+				t.Fatalf("%s = %q is not UTF-8", path, s)
+			}
+			for i, r := range s {
+				if r < 0x20 || (r >= 0x7f && r <= 0x9f) {
+					if multiline && (r == '\n' || (r == '\r' && strings.HasPrefix(s[i:], "\r\n"))) {
+						continue
+					}
+					t.Fatalf("%s = %q has control character %U", path, s, r)
+				}
+			}
+			if !lookupFields[path] && ContainsCardNumber(s) {
+				t.Fatalf("%s = %q holds a card number", path, s)
+			}
+		}
+	}
+	walk(reflect.ValueOf(body), "")
+}
+
+func FuzzCheckText(f *testing.F) {
+	for _, s := range []string{"", "plain", "\x1b[2J\x1b[31mPWNED", "a\x00b", "a\x7f", "a\u009b", "\xff", "a\r\nb", "a\rb", "a\nb",
+		"4111111111111111", "4111 1111 1111 1111", "3782 822463 10005", "４１１１１１１１１１１１１１１１", "123456789012", "41111111111111111111"} {
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	f.Fuzz(func(t *testing.T, s string, multiline bool) {
+		e := CheckText("f", s, multiline)
+		if e != nil {
+			if e.Code != CodeInvalidRequest || e.Field != "f" || e.Message == "" || (s != "" && strings.Contains(e.Message, s)) {
+				t.Fatalf("CheckText(%q) error %+v", s, e)
+			}
+			return
+		}
+		// Accepted text is UTF-8 without control characters (line breaks
+		// only with multiline), and without a card number.
+		if !utf8.ValidString(s) {
+			t.Fatalf("CheckText accepted invalid UTF-8 %q", s)
+		}
+		for i, r := range s {
+			if r < 0x20 || (r >= 0x7f && r <= 0x9f) {
+				if multiline && (r == '\n' || (r == '\r' && strings.HasPrefix(s[i:], "\r\n"))) {
+					continue
+				}
+				t.Fatalf("CheckText accepted %q with %U (multiline %v)", s, r, multiline)
+			}
+		}
+		if ContainsCardNumber(s) {
+			t.Fatalf("CheckText accepted card number %q", s)
+		}
+	})
+}
+
+// FuzzContainsCardNumber checks ContainsCardNumber against two plain
+// oracles over ASCII digits: every unbroken run of 13 to 19 digits that
+// passes Luhn is found, and nothing is found where no run of digits (with
+// single spaces or hyphens between them) reaches 13 digits.
+func FuzzContainsCardNumber(f *testing.F) {
+	for _, s := range []string{"4111111111111111", "x4111111111111111y", "4111 1111 1111 1111", "4111-1111-1111-111", "12345678901234567890",
+		"3782 822463 10005", "0044 20 7946 0958", "4111111111111112", "1 2 3 4 5 6 7 8 9 0 1 2 3"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := ContainsCardNumber(s)
+		longest, cur := 0, 0
+		for i := 0; i < len(s); i++ {
+			c := s[i]
+			switch {
+			case c >= '0' && c <= '9':
+				cur++
+			case (c == ' ' || c == '-') && i > 0 && s[i-1] >= '0' && s[i-1] <= '9' && i+1 < len(s) && s[i+1] >= '0' && s[i+1] <= '9':
+			default:
+				cur = 0
+			}
+			longest = max(longest, cur)
+		}
+		ascii := !strings.ContainsFunc(s, func(r rune) bool { return r >= utf8.RuneSelf })
+		if got && ascii && longest < 13 {
+			t.Fatalf("ContainsCardNumber(%q) = true with at most %d digits in a run", s, longest)
+		}
+		for _, run := range strings.FieldsFunc(s, func(r rune) bool { _, d := digitValue(r); return !d }) {
+			digits := []byte{}
+			for _, r := range run {
+				v, _ := digitValue(r)
+				digits = append(digits, v)
+			}
+			if n := len(digits); n >= 13 && n <= 19 && luhn(digits) && !got {
+				t.Fatalf("ContainsCardNumber(%q) = false but %q is a Luhn-valid run", s, run)
+			}
+		}
+	})
+}
+
+// FuzzCheckRawText: a document checkRawText accepts decodes without any
+// U+FFFD that was not in it; one it refuses has bad bytes or a surrogate
+// escape.
+func FuzzCheckRawText(f *testing.F) {
+	for _, s := range []string{`{"a":"b"}`, "{\"a\":\"\xff\"}", `{"a":"\ud800"}`, `{"a":"\ud83d\ude00"}`, `{"a":["\\ud800",{"b":"\udc00"}]}`, "[\"\xc3\"]"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if !json.Valid(data) {
+			return
+		}
+		e := checkRawText(data)
+		if e != nil {
+			if utf8.Valid(data) && !maybeSurrogateEscape(data) {
+				t.Fatalf("checkRawText(%q) = %v for clean text", data, e)
+			}
+			return
+		}
+		if !utf8.Valid(data) {
+			t.Fatalf("checkRawText accepted invalid UTF-8 %q", data)
+		}
+		var v any
+		if err := json.Unmarshal(data, &v); err != nil {
+			return // too deep, say
+		}
+		out, _ := json.Marshal(v)
+		if bytes.Contains(out, []byte("\ufffd")) && !bytes.Contains(data, []byte("\ufffd")) && !bytes.Contains(bytes.ToLower(data), []byte(`\ufffd`)) {
+			t.Fatalf("checkRawText accepted %q, which decodes with U+FFFD", data)
 		}
 	})
 }

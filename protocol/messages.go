@@ -164,11 +164,13 @@ type ErrorReply struct {
 	Code      Code            `json:"code"`
 	Message   string          `json:"message"`
 	Field     string          `json:"field,omitempty"`
+	// RetryAfter: seconds until a rate_limited client may go on.
+	RetryAfter int `json:"retryAfter,omitempty"`
 }
 
 // NewErrorReply builds the error reply for e.
 func NewErrorReply(requestID json.RawMessage, e *Error) ErrorReply {
-	return ErrorReply{Action: ActionError, RequestID: requestID, Code: e.Code, Message: e.Message, Field: e.Field}
+	return ErrorReply{Action: ActionError, RequestID: requestID, Code: e.Code, Message: e.Message, Field: e.Field, RetryAfter: e.RetryAfter}
 }
 
 // TerminalStatusUpdate tells POS and ops that a terminal's status or

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -19,6 +20,9 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/protocol"
@@ -97,7 +101,7 @@ type posArgs struct {
 func runPOSCommand(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return posMain(ctx, args, os.Getenv, os.Stdout, os.Stderr)
+	return escapeError(posMain(ctx, args, os.Getenv, os.Stdout, os.Stderr))
 }
 
 func posMain(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -287,7 +291,7 @@ type hubError struct {
 }
 
 func (e *hubError) Error() string {
-	return fmt.Sprintf("HTTP %d %s", e.Status, e.Err.Error())
+	return fmt.Sprintf("HTTP %d %s", e.Status, safe(e.Err.Error()))
 }
 
 func (e *hubError) Unwrap() error { return e.Err }
@@ -337,7 +341,7 @@ func (p *posCLI) call(ctx context.Context, method, path string, body any) (*clie
 	}
 	if e := resp.Err(); e != nil {
 		if p.args.JSON {
-			fmt.Fprintf(p.out, "%s\n", strings.TrimSpace(string(resp.Body)))
+			fmt.Fprintf(p.out, "%s\n", safeJSON(resp.Body))
 		}
 		return nil, &hubError{Status: resp.Status, Err: e}
 	}
@@ -361,10 +365,10 @@ func (p *posCLI) txnCall(ctx context.Context, method, path string, body any) (*p
 		return nil, err
 	}
 	if r.Transaction == nil {
-		return nil, fmt.Errorf("pos: %s %s: answer has no transaction: %.200s", method, path, resp.Body)
+		return nil, fmt.Errorf("pos: %s %s: answer has no transaction: %.200q", method, path, resp.Body)
 	}
 	if p.args.JSON {
-		fmt.Fprintf(p.out, "%s\n", strings.TrimSpace(string(resp.Body)))
+		fmt.Fprintf(p.out, "%s\n", safeJSON(resp.Body))
 	} else {
 		if r.Created != nil && !*r.Created {
 			fmt.Fprintln(p.out, "reference already used: this is the existing transaction")
@@ -443,7 +447,7 @@ func (p *posCLI) follow(ctx context.Context, s *posStream, id string) error {
 		m, err := s.next(wctx)
 		if err != nil {
 			if errors.Is(err, context.DeadlineExceeded) {
-				return fmt.Errorf("pos: gave up waiting for %s after %s; see `termhub pos status %s`", id, p.args.WaitTimeout, id)
+				return fmt.Errorf("pos: gave up waiting for %s after %s; see `termhub pos status %s`", safe(id), p.args.WaitTimeout, safe(id))
 			}
 			return err
 		}
@@ -455,7 +459,7 @@ func (p *posCLI) follow(ctx context.Context, s *posStream, id string) error {
 			continue
 		}
 		if p.args.JSON {
-			fmt.Fprintf(p.out, "%s\n", m.Raw)
+			fmt.Fprintf(p.out, "%s\n", safeJSON(m.Raw))
 		} else {
 			fmt.Fprintln(p.out, describeEvent(ev))
 		}
@@ -481,7 +485,7 @@ func (p *posCLI) follow(ctx context.Context, s *posStream, id string) error {
 func (p *posCLI) answerSignature(ctx context.Context, id string) error {
 	if p.args.Signature == "" {
 		if !p.args.JSON {
-			fmt.Fprintf(p.out, "  answer with: termhub pos signature %s --accept (or --decline)\n", id)
+			fmt.Fprintf(p.out, "  answer with: termhub pos signature %s --accept (or --decline)\n", safe(id))
 		}
 		return nil
 	}
@@ -492,7 +496,7 @@ func (p *posCLI) answerSignature(ctx context.Context, id string) error {
 		return err
 	}
 	if p.args.JSON {
-		fmt.Fprintf(p.out, "%s\n", strings.TrimSpace(string(resp.Body)))
+		fmt.Fprintf(p.out, "%s\n", safeJSON(resp.Body))
 	} else {
 		fmt.Fprintf(p.out, "  signature %sed\n", p.args.Signature)
 	}
@@ -546,7 +550,7 @@ func (p *posCLI) list(ctx context.Context) error {
 		return err
 	}
 	if a.JSON {
-		fmt.Fprintf(p.out, "%s\n", strings.TrimSpace(string(resp.Body)))
+		fmt.Fprintf(p.out, "%s\n", safeJSON(resp.Body))
 		return nil
 	}
 	var page struct {
@@ -564,11 +568,12 @@ func (p *posCLI) list(ctx context.Context) error {
 	tw := tabwriter.NewWriter(p.out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATUS\tAMOUNT\tTYPE\tTERMINAL\tREFERENCE\tCREATED")
 	for _, t := range page.Data {
-		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%s\t%s\n", t.ID, t.Status, t.Amount, t.Currency, t.Type, t.TerminalID, t.Reference, t.CreatedAt.Local().Format(time.DateTime))
+		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%s\t%s\n", safe(t.ID), safe(string(t.Status)), safe(t.Amount), safe(t.Currency), safe(t.Type),
+			safe(t.TerminalID), safe(t.Reference), t.CreatedAt.Local().Format(time.DateTime))
 	}
 	_ = tw.Flush()
 	if page.HasMore && page.NextCursor != nil {
-		fmt.Fprintf(p.out, "more: termhub pos list --after %s\n", *page.NextCursor)
+		fmt.Fprintf(p.out, "more: termhub pos list --after %s\n", safe(*page.NextCursor))
 	}
 	return nil
 }
@@ -579,7 +584,7 @@ func (p *posCLI) terminals(ctx context.Context) error {
 		return err
 	}
 	if p.args.JSON {
-		fmt.Fprintf(p.out, "%s\n", strings.TrimSpace(string(resp.Body)))
+		fmt.Fprintf(p.out, "%s\n", safeJSON(resp.Body))
 		return nil
 	}
 	var r struct {
@@ -591,7 +596,7 @@ func (p *posCLI) terminals(ctx context.Context) error {
 	tw := tabwriter.NewWriter(p.out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "TERMINAL\tSTATUS\tLABEL\tCONNECTION\tCURRENT TRANSACTION")
 	for _, t := range r.Data {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.TerminalID, t.Status, t.Label, dash(t.ConnectionID), dash(t.CurrentTransactionID))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", safe(t.TerminalID), safe(t.Status), safe(t.Label), dash(t.ConnectionID), dash(t.CurrentTransactionID))
 	}
 	return tw.Flush()
 }
@@ -612,13 +617,13 @@ func (p *posCLI) watch(ctx context.Context) error {
 			return err
 		}
 		if p.args.JSON {
-			fmt.Fprintf(p.out, "%s\n", m.Raw)
+			fmt.Fprintf(p.out, "%s\n", safeJSON(m.Raw))
 		} else {
 			fmt.Fprintf(p.out, "%s %s\n", time.Now().Format("15:04:05.000"), describeMessage(m))
 		}
 		if id := m.MessageID(); id != "" && !p.args.NoAck {
 			if err := s.ack(id); err != nil {
-				fmt.Fprintf(p.out, "ack %s failed: %v (it will be replayed)\n", id, err)
+				fmt.Fprintf(p.out, "ack %s failed: %s (it will be replayed)\n", safe(id), safe(err.Error()))
 			}
 		}
 	}
@@ -806,51 +811,147 @@ func (s *posStream) close() {
 }
 
 // ---- human-readable output ----
+//
+// Everything printed comes from the hub, and much of it from terminals and
+// POS apps: every string goes through safe (or safeJSON) so that no escape
+// sequence, control character or bidi override reaches the operator's
+// terminal as such.
 
+// safe returns s as it is if it is printable text, and otherwise quoted Go
+// style ("\x1b[2J…"), so that an escape sequence, a control character
+// (C0, DEL, C1), a Unicode format character (bidi overrides, zero-width
+// characters), a line or paragraph separator, or bytes that are not UTF-8
+// are shown rather than acted on by the terminal.
+func safe(s string) string {
+	if printable(s) {
+		return s
+	}
+	return strconv.QuoteToGraphic(s)
+}
+
+// printable reports whether s is valid UTF-8 made only of graphic
+// characters (letters, marks, numbers, punctuation, symbols and spaces).
+func printable(s string) bool {
+	for i, r := range s {
+		switch {
+		case r >= 0x20 && r < 0x7f:
+		case r == utf8.RuneError:
+			if _, size := utf8.DecodeRuneInString(s[i:]); size == 1 {
+				return false // a byte that is not UTF-8
+			}
+		case !unicode.IsGraphic(r):
+			return false
+		}
+	}
+	return true
+}
+
+// safeLines is safe for each line of a text of several lines, such as an
+// error message made by errors.Join.
+func safeLines(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		lines[i] = safe(l)
+	}
+	return strings.Join(lines, "\n")
+}
+
+// shownError is an error whose message is safe to print (safeLines);
+// errors.Is and errors.As see the error it wraps.
+type shownError struct{ err error }
+
+func (e shownError) Error() string { return safeLines(e.err.Error()) }
+func (e shownError) Unwrap() error { return e.err }
+
+// escapeError wraps err, if any, in a shownError: what a command returns is
+// printed by main.
+func escapeError(err error) error {
+	if err == nil {
+		return nil
+	}
+	return shownError{err}
+}
+
+// safeJSON returns a JSON text from the hub for printing on one line: valid
+// JSON is compacted and every character that is not graphic (inside
+// strings: DEL, C1, format characters, separators) is written as a \u
+// escape, bytes that are not UTF-8 as \ufffd, so the result is the same
+// JSON value. Anything else is treated as text (safe).
+func safeJSON(b []byte) string {
+	var buf bytes.Buffer
+	if !json.Valid(b) || json.Compact(&buf, b) != nil {
+		return safe(strings.TrimSpace(string(b)))
+	}
+	out := buf.Bytes()
+	if printable(string(out)) {
+		return string(out)
+	}
+	var sb strings.Builder
+	for i := 0; i < len(out); {
+		r, size := utf8.DecodeRune(out[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			sb.WriteString(`\ufffd`)
+		case !unicode.IsGraphic(r):
+			if r > 0xffff {
+				hi, lo := utf16.EncodeRune(r)
+				fmt.Fprintf(&sb, `\u%04x\u%04x`, hi, lo)
+			} else {
+				fmt.Fprintf(&sb, `\u%04x`, r)
+			}
+		default:
+			sb.Write(out[i : i+size])
+		}
+		i += size
+	}
+	return sb.String()
+}
+
+// dash is safe(s), or "-" for an empty s.
 func dash(s string) string {
 	if s == "" {
 		return "-"
 	}
-	return s
+	return safe(s)
 }
 
 // describeTxn renders a transaction in a few lines: status, amount and id
 // first, then card and error details when there are any.
 func describeTxn(t *protocol.Transaction) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s  %s  %s %s  %s on %s", t.Status, t.ID, t.Amount, t.Currency, t.Type, t.TerminalID)
+	fmt.Fprintf(&b, "%s  %s  %s %s  %s on %s", safe(string(t.Status)), safe(t.ID), safe(t.Amount), safe(t.Currency), safe(t.Type), safe(t.TerminalID))
 	if t.Reference != "" {
-		fmt.Fprintf(&b, "  ref %s", t.Reference)
+		fmt.Fprintf(&b, "  ref %s", safe(t.Reference))
 	}
 	if t.ParentID != "" {
-		fmt.Fprintf(&b, "  refund of %s", t.ParentID)
+		fmt.Fprintf(&b, "  refund of %s", safe(t.ParentID))
 	}
 	fmt.Fprintf(&b, "  v%d\n", t.Version)
 	if t.AuthCode != "" || t.MaskedPAN != "" || t.ResponseCode != "" {
 		var parts []string
 		if t.CardScheme != "" || t.MaskedPAN != "" {
-			parts = append(parts, strings.TrimSpace(t.CardScheme+" "+t.MaskedPAN+" "+t.EntryMode))
+			parts = append(parts, strings.TrimSpace(safe(t.CardScheme)+" "+safe(t.MaskedPAN)+" "+safe(t.EntryMode)))
 		}
 		if t.AuthCode != "" {
-			parts = append(parts, "auth "+t.AuthCode)
+			parts = append(parts, "auth "+safe(t.AuthCode))
 		}
 		if t.RRN != "" {
-			parts = append(parts, "rrn "+t.RRN)
+			parts = append(parts, "rrn "+safe(t.RRN))
 		}
 		if t.ResponseCode != "" {
-			parts = append(parts, "response "+t.ResponseCode)
+			parts = append(parts, "response "+safe(t.ResponseCode))
 		}
 		fmt.Fprintf(&b, "  card: %s\n", strings.Join(parts, "  "))
 	}
 	if t.ErrorCode != "" || t.ErrorMessage != "" {
 		fmt.Fprintf(&b, "  error: %s", dash(t.ErrorCode))
 		if t.ErrorMessage != "" {
-			fmt.Fprintf(&b, " (%s)", t.ErrorMessage)
+			fmt.Fprintf(&b, " (%s)", safe(t.ErrorMessage))
 		}
 		b.WriteString("\n")
 	}
 	if t.RefundedAmountMinor > 0 {
-		fmt.Fprintf(&b, "  refunded: %s %s\n", protocol.FormatAmount(t.RefundedAmountMinor, t.Currency), t.Currency)
+		fmt.Fprintf(&b, "  refunded: %s %s\n", protocol.FormatAmount(t.RefundedAmountMinor, t.Currency), safe(t.Currency))
 	}
 	return b.String()
 }
@@ -858,15 +959,15 @@ func describeTxn(t *protocol.Transaction) string {
 // describeEvent is one line for a durable message about a transaction.
 func describeEvent(ev protocol.POSEvent) string {
 	t := ev.Transaction
-	s := fmt.Sprintf("%s  %s  %s  %s %s on %s  v%d", ev.Action, t.Status, t.ID, t.Amount, t.Currency, t.TerminalID, ev.Version)
+	s := fmt.Sprintf("%s  %s  %s  %s %s on %s  v%d", safe(ev.Action), safe(string(t.Status)), safe(t.ID), safe(t.Amount), safe(t.Currency), safe(t.TerminalID), ev.Version)
 	if t.ErrorCode != "" {
-		s += "  error " + t.ErrorCode
+		s += "  error " + safe(t.ErrorCode)
 	}
 	if ev.ReasonCode != "" {
-		s += fmt.Sprintf("  reason %s: %s", ev.ReasonCode, ev.Reason)
+		s += fmt.Sprintf("  reason %s: %s", safe(ev.ReasonCode), safe(ev.Reason))
 	}
 	if ev.MessageID != "" {
-		s += "  (message " + ev.MessageID + ")"
+		s += "  (message " + safe(ev.MessageID) + ")"
 	}
 	return s
 }
@@ -879,22 +980,26 @@ func describeMessage(m client.Message) string {
 		if m.Decode(&g) == nil {
 			var ts []string
 			for _, t := range g.Terminals {
-				ts = append(ts, t.TerminalID+" "+t.Status)
+				ts = append(ts, safe(t.TerminalID)+" "+safe(t.Status))
 			}
-			return fmt.Sprintf("connected %s merchant %s; terminals: %s", g.ConnectionID, g.MerchantID, dash(strings.Join(ts, ", ")))
+			list := "-"
+			if len(ts) > 0 {
+				list = strings.Join(ts, ", ")
+			}
+			return fmt.Sprintf("connected %s merchant %s; terminals: %s", safe(g.ConnectionID), safe(g.MerchantID), list)
 		}
 	case protocol.ActionTerminalStatusUpdate:
 		var u protocol.TerminalStatusUpdate
 		if m.Decode(&u) == nil {
-			return fmt.Sprintf("terminal %s %s (was %s) %s", u.TerminalID, u.Status, dash(u.PreviousStatus), u.ConnectionID)
+			return fmt.Sprintf("terminal %s %s (was %s) %s", safe(u.TerminalID), safe(u.Status), dash(u.PreviousStatus), safe(u.ConnectionID))
 		}
 	case protocol.ActionForceDisconnect:
 		var fd protocol.ForceDisconnect
 		if m.Decode(&fd) == nil {
-			return fmt.Sprintf("forceDisconnect %s: %s (reconnect allowed: %v)", fd.Reason, fd.Message, fd.ReconnectAllowed)
+			return fmt.Sprintf("forceDisconnect %s: %s (reconnect allowed: %v)", safe(fd.Reason), safe(fd.Message), fd.ReconnectAllowed)
 		}
 	case protocol.ActionError:
-		return "error " + m.Err().Error()
+		return "error " + safe(m.Err().Error())
 	}
 	if m.MessageID() != "" {
 		var ev protocol.POSEvent
@@ -902,5 +1007,5 @@ func describeMessage(m client.Message) string {
 			return describeEvent(ev)
 		}
 	}
-	return string(m.Raw)
+	return safeJSON(m.Raw)
 }

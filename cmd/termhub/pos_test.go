@@ -6,11 +6,16 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/internal/apptest"
@@ -328,5 +333,135 @@ func TestPOSErrors(t *testing.T) {
 	err = posMain(context.Background(), []string{"pay", "--terminal", "T1", "--amount", "1", "--wait", "--url", h.url, "--key", "pk1", "--secret", "wrong"}, noEnv, io.Discard, io.Discard)
 	if !errors.As(err, &he) || he.Status != 401 || he.Err.Code != protocol.CodeUnauthorized {
 		t.Fatalf("bad secret on the WebSocket: %v", err)
+	}
+}
+
+// ---- what the hub sends is escaped before it is printed ----
+
+// evilTxn is a transaction as a hub that stored unchecked text would send
+// it: JSON escapes for C0 (as encoding/json writes them), raw bytes for
+// C1 and a bidi override (which encoding/json leaves as they are).
+const evilTxn = `{"id":"txn_evil","merchantId":"m1","terminalId":"T1","connectionId":"","type":"sale","parentId":"","status":"COMPLETED",` +
+	`"amountMinor":1250,"amount":"12.50","currency":"USD","reference":"order-` + "\u202e" + `1","captureMode":"auto","description":"",` +
+	`"printReceipt":true,"timeoutSeconds":180,"authorizedAmountMinor":1250,"refundedAmountMinor":0,` +
+	`"authCode":"\u001b[2J\u001b[31mPWNED","responseCode":"00","rrn":"1234` + "\u009b" + `2J","cardScheme":"visa","maskedPan":"424242******4242",` +
+	`"entryMode":"emv_chip","receipts":null,"errorCode":"","errorMessage":"line\nFAKE LINE\r","createdAt":"2026-01-02T03:04:05Z",` +
+	`"updatedAt":"2026-01-02T03:04:05Z","completedAt":"2026-01-02T03:04:05Z","version":3,"history":[]}`
+
+// evilHub answers like a hub, with evilTxn everywhere.
+func evilHub(t *testing.T) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch r.URL.Path {
+		case "/v1/transactions/txn_evil":
+			fmt.Fprintf(w, `{"transaction":%s}`+"\n", evilTxn)
+		case "/v1/transactions":
+			fmt.Fprintf(w, `{"data":[%s],"hasMore":true,"nextCursor":"txn_`+"\u0085"+`x"}`+"\n", evilTxn)
+		case "/v1/terminals":
+			fmt.Fprint(w, `{"data":[{"terminalId":"T1","merchantId":"m1","label":"Front\u001b]0;owned\u0007","status":"online","connectionId":"c1","lastHeartbeat":null,"currentTransactionId":""}]}`+"\n")
+		default:
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprint(w, `{"error":{"code":"invalid_request","message":"bad \u001b[2J`+"\xff"+`","field":"reference"}}`+"\n")
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// assertInert fails if out has anything a terminal would act on: C0
+// controls other than line ends, DEL, C1, bidi controls, invalid UTF-8.
+func assertInert(t *testing.T, what, out string) {
+	t.Helper()
+	if !utf8.ValidString(out) {
+		t.Errorf("%s: output is not valid UTF-8: %q", what, out)
+	}
+	for _, r := range out {
+		if (r < 0x20 && r != '\n') || (r >= 0x7f && r <= 0x9f) || unicode.Is(unicode.Cf, r) {
+			t.Errorf("%s: output has %U:\n%q", what, r, out)
+			return
+		}
+	}
+}
+
+func TestPOSOutputEscapesHubText(t *testing.T) {
+	url := evilHub(t)
+	run := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		err := posMain(context.Background(), append(args, "--url", url, "--key", "pk1", "--secret", "sk1"), noEnv, &out, io.Discard)
+		return out.String(), err
+	}
+
+	out, err := run("status", "txn_evil")
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertInert(t, "status", out)
+	for _, want := range []string{`auth "\x1b[2J\x1b[31mPWNED"`, `rrn "1234\u009b2J"`, `ref "order-\u202e1"`, `error: - ("line\nFAKE LINE\r")`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %s:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "\n"); n != 3 {
+		t.Errorf("status output has %d lines, want 3 (a newline in errorMessage must not start a line):\n%s", n, out)
+	}
+
+	// --json prints the same JSON value, every non-graphic character escaped.
+	out, err = run("status", "txn_evil", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertInert(t, "status --json", out)
+	var r struct{ Transaction protocol.Transaction }
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	if r.Transaction.AuthCode != "\x1b[2J\x1b[31mPWNED" || r.Transaction.RRN != "1234\u009b2J" || r.Transaction.Reference != "order-\u202e1" {
+		t.Errorf("status --json changed the value: %+v", r.Transaction)
+	}
+
+	for _, args := range [][]string{{"list"}, {"list", "--json"}, {"terminals"}, {"terminals", "--json"}} {
+		out, err := run(args...)
+		if err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		assertInert(t, strings.Join(args, " "), out)
+		if !strings.Contains(out, "T1") {
+			t.Errorf("%v printed nothing useful:\n%s", args, out)
+		}
+	}
+
+	// A refusal: the printed body and the error message are inert too.
+	out, err = run("status", "txn_other", "--json")
+	var he *hubError
+	if !errors.As(err, &he) || he.Err.Field != "reference" {
+		t.Fatalf("refusal: %v", err)
+	}
+	assertInert(t, "refusal body", out)
+	assertInert(t, "refusal error", err.Error())
+	assertInert(t, "refusal error as main prints it", escapeError(err).Error())
+	if !errors.As(escapeError(err), &he) {
+		t.Error("escapeError hides the hubError")
+	}
+}
+
+func TestSimOutputEscapesHubText(t *testing.T) {
+	e := sim.Event{Time: time.Now(), DeviceID: "T1", Kind: sim.EventError, Action: "error", TransactionID: "txn_1",
+		Detail: "invalid_request: \x1b[2J\x1b[31mPWNED \u009b2J \u202eevil \xff"}
+	line := formatEvent(e, false)
+	assertInert(t, "sim line", line)
+	if !strings.Contains(line, `\x1b[2J\x1b[31mPWNED`) {
+		t.Errorf("sim line %q does not show the escape", line)
+	}
+	js := formatEvent(e, true)
+	assertInert(t, "sim --json line", js)
+	var back sim.Event
+	if err := json.Unmarshal([]byte(js), &back); err != nil || !strings.Contains(back.Detail, "\x1b[2J\x1b[31mPWNED \u009b2J \u202eevil") {
+		t.Errorf("sim --json line %s: %v, %+v", js, err, back)
+	}
+	// Errors of several lines keep their lines, each escaped.
+	joined := escapeError(errors.Join(errors.New("a\x1b[2J"), errors.New("b"))).Error()
+	if joined != `"a\x1b[2J"`+"\nb" {
+		t.Errorf("joined error = %q", joined)
 	}
 }

@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
+	stdlog "log"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -16,6 +19,7 @@ import (
 
 	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/internal/certfile"
 	"github.com/termhub/termhub/internal/gcfloor"
 	"github.com/termhub/termhub/internal/redisx"
 )
@@ -33,6 +37,14 @@ func newLogger(level string) zerolog.Logger {
 		log = zerolog.New(os.Stderr)
 	}
 	return log.Level(lvl).With().Timestamp().Logger()
+}
+
+// debugWriter logs each line net/http writes at debug level.
+type debugWriter struct{ log zerolog.Logger }
+
+func (w debugWriter) Write(p []byte) (int, error) {
+	w.log.Debug().Str("source", "net/http").Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
 
 // startApp opens Redis and starts the App on it, trying again every few
@@ -80,9 +92,14 @@ func runServe(args []string) error {
 		return err
 	}
 	log := newLogger(cfg.LogLevel)
-	// Fewer collections on a small heap (internal/gcfloor); GOGC or
-	// GOMEMLIMIT in the environment turn this off.
-	defer gcfloor.Start()()
+	// The soft memory limit (memory_limit or GOMEMLIMIT, the lower), and
+	// fewer collections on a small heap, never past that limit
+	// (internal/gcfloor); GOGC in the environment turns the tuning off.
+	// Read at start only: a reload does not change it.
+	defer gcfloor.Start(gcfloor.Options{MemoryLimit: int64(cfg.MemoryLimit)})()
+	if l := gcfloor.Limit(); l > 0 {
+		log.Info().Int64("memory_limit", l).Msg("soft memory limit")
+	}
 
 	ctx := context.Background()
 	// A hub started while Redis is down (an outage, a restart of both)
@@ -96,12 +113,29 @@ func runServe(args []string) error {
 	defer store.Close()
 	stopWaiting()
 
+	// With tls_cert_file and tls_key_file the one listener serves HTTPS and
+	// WSS; without them a TLS-terminating proxy in front is expected.
+	var certs *certfile.Loader
+	if cfg.TLSCertFile != "" {
+		if certs, err = certfile.Load(cfg.TLSCertFile, cfg.TLSKeyFile); err != nil {
+			return err
+		}
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	log.Info().Str("listen", ln.Addr().String()).Str("version", version).Int("merchants", len(cfg.Merchants)).Msg("termhub serving")
+	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		// TLS handshake failures and the like, which any scanner causes,
+		// go to the debug log rather than raw to stderr.
+		ErrorLog: stdlog.New(debugWriter{log}, "", 0)}
+	scheme := "http"
+	if certs != nil {
+		srv.TLSConfig = certs.Config()
+		ln = tls.NewListener(ln, srv.TLSConfig)
+		scheme = "https"
+	}
+	log.Info().Str("listen", ln.Addr().String()).Str("scheme", scheme).Str("version", version).Int("merchants", len(cfg.Merchants)).Msg("termhub serving")
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
@@ -121,6 +155,15 @@ func runServe(args []string) error {
 				}
 				a.Reload(next)
 				log.Info().Int("merchants", len(next.Merchants)).Msg("configuration reloaded")
+				// A renewed certificate under the same file names is taken up
+				// for new connections; open ones keep theirs.
+				if certs != nil {
+					if err := certs.Reload(); err != nil {
+						log.Error().Err(err).Msg("TLS certificate reload refused: keeping the one in use")
+					} else {
+						log.Info().Msg("TLS certificate reloaded")
+					}
+				}
 				continue
 			}
 			log.Info().Str("signal", s.String()).Msg("draining")

@@ -50,7 +50,7 @@ type simTerminal struct{ ID, Secret string }
 func runSimCommand(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return simMain(ctx, args, os.Getenv, os.Stdout, os.Stderr)
+	return escapeError(simMain(ctx, args, os.Getenv, os.Stdout, os.Stderr))
 }
 
 func simMain(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -144,6 +144,17 @@ func urlForListen(listen string) string {
 	return "http://" + net.JoinHostPort(host, port)
 }
 
+// formatEvent is the line printed for e: a JSON object, or the time and
+// the event's text. What the hub sent (an error message, say) is escaped
+// (safe, safeJSON) so that it cannot act on the operator's terminal.
+func formatEvent(e sim.Event, asJSON bool) string {
+	if asJSON {
+		b, _ := json.Marshal(e)
+		return safeJSON(b)
+	}
+	return e.Time.Format("15:04:05.000") + " " + safe(e.String())
+}
+
 // runSimulators runs every terminal until ctx ends. A terminal whose Run
 // fails (bad credentials, displaced) is reported and the others go on.
 func runSimulators(ctx context.Context, a simArgs, out io.Writer) error {
@@ -151,12 +162,7 @@ func runSimulators(ctx context.Context, a simArgs, out io.Writer) error {
 	printEvent := func(e sim.Event) {
 		mu.Lock()
 		defer mu.Unlock()
-		if a.JSON {
-			b, _ := json.Marshal(e)
-			fmt.Fprintf(out, "%s\n", b)
-			return
-		}
-		fmt.Fprintf(out, "%s %s\n", e.Time.Format("15:04:05.000"), e)
+		fmt.Fprintln(out, formatEvent(e, a.JSON))
 	}
 	cardDelay := a.CardDelay
 	if cardDelay == 0 {
@@ -191,7 +197,7 @@ func runSimulators(ctx context.Context, a simArgs, out io.Writer) error {
 	}
 	mu.Lock()
 	if !a.JSON {
-		fmt.Fprintf(out, "simulating %d terminal(s) against %s (card delay %s); Ctrl-C to stop\n", len(terms), a.URL, a.CardDelay)
+		fmt.Fprintf(out, "simulating %d terminal(s) against %s (card delay %s); Ctrl-C to stop\n", len(terms), safe(a.URL), a.CardDelay)
 	}
 	mu.Unlock()
 

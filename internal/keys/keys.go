@@ -61,6 +61,18 @@ func (s Space) WebhookStats(m string) string { return s.tag("webhook-stats", m) 
 // sent or whether something came in between (hub delivery).
 func (s Space) OutboxSeq(m, apiKey string) string { return s.tag("outbox-seq", m) + ":" + apiKey }
 
+// OpsSession is an ops dashboard session: a string (JSON of when and from
+// where it was opened) whose TTL is the session's idle expiry. digest is
+// a keyed hash of the session id (package ops), never the id itself, so a
+// copy of Redis yields no live cookie.
+func (s Space) OpsSession(digest string) string { return s.Prefix + "ops-session:" + digest }
+
+// Replay remembers an accepted signed POST of an API key (its signature,
+// lower-case hex) until its timestamp has expired, so a repeat is refused.
+func (s Space) Replay(m, apiKey, sig string) string {
+	return s.tag("replay", m) + ":" + apiKey + ":" + sig
+}
+
 // Marker holds a random token that every hub on this Redis reads: when it
 // is gone or different, the Redis came back without its data.
 func (s Space) Marker() string { return s.Prefix + "redis-marker" }

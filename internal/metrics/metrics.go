@@ -27,6 +27,9 @@ type Metrics struct {
 	RedisOutages     prometheus.Counter       // times Redis stopped answering
 	RedisDataLosses  prometheus.Counter       // times Redis came back without its data
 	LostCommits      *prometheus.CounterVec   // outcome: applied, not_applied, overtaken
+	AuthFailures     *prometheus.CounterVec   // kind: pos, terminal, ops
+	RateLimited      *prometheus.CounterVec   // limit: auth_address, auth_id, api_key, terminal
+	Duplicates       prometheus.Counter       // repeated signed POSTs refused (duplicate_request)
 }
 
 // New creates and registers every collector, with the Go and process
@@ -84,9 +87,18 @@ func New() *Metrics {
 	m.LostCommits = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "termhub_lost_commits_total", Help: "Commits whose answer from Redis was lost, by what the hub then found: applied, not_applied or overtaken.",
 	}, []string{"outcome"})
+	m.AuthFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "termhub_auth_failures_total", Help: "Failed authentications by who tried: pos (an API key), terminal or ops.",
+	}, []string{"kind"})
+	m.RateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "termhub_rate_limited_total", Help: "Requests and frames refused with rate_limited, by the limit that refused them.",
+	}, []string{"limit"})
+	m.Duplicates = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "termhub_duplicate_requests_total", Help: "Repeated signed POSTs without an Idempotency-Key refused with duplicate_request.",
+	})
 	r.MustRegister(m.Connections, m.Displacements, m.KeyConflicts, m.Transactions, m.AutoVoids, m.Replays,
 		m.ReplayedMessages, m.WebhookDelivered, m.WebhookRetries, m.HTTPDuration, m.WSDuration,
-		m.RedisUp, m.RedisOutages, m.RedisDataLosses, m.LostCommits,
+		m.RedisUp, m.RedisOutages, m.RedisDataLosses, m.LostCommits, m.AuthFailures, m.RateLimited, m.Duplicates,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

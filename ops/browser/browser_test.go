@@ -22,6 +22,7 @@ import (
 
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/internal/apptest"
+	"github.com/termhub/termhub/internal/keys"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/sim"
 )
@@ -329,6 +330,30 @@ func TestDashboardInChromium(t *testing.T) {
 	term.Drop(time.Hour)
 	step(t, bctx, "the terminal row turns reconnecting",
 		chromedp.WaitVisible(chromedp.CSS(`#terminals tr[data-terminal="TERM-001"][data-status="reconnecting"]`)),
+	)
+
+	// ---- sign out: the session ends on the server, not just in the page ----
+	sessionKeys := func() []string {
+		ks, err := h.Redis.Client.Keys(ctx, keys.Space{Prefix: h.Redis.Prefix}.OpsSession("*")).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ks
+	}
+	if ks := sessionKeys(); len(ks) != 1 {
+		t.Fatalf("ops sessions in Redis while signed in: %v, want one", ks)
+	}
+	step(t, bctx, "Sign out shows the login form",
+		chromedp.Click(chromedp.CSS("#logout")),
+		chromedp.WaitVisible(chromedp.CSS("#login-form")),
+		chromedp.WaitNotVisible(chromedp.CSS("#dashboard")),
+	)
+	if ks := sessionKeys(); len(ks) != 0 {
+		t.Fatalf("ops sessions in Redis after Sign out: %v", ks)
+	}
+	step(t, bctx, "a reload stays signed out",
+		chromedp.Reload(),
+		chromedp.WaitVisible(chromedp.CSS("#login-form")),
 	)
 	t.Logf("browser test took %v", time.Since(start).Round(time.Millisecond))
 }

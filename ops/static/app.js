@@ -1,8 +1,8 @@
 // termhub ops dashboard: plain JavaScript, no build step, no dependencies.
 //
-// It asks /ops/session whether the browser holds the ops cookie, shows the
-// sign-in form if not (POST /ops/login turns the token into an HttpOnly
-// cookie), then opens the feed /v1/ops/ws: a snapshot first, then live
+// It asks /ops/session whether the browser holds a live ops session, shows
+// the sign-in form if not (POST /ops/login exchanges the token for an
+// HttpOnly cookie holding a random session id), then opens the feed /v1/ops/ws: a snapshot first, then live
 // updates that are applied to the tables in place. Every value is written
 // with textContent, never as HTML.
 (function () {
@@ -50,6 +50,7 @@
     $('#dashboard').hidden = true;
     $('#summary').hidden = true;
     $('#logout').hidden = true;
+    $('#logout-error').hidden = true;
     $('#login-view').hidden = false;
     setFeedState('idle', 'not connected');
     var err = $('#login-error');
@@ -94,10 +95,29 @@
     }).then(function () { button.disabled = false; });
   }
 
+  // Sign out ends the session on the hub (POST /ops/logout). If the hub
+  // could not end it (503: Redis does not answer) the page stays signed in
+  // and says so, so that the operator can try again.
   function onLogout() {
+    var button = $('#logout');
+    var err = $('#logout-error');
+    button.disabled = true;
     fetch(base + 'ops/logout', { method: 'POST', credentials: 'same-origin' })
-      .catch(function () {})
-      .then(function () { showLogin(''); });
+      .then(function (r) {
+        if (r.status === 204 || r.status === 401) {
+          err.hidden = true;
+          showLogin('');
+          return;
+        }
+        return r.json().catch(function () { return {}; }).then(function (body) {
+          err.textContent = 'Sign-out failed: ' + ((body.error && body.error.message) || ('HTTP ' + r.status)) + '.';
+          err.hidden = false;
+        });
+      }, function () {
+        err.textContent = 'Sign-out failed: the hub did not answer. Try again.';
+        err.hidden = false;
+      })
+      .then(function () { button.disabled = false; });
   }
 
   // ---- feed ----

@@ -1,0 +1,266 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
+
+	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/internal/ratelimit"
+	"github.com/termhub/termhub/protocol"
+)
+
+// limits are the hub's rate limits (CONTRACT §3). They are per process:
+// with several hubs each keeps its own buckets, so a client spread over n
+// hubs may go up to n times as fast.
+type limits struct {
+	cfg      config.RateLimit
+	apiKey   *ratelimit.Buckets // requests (and POS frames) per API key
+	terminal *ratelimit.Buckets // frames and connects per terminal
+	failAddr *ratelimit.Buckets // failed authentications per client address
+	failID   *ratelimit.Buckets // failed authentications per claimed key or device id
+	proxies  ratelimit.Proxies
+
+	// Failed authentications are logged at most logRate a second (a burst
+	// of logBurst), so a flood cannot fill the disk; the next line says
+	// how many were left out.
+	logMu    sync.Mutex
+	logLim   *rate.Limiter
+	unlogged int
+}
+
+const (
+	logRate  = 1
+	logBurst = 20
+	// maxClaimedID bounds the id a failed attempt is counted under, so an
+	// attacker's megabyte header does not become a map key.
+	maxClaimedID = 128
+)
+
+func newLimits(cfg config.RateLimit) *limits {
+	return &limits{
+		cfg:      cfg,
+		apiKey:   ratelimit.New(cfg.KeyRate, cfg.KeyBurst),
+		terminal: ratelimit.New(cfg.TerminalRate, cfg.TerminalBurst),
+		failAddr: ratelimit.New(cfg.AuthFailureRate, cfg.AuthFailureBurst),
+		failID:   ratelimit.New(cfg.AuthFailureRate, cfg.AuthFailureBurst),
+		proxies:  ratelimit.ParseProxies(cfg.TrustedProxies),
+		logLim:   rate.NewLimiter(logRate, logBurst),
+	}
+}
+
+// The limits a refusal names in termhub_rate_limited_total.
+const (
+	limitAuthAddress = "auth_address"
+	limitAuthID      = "auth_id"
+	limitAPIKey      = "api_key"
+	limitTerminal    = "terminal"
+)
+
+// rateLimited is the error past a limit.
+func rateLimited(what string, wait time.Duration) *protocol.Error {
+	s := ratelimit.RetryAfter(wait)
+	return &protocol.Error{Code: protocol.CodeRateLimited, RetryAfter: s,
+		Message: what + "; retry after " + strconv.Itoa(s) + " s"}
+}
+
+// clientAddr is where r came from, through trusted proxies.
+func (h *Hub) clientAddr(r *http.Request) string {
+	return ratelimit.AddrKey(h.limits.proxies.ClientAddr(r))
+}
+
+// addrBlocked refuses, before its credentials are even checked, a request
+// from an address that has used up its failed authentications: a guesser
+// learns nothing more until the budget refills. (A valid request from that
+// address waits too; keeping the budget per address, not per network, keeps
+// that to the guesser's own address.)
+func (h *Hub) addrBlocked(r *http.Request) *protocol.Error {
+	if blocked, wait := h.limits.failAddr.Blocked(h.clientAddr(r), h.clock.Now()); blocked {
+		h.metrics.RateLimited.WithLabelValues(limitAuthAddress).Inc()
+		return rateLimited("too many failed authentications from this address", wait)
+	}
+	return nil
+}
+
+// AuthFailed counts a failed authentication of kind ("pos", "terminal",
+// "ops") claiming id (the key or device id sent; "" for ops), logs it
+// (rate-limited) and returns what to answer: e itself, or rate_limited when
+// the address or the id has failed too often. The id's budget only turns
+// failures into rate_limited: a request with a valid signature for that id
+// still passes, so an attacker who knows a key id cannot lock its owner out.
+func (h *Hub) AuthFailed(r *http.Request, kind, id string, e *protocol.Error) *protocol.Error {
+	now := h.clock.Now()
+	addr := h.clientAddr(r)
+	h.metrics.AuthFailures.WithLabelValues(kind).Inc()
+	if len(id) > maxClaimedID {
+		id = id[:maxClaimedID]
+	}
+	h.logAuthFailure(now, addr, kind, id, r.URL.Path, e.Message)
+	okAddr, waitAddr := h.limits.failAddr.Allow(addr, now)
+	okID, waitID := true, time.Duration(0)
+	if id != "" {
+		okID, waitID = h.limits.failID.Allow(kind+":"+id, now)
+	}
+	switch {
+	case !okAddr:
+		h.metrics.RateLimited.WithLabelValues(limitAuthAddress).Inc()
+		return rateLimited("too many failed authentications from this address", max(waitAddr, waitID))
+	case !okID:
+		h.metrics.RateLimited.WithLabelValues(limitAuthID).Inc()
+		return rateLimited("too many failed authentications for this id", waitID)
+	}
+	return e
+}
+
+// AddrBlocked is addrBlocked for the ops endpoints served outside the hub.
+func (h *Hub) AddrBlocked(r *http.Request) *protocol.Error { return h.addrBlocked(r) }
+
+func (h *Hub) logAuthFailure(now time.Time, addr, kind, id, path, problem string) {
+	l := h.limits
+	l.logMu.Lock()
+	if !l.logLim.AllowN(now, 1) {
+		l.unlogged++
+		l.logMu.Unlock()
+		return
+	}
+	unlogged := l.unlogged
+	l.unlogged = 0
+	l.logMu.Unlock()
+	ev := h.log.Warn().Str("remote", addr).Str("kind", kind).Str("path", path).Str("problem", problem)
+	if id != "" {
+		ev = ev.Str("id", id)
+	}
+	if unlogged > 0 {
+		ev = ev.Int("unlogged", unlogged)
+	}
+	ev.Msg("authentication failed")
+}
+
+// allowKey takes one request of an API key's budget.
+func (h *Hub) allowKey(keyID string) *protocol.Error {
+	if ok, wait := h.limits.apiKey.Allow(keyID, h.clock.Now()); !ok {
+		h.metrics.RateLimited.WithLabelValues(limitAPIKey).Inc()
+		return rateLimited("too many requests for this API key", wait)
+	}
+	return nil
+}
+
+// allowTerminal takes one message of a terminal's budget.
+func (h *Hub) allowTerminal(deviceID string) *protocol.Error {
+	if ok, wait := h.limits.terminal.Allow(deviceID, h.clock.Now()); !ok {
+		h.metrics.RateLimited.WithLabelValues(limitTerminal).Inc()
+		return rateLimited("too many messages from this terminal", wait)
+	}
+	return nil
+}
+
+// frameLimited decides whether a WebSocket frame goes over its connection's
+// budget. exempt frames (a terminal's results, a POS's acks) are never
+// refused: they take a token when one is there, so that they count, but
+// pass when none is. A connection that keeps going after being refused —
+// as many refused frames in a row as its burst — is closed with 1008.
+func (h *Hub) frameLimited(c *conn, exempt bool) *protocol.Error {
+	var e *protocol.Error
+	burst := h.limits.cfg.KeyBurst
+	if c.kind == KindTerminal {
+		e, burst = h.allowTerminal(c.deviceID), h.limits.cfg.TerminalBurst
+	} else {
+		e = h.allowKey(c.keyID)
+	}
+	if e == nil || exempt {
+		c.refusedInARow = 0
+		return nil
+	}
+	c.refusedInARow++
+	if c.refusedInARow >= burst {
+		c.log.Warn().Int("refused", c.refusedInARow).Msg("closing a connection that kept going past its rate limit")
+		c.disconnect(&protocol.Disconnect{Code: protocol.ClosePolicy, Reason: protocol.ReasonOther,
+			Message: "Rate limit exceeded; slow down before reconnecting", ReconnectAllowed: true})
+	}
+	return e
+}
+
+// ---- replayed signed requests (CONTRACT §3) ----
+
+// Replays remembers the signatures of accepted POSTs for as long as their
+// timestamp is valid, so a captured request sent again is refused.
+type Replays interface {
+	// First records sig for ttl and reports whether it was new.
+	First(ctx context.Context, merchantID, keyID, sig string, ttl time.Duration) (bool, error)
+}
+
+// RedisReplays keeps the signatures in Redis (SET NX PX), so a replay is
+// caught by any hub on the same Redis and after a restart.
+type RedisReplays struct {
+	RDB redis.UniversalClient
+	Key func(merchantID, keyID, sig string) string
+}
+
+// First records sig; false when it was already there.
+func (s RedisReplays) First(ctx context.Context, m, k, sig string, ttl time.Duration) (bool, error) {
+	ok, err := s.RDB.SetNX(ctx, s.Key(m, k, sig), "1", ttl).Result()
+	if errors.Is(err, redis.Nil) {
+		return false, nil
+	}
+	return ok, err
+}
+
+// replayMargin keeps a signature beyond its own window, for hubs whose
+// clocks run a little apart.
+const replayMargin = 30 * time.Second
+
+// firstUse refuses a POST whose signature was accepted before. A request
+// with an Idempotency-Key is let through: its stored answer is the reply.
+func (h *Hub) firstUse(ctx context.Context, r *http.Request, p principal) *protocol.Error {
+	if r.Method != http.MethodPost || r.Header.Get(protocol.HeaderIdemKey) != "" || h.opts.Replays == nil {
+		return nil
+	}
+	sec, _ := strconv.ParseInt(p.ts, 10, 64) // checked by authenticate
+	ttl := time.Unix(sec, 0).Add(protocol.MaxClockSkew).Sub(h.clock.Now()) + replayMargin
+	first, err := h.opts.Replays.First(ctx, p.merchantID, p.keyID, strings.ToLower(p.sig), ttl)
+	if err != nil {
+		return h.clientError(err, h.log)
+	}
+	if !first {
+		h.metrics.Duplicates.Inc()
+		h.log.Warn().Str("apiKeyId", p.keyID).Str("path", r.URL.Path).Str("remote", h.clientAddr(r)).Msg("repeated signed request refused")
+		return protocol.Errorf(protocol.CodeDuplicateRequest, protocol.HeaderSignature,
+			"this signed request was already received; sign every attempt afresh, or send an Idempotency-Key to get the stored answer")
+	}
+	return nil
+}
+
+// requireWrite refuses a key without terminal:write.
+func requireWrite(p principal) *protocol.Error {
+	if p.canWrite {
+		return nil
+	}
+	return protocol.Errorf(protocol.CodeInsufficientScopes, "", "this API key lacks the %s scope", config.ScopeWrite)
+}
+
+// requireRead refuses a key without terminal:read.
+func requireRead(p principal) *protocol.Error {
+	if p.canRead {
+		return nil
+	}
+	return protocol.Errorf(protocol.CodeInsufficientScopes, "", "this API key lacks the %s scope", config.ScopeRead)
+}
+
+// scoped refuses, with 403 insufficient_scopes, a request whose key lacks
+// the scope need checks for.
+func scoped(need func(principal) *protocol.Error, next func(http.ResponseWriter, *http.Request, principal, []byte)) func(http.ResponseWriter, *http.Request, principal, []byte) {
+	return func(w http.ResponseWriter, r *http.Request, p principal, body []byte) {
+		if e := need(p); e != nil {
+			writeError(w, e)
+			return
+		}
+		next(w, r, p, body)
+	}
+}
