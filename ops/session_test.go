@@ -130,8 +130,10 @@ func waitExpired(t *testing.T, r *redistest.Redis, key string) {
 	if r.Mini != nil {
 		r.Mini.FastForward(left + time.Millisecond)
 	} else {
-		deadline := time.Now().Add(left + 5*time.Second)
-		for left > 0 {
+		// PTTL is -2 once the key is gone; 0 means under a millisecond left,
+		// not expired, and -1 no TTL at all (a failure, at the deadline).
+		deadline := time.Now().Add(max(left, 0) + 5*time.Second)
+		for left != -2 {
 			if time.Now().After(deadline) {
 				t.Fatalf("%s did not expire: %v to live", key, left)
 			}
