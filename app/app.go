@@ -267,11 +267,12 @@ func (a *App) newWebhooks(cfg config.Config, rdb redis.UniversalClient, ks keys.
 	})
 }
 
-// routeWebhooks adds GET /v1/ops/webhooks (ops token) to the hub's routes.
+// routeWebhooks adds GET /v1/ops/webhooks (ops token, failures limited as
+// on every ops route) to the hub's routes.
 func (a *App) routeWebhooks() {
-	a.Hub.Mux().Handle("GET /v1/ops/webhooks", a.Webhooks.OpsHandler(func(r *http.Request) bool {
+	a.Hub.Mux().Handle("GET /v1/ops/webhooks", a.Hub.OpsHTTP(a.Webhooks.OpsHandler(func(r *http.Request) bool {
 		return a.Hub.OpsAuthorized(r, a.Config.OpsToken)
-	}))
+	})))
 }
 
 // refreshWebhooks starts delivery for merchants a reload gave a webhook_url.

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/termhub/termhub/protocol"
 )
 
 // Duration is a time.Duration written in Go syntax ("60s", "3m").
@@ -498,6 +500,10 @@ func (c *Config) Validate() error {
 				return bad(tat+".device_id", "is required")
 			case devices[t.DeviceID]:
 				return bad(tat+".device_id", "%q is registered twice (device ids are global)", t.DeviceID)
+			case protocol.ContainsCardNumber(t.DeviceID):
+				// It is the terminalId of every message about the device,
+				// where such a number is refused as a card number.
+				return bad(tat+".device_id", "holds a 13–19-digit number that passes the Luhn check (an IMEI does): messages refuse it as a card number; choose another id")
 			case t.Secret == "":
 				return bad(tat+".secret", "is required")
 			}

@@ -309,6 +309,8 @@ func TestBadFilesNameTheField(t *testing.T) {
 			"merchants[0].terminals[1].device_id", "T1"},
 		{"duplicate device id across merchants", "merchants:\n  - id: m1\n    terminals: [{device_id: T1, secret: " + secret + "}]\n  - id: m2\n    terminals: [{device_id: T1, secret: b}]\n",
 			"merchants[1].terminals[0].device_id", "T1"},
+		{"device id that reads as a card number (an IMEI)", "merchants:\n  - id: m\n    terminals:\n      - {device_id: \"IMEI-490154203237518\", secret: " + secret + "}\n",
+			"merchants[0].terminals[0].device_id", "Luhn"},
 		{"terminal device id missing", "merchants:\n  - id: m\n    terminals:\n      - secret: " + secret + "\n", "merchants[0].terminals[0].device_id", "required"},
 		{"terminal secret missing", "merchants:\n  - id: m\n    terminals:\n      - device_id: T1\n", "merchants[0].terminals[0].secret", "required"},
 		{"webhook url without secret", "merchants:\n  - id: m\n    webhook_url: https://example.test/hook\n", "merchants[0].webhook_secret", "webhook_url"},

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/protocol"
@@ -37,8 +38,15 @@ func (e *env) race(t *testing.T, n int, path string, body func(i int) any, heade
 			if headers != nil {
 				h = headers(i)
 			}
+			// Each racer is a till of its own, with its own client and a
+			// clock of its own (up to 24 s apart, inside the ±300 s window):
+			// one client sends identical requests only as fast as its clock
+			// lets it sign them afresh, and the fake clock does not move.
+			opts := e.opts
+			opts.Now = func() time.Time { return e.Clock.Now().Add(time.Duration(i/2) * time.Second) }
+			c := client.NewHTTP(opts, key, secrets[key])
 			<-start
-			out[i], errs[i] = e.http(key).Do(ctx(t), "POST", path, body(i), h)
+			out[i], errs[i] = c.Do(ctx(t), "POST", path, body(i), h)
 		}()
 	}
 	close(start)

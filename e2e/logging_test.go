@@ -73,6 +73,16 @@ func TestLogsNeverCarrySecretsSignaturesOrCardNumbers(t *testing.T) {
 		resp.Body.Close()
 	}
 
+	// A card number where an id goes: as the claimed key id, and in the
+	// path of a failed request. The failure is logged, the number is not.
+	req, _ = http.NewRequest("GET", srv.URL+"/v1/transactions/5500000000000004", nil)
+	req.Header.Set(protocol.HeaderAPIKey, "4012888888881881")
+	req.Header.Set(protocol.HeaderTimestamp, protocol.Timestamp(fc.Now()))
+	req.Header.Set(protocol.HeaderSignature, sig)
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+	}
+
 	// A payment whose terminal first sends a full card number, then a masked one.
 	term := e.terminal("T1")
 	pos := e.pos("pk1")
@@ -93,7 +103,7 @@ func TestLogsNeverCarrySecretsSignaturesOrCardNumbers(t *testing.T) {
 	if !strings.Contains(out, "authentication failed") || !strings.Contains(out, "transaction created") {
 		t.Fatalf("the log does not show the session at all:\n%s", out)
 	}
-	forbidden := append([]string{"sk1", "sk1b", "sk2", "dt1", "dt2", "du1", "not-the-secret", "4111111111111111", "411111******1111"}, signatures...)
+	forbidden := append([]string{"sk1", "sk1b", "sk2", "dt1", "dt2", "du1", "not-the-secret", "4111111111111111", "411111******1111", "4012888888881881", "5500000000000004"}, signatures...)
 	for _, f := range forbidden {
 		if strings.Contains(out, f) {
 			t.Errorf("the log contains %q", f)

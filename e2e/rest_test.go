@@ -83,7 +83,10 @@ func TestRESTIdempotencyKeyPayments(t *testing.T) {
 		t.Fatalf("m2 with m1's key: %+v, want a new m2 sale", r.Transaction)
 	}
 
-	// A fresh key for the same reference follows the reference rule.
+	// A fresh key for the same reference follows the reference rule. (A
+	// second on: the client signs at most three identical requests a
+	// second, and the Idempotency-Key header is not signed.)
+	e.Clock.Advance(time.Second)
 	r := e.doTxn(t, "pk1", "POST", "/v1/payments", sale("T1", 990, "ik-1"), idem("key-2"), http.StatusOK)
 	if *r.Created || r.Transaction.ID != id || r.Transaction.Status != protocol.StatusDispatched {
 		t.Fatalf("new key, same reference: %+v created=%v", r.Transaction, *r.Created)

@@ -74,8 +74,21 @@ func TestReplayedSignedRequestMovesNoMoney(t *testing.T) {
 			t.Fatalf("replay %d: HTTP %d %s, want 409 duplicate_request naming X-Signature", i, resp.Status, resp.Body)
 		}
 	}
+	// The Idempotency-Key header is not signed: a captured request sent
+	// again with a key of the attacker's choosing is refused all the same.
+	for _, k := range []string{"attacker-1", "attacker-2"} {
+		withKey := captured.Clone()
+		withKey.Set(protocol.HeaderIdemKey, k)
+		resp, err := h.Do(ctx(t), http.MethodPost, path, []byte(body), withKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e := resp.Err(); resp.Status != http.StatusConflict || e == nil || e.Code != protocol.CodeDuplicateRequest {
+			t.Fatalf("replay with Idempotency-Key %s: HTTP %d %s, want 409 duplicate_request", k, resp.Status, resp.Body)
+		}
+	}
 	if rs := refunds(t, e, saleID); len(rs) != 1 || rs[0].AmountMinor != 100 {
-		t.Fatalf("after one refund and two replays: %+v, want one refund of 100", rs)
+		t.Fatalf("after one refund and four replays: %+v, want one refund of 100", rs)
 	}
 
 	// The replay guard lives in Redis for the timestamp's window (and a
@@ -112,6 +125,33 @@ func TestReplayedSignedRequestMovesNoMoney(t *testing.T) {
 			first = out.Transaction.ID
 		} else if out.Transaction.ID != first {
 			t.Fatalf("idempotent attempt %d answered %s, want the stored %s", i, out.Transaction.ID, first)
+		}
+	}
+
+	// The same signed bytes with another key, or none, are refused.
+	for _, k := range []string{"refund-50-other", ""} {
+		other := icap.Clone()
+		other.Set(protocol.HeaderIdemKey, k)
+		if k == "" {
+			other.Del(protocol.HeaderIdemKey)
+		}
+		if resp, err := h.Do(ctx(t), http.MethodPost, path, []byte(ibody), other); err != nil || resp.Status != http.StatusConflict {
+			t.Fatalf("idempotent request replayed with key %q: %v %+v, want 409", k, err, resp)
+		}
+	}
+	if rs := refunds(t, e, saleID); len(rs) != 2 {
+		t.Fatalf("after the idempotent refund and its replays: %d refunds, want 2", len(rs))
+	}
+
+	// A route that does not honour Idempotency-Key (opening an event
+	// session) refuses a repeat even with the key it first carried.
+	sbody := `{}`
+	scap := signedOnce(e, "pk1", http.MethodPost, "/v1/sessions", sbody)
+	scap.Set(protocol.HeaderIdemKey, "session-1")
+	for i, want := range []int{http.StatusCreated, http.StatusConflict} {
+		resp, err := h.Do(ctx(t), http.MethodPost, "/v1/sessions", []byte(sbody), scap)
+		if err != nil || resp.Status != want {
+			t.Fatalf("session attempt %d: %v %+v, want %d", i, err, resp, want)
 		}
 	}
 
@@ -472,7 +512,33 @@ func TestOpsTokenGuessesAreLimited(t *testing.T) {
 			t.Fatalf("bearer guess %d on /metrics: HTTP %d, want %d", i, resp.StatusCode, want)
 		}
 	}
-	if n := metricValue(t, e, `termhub_auth_failures_total{kind="ops"}`); n != 6 {
-		t.Fatalf(`termhub_auth_failures_total{kind="ops"} = %v, want 6 (three logins, three bearers; the 4th of each was refused before its check)`, n)
+	// And on /v1/ops/webhooks, served outside the hub's own routes.
+	for i := 0; i < 4; i++ {
+		req, _ := http.NewRequest(http.MethodGet, e.Srv.URL+"/v1/ops/webhooks", nil)
+		req.Header = from("198.51.100.10", http.Header{"Authorization": {"Bearer guess"}})
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if want := map[bool]int{true: http.StatusUnauthorized, false: http.StatusTooManyRequests}[i < 3]; resp.StatusCode != want {
+			t.Fatalf("bearer guess %d on /v1/ops/webhooks: HTTP %d, want %d", i, resp.StatusCode, want)
+		}
+	}
+	// A logout naming no session (a guessed id) counts too.
+	for i := 0; i < 4; i++ {
+		req, _ := http.NewRequest(http.MethodPost, e.Srv.URL+"/ops/logout", nil)
+		req.Header = from("198.51.100.11", http.Header{"Cookie": {"termhub_ops=" + strings.Repeat("A", 42) + string("AEIM"[i])}})
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if want := map[bool]int{true: http.StatusNoContent, false: http.StatusTooManyRequests}[i < 3]; resp.StatusCode != want {
+			t.Fatalf("logout %d with a guessed session: HTTP %d, want %d", i, resp.StatusCode, want)
+		}
+	}
+	if n := metricValue(t, e, `termhub_auth_failures_total{kind="ops"}`); n != 12 {
+		t.Fatalf(`termhub_auth_failures_total{kind="ops"} = %v, want 12 (three logins, three bearers on each of two routes, three logouts; the 4th of each was refused before its check)`, n)
 	}
 }

@@ -192,4 +192,21 @@ func TestTLSServesHTTPSAndWSS(t *testing.T) {
 	if m := read(t, pos, "terminals"); !strings.Contains(string(m.Raw), `"T1"`) {
 		t.Fatalf("the POS connection after the renewal: %s", m.Raw)
 	}
+
+	// A broken edit of the configuration file refuses that reload but
+	// does not keep the old certificate: the renewal still takes.
+	if err := os.WriteFile(p.config, []byte("merchants: [this is not a configuration\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ca.issue(dir, "third.termhub.test")
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for servedName(t, ca, p.addr) != "third.termhub.test" {
+		if time.Now().After(deadline) {
+			t.Fatal("a renewed certificate was not served after SIGHUP with a broken configuration file")
+		}
+		time.Sleep(20 * time.Millisecond) // waiting on another process's signal handling
+	}
 }

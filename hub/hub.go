@@ -186,12 +186,12 @@ func (h *Hub) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/sessions", h.posHTTP(h.handleOpenSession))
 	mux.HandleFunc("GET /v1/events", h.posHTTP(h.handleEvents))
 	mux.HandleFunc("POST /v1/events/ack", h.posHTTP(h.handleEventsAck))
-	mux.HandleFunc("GET /v1/ops/terminals", h.opsHTTP(h.handleOpsTerminals))
+	mux.HandleFunc("GET /v1/ops/terminals", h.OpsHTTP(h.handleOpsTerminals))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", h.handleReady)
-	mux.Handle("GET /metrics", h.opsHTTP(promhttp.HandlerFor(h.metrics.Registry, promhttp.HandlerOpts{}).ServeHTTP))
+	mux.Handle("GET /metrics", h.OpsHTTP(promhttp.HandlerFor(h.metrics.Registry, promhttp.HandlerOpts{}).ServeHTTP))
 	h.mux = mux
 	return h.timed(mux)
 }
@@ -281,8 +281,15 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 
 func newConnectionID() string {
 	b := make([]byte, 12)
-	_, _ = rand.Read(b)
-	return "conn_" + hex.EncodeToString(b)
+	for {
+		_, _ = rand.Read(b)
+		// About one in 900 random ids holds a digit run that passes as a
+		// card number; a POS may send the id as terminalId, where text
+		// rules apply.
+		if id := "conn_" + hex.EncodeToString(b); !protocol.ContainsCardNumber(id) {
+			return id
+		}
+	}
 }
 
 // lockDevice takes the lock stripe of a device.

@@ -28,12 +28,41 @@ type limits struct {
 	failID   *ratelimit.Buckets // failed authentications per claimed key or device id
 	proxies  ratelimit.Proxies
 
-	// Failed authentications are logged at most logRate a second (a burst
-	// of logBurst), so a flood cannot fill the disk; the next line says
-	// how many were left out.
-	logMu    sync.Mutex
-	logLim   *rate.Limiter
+	// Failed authentications and refused repeats are logged at most
+	// logRate a second (a burst of logBurst), so a flood cannot fill the
+	// disk; the next line says how many were left out.
+	authLog, duplicateLog *logThrottle
+}
+
+// logThrottle lets log lines of one kind through at a bounded rate.
+type logThrottle struct {
+	mu       sync.Mutex
+	lim      *rate.Limiter
 	unlogged int
+}
+
+func newLogThrottle() *logThrottle { return &logThrottle{lim: rate.NewLimiter(logRate, logBurst)} }
+
+// allow reports whether a line may be logged at now and, if so, how many
+// were left out since the last one.
+func (t *logThrottle) allow(now time.Time) (unlogged int, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.lim.AllowN(now, 1) {
+		t.unlogged++
+		return 0, false
+	}
+	unlogged, t.unlogged = t.unlogged, 0
+	return unlogged, true
+}
+
+// redactCard hides s from a log when it holds a card number: an id or a
+// path is whatever the client sent.
+func redactCard(s string) string {
+	if protocol.ContainsCardNumber(s) {
+		return "[removed: holds a card number]"
+	}
+	return s
 }
 
 const (
@@ -46,13 +75,14 @@ const (
 
 func newLimits(cfg config.RateLimit) *limits {
 	return &limits{
-		cfg:      cfg,
-		apiKey:   ratelimit.New(cfg.KeyRate, cfg.KeyBurst),
-		terminal: ratelimit.New(cfg.TerminalRate, cfg.TerminalBurst),
-		failAddr: ratelimit.New(cfg.AuthFailureRate, cfg.AuthFailureBurst),
-		failID:   ratelimit.New(cfg.AuthFailureRate, cfg.AuthFailureBurst),
-		proxies:  ratelimit.ParseProxies(cfg.TrustedProxies),
-		logLim:   rate.NewLimiter(logRate, logBurst),
+		cfg:          cfg,
+		apiKey:       ratelimit.New(cfg.KeyRate, cfg.KeyBurst),
+		terminal:     ratelimit.New(cfg.TerminalRate, cfg.TerminalBurst),
+		failAddr:     ratelimit.New(cfg.AuthFailureRate, cfg.AuthFailureBurst),
+		failID:       ratelimit.New(cfg.AuthFailureRate, cfg.AuthFailureBurst),
+		proxies:      ratelimit.ParseProxies(cfg.TrustedProxies),
+		authLog:      newLogThrottle(),
+		duplicateLog: newLogThrottle(),
 	}
 }
 
@@ -119,23 +149,26 @@ func (h *Hub) AuthFailed(r *http.Request, kind, id string, e *protocol.Error) *p
 	return e
 }
 
+// ClientAddr is where r came from, through trusted_proxies, for the ops
+// endpoints served outside the hub to log.
+func (h *Hub) ClientAddr(r *http.Request) string {
+	if a := h.limits.proxies.ClientAddr(r); a.IsValid() {
+		return a.String()
+	}
+	return r.RemoteAddr
+}
+
 // AddrBlocked is addrBlocked for the ops endpoints served outside the hub.
 func (h *Hub) AddrBlocked(r *http.Request) *protocol.Error { return h.addrBlocked(r) }
 
 func (h *Hub) logAuthFailure(now time.Time, addr, kind, id, path, problem string) {
-	l := h.limits
-	l.logMu.Lock()
-	if !l.logLim.AllowN(now, 1) {
-		l.unlogged++
-		l.logMu.Unlock()
+	unlogged, ok := h.limits.authLog.allow(now)
+	if !ok {
 		return
 	}
-	unlogged := l.unlogged
-	l.unlogged = 0
-	l.logMu.Unlock()
-	ev := h.log.Warn().Str("remote", addr).Str("kind", kind).Str("path", path).Str("problem", problem)
+	ev := h.log.Warn().Str("remote", addr).Str("kind", kind).Str("path", redactCard(path)).Str("problem", problem)
 	if id != "" {
-		ev = ev.Str("id", id)
+		ev = ev.Str("id", redactCard(id))
 	}
 	if unlogged > 0 {
 		ev = ev.Int("unlogged", unlogged)
@@ -192,8 +225,9 @@ func (h *Hub) frameLimited(c *conn, exempt bool) *protocol.Error {
 // Replays remembers the signatures of accepted POSTs for as long as their
 // timestamp is valid, so a captured request sent again is refused.
 type Replays interface {
-	// First records sig for ttl and reports whether it was new.
-	First(ctx context.Context, merchantID, keyID, sig string, ttl time.Duration) (bool, error)
+	// First records sig with value for ttl and reports whether it was new;
+	// when it was not, prev is the value recorded the first time.
+	First(ctx context.Context, merchantID, keyID, sig, value string, ttl time.Duration) (first bool, prev string, err error)
 }
 
 // RedisReplays keeps the signatures in Redis (SET NX PX), so a replay is
@@ -203,38 +237,66 @@ type RedisReplays struct {
 	Key func(merchantID, keyID, sig string) string
 }
 
-// First records sig; false when it was already there.
-func (s RedisReplays) First(ctx context.Context, m, k, sig string, ttl time.Duration) (bool, error) {
-	ok, err := s.RDB.SetNX(ctx, s.Key(m, k, sig), "1", ttl).Result()
-	if errors.Is(err, redis.Nil) {
-		return false, nil
+// First records sig; when it was there already, it reads what the first
+// request recorded (a second round trip, only for a repeat).
+func (s RedisReplays) First(ctx context.Context, m, k, sig, value string, ttl time.Duration) (bool, string, error) {
+	key := s.Key(m, k, sig)
+	ok, err := s.RDB.SetNX(ctx, key, value, ttl).Result()
+	if err != nil || ok {
+		return ok, "", err
 	}
-	return ok, err
+	prev, err := s.RDB.Get(ctx, key).Result()
+	if errors.Is(err, redis.Nil) {
+		// Expired between the two commands: its window is over, and the
+		// timestamp check refuses the request from now on; this once it
+		// counts as a repeat all the same.
+		return false, "", nil
+	}
+	return false, prev, err
 }
 
 // replayMargin keeps a signature beyond its own window, for hubs whose
 // clocks run a little apart.
 const replayMargin = 30 * time.Second
 
-// firstUse refuses a POST whose signature was accepted before. A request
-// with an Idempotency-Key is let through: its stored answer is the reply.
+// idempotentRoutes are the POSTs whose Idempotency-Key the hub honours
+// (the stored answer comes back for a repeat). Elsewhere the header means
+// nothing and a repeat is refused whatever it carries.
+var idempotentRoutes = map[string]bool{
+	"POST /v1/payments":                   true,
+	"POST /v1/transactions/{id}/{action}": true,
+}
+
+// firstUse refuses a POST whose signature was accepted before. Every
+// accepted POST's signature is recorded with its Idempotency-Key (the
+// header is not signed): a repeat passes only on a route that honours the
+// key and with the key the first request carried, so that the stored
+// answer is the reply. A captured request sent again with a key of the
+// attacker's choosing is refused like one without.
 func (h *Hub) firstUse(ctx context.Context, r *http.Request, p principal) *protocol.Error {
-	if r.Method != http.MethodPost || r.Header.Get(protocol.HeaderIdemKey) != "" || h.opts.Replays == nil {
+	if r.Method != http.MethodPost || h.opts.Replays == nil {
 		return nil
 	}
+	idem := r.Header.Get(protocol.HeaderIdemKey)
 	sec, _ := strconv.ParseInt(p.ts, 10, 64) // checked by authenticate
 	ttl := time.Unix(sec, 0).Add(protocol.MaxClockSkew).Sub(h.clock.Now()) + replayMargin
-	first, err := h.opts.Replays.First(ctx, p.merchantID, p.keyID, strings.ToLower(p.sig), ttl)
+	first, prev, err := h.opts.Replays.First(ctx, p.merchantID, p.keyID, strings.ToLower(p.sig), "k:"+idem, ttl)
 	if err != nil {
 		return h.clientError(err, h.log)
 	}
-	if !first {
-		h.metrics.Duplicates.Inc()
-		h.log.Warn().Str("apiKeyId", p.keyID).Str("path", r.URL.Path).Str("remote", h.clientAddr(r)).Msg("repeated signed request refused")
-		return protocol.Errorf(protocol.CodeDuplicateRequest, protocol.HeaderSignature,
-			"this signed request was already received; sign every attempt afresh, or send an Idempotency-Key to get the stored answer")
+	if first || (idem != "" && prev == "k:"+idem && idempotentRoutes[r.Pattern]) {
+		return nil
 	}
-	return nil
+	h.metrics.Duplicates.Inc()
+	if n, ok := h.limits.duplicateLog.allow(h.clock.Now()); ok {
+		ev := h.log.Warn().Str("apiKeyId", p.keyID).Str("path", redactCard(r.URL.Path)).Str("remote", h.clientAddr(r))
+		if n > 0 {
+			ev = ev.Int("unlogged", n)
+		}
+		ev.Msg("repeated signed request refused")
+	}
+	return protocol.Errorf(protocol.CodeDuplicateRequest, protocol.HeaderSignature,
+		"this signed request was already received; sign every attempt afresh, or send it again with the Idempotency-Key it first carried to get the stored answer")
 }
 
 // requireWrite refuses a key without terminal:write.

@@ -27,8 +27,9 @@ func (h *Hub) handleGetTerminal(w http.ResponseWriter, r *http.Request, p princi
 	writeError(w, protocol.Errorf(protocol.CodeTerminalNotFound, "id", "no such terminal"))
 }
 
-// opsHTTP guards an ops endpoint with the ops token.
-func (h *Hub) opsHTTP(next http.HandlerFunc) http.HandlerFunc {
+// OpsHTTP guards an ops endpoint with the ops token (a bearer token), its
+// failures counted and limited as every failed authentication is.
+func (h *Hub) OpsHTTP(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if e := h.addrBlocked(r); e != nil {
 			writeError(w, e)

@@ -293,9 +293,9 @@ func (s *Server) handleFeed(w http.ResponseWriter, r *http.Request) {
 	gauge := s.hub.Metrics().Connections.WithLabelValues(string(hub.KindOps))
 	gauge.Inc()
 	defer gauge.Dec()
-	s.log.Info().Str("remote", r.RemoteAddr).Msg("ops feed connected")
+	s.log.Info().Str("remote", s.hub.ClientAddr(r)).Msg("ops feed connected")
 	s.serveFeed(ws, f)
-	s.log.Info().Str("remote", r.RemoteAddr).Msg("ops feed ended")
+	s.log.Info().Str("remote", s.hub.ClientAddr(r)).Msg("ops feed ended")
 }
 
 func (s *Server) serveFeed(ws *websocket.Conn, f *feed) {

@@ -71,12 +71,12 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	id, err := s.newSession(r.Context(), r)
 	if err != nil {
-		s.log.Warn().Err(err).Str("remote", r.RemoteAddr).Msg("ops login failed: could not store the session")
+		s.log.Warn().Err(err).Str("remote", s.hub.ClientAddr(r)).Msg("ops login failed: could not store the session")
 		writeError(w, errSessionUnavailable())
 		return
 	}
 	http.SetCookie(w, s.sessionCookie(r, id, 0))
-	s.log.Info().Str("remote", r.RemoteAddr).Msg("ops login")
+	s.log.Info().Str("remote", s.hub.ClientAddr(r)).Msg("ops login")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -84,20 +84,37 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 // handleLogout ends the session named by the cookie at once (its Redis
 // key is deleted and this hub's feeds opened with it are closed) and
 // clears the cookie. When Redis cannot delete it the answer is 503 and the
-// cookie stays, so the operator can try again.
+// cookie stays, so the operator can try again. A cookie naming no session
+// counts as a failed authentication, so that logout cannot be used to try
+// session ids or to fill the log.
 func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
 	if !sameOrigin(r) {
 		writeError(w, protocol.Errorf(protocol.CodeUnauthorized, "Origin", "cross-origin request refused"))
 		return
 	}
+	if e := s.hub.AddrBlocked(r); e != nil {
+		writeError(w, e)
+		return
+	}
 	if key, ok := s.requestSession(r); ok {
-		if err := s.endSession(r.Context(), key); err != nil {
-			s.log.Warn().Err(err).Str("remote", r.RemoteAddr).Msg("ops logout failed: could not delete the session")
+		ended, err := s.endSession(r.Context(), key)
+		if err != nil {
+			s.log.Warn().Err(err).Str("remote", s.hub.ClientAddr(r)).Msg("ops logout failed: could not delete the session")
 			writeError(w, protocol.Errorf(protocol.CodeUnavailable, "",
 				"the ops session could not be ended (Redis does not answer); sign out again shortly"))
 			return
 		}
-		s.log.Info().Str("remote", r.RemoteAddr).Msg("ops logout")
+		if !ended {
+			// Signed out already, or expired: answered like a logout
+			// unless the address has failed too often.
+			e := s.hub.AuthFailed(r, string(hub.KindOps), "", protocol.Errorf(protocol.CodeUnauthorized, hub.OpsCookie, "no such session"))
+			if e.Code == protocol.CodeRateLimited {
+				writeError(w, e)
+				return
+			}
+		} else {
+			s.log.Info().Str("remote", s.hub.ClientAddr(r)).Msg("ops logout")
+		}
 	}
 	http.SetCookie(w, s.sessionCookie(r, "", -1))
 	w.Header().Set("Cache-Control", "no-store")

@@ -252,7 +252,7 @@ func (s *Server) handleDisconnect(w http.ResponseWriter, r *http.Request) {
 		writeError(w, protocol.Errorf(protocol.CodeNotFound, "connectionId", "no live connection %q", id))
 		return
 	}
-	s.log.Info().Str("connectionId", id).Str("remote", r.RemoteAddr).Msg("connection disconnected by an operator")
+	s.log.Info().Str("connectionId", id).Str("remote", s.hub.ClientAddr(r)).Msg("connection disconnected by an operator")
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -84,7 +84,7 @@ func (s *Server) newSession(ctx context.Context, r *http.Request) (string, error
 	}
 	id := sessionEncoding.EncodeToString(raw)
 	key, _ := s.sessionKey(id)
-	val, err := json.Marshal(sessionRecord{CreatedAt: s.now(), Remote: r.RemoteAddr})
+	val, err := json.Marshal(sessionRecord{CreatedAt: s.now(), Remote: s.hub.ClientAddr(r)})
 	if err != nil {
 		return "", err
 	}
@@ -113,13 +113,17 @@ func (s *Server) touchSession(ctx context.Context, key string) (bool, error) {
 
 // endSession deletes the session at key and ends this hub's feeds opened
 // with it (other hubs' feeds notice at their next check).
-func (s *Server) endSession(ctx context.Context, key string) error {
+// It reports whether there was such a session.
+func (s *Server) endSession(ctx context.Context, key string) (bool, error) {
+	ended := false
 	if s.opts.Redis != nil {
 		ctx, cancel := s.redisCtx(ctx)
 		defer cancel()
-		if err := s.opts.Redis.Del(ctx, key).Err(); err != nil {
-			return err
+		n, err := s.opts.Redis.Del(ctx, key).Result()
+		if err != nil {
+			return false, err
 		}
+		ended = n > 0
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -128,7 +132,7 @@ func (s *Server) endSession(ctx context.Context, key string) error {
 			f.end()
 		}
 	}
-	return nil
+	return ended, nil
 }
 
 // authenticate checks r's ops credentials: the bearer token when r has an
@@ -162,7 +166,7 @@ func (s *Server) authenticate(r *http.Request, msg string) (string, *protocol.Er
 	}
 	live, err := s.touchSession(r.Context(), key)
 	if err != nil {
-		s.log.Warn().Err(err).Str("remote", r.RemoteAddr).Msg("could not check an ops session: Redis unavailable")
+		s.log.Warn().Err(err).Str("remote", s.hub.ClientAddr(r)).Msg("could not check an ops session: Redis unavailable")
 		return "", errSessionUnavailable()
 	}
 	if !live {

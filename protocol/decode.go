@@ -82,6 +82,10 @@ func decode(data []byte, types map[string]func() Validator) (Inbound, error) {
 		}
 		return in, e
 	}
+	if e := checkRequestID(env.RequestID); e != nil {
+		in.RequestID = nil // not echoed: it is what was refused
+		return in, e
+	}
 	if len(env.Action) == 0 || string(env.Action) == "null" {
 		return in, Invalid("action", "is required")
 	}
@@ -172,32 +176,81 @@ const (
 	maxTextLen = 500
 )
 
-// requireLookupID checks an identifier the hub issued or configured
-// (transactionId, terminalId, messageId): required, at most maxIDLen bytes,
-// one line of text. It is only looked up, never stored as sent, so the
-// card-number rule does not apply (a hub id such as a stream id
-// "1712345678901-0" may well pass the Luhn check).
-func requireLookupID(field, v string) *Error {
+// requireID checks an identifier or code the client chose (reference,
+// idempotencyKey, authCode, rrn …): required, at most maxIDLen bytes, one
+// line of text, and no full card number.
+func requireID(field, v string) *Error { return requireIssuedID(field, v, nil) }
+
+// requireIssuedID checks an identifier that names something the hub issued
+// or configured (transactionId, messageId, terminalId) as requireID does,
+// except that a card-number-like run is let through when issued(v): v has
+// exactly the form of an id the hub generates, in which such a run is an
+// accident of the clock or of randomness: a stream id's 13-digit
+// millisecond part passes the Luhn check 1 time in 10, and 1 random
+// "txn_…" or "conn_…" id in about 900 would hold one (the hub draws again
+// then, but transactions stored by older versions keep theirs). Such an id
+// is only compared with stored ids: one that matches nothing is answered
+// not found, and is neither stored nor echoed.
+func requireIssuedID(field, v string, issued func(string) bool) *Error {
 	switch {
 	case v == "":
 		return Invalid(field, "is required")
 	case len(v) > maxIDLen:
 		return Invalid(field, "must be at most %d characters", maxIDLen)
 	}
-	return checkChars(field, v, false)
-}
-
-// requireID checks an identifier or code the client chose (reference,
-// idempotencyKey, authCode, rrn …): as requireLookupID, and no full card
-// number.
-func requireID(field, v string) *Error {
-	if e := requireLookupID(field, v); e != nil {
+	if e := checkChars(field, v, false); e != nil {
 		return e
 	}
-	if ContainsCardNumber(v) {
+	if ContainsCardNumber(v) && (issued == nil || !issued(v)) {
 		return Invalid(field, msgCardNumber)
 	}
 	return nil
+}
+
+// requireTransactionID checks a transactionId: a card-number-like run is
+// let through only in the form the hub issues ("txn_" and 24 hex digits).
+func requireTransactionID(v string) *Error {
+	return requireIssuedID("transactionId", v, isTransactionID)
+}
+
+// requireTerminalID checks a terminalId: a device id of the configuration,
+// or (legacy) a connection id; a card-number-like run is let through only
+// in the form of a connection id the hub issues ("conn_" and 24 hex
+// digits). A device id holding a card number is refused.
+func requireTerminalID(v string) *Error { return requireIssuedID("terminalId", v, isConnectionID) }
+
+// requireMessageID checks an ack's messageId: a card-number-like run is let
+// through only in the form of the stream ids the hub issues.
+func requireMessageID(v string) *Error { return requireIssuedID("messageId", v, isStreamID) }
+
+// isTransactionID reports whether v has the form of the ids the hub gives
+// transactions (session.newTxnID): "txn_" and 24 lower-case hex digits.
+func isTransactionID(v string) bool { return hexID(v, "txn_") }
+
+// isConnectionID reports whether v has the form of the ids the hub gives
+// connections (hub.newConnectionID): "conn_" and 24 lower-case hex digits.
+func isConnectionID(v string) bool { return hexID(v, "conn_") }
+
+func hexID(v, prefix string) bool {
+	rest, ok := strings.CutPrefix(v, prefix)
+	if !ok || len(rest) != 24 {
+		return false
+	}
+	for i := 0; i < len(rest); i++ {
+		if c := rest[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// isStreamID reports whether v has the form of the Redis stream ids the hub
+// issues as messageIds: "<ms>-<seq>", a millisecond time of at most 13
+// digits (until the year 2286) and a sequence number of at most 12. The
+// only card-number-like run such an id can hold is its millisecond part.
+func isStreamID(v string) bool {
+	ms, seq, ok := strings.Cut(v, "-")
+	return ok && ms != "" && len(ms) <= 13 && allDigits(ms) && seq != "" && len(seq) <= 12 && allDigits(seq)
 }
 
 // CheckID applies the rules of an optional identifier a client chooses
@@ -285,7 +338,7 @@ func checkCurrency(c *string) *Error {
 
 // Validate checks the request and resolves the amount into AmountMinor.
 func (r *PaymentRequest) Validate() *Error {
-	if e := firstErr(requireLookupID("terminalId", r.TerminalID), checkCurrency(&r.Currency)); e != nil {
+	if e := firstErr(requireTerminalID(r.TerminalID), checkCurrency(&r.Currency)); e != nil {
 		return e
 	}
 	minor, e := resolveAmount(r.AmountMinor, r.Amount, r.Currency, true)
@@ -312,7 +365,7 @@ func (r *PaymentRequest) Minor() int64 { return *r.AmountMinor }
 
 // Validate checks the request.
 func (r *CancelRequest) Validate() *Error {
-	return firstErr(requireLookupID("transactionId", r.TransactionID), optionalID("idempotencyKey", r.IdempotencyKey))
+	return firstErr(requireTransactionID(r.TransactionID), optionalID("idempotencyKey", r.IdempotencyKey))
 }
 
 // Validate checks the request. A refund's amount needs the sale's currency to
@@ -326,7 +379,7 @@ func (r *RefundRequest) Validate() *Error {
 			return e
 		}
 	}
-	return firstErr(requireLookupID("transactionId", r.TransactionID), optionalID("reference", r.Reference),
+	return firstErr(requireTransactionID(r.TransactionID), optionalID("reference", r.Reference),
 		optionalText("reason", r.Reason), optionalID("idempotencyKey", r.IdempotencyKey))
 }
 
@@ -338,7 +391,7 @@ func (r *RefundRequest) ResolveAmount(currency string) (int64, *Error) {
 
 // Validate checks the request.
 func (r *VoidRequest) Validate() *Error {
-	return firstErr(requireLookupID("transactionId", r.TransactionID), optionalText("reason", r.Reason),
+	return firstErr(requireTransactionID(r.TransactionID), optionalText("reason", r.Reason),
 		optionalID("idempotencyKey", r.IdempotencyKey))
 }
 
@@ -349,12 +402,12 @@ func (r *CaptureRequest) Validate() *Error {
 			return e
 		}
 	}
-	return firstErr(requireLookupID("transactionId", r.TransactionID), optionalID("idempotencyKey", r.IdempotencyKey))
+	return firstErr(requireTransactionID(r.TransactionID), optionalID("idempotencyKey", r.IdempotencyKey))
 }
 
 // Validate checks the request.
 func (r *SignatureVerificationRequest) Validate() *Error {
-	if e := requireLookupID("transactionId", r.TransactionID); e != nil {
+	if e := requireTransactionID(r.TransactionID); e != nil {
 		return e
 	}
 	if r.Accepted == nil {
@@ -365,21 +418,21 @@ func (r *SignatureVerificationRequest) Validate() *Error {
 
 // Validate checks the request.
 func (r *GetTransactionStatusRequest) Validate() *Error {
-	return requireLookupID("transactionId", r.TransactionID)
+	return requireTransactionID(r.TransactionID)
 }
 
 // Validate checks the request.
 func (r *ListTerminalsRequest) Validate() *Error { return nil }
 
 // Validate checks the request.
-func (r *AckRequest) Validate() *Error { return requireLookupID("messageId", r.MessageID) }
+func (r *AckRequest) Validate() *Error { return requireMessageID(r.MessageID) }
 
 // Validate checks the message.
-func (m *CommandReceived) Validate() *Error { return requireLookupID("transactionId", m.TransactionID) }
+func (m *CommandReceived) Validate() *Error { return requireTransactionID(m.TransactionID) }
 
 // Validate checks the message.
 func (m *PaymentProgress) Validate() *Error {
-	if e := requireLookupID("transactionId", m.TransactionID); e != nil {
+	if e := requireTransactionID(m.TransactionID); e != nil {
 		return e
 	}
 	switch m.Stage {
@@ -393,7 +446,7 @@ func (m *PaymentProgress) Validate() *Error {
 
 // Validate checks the message.
 func (m *SignatureRequiredEvent) Validate() *Error {
-	return requireLookupID("transactionId", m.TransactionID)
+	return requireTransactionID(m.TransactionID)
 }
 
 var entryModes = map[string]bool{"contactless": true, "emv_chip": true, "magnetic_stripe": true, "manual_entry": true, "fallback": true}
@@ -401,7 +454,7 @@ var entryModes = map[string]bool{"contactless": true, "emv_chip": true, "magneti
 // Validate checks the result. A maskedPan that shows more than the first six
 // and last four digits is refused without echoing it.
 func (m *PaymentResult) Validate() *Error {
-	if e := requireLookupID("transactionId", m.TransactionID); e != nil {
+	if e := requireTransactionID(m.TransactionID); e != nil {
 		return e
 	}
 	switch m.Outcome {
@@ -455,7 +508,7 @@ func MaskedPANOK(pan string) bool {
 
 // Validate checks the message.
 func (m *VoidResult) Validate() *Error {
-	if e := requireLookupID("transactionId", m.TransactionID); e != nil {
+	if e := requireTransactionID(m.TransactionID); e != nil {
 		return e
 	}
 	if m.OK == nil {
@@ -466,7 +519,7 @@ func (m *VoidResult) Validate() *Error {
 
 // Validate checks the message.
 func (m *CaptureResult) Validate() *Error {
-	if e := requireLookupID("transactionId", m.TransactionID); e != nil {
+	if e := requireTransactionID(m.TransactionID); e != nil {
 		return e
 	}
 	if m.OK == nil {

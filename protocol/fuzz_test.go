@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/big"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -27,6 +28,12 @@ var posSeeds = []string{
 	`{"action":"getTransactionStatus","transactionId":"txn_1"}`,
 	`{"action":"listTerminals"}`,
 	`{"action":"ack","messageId":"1-0"}`,
+	`{"action":"ack","messageId":"1733480000004-0","requestId":{"k":[1,"x"]}}`,
+	`{"action":"ack","messageId":"4111111111111111-0"}`,
+	`{"action":"getTransactionStatus","transactionId":"txn_4111111111111111abcdef12","requestId":4111111111111111}`,
+	`{"action":"cancel","transactionId":"4111111111111111","requestId":"\u001b"}`,
+	`{"action":"payment","terminalId":"conn_76569530031221f56a21a56e","amountMinor":100,"currency":"USD","reference":"r","requestId":"ok"}`,
+	`{"action":"payment","terminalId":"TERM-4111111111111111","amountMinor":100,"currency":"USD","reference":"r"}`,
 	`{"action":"nope"}`,
 	`{"action":1}`,
 	`{"action":"payment","terminalId":"T1","amountMinor":100,"currency":"USD","reference":"o\u001b[2J","description":"4111 1111 1111 1111"}`,
@@ -39,6 +46,8 @@ var posSeeds = []string{
 
 var terminalSeeds = []string{
 	`{"action":"commandReceived","transactionId":"txn_1"}`,
+	`{"action":"commandReceived","transactionId":"txn_76569530031221f56a21a56e","requestId":"r\u0085"}`,
+	`{"action":"voidResult","transactionId":"4111111111111111","ok":true,"requestId":[378282246310005]}`,
 	`{"action":"paymentProgress","transactionId":"txn_1","stage":"pin_entry"}`,
 	`{"action":"signatureRequired","transactionId":"txn_1"}`,
 	`{"action":"paymentResult","transactionId":"txn_1","outcome":"approved","maskedPan":"424242******4242","entryMode":"emv_chip","receipts":{"customer":"c"}}`,
@@ -104,7 +113,7 @@ func checkDecoded(t *testing.T, data []byte, in Inbound, err error, actions []st
 		if in.Body == nil {
 			t.Fatal("no error and no Body")
 		}
-		checkAcceptedText(t, data, in.Body)
+		checkAcceptedText(t, data, in.Body, in.RequestID)
 		v, ok := in.Body.(Validator)
 		if !ok {
 			t.Fatalf("Body %T is not a Validator", in.Body)
@@ -198,21 +207,55 @@ func FuzzParseAmount(f *testing.F) {
 	})
 }
 
-// lookupFields are the identifiers exempt from the card-number rule.
-var lookupFields = map[string]bool{"transactionId": true, "terminalId": true, "messageId": true}
+// hubIDForms are the identifiers that may hold a card-number-like run, and
+// only in the exact form of an id the hub issues (written out here apart
+// from the code: "txn_"/"conn_" and 24 lower-case hex digits, a stream id
+// with a time of at most 13 digits and a sequence of at most 12).
+var hubIDForms = map[string]*regexp.Regexp{
+	"transactionId": regexp.MustCompile(`^txn_[0-9a-f]{24}$`),
+	"terminalId":    regexp.MustCompile(`^conn_[0-9a-f]{24}$`),
+	"messageId":     regexp.MustCompile(`^[0-9]{1,13}-[0-9]{1,12}$`),
+}
 
 // checkAcceptedText is the text invariant of an accepted frame: it was
 // valid UTF-8 with no unpaired surrogate escape (so decoding changed no
-// text), and every string of the body is clean text: no control character
-// (receipts may have LF and CR LF), and no card number outside the lookup
-// identifiers.
-func checkAcceptedText(t *testing.T, data []byte, body any) {
+// text), every string of the body is clean text: no control character
+// (receipts may have LF and CR LF), and no card number unless it is a
+// hub id of the form hubIDForms gives; and the requestId to be echoed
+// has no control character and no card number in any string, key or
+// number of it.
+func checkAcceptedText(t *testing.T, data []byte, body any, requestID json.RawMessage) {
 	t.Helper()
 	if !utf8.Valid(data) {
 		t.Fatalf("frame %q with invalid UTF-8 accepted", data)
 	}
 	if e := checkRawText(data); e != nil {
 		t.Fatalf("frame %q accepted though %v", data, e)
+	}
+	if len(requestID) > 0 {
+		d := json.NewDecoder(bytes.NewReader(requestID))
+		d.UseNumber()
+		for {
+			tok, err := d.Token()
+			if err != nil {
+				break
+			}
+			var s string
+			switch v := tok.(type) {
+			case string:
+				s = v
+			case json.Number:
+				s = string(v)
+			default:
+				continue
+			}
+			if strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || (r >= 0x7f && r <= 0x9f) }) {
+				t.Fatalf("requestId %s with a control character accepted", requestID)
+			}
+			if ContainsCardNumber(s) {
+				t.Fatalf("requestId %s with a card number accepted", requestID)
+			}
+		}
 	}
 	var walk func(v reflect.Value, path string)
 	walk = func(v reflect.Value, path string) {
@@ -243,7 +286,7 @@ func checkAcceptedText(t *testing.T, data []byte, body any) {
 					t.Fatalf("%s = %q has control character %U", path, s, r)
 				}
 			}
-			if !lookupFields[path] && ContainsCardNumber(s) {
+			if form := hubIDForms[path]; (form == nil || !form.MatchString(s)) && ContainsCardNumber(s) {
 				t.Fatalf("%s = %q holds a card number", path, s)
 			}
 		}

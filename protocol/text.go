@@ -18,8 +18,14 @@ import (
 //     U+0080–U+009F), except line breaks (LF, or CR directly before LF) in
 //     receipts;
 //   - a string holds no full card number (see ContainsCardNumber), except
-//     the identifiers the hub itself issued or configured (transactionId,
-//     terminalId, messageId), which are only looked up.
+//     a transactionId, messageId or terminalId that has exactly the form
+//     of an id the hub generates ("txn_…", a stream id "<ms>-<seq>", a
+//     legacy "conn_…" connection id), where such a run is an accident of
+//     randomness or of the clock; those are only compared with stored ids
+//     (requireIssuedID);
+//   - the same holds for requestId, which may be any JSON value: every
+//     string and key in it, and the digits of every number (it is echoed
+//     in the reply).
 //
 // A refusal is invalid_request naming the field (dotted for nested fields,
 // e.g. receipts.customer) and never quotes the text.
@@ -76,6 +82,49 @@ func checkChars(field, s string, multiline bool) *Error {
 		i += size
 	}
 	return nil
+}
+
+// checkRequestID applies the text rules to a requestId (rule 1, UTF-8, was
+// checked with the whole frame): it is any JSON value, echoed verbatim in
+// the reply and possibly logged by the client, so every string in it (keys
+// included) must be one line of text with no full card number, and no
+// number in it may be one either.
+func checkRequestID(raw json.RawMessage) *Error {
+	const field = "requestId"
+	if len(raw) == 0 {
+		return nil
+	}
+	switch c := raw[0]; {
+	case c == '"' && bytes.IndexByte(raw, '\\') < 0:
+		return CheckText(field, string(raw[1:len(raw)-1]), false)
+	case c == '-' || c >= '0' && c <= '9':
+		if ContainsCardNumber(string(raw)) {
+			return Invalid(field, msgCardNumber)
+		}
+		return nil
+	case c == 't' || c == 'f' || c == 'n':
+		return nil
+	}
+	// An object, an array or a string with escapes: every string (keys
+	// included) and number in it, in order.
+	d := json.NewDecoder(bytes.NewReader(raw))
+	d.UseNumber()
+	for {
+		tok, err := d.Token()
+		if err != nil {
+			return nil // io.EOF: the frame was valid JSON, so nothing else
+		}
+		switch v := tok.(type) {
+		case string:
+			if e := CheckText(field, v, false); e != nil {
+				return e
+			}
+		case json.Number:
+			if ContainsCardNumber(string(v)) {
+				return Invalid(field, msgCardNumber)
+			}
+		}
+	}
 }
 
 // ---- card numbers ----

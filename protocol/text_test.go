@@ -196,6 +196,30 @@ var textBad = []struct {
 	{"unknown action with escape", DecodePOS, `{"action":"pay\u001b[2J"}`, "action", msgControl},
 	{"unknown action a PAN", DecodePOS, `{"action":"4111111111111111"}`, "action", msgCardNumber},
 	{"key not UTF-8", DecodePOS, "{\"action\":\"listTerminals\",\"\xff\":1}", "", msgNotUTF8},
+	// requestId: echoed in the reply, so held to rules 2 and 3 as well.
+	{"requestId with escape", DecodePOS, `{"action":"listTerminals","requestId":"\u001b[2J"}`, "requestId", msgControl},
+	{"requestId with a raw C1", DecodePOS, "{\"action\":\"listTerminals\",\"requestId\":\"r\u0085\"}", "requestId", msgControl},
+	{"requestId with newline", DecodeTerminal, `{"action":"commandReceived","transactionId":"txn_1","requestId":"a\nb"}`, "requestId", msgControl},
+	{"requestId a PAN", DecodePOS, `{"action":"listTerminals","requestId":"4111111111111111"}`, "requestId", msgCardNumber},
+	{"requestId a grouped PAN", DecodeTerminal, `{"action":"commandReceived","transactionId":"txn_1","requestId":"req 4242-4242-4242-4242"}`, "requestId", msgCardNumber},
+	{"requestId a PAN as a number", DecodePOS, `{"action":"listTerminals","requestId":4111111111111111}`, "requestId", msgCardNumber},
+	{"requestId a PAN inside an object", DecodePOS, `{"action":"listTerminals","requestId":{"n":1,"card":"5555 5555 5555 4444"}}`, "requestId", msgCardNumber},
+	{"requestId a PAN in an array", DecodePOS, `{"action":"listTerminals","requestId":[1,378282246310005]}`, "requestId", msgCardNumber},
+	{"requestId key with escape", DecodePOS, `{"action":"listTerminals","requestId":{"\u001b":1}}`, "requestId", msgControl},
+	{"requestId escaped PAN", DecodePOS, `{"action":"listTerminals","requestId":"\u0034111111111111111"}`, "requestId", msgCardNumber},
+	{"requestId checked before the action", DecodePOS, `{"action":"nope","requestId":"\u0007"}`, "requestId", msgControl},
+	// Identifiers the hub issued: a card number is let through only in the
+	// exact form of a hub id (see TestTextAccepted).
+	{"terminalId a PAN", DecodePOS, pay(`"terminalId":"4111111111111111","amountMinor":100,"currency":"USD","reference":"r"`), "terminalId", msgCardNumber},
+	{"terminalId with a PAN", DecodePOS, pay(`"terminalId":"TERM-4111111111111111","amountMinor":100,"currency":"USD","reference":"r"`), "terminalId", msgCardNumber},
+	{"terminalId a conn id with a PAN and an extra digit", DecodePOS, pay(`"terminalId":"conn_4111111111111111abcdef120","amountMinor":100,"currency":"USD","reference":"r"`), "terminalId", msgCardNumber},
+	{"transactionId a PAN", DecodeTerminal, `{"action":"voidResult","transactionId":"4111111111111111","ok":true}`, "transactionId", msgCardNumber},
+	{"transactionId txn_ and a PAN", DecodePOS, `{"action":"getTransactionStatus","transactionId":"txn_4111111111111111"}`, "transactionId", msgCardNumber},
+	{"transactionId upper-case hex", DecodePOS, `{"action":"cancel","transactionId":"txn_4111111111111111ABCDEF12"}`, "transactionId", msgCardNumber},
+	{"transactionId a grouped PAN", DecodeTerminal, `{"action":"paymentResult","transactionId":"4242 4242 4242 4242","outcome":"approved"}`, "transactionId", msgCardNumber},
+	{"messageId a PAN", DecodePOS, `{"action":"ack","messageId":"4111111111111111"}`, "messageId", msgCardNumber},
+	{"messageId a PAN as stream time", DecodePOS, `{"action":"ack","messageId":"4111111111111111-0"}`, "messageId", msgCardNumber},
+	{"messageId a PAN as stream sequence", DecodePOS, `{"action":"ack","messageId":"1-5555555555554444"}`, "messageId", msgCardNumber},
 }
 
 func TestTextRulesInDecoders(t *testing.T) {
@@ -208,6 +232,9 @@ func TestTextRulesInDecoders(t *testing.T) {
 			}
 			if in.Body != nil {
 				t.Errorf("Body %+v kept", in.Body)
+			}
+			if tt.field == "requestId" && in.RequestID != nil {
+				t.Errorf("refused requestId %s kept to be echoed", in.RequestID)
 			}
 			if tt.msg == msgCardNumber {
 				for _, pan := range []string{"4111111111111111", "4242424242424242", "5555555555554444", "378282246310005"} {
@@ -229,14 +256,24 @@ func TestTextAccepted(t *testing.T) {
 			`"receipts":{"customer":"TERMHUB\nVISA 411111******1111\r\nAUTH 123456 RRN 123456789012\nTOTAL 12.50 €\n","merchant":"Zürich\nMERCHANT COPY"}`)},
 		{DecodeTerminal, result(`"outcome":"declined","errorMessage":"Karte abgelehnt – 4111111111111112 ungültig"`)}, // not Luhn-valid
 		{DecodeTerminal, result(`"rrn":"411111111111"`)},                                                              // 12 digits
-		{DecodeTerminal, `{"action":"voidResult","transactionId":"4111111111111111","ok":true}`},                      // hub ids are only looked up
 		{DecodePOS, `{"action":"ack","messageId":"1712345678901-0"}`},
+		// Hub ids in which a run of digits passes the Luhn check by chance
+		// (1 transaction or connection id in about 900, 1 stream time in
+		// 10): they are only compared with stored ids, never refused.
+		{DecodeTerminal, `{"action":"voidResult","transactionId":"txn_76569530031221f56a21a56e","ok":true}`},
+		{DecodePOS, `{"action":"getTransactionStatus","transactionId":"txn_4111111111111111abcdef12"}`},
+		{DecodePOS, `{"action":"ack","messageId":"1733480000004-0"}`},
+		{DecodePOS, `{"action":"ack","messageId":"1733480000012-17"}`},
+		{DecodePOS, pay(`"terminalId":"conn_76569530031221f56a21a56e","amountMinor":100,"currency":"USD","reference":"r"`)},
+		{DecodePOS, `{"action":"listTerminals","requestId":"r-1712345678901"}`},                    // not Luhn-valid
+		{DecodePOS, `{"action":"listTerminals","requestId":123456789012}`},                         // 12 digits
+		{DecodePOS, `{"action":"listTerminals","requestId":{"n":[1,2.5,-3e2,null,true],"s":"é"}}`}, // any JSON value
+		{DecodePOS, `{"action":"listTerminals","requestId":"caf\u00e9 \ud83d\ude00"}`},
 		{DecodePOS, payOK(`"amountMinor":100,"description":"Zimmer 12 – 2 Nächte 👍","idempotencyKey":"123e4567-e89b-12d3-a456-426614174000"`)},
 		{DecodePOS, pay(`"terminalId":"T1","amountMinor":100,"currency":"USD","reference":"order-41111111111111111111"`)}, // 20 digits
 		{DecodePOS, pay(`"terminalId":"T1","amountMinor":100,"currency":"USD","reference":"2024-05-01 12:30 #1234"`)},
 		{DecodePOS, payOK(`"amountMinor":100,"description":"smile \ud83d\ude00"`)}, // a surrogate pair is fine
 		{DecodePOS, payOK(`"amountMinor":100,"description":"backslash-u text \\ud800"`)},
-		{DecodePOS, `{"action":"listTerminals","requestId":"\u001b is fine here: it is only echoed"}`},
 	}
 	for _, f := range frames {
 		if _, err := f.decode([]byte(f.frame)); err != nil {

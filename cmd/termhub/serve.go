@@ -39,11 +39,18 @@ func newLogger(level string) zerolog.Logger {
 	return log.Level(lvl).With().Timestamp().Logger()
 }
 
-// debugWriter logs each line net/http writes at debug level.
-type debugWriter struct{ log zerolog.Logger }
+// httpErrorWriter logs the lines net/http writes: a recovered handler
+// panic at error level, everything else (TLS handshake failures, which any
+// scanner causes, bad requests) at debug.
+type httpErrorWriter struct{ log zerolog.Logger }
 
-func (w debugWriter) Write(p []byte) (int, error) {
-	w.log.Debug().Str("source", "net/http").Msg(strings.TrimSpace(string(p)))
+func (w httpErrorWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	ev := w.log.Debug()
+	if strings.Contains(line, "panic") {
+		ev = w.log.Error()
+	}
+	ev.Str("source", "net/http").Msg(line)
 	return len(p), nil
 }
 
@@ -126,9 +133,7 @@ func runServe(args []string) error {
 		return err
 	}
 	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second,
-		// TLS handshake failures and the like, which any scanner causes,
-		// go to the debug log rather than raw to stderr.
-		ErrorLog: stdlog.New(debugWriter{log}, "", 0)}
+		ErrorLog: stdlog.New(httpErrorWriter{log}, "", 0)}
 	scheme := "http"
 	if certs != nil {
 		srv.TLSConfig = certs.Config()
@@ -148,15 +153,10 @@ func runServe(args []string) error {
 			return err
 		case s := <-sigs:
 			if s == syscall.SIGHUP {
-				next, err := config.Load(*cfgPath, nil)
-				if err != nil {
-					log.Error().Err(err).Msg("reload refused: keeping the running configuration")
-					continue
-				}
-				a.Reload(next)
-				log.Info().Int("merchants", len(next.Merchants)).Msg("configuration reloaded")
 				// A renewed certificate under the same file names is taken up
-				// for new connections; open ones keep theirs.
+				// for new connections (open ones keep theirs), whether or not
+				// the configuration file is valid: a broken edit of the file
+				// must not keep an expiring certificate in use.
 				if certs != nil {
 					if err := certs.Reload(); err != nil {
 						log.Error().Err(err).Msg("TLS certificate reload refused: keeping the one in use")
@@ -164,6 +164,13 @@ func runServe(args []string) error {
 						log.Info().Msg("TLS certificate reloaded")
 					}
 				}
+				next, err := config.Load(*cfgPath, nil)
+				if err != nil {
+					log.Error().Err(err).Msg("reload refused: keeping the running configuration")
+					continue
+				}
+				a.Reload(next)
+				log.Info().Int("merchants", len(next.Merchants)).Msg("configuration reloaded")
 				continue
 			}
 			log.Info().Str("signal", s.String()).Msg("draining")

@@ -4,6 +4,8 @@
 package metrics
 
 import (
+	"regexp"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -99,8 +101,19 @@ func New() *Metrics {
 	r.MustRegister(m.Connections, m.Displacements, m.KeyConflicts, m.Transactions, m.AutoVoids, m.Replays,
 		m.ReplayedMessages, m.WebhookDelivered, m.WebhookRetries, m.HTTPDuration, m.WSDuration,
 		m.RedisUp, m.RedisOutages, m.RedisDataLosses, m.LostCommits, m.AuthFailures, m.RateLimited, m.Duplicates,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(gcFloorInputs)),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// gcFloorInputs adds to the Go collector's default series what the heap
+// goal is computed from (internal/gcfloor): the live heap the last cycle
+// left and the stacks and globals it scanned, exported as
+// go_gc_heap_live_bytes, go_gc_scan_stack_bytes and go_gc_scan_globals_bytes.
+// With go_gc_gogc_percent they give the goal GOGC alone sets, which
+// go_memstats_next_gc_bytes (capped by the memory limit) does not show.
+var gcFloorInputs = collectors.GoRuntimeMetricsRule{
+	Matcher: regexp.MustCompile(`^/gc/(heap/live|scan/stack|scan/globals):bytes$`),
 }
 
 // GaugeFunc registers a gauge computed at scrape time (outbox depth, grace
