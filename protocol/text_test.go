@@ -196,17 +196,11 @@ var textBad = []struct {
 	{"unknown action with escape", DecodePOS, `{"action":"pay\u001b[2J"}`, "action", msgControl},
 	{"unknown action a PAN", DecodePOS, `{"action":"4111111111111111"}`, "action", msgCardNumber},
 	{"key not UTF-8", DecodePOS, "{\"action\":\"listTerminals\",\"\xff\":1}", "", msgNotUTF8},
-	// requestId: echoed in the reply, so held to rules 2 and 3 as well.
+	// requestId: echoed in the reply, so held to rule 2 as well.
 	{"requestId with escape", DecodePOS, `{"action":"listTerminals","requestId":"\u001b[2J"}`, "requestId", msgControl},
 	{"requestId with a raw C1", DecodePOS, "{\"action\":\"listTerminals\",\"requestId\":\"r\u0085\"}", "requestId", msgControl},
 	{"requestId with newline", DecodeTerminal, `{"action":"commandReceived","transactionId":"txn_1","requestId":"a\nb"}`, "requestId", msgControl},
-	{"requestId a PAN", DecodePOS, `{"action":"listTerminals","requestId":"4111111111111111"}`, "requestId", msgCardNumber},
-	{"requestId a grouped PAN", DecodeTerminal, `{"action":"commandReceived","transactionId":"txn_1","requestId":"req 4242-4242-4242-4242"}`, "requestId", msgCardNumber},
-	{"requestId a PAN as a number", DecodePOS, `{"action":"listTerminals","requestId":4111111111111111}`, "requestId", msgCardNumber},
-	{"requestId a PAN inside an object", DecodePOS, `{"action":"listTerminals","requestId":{"n":1,"card":"5555 5555 5555 4444"}}`, "requestId", msgCardNumber},
-	{"requestId a PAN in an array", DecodePOS, `{"action":"listTerminals","requestId":[1,378282246310005]}`, "requestId", msgCardNumber},
 	{"requestId key with escape", DecodePOS, `{"action":"listTerminals","requestId":{"\u001b":1}}`, "requestId", msgControl},
-	{"requestId escaped PAN", DecodePOS, `{"action":"listTerminals","requestId":"\u0034111111111111111"}`, "requestId", msgCardNumber},
 	{"requestId checked before the action", DecodePOS, `{"action":"nope","requestId":"\u0007"}`, "requestId", msgControl},
 	// Identifiers the hub issued: a card number is let through only in the
 	// exact form of a hub id (see TestTextAccepted).
@@ -265,7 +259,12 @@ func TestTextAccepted(t *testing.T) {
 		{DecodePOS, `{"action":"ack","messageId":"1733480000004-0"}`},
 		{DecodePOS, `{"action":"ack","messageId":"1733480000012-17"}`},
 		{DecodePOS, pay(`"terminalId":"conn_76569530031221f56a21a56e","amountMinor":100,"currency":"USD","reference":"r"`)},
-		{DecodePOS, `{"action":"listTerminals","requestId":"r-1712345678901"}`},                    // not Luhn-valid
+		{DecodePOS, `{"action":"listTerminals","requestId":"r-1712345678901"}`}, // not Luhn-valid
+		// A requestId is never stored or logged: rule 3 does not apply.
+		// Millisecond clocks and hub ids pass Luhn one time in ten.
+		{DecodePOS, `{"action":"ack","messageId":"1796547248353-0","requestId":"ack:1796547248353-0"}`},
+		{DecodePOS, `{"action":"listTerminals","requestId":1796547248353}`},
+		{DecodePOS, `{"action":"listTerminals","requestId":{"sent":1796547248353,"s":"\u0031796547248353"}}`},
 		{DecodePOS, `{"action":"listTerminals","requestId":123456789012}`},                         // 12 digits
 		{DecodePOS, `{"action":"listTerminals","requestId":{"n":[1,2.5,-3e2,null,true],"s":"é"}}`}, // any JSON value
 		{DecodePOS, `{"action":"listTerminals","requestId":"caf\u00e9 \ud83d\ude00"}`},
