@@ -17,11 +17,10 @@ import (
 // robin over sourceAddrs, a few connections each), as real terminals come
 // from addresses of their own. From one address, the
 // kernel finds each new connection's ephemeral port among every socket to
-// the same server, the previous connections' TIME_WAIT ones included: a
-// reconnect storm of 15,000 then costs the generator about 300 µs of CPU
-// per connect (4.5 s of an 8 s storm, measured by the storm's generator
-// profile), which it takes from the hub on a 2-core machine. Spread over
-// 4,064 addresses a port is found at once.
+// the same server, the previous connections' TIME_WAIT ones included: in
+// a reconnect storm that search costs the generator CPU time it takes from
+// the hub on a small machine (docs/performance.md has the figures). Spread
+// over 4,064 addresses a port is found at once.
 
 // sourceAddrs is how many loopback source addresses the generator uses.
 const sourceAddrs = 16 * 254

@@ -47,114 +47,152 @@ func ratio(a, b float64) float64 {
 
 // Rows renders the results as the report table.
 func (r *Results) Rows() []Row {
-	var rows []Row
-	add := func(s, f, m, t, v string) { rows = append(rows, Row{s, f, m, t, v}) }
-	allocRow := func(scn string, s *PaymentStats, cpu CPUShare) {
-		if b := cpu.AllocPerPayment(s); b > 0 {
-			add(scn, s.Target+" heap allocated per payment", fmt.Sprintf("%.1f KiB (%.0f GC cycles in %s)", b/1024, cpu.GCs, cpu.Wall.Round(time.Millisecond)), "", "")
-		}
+	b := &rowBuilder{}
+	r.latencyRows(b)
+	r.throughputRows(b)
+	r.loadRows(b)
+	r.idleRows(b)
+	r.replayRows(b)
+	r.stormRows(b)
+	return b.rows
+}
+
+// rowBuilder collects the rows of the report table.
+type rowBuilder struct{ rows []Row }
+
+func (b *rowBuilder) add(s, f, m, t, v string) { b.rows = append(b.rows, Row{s, f, m, t, v}) }
+
+// alloc adds the heap allocated per payment, when it was measured.
+func (b *rowBuilder) alloc(scn string, s *PaymentStats, cpu CPUShare) {
+	if a := cpu.AllocPerPayment(s); a > 0 {
+		b.add(scn, s.Target+" heap allocated per payment", fmt.Sprintf("%.1f KiB (%.0f GC cycles in %s)", a/1024, cpu.GCs, cpu.Wall.Round(time.Millisecond)), "", "")
 	}
-	pay := func(scn string, s *PaymentStats, cpu CPUShare) {
-		add(scn, s.Target+" round trip", s.RoundTrip.String(), "", "")
-		add(scn, s.Target+" rate", rate(s.Rate)+" ("+s.outcome()+")", "", "")
-		if cpu.Known {
-			add(scn, s.Target+" CPU", cpu.String(), "", "")
-		}
-		allocRow(scn, s, cpu)
+}
+
+// pay adds the rows of a sequential run (latency or floor).
+func (b *rowBuilder) pay(scn string, s *PaymentStats, cpu CPUShare) {
+	b.add(scn, s.Target+" round trip", s.RoundTrip.String(), "", "")
+	b.add(scn, s.Target+" rate", rate(s.Rate)+" ("+s.outcome()+")", "", "")
+	if cpu.Known {
+		b.add(scn, s.Target+" CPU", cpu.String(), "", "")
 	}
+	b.alloc(scn, s, cpu)
+}
+
+// latencyRows are scenarios 1 (latency) and 2 (floor) and their ratios.
+func (r *Results) latencyRows(b *rowBuilder) {
 	if r.Latency != nil {
-		pay("1 latency", r.Latency, r.LatencyCPU)
+		b.pay("1 latency", r.Latency, r.LatencyCPU)
 	}
 	if r.Floor != nil {
-		pay("2 floor", r.Floor, r.FloorSeqCPU)
+		b.pay("2 floor", r.Floor, r.FloorSeqCPU)
 	}
 	if r.Latency != nil && r.Floor != nil {
 		if r.Interleaved > 0 {
-			add("1, 2", "how", fmt.Sprintf("both servers up at once, taking turns in %d rounds of %d payments each (hub, floor, floor, hub, ...)",
+			b.add("1, 2", "how", fmt.Sprintf("both servers up at once, taking turns in %d rounds of %d payments each (hub, floor, floor, hub, ...)",
 				r.Interleaved, r.Latency.Sent/r.Interleaved), "", "")
 		}
 		p50 := ratio(float64(r.Latency.RoundTrip.P50), float64(r.Floor.RoundTrip.P50))
 		p99 := ratio(float64(r.Latency.RoundTrip.P99), float64(r.Floor.RoundTrip.P99))
-		add("1÷2", "hub ÷ floor, p50", fmt.Sprintf("%.2f×", p50), fmt.Sprintf("≤ %.1f×", TargetP50Ratio), verdict(p50 <= TargetP50Ratio))
-		add("1÷2", "hub ÷ floor, p99", fmt.Sprintf("%.2f×", p99), fmt.Sprintf("≤ %.1f×", TargetP99Ratio), verdict(p99 <= TargetP99Ratio))
+		b.add("1÷2", "hub ÷ floor, p50", fmt.Sprintf("%.2f×", p50), fmt.Sprintf("≤ %.1f×", TargetP50Ratio), verdict(p50 <= TargetP50Ratio))
+		b.add("1÷2", "hub ÷ floor, p99", fmt.Sprintf("%.2f×", p99), fmt.Sprintf("≤ %.1f×", TargetP99Ratio), verdict(p99 <= TargetP99Ratio))
 	}
+}
+
+// throughputRows are scenario 3, the hub and the floor in a closed loop.
+func (r *Results) throughputRows(b *rowBuilder) {
 	if t := r.Throughput; t != nil {
-		add("3 throughput", "hub payments/s", rate(t.Rate), "", "")
-		add("3 throughput", "hub round trip", t.RoundTrip.String(), "", "")
-		add("3 throughput", "hub CPU", r.ThroughputCPU.String(), "", "")
-		allocRow("3 throughput", t, r.ThroughputCPU)
+		b.add("3 throughput", "hub payments/s", rate(t.Rate), "", "")
+		b.add("3 throughput", "hub round trip", t.RoundTrip.String(), "", "")
+		b.add("3 throughput", "hub CPU", r.ThroughputCPU.String(), "", "")
+		b.alloc("3 throughput", t, r.ThroughputCPU)
 	}
 	if f := r.ThroughputFloor; f != nil {
-		add("3 throughput", "floor payments/s", rate(f.Rate), "", "")
-		add("3 throughput", "floor round trip", f.RoundTrip.String(), "", "")
-		add("3 throughput", "floor CPU", r.FloorCPU.String(), "", "")
+		b.add("3 throughput", "floor payments/s", rate(f.Rate), "", "")
+		b.add("3 throughput", "floor round trip", f.RoundTrip.String(), "", "")
+		b.add("3 throughput", "floor CPU", r.FloorCPU.String(), "", "")
 	}
 	if t, f := r.Throughput, r.ThroughputFloor; t != nil && f != nil {
 		if r.LoadRounds > 0 {
-			add("3 throughput", "how", turns(r.LoadRounds, r.Options.Duration), "", "")
+			b.add("3 throughput", "how", turns(r.LoadRounds, r.Options.Duration), "", "")
 		}
 		if h, fl := r.ThroughputCPU.PerPayment(t), r.FloorCPU.PerPayment(f); h > 0 && fl > 0 {
-			add("3 throughput", "server CPU per payment: hub, floor", fmt.Sprintf("%.2f ms, %.2f ms (%.1f×)", msf(h), msf(fl), ratio(float64(h), float64(fl))), "", "")
+			b.add("3 throughput", "server CPU per payment: hub, floor", fmt.Sprintf("%.2f ms, %.2f ms (%.1f×)", msf(h), msf(fl), ratio(float64(h), float64(fl))), "", "")
 		}
 	}
 	if t, f := r.Throughput, r.ThroughputFloor; t != nil && f != nil {
 		q := ratio(t.Rate, f.Rate)
-		add("3 throughput", "hub ÷ floor", fmt.Sprintf("%.2f×", q), fmt.Sprintf("≥ %.1f×", TargetThroughputRatio), verdict(q >= TargetThroughputRatio))
+		b.add("3 throughput", "hub ÷ floor", fmt.Sprintf("%.2f×", q), fmt.Sprintf("≥ %.1f×", TargetThroughputRatio), verdict(q >= TargetThroughputRatio))
 	}
 	if t := r.Throughput; t != nil {
 		ok := t.Lost == 0 && t.Duplicated == 0 && !t.Unfinished
-		add("3 throughput", "hub finals: lost / duplicated", fmt.Sprintf("%d / %d (%s)", t.Lost, t.Duplicated, t.outcome()), "0 / 0", verdict(ok))
+		b.add("3 throughput", "hub finals: lost / duplicated", fmt.Sprintf("%d / %d (%s)", t.Lost, t.Duplicated, t.outcome()), "0 / 0", verdict(ok))
 	}
+}
+
+// loadRows are scenario 3b, the hub and the floor in an open loop.
+func (r *Results) loadRows(b *rowBuilder) {
 	if l := r.Load; l != nil {
 		tgt := fmt.Sprintf("p99 ≤ %s at %d/s", ms(TargetLoadP99), TargetLoadRate)
 		v := verdict(l.RoundTrip.P99 <= TargetLoadP99 && l.Failures == 0 && l.Lost == 0)
 		if l.Offered != TargetLoadRate {
 			v = "n/a (other rate)"
 		}
-		add("3b load", fmt.Sprintf("hub at %.0f/s offered", l.Offered), l.RoundTrip.String()+"; "+l.outcome()+"; "+rate(l.Rate)+" answered", tgt, v)
-		add("3b load", "hub CPU", r.LoadCPU.String(), "", "")
-		allocRow("3b load", l, r.LoadCPU)
+		b.add("3b load", fmt.Sprintf("hub at %.0f/s offered", l.Offered), l.RoundTrip.String()+"; "+l.outcome()+"; "+rate(l.Rate)+" answered", tgt, v)
+		b.add("3b load", "hub CPU", r.LoadCPU.String(), "", "")
+		b.alloc("3b load", l, r.LoadCPU)
 	}
 	if f := r.LoadFloor; f != nil {
-		add("3b load", fmt.Sprintf("floor at %.0f/s offered", f.Offered), f.RoundTrip.String()+"; "+f.outcome()+"; "+rate(f.Rate)+" answered", "", "")
+		b.add("3b load", fmt.Sprintf("floor at %.0f/s offered", f.Offered), f.RoundTrip.String()+"; "+f.outcome()+"; "+rate(f.Rate)+" answered", "", "")
 		if r.LoadFloorCPU.Known {
-			add("3b load", "floor CPU", r.LoadFloorCPU.String(), "", "")
+			b.add("3b load", "floor CPU", r.LoadFloorCPU.String(), "", "")
 		}
 		if r.Load != nil && r.LoadRounds > 0 {
-			add("3b load", "how", turns(r.LoadRounds, r.Options.Duration), "", "")
+			b.add("3b load", "how", turns(r.LoadRounds, r.Options.Duration), "", "")
 		}
 	}
+}
+
+// idleRows are scenario 4, the memory of idle connections.
+func (r *Results) idleRows(b *rowBuilder) {
 	if i := r.Idle; i != nil {
 		v := verdict(i.PerConn <= TargetIdleBytes)
 		if i.Connections != 15000 {
 			v += fmt.Sprintf(" (at %d, target is for 15,000)", i.Connections)
 		}
-		add("4 idle", fmt.Sprintf("hub RSS per idle connection (%d)", i.Connections),
+		b.add("4 idle", fmt.Sprintf("hub RSS per idle connection (%d)", i.Connections),
 			fmt.Sprintf("%.1f KiB (RSS %d → %d MiB)", float64(i.PerConn)/1024, i.RSSBefore>>20, i.RSSAfter>>20), "≤ 20 KiB", v)
 		if rt := i.Runtime; rt != nil {
-			add("4 idle", "of which, per connection (Go runtime)", fmt.Sprintf("%.2f goroutines, %.1f KiB stack, %.1f KiB heap", rt.Goroutines, rt.StackBytes/1024, rt.HeapBytes/1024), "", "")
+			b.add("4 idle", "of which, per connection (Go runtime)", fmt.Sprintf("%.2f goroutines, %.1f KiB stack, %.1f KiB heap", rt.Goroutines, rt.StackBytes/1024, rt.HeapBytes/1024), "", "")
 		}
 	}
+}
+
+// replayRows are scenario 5, a reconnecting POS's backlog.
+func (r *Results) replayRows(b *rowBuilder) {
 	if p := r.Replay; p != nil {
 		v := verdict(p.FromDial <= TargetReplay && p.Received == p.Messages && p.Duplicates == 0)
 		if p.Messages < 10000 {
 			v += fmt.Sprintf(" (%d messages, target is for 10,000)", p.Messages)
 		}
-		add("5 replay", fmt.Sprintf("reconnect → last of %d messages", p.Messages),
+		b.add("5 replay", fmt.Sprintf("reconnect → last of %d messages", p.Messages),
 			fmt.Sprintf("%s (%s after the greeting; %d received, %d duplicated)", ms(p.FromDial), ms(p.FromGreeting), p.Received, p.Duplicates), "≤ 300 ms", v)
 	}
+}
+
+// stormRows are scenario 6, a fleet of terminals reconnecting at once.
+func (r *Results) stormRows(b *rowBuilder) {
 	if s := r.Storm; s != nil {
 		v := verdict(s.AllOnline <= TargetStorm && s.Failed == 0)
 		if s.Terminals < 15000 {
 			v += fmt.Sprintf(" (%d terminals, target is for 15,000)", s.Terminals)
 		}
-		add("6 storm", fmt.Sprintf("all %d online", s.Terminals), fmt.Sprintf("%s (%d retries, %d never back)", ms(s.AllOnline), s.Retries, s.Failed), "≤ 10 s", v)
-		add("6 storm", "handshake", s.Handshake.String(), "", "")
+		b.add("6 storm", fmt.Sprintf("all %d online", s.Terminals), fmt.Sprintf("%s (%d retries, %d never back)", ms(s.AllOnline), s.Retries, s.Failed), "≤ 10 s", v)
+		b.add("6 storm", "handshake", s.Handshake.String(), "", "")
 		if r.StormCPU.Known {
-			add("6 storm", "CPU during the storm", r.StormCPU.String(), "", "")
+			b.add("6 storm", "CPU during the storm", r.StormCPU.String(), "", "")
 		}
 	}
-	return rows
 }
 
 // Markdown writes the report: a header, the table and any errors.

@@ -397,9 +397,74 @@ func applyEnv(cfg *Config, getenv func(string) string) error {
 
 // Validate checks every field and names the first one at fault.
 func (c *Config) Validate() error {
-	bad := func(field, format string, args ...any) error {
-		return fmt.Errorf("config: %s: %s", field, fmt.Sprintf(format, args...))
+	if err := c.validateServer(); err != nil {
+		return err
 	}
+	if err := c.validateRateLimit(); err != nil {
+		return err
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log_level", "must be debug, info, warn or error")
+	}
+	seen := ids{merchants: map[string]bool{}, keys: map[string]bool{}, devices: map[string]bool{}}
+	for i, m := range c.Merchants {
+		if err := seen.validateMerchant(i, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// bad is the error for a field at fault.
+func bad(field, format string, args ...any) error {
+	return fmt.Errorf("config: %s: %s", field, fmt.Sprintf(format, args...))
+}
+
+// validateKey checks one API key, at kat.
+func (seen ids) validateKey(kat string, k APIKey) error {
+	switch {
+	case k.ID == "":
+		return bad(kat+".id", "is required")
+	case seen.keys[k.ID]:
+		return bad(kat+".id", "%q is used by another key (key ids are global)", k.ID)
+	case k.Secret == "":
+		return bad(kat+".secret", "is required")
+	}
+	if k.Scopes != nil && len(k.Scopes) == 0 {
+		return bad(kat+".scopes", "lists no scope: name %s and/or %s, or leave it out for both", ScopeRead, ScopeWrite)
+	}
+	for n, sc := range k.Scopes {
+		if sc != ScopeRead && sc != ScopeWrite {
+			return bad(fmt.Sprintf("%s.scopes[%d]", kat, n), "must be %s or %s, got %q", ScopeRead, ScopeWrite, sc)
+		}
+	}
+	seen.keys[k.ID] = true
+	return nil
+}
+
+// validateTerminal checks one terminal, at tat.
+func (seen ids) validateTerminal(tat string, t Terminal) error {
+	switch {
+	case t.DeviceID == "":
+		return bad(tat+".device_id", "is required")
+	case seen.devices[t.DeviceID]:
+		return bad(tat+".device_id", "%q is registered twice (device ids are global)", t.DeviceID)
+	case protocol.ContainsCardNumber(t.DeviceID):
+		// It is the terminalId of every message about the device,
+		// where such a number is refused as a card number.
+		return bad(tat+".device_id", "holds a 13–19-digit number that passes the Luhn check (an IMEI does): messages refuse it as a card number; choose another id")
+	case t.Secret == "":
+		return bad(tat+".secret", "is required")
+	}
+	seen.devices[t.DeviceID] = true
+	return nil
+}
+
+// validateServer checks the listener, the store, the timings, the ops
+// token, TLS and the memory limit.
+func (c *Config) validateServer() error {
 	if c.Listen == "" {
 		return bad("listen", "is required (host:port)")
 	}
@@ -431,6 +496,11 @@ func (c *Config) Validate() error {
 	if c.MemoryLimit != 0 && c.MemoryLimit < 64<<20 {
 		return bad("memory_limit", "must be at least 64MiB (or 0 for none)")
 	}
+	return nil
+}
+
+// validateRateLimit checks the rate limits and the trusted proxies.
+func (c *Config) validateRateLimit() error {
 	for _, r := range []struct {
 		name  string
 		rate  float64
@@ -454,60 +524,35 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		return bad("log_level", "must be debug, info, warn or error")
+	return nil
+}
+
+// ids are the merchant, API key and device ids met so far: key and device
+// ids are global, not per merchant.
+type ids struct{ merchants, keys, devices map[string]bool }
+
+// validateMerchant checks merchants[i] with its keys and terminals.
+func (seen ids) validateMerchant(i int, m Merchant) error {
+	at := fmt.Sprintf("merchants[%d]", i)
+	switch {
+	case m.ID == "":
+		return bad(at+".id", "is required")
+	case seen.merchants[m.ID]:
+		return bad(at+".id", "%q is used by another merchant", m.ID)
+	case m.WebhookURL != "" && !strings.HasPrefix(m.WebhookURL, "http://") && !strings.HasPrefix(m.WebhookURL, "https://"):
+		return bad(at+".webhook_url", "must be an http:// or https:// URL")
+	case m.WebhookURL != "" && m.WebhookSecret == "":
+		return bad(at+".webhook_secret", "is required when webhook_url is set")
 	}
-	merchants, keys, devices := map[string]bool{}, map[string]bool{}, map[string]bool{}
-	for i, m := range c.Merchants {
-		at := fmt.Sprintf("merchants[%d]", i)
-		switch {
-		case m.ID == "":
-			return bad(at+".id", "is required")
-		case merchants[m.ID]:
-			return bad(at+".id", "%q is used by another merchant", m.ID)
-		case m.WebhookURL != "" && !strings.HasPrefix(m.WebhookURL, "http://") && !strings.HasPrefix(m.WebhookURL, "https://"):
-			return bad(at+".webhook_url", "must be an http:// or https:// URL")
-		case m.WebhookURL != "" && m.WebhookSecret == "":
-			return bad(at+".webhook_secret", "is required when webhook_url is set")
+	seen.merchants[m.ID] = true
+	for j, k := range m.APIKeys {
+		if err := seen.validateKey(fmt.Sprintf("%s.api_keys[%d]", at, j), k); err != nil {
+			return err
 		}
-		merchants[m.ID] = true
-		for j, k := range m.APIKeys {
-			kat := fmt.Sprintf("%s.api_keys[%d]", at, j)
-			switch {
-			case k.ID == "":
-				return bad(kat+".id", "is required")
-			case keys[k.ID]:
-				return bad(kat+".id", "%q is used by another key (key ids are global)", k.ID)
-			case k.Secret == "":
-				return bad(kat+".secret", "is required")
-			}
-			if k.Scopes != nil && len(k.Scopes) == 0 {
-				return bad(kat+".scopes", "lists no scope: name %s and/or %s, or leave it out for both", ScopeRead, ScopeWrite)
-			}
-			for n, sc := range k.Scopes {
-				if sc != ScopeRead && sc != ScopeWrite {
-					return bad(fmt.Sprintf("%s.scopes[%d]", kat, n), "must be %s or %s, got %q", ScopeRead, ScopeWrite, sc)
-				}
-			}
-			keys[k.ID] = true
-		}
-		for j, t := range m.Terminals {
-			tat := fmt.Sprintf("%s.terminals[%d]", at, j)
-			switch {
-			case t.DeviceID == "":
-				return bad(tat+".device_id", "is required")
-			case devices[t.DeviceID]:
-				return bad(tat+".device_id", "%q is registered twice (device ids are global)", t.DeviceID)
-			case protocol.ContainsCardNumber(t.DeviceID):
-				// It is the terminalId of every message about the device,
-				// where such a number is refused as a card number.
-				return bad(tat+".device_id", "holds a 13–19-digit number that passes the Luhn check (an IMEI does): messages refuse it as a card number; choose another id")
-			case t.Secret == "":
-				return bad(tat+".secret", "is required")
-			}
-			devices[t.DeviceID] = true
+	}
+	for j, t := range m.Terminals {
+		if err := seen.validateTerminal(fmt.Sprintf("%s.terminals[%d]", at, j), t); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -10,8 +10,9 @@ import (
 // object that json.Valid has accepted, in one pass and without decoding
 // anything else: what json.Unmarshal into envelope gives (keys matched
 // case-insensitively, the last of repeated keys winning, each value's raw
-// bytes), at a fraction of the cost (the envelope was the most expensive
-// step of decoding a frame). ok is false when data is not an object, and
+// bytes), at a fraction of the cost: json.Unmarshal parses the whole frame
+// to find the two keys, the most expensive step of decoding a frame
+// otherwise (docs/performance.md). ok is false when data is not an object, and
 // when a key has an escape in it, which only json.Unmarshal matches
 // exactly; the caller then uses it.
 func scanEnvelope(data []byte) (env envelope, ok bool) {

@@ -42,56 +42,81 @@ func runBenchCommand(args []string) error {
 	return benchMain(ctx, args, os.Stdout, os.Stderr)
 }
 
-func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// benchFlags is a parsed `termhub bench` command line.
+type benchFlags struct {
+	redisURL, scenario                   string
+	duration                             time.Duration
+	rate                                 float64
+	terminals, pos, idle, storm, replay  int
+	payments, warmup, rounds, loadRounds int
+	hubURL, hubConfig                    string
+	hubPID                               int
+	cpuprofile, logLevel, out            string
+	keep                                 bool
+	serveFloor, floorPrefix, serveHub    string // child modes, used by the bench itself
+}
+
+// parseBenchFlags parses args; flag.ErrHelp means the usage was asked for
+// and printed.
+func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
+	f := &benchFlags{}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, benchUsage); fs.PrintDefaults() }
-	redisURL := fs.String("redis", os.Getenv("REDIS_URL"), "Redis URL for the hub and the floor relay (default $REDIS_URL; empty: embedded, not comparable)")
-	scenario := fs.String("scenario", "all", "all, or a comma-separated list of latency, floor, throughput, load, idle, storm, replay")
-	duration := fs.Duration("duration", 60*time.Second, "how long the throughput and load runs last (each, hub and floor)")
-	rate := fs.Float64("rate", 2000, "load: payments/s offered")
-	terminals := fs.Int("terminals", 1000, "throughput and load: terminals")
-	pos := fs.Int("pos", 100, "throughput and load: POS connections")
-	idle := fs.Int("idle", 15000, "idle: connections")
-	storm := fs.Int("storm", 15000, "storm: terminals dropped and reconnecting at once")
-	replay := fs.Int("replay", 10000, "replay: unacknowledged messages")
-	payments := fs.Int("payments", 2000, "latency and floor: sequential payments measured")
-	warmup := fs.Int("warmup", 100, "latency and floor: sequential payments before those, not measured")
-	rounds := fs.Int("rounds", 20, "latency and floor together: the hub and the floor take turns in this many blocks of payments")
-	loadRounds := fs.Int("load-rounds", 6, "throughput and load: the hub and the floor take turns in this many blocks of --duration/N each")
-	hubURL := fs.String("hub-url", "", "bench an already running hub at this URL instead of starting one (needs --config)")
-	hubConfig := fs.String("config", "", "with --hub-url: the running hub's configuration file, for its credentials")
-	hubPID := fs.Int("hub-pid", 0, "with --hub-url: the running hub's process id, for its RSS and CPU")
-	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the hub during the throughput run to FILE (latency, load, storm: FILE-latency, FILE-load, FILE-storm; the load generator during throughput, load, storm: FILE-<scenario>-generator)")
-	logLevel := fs.String("hub-log-level", "info", "log_level of the hub the bench starts")
-	out := fs.String("out", "", "also write the report to FILE")
-	keep := fs.Bool("keep", false, "keep the directory of generated configurations and server logs")
+	fs.StringVar(&f.redisURL, "redis", os.Getenv("REDIS_URL"), "Redis URL for the hub and the floor relay (default $REDIS_URL; empty: embedded, not comparable)")
+	fs.StringVar(&f.scenario, "scenario", "all", "all, or a comma-separated list of latency, floor, throughput, load, idle, storm, replay")
+	fs.DurationVar(&f.duration, "duration", 60*time.Second, "how long the throughput and load runs last (each, hub and floor)")
+	fs.Float64Var(&f.rate, "rate", 2000, "load: payments/s offered")
+	fs.IntVar(&f.terminals, "terminals", 1000, "throughput and load: terminals")
+	fs.IntVar(&f.pos, "pos", 100, "throughput and load: POS connections")
+	fs.IntVar(&f.idle, "idle", 15000, "idle: connections")
+	fs.IntVar(&f.storm, "storm", 15000, "storm: terminals dropped and reconnecting at once")
+	fs.IntVar(&f.replay, "replay", 10000, "replay: unacknowledged messages")
+	fs.IntVar(&f.payments, "payments", 2000, "latency and floor: sequential payments measured")
+	fs.IntVar(&f.warmup, "warmup", 100, "latency and floor: sequential payments before those, not measured")
+	fs.IntVar(&f.rounds, "rounds", 20, "latency and floor together: the hub and the floor take turns in this many blocks of payments")
+	fs.IntVar(&f.loadRounds, "load-rounds", 6, "throughput and load: the hub and the floor take turns in this many blocks of --duration/N each")
+	fs.StringVar(&f.hubURL, "hub-url", "", "bench an already running hub at this URL instead of starting one (needs --config)")
+	fs.StringVar(&f.hubConfig, "config", "", "with --hub-url: the running hub's configuration file, for its credentials")
+	fs.IntVar(&f.hubPID, "hub-pid", 0, "with --hub-url: the running hub's process id, for its RSS and CPU")
+	fs.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile of the hub during the throughput run to FILE (latency, load, storm: FILE-latency, FILE-load, FILE-storm; the load generator during throughput, load, storm: FILE-<scenario>-generator)")
+	fs.StringVar(&f.logLevel, "hub-log-level", "info", "log_level of the hub the bench starts")
+	fs.StringVar(&f.out, "out", "", "also write the report to FILE")
+	fs.BoolVar(&f.keep, "keep", false, "keep the directory of generated configurations and server logs")
 	// Child modes, used by the bench itself.
-	serveFloor := fs.String("serve-floor", "", "(internal) run a floor relay on this address")
-	floorPrefix := fs.String("floor-prefix", "bench:floor:", "(internal) the floor relay's key prefix")
-	serveHub := fs.String("serve-hub", "", "(internal) run the hub with this configuration, CPU-profiled between SIGUSR1 and SIGUSR2")
+	fs.StringVar(&f.serveFloor, "serve-floor", "", "(internal) run a floor relay on this address")
+	fs.StringVar(&f.floorPrefix, "floor-prefix", "bench:floor:", "(internal) the floor relay's key prefix")
+	fs.StringVar(&f.serveHub, "serve-hub", "", "(internal) run the hub with this configuration, CPU-profiled between SIGUSR1 and SIGUSR2")
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
+		return nil, err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("bench: unexpected arguments %q", fs.Args())
+		return nil, fmt.Errorf("bench: unexpected arguments %q", fs.Args())
+	}
+	return f, nil
+}
+
+func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f, err := parseBenchFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
 	}
 	switch {
-	case *serveFloor != "":
-		return runFloorChild(ctx, *serveFloor, *redisURL, *floorPrefix)
-	case *serveHub != "":
-		return runProfiledHub(*serveHub, *cpuprofile)
+	case f.serveFloor != "":
+		return runFloorChild(ctx, f.serveFloor, f.redisURL, f.floorPrefix)
+	case f.serveHub != "":
+		return runProfiledHub(f.serveHub, f.cpuprofile)
 	}
 
-	scenarios, err := bench.ParseScenarios(*scenario)
+	scenarios, err := bench.ParseScenarios(f.scenario)
 	if err != nil {
 		return err
 	}
 	raiseFileLimit(stderr)
-	embedded := *redisURL == ""
+	embedded := f.redisURL == ""
 	if embedded {
 		fmt.Fprintln(stderr, "bench: WARNING: no Redis URL (--redis or REDIS_URL): the hub and the floor relay run on embedded")
 		fmt.Fprintln(stderr, "bench: WARNING: in-process Redis, and every figure is marked \"(embedded Redis: not comparable)\"")
@@ -104,56 +129,67 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	if *keep {
+	if f.keep {
 		fmt.Fprintf(stderr, "bench: configurations and server logs in %s\n", dir)
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	if *cpuprofile != "" {
-		if p, err := filepath.Abs(*cpuprofile); err == nil {
-			*cpuprofile = p
+	if f.cpuprofile != "" {
+		if p, err := filepath.Abs(f.cpuprofile); err == nil {
+			f.cpuprofile = p
 		}
 	}
 
 	opts := bench.Options{
-		Scenarios: scenarios, Payments: *payments, Rounds: *rounds, LoadRounds: *loadRounds, Warmup: *warmup, Duration: *duration, Rate: *rate,
-		Terminals: *terminals, POS: *pos, Idle: *idle, Storm: *storm, Replay: *replay,
-		Embedded: embedded, CPUProfile: *cpuprofile, Log: stderr,
+		Scenarios: scenarios, Payments: f.payments, Rounds: f.rounds, LoadRounds: f.loadRounds, Warmup: f.warmup, Duration: f.duration, Rate: f.rate,
+		Terminals: f.terminals, POS: f.pos, Idle: f.idle, Storm: f.storm, Replay: f.replay,
+		Embedded: embedded, CPUProfile: f.cpuprofile, Log: stderr,
 	}
 	tag := strconv.FormatInt(time.Now().Unix()%1e7, 36) + strconv.Itoa(os.Getpid()%1000)
-	child := &bench.ChildLauncher{Exe: exe, RedisURL: *redisURL, Dir: dir, Tag: tag, LogLevel: *logLevel, CPUProfile: *cpuprofile, Log: stderr}
+	child := &bench.ChildLauncher{Exe: exe, RedisURL: f.redisURL, Dir: dir, Tag: tag, LogLevel: f.logLevel, CPUProfile: f.cpuprofile, Log: stderr}
 	if !embedded {
-		store, err := redisx.Open(ctx, *redisURL, 0)
+		store, err := redisx.Open(ctx, f.redisURL, 0)
 		if err != nil {
 			return err
 		}
 		defer store.Close()
 		child.Redis, opts.Redis = store.Client, store.Client
 	}
-
-	var launcher bench.Launcher = child
-	if *hubURL != "" {
-		if *hubConfig == "" {
-			return errors.New("bench: --hub-url needs --config, the running hub's configuration (for its credentials)")
-		}
-		cfg, err := config.Load(*hubConfig, func(string) string { return "" })
-		if err != nil {
-			return err
-		}
-		child.Fleet = bench.FleetFromConfig(cfg)
-		ep := bench.Endpoint{Name: "hub", URL: *hubURL, Fleet: child.Fleet}
-		if *hubPID > 0 {
-			ep.Proc = bench.ExistingProc(*hubPID)
-		}
-		launcher = &bench.FixedLauncher{HubEndpoint: ep, Floors: child}
-	} else {
-		child.Fleet = generatedFleet(*pos, *terminals, *idle, *storm)
+	launcher, err := f.launcher(child)
+	if err != nil {
+		return err
 	}
+	return writeBenchReport(bench.Run(ctx, opts, launcher), stdout, f.out)
+}
 
-	res := bench.Run(ctx, opts, launcher)
+// launcher starts the servers as children, or with --hub-url benches the
+// running hub and starts only the floors.
+func (f *benchFlags) launcher(child *bench.ChildLauncher) (bench.Launcher, error) {
+	if f.hubURL == "" {
+		child.Fleet = generatedFleet(f.pos, f.terminals, f.idle, f.storm)
+		return child, nil
+	}
+	if f.hubConfig == "" {
+		return nil, errors.New("bench: --hub-url needs --config, the running hub's configuration (for its credentials)")
+	}
+	cfg, err := config.Load(f.hubConfig, func(string) string { return "" })
+	if err != nil {
+		return nil, err
+	}
+	child.Fleet = bench.FleetFromConfig(cfg)
+	ep := bench.Endpoint{Name: "hub", URL: f.hubURL, Fleet: child.Fleet}
+	if f.hubPID > 0 {
+		ep.Proc = bench.ExistingProc(f.hubPID)
+	}
+	return &bench.FixedLauncher{HubEndpoint: ep, Floors: child}, nil
+}
+
+// writeBenchReport prints the report, and writes it to out too if given;
+// it fails if a scenario did not finish.
+func writeBenchReport(res *bench.Results, stdout io.Writer, out string) error {
 	res.Markdown(stdout)
-	if *out != "" {
-		f, err := os.Create(*out)
+	if out != "" {
+		f, err := os.Create(out)
 		if err != nil {
 			return err
 		}

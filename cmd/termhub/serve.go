@@ -120,27 +120,10 @@ func runServe(args []string) error {
 	defer store.Close()
 	stopWaiting()
 
-	// With tls_cert_file and tls_key_file the one listener serves HTTPS and
-	// WSS; without them a TLS-terminating proxy in front is expected.
-	var certs *certfile.Loader
-	if cfg.TLSCertFile != "" {
-		if certs, err = certfile.Load(cfg.TLSCertFile, cfg.TLSKeyFile); err != nil {
-			return err
-		}
-	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	srv, ln, certs, err := listen(cfg, a, log)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: stdlog.New(httpErrorWriter{log}, "", 0)}
-	scheme := "http"
-	if certs != nil {
-		srv.TLSConfig = certs.Config()
-		ln = tls.NewListener(ln, srv.TLSConfig)
-		scheme = "https"
-	}
-	log.Info().Str("listen", ln.Addr().String()).Str("scheme", scheme).Str("version", version).Int("merchants", len(cfg.Merchants)).Msg("termhub serving")
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
@@ -153,37 +136,73 @@ func runServe(args []string) error {
 			return err
 		case s := <-sigs:
 			if s == syscall.SIGHUP {
-				// A renewed certificate under the same file names is taken up
-				// for new connections (open ones keep theirs), whether or not
-				// the configuration file is valid: a broken edit of the file
-				// must not keep an expiring certificate in use.
-				if certs != nil {
-					if err := certs.Reload(); err != nil {
-						log.Error().Err(err).Msg("TLS certificate reload refused: keeping the one in use")
-					} else {
-						log.Info().Msg("TLS certificate reloaded")
-					}
-				}
-				next, err := config.Load(*cfgPath, nil)
-				if err != nil {
-					log.Error().Err(err).Msg("reload refused: keeping the running configuration")
-					continue
-				}
-				a.Reload(next)
-				log.Info().Int("merchants", len(next.Merchants)).Msg("configuration reloaded")
+				reload(certs, *cfgPath, a, log)
 				continue
 			}
 			log.Info().Str("signal", s.String()).Msg("draining")
-			// WebSocket clients first (they are told to reconnect), then the
-			// plain HTTP requests still running, each with its own budget.
-			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			_ = a.Drain(dctx)
-			cancel()
-			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_ = srv.Shutdown(sctx)
-			cancel()
+			drain(ctx, a, srv)
 			log.Info().Msg("drained; bye")
 			return nil
 		}
 	}
+}
+
+// listen opens the configured listener: with tls_cert_file and
+// tls_key_file the one listener serves HTTPS and WSS; without them a
+// TLS-terminating proxy in front is expected (certs is then nil).
+func listen(cfg config.Config, a *app.App, log zerolog.Logger) (*http.Server, net.Listener, *certfile.Loader, error) {
+	var certs *certfile.Loader
+	if cfg.TLSCertFile != "" {
+		var err error
+		if certs, err = certfile.Load(cfg.TLSCertFile, cfg.TLSKeyFile); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: stdlog.New(httpErrorWriter{log}, "", 0)}
+	scheme := "http"
+	if certs != nil {
+		srv.TLSConfig = certs.Config()
+		ln = tls.NewListener(ln, srv.TLSConfig)
+		scheme = "https"
+	}
+	log.Info().Str("listen", ln.Addr().String()).Str("scheme", scheme).Str("version", version).Int("merchants", len(cfg.Merchants)).Msg("termhub serving")
+	return srv, ln, certs, nil
+}
+
+// reload is SIGHUP. A renewed certificate under the same file names is
+// taken up for new connections (open ones keep theirs), whether or not the
+// configuration file is valid: a broken edit of the file must not keep an
+// expiring certificate in use.
+func reload(certs *certfile.Loader, cfgPath string, a *app.App, log zerolog.Logger) {
+	if certs != nil {
+		if err := certs.Reload(); err != nil {
+			log.Error().Err(err).Msg("TLS certificate reload refused: keeping the one in use")
+		} else {
+			log.Info().Msg("TLS certificate reloaded")
+		}
+	}
+	next, err := config.Load(cfgPath, nil)
+	if err != nil {
+		log.Error().Err(err).Msg("reload refused: keeping the running configuration")
+		return
+	}
+	a.Reload(next)
+	log.Info().Int("merchants", len(next.Merchants)).Msg("configuration reloaded")
+}
+
+// drain ends the hub: WebSocket clients first (they are told to
+// reconnect), then the plain HTTP requests still running, each with its
+// own budget.
+func drain(ctx context.Context, a *app.App, srv *http.Server) {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_ = a.Drain(dctx)
+	cancel()
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_ = srv.Shutdown(sctx)
+	cancel()
 }

@@ -10,14 +10,14 @@
 // heap, which scales with GOGC). A hub carrying payments has a small live
 // heap (a few MiB) and allocates a few tens of KiB per payment, so with the
 // default GOGC of 100 it collects every hundred payments or so, and the
-// cycles (mark workers, assists, sweeping) were a tenth of its CPU in the
-// latency bench. gcfloor sets GOGC at start and after each cycle so that
-// the goal is Headroom bytes above the live heap: GOGC = Headroom × 100 /
-// max(live + stacks + globals, 4 MiB), never below 100. Before the first
-// cycle the live heap is 0 and the floor of 4 MiB keeps the first goal at
-// Headroom (64 MiB) rather than at GiBs. Once the live heap is large (many
-// connections), GOGC is back at 100 and memory grows as it would without
-// gcfloor.
+// cycles (mark workers, assists, sweeping) take a sizeable share of its
+// CPU (docs/performance.md has the figures). gcfloor sets GOGC at start
+// and after each cycle so that the goal is Headroom bytes above the live
+// heap: GOGC = Headroom × 100 / max(live + stacks + globals, 4 MiB), never
+// below 100. Before the first cycle the live heap is 0 and the floor of
+// 4 MiB keeps the first goal at Headroom (64 MiB) rather than at GiBs.
+// Once the live heap is large (many connections), GOGC is back at 100 and
+// memory grows as it would without gcfloor.
 //
 // With a memory limit (Options.MemoryLimit, or GOMEMLIMIT: the lower of the
 // two), the headroom is also at most the limit less the live heap, so the

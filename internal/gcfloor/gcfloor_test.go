@@ -127,8 +127,9 @@ func TestStartRespectsGOGC(t *testing.T) {
 
 // The tests below run in a fresh process (this test binary again, with
 // childEnv naming the test), where no collection has run yet when Start is
-// called, as in a hub just started: that is where the old gcfloor set GOGC
-// 100000 and the first collection waited for a 4 GiB heap.
+// called, as in a hub just started: that is where a GOGC computed from a
+// live heap of 0, without the 4 MiB floor, would let the first collection
+// wait for a heap of GiBs.
 
 const childEnv = "GCFLOOR_TEST_CHILD"
 
@@ -244,8 +245,8 @@ func TestFreshProcessUnderLimit(t *testing.T) {
 	}
 }
 
-// TestGOMEMLIMITKeepsTuning: GOMEMLIMIT in the environment no longer turns
-// the tuning off (it did); the lower of it and Options.MemoryLimit applies.
+// TestGOMEMLIMITKeepsTuning: GOMEMLIMIT in the environment does not turn
+// the tuning off; the lower of it and Options.MemoryLimit applies.
 func TestGOMEMLIMITKeepsTuning(t *testing.T) {
 	t.Setenv("GOGC", "")
 	if !inChild(t, "GOMEMLIMIT=48MiB") {
