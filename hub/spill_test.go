@@ -47,13 +47,28 @@ func spilling(server net.Conn) (*spillConn, *atomic.Int32) {
 	return s, &tails
 }
 
-// fill writes 64 KiB chunks to s, whose peer does not read, until one is
-// left as a tail; it returns what it wrote. None of the writes may wait
-// (were one to, the test would hang: nothing reads yet).
-func fill(t *testing.T, s *spillConn, want *bytes.Buffer) {
+// bigTail is more than the kernel may still take once the socket first
+// refused a write (Linux grows a send buffer up to net.ipv4.tcp_wmem's
+// maximum, 4 MiB, as acknowledgements arrive): a tail that big is still
+// there when the test looks.
+const bigTail = 6 << 20
+
+// fill writes 64 KiB chunks to s, whose peer does not read, until at least
+// minTail bytes (1: any) are left as a tail; it returns what it wrote. None
+// of the writes may wait (were one to, the test would hang: nothing reads
+// yet). With a writer flushing the tail, any later write waits for it: ask
+// for the first tail only.
+func fill(t *testing.T, s *spillConn, want *bytes.Buffer, minTail int) {
 	t.Helper()
 	chunk := make([]byte, 64<<10)
-	for i := 0; !s.hasTail(); i++ {
+	tailLen := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.tail)
+	}
+	// hasTail first: it takes no lock, and a writer holds s.mu while it
+	// waits on the peer.
+	for i := 0; !s.hasTail() || (minTail > 1 && tailLen() < minTail); i++ {
 		if i == 4096 { // 256 MiB: far more than loopback's buffers hold
 			t.Fatal("the socket never filled")
 		}
@@ -78,7 +93,7 @@ func TestSpillConnNeverBlocksAndKeepsOrder(t *testing.T) {
 		t.Fatal("a TCP connection with onTail should spill")
 	}
 	var want bytes.Buffer
-	fill(t, s, &want)
+	fill(t, s, &want, bigTail)
 	if tails.Load() == 0 {
 		t.Fatal("a write left a tail and did not call onTail")
 	}
@@ -121,7 +136,7 @@ func TestSpillConnFlushTailGivesUp(t *testing.T) {
 	server, _ := tcpPair(t)
 	s, _ := spilling(server)
 	var sink bytes.Buffer
-	fill(t, s, &sink)
+	fill(t, s, &sink, bigTail)
 	err := s.flushTail(50 * time.Millisecond)
 	if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
 		t.Fatalf("flushTail to a peer that does not read: %v, want a timeout", err)
@@ -170,7 +185,7 @@ func TestTailWithoutWriterIsFlushed(t *testing.T) {
 	c.spill = newSpillConn(server)
 	c.spill.onTail = c.tailed
 	var want bytes.Buffer
-	fill(t, c.spill, &want)
+	fill(t, c.spill, &want, 1)
 	// Nothing else writes here: the peer gets the tail only if onTail
 	// started a writer. (Waiting to see c.writing set would race with a
 	// writer that already finished: the kernel may take a small tail at
@@ -245,7 +260,9 @@ func TestSpillConnCorkGathersWrites(t *testing.T) {
 		b, _ := io.ReadAll(client)
 		read <- b
 	}()
-	if err := s.flushTail(5 * time.Second); err != nil {
+	// The deadline only bounds a hang: 64 MiB under -race on a busy
+	// machine may take many seconds.
+	if err := s.flushTail(time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	_ = server.(*net.TCPConn).CloseWrite()

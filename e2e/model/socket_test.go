@@ -105,19 +105,25 @@ type generation struct {
 }
 
 type socketBackend struct {
-	w    *world
-	tb   testing.TB
-	r    *redistest.Redis
-	cfg  config.Config
-	ks   keys.Space
-	st   *session.Store
-	ob   *queue.Outbox
-	log  zerolog.Logger
-	gen  *generation
-	clk  atomic.Pointer[clock.Fake]
-	pos  map[string]*wsConn
-	term map[string]*wsConn
-	n    int
+	w   *world
+	tb  testing.TB
+	r   *redistest.Redis
+	cfg config.Config
+	ks  keys.Space
+	st  *session.Store
+	ob  *queue.Outbox
+	log zerolog.Logger
+	gen *generation
+	clk atomic.Pointer[clock.Fake]
+	// tills gives each REST client a clock of its own, seconds apart
+	// (inside the ±300 s window), as separate till processes have: the
+	// fake clock stands still while the model sends identical requests,
+	// and one client signs identical POSTs only as fast as its clock lets
+	// it sign them afresh.
+	tills atomic.Int64
+	pos   map[string]*wsConn
+	term  map[string]*wsConn
+	n     int
 	// faults apply to every hub process's client, behind its Health gate;
 	// the test reads Redis through r.Client, untouched.
 	faults *redisfault.Faults
@@ -183,7 +189,8 @@ func (b *socketBackend) startGen(start time.Time) error {
 }
 
 func (b *socketBackend) opts() client.Options {
-	return client.Options{BaseURL: b.gen.srv.URL, Now: func() time.Time { return b.clk.Load().Now() }}
+	skew := time.Duration(b.tills.Add(1)%240) * time.Second
+	return client.Options{BaseURL: b.gen.srv.URL, Now: func() time.Time { return b.clk.Load().Now().Add(skew) }}
 }
 
 func (b *socketBackend) store() *session.Store { return b.st }
