@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/internal/gcfloor"
 )
 
@@ -65,7 +66,7 @@ func TestHubCarryingPaymentsCollectsGarbage(t *testing.T) {
 				url = ""
 				env = append(env, "REDIS_URL=", "TERMHUB_REDIS_URL=") // the hub reads them too
 			}
-			p := startProcessHubOn(t, url, testConfig, env...)
+			p := startProcessHubOn(t, url, kit.Config, env...)
 			m := checkGOGCGoal(t, p, "a fresh hub", c.limit)
 			t.Logf("fresh hub: GOGC %v, next GC at %.1f MiB, memory limit %v", m["go_gc_gogc_percent"], m["go_memstats_next_gc_bytes"]/gcMiB, m["go_gc_gomemlimit_bytes"])
 			if c.limit > 0 && m["go_gc_gomemlimit_bytes"] != c.limit {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -73,7 +74,7 @@ func startProcessHub(t *testing.T, env ...string) *hubProcess {
 	if url == "" {
 		t.Skip("needs a real Redis (REDIS_URL): the embedded one dies with the process")
 	}
-	return startProcessHubOn(t, url, testConfig, env...)
+	return startProcessHubOn(t, url, kit.Config, env...)
 }
 
 // startProcessHubOn runs the binary on redisURL ("" = embedded) with the
@@ -165,7 +166,7 @@ func (p *hubProcess) httpClient() *http.Client {
 
 func dialPOS(t *testing.T, p *hubProcess, id string) *client.Conn {
 	t.Helper()
-	c, err := client.DialPOS(ctx(t), p.opts(), id, secrets[id])
+	c, err := client.DialPOS(kit.Ctx(t), p.opts(), id, kit.Secrets[id])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +176,7 @@ func dialPOS(t *testing.T, p *hubProcess, id string) *client.Conn {
 
 func dialTerminal(t *testing.T, p *hubProcess, id string) *client.Conn {
 	t.Helper()
-	c, err := client.DialTerminal(ctx(t), p.opts(), id, secrets[id])
+	c, err := client.DialTerminal(kit.Ctx(t), p.opts(), id, kit.Secrets[id])
 	if err != nil {
 		t.Fatal(err)
 	}

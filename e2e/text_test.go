@@ -11,6 +11,7 @@ import (
 
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/internal/apptest"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -24,7 +25,7 @@ import (
 func textEnv(t *testing.T) (*env, *lockedBuffer) {
 	t.Helper()
 	logs := &lockedBuffer{}
-	return envFrom(t, apptest.Start(t, testConfig, apptest.Logger(zerolog.New(logs).Level(zerolog.DebugLevel)))), logs
+	return envFrom(t, apptest.Start(t, kit.Config, apptest.Logger(zerolog.New(logs).Level(zerolog.DebugLevel)))), logs
 }
 
 // refusedFrame sends frame (raw bytes) with a requestId and expects the
@@ -34,7 +35,7 @@ func refusedFrame(t *testing.T, term *client.Conn, n int, frame, field string) {
 	t.Helper()
 	id := "text-" + strconv.Itoa(n)
 	frame = `{"requestId":"` + id + `",` + strings.TrimPrefix(frame, "{")
-	if err := term.SendRaw(ctx(t), websocket.MessageText, []byte(frame)); err != nil {
+	if err := term.SendRaw(kit.Ctx(t), websocket.MessageText, []byte(frame)); err != nil {
 		t.Fatal(err)
 	}
 	m := next(t, term)
@@ -128,7 +129,7 @@ func TestPOSTextRefusedOverSockets(t *testing.T) {
 	} {
 		id := "pos-text-" + strconv.Itoa(i)
 		frame := `{"requestId":"` + id + `",` + c.frame[1:]
-		if err := pos.SendRaw(ctx(t), websocket.MessageText, []byte(frame)); err != nil {
+		if err := pos.SendRaw(kit.Ctx(t), websocket.MessageText, []byte(frame)); err != nil {
 			t.Fatal(err)
 		}
 		m := next(t, pos)

@@ -28,6 +28,7 @@ import (
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/config"
 	"github.com/termhub/termhub/hub"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -385,22 +386,9 @@ func (th *testHub) drain(t *testing.T) {
 	}
 }
 
-// eventually polls cond every few milliseconds until it holds, failing the
-// test after waitFor (nats checkFor style).
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.NewTimer(waitFor)
-	defer deadline.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out after %s waiting for %s", waitFor, what)
-		case <-tick.C:
-		}
-	}
-}
+// eventually is the kit's: it polls cond until it holds, failing the test
+// after 5 s.
+var eventually = kit.Eventually
 
 // peer is a client connection whose messages are read by a goroutine, so
 // that it answers pings and closes like a live client while the test takes

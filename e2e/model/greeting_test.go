@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -35,7 +36,7 @@ func TestGreetingBeforeReplay(t *testing.T) {
 	bad := 0
 	for i := 0; i < tries; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		c, err := client.DialPOS(ctx, b.opts(), "pk1", secrets["pk1"])
+		c, err := client.DialPOS(ctx, b.opts(), "pk1", kit.Secrets["pk1"])
 		cancel()
 		if err != nil {
 			bad++
