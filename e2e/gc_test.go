@@ -22,11 +22,10 @@ import (
 // `termhub serve` runs in production, carries payments through it and
 // reads its /metrics: the hub must collect garbage while it works, with a
 // heap goal of tens of MiB, and under memory_limit the GOGC it sets must
-// never aim past the limit.
-// The hub used to tune GOGC from the live heap of 0 it had before its first
-// collection: GOGC 100000, a first goal of 4 GiB (go_memstats_next_gc_bytes
-// 4.19e9 on a fresh hub), and no collection at all for thousands of
-// payments: an OOM kill under a container limit below 4 GiB.
+// never aim past the limit. A GOGC tuned from the live heap of 0 a fresh
+// hub has before its first collection would be 100000, a first goal of
+// 4 GiB, and no collection at all for thousands of payments: an OOM kill
+// under a container limit below 4 GiB.
 //
 // The goal checked is the one GOGC alone gives (gogcGoal), not
 // go_memstats_next_gc_bytes: the runtime caps the goal it uses at the

@@ -1,10 +1,8 @@
 package e2e
 
 import (
-	"bytes"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,27 +14,10 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestLogsNeverCarrySecretsSignaturesOrCardNumbers runs a busy session at
 // debug level and searches everything logged.
 func TestLogsNeverCarrySecretsSignaturesOrCardNumbers(t *testing.T) {
-	var logs lockedBuffer
+	var logs kit.LogBuffer
 	e := envFrom(t, apptest.Start(t, kit.Config, apptest.Logger(zerolog.New(&logs).Level(zerolog.DebugLevel))))
 	fc, srv := e.Clock, e.Srv
 

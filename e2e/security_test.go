@@ -100,7 +100,7 @@ func TestReplayedSignedRequestMovesNoMoney(t *testing.T) {
 		t.Fatalf("replay record TTL %v (%v), want about the 300 s window", ttl, err)
 	}
 
-	// A payment replayed is refused too (it used to answer created:false).
+	// A payment replayed is refused too, not answered created:false.
 	e.terminal("T2")
 	pbody := `{"terminalId":"T2","amountMinor":250,"currency":"USD","reference":"replay-pay"}`
 	pcap := signedOnce(e, "pk1", http.MethodPost, "/v1/payments", pbody)
@@ -382,7 +382,7 @@ func TestFailedAuthenticationsAreLimited(t *testing.T) {
 // log at most the log's burst, and the next line, a second later, says how
 // many were left out; each names the client's address, never a signature.
 func TestFailedAuthenticationLogIsLimited(t *testing.T) {
-	var logs lockedBuffer
+	var logs kit.LogBuffer
 	e := envFrom(t, apptest.Start(t, limitedConfig, apptest.Logger(zerolog.New(&logs))))
 	bad := client.NewHTTP(e.opts, "pk-nobody", "x")
 	for i := 0; i < 200; i++ {

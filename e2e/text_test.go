@@ -22,9 +22,9 @@ import (
 // terminal's corrected result is then accepted.
 
 // textEnv is a hub whose debug log is kept for inspection.
-func textEnv(t *testing.T) (*env, *lockedBuffer) {
+func textEnv(t *testing.T) (*env, *kit.LogBuffer) {
 	t.Helper()
-	logs := &lockedBuffer{}
+	logs := &kit.LogBuffer{}
 	return envFrom(t, apptest.Start(t, kit.Config, apptest.Logger(zerolog.New(logs).Level(zerolog.DebugLevel)))), logs
 }
 

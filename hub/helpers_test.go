@@ -90,7 +90,7 @@ type testHub struct {
 	*hub.Hub
 	srv   *httptest.Server
 	clock *clock.Fake
-	logs  *syncBuffer // the hub's log, JSON lines
+	logs  *kit.LogBuffer // the hub's log, JSON lines
 }
 
 // newTestHub starts a hub with a 15 s heartbeat and a 60 s grace period on a
@@ -100,7 +100,7 @@ type testHub struct {
 func newTestHub(t *testing.T, opts ...func(*hub.Options)) *testHub {
 	t.Helper()
 	fake := clock.NewFake(t0)
-	logs := &syncBuffer{}
+	logs := &kit.LogBuffer{}
 	o := hub.Options{
 		Directory:         testConfig(t),
 		Clock:             fake,
@@ -703,24 +703,6 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
-}
-
-// syncBuffer is a log sink safe for the hub's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // jsonFrame returns a valid JSON listTerminals frame of exactly n bytes.

@@ -205,7 +205,8 @@ func parseConfig(t *testing.T, yaml string) config.Config {
 // ---- tests ----
 
 // TestSessionCookieIsRandomID: the cookie holds a fresh random session id,
-// never the ops token (issue 18: it used to be termhub_ops=<token>).
+// never the ops token (termhub_ops=<token> would hand the token to anyone
+// who reads a cookie).
 func TestSessionCookieIsRandomID(t *testing.T) {
 	e := newEnv(t)
 	a, b := e.login(), e.login()
@@ -319,9 +320,8 @@ func TestTokenCookieRefused(t *testing.T) {
 	}
 }
 
-// TestLogoutRevokesSession is issue 18's finding: after logout the same
-// cookie used to get 200. Now it gets 401 everywhere at once, and the feed
-// it opened is closed.
+// TestLogoutRevokesSession: after logout the same cookie gets 401
+// everywhere at once, and the feed it opened is closed.
 func TestLogoutRevokesSession(t *testing.T) {
 	e := newEnv(t)
 	ck := e.login()
