@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -56,16 +55,6 @@ type hubProcess struct {
 	tls *http.Client
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // startProcessHub runs the binary with the test configuration; env adds
 // TERMHUB_* overrides.
 func startProcessHub(t *testing.T, env ...string) *hubProcess {
@@ -91,7 +80,7 @@ func newProcessHub(t *testing.T, url, merchantsYAML string, env ...string) *hubP
 	t.Helper()
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
-	p := &hubProcess{t: t, bin: buildBinary(t), addr: freeAddr(t), env: env}
+	p := &hubProcess{t: t, bin: buildBinary(t), addr: kit.FreeAddr(t), env: env}
 	p.config = filepath.Join(t.TempDir(), "termhub.yaml")
 	cfg := fmt.Sprintf("listen: %q\nredis_url: %q\nkey_prefix: \"proc-%s:\"\nlog_level: warn\n%s",
 		p.addr, url, hex.EncodeToString(b), merchantsYAML)
