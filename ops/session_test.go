@@ -295,8 +295,8 @@ func TestSessionCookieSecure(t *testing.T) {
 	})
 }
 
-// TestTokenCookieRefused: the old cookie, termhub_ops=<ops token>, opens
-// nothing any more.
+// TestTokenCookieRefused: a cookie holding the ops token itself,
+// termhub_ops=<ops token>, opens nothing: only a session id does.
 func TestTokenCookieRefused(t *testing.T) {
 	e := newEnv(t)
 	pos := e.pos("pk1")

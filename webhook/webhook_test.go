@@ -567,7 +567,7 @@ func TestGivesUpAfter24Hours(t *testing.T) {
 	g.clean()
 }
 
-func TestOldEventIsTriedOnceThenGivenUp(t *testing.T) {
+func TestEventOlderThan24HoursIsTriedOnceThenGivenUp(t *testing.T) {
 	rc := newReceiver(t, func(int, hit) int { return http.StatusInternalServerError })
 	g := newRig(t, rc.url())
 	g.sender(nil)
