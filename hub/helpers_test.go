@@ -28,6 +28,7 @@ import (
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/config"
 	"github.com/termhub/termhub/hub"
+	"github.com/termhub/termhub/internal/apptest"
 	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
@@ -153,15 +154,10 @@ func (th *testHub) pos(t *testing.T, keyID string) *peer {
 	return th.posWith(t, th.options(), keyID)
 }
 
+// posWith connects a POS with key keyID and opts, and starts reading it.
 func (th *testHub) posWith(t *testing.T, opts client.Options, keyID string) *peer {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	c, err := client.DialPOS(ctx, opts, keyID, secrets[keyID])
-	if err != nil {
-		t.Fatalf("POS %s: dial: %v", keyID, err)
-	}
-	return startPeer(t, "POS "+keyID, c)
+	return startPeer(t, "POS "+keyID, apptest.DialPOS(t, opts, keyID, secrets[keyID]))
 }
 
 // terminal connects a terminal with device id deviceID and starts reading it.
@@ -170,15 +166,10 @@ func (th *testHub) terminal(t *testing.T, deviceID string) *peer {
 	return th.terminalWith(t, th.options(), deviceID)
 }
 
+// terminalWith connects terminal deviceID with opts, and starts reading it.
 func (th *testHub) terminalWith(t *testing.T, opts client.Options, deviceID string) *peer {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	c, err := client.DialTerminal(ctx, opts, deviceID, secrets[deviceID])
-	if err != nil {
-		t.Fatalf("terminal %s: dial: %v", deviceID, err)
-	}
-	return startPeer(t, "terminal "+deviceID, c)
+	return startPeer(t, "terminal "+deviceID, apptest.DialTerminal(t, opts, deviceID, secrets[deviceID]))
 }
 
 // signedHeader returns the credential headers of a GET of path signed at
