@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/internal/keys"
 	"github.com/termhub/termhub/protocol"
 )
@@ -89,7 +90,7 @@ func holdAck(t *testing.T, e *env, pos *client.Conn, id string) *ackGate {
 	t.Helper()
 	gate := newAckGate()
 	e.Redis.Client.AddHook(seeHook(gate.hold))
-	if err := pos.Ack(ctx(t), id); err != nil {
+	if err := pos.Ack(kit.Ctx(t), id); err != nil {
 		t.Fatal(err)
 	}
 	<-gate.blocked
@@ -119,7 +120,7 @@ func TestReplyWaitsForAckBeforeIt(t *testing.T) {
 	// reply path checked again below, after the ack is let through.
 	close(gate.open)
 	pos2 := e.pos("pk1")
-	cursor, gerr := e.Redis.Client.Get(ctx(t), keys.Space{Prefix: e.Redis.Prefix}.Ack("m1", "pk1")).Result()
+	cursor, gerr := e.Redis.Client.Get(kit.Ctx(t), keys.Space{Prefix: e.Redis.Prefix}.Ack("m1", "pk1")).Result()
 	if gerr != nil || cursor != done {
 		t.Fatalf("ack cursor %q (%v) once the next connection is up, want %q", cursor, gerr, done)
 	}
@@ -201,7 +202,7 @@ func TestAckOfADeliveredMessageSkipsTheScript(t *testing.T) {
 	term := e.terminal("T1")
 	cursor := func() string {
 		t.Helper()
-		v, err := e.Redis.Client.Get(ctx(t), ks.Ack("m1", "pk1")).Result()
+		v, err := e.Redis.Client.Get(kit.Ctx(t), ks.Ack("m1", "pk1")).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -211,7 +212,7 @@ func TestAckOfADeliveredMessageSkipsTheScript(t *testing.T) {
 		pos := e.pos("pk1") // the second connection knows the cursor from its replay
 		done := ackedSale(t, pos, term, ref)
 		s0, p0 := counter.get()
-		if err := pos.Ack(ctx(t), done); err != nil {
+		if err := pos.Ack(kit.Ctx(t), done); err != nil {
 			t.Fatal(err)
 		}
 		// The reply to a later request waits for the ack (acks.go).
@@ -223,7 +224,7 @@ func TestAckOfADeliveredMessageSkipsTheScript(t *testing.T) {
 		if c := cursor(); c != done {
 			t.Fatalf("round %d: cursor %s, want %s", round, c, done)
 		}
-		if n, err := e.App.Outbox.Depth(ctx(t), "m1", "pk1"); err != nil || n != 0 {
+		if n, err := e.App.Outbox.Depth(kit.Ctx(t), "m1", "pk1"); err != nil || n != 0 {
 			t.Fatalf("round %d: outbox depth %d (%v) after acking the newest message, want 0", round, n, err)
 		}
 		// Beyond what this connection was sent: the script decides, and

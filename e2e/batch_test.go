@@ -12,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/internal/keys"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/session"
@@ -69,7 +70,7 @@ func (e *env) corkedTerminal(id string) (*client.Conn, *corkedConn) {
 			return cc, nil
 		},
 	}}
-	c, err := client.DialTerminal(ctx(e.t), opts, id, secrets[id])
+	c, err := client.DialTerminal(kit.Ctx(e.t), opts, id, kit.Secrets[id])
 	if err != nil {
 		e.t.Fatalf("dial terminal %s: %v", id, err)
 	}
@@ -87,7 +88,7 @@ func (e *env) corkedTerminal(id string) (*client.Conn, *corkedConn) {
 // storedRev is how many commits transaction id has had.
 func (e *env) storedRev(t *testing.T, id string) string {
 	t.Helper()
-	v, err := e.Redis.Client.HGet(ctx(t), keys.Space{Prefix: e.Redis.Prefix}.Txn("m1", id), "rev").Int64()
+	v, err := e.Redis.Client.HGet(kit.Ctx(t), keys.Space{Prefix: e.Redis.Prefix}.Txn("m1", id), "rev").Int64()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,13 +182,13 @@ func TestTerminalBatchAnswersErrorsInOrder(t *testing.T) {
 func TestTerminalFramesBeforeAViolationAreServed(t *testing.T) {
 	e, pos, term, cork, id := corkedSale(t, "together-3")
 	approveAtOnce(t, term, id, "A3")
-	if err := term.SendRaw(ctx(t), websocket.MessageBinary, []byte(`{"action":"listTerminals"}`)); err != nil {
+	if err := term.SendRaw(kit.Ctx(t), websocket.MessageBinary, []byte(`{"action":"listTerminals"}`)); err != nil {
 		t.Fatal(err)
 	}
 	cork.uncork(t)
 
 	for {
-		m, err := term.Read(ctx(t))
+		m, err := term.Read(kit.Ctx(t))
 		if err != nil {
 			if code := client.CloseCode(err); code != 4400 {
 				t.Fatalf("terminal closed with %d (%v), want 4400", code, err)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -44,9 +45,9 @@ func (e *env) race(t *testing.T, n int, path string, body func(i int) any, heade
 			// lets it sign them afresh, and the fake clock does not move.
 			opts := e.opts
 			opts.Now = func() time.Time { return e.Clock.Now().Add(time.Duration(i/2) * time.Second) }
-			c := client.NewHTTP(opts, key, secrets[key])
+			c := client.NewHTTP(opts, key, kit.Secrets[key])
 			<-start
-			out[i], errs[i] = c.Do(ctx(t), "POST", path, body(i), h)
+			out[i], errs[i] = c.Do(kit.Ctx(t), "POST", path, body(i), h)
 		}()
 	}
 	close(start)

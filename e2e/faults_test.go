@@ -13,6 +13,7 @@ import (
 
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/internal/apptest"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/internal/faultproxy"
 	"github.com/termhub/termhub/internal/redisproc"
 	"github.com/termhub/termhub/protocol"
@@ -112,20 +113,13 @@ func newPeer(t *testing.T, c *client.Conn) *peer {
 
 func (e *faultEnv) dialPOS(id string) *peer {
 	e.t.Helper()
-	c, err := client.DialPOS(ctx(e.t), e.opts, id, faultSecrets[id])
-	if err != nil {
-		e.t.Fatalf("dial POS %s: %v", id, err)
-	}
-	return newPeer(e.t, c)
+	return newPeer(e.t, apptest.DialPOS(e.t, e.opts, id, faultSecrets[id]))
 }
 
 func (e *faultEnv) dialTerminal(id string) *peer {
 	e.t.Helper()
-	c, err := client.DialTerminal(ctx(e.t), e.opts, id, faultSecrets[id])
-	if err != nil {
-		e.t.Fatalf("dial terminal %s: %v", id, err)
-	}
-	eventually(e.t, func() bool { s, cid, _ := e.App.Hub.TerminalLive(id); return s == "online" && cid == c.ConnectionID() })
+	c := apptest.DialTerminal(e.t, e.opts, id, faultSecrets[id])
+	apptest.WaitOnline(e.t, e.App, id, c)
 	return newPeer(e.t, c)
 }
 
@@ -166,7 +160,7 @@ func (p *peer) readErr() error {
 // send sends a message and fails the test if it cannot.
 func (p *peer) send(action, requestID string, body any) {
 	p.t.Helper()
-	if err := p.c.SendAction(ctx(p.t), action, requestID, body); err != nil {
+	if err := p.c.SendAction(kit.Ctx(p.t), action, requestID, body); err != nil {
 		p.t.Fatalf("send %s: %v", action, err)
 	}
 }
@@ -250,7 +244,7 @@ func TestFinalCommittedDuringAStallReachesTheLivePOS(t *testing.T) {
 
 	m := pos.next(protocol.ActionPaymentComplete, 10*time.Second, withStatus(id, protocol.StatusCompleted))
 	term.next(protocol.ActionResultAck, 10*time.Second, forTxn(id))
-	if err := pos.c.Ack(ctx(t), m.MessageID()); err != nil {
+	if err := pos.c.Ack(kit.Ctx(t), m.MessageID()); err != nil {
 		t.Fatal(err)
 	}
 	// The ack is stored once a later request is answered (acks.go).
@@ -258,11 +252,11 @@ func TestFinalCommittedDuringAStallReachesTheLivePOS(t *testing.T) {
 	pos.next("transactionStatus", 5*time.Second, nil)
 
 	// Acknowledged, it is gone: a new connection has nothing to replay.
-	cursor, err := e.App.Outbox.Cursor(ctx(t), "m1", "pk1")
+	cursor, err := e.App.Outbox.Cursor(kit.Ctx(t), "m1", "pk1")
 	if err != nil || queue.CompareIDs(cursor, m.MessageID()) < 0 {
 		t.Fatalf("ack cursor %s (%v), want at least %s", cursor, err, m.MessageID())
 	}
-	if left, err := e.App.Outbox.After(ctx(t), "m1", "pk1", cursor, 10); err != nil || len(left) != 0 {
+	if left, err := e.App.Outbox.After(kit.Ctx(t), "m1", "pk1", cursor, 10); err != nil || len(left) != 0 {
 		t.Fatalf("after the ack the outbox still holds %d messages (%v)", len(left), err)
 	}
 }
@@ -367,7 +361,7 @@ func TestRequestsDuringAStallAreAnsweredInTimeAndConverge(t *testing.T) {
 		var txn protocol.Transaction
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			resp, err := h.Do(ctx(t), http.MethodPost, "/v1/payments", sale(d, 700, "stall-"+d), nil)
+			resp, err := h.Do(kit.Ctx(t), http.MethodPost, "/v1/payments", sale(d, 700, "stall-"+d), nil)
 			if err == nil && (resp.Status == http.StatusOK || resp.Status == http.StatusCreated) {
 				var body struct{ Transaction protocol.Transaction }
 				if err := resp.Decode(&body); err != nil {
@@ -449,7 +443,7 @@ func TestAStallKeepsConnectionsUpAndEndpointsAnswering(t *testing.T) {
 	if err := e.redis.Resume(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() bool { code, _ := get("/readyz", false); return code == http.StatusOK })
+	kit.Eventually(t, "/readyz 200", func() bool { code, _ := get("/readyz", false); return code == http.StatusOK })
 	for _, p := range []*peer{pos, term} {
 		select {
 		case <-p.done:
@@ -497,8 +491,8 @@ func TestLostRepliesAreResolved(t *testing.T) {
 	if err := sp.Decode(&cmd); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() bool { return e.App.Health.Up() })
-	resp, err := h.Do(ctx(t), http.MethodPost, "/v1/payments", sale("T1", 900, "lost-reply"), nil)
+	kit.Eventually(t, "Redis up", func() bool { return e.App.Health.Up() })
+	resp, err := h.Do(kit.Ctx(t), http.MethodPost, "/v1/payments", sale("T1", 900, "lost-reply"), nil)
 	var body struct {
 		Transaction protocol.Transaction
 		Created     bool
@@ -561,7 +555,7 @@ func TestARedisThatComesBackEmptyIsReported(t *testing.T) {
 			DataLostAt *time.Time
 		}
 	}
-	eventually(t, func() bool {
+	kit.Eventually(t, "/readyz reports the data loss", func() bool {
 		resp, err := http.Get(e.Srv.URL + "/readyz")
 		if err != nil {
 			return false

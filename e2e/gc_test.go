@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/internal/gcfloor"
 )
 
@@ -21,11 +22,10 @@ import (
 // `termhub serve` runs in production, carries payments through it and
 // reads its /metrics: the hub must collect garbage while it works, with a
 // heap goal of tens of MiB, and under memory_limit the GOGC it sets must
-// never aim past the limit.
-// The hub used to tune GOGC from the live heap of 0 it had before its first
-// collection: GOGC 100000, a first goal of 4 GiB (go_memstats_next_gc_bytes
-// 4.19e9 on a fresh hub), and no collection at all for thousands of
-// payments: an OOM kill under a container limit below 4 GiB.
+// never aim past the limit. A GOGC tuned from the live heap of 0 a fresh
+// hub has before its first collection would be 100000, a first goal of
+// 4 GiB, and no collection at all for thousands of payments: an OOM kill
+// under a container limit below 4 GiB.
 //
 // The goal checked is the one GOGC alone gives (gogcGoal), not
 // go_memstats_next_gc_bytes: the runtime caps the goal it uses at the
@@ -65,7 +65,7 @@ func TestHubCarryingPaymentsCollectsGarbage(t *testing.T) {
 				url = ""
 				env = append(env, "REDIS_URL=", "TERMHUB_REDIS_URL=") // the hub reads them too
 			}
-			p := startProcessHubOn(t, url, testConfig, env...)
+			p := startProcessHubOn(t, url, kit.Config, env...)
 			m := checkGOGCGoal(t, p, "a fresh hub", c.limit)
 			t.Logf("fresh hub: GOGC %v, next GC at %.1f MiB, memory limit %v", m["go_gc_gogc_percent"], m["go_memstats_next_gc_bytes"]/gcMiB, m["go_gc_gomemlimit_bytes"])
 			if c.limit > 0 && m["go_gc_gomemlimit_bytes"] != c.limit {

@@ -1,65 +1,30 @@
 package e2e
 
 import (
-	"bytes"
-	"context"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
-	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/client"
-	"github.com/termhub/termhub/clock"
-	"github.com/termhub/termhub/config"
-	"github.com/termhub/termhub/internal/redistest"
+	"github.com/termhub/termhub/internal/apptest"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestLogsNeverCarrySecretsSignaturesOrCardNumbers runs a busy session at
 // debug level and searches everything logged.
 func TestLogsNeverCarrySecretsSignaturesOrCardNumbers(t *testing.T) {
-	cfg, err := config.Parse([]byte(testConfig), func(string) string { return "" })
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := redistest.New(t)
-	cfg.KeyPrefix = r.Prefix
-	var logs lockedBuffer
-	fc := clock.NewFake(time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC))
-	a := app.New(cfg, r.Client, fc, zerolog.New(&logs).Level(zerolog.DebugLevel))
-	if err := a.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(a.Handler())
-	defer srv.Close()
-	e := &env{t: t, App: a, Clock: fc, Srv: srv, Redis: r, opts: client.Options{BaseURL: srv.URL, Now: fc.Now}}
+	var logs kit.LogBuffer
+	e := envFrom(t, apptest.Start(t, kit.Config, apptest.Logger(zerolog.New(&logs).Level(zerolog.DebugLevel))))
+	fc, srv := e.Clock, e.Srv
 
 	var signatures []string
 	// Refused credentials: a wrong secret, a stale timestamp.
 	bad := client.NewHTTP(e.opts, "pk1", "not-the-secret")
-	if resp, err := bad.Do(ctx(t), "GET", "/v1/terminals", nil, nil); err != nil || resp.Status != 401 {
+	if resp, err := bad.Do(kit.Ctx(t), "GET", "/v1/terminals", nil, nil); err != nil || resp.Status != 401 {
 		t.Fatalf("bad secret: %v %v", resp, err)
 	}
 	ts := protocol.Timestamp(fc.Now())
@@ -98,7 +63,7 @@ func TestLogsNeverCarrySecretsSignaturesOrCardNumbers(t *testing.T) {
 
 	// The engine logs "transaction created" after the reply and the
 	// terminal's command are out, so the payment can finish first.
-	eventually(t, func() bool { return strings.Contains(logs.String(), "transaction created") })
+	kit.Eventually(t, `"transaction created" logged`, func() bool { return strings.Contains(logs.String(), "transaction created") })
 	out := logs.String()
 	if !strings.Contains(out, "authentication failed") || !strings.Contains(out, "transaction created") {
 		t.Fatalf("the log does not show the session at all:\n%s", out)

@@ -11,6 +11,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -46,7 +47,7 @@ func expectBad(t *testing.T, conn *client.Conn, i int, c badCase, probe func()) 
 	t.Helper()
 	id := fmt.Sprintf("bad-%d", i)
 	frame, hasID := withRequestID(c.frame, id)
-	if err := conn.SendRaw(ctx(t), websocket.MessageText, []byte(frame)); err != nil {
+	if err := conn.SendRaw(kit.Ctx(t), websocket.MessageText, []byte(frame)); err != nil {
 		t.Fatalf("%s: send: %v", c.name, err)
 	}
 	m := next(t, conn)
@@ -180,7 +181,7 @@ func TestMalformedPOSMessages(t *testing.T) {
 		expectBad(t, pos, i, c, probe)
 	}
 	// A requestId of any JSON type is echoed verbatim.
-	if err := pos.SendRaw(ctx(t), websocket.MessageText, []byte(`{"action":"cancel","requestId":{"n":[1,2]}}`)); err != nil {
+	if err := pos.SendRaw(kit.Ctx(t), websocket.MessageText, []byte(`{"action":"cancel","requestId":{"n":[1,2]}}`)); err != nil {
 		t.Fatal(err)
 	}
 	var r protocol.ErrorReply
@@ -281,11 +282,11 @@ func TestProtocolViolationsClose(t *testing.T) {
 			} else {
 				conn = e.terminal("T1")
 			}
-			if err := conn.SendRaw(ctx(t), c.typ, c.frame); err != nil {
+			if err := conn.SendRaw(kit.Ctx(t), c.typ, c.frame); err != nil {
 				t.Fatalf("%s %s: %v", kind, c.name, err)
 			}
 			for {
-				m, err := conn.Read(ctx(t))
+				m, err := conn.Read(kit.Ctx(t))
 				if err != nil {
 					if code := client.CloseCode(err); code != 4400 {
 						t.Errorf("%s %s: closed with %d (%v), want 4400", kind, c.name, code, err)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -23,7 +24,7 @@ func TestMetricsByName(t *testing.T) {
 	id := e.doTxn(t, "pk1", "POST", "/v1/payments", sale("T1", 1234, "metrics-1"), nil, 201).Transaction.ID
 	read(t, term, "startPayment")
 	send(t, term, "commandReceived", map[string]any{"transactionId": id})
-	eventually(t, func() bool { return e.get(t, "pk1", id).Status == protocol.StatusDispatched })
+	kit.Eventually(t, "dispatched", func() bool { return e.get(t, "pk1", id).Status == protocol.StatusDispatched })
 	pos := e.pos("pk1")
 	statusOf(t, pos, id, protocol.StatusDispatched)
 	e.Clock.Advance(181 * time.Second) // TIMED_OUT
@@ -52,7 +53,7 @@ func TestMetricsByName(t *testing.T) {
 		return regexp.MustCompile(`(?m)^termhub_replays_total 2$`).Match(body) &&
 			regexp.MustCompile(`termhub_ws_request_duration_seconds_count\{action="paymentResult",kind="terminal"\}`).Match(body)
 	}
-	eventually(t, scrape)
+	kit.Eventually(t, "replays and paymentResult durations counted", scrape)
 	value := func(series string) float64 {
 		t.Helper()
 		m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` ([0-9.e+-]+)$`).FindSubmatch(body)
@@ -80,7 +81,7 @@ func TestMetricsByName(t *testing.T) {
 		value(series)
 	}
 	// Nothing was acked: the depth is pk1's whole outbox.
-	n, err := e.App.Outbox.Depth(ctx(t), "m1", "pk1")
+	n, err := e.App.Outbox.Depth(kit.Ctx(t), "m1", "pk1")
 	if err != nil || n == 0 || value(`termhub_outbox_depth`) != float64(n) {
 		t.Errorf("outbox depth %v, pk1's outbox holds %d (%v)", value(`termhub_outbox_depth`), n, err)
 	}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"testing"
 
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -45,7 +46,7 @@ func TestPaymentHappyPath(t *testing.T) {
 	read(t, term, "resultAck")
 
 	// The REST query answers from Redis.
-	resp, err := e.http("pk1").Do(ctx(t), "GET", "/v1/transactions/"+id, nil, nil)
+	resp, err := e.http("pk1").Do(kit.Ctx(t), "GET", "/v1/transactions/"+id, nil, nil)
 	if err != nil || resp.Status != 200 {
 		t.Fatalf("GET: %v %v", resp, err)
 	}

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -55,16 +55,6 @@ type hubProcess struct {
 	tls *http.Client
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // startProcessHub runs the binary with the test configuration; env adds
 // TERMHUB_* overrides.
 func startProcessHub(t *testing.T, env ...string) *hubProcess {
@@ -73,7 +63,7 @@ func startProcessHub(t *testing.T, env ...string) *hubProcess {
 	if url == "" {
 		t.Skip("needs a real Redis (REDIS_URL): the embedded one dies with the process")
 	}
-	return startProcessHubOn(t, url, testConfig, env...)
+	return startProcessHubOn(t, url, kit.Config, env...)
 }
 
 // startProcessHubOn runs the binary on redisURL ("" = embedded) with the
@@ -90,7 +80,7 @@ func newProcessHub(t *testing.T, url, merchantsYAML string, env ...string) *hubP
 	t.Helper()
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
-	p := &hubProcess{t: t, bin: buildBinary(t), addr: freeAddr(t), env: env}
+	p := &hubProcess{t: t, bin: buildBinary(t), addr: kit.FreeAddr(t), env: env}
 	p.config = filepath.Join(t.TempDir(), "termhub.yaml")
 	cfg := fmt.Sprintf("listen: %q\nredis_url: %q\nkey_prefix: \"proc-%s:\"\nlog_level: warn\n%s",
 		p.addr, url, hex.EncodeToString(b), merchantsYAML)
@@ -165,7 +155,7 @@ func (p *hubProcess) httpClient() *http.Client {
 
 func dialPOS(t *testing.T, p *hubProcess, id string) *client.Conn {
 	t.Helper()
-	c, err := client.DialPOS(ctx(t), p.opts(), id, secrets[id])
+	c, err := client.DialPOS(kit.Ctx(t), p.opts(), id, kit.Secrets[id])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +165,7 @@ func dialPOS(t *testing.T, p *hubProcess, id string) *client.Conn {
 
 func dialTerminal(t *testing.T, p *hubProcess, id string) *client.Conn {
 	t.Helper()
-	c, err := client.DialTerminal(ctx(t), p.opts(), id, secrets[id])
+	c, err := client.DialTerminal(kit.Ctx(t), p.opts(), id, kit.Secrets[id])
 	if err != nil {
 		t.Fatal(err)
 	}

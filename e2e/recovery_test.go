@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/queue"
 )
@@ -34,7 +35,7 @@ func approveWith(t *testing.T, term *client.Conn, id, auth string) {
 func statusOf(t *testing.T, pos *client.Conn, id string, want protocol.Status) protocol.POSEvent {
 	t.Helper()
 	for {
-		m, err := pos.Read(ctx(t))
+		m, err := pos.Read(kit.Ctx(t))
 		if err != nil {
 			t.Fatalf("waiting for %s of %s: %v", want, id, err)
 		}
@@ -78,7 +79,7 @@ func TestReconnectInsideGraceDeliversCachedResult(t *testing.T) {
 	}
 	// The grace deadline is gone: advancing past it changes nothing.
 	e.Clock.Advance(2 * time.Minute)
-	got, err := e.App.Engine.Get(ctx(t), "m1", id)
+	got, err := e.App.Engine.Get(kit.Ctx(t), "m1", id)
 	if err != nil || got.Status != protocol.StatusCompleted {
 		t.Fatalf("after grace: %v %v", got.Status, err)
 	}
@@ -114,7 +115,7 @@ func TestGraceExpiryFailsThenLateApprovalIsVoided(t *testing.T) {
 	if err := read(t, term2, "voidPayment").Decode(&vp); err != nil || vp.TransactionID != id {
 		t.Fatalf("voidPayment = %+v %v", vp, err)
 	}
-	if m, err := term2.Read(ctx(t)); err != nil || m.Action != "resultAck" {
+	if m, err := term2.Read(kit.Ctx(t)); err != nil || m.Action != "resultAck" {
 		t.Fatalf("after voidPayment: %q %v, want resultAck", m.Action, err)
 	}
 	voided := statusOf(t, pos, id, protocol.StatusVoided)
@@ -126,8 +127,8 @@ func TestGraceExpiryFailsThenLateApprovalIsVoided(t *testing.T) {
 	}
 	// The terminal confirms; the void command is closed and not re-sent.
 	send(t, term2, "voidResult", map[string]any{"transactionId": id, "ok": true})
-	eventually(t, func() bool {
-		n, _ := e.Redis.Client.SCard(ctx(t), e.Redis.Prefix+"open:{m1}:T1").Result()
+	kit.Eventually(t, "no open command left for T1", func() bool {
+		n, _ := e.Redis.Client.SCard(kit.Ctx(t), e.Redis.Prefix+"open:{m1}:T1").Result()
 		return n == 0
 	})
 }
@@ -138,7 +139,7 @@ func TestPOSGetsMissedResultsInOrderAndAckStopsReplay(t *testing.T) {
 	rest := e.http("pk1")
 	var ids []string
 	for i, term := range []*client.Conn{t1, t2, t1} {
-		resp, err := rest.Do(ctx(t), "POST", "/v1/payments", map[string]any{
+		resp, err := rest.Do(kit.Ctx(t), "POST", "/v1/payments", map[string]any{
 			"terminalId": map[int]string{0: "T1", 1: "T2", 2: "T1"}[i], "amount": "1.0" + string(rune('1'+i)), "currency": "USD", "reference": "missed-" + string(rune('a'+i)),
 		}, nil)
 		if err != nil || resp.Status != http.StatusCreated {
@@ -152,8 +153,8 @@ func TestPOSGetsMissedResultsInOrderAndAckStopsReplay(t *testing.T) {
 		send(t, term, "commandReceived", map[string]any{"transactionId": id})
 		approveWith(t, term, id, "M"+string(rune('1'+i)))
 		read(t, term, "resultAck")
-		eventually(t, func() bool {
-			got, _ := e.App.Engine.Get(ctx(t), "m1", id)
+		kit.Eventually(t, "sale completed", func() bool {
+			got, _ := e.App.Engine.Get(kit.Ctx(t), "m1", id)
 			return got != nil && got.Status == protocol.StatusCompleted
 		})
 	}
@@ -163,7 +164,7 @@ func TestPOSGetsMissedResultsInOrderAndAckStopsReplay(t *testing.T) {
 	var seen []protocol.POSEvent
 	lastID := ""
 	for len(seen) < 6 { // DISPATCHED + COMPLETED for each
-		m, err := pos.Read(ctx(t))
+		m, err := pos.Read(kit.Ctx(t))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -192,7 +193,7 @@ func TestPOSGetsMissedResultsInOrderAndAckStopsReplay(t *testing.T) {
 	if first.MessageID != seen[0].MessageID {
 		t.Fatalf("replay after reconnect starts at %s, want %s", first.MessageID, seen[0].MessageID)
 	}
-	if err := pos2.Ack(ctx(t), lastID); err != nil {
+	if err := pos2.Ack(kit.Ctx(t), lastID); err != nil {
 		t.Fatal(err)
 	}
 	send(t, pos2, "listTerminals", map[string]any{"requestId": "sync"})
@@ -201,7 +202,7 @@ func TestPOSGetsMissedResultsInOrderAndAckStopsReplay(t *testing.T) {
 	// Acked: nothing is replayed any more.
 	pos3 := e.pos("pk1")
 	send(t, pos3, "listTerminals", map[string]any{"requestId": "after-ack"})
-	m, err := pos3.Read(ctx(t))
+	m, err := pos3.Read(kit.Ctx(t))
 	if err != nil || m.Action != "terminals" {
 		t.Fatalf("after ack the first message is %q (%v), want the terminals reply", m.Action, err)
 	}
@@ -218,18 +219,18 @@ func TestHTTPEventSessionPollAndAck(t *testing.T) {
 	term := e.terminal("T1")
 	rest := e.http("pk1")
 
-	resp, err := rest.Do(ctx(t), "GET", "/v1/events", nil, nil)
+	resp, err := rest.Do(kit.Ctx(t), "GET", "/v1/events", nil, nil)
 	if err != nil || resp.Status != 400 || resp.Err().Field != protocol.HeaderSession {
 		t.Fatalf("events without a session: %v %v", resp, err)
 	}
-	resp, err = rest.Do(ctx(t), "POST", "/v1/sessions", nil, nil)
+	resp, err = rest.Do(kit.Ctx(t), "POST", "/v1/sessions", nil, nil)
 	var sess struct{ SessionID string }
 	if err != nil || resp.Status != 201 || resp.Decode(&sess) != nil || sess.SessionID == "" {
 		t.Fatalf("open session: %v %v", resp, err)
 	}
 	hdr := http.Header{protocol.HeaderSession: {sess.SessionID}}
 
-	resp, _ = rest.Do(ctx(t), "POST", "/v1/payments", map[string]any{"terminalId": "T1", "amountMinor": 700, "currency": "EUR", "reference": "http-1"}, nil)
+	resp, _ = rest.Do(kit.Ctx(t), "POST", "/v1/payments", map[string]any{"terminalId": "T1", "amountMinor": 700, "currency": "EUR", "reference": "http-1"}, nil)
 	var created struct{ Transaction protocol.Transaction }
 	_ = resp.Decode(&created)
 	id := created.Transaction.ID
@@ -242,8 +243,8 @@ func TestHTTPEventSessionPollAndAck(t *testing.T) {
 		Data       []protocol.POSEvent
 		NextCursor string
 	}
-	eventually(t, func() bool {
-		resp, err := rest.Do(ctx(t), "GET", "/v1/events", nil, hdr)
+	kit.Eventually(t, "two events to poll", func() bool {
+		resp, err := rest.Do(kit.Ctx(t), "GET", "/v1/events", nil, hdr)
 		if err != nil || resp.Status != 200 || resp.Decode(&page) != nil {
 			t.Fatalf("poll: %v %v", resp, err)
 		}
@@ -252,22 +253,22 @@ func TestHTTPEventSessionPollAndAck(t *testing.T) {
 	if page.Data[1].Action != "paymentComplete" || page.Data[1].TransactionID != id || page.NextCursor != page.Data[1].MessageID {
 		t.Fatalf("events = %+v", page)
 	}
-	resp, err = rest.Do(ctx(t), "POST", "/v1/events/ack", map[string]string{"messageId": page.NextCursor}, hdr)
+	resp, err = rest.Do(kit.Ctx(t), "POST", "/v1/events/ack", map[string]string{"messageId": page.NextCursor}, hdr)
 	if err != nil || resp.Status != 204 {
 		t.Fatalf("ack: %v %v", resp, err)
 	}
-	resp, _ = rest.Do(ctx(t), "GET", "/v1/events", nil, hdr)
+	resp, _ = rest.Do(kit.Ctx(t), "GET", "/v1/events", nil, hdr)
 	_ = resp.Decode(&page)
 	if len(page.Data) != 0 {
 		t.Fatalf("after ack: %+v", page.Data)
 	}
 
 	// A long poll is woken by the next message.
-	resp, _ = rest.Do(ctx(t), "POST", "/v1/payments", map[string]any{"terminalId": "T1", "amountMinor": 800, "currency": "EUR", "reference": "http-2"}, nil)
+	resp, _ = rest.Do(kit.Ctx(t), "POST", "/v1/payments", map[string]any{"terminalId": "T1", "amountMinor": 800, "currency": "EUR", "reference": "http-2"}, nil)
 	_ = resp.Decode(&created)
 	polled := make(chan []protocol.POSEvent, 1)
 	go func() {
-		r, err := rest.Do(ctx(t), "GET", "/v1/events?wait=30s", nil, hdr)
+		r, err := rest.Do(kit.Ctx(t), "GET", "/v1/events?wait=30s", nil, hdr)
 		var p struct{ Data []protocol.POSEvent }
 		if err == nil {
 			_ = r.Decode(&p)
@@ -282,7 +283,7 @@ func TestHTTPEventSessionPollAndAck(t *testing.T) {
 
 	// A WebSocket of the same key displaces the session.
 	e.pos("pk1")
-	resp, _ = rest.Do(ctx(t), "GET", "/v1/events", nil, hdr)
+	resp, _ = rest.Do(kit.Ctx(t), "GET", "/v1/events", nil, hdr)
 	if resp.Status != 409 || resp.Err().Code != protocol.CodeSessionDisplaced {
 		t.Fatalf("displaced session: %d %s", resp.Status, resp.Body)
 	}
@@ -296,7 +297,7 @@ func TestGreetingAlwaysComesBeforeReplay(t *testing.T) {
 	term := e.terminal("T1")
 	rest := e.http("pk1")
 	for i := 0; i < 10; i++ {
-		resp, err := rest.Do(ctx(t), "POST", "/v1/payments", map[string]any{
+		resp, err := rest.Do(kit.Ctx(t), "POST", "/v1/payments", map[string]any{
 			"terminalId": "T1", "amountMinor": 100 + i, "currency": "USD", "reference": "backlog-" + string(rune('a'+i))}, nil)
 		if err != nil || resp.Status != http.StatusCreated {
 			t.Fatalf("create: %v %v", resp, err)
@@ -305,7 +306,7 @@ func TestGreetingAlwaysComesBeforeReplay(t *testing.T) {
 	}
 	for i := 0; i < 40; i++ {
 		c := e.pos("pk1") // fails unless the first frame is the greeting
-		m, err := c.Read(ctx(t))
+		m, err := c.Read(kit.Ctx(t))
 		if err != nil || m.MessageID() == "" {
 			t.Fatalf("the frame after the greeting is %q (%v), want a replayed message", m.Action, err)
 		}

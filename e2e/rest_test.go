@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -61,7 +62,7 @@ func TestRESTIdempotencyKeyPayments(t *testing.T) {
 	id := fb.Transaction.ID
 	startPayment(t, term, id)
 	termSend(t, term, "commandReceived", id, nil)
-	eventually(t, func() bool { return e.get(t, "pk1", id).Status == protocol.StatusDispatched })
+	kit.Eventually(t, "dispatched", func() bool { return e.get(t, "pk1", id).Status == protocol.StatusDispatched })
 
 	// A replay answers the first response: same status, same body.
 	replay := e.do(t, "pk1", "POST", "/v1/payments", sale("T1", 990, "ik-1"), idem("key-1"))
@@ -100,7 +101,7 @@ func TestRESTIdempotencyKeyPayments(t *testing.T) {
 	// the cause is gone (here: the terminal is busy, then free).
 	e.doErr(t, "pk1", "POST", "/v1/payments", sale("T1", 5, "ik-3"), idem("key-3"), http.StatusConflict, protocol.CodeDeviceBusy, "terminalId")
 	approve(t, term, id)
-	eventually(t, func() bool { return e.get(t, "pk1", id).Status == protocol.StatusCompleted })
+	kit.Eventually(t, "completed", func() bool { return e.get(t, "pk1", id).Status == protocol.StatusCompleted })
 	e.doTxn(t, "pk1", "POST", "/v1/payments", sale("T1", 5, "ik-3"), idem("key-3"), http.StatusCreated)
 
 	// An over-long key.
@@ -166,7 +167,7 @@ func TestRESTIdempotencyKeyLifecycle(t *testing.T) {
 	e.doErr(t, "pk1", "POST", "/v1/transactions/"+m+"/signature", map[string]any{"accepted": false}, idem("s-1"), http.StatusUnprocessableEntity, protocol.CodeIdempotencyKeyReused, "Idempotency-Key")
 	command(t, term, protocol.ActionSignatureVerified, m)
 	approve(t, term, m)
-	eventually(t, func() bool { return e.get(t, "pk1", m).Status == protocol.StatusAuthorized })
+	kit.Eventually(t, "authorized", func() bool { return e.get(t, "pk1", m).Status == protocol.StatusAuthorized })
 	k1 := e.do(t, "pk1", "POST", "/v1/transactions/"+m+"/capture", map[string]any{"amountMinor": 400}, idem("k-1"))
 	k2 := e.do(t, "pk1", "POST", "/v1/transactions/"+m+"/capture", map[string]any{"amountMinor": 400}, idem("k-1"))
 	if k1.Status != http.StatusOK || !bytes.Equal(k1.Body, k2.Body) {
@@ -219,7 +220,7 @@ func TestRESTLifecycle(t *testing.T) {
 	startPayment(t, term, m)
 	termSend(t, term, "commandReceived", m, nil)
 	approve(t, term, m)
-	eventually(t, func() bool { return e.get(t, "pk1", m).Status == protocol.StatusAuthorized })
+	kit.Eventually(t, "authorized", func() bool { return e.get(t, "pk1", m).Status == protocol.StatusAuthorized })
 	e.doErr(t, "pk1", "POST", "/v1/transactions/"+m+"/capture", map[string]any{"amountMinor": 2001}, nil, http.StatusBadRequest, protocol.CodeInvalidRequest, "amountMinor")
 	e.doTxn(t, "pk1", "POST", "/v1/transactions/"+m+"/capture", map[string]any{"amountMinor": 1500}, nil, http.StatusOK)
 	if cp := command(t, term, protocol.ActionCapturePayment, m); cp.AmountMinor != 1500 {
@@ -235,7 +236,7 @@ func TestRESTLifecycle(t *testing.T) {
 	startPayment(t, term, a)
 	termSend(t, term, "commandReceived", a, nil)
 	approve(t, term, a)
-	eventually(t, func() bool { return e.get(t, "pk1", a).Status == protocol.StatusAuthorized })
+	kit.Eventually(t, "authorized", func() bool { return e.get(t, "pk1", a).Status == protocol.StatusAuthorized })
 	e.doTxn(t, "pk1", "POST", "/v1/transactions/"+a+"/void", nil, nil, http.StatusOK)
 	command(t, term, protocol.ActionVoidPayment, a)
 	termSend(t, term, "voidResult", a, map[string]any{"ok": true})

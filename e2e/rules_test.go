@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -213,7 +214,7 @@ func TestOfflineTerminal(t *testing.T) {
 func dropT1(t *testing.T, e *env, term interface{ CloseNow() error }) {
 	t.Helper()
 	_ = term.CloseNow()
-	eventually(t, func() bool { s, _, _ := e.App.Hub.TerminalLive("T1"); return s == protocol.TerminalReconnecting })
+	kit.Eventually(t, "T1 reconnecting", func() bool { s, _, _ := e.App.Hub.TerminalLive("T1"); return s == protocol.TerminalReconnecting })
 }
 
 func TestReconnectingTerminalTakesPaymentOnReturn(t *testing.T) {

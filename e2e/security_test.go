@@ -12,6 +12,7 @@ import (
 
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/internal/apptest"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -24,14 +25,14 @@ func signedOnce(e *env, key, method, path, body string) http.Header {
 	ts := protocol.Timestamp(e.Clock.Now())
 	return http.Header{
 		protocol.HeaderTimestamp: {ts},
-		protocol.HeaderSignature: {protocol.Sign(secrets[key], method, path, ts, []byte(body))},
+		protocol.HeaderSignature: {protocol.Sign(kit.Secrets[key], method, path, ts, []byte(body))},
 	}
 }
 
 // refunds lists the refunds of sale.
 func refunds(t *testing.T, e *env, saleID string) []protocol.Transaction {
 	t.Helper()
-	resp, err := e.http("pk1").Do(ctx(t), http.MethodGet, "/v1/transactions?type=refund&limit=100", nil, nil)
+	resp, err := e.http("pk1").Do(kit.Ctx(t), http.MethodGet, "/v1/transactions?type=refund&limit=100", nil, nil)
 	var page struct{ Data []protocol.Transaction }
 	if err != nil || resp.Status != http.StatusOK || resp.Decode(&page) != nil {
 		t.Fatalf("list refunds: %v %+v", err, resp)
@@ -60,7 +61,7 @@ func TestReplayedSignedRequestMovesNoMoney(t *testing.T) {
 	captured := signedOnce(e, "pk1", http.MethodPost, path, body)
 	h := e.http("pk1")
 	for i := 0; i < 3; i++ {
-		resp, err := h.Do(ctx(t), http.MethodPost, path, []byte(body), captured)
+		resp, err := h.Do(kit.Ctx(t), http.MethodPost, path, []byte(body), captured)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -79,7 +80,7 @@ func TestReplayedSignedRequestMovesNoMoney(t *testing.T) {
 	for _, k := range []string{"attacker-1", "attacker-2"} {
 		withKey := captured.Clone()
 		withKey.Set(protocol.HeaderIdemKey, k)
-		resp, err := h.Do(ctx(t), http.MethodPost, path, []byte(body), withKey)
+		resp, err := h.Do(kit.Ctx(t), http.MethodPost, path, []byte(body), withKey)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -94,17 +95,17 @@ func TestReplayedSignedRequestMovesNoMoney(t *testing.T) {
 	// The replay guard lives in Redis for the timestamp's window (and a
 	// little more), not forever.
 	sig := strings.ToLower(captured.Get(protocol.HeaderSignature))
-	ttl, err := e.App.Redis.PTTL(ctx(t), e.Redis.Prefix+"replay:{m1}:pk1:"+sig).Result()
+	ttl, err := e.App.Redis.PTTL(kit.Ctx(t), e.Redis.Prefix+"replay:{m1}:pk1:"+sig).Result()
 	if err != nil || ttl <= 4*time.Minute || ttl > protocol.MaxClockSkew+time.Minute {
 		t.Fatalf("replay record TTL %v (%v), want about the 300 s window", ttl, err)
 	}
 
-	// A payment replayed is refused too (it used to answer created:false).
+	// A payment replayed is refused too, not answered created:false.
 	e.terminal("T2")
 	pbody := `{"terminalId":"T2","amountMinor":250,"currency":"USD","reference":"replay-pay"}`
 	pcap := signedOnce(e, "pk1", http.MethodPost, "/v1/payments", pbody)
 	for i, want := range []int{http.StatusCreated, http.StatusConflict} {
-		resp, err := h.Do(ctx(t), http.MethodPost, "/v1/payments", []byte(pbody), pcap)
+		resp, err := h.Do(kit.Ctx(t), http.MethodPost, "/v1/payments", []byte(pbody), pcap)
 		if err != nil || resp.Status != want {
 			t.Fatalf("payment attempt %d: %v HTTP %d %s, want %d", i, err, resp.Status, resp.Body, want)
 		}
@@ -116,7 +117,7 @@ func TestReplayedSignedRequestMovesNoMoney(t *testing.T) {
 	icap.Set(protocol.HeaderIdemKey, "refund-50")
 	var first string
 	for i := 0; i < 3; i++ {
-		resp, err := h.Do(ctx(t), http.MethodPost, path, []byte(ibody), icap)
+		resp, err := h.Do(kit.Ctx(t), http.MethodPost, path, []byte(ibody), icap)
 		var out struct{ Transaction protocol.Transaction }
 		if err != nil || resp.Status != http.StatusCreated || resp.Decode(&out) != nil {
 			t.Fatalf("idempotent attempt %d: %v %+v, want the stored 201", i, err, resp)
@@ -135,7 +136,7 @@ func TestReplayedSignedRequestMovesNoMoney(t *testing.T) {
 		if k == "" {
 			other.Del(protocol.HeaderIdemKey)
 		}
-		if resp, err := h.Do(ctx(t), http.MethodPost, path, []byte(ibody), other); err != nil || resp.Status != http.StatusConflict {
+		if resp, err := h.Do(kit.Ctx(t), http.MethodPost, path, []byte(ibody), other); err != nil || resp.Status != http.StatusConflict {
 			t.Fatalf("idempotent request replayed with key %q: %v %+v, want 409", k, err, resp)
 		}
 	}
@@ -149,7 +150,7 @@ func TestReplayedSignedRequestMovesNoMoney(t *testing.T) {
 	scap := signedOnce(e, "pk1", http.MethodPost, "/v1/sessions", sbody)
 	scap.Set(protocol.HeaderIdemKey, "session-1")
 	for i, want := range []int{http.StatusCreated, http.StatusConflict} {
-		resp, err := h.Do(ctx(t), http.MethodPost, "/v1/sessions", []byte(sbody), scap)
+		resp, err := h.Do(kit.Ctx(t), http.MethodPost, "/v1/sessions", []byte(sbody), scap)
 		if err != nil || resp.Status != want {
 			t.Fatalf("session attempt %d: %v %+v, want %d", i, err, resp, want)
 		}
@@ -158,7 +159,7 @@ func TestReplayedSignedRequestMovesNoMoney(t *testing.T) {
 	// GETs may repeat: reading moves nothing.
 	gcap := signedOnce(e, "pk1", http.MethodGet, "/v1/transactions/"+saleID, "")
 	for i := 0; i < 2; i++ {
-		if resp, err := h.Do(ctx(t), http.MethodGet, "/v1/transactions/"+saleID, nil, gcap); err != nil || resp.Status != http.StatusOK {
+		if resp, err := h.Do(kit.Ctx(t), http.MethodGet, "/v1/transactions/"+saleID, nil, gcap); err != nil || resp.Status != http.StatusOK {
 			t.Fatalf("repeated GET %d: %v %+v", i, err, resp)
 		}
 	}
@@ -172,21 +173,21 @@ func TestClientSignsEveryAttemptAfresh(t *testing.T) {
 	e.terminal("T1")
 	h := e.http("pk1")
 	for i, want := range []int{http.StatusCreated, http.StatusOK} {
-		resp, err := h.Do(ctx(t), http.MethodPost, "/v1/payments", sale("T1", 700, "fresh-1"), nil)
+		resp, err := h.Do(kit.Ctx(t), http.MethodPost, "/v1/payments", sale("T1", 700, "fresh-1"), nil)
 		if err != nil || resp.Status != want {
 			t.Fatalf("attempt %d: %v %+v, want %d", i, err, resp, want)
 		}
 	}
 	// Another process of the same key (another client) sending the same
 	// bytes in the same second is told duplicate_request, and signs again.
-	other := client.NewHTTP(e.opts, "pk1", secrets["pk1"])
-	if resp, err := other.Do(ctx(t), http.MethodPost, "/v1/payments", sale("T1", 700, "fresh-1"), nil); err != nil || resp.Status != http.StatusOK {
+	other := client.NewHTTP(e.opts, "pk1", kit.Secrets["pk1"])
+	if resp, err := other.Do(kit.Ctx(t), http.MethodPost, "/v1/payments", sale("T1", 700, "fresh-1"), nil); err != nil || resp.Status != http.StatusOK {
 		t.Fatalf("a second client's identical request: %v %+v", err, resp)
 	}
 }
 
 // scopedConfig adds to merchant m1 a read-only and a write-only key.
-var scopedConfig = strings.Replace(testConfig, "      - {id: pk1b, secret: sk1b}\n",
+var scopedConfig = strings.Replace(kit.Config, "      - {id: pk1b, secret: sk1b}\n",
 	"      - {id: pk1b, secret: sk1b}\n      - {id: pk_ro, secret: sk_ro, scopes: [terminal:read]}\n      - {id: pk_wo, secret: sk_wo, scopes: [terminal:write]}\n", 1)
 
 // TestKeyScopes: a read-only key reads but cannot create or change
@@ -205,27 +206,27 @@ func TestKeyScopes(t *testing.T) {
 		}
 	}
 	for _, path := range []string{"/v1/transactions", "/v1/transactions/" + saleID, "/v1/terminals", "/v1/terminals/T1"} {
-		if resp, err := ro.Do(ctx(t), http.MethodGet, path, nil, nil); err != nil || resp.Status != http.StatusOK {
+		if resp, err := ro.Do(kit.Ctx(t), http.MethodGet, path, nil, nil); err != nil || resp.Status != http.StatusOK {
 			t.Fatalf("read-only GET %s: %v %+v", path, err, resp)
 		}
-		resp, err := wo.Do(ctx(t), http.MethodGet, path, nil, nil)
+		resp, err := wo.Do(kit.Ctx(t), http.MethodGet, path, nil, nil)
 		insufficient("write-only GET "+path, resp, err)
 	}
-	resp, err := ro.Do(ctx(t), http.MethodPost, "/v1/payments", sale("T1", 100, "ro-pay"), nil)
+	resp, err := ro.Do(kit.Ctx(t), http.MethodPost, "/v1/payments", sale("T1", 100, "ro-pay"), nil)
 	insufficient("read-only payment", resp, err)
 	for _, action := range []string{"refund", "void", "cancel", "capture", "signature"} {
-		resp, err := ro.Do(ctx(t), http.MethodPost, "/v1/transactions/"+saleID+"/"+action, map[string]any{}, nil)
+		resp, err := ro.Do(kit.Ctx(t), http.MethodPost, "/v1/transactions/"+saleID+"/"+action, map[string]any{}, nil)
 		insufficient("read-only "+action, resp, err)
 	}
 	if rs := refunds(t, e, saleID); len(rs) != 0 {
 		t.Fatalf("a read-only key's refund was stored: %+v", rs)
 	}
-	if resp, err := e.http("pk1").Do(ctx(t), http.MethodGet, "/v1/transactions?reference=ro-pay", nil, nil); err != nil || strings.Contains(string(resp.Body), "ro-pay") {
+	if resp, err := e.http("pk1").Do(kit.Ctx(t), http.MethodGet, "/v1/transactions?reference=ro-pay", nil, nil); err != nil || strings.Contains(string(resp.Body), "ro-pay") {
 		t.Fatalf("a read-only key's payment was stored: %v %s", err, resp.Body)
 	}
 
 	// Its WebSocket: writes refused, reads served, the connection open.
-	c, err := client.DialPOS(ctx(t), e.opts, "pk_ro", "sk_ro")
+	c, err := client.DialPOS(kit.Ctx(t), e.opts, "pk_ro", "sk_ro")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +241,7 @@ func TestKeyScopes(t *testing.T) {
 	}
 	// The write-only key may pay.
 	e.terminal("T2")
-	if resp, err := wo.Do(ctx(t), http.MethodPost, "/v1/payments", sale("T2", 100, "wo-pay"), nil); err != nil || resp.Status != http.StatusCreated {
+	if resp, err := wo.Do(kit.Ctx(t), http.MethodPost, "/v1/payments", sale("T2", 100, "wo-pay"), nil); err != nil || resp.Status != http.StatusCreated {
 		t.Fatalf("write-only payment: %v %+v", err, resp)
 	}
 }
@@ -270,7 +271,7 @@ func metricValue(t *testing.T, e *env, sample string) float64 {
 
 // limitedConfig has small limits, and trusts the test's own address as a
 // proxy so that X-Forwarded-For can play many client addresses.
-var limitedConfig = "rate_limit: {key_rate: 1, key_burst: 3, terminal_rate: 1, terminal_burst: 3, auth_failure_rate: 1, auth_failure_burst: 3, trusted_proxies: [127.0.0.1, \"::1\"]}\n" + testConfig
+var limitedConfig = "rate_limit: {key_rate: 1, key_burst: 3, terminal_rate: 1, terminal_burst: 3, auth_failure_rate: 1, auth_failure_burst: 3, trusted_proxies: [127.0.0.1, \"::1\"]}\n" + kit.Config
 
 // from makes a request come from addr (through the trusted proxy).
 func from(addr string, h http.Header) http.Header {
@@ -295,21 +296,21 @@ func TestRequestsPerKeyAreLimited(t *testing.T) {
 	e := envFrom(t, apptest.Start(t, limitedConfig))
 	h := e.http("pk1")
 	for i := 0; i < 3; i++ {
-		if resp, err := h.Do(ctx(t), http.MethodGet, "/v1/terminals", nil, nil); err != nil || resp.Status != http.StatusOK {
+		if resp, err := h.Do(kit.Ctx(t), http.MethodGet, "/v1/terminals", nil, nil); err != nil || resp.Status != http.StatusOK {
 			t.Fatalf("request %d within the burst: %v %+v", i, err, resp)
 		}
 	}
-	resp, err := h.Do(ctx(t), http.MethodGet, "/v1/terminals", nil, nil)
+	resp, err := h.Do(kit.Ctx(t), http.MethodGet, "/v1/terminals", nil, nil)
 	wantLimited(t, "past the burst", resp, err, "1")
-	if resp, err := e.http("pk1b").Do(ctx(t), http.MethodGet, "/v1/terminals", nil, nil); err != nil || resp.Status != http.StatusOK {
+	if resp, err := e.http("pk1b").Do(kit.Ctx(t), http.MethodGet, "/v1/terminals", nil, nil); err != nil || resp.Status != http.StatusOK {
 		t.Fatalf("another key: %v %+v", err, resp)
 	}
 	// The WebSocket upgrade counts against the same budget.
-	if _, err := client.DialPOS(ctx(t), e.opts, "pk1", "sk1"); err == nil || !strings.Contains(err.Error(), "429") {
+	if _, err := client.DialPOS(kit.Ctx(t), e.opts, "pk1", "sk1"); err == nil || !strings.Contains(err.Error(), "429") {
 		t.Fatalf("upgrade past the burst: %v", err)
 	}
 	e.Clock.Advance(time.Second)
-	if resp, err := h.Do(ctx(t), http.MethodGet, "/v1/terminals", nil, nil); err != nil || resp.Status != http.StatusOK {
+	if resp, err := h.Do(kit.Ctx(t), http.MethodGet, "/v1/terminals", nil, nil); err != nil || resp.Status != http.StatusOK {
 		t.Fatalf("a second later: %v %+v", err, resp)
 	}
 	if n := metricValue(t, e, `termhub_rate_limited_total{limit="api_key"}`); n < 2 {
@@ -326,15 +327,15 @@ func TestFailedAuthenticationsAreLimited(t *testing.T) {
 	h := e.http("pk1")
 	bad := client.NewHTTP(e.opts, "pk1", "not-the-secret")
 	for i := 0; i < 3; i++ {
-		resp, err := bad.Do(ctx(t), http.MethodGet, "/v1/terminals", nil, from("198.51.100.1", nil))
+		resp, err := bad.Do(kit.Ctx(t), http.MethodGet, "/v1/terminals", nil, from("198.51.100.1", nil))
 		if err != nil || resp.Status != http.StatusUnauthorized {
 			t.Fatalf("failure %d: %v %+v, want 401", i, err, resp)
 		}
 	}
-	resp, err := bad.Do(ctx(t), http.MethodGet, "/v1/terminals", nil, from("198.51.100.1", nil))
+	resp, err := bad.Do(kit.Ctx(t), http.MethodGet, "/v1/terminals", nil, from("198.51.100.1", nil))
 	wantLimited(t, "the 4th failure", resp, err, "1")
 	// Now even good credentials from that address wait...
-	resp, err = h.Do(ctx(t), http.MethodGet, "/v1/terminals", nil, from("198.51.100.1", nil))
+	resp, err = h.Do(kit.Ctx(t), http.MethodGet, "/v1/terminals", nil, from("198.51.100.1", nil))
 	wantLimited(t, "good credentials from the guesser's address", resp, err, "1")
 	// ...and so does its WebSocket upgrade, unsigned or not.
 	hdr := from("198.51.100.1", nil)
@@ -347,18 +348,18 @@ func TestFailedAuthenticationsAreLimited(t *testing.T) {
 		}
 	}
 	// ...while other addresses are served.
-	if resp, err := e.http("pk1b").Do(ctx(t), http.MethodGet, "/v1/terminals", nil, from("198.51.100.2", nil)); err != nil || resp.Status != http.StatusOK {
+	if resp, err := e.http("pk1b").Do(kit.Ctx(t), http.MethodGet, "/v1/terminals", nil, from("198.51.100.2", nil)); err != nil || resp.Status != http.StatusOK {
 		t.Fatalf("another address: %v %+v", err, resp)
 	}
 	e.Clock.Advance(time.Second)
-	if resp, err := e.http("pk1b").Do(ctx(t), http.MethodGet, "/v1/terminals", nil, from("198.51.100.1", nil)); err != nil || resp.Status != http.StatusOK {
+	if resp, err := e.http("pk1b").Do(kit.Ctx(t), http.MethodGet, "/v1/terminals", nil, from("198.51.100.1", nil)); err != nil || resp.Status != http.StatusOK {
 		t.Fatalf("the address a second later: %v %+v", err, resp)
 	}
 
 	// Failures for pk1b from many addresses: from the 4th on, 429.
 	badB := client.NewHTTP(e.opts, "pk1b", "wrong")
 	for i := 0; i < 4; i++ {
-		resp, err := badB.Do(ctx(t), http.MethodGet, "/v1/terminals", nil, from("203.0.113."+strconv.Itoa(10+i), nil))
+		resp, err := badB.Do(kit.Ctx(t), http.MethodGet, "/v1/terminals", nil, from("203.0.113."+strconv.Itoa(10+i), nil))
 		if i < 3 && (err != nil || resp.Status != http.StatusUnauthorized) {
 			t.Fatalf("pk1b failure %d: %v %+v", i, err, resp)
 		}
@@ -367,7 +368,7 @@ func TestFailedAuthenticationsAreLimited(t *testing.T) {
 		}
 	}
 	// The owner of pk1b, signing correctly, is served.
-	if resp, err := e.http("pk1b").Do(ctx(t), http.MethodGet, "/v1/terminals", nil, from("203.0.113.99", nil)); err != nil || resp.Status != http.StatusOK {
+	if resp, err := e.http("pk1b").Do(kit.Ctx(t), http.MethodGet, "/v1/terminals", nil, from("203.0.113.99", nil)); err != nil || resp.Status != http.StatusOK {
 		t.Fatalf("pk1b's owner during the attack: %v %+v", err, resp)
 	}
 	for _, m := range []string{`termhub_auth_failures_total{kind="pos"}`, `termhub_rate_limited_total{limit="auth_address"}`, `termhub_rate_limited_total{limit="auth_id"}`} {
@@ -381,12 +382,12 @@ func TestFailedAuthenticationsAreLimited(t *testing.T) {
 // log at most the log's burst, and the next line, a second later, says how
 // many were left out; each names the client's address, never a signature.
 func TestFailedAuthenticationLogIsLimited(t *testing.T) {
-	var logs lockedBuffer
+	var logs kit.LogBuffer
 	e := envFrom(t, apptest.Start(t, limitedConfig, apptest.Logger(zerolog.New(&logs))))
 	bad := client.NewHTTP(e.opts, "pk-nobody", "x")
 	for i := 0; i < 200; i++ {
 		addr := "192.0.2." + strconv.Itoa(i)
-		if resp, err := bad.Do(ctx(t), http.MethodGet, "/v1/terminals", nil, from(addr, nil)); err != nil || resp.Status/100 != 4 {
+		if resp, err := bad.Do(kit.Ctx(t), http.MethodGet, "/v1/terminals", nil, from(addr, nil)); err != nil || resp.Status/100 != 4 {
 			t.Fatalf("failure %d: %v %+v", i, err, resp)
 		}
 	}
@@ -398,7 +399,7 @@ func TestFailedAuthenticationLogIsLimited(t *testing.T) {
 		t.Fatalf("the log does not name the client's address:\n%s", logs.String())
 	}
 	e.Clock.Advance(time.Second)
-	if resp, err := bad.Do(ctx(t), http.MethodGet, "/v1/terminals", nil, from("192.0.2.250", nil)); err != nil || resp.Status != http.StatusUnauthorized {
+	if resp, err := bad.Do(kit.Ctx(t), http.MethodGet, "/v1/terminals", nil, from("192.0.2.250", nil)); err != nil || resp.Status != http.StatusUnauthorized {
 		t.Fatalf("a failure a second later: %v %+v", err, resp)
 	}
 	if !strings.Contains(logs.String(), `"unlogged":`+strconv.Itoa(200-lines)) {
@@ -440,7 +441,7 @@ func TestWebSocketFramesAreLimited(t *testing.T) {
 		t.Fatalf("forceDisconnect: %+v %v", fd, err)
 	}
 	for {
-		if _, err := pos.Read(ctx(t)); err != nil {
+		if _, err := pos.Read(kit.Ctx(t)); err != nil {
 			if client.CloseCode(err) != int(protocol.ClosePolicy) {
 				t.Fatalf("closed with %v, want 1008", err)
 			}

@@ -11,20 +11,21 @@ import (
 
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/internal/apptest"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
-// Text rules (CONTRACT §3, issue 18 item 5), over real sockets: text a
+// Text rules (CONTRACT §3), over real sockets: text a
 // terminal reports or a POS sends that has control characters, is not
 // UTF-8 or holds a full card number is refused with invalid_request naming
 // the field; nothing of it is acknowledged, stored or logged, and the
 // terminal's corrected result is then accepted.
 
 // textEnv is a hub whose debug log is kept for inspection.
-func textEnv(t *testing.T) (*env, *lockedBuffer) {
+func textEnv(t *testing.T) (*env, *kit.LogBuffer) {
 	t.Helper()
-	logs := &lockedBuffer{}
-	return envFrom(t, apptest.Start(t, testConfig, apptest.Logger(zerolog.New(logs).Level(zerolog.DebugLevel)))), logs
+	logs := &kit.LogBuffer{}
+	return envFrom(t, apptest.Start(t, kit.Config, apptest.Logger(zerolog.New(logs).Level(zerolog.DebugLevel)))), logs
 }
 
 // refusedFrame sends frame (raw bytes) with a requestId and expects the
@@ -34,7 +35,7 @@ func refusedFrame(t *testing.T, term *client.Conn, n int, frame, field string) {
 	t.Helper()
 	id := "text-" + strconv.Itoa(n)
 	frame = `{"requestId":"` + id + `",` + strings.TrimPrefix(frame, "{")
-	if err := term.SendRaw(ctx(t), websocket.MessageText, []byte(frame)); err != nil {
+	if err := term.SendRaw(kit.Ctx(t), websocket.MessageText, []byte(frame)); err != nil {
 		t.Fatal(err)
 	}
 	m := next(t, term)
@@ -128,7 +129,7 @@ func TestPOSTextRefusedOverSockets(t *testing.T) {
 	} {
 		id := "pos-text-" + strconv.Itoa(i)
 		frame := `{"requestId":"` + id + `",` + c.frame[1:]
-		if err := pos.SendRaw(ctx(t), websocket.MessageText, []byte(frame)); err != nil {
+		if err := pos.SendRaw(kit.Ctx(t), websocket.MessageText, []byte(frame)); err != nil {
 			t.Fatal(err)
 		}
 		m := next(t, pos)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -124,7 +125,7 @@ func TestTLSServesHTTPSAndWSS(t *testing.T) {
 	ca := newTestCA(t)
 	dir := t.TempDir()
 	certFile, keyFile := ca.issue(dir, "first.termhub.test")
-	p := newProcessHub(t, "", testConfig, "TERMHUB_TLS_CERT_FILE="+certFile, "TERMHUB_TLS_KEY_FILE="+keyFile, "TERMHUB_OPS_TOKEN=test-ops-token")
+	p := newProcessHub(t, "", kit.Config, "TERMHUB_TLS_CERT_FILE="+certFile, "TERMHUB_TLS_KEY_FILE="+keyFile, "TERMHUB_OPS_TOKEN=test-ops-token")
 	p.tls = ca.client()
 	p.start() // waits for /readyz over HTTPS
 
@@ -141,7 +142,7 @@ func TestTLSServesHTTPSAndWSS(t *testing.T) {
 	}
 
 	// Signed REST over HTTPS.
-	resp, err := client.NewHTTP(p.opts(), "pk1", secrets["pk1"]).Do(ctx(t), http.MethodGet, "/v1/terminals", nil, nil)
+	resp, err := client.NewHTTP(p.opts(), "pk1", kit.Secrets["pk1"]).Do(kit.Ctx(t), http.MethodGet, "/v1/terminals", nil, nil)
 	if err != nil || resp.Status != http.StatusOK {
 		t.Fatalf("GET /v1/terminals over HTTPS: %v %+v", err, resp)
 	}

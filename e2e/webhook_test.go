@@ -17,6 +17,7 @@ import (
 
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/internal/apptest"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -195,7 +196,7 @@ func whAct(t *testing.T, pos *client.Conn, action string, fields map[string]any)
 // whOps reads GET /v1/ops/webhooks with token ("" for none).
 func whOps(t *testing.T, e *env, token string) (int, []byte) {
 	t.Helper()
-	req, _ := http.NewRequestWithContext(ctx(t), http.MethodGet, e.Srv.URL+"/v1/ops/webhooks", nil)
+	req, _ := http.NewRequestWithContext(kit.Ctx(t), http.MethodGet, e.Srv.URL+"/v1/ops/webhooks", nil)
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
@@ -242,7 +243,7 @@ func TestWebhooksForEveryFinalState(t *testing.T) {
 	sale := pay(t, pos, "T1", 1250, "wh-sale-1").Transaction.ID
 	whResult(t, term, sale, "approved")
 	var ops whOpsBody
-	eventually(t, func() bool {
+	kit.Eventually(t, "one delivery, attempted once", func() bool {
 		code, b := whOps(t, e, whOpsToken)
 		ops = whOpsBody{}
 		return code == 200 && json.Unmarshal(b, &ops) == nil && len(ops.Data) == 1 && len(ops.Data[0].Deliveries) == 1 &&
@@ -302,8 +303,8 @@ func TestWebhooksForEveryFinalState(t *testing.T) {
 	timedOut := pay(t, pos, "T1", 300, "wh-timed-out").Transaction.ID
 	whCommand(t, term, "startPayment", timedOut)
 	send(t, term, "commandReceived", map[string]any{"transactionId": timedOut})
-	eventually(t, func() bool {
-		tx, err := e.App.Engine.Get(ctx(t), "m1", timedOut)
+	kit.Eventually(t, "sale dispatched", func() bool {
+		tx, err := e.App.Engine.Get(kit.Ctx(t), "m1", timedOut)
 		return err == nil && tx.Status == protocol.StatusDispatched
 	})
 	e.Clock.Advance(180 * time.Second)
@@ -324,14 +325,14 @@ func TestWebhooksForEveryFinalState(t *testing.T) {
 		{timedOut, "payment.timed_out", protocol.StatusTimedOut},
 	}
 	for _, w := range want {
-		eventually(t, func() bool { _, ok := rc.event(w.txn, w.typ); return ok })
+		kit.Eventually(t, "webhook event received", func() bool { _, ok := rc.event(w.txn, w.typ); return ok })
 		ev, _ := rc.event(w.txn, w.typ)
 		if ev.Txn.Status != w.status || ev.Txn.MerchantID != "m1" || !strings.HasPrefix(ev.ID, "evt_") {
 			t.Errorf("%s of %s: %+v", w.typ, w.txn, ev)
 		}
 	}
 	// Everything delivered: nothing pending, every id once, all signed.
-	eventually(t, func() bool {
+	kit.Eventually(t, "nothing pending", func() bool {
 		code, b := whOps(t, e, whOpsToken)
 		ops = whOpsBody{}
 		return code == 200 && json.Unmarshal(b, &ops) == nil && len(ops.Data) == 1 && ops.Data[0].Pending == 0

@@ -28,6 +28,8 @@ import (
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/config"
 	"github.com/termhub/termhub/hub"
+	"github.com/termhub/termhub/internal/apptest"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -89,7 +91,7 @@ type testHub struct {
 	*hub.Hub
 	srv   *httptest.Server
 	clock *clock.Fake
-	logs  *syncBuffer // the hub's log, JSON lines
+	logs  *kit.LogBuffer // the hub's log, JSON lines
 }
 
 // newTestHub starts a hub with a 15 s heartbeat and a 60 s grace period on a
@@ -99,7 +101,7 @@ type testHub struct {
 func newTestHub(t *testing.T, opts ...func(*hub.Options)) *testHub {
 	t.Helper()
 	fake := clock.NewFake(t0)
-	logs := &syncBuffer{}
+	logs := &kit.LogBuffer{}
 	o := hub.Options{
 		Directory:         testConfig(t),
 		Clock:             fake,
@@ -152,15 +154,10 @@ func (th *testHub) pos(t *testing.T, keyID string) *peer {
 	return th.posWith(t, th.options(), keyID)
 }
 
+// posWith connects a POS with key keyID and opts, and starts reading it.
 func (th *testHub) posWith(t *testing.T, opts client.Options, keyID string) *peer {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	c, err := client.DialPOS(ctx, opts, keyID, secrets[keyID])
-	if err != nil {
-		t.Fatalf("POS %s: dial: %v", keyID, err)
-	}
-	return startPeer(t, "POS "+keyID, c)
+	return startPeer(t, "POS "+keyID, apptest.DialPOS(t, opts, keyID, secrets[keyID]))
 }
 
 // terminal connects a terminal with device id deviceID and starts reading it.
@@ -169,15 +166,10 @@ func (th *testHub) terminal(t *testing.T, deviceID string) *peer {
 	return th.terminalWith(t, th.options(), deviceID)
 }
 
+// terminalWith connects terminal deviceID with opts, and starts reading it.
 func (th *testHub) terminalWith(t *testing.T, opts client.Options, deviceID string) *peer {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	c, err := client.DialTerminal(ctx, opts, deviceID, secrets[deviceID])
-	if err != nil {
-		t.Fatalf("terminal %s: dial: %v", deviceID, err)
-	}
-	return startPeer(t, "terminal "+deviceID, c)
+	return startPeer(t, "terminal "+deviceID, apptest.DialTerminal(t, opts, deviceID, secrets[deviceID]))
 }
 
 // signedHeader returns the credential headers of a GET of path signed at
@@ -385,22 +377,9 @@ func (th *testHub) drain(t *testing.T) {
 	}
 }
 
-// eventually polls cond every few milliseconds until it holds, failing the
-// test after waitFor (nats checkFor style).
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.NewTimer(waitFor)
-	defer deadline.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out after %s waiting for %s", waitFor, what)
-		case <-tick.C:
-		}
-	}
-}
+// eventually is the kit's: it polls cond until it holds, failing the test
+// after 5 s.
+var eventually = kit.Eventually
 
 // peer is a client connection whose messages are read by a goroutine, so
 // that it answers pings and closes like a live client while the test takes
@@ -715,24 +694,6 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
-}
-
-// syncBuffer is a log sink safe for the hub's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // jsonFrame returns a valid JSON listTerminals frame of exactly n bytes.

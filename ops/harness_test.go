@@ -19,32 +19,8 @@ import (
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/internal/apptest"
+	"github.com/termhub/termhub/internal/apptest/kit"
 )
-
-const opsToken = "s3cret-ops-token"
-
-const testConfig = `
-grace_period: 60s
-payment_timeout: 180s
-heartbeat_interval: 24h
-ops_token: "s3cret-ops-token"
-merchants:
-  - id: m1
-    name: Shop One
-    api_keys:
-      - {id: pk1, secret: sk1}
-    terminals:
-      - {device_id: T1, secret: dt1, label: Front}
-      - {device_id: T2, secret: dt2, label: Back}
-  - id: m2
-    name: Shop Two
-    api_keys:
-      - {id: pk2, secret: sk2}
-    terminals:
-      - {device_id: U1, secret: du1, label: Till}
-`
-
-var secrets = map[string]string{"pk1": "sk1", "pk2": "sk2", "T1": "dt1", "T2": "dt2", "U1": "du1"}
 
 // env is one running hub with its ops server, on a fake clock.
 type env struct {
@@ -57,14 +33,8 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	h := apptest.Start(t, testConfig)
-	return &env{t: t, App: h.App, Clock: h.Clock, Srv: h.Srv, opts: client.Options{BaseURL: h.Srv.URL, Now: h.Clock.Now}}
-}
-
-func testCtx(t *testing.T) context.Context {
-	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	t.Cleanup(cancel)
-	return c
+	h := apptest.Start(t, kit.OpsConfig)
+	return &env{t: t, App: h.App, Clock: h.Clock, Srv: h.Srv, opts: h.ClientOptions()}
 }
 
 // post sends a POST with an optional JSON body and headers.
@@ -75,7 +45,7 @@ func (e *env) post(path string, body any, header http.Header) *http.Response {
 		b, _ := json.Marshal(body)
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(testCtx(e.t), http.MethodPost, e.Srv.URL+path, rd)
+	req, err := http.NewRequestWithContext(kit.Ctx(e.t), http.MethodPost, e.Srv.URL+path, rd)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -93,7 +63,7 @@ func (e *env) post(path string, body any, header http.Header) *http.Response {
 // login returns the session cookie POST /ops/login sets.
 func (e *env) login() *http.Cookie {
 	e.t.Helper()
-	resp := e.post("/ops/login", map[string]string{"token": opsToken}, nil)
+	resp := e.post("/ops/login", map[string]string{"token": kit.OpsToken}, nil)
 	if resp.StatusCode != http.StatusNoContent {
 		e.t.Fatalf("login: HTTP %d", resp.StatusCode)
 	}
@@ -106,7 +76,7 @@ func (e *env) login() *http.Cookie {
 	return nil
 }
 
-func bearer() http.Header { return http.Header{"Authorization": {"Bearer " + opsToken}} }
+func bearer() http.Header { return http.Header{"Authorization": {"Bearer " + kit.OpsToken}} }
 
 func cookieHeader(c *http.Cookie) http.Header {
 	return http.Header{"Cookie": {c.Name + "=" + c.Value}}
@@ -135,7 +105,7 @@ type feed struct {
 
 // dialFeed opens the ops feed with header; on refusal it returns the HTTP status.
 func (e *env) dialFeed(header http.Header) (*feed, int, error) {
-	ws, resp, err := websocket.Dial(testCtx(e.t), strings.Replace(e.Srv.URL, "http", "ws", 1)+"/v1/ops/ws",
+	ws, resp, err := websocket.Dial(kit.Ctx(e.t), strings.Replace(e.Srv.URL, "http", "ws", 1)+"/v1/ops/ws",
 		&websocket.DialOptions{HTTPHeader: header})
 	if err != nil {
 		code := 0
@@ -215,24 +185,16 @@ func (f *feed) closeStatus() websocket.StatusCode {
 	}
 }
 
+// pos connects a POS with API key id of kit.Config.
 func (e *env) pos(id string) *client.Conn {
 	e.t.Helper()
-	c, err := client.DialPOS(testCtx(e.t), e.opts, id, secrets[id])
-	if err != nil {
-		e.t.Fatalf("dial POS %s: %v", id, err)
-	}
-	e.t.Cleanup(func() { _ = c.CloseNow() })
-	return c
+	return apptest.DialPOS(e.t, e.opts, id, kit.Secrets[id])
 }
 
+// terminal connects terminal id of kit.Config.
 func (e *env) terminal(id string) *client.Conn {
 	e.t.Helper()
-	c, err := client.DialTerminal(testCtx(e.t), e.opts, id, secrets[id])
-	if err != nil {
-		e.t.Fatalf("dial terminal %s: %v", id, err)
-	}
-	e.t.Cleanup(func() { _ = c.CloseNow() })
-	return c
+	return apptest.DialTerminal(e.t, e.opts, id, kit.Secrets[id])
 }
 
 func newServer(t *testing.T, h http.Handler) *httptest.Server {

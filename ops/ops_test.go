@@ -15,6 +15,7 @@ import (
 
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/hub"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/ops"
 	"github.com/termhub/termhub/protocol"
 )
@@ -54,7 +55,7 @@ func TestLogin(t *testing.T) {
 	})
 
 	t.Run("right token", func(t *testing.T) {
-		resp := e.post("/ops/login", map[string]string{"token": opsToken}, nil)
+		resp := e.post("/ops/login", map[string]string{"token": kit.OpsToken}, nil)
 		if resp.StatusCode != http.StatusNoContent {
 			t.Fatalf("HTTP %d, want 204", resp.StatusCode)
 		}
@@ -91,14 +92,14 @@ func TestLogin(t *testing.T) {
 	})
 
 	t.Run("secure behind TLS proxy", func(t *testing.T) {
-		resp := e.post("/ops/login", map[string]string{"token": opsToken}, http.Header{"X-Forwarded-Proto": {"https"}})
+		resp := e.post("/ops/login", map[string]string{"token": kit.OpsToken}, http.Header{"X-Forwarded-Proto": {"https"}})
 		if c := resp.Cookies(); len(c) != 1 || !c[0].Secure {
 			t.Fatalf("cookie over https not Secure: %q", resp.Header.Get("Set-Cookie"))
 		}
 	})
 
 	t.Run("cross origin", func(t *testing.T) {
-		resp := e.post("/ops/login", map[string]string{"token": opsToken}, http.Header{"Origin": {"https://evil.example"}})
+		resp := e.post("/ops/login", map[string]string{"token": kit.OpsToken}, http.Header{"Origin": {"https://evil.example"}})
 		if resp.StatusCode != http.StatusUnauthorized || len(resp.Cookies()) != 0 {
 			t.Fatalf("cross-origin login: HTTP %d cookies %v", resp.StatusCode, resp.Cookies())
 		}
@@ -237,14 +238,14 @@ func TestFeedLiveUpdates(t *testing.T) {
 
 	// A payment: every state change is a transactionUpdate.
 	pos1 := e.pos("pk1")
-	if err := pos1.Send(testCtx(t), map[string]any{"action": "payment", "terminalId": "T1", "amountMinor": 1250, "currency": "USD", "reference": "ops-1"}); err != nil {
+	if err := pos1.Send(kit.Ctx(t), map[string]any{"action": "payment", "terminalId": "T1", "amountMinor": 1250, "currency": "USD", "reference": "ops-1"}); err != nil {
 		t.Fatal(err)
 	}
 	txn := nextTxn(t, f)
 	if txn.Status != protocol.StatusPending || txn.TerminalID != "T1" || txn.MerchantID != "m1" || txn.Amount != "12.50" || txn.Version != 1 {
 		t.Fatalf("first transactionUpdate = %+v", txn)
 	}
-	if _, err := term.ReadUntil(testCtx(t), protocol.ActionStartPayment); err != nil {
+	if _, err := term.ReadUntil(kit.Ctx(t), protocol.ActionStartPayment); err != nil {
 		t.Fatal(err)
 	}
 	steps := []struct {
@@ -256,7 +257,7 @@ func TestFeedLiveUpdates(t *testing.T) {
 		{map[string]any{"action": "paymentResult", "transactionId": txn.ID, "outcome": "approved", "authCode": "A1"}, protocol.StatusCompleted},
 	}
 	for i, s := range steps {
-		if err := term.Send(testCtx(t), s.msg); err != nil {
+		if err := term.Send(kit.Ctx(t), s.msg); err != nil {
 			t.Fatal(err)
 		}
 		got := nextTxn(t, f)
@@ -313,19 +314,19 @@ func TestFeedCurrentTransactionInSnapshot(t *testing.T) {
 	e := newEnv(t)
 	term := e.terminal("T1")
 	pos := e.pos("pk1")
-	if err := pos.Send(testCtx(t), map[string]any{"action": "payment", "terminalId": "T1", "amountMinor": 500, "currency": "EUR", "reference": "cur-1"}); err != nil {
+	if err := pos.Send(kit.Ctx(t), map[string]any{"action": "payment", "terminalId": "T1", "amountMinor": 500, "currency": "EUR", "reference": "cur-1"}); err != nil {
 		t.Fatal(err)
 	}
-	m, err := term.ReadUntil(testCtx(t), protocol.ActionStartPayment)
+	m, err := term.ReadUntil(kit.Ctx(t), protocol.ActionStartPayment)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var sp protocol.StartPayment
 	_ = m.Decode(&sp)
-	if err := term.Send(testCtx(t), map[string]any{"action": "commandReceived", "transactionId": sp.TransactionID}); err != nil {
+	if err := term.Send(kit.Ctx(t), map[string]any{"action": "commandReceived", "transactionId": sp.TransactionID}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pos.ReadUntil(testCtx(t), protocol.ActionPaymentStatusUpdate); err != nil {
+	if _, err := pos.ReadUntil(kit.Ctx(t), protocol.ActionPaymentStatusUpdate); err != nil {
 		t.Fatal(err)
 	}
 	var snap ops.Snapshot
@@ -355,10 +356,10 @@ func TestFeedHeartbeats(t *testing.T) {
 	// The terminal speaks later: the next refresh carries the newer time.
 	before := hb.Terminals[0].LastHeartbeat
 	e.Clock.Advance(ops.DefaultRefreshInterval)
-	if err := term.Send(testCtx(t), map[string]any{"action": "commandReceived", "transactionId": "txn_unknown"}); err != nil {
+	if err := term.Send(kit.Ctx(t), map[string]any{"action": "commandReceived", "transactionId": "txn_unknown"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := term.ReadUntil(testCtx(t), protocol.ActionError); err != nil {
+	if _, err := term.ReadUntil(kit.Ctx(t), protocol.ActionError); err != nil {
 		t.Fatal(err)
 	}
 	e.Clock.Advance(ops.DefaultRefreshInterval)
@@ -396,7 +397,7 @@ func TestDisconnect(t *testing.T) {
 		t.Fatalf("kick with the cookie: HTTP %d", resp.StatusCode)
 	}
 
-	m, err := pos.ReadUntil(testCtx(t), protocol.ActionForceDisconnect)
+	m, err := pos.ReadUntil(kit.Ctx(t), protocol.ActionForceDisconnect)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +406,7 @@ func TestDisconnect(t *testing.T) {
 	if fd.Reason != protocol.ReasonAdmin || !fd.ReconnectAllowed {
 		t.Fatalf("forceDisconnect = %+v", fd)
 	}
-	_, err = pos.Read(testCtx(t))
+	_, err = pos.Read(kit.Ctx(t))
 	if code := client.CloseCode(err); code != int(protocol.CloseAdmin) {
 		t.Fatalf("close code %d (%v), want 4003", code, err)
 	}
@@ -466,8 +467,8 @@ func TestFeedEndsOnDrain(t *testing.T) {
 // TestSlowFeedDropped checks that a feed that cannot keep up is cut off
 // instead of holding anyone back.
 func TestSlowFeedDropped(t *testing.T) {
-	h := hub.New(hub.Options{OpsToken: opsToken, Logger: zerolog.New(io.Discard)})
-	s := ops.New(ops.Options{Hub: h, Token: opsToken, FeedQueue: 1})
+	h := hub.New(hub.Options{OpsToken: kit.OpsToken, Logger: zerolog.New(io.Discard)})
+	s := ops.New(ops.Options{Hub: h, Token: kit.OpsToken, FeedQueue: 1})
 	handler := h.Handler()
 	s.Register(h.Mux())
 	e := &env{t: t, Srv: newServer(t, handler)}
@@ -499,10 +500,10 @@ func TestObserveTransactionsFanOut(t *testing.T) {
 	})
 	e.terminal("T1")
 	pos := e.pos("pk1")
-	if err := pos.Send(testCtx(t), map[string]any{"action": "payment", "terminalId": "T1", "amountMinor": 100, "currency": "USD", "reference": "fan-1"}); err != nil {
+	if err := pos.Send(kit.Ctx(t), map[string]any{"action": "payment", "terminalId": "T1", "amountMinor": 100, "currency": "USD", "reference": "fan-1"}); err != nil {
 		t.Fatal(err)
 	}
-	m, err := pos.ReadUntil(testCtx(t), "paymentResponse")
+	m, err := pos.ReadUntil(kit.Ctx(t), "paymentResponse")
 	if err != nil {
 		t.Fatal(err)
 	}

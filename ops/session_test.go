@@ -20,6 +20,7 @@ import (
 	"github.com/termhub/termhub/config"
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/internal/apptest"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/internal/keys"
 	"github.com/termhub/termhub/internal/redistest"
 	"github.com/termhub/termhub/ops"
@@ -31,7 +32,7 @@ import (
 // the end of the test).
 func (e *env) get(path string, header http.Header) *http.Response {
 	e.t.Helper()
-	req, err := http.NewRequestWithContext(testCtx(e.t), http.MethodGet, e.Srv.URL+path, nil)
+	req, err := http.NewRequestWithContext(kit.Ctx(e.t), http.MethodGet, e.Srv.URL+path, nil)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -77,7 +78,7 @@ func sessionCookieOf(resp *http.Response) *http.Cookie {
 // sessionKeys lists the ops session keys under prefix.
 func sessionKeys(t *testing.T, rdb redis.UniversalClient, prefix string) []string {
 	t.Helper()
-	ks, err := rdb.Keys(testCtx(t), keys.Space{Prefix: prefix}.OpsSession("*")).Result()
+	ks, err := rdb.Keys(kit.Ctx(t), keys.Space{Prefix: prefix}.OpsSession("*")).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +97,7 @@ func oneSessionKey(t *testing.T, rdb redis.UniversalClient, prefix string) strin
 
 func pttl(t *testing.T, r *redistest.Redis, key string) time.Duration {
 	t.Helper()
-	d, err := r.Client.PTTL(testCtx(t), key).Result()
+	d, err := r.Client.PTTL(kit.Ctx(t), key).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +142,7 @@ func waitExpired(t *testing.T, r *redistest.Redis, key string) {
 			left = pttl(t, r, key)
 		}
 	}
-	if n, _ := r.Client.Exists(testCtx(t), key).Result(); n != 0 {
+	if n, _ := r.Client.Exists(kit.Ctx(t), key).Result(); n != 0 {
 		t.Fatalf("%s still exists", key)
 	}
 }
@@ -150,10 +151,10 @@ func waitExpired(t *testing.T, r *redistest.Redis, key string) {
 // a test can choose the session options; several may share one Redis.
 func opsNode(t *testing.T, o ops.Options) *env {
 	t.Helper()
-	h := hub.New(hub.Options{OpsToken: opsToken, Logger: zerolog.New(io.Discard), Clock: o.Clock})
+	h := hub.New(hub.Options{OpsToken: kit.OpsToken, Logger: zerolog.New(io.Discard), Clock: o.Clock})
 	o.Hub = h
 	if o.Token == "" {
-		o.Token = opsToken
+		o.Token = kit.OpsToken
 	}
 	s := ops.New(o)
 	handler := h.Handler()
@@ -204,12 +205,13 @@ func parseConfig(t *testing.T, yaml string) config.Config {
 // ---- tests ----
 
 // TestSessionCookieIsRandomID: the cookie holds a fresh random session id,
-// never the ops token (issue 18: it used to be termhub_ops=<token>).
+// never the ops token (termhub_ops=<token> would hand the token to anyone
+// who reads a cookie).
 func TestSessionCookieIsRandomID(t *testing.T) {
 	e := newEnv(t)
 	a, b := e.login(), e.login()
 	for _, c := range []*http.Cookie{a, b} {
-		if strings.Contains(c.Value, opsToken) {
+		if strings.Contains(c.Value, kit.OpsToken) {
 			t.Fatalf("the cookie carries the ops token: %q", c.Value)
 		}
 		raw, err := base64.RawURLEncoding.DecodeString(c.Value)
@@ -235,16 +237,16 @@ func TestSessionCookieIsRandomID(t *testing.T) {
 // id, and neither the id nor the token is in the value; the session lives
 // 12 h.
 func TestSessionKeyHidesID(t *testing.T) {
-	e := apptest.Start(t, testConfig)
+	e := apptest.Start(t, kit.OpsConfig)
 	env := &env{t: t, Srv: e.Srv}
 	ck := env.login()
 	key := oneSessionKey(t, e.Redis.Client, e.Redis.Prefix)
 	raw, _ := base64.RawURLEncoding.DecodeString(ck.Value)
-	val, err := e.Redis.Client.Get(testCtx(t), key).Result()
+	val, err := e.Redis.Client.Get(kit.Ctx(t), key).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, secret := range []string{ck.Value, hex.EncodeToString(raw), opsToken} {
+	for _, secret := range []string{ck.Value, hex.EncodeToString(raw), kit.OpsToken} {
 		if strings.Contains(strings.ToLower(key), strings.ToLower(secret)) || strings.Contains(strings.ToLower(val), strings.ToLower(secret)) {
 			t.Fatalf("Redis key %q / value %q reveals %q", key, val, secret)
 		}
@@ -259,9 +261,9 @@ func TestSessionKeyHidesID(t *testing.T) {
 // back).
 func TestSessionCookieSecure(t *testing.T) {
 	t.Run("ops_cookie_secure", func(t *testing.T) {
-		h := apptest.Start(t, testConfig+"ops_cookie_secure: true\n")
+		h := apptest.Start(t, kit.OpsConfig+"ops_cookie_secure: true\n")
 		e := &env{t: t, Srv: h.Srv}
-		resp := e.post("/ops/login", map[string]string{"token": opsToken}, nil)
+		resp := e.post("/ops/login", map[string]string{"token": kit.OpsToken}, nil)
 		if c := sessionCookieOf(resp); resp.StatusCode != http.StatusNoContent || c == nil || !c.Secure || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode {
 			t.Fatalf("login with ops_cookie_secure: HTTP %d %q", resp.StatusCode, resp.Header.Get("Set-Cookie"))
 		}
@@ -272,12 +274,12 @@ func TestSessionCookieSecure(t *testing.T) {
 		}
 	})
 	t.Run("TLS", func(t *testing.T) {
-		h := apptest.Start(t, testConfig)
+		h := apptest.Start(t, kit.OpsConfig)
 		tls := httptest.NewUnstartedServer(h.Srv.Config.Handler)
 		tls.StartTLS()
 		t.Cleanup(tls.Close)
 		e := &env{t: t, Srv: tls}
-		req, _ := http.NewRequestWithContext(testCtx(t), http.MethodPost, tls.URL+"/ops/login", strings.NewReader(`{"token":"`+opsToken+`"}`))
+		req, _ := http.NewRequestWithContext(kit.Ctx(t), http.MethodPost, tls.URL+"/ops/login", strings.NewReader(`{"token":"`+kit.OpsToken+`"}`))
 		resp, err := tls.Client().Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -293,12 +295,12 @@ func TestSessionCookieSecure(t *testing.T) {
 	})
 }
 
-// TestTokenCookieRefused: the old cookie, termhub_ops=<ops token>, opens
-// nothing any more.
+// TestTokenCookieRefused: a cookie holding the ops token itself,
+// termhub_ops=<ops token>, opens nothing: only a session id does.
 func TestTokenCookieRefused(t *testing.T) {
 	e := newEnv(t)
 	pos := e.pos("pk1")
-	old := http.Header{"Cookie": {hub.OpsCookie + "=" + opsToken}}
+	old := http.Header{"Cookie": {hub.OpsCookie + "=" + kit.OpsToken}}
 	if code := e.sessionStatus(old); code != http.StatusUnauthorized {
 		t.Fatalf("/ops/session: HTTP %d, want 401", code)
 	}
@@ -318,9 +320,8 @@ func TestTokenCookieRefused(t *testing.T) {
 	}
 }
 
-// TestLogoutRevokesSession is issue 18's finding: after logout the same
-// cookie used to get 200. Now it gets 401 everywhere at once, and the feed
-// it opened is closed.
+// TestLogoutRevokesSession: after logout the same cookie gets 401
+// everywhere at once, and the feed it opened is closed.
 func TestLogoutRevokesSession(t *testing.T) {
 	e := newEnv(t)
 	ck := e.login()
@@ -451,7 +452,7 @@ func TestSessionsShared(t *testing.T) {
 // opened it (it is in Redis, not in memory), but not a change of ops_token.
 func TestSessionSurvivesRestart(t *testing.T) {
 	r := redistest.New(t)
-	cfg := parseConfig(t, testConfig)
+	cfg := parseConfig(t, kit.OpsConfig)
 	first, stop := startApp(t, cfg, r)
 	ck := first.login()
 	stop()
@@ -497,7 +498,7 @@ func TestSessionsWithoutRedis(t *testing.T) {
 			t.Fatalf("%s set a cookie: %q", what, resp.Header.Get("Set-Cookie"))
 		}
 	}
-	unavailable("login", e.post("/ops/login", map[string]string{"token": opsToken}, nil))
+	unavailable("login", e.post("/ops/login", map[string]string{"token": kit.OpsToken}, nil))
 	unavailable("session", e.get("/ops/session", cookieHeader(ck)))
 	unavailable("logout", e.post("/ops/logout", nil, cookieHeader(ck)))
 	if code := e.feedStatus(cookieHeader(ck)); code != http.StatusServiceUnavailable {
@@ -508,7 +509,7 @@ func TestSessionsWithoutRedis(t *testing.T) {
 	if resp := e.post("/ops/login", map[string]string{"token": "nope"}, nil); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("wrong token: HTTP %d, want 401", resp.StatusCode)
 	}
-	if code := e.sessionStatus(http.Header{"Cookie": {hub.OpsCookie + "=" + opsToken}}); code != http.StatusUnauthorized {
+	if code := e.sessionStatus(http.Header{"Cookie": {hub.OpsCookie + "=" + kit.OpsToken}}); code != http.StatusUnauthorized {
 		t.Fatalf("token as cookie: HTTP %d, want 401", code)
 	}
 	if code := e.sessionStatus(bearer()); code != http.StatusNoContent {

@@ -1,11 +1,7 @@
 package session
 
 // Table and property tests of the pure transition function Apply
-// (CONTRACT §5–§8). Every identifier here starts with "mt" (or Test) so the
-// file cannot collide with other test files of the package.
-//
-// Tests named TestApplyBug… are regression tests of bugs found and fixed
-// (AUTHORIZED once kept the payment timers and a queued signature answer).
+// (CONTRACT §5–§8).
 
 import (
 	"fmt"
@@ -25,30 +21,30 @@ import (
 // Clock, settings and shorthands
 
 var (
-	mtT0       = time.Date(2025, 3, 4, 10, 0, 0, 0, time.UTC) // when fixtures were created
-	mtNow      = mtT0.Add(30 * time.Second)                   // when the table's event happens
-	mtSettings = Settings{SignatureTimeout: 60 * time.Second, CommandTimeout: 5 * time.Minute}
+	fixturesCreatedAt = time.Date(2025, 3, 4, 10, 0, 0, 0, time.UTC) // when fixtures were created
+	eventAt           = fixturesCreatedAt.Add(30 * time.Second)      // when the table's event happens
+	testSettings      = Settings{SignatureTimeout: 60 * time.Second, CommandTimeout: 5 * time.Minute}
 )
 
 const (
-	mtPSU = protocol.ActionPaymentStatusUpdate
-	mtSR  = protocol.ActionSignatureRequired
-	mtPC  = protocol.ActionPaymentComplete
-	mtPV  = protocol.ActionPaymentVoided
+	aStatusUpdate      = protocol.ActionPaymentStatusUpdate
+	aSignatureRequired = protocol.ActionSignatureRequired
+	aPaymentComplete   = protocol.ActionPaymentComplete
+	aPaymentVoided     = protocol.ActionPaymentVoided
 
-	mtSP = protocol.ActionStartPayment
-	mtCP = protocol.ActionCancelPayment
-	mtVP = protocol.ActionVoidPayment
-	mtRA = protocol.ActionResultAck
+	aStartPayment  = protocol.ActionStartPayment
+	aCancelPayment = protocol.ActionCancelPayment
+	aVoidPayment   = protocol.ActionVoidPayment
+	aResultAck     = protocol.ActionResultAck
 
-	mtGraceReason = "Terminal reconnected after grace period expired" // CONTRACT §5 / §8, verbatim
-	mtVoidReason  = "customer changed their mind"
+	graceReason        = "Terminal reconnected after grace period expired" // CONTRACT §5 / §8, verbatim
+	customerVoidReason = "customer changed their mind"
 )
 
 // ---------------------------------------------------------------------------
 // Fixtures: one transaction per status (and the sub-states that matter)
 
-func mtResult(outcome string) protocol.PaymentResult {
+func resultWith(outcome string) protocol.PaymentResult {
 	r := protocol.PaymentResult{TransactionID: "txn_m1", Outcome: outcome}
 	switch outcome {
 	case protocol.OutcomeApproved:
@@ -65,32 +61,32 @@ func mtResult(outcome string) protocol.PaymentResult {
 	return r
 }
 
-// mtBase is a sale that was created at mtT0 and sent to the live terminal at
+// baseTxn is a sale that was created at fixturesCreatedAt and sent to the live terminal at
 // once (the engine applies EvSent on creation), not yet acknowledged.
-func mtBase() *Txn {
-	sent := mtT0
+func baseTxn() *Txn {
+	sent := fixturesCreatedAt
 	return &Txn{
 		Transaction: protocol.Transaction{
 			ID: "txn_m1", MerchantID: "m_demo", TerminalID: "TERM-001", ConnectionID: "conn_a",
 			Type: protocol.TypeSale, Status: protocol.StatusPending, AmountMinor: 1000, Amount: "10.00",
 			Currency: "USD", Reference: "order-1", CaptureMode: protocol.CaptureAuto, PrintReceipt: true,
-			TimeoutSeconds: 180, CreatedAt: mtT0, UpdatedAt: mtT0, Version: 1,
-			History: []protocol.HistoryEntry{{Status: protocol.StatusPending, At: mtT0, Cause: "created"}},
+			TimeoutSeconds: 180, CreatedAt: fixturesCreatedAt, UpdatedAt: fixturesCreatedAt, Version: 1,
+			History: []protocol.HistoryEntry{{Status: protocol.StatusPending, At: fixturesCreatedAt, Cause: "created"}},
 		},
 		APIKeyID:        "pk_demo",
 		FirstSentAt:     &sent,
-		PaymentDeadline: mtT0.Add(180 * time.Second),
+		PaymentDeadline: fixturesCreatedAt.Add(180 * time.Second),
 	}
 }
 
-func mtAdvance(t *Txn, s protocol.Status, code string) *Txn {
+func advanceTo(t *Txn, s protocol.Status, code string) *Txn {
 	t.Status = s
 	t.Version++
-	t.History = append(t.History, protocol.HistoryEntry{Status: s, At: mtT0, Cause: "fixture", ErrorCode: code})
+	t.History = append(t.History, protocol.HistoryEntry{Status: s, At: fixturesCreatedAt, Cause: "fixture", ErrorCode: code})
 	return t
 }
 
-func mtRecord(t *Txn, r protocol.PaymentResult) {
+func storeResult(t *Txn, r protocol.PaymentResult) {
 	t.Result = &r
 	t.AuthCode, t.ResponseCode, t.RRN = r.AuthCode, r.ResponseCode, r.RRN
 	t.CardScheme, t.MaskedPAN, t.EntryMode = r.CardScheme, r.MaskedPAN, r.EntryMode
@@ -100,180 +96,180 @@ func mtRecord(t *Txn, r protocol.PaymentResult) {
 	}
 }
 
-// mtFinalize moves a fixture to a final status the way a correct machine
+// finalizeAs moves a fixture to a final status the way a correct machine
 // leaves it: payment timers cleared, completedAt set.
-func mtFinalize(t *Txn, s protocol.Status, code string) *Txn {
+func finalizeAs(t *Txn, s protocol.Status, code string) *Txn {
 	t.ErrorCode = code
 	t.PaymentDeadline, t.GraceDeadline, t.SignatureDeadline = time.Time{}, time.Time{}, time.Time{}
 	t.ResumeStatus = ""
-	at := mtT0
+	at := fixturesCreatedAt
 	t.CompletedAt = &at
-	return mtAdvance(t, s, code)
+	return advanceTo(t, s, code)
 }
 
-func mtPendingUnsent() *Txn {
-	t := mtBase()
+func pendingUnsentTxn() *Txn {
+	t := baseTxn()
 	t.FirstSentAt, t.PaymentDeadline, t.ConnectionID = nil, time.Time{}, ""
-	t.GraceDeadline = mtNow.Add(30 * time.Second) // terminal reconnecting: waits through the grace period
+	t.GraceDeadline = eventAt.Add(30 * time.Second) // terminal reconnecting: waits through the grace period
 	return t
 }
-func mtDispatched() *Txn {
-	t := mtBase()
+func dispatchedTxn() *Txn {
+	t := baseTxn()
 	t.Acked = true
-	return mtAdvance(t, protocol.StatusDispatched, "")
+	return advanceTo(t, protocol.StatusDispatched, "")
 }
-func mtInProgress() *Txn { return mtAdvance(mtDispatched(), protocol.StatusInProgress, "") }
-func mtAwaitingSig() *Txn {
-	t := mtInProgress()
-	t.SignatureDeadline = mtNow.Add(30 * time.Second)
-	return mtAdvance(t, protocol.StatusAwaitingSignature, "")
+func inProgressTxn() *Txn { return advanceTo(dispatchedTxn(), protocol.StatusInProgress, "") }
+func awaitingSigTxn() *Txn {
+	t := inProgressTxn()
+	t.SignatureDeadline = eventAt.Add(30 * time.Second)
+	return advanceTo(t, protocol.StatusAwaitingSignature, "")
 }
-func mtAR(from func() *Txn) func() *Txn {
+func awaitingReconnect(from func() *Txn) func() *Txn {
 	return func() *Txn {
 		t := from()
 		t.ResumeStatus = t.Status
-		t.GraceDeadline = mtNow.Add(30 * time.Second)
-		return mtAdvance(t, protocol.StatusAwaitingReconnect, "")
+		t.GraceDeadline = eventAt.Add(30 * time.Second)
+		return advanceTo(t, protocol.StatusAwaitingReconnect, "")
 	}
 }
-func mtAuthorized() *Txn {
-	t := mtInProgress()
+func authorizedTxn() *Txn {
+	t := inProgressTxn()
 	t.CaptureMode = protocol.CaptureManual
-	mtRecord(t, mtResult(protocol.OutcomeApproved))
+	storeResult(t, resultWith(protocol.OutcomeApproved))
 	t.AuthorizedAmountMinor = 1000
 	t.PaymentDeadline = time.Time{}
-	return mtAdvance(t, protocol.StatusAuthorized, "")
+	return advanceTo(t, protocol.StatusAuthorized, "")
 }
-func mtAuthorizedOpenVoid() *Txn {
-	t := mtAuthorized()
-	t.OpenVoid, t.VoidReason, t.CommandDeadline = true, mtVoidReason, mtNow.Add(time.Minute)
+func authorizedOpenVoidTxn() *Txn {
+	t := authorizedTxn()
+	t.OpenVoid, t.VoidReason, t.CommandDeadline = true, customerVoidReason, eventAt.Add(time.Minute)
 	return t
 }
-func mtAuthorizedOpenCapture() *Txn {
-	t := mtAuthorized()
-	t.OpenCapture, t.CommandDeadline = 600, mtNow.Add(time.Minute)
+func authorizedOpenCaptureTxn() *Txn {
+	t := authorizedTxn()
+	t.OpenCapture, t.CommandDeadline = 600, eventAt.Add(time.Minute)
 	return t
 }
-func mtCompleted() *Txn {
-	t := mtInProgress()
-	mtRecord(t, mtResult(protocol.OutcomeApproved))
+func completedTxn() *Txn {
+	t := inProgressTxn()
+	storeResult(t, resultWith(protocol.OutcomeApproved))
 	t.AuthorizedAmountMinor = 1000
-	return mtFinalize(t, protocol.StatusCompleted, "")
+	return finalizeAs(t, protocol.StatusCompleted, "")
 }
-func mtCompletedOpenVoid() *Txn {
-	t := mtCompleted()
-	t.OpenVoid, t.VoidReason, t.CommandDeadline = true, mtVoidReason, mtNow.Add(time.Minute)
+func completedOpenVoidTxn() *Txn {
+	t := completedTxn()
+	t.OpenVoid, t.VoidReason, t.CommandDeadline = true, customerVoidReason, eventAt.Add(time.Minute)
 	return t
 }
-func mtDeclined() *Txn {
-	t := mtInProgress()
-	mtRecord(t, mtResult(protocol.OutcomeDeclined))
-	return mtFinalize(t, protocol.StatusDeclined, protocol.TxnErrDeclined)
+func declinedTxn() *Txn {
+	t := inProgressTxn()
+	storeResult(t, resultWith(protocol.OutcomeDeclined))
+	return finalizeAs(t, protocol.StatusDeclined, protocol.TxnErrDeclined)
 }
-func mtFailedDisconnected() *Txn {
-	t := mtFinalize(mtAR(mtInProgress)(), protocol.StatusFailed, protocol.TxnErrTerminalDisconnected)
-	t.OpenCancel, t.CommandDeadline = true, mtNow.Add(4*time.Minute)
+func failedDisconnectedTxn() *Txn {
+	t := finalizeAs(awaitingReconnect(inProgressTxn)(), protocol.StatusFailed, protocol.TxnErrTerminalDisconnected)
+	t.OpenCancel, t.CommandDeadline = true, eventAt.Add(4*time.Minute)
 	return t
 }
-func mtFailedUnreachable() *Txn {
-	t := mtFinalize(mtPendingUnsent(), protocol.StatusFailed, protocol.TxnErrTerminalUnreachable)
-	t.OpenCancel, t.CommandDeadline = true, mtNow.Add(4*time.Minute)
+func failedUnreachableTxn() *Txn {
+	t := finalizeAs(pendingUnsentTxn(), protocol.StatusFailed, protocol.TxnErrTerminalUnreachable)
+	t.OpenCancel, t.CommandDeadline = true, eventAt.Add(4*time.Minute)
 	return t
 }
-func mtFailedError() *Txn {
-	t := mtInProgress()
-	mtRecord(t, mtResult(protocol.OutcomeError))
-	return mtFinalize(t, protocol.StatusFailed, protocol.TxnErrTerminalError)
+func failedErrorTxn() *Txn {
+	t := inProgressTxn()
+	storeResult(t, resultWith(protocol.OutcomeError))
+	return finalizeAs(t, protocol.StatusFailed, protocol.TxnErrTerminalError)
 }
-func mtCancelled() *Txn {
-	t := mtFinalize(mtDispatched(), protocol.StatusCancelled, "")
-	t.OpenCancel, t.CommandDeadline = true, mtNow.Add(4*time.Minute)
+func cancelledTxn() *Txn {
+	t := finalizeAs(dispatchedTxn(), protocol.StatusCancelled, "")
+	t.OpenCancel, t.CommandDeadline = true, eventAt.Add(4*time.Minute)
 	return t
 }
-func mtTimedOut() *Txn {
-	t := mtFinalize(mtInProgress(), protocol.StatusTimedOut, protocol.TxnErrTerminalTimeout)
-	t.OpenCancel, t.CommandDeadline = true, mtNow.Add(4*time.Minute)
+func timedOutTxn() *Txn {
+	t := finalizeAs(inProgressTxn(), protocol.StatusTimedOut, protocol.TxnErrTerminalTimeout)
+	t.OpenCancel, t.CommandDeadline = true, eventAt.Add(4*time.Minute)
 	return t
 }
-func mtSuperseded() *Txn {
-	t := mtFinalize(mtBase(), protocol.StatusSuperseded, "")
-	t.OpenCancel, t.CommandDeadline = true, mtNow.Add(4*time.Minute)
+func supersededTxn() *Txn {
+	t := finalizeAs(baseTxn(), protocol.StatusSuperseded, "")
+	t.OpenCancel, t.CommandDeadline = true, eventAt.Add(4*time.Minute)
 	return t
 }
-func mtVoided() *Txn {
-	t := mtCompleted()
-	t.VoidReasonCode, t.VoidReason = protocol.VoidRequested, mtVoidReason
+func voidedTxn() *Txn {
+	t := completedTxn()
+	t.VoidReasonCode, t.VoidReason = protocol.VoidRequested, customerVoidReason
 	t.VoidConfirmed = true // a requested void is VOIDED only once the terminal said ok
-	return mtFinalize(t, protocol.StatusVoided, "")
+	return finalizeAs(t, protocol.StatusVoided, "")
 }
 
-// mtVoidedOpen is a late approval after a cancel that was auto-voided; the
+// voidedOpenTxn is a late approval after a cancel that was auto-voided; the
 // terminal has not answered voidPayment yet.
-func mtVoidedOpen() *Txn {
-	t := mtCancelled()
+func voidedOpenTxn() *Txn {
+	t := cancelledTxn()
 	t.OpenCancel = false
-	mtRecord(t, mtResult(protocol.OutcomeApproved))
+	storeResult(t, resultWith(protocol.OutcomeApproved))
 	t.AuthorizedAmountMinor = 1000
 	t.OpenVoid, t.VoidReasonCode, t.VoidReason = true, protocol.VoidLateAfterCancel, "late approval"
-	t.CommandDeadline = mtNow.Add(time.Minute)
-	return mtFinalize(t, protocol.StatusVoided, "")
+	t.CommandDeadline = eventAt.Add(time.Minute)
+	return finalizeAs(t, protocol.StatusVoided, "")
 }
 
 const (
-	mtFP   = "PENDING"
-	mtFPU  = "PENDING(unsent,reconnecting)"
-	mtFD   = "DISPATCHED"
-	mtFIP  = "IN_PROGRESS"
-	mtFAS  = "AWAITING_SIGNATURE"
-	mtFARD = "AWAITING_RECONNECT(DISPATCHED)"
-	mtFARI = "AWAITING_RECONNECT(IN_PROGRESS)"
-	mtFARS = "AWAITING_RECONNECT(AWAITING_SIGNATURE)"
-	mtFAU  = "AUTHORIZED"
-	mtFAUV = "AUTHORIZED+openVoid"
-	mtFAUC = "AUTHORIZED+openCapture"
-	mtFCO  = "COMPLETED"
-	mtFCOV = "COMPLETED+openVoid"
-	mtFDE  = "DECLINED"
-	mtFFD  = "FAILED(terminal_disconnected)"
-	mtFFE  = "FAILED(terminal_error)"
-	mtFCA  = "CANCELLED"
-	mtFTO  = "TIMED_OUT"
-	mtFSU  = "SUPERSEDED"
-	mtFVO  = "VOIDED"
-	mtFVOV = "VOIDED+openVoid(auto-void)"
+	sPending               = "PENDING"
+	sPendingUnsent         = "PENDING(unsent,reconnecting)"
+	sDispatched            = "DISPATCHED"
+	sInProgress            = "IN_PROGRESS"
+	sAwaitingSig           = "AWAITING_SIGNATURE"
+	sReconnectDispatched   = "AWAITING_RECONNECT(DISPATCHED)"
+	sReconnectInProgress   = "AWAITING_RECONNECT(IN_PROGRESS)"
+	sReconnectAwaitingSig  = "AWAITING_RECONNECT(AWAITING_SIGNATURE)"
+	sAuthorized            = "AUTHORIZED"
+	sAuthorizedOpenVoid    = "AUTHORIZED+openVoid"
+	sAuthorizedOpenCapture = "AUTHORIZED+openCapture"
+	sCompleted             = "COMPLETED"
+	sCompletedOpenVoid     = "COMPLETED+openVoid"
+	sDeclined              = "DECLINED"
+	sFailedDisconnected    = "FAILED(terminal_disconnected)"
+	sFailedError           = "FAILED(terminal_error)"
+	sCancelled             = "CANCELLED"
+	sTimedOut              = "TIMED_OUT"
+	sSuperseded            = "SUPERSEDED"
+	sVoided                = "VOIDED"
+	sVoidedAutoVoid        = "VOIDED+openVoid(auto-void)"
 )
 
-type mtFixture struct {
+type namedFixture struct {
 	name string
 	mk   func() *Txn
 }
 
-var mtFixtures = []mtFixture{
-	{mtFP, mtBase},
-	{mtFPU, mtPendingUnsent},
-	{mtFD, mtDispatched},
-	{mtFIP, mtInProgress},
-	{mtFAS, mtAwaitingSig},
-	{mtFARD, mtAR(mtDispatched)},
-	{mtFARI, mtAR(mtInProgress)},
-	{mtFARS, mtAR(mtAwaitingSig)},
-	{mtFAU, mtAuthorized},
-	{mtFAUV, mtAuthorizedOpenVoid},
-	{mtFAUC, mtAuthorizedOpenCapture},
-	{mtFCO, mtCompleted},
-	{mtFCOV, mtCompletedOpenVoid},
-	{mtFDE, mtDeclined},
-	{mtFFD, mtFailedDisconnected},
-	{mtFFE, mtFailedError},
-	{mtFCA, mtCancelled},
-	{mtFTO, mtTimedOut},
-	{mtFSU, mtSuperseded},
-	{mtFVO, mtVoided},
-	{mtFVOV, mtVoidedOpen},
+var tableFixtures = []namedFixture{
+	{sPending, baseTxn},
+	{sPendingUnsent, pendingUnsentTxn},
+	{sDispatched, dispatchedTxn},
+	{sInProgress, inProgressTxn},
+	{sAwaitingSig, awaitingSigTxn},
+	{sReconnectDispatched, awaitingReconnect(dispatchedTxn)},
+	{sReconnectInProgress, awaitingReconnect(inProgressTxn)},
+	{sReconnectAwaitingSig, awaitingReconnect(awaitingSigTxn)},
+	{sAuthorized, authorizedTxn},
+	{sAuthorizedOpenVoid, authorizedOpenVoidTxn},
+	{sAuthorizedOpenCapture, authorizedOpenCaptureTxn},
+	{sCompleted, completedTxn},
+	{sCompletedOpenVoid, completedOpenVoidTxn},
+	{sDeclined, declinedTxn},
+	{sFailedDisconnected, failedDisconnectedTxn},
+	{sFailedError, failedErrorTxn},
+	{sCancelled, cancelledTxn},
+	{sTimedOut, timedOutTxn},
+	{sSuperseded, supersededTxn},
+	{sVoided, voidedTxn},
+	{sVoidedAutoVoid, voidedOpenTxn},
 }
 
-func mtFixtureByName(name string) func() *Txn {
-	for _, f := range mtFixtures {
+func fixtureByName(name string) func() *Txn {
+	for _, f := range tableFixtures {
 		if f.name == name {
 			return f.mk
 		}
@@ -284,12 +280,12 @@ func mtFixtureByName(name string) func() *Txn {
 // ---------------------------------------------------------------------------
 // Events
 
-type mtEvent struct {
+type namedEvent struct {
 	name string
 	ev   Event
 }
 
-var mtEvents = []mtEvent{
+var tableEvents = []namedEvent{
 	{"EvSent", EvSent{ConnectionID: "conn_b"}},
 	{"EvCommandReceived", EvCommandReceived{}},
 	{"EvProgress", EvProgress{Stage: "card_presented"}},
@@ -297,18 +293,18 @@ var mtEvents = []mtEvent{
 	{"EvSignatureAnswer/accepted", EvSignatureAnswer{Accepted: true}},
 	{"EvSignatureAnswer/declined", EvSignatureAnswer{Accepted: false}},
 	{"EvSignatureAnswer/auto", EvSignatureAnswer{Accepted: false, Auto: true}},
-	{"EvResult/approved", EvResult{Result: mtResult(protocol.OutcomeApproved)}},
-	{"EvResult/declined", EvResult{Result: mtResult(protocol.OutcomeDeclined)}},
-	{"EvResult/error", EvResult{Result: mtResult(protocol.OutcomeError)}},
-	{"EvResult/cancelled", EvResult{Result: mtResult(protocol.OutcomeCancelled)}},
+	{"EvResult/approved", EvResult{Result: resultWith(protocol.OutcomeApproved)}},
+	{"EvResult/declined", EvResult{Result: resultWith(protocol.OutcomeDeclined)}},
+	{"EvResult/error", EvResult{Result: resultWith(protocol.OutcomeError)}},
+	{"EvResult/cancelled", EvResult{Result: resultWith(protocol.OutcomeCancelled)}},
 	{"EvCancel", EvCancel{}},
-	{"EvVoid", EvVoid{Reason: mtVoidReason}},
+	{"EvVoid", EvVoid{Reason: customerVoidReason}},
 	{"EvVoidResult/ok", EvVoidResult{OK: true}},
 	{"EvVoidResult/notOK", EvVoidResult{OK: false, ErrorMessage: "batch already settled"}},
 	{"EvCapture", EvCapture{}},
 	{"EvCaptureResult/ok", EvCaptureResult{OK: true}},
 	{"EvCaptureResult/notOK", EvCaptureResult{OK: false, ErrorMessage: "authorization expired"}},
-	{"EvTerminalDropped", EvTerminalDropped{GraceUntil: mtNow.Add(60 * time.Second)}},
+	{"EvTerminalDropped", EvTerminalDropped{GraceUntil: eventAt.Add(60 * time.Second)}},
 	{"EvTerminalBack", EvTerminalBack{ConnectionID: "conn_b"}},
 	{"EvDeadline/payment", EvDeadline{Kind: DeadlinePayment}},
 	{"EvDeadline/grace", EvDeadline{Kind: DeadlineGrace}},
@@ -317,9 +313,9 @@ var mtEvents = []mtEvent{
 	{"EvSupersede", EvSupersede{By: "txn_m2"}},
 }
 
-// mtIsRequest reports whether ev is a request that Apply may refuse. Terminal
+// isRequest reports whether ev is a request that Apply may refuse. Terminal
 // messages, connection changes and deadlines never are.
-func mtIsRequest(ev Event) bool {
+func isRequest(ev Event) bool {
 	switch e := ev.(type) {
 	case EvSignatureAnswer:
 		return !e.Auto
@@ -332,12 +328,12 @@ func mtIsRequest(ev Event) bool {
 // ---------------------------------------------------------------------------
 // Expectations
 
-type mtExp struct {
+type expectation struct {
 	status  protocol.Status // resulting status; "" = unchanged
 	bump    bool            // version +1 (status change or history note)
 	same    bool            // the transaction is not modified at all
 	pos     string          // the one POS message's action; "" = none
-	term    []string        // terminal commands in order (see mtCmdName)
+	term    []string        // terminal commands in order (see cmdName)
 	open    []string        // OpenCommands() after; only checked when openSet
 	openSet bool
 	err     protocol.Code // refused with this code
@@ -348,21 +344,23 @@ type mtExp struct {
 	check   func(t *testing.T, before, after *Txn)
 }
 
-func mtNoop() mtExp                     { return mtExp{same: true} }
-func mtKeep() mtExp                     { return mtExp{} }
-func mtNote() mtExp                     { return mtExp{bump: true} }
-func mtTo(s protocol.Status) mtExp      { return mtExp{status: s, bump: true} }
-func mtRefused() mtExp                  { return mtExp{err: protocol.CodeInvalidState, field: "transactionId"} }
-func (e mtExp) msg(action string) mtExp { e.pos = action; return e }
-func (e mtExp) cmd(c ...string) mtExp   { e.term = c; return e }
-func (e mtExp) opens(c ...string) mtExp {
+func expectNoop() expectation                { return expectation{same: true} }
+func expectKeep() expectation                { return expectation{} }
+func expectNote() expectation                { return expectation{bump: true} }
+func expectTo(s protocol.Status) expectation { return expectation{status: s, bump: true} }
+func expectRefused() expectation {
+	return expectation{err: protocol.CodeInvalidState, field: "transactionId"}
+}
+func (e expectation) msg(action string) expectation { e.pos = action; return e }
+func (e expectation) cmd(c ...string) expectation   { e.term = c; return e }
+func (e expectation) opens(c ...string) expectation {
 	e.open, e.openSet = c, true
 	return e
 }
-func (e mtExp) hook(w string) mtExp      { e.webhook = w; return e }
-func (e mtExp) code(c string) mtExp      { e.errCode = &c; return e }
-func (e mtExp) voided(code string) mtExp { e.reason = code; return e }
-func (e mtExp) and(f func(t *testing.T, before, after *Txn)) mtExp {
+func (e expectation) hook(w string) expectation      { e.webhook = w; return e }
+func (e expectation) code(c string) expectation      { e.errCode = &c; return e }
+func (e expectation) voided(code string) expectation { e.reason = code; return e }
+func (e expectation) and(f func(t *testing.T, before, after *Txn)) expectation {
 	prev := e.check
 	e.check = func(t *testing.T, b, a *Txn) {
 		if prev != nil {
@@ -373,20 +371,20 @@ func (e mtExp) and(f func(t *testing.T, before, after *Txn)) mtExp {
 	return e
 }
 
-// mtFinalTo is a result or timer that ends the payment: paymentComplete, the
+// expectFinal is a result or timer that ends the payment: paymentComplete, the
 // webhook, the given errorCode, and the open commands after it.
-func mtFinalTo(s protocol.Status, hook, code string, cmds ...string) mtExp {
+func expectFinal(s protocol.Status, hook, code string, cmds ...string) expectation {
 	var open []string
-	if slices.Contains(cmds, mtCP) {
-		open = []string{mtCP}
+	if slices.Contains(cmds, aCancelPayment) {
+		open = []string{aCancelPayment}
 	}
-	return mtTo(s).msg(mtPC).cmd(cmds...).hook(hook).code(code).opens(open...)
+	return expectTo(s).msg(aPaymentComplete).cmd(cmds...).hook(hook).code(code).opens(open...)
 }
 
-func mtAutoVoid(code string) mtExp {
-	return mtTo(protocol.StatusVoided).msg(mtPV).cmd(mtVP, mtRA).hook("payment.voided").opens(mtVP).voided(code).
+func expectAutoVoid(code string) expectation {
+	return expectTo(protocol.StatusVoided).msg(aPaymentVoided).cmd(aVoidPayment, aResultAck).hook("payment.voided").opens(aVoidPayment).voided(code).
 		and(func(t *testing.T, _, a *Txn) {
-			if !a.OpenVoid || a.VoidReasonCode != code || a.CommandDeadline != mtNow.Add(mtSettings.CommandTimeout) {
+			if !a.OpenVoid || a.VoidReasonCode != code || a.CommandDeadline != eventAt.Add(testSettings.CommandTimeout) {
 				t.Errorf("auto-void: OpenVoid=%v VoidReasonCode=%q CommandDeadline=%v", a.OpenVoid, a.VoidReasonCode, a.CommandDeadline)
 			}
 			if a.OpenCancel {
@@ -395,27 +393,27 @@ func mtAutoVoid(code string) mtExp {
 		})
 }
 
-type mtRows map[string]mtExp
+type expectedRows map[string]expectation
 
-func (r mtRows) set(e mtExp, fixtures ...string) mtRows {
+func (r expectedRows) set(e expectation, fixtures ...string) expectedRows {
 	for _, f := range fixtures {
 		r[f] = e
 	}
 	return r
 }
 
-type mtRowSet struct {
-	def  mtExp // for every fixture not in rows
-	rows mtRows
+type expectedRowSet struct {
+	def  expectation // for every fixture not in rows
+	rows expectedRows
 }
 
 var (
-	mtActive     = []string{mtFP, mtFPU, mtFD, mtFIP, mtFAS, mtFARD, mtFARI, mtFARS}
-	mtOpenCancel = []string{mtFFD, mtFCA, mtFTO, mtFSU} // final with cancelPayment still open
-	mtAllAR      = []string{mtFARD, mtFARI, mtFARS}
+	activeStates         = []string{sPending, sPendingUnsent, sDispatched, sInProgress, sAwaitingSig, sReconnectDispatched, sReconnectInProgress, sReconnectAwaitingSig}
+	cancelOpenStates     = []string{sFailedDisconnected, sCancelled, sTimedOut, sSuperseded} // final with cancelPayment still open
+	allAwaitingReconnect = []string{sReconnectDispatched, sReconnectInProgress, sReconnectAwaitingSig}
 )
 
-func mtWithout(list []string, drop ...string) []string {
+func withoutStates(list []string, drop ...string) []string {
 	var out []string
 	for _, s := range list {
 		if !slices.Contains(drop, s) {
@@ -425,20 +423,20 @@ func mtWithout(list []string, drop ...string) []string {
 	return out
 }
 
-func mtSigCmd(accepted bool) string { return "signatureVerified=" + strconv.FormatBool(accepted) }
+func sigCmd(accepted bool) string { return "signatureVerified=" + strconv.FormatBool(accepted) }
 
-// mtMatrix is the expected outcome of every event for every fixture.
-func mtMatrix() map[string]mtRowSet {
-	m := map[string]mtRowSet{}
+// expectedMatrix is the expected outcome of every event for every fixture.
+func expectedMatrix() map[string]expectedRowSet {
+	m := map[string]expectedRowSet{}
 
 	// A result for a final transaction: resultAck only. Where a cancelPayment
 	// is still open, the result answers it (closed, no version change).
-	resultOnFinal := func(rows mtRows) mtRows {
-		return rows.set(mtKeep().cmd(mtRA).opens().and(func(t *testing.T, _, a *Txn) {
+	resultOnFinal := func(rows expectedRows) expectedRows {
+		return rows.set(expectKeep().cmd(aResultAck).opens().and(func(t *testing.T, _, a *Txn) {
 			if a.OpenCancel || !a.CommandDeadline.IsZero() {
 				t.Errorf("a result must close the open cancelPayment: OpenCancel=%v CommandDeadline=%v", a.OpenCancel, a.CommandDeadline)
 			}
-		}), mtOpenCancel...)
+		}), cancelOpenStates...)
 	}
 	resultRecorded := func(r protocol.PaymentResult) func(t *testing.T, _, a *Txn) {
 		return func(t *testing.T, _, a *Txn) {
@@ -448,8 +446,8 @@ func mtMatrix() map[string]mtRowSet {
 			if a.AuthCode != r.AuthCode || a.MaskedPAN != r.MaskedPAN || a.RRN != r.RRN || a.EntryMode != r.EntryMode {
 				t.Errorf("result fields not copied: %q %q %q %q", a.AuthCode, a.MaskedPAN, a.RRN, a.EntryMode)
 			}
-			if a.CompletedAt == nil || !a.CompletedAt.Equal(mtNow) {
-				t.Errorf("CompletedAt = %v, want %v", a.CompletedAt, mtNow)
+			if a.CompletedAt == nil || !a.CompletedAt.Equal(eventAt) {
+				t.Errorf("CompletedAt = %v, want %v", a.CompletedAt, eventAt)
 			}
 		}
 	}
@@ -467,28 +465,28 @@ func mtMatrix() map[string]mtRowSet {
 	// --- EvSent: the first send only (a re-send, or a terminal that is
 	// away, changes nothing); the payment timeout starts at it and replaces
 	// the wait for the terminal.
-	m["EvSent"] = mtRowSet{def: mtNoop(), rows: mtRows{}.
-		set(mtKeep().and(connB).and(func(t *testing.T, _, a *Txn) {
-			if a.FirstSentAt == nil || !a.FirstSentAt.Equal(mtNow) || a.PaymentDeadline != mtNow.Add(180*time.Second) {
-				t.Errorf("first send: FirstSentAt=%v PaymentDeadline=%v, want %v and +180s", a.FirstSentAt, a.PaymentDeadline, mtNow)
+	m["EvSent"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
+		set(expectKeep().and(connB).and(func(t *testing.T, _, a *Txn) {
+			if a.FirstSentAt == nil || !a.FirstSentAt.Equal(eventAt) || a.PaymentDeadline != eventAt.Add(180*time.Second) {
+				t.Errorf("first send: FirstSentAt=%v PaymentDeadline=%v, want %v and +180s", a.FirstSentAt, a.PaymentDeadline, eventAt)
 			}
 			if !a.GraceDeadline.IsZero() {
 				t.Errorf("first send to a live terminal must clear the grace deadline")
 			}
-		}), mtFPU)}
+		}), sPendingUnsent)}
 
-	m["EvCommandReceived"] = mtRowSet{def: mtNoop(), rows: mtRows{}.
-		set(mtTo(protocol.StatusDispatched).msg(mtPSU).and(acked), mtFP, mtFPU)}
+	m["EvCommandReceived"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
+		set(expectTo(protocol.StatusDispatched).msg(aStatusUpdate).and(acked), sPending, sPendingUnsent)}
 
-	m["EvProgress"] = mtRowSet{def: mtNoop(), rows: mtRows{}.
-		set(mtTo(protocol.StatusInProgress).msg(mtPSU).and(acked), mtFP, mtFPU, mtFD)}
+	m["EvProgress"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
+		set(expectTo(protocol.StatusInProgress).msg(aStatusUpdate).and(acked), sPending, sPendingUnsent, sDispatched)}
 
-	m["EvSignatureRequired"] = mtRowSet{def: mtNoop(), rows: mtRows{}.
-		set(mtTo(protocol.StatusAwaitingSignature).msg(mtSR).and(acked).and(func(t *testing.T, _, a *Txn) {
-			if a.SignatureDeadline != mtNow.Add(mtSettings.SignatureTimeout) {
+	m["EvSignatureRequired"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
+		set(expectTo(protocol.StatusAwaitingSignature).msg(aSignatureRequired).and(acked).and(func(t *testing.T, _, a *Txn) {
+			if a.SignatureDeadline != eventAt.Add(testSettings.SignatureTimeout) {
 				t.Errorf("SignatureDeadline = %v, want now+signature_timeout", a.SignatureDeadline)
 			}
-		}), mtFP, mtFPU, mtFD, mtFIP)}
+		}), sPending, sPendingUnsent, sDispatched, sInProgress)}
 
 	sigAnswered := func(accepted bool) func(t *testing.T, _, a *Txn) {
 		return func(t *testing.T, _, a *Txn) {
@@ -512,28 +510,28 @@ func mtMatrix() map[string]mtRowSet {
 		if !accepted {
 			name = "EvSignatureAnswer/declined"
 		}
-		m[name] = mtRowSet{def: mtRefused(), rows: mtRows{}.
-			set(mtTo(protocol.StatusInProgress).msg(mtPSU).cmd(mtSigCmd(accepted)).and(sigAnswered(accepted)), mtFAS).
-			set(mtNote().opens(mtSP, mtSigCmd(accepted)).and(sigQueued(accepted)), mtFARS)}
+		m[name] = expectedRowSet{def: expectRefused(), rows: expectedRows{}.
+			set(expectTo(protocol.StatusInProgress).msg(aStatusUpdate).cmd(sigCmd(accepted)).and(sigAnswered(accepted)), sAwaitingSig).
+			set(expectNote().opens(aStartPayment, sigCmd(accepted)).and(sigQueued(accepted)), sReconnectAwaitingSig)}
 	}
-	m["EvSignatureAnswer/auto"] = mtRowSet{def: mtNoop(), rows: mtRows{}.
-		set(mtTo(protocol.StatusInProgress).msg(mtPSU).cmd(mtSigCmd(false)).and(sigAnswered(false)), mtFAS).
-		set(mtNote().opens(mtSP, mtSigCmd(false)).and(sigQueued(false)), mtFARS)}
+	m["EvSignatureAnswer/auto"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
+		set(expectTo(protocol.StatusInProgress).msg(aStatusUpdate).cmd(sigCmd(false)).and(sigAnswered(false)), sAwaitingSig).
+		set(expectNote().opens(aStartPayment, sigCmd(false)).and(sigQueued(false)), sReconnectAwaitingSig)}
 
 	// --- Results.
-	approved := mtResult(protocol.OutcomeApproved)
-	m["EvResult/approved"] = mtRowSet{def: mtNoop().cmd(mtRA), rows: mtRows{}.
-		set(mtFinalTo(protocol.StatusCompleted, "payment.completed", "", mtRA).and(resultRecorded(approved)).
+	approved := resultWith(protocol.OutcomeApproved)
+	m["EvResult/approved"] = expectedRowSet{def: expectNoop().cmd(aResultAck), rows: expectedRows{}.
+		set(expectFinal(protocol.StatusCompleted, "payment.completed", "", aResultAck).and(resultRecorded(approved)).
 			and(func(t *testing.T, _, a *Txn) {
 				if a.AuthorizedAmountMinor != 1000 {
 					t.Errorf("AuthorizedAmountMinor = %d, want 1000", a.AuthorizedAmountMinor)
 				}
-			}), mtActive...).
-		set(mtAutoVoid(protocol.VoidLateAfterDecline), mtFDE, mtFFE).
-		set(mtAutoVoid(protocol.VoidLateAfterGrace), mtFFD).
-		set(mtAutoVoid(protocol.VoidLateAfterCancel), mtFCA).
-		set(mtAutoVoid(protocol.VoidLateAfterTimeout), mtFTO).
-		set(mtAutoVoid(protocol.VoidLateAfterSupersede), mtFSU)}
+			}), activeStates...).
+		set(expectAutoVoid(protocol.VoidLateAfterDecline), sDeclined, sFailedError).
+		set(expectAutoVoid(protocol.VoidLateAfterGrace), sFailedDisconnected).
+		set(expectAutoVoid(protocol.VoidLateAfterCancel), sCancelled).
+		set(expectAutoVoid(protocol.VoidLateAfterTimeout), sTimedOut).
+		set(expectAutoVoid(protocol.VoidLateAfterSupersede), sSuperseded)}
 	for _, o := range []struct {
 		outcome       string
 		status        protocol.Status
@@ -543,68 +541,68 @@ func mtMatrix() map[string]mtRowSet {
 		{protocol.OutcomeError, protocol.StatusFailed, "payment.failed", protocol.TxnErrTerminalError},
 		{protocol.OutcomeCancelled, protocol.StatusCancelled, "payment.cancelled", ""},
 	} {
-		r := mtResult(o.outcome)
-		m["EvResult/"+o.outcome] = mtRowSet{def: mtNoop().cmd(mtRA), rows: resultOnFinal(mtRows{}.
-			set(mtFinalTo(o.status, o.hook, o.errCode, mtRA).and(resultRecorded(r)).and(func(t *testing.T, _, a *Txn) {
+		r := resultWith(o.outcome)
+		m["EvResult/"+o.outcome] = expectedRowSet{def: expectNoop().cmd(aResultAck), rows: resultOnFinal(expectedRows{}.
+			set(expectFinal(o.status, o.hook, o.errCode, aResultAck).and(resultRecorded(r)).and(func(t *testing.T, _, a *Txn) {
 				if a.ErrorMessage != r.ErrorMessage {
 					t.Errorf("ErrorMessage = %q, want %q", a.ErrorMessage, r.ErrorMessage)
 				}
-			}), mtActive...))}
+			}), activeStates...))}
 	}
 
 	// --- Cancel: before the card is presented only; CANCELLED answers again.
-	m["EvCancel"] = mtRowSet{def: mtRefused(), rows: mtRows{}.
-		set(mtFinalTo(protocol.StatusCancelled, "payment.cancelled", "", mtCP).and(func(t *testing.T, _, a *Txn) {
-			if !a.OpenCancel || a.CommandDeadline != mtNow.Add(mtSettings.CommandTimeout) {
+	m["EvCancel"] = expectedRowSet{def: expectRefused(), rows: expectedRows{}.
+		set(expectFinal(protocol.StatusCancelled, "payment.cancelled", "", aCancelPayment).and(func(t *testing.T, _, a *Txn) {
+			if !a.OpenCancel || a.CommandDeadline != eventAt.Add(testSettings.CommandTimeout) {
 				t.Errorf("cancelPayment must stay open until answered: OpenCancel=%v CommandDeadline=%v", a.OpenCancel, a.CommandDeadline)
 			}
-		}), mtFP, mtFD, mtFARD).
+		}), sPending, sDispatched, sReconnectDispatched).
 		// Never sent: cancelled at once, nothing to cancel on the terminal.
-		set(mtFinalTo(protocol.StatusCancelled, "payment.cancelled", ""), mtFPU).
-		set(mtNoop(), mtFCA)}
+		set(expectFinal(protocol.StatusCancelled, "payment.cancelled", ""), sPendingUnsent).
+		set(expectNoop(), sCancelled)}
 
 	// --- Void: COMPLETED or AUTHORIZED sale; the state changes on voidResult.
 	voidOpened := func(t *testing.T, _, a *Txn) {
-		if !a.OpenVoid || a.VoidReason != mtVoidReason || a.CommandDeadline != mtNow.Add(mtSettings.CommandTimeout) {
+		if !a.OpenVoid || a.VoidReason != customerVoidReason || a.CommandDeadline != eventAt.Add(testSettings.CommandTimeout) {
 			t.Errorf("OpenVoid=%v VoidReason=%q CommandDeadline=%v", a.OpenVoid, a.VoidReason, a.CommandDeadline)
 		}
 	}
-	m["EvVoid"] = mtRowSet{def: mtRefused(), rows: mtRows{}.
-		set(mtKeep().cmd(mtVP).opens(mtVP).and(voidOpened), mtFCO, mtFAU).
-		set(mtKeep().cmd(mtVP).opens(mtVP, "capturePayment=600").and(voidOpened), mtFAUC).
-		set(mtNoop(), mtFAUV, mtFCOV, mtFVO, mtFVOV)}
+	m["EvVoid"] = expectedRowSet{def: expectRefused(), rows: expectedRows{}.
+		set(expectKeep().cmd(aVoidPayment).opens(aVoidPayment).and(voidOpened), sCompleted, sAuthorized).
+		set(expectKeep().cmd(aVoidPayment).opens(aVoidPayment, "capturePayment=600").and(voidOpened), sAuthorizedOpenCapture).
+		set(expectNoop(), sAuthorizedOpenVoid, sCompletedOpenVoid, sVoided, sVoidedAutoVoid)}
 	closedCmd := func(t *testing.T, _, a *Txn) {
 		if a.OpenVoid || a.OpenCapture != 0 || !a.CommandDeadline.IsZero() {
 			t.Errorf("command must be closed: OpenVoid=%v OpenCapture=%d CommandDeadline=%v", a.OpenVoid, a.OpenCapture, a.CommandDeadline)
 		}
 	}
-	m["EvVoidResult/ok"] = mtRowSet{def: mtNoop(), rows: mtRows{}.
-		set(mtTo(protocol.StatusVoided).msg(mtPV).hook("payment.voided").opens().voided(protocol.VoidRequested).and(closedCmd).
+	m["EvVoidResult/ok"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
+		set(expectTo(protocol.StatusVoided).msg(aPaymentVoided).hook("payment.voided").opens().voided(protocol.VoidRequested).and(closedCmd).
 			and(func(t *testing.T, b, a *Txn) {
 				if a.VoidReasonCode != protocol.VoidRequested || a.ErrorCode != b.ErrorCode {
 					t.Errorf("VoidReasonCode=%q ErrorCode=%q", a.VoidReasonCode, a.ErrorCode)
 				}
-			}), mtFAUV, mtFCOV).
+			}), sAuthorizedOpenVoid, sCompletedOpenVoid).
 		// A confirmation after the void command lapsed still voids: the
 		// terminal reversed the sale (found by the model test).
-		set(mtTo(protocol.StatusVoided).msg(mtPV).hook("payment.voided").opens().voided(protocol.VoidRequested), mtFCO, mtFAU, mtFAUC).
-		set(mtKeep().opens().and(closedCmd), mtFVOV)}
-	m["EvVoidResult/notOK"] = mtRowSet{def: mtNoop(), rows: mtRows{}.
-		set(mtNote().msg(mtPSU).opens().and(closedCmd), mtFAUV, mtFCOV, mtFVOV)}
+		set(expectTo(protocol.StatusVoided).msg(aPaymentVoided).hook("payment.voided").opens().voided(protocol.VoidRequested), sCompleted, sAuthorized, sAuthorizedOpenCapture).
+		set(expectKeep().opens().and(closedCmd), sVoidedAutoVoid)}
+	m["EvVoidResult/notOK"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
+		set(expectNote().msg(aStatusUpdate).opens().and(closedCmd), sAuthorizedOpenVoid, sCompletedOpenVoid, sVoidedAutoVoid)}
 
 	// --- Capture: AUTHORIZED only; 0 = the authorized amount.
-	m["EvCapture"] = mtRowSet{def: mtRefused(), rows: mtRows{}.
-		set(mtKeep().cmd("capturePayment=1000").opens("capturePayment=1000"), mtFAU).
-		set(mtNoop(), mtFAUC)} // AUTHORIZED with a void in progress: refused (the default)
-	m["EvCaptureResult/ok"] = mtRowSet{def: mtNoop(), rows: mtRows{}.
-		set(mtFinalTo(protocol.StatusCompleted, "payment.completed", "").and(closedCmd).and(func(t *testing.T, _, a *Txn) {
+	m["EvCapture"] = expectedRowSet{def: expectRefused(), rows: expectedRows{}.
+		set(expectKeep().cmd("capturePayment=1000").opens("capturePayment=1000"), sAuthorized).
+		set(expectNoop(), sAuthorizedOpenCapture)} // AUTHORIZED with a void in progress: refused (the default)
+	m["EvCaptureResult/ok"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
+		set(expectFinal(protocol.StatusCompleted, "payment.completed", "").and(closedCmd).and(func(t *testing.T, _, a *Txn) {
 			if a.AmountMinor != 600 || a.Amount != "6.00" || a.AuthorizedAmountMinor != 1000 {
 				t.Errorf("captured: AmountMinor=%d Amount=%q AuthorizedAmountMinor=%d, want 600 6.00 1000",
 					a.AmountMinor, a.Amount, a.AuthorizedAmountMinor)
 			}
-		}), mtFAUC)}
-	m["EvCaptureResult/notOK"] = mtRowSet{def: mtNoop(), rows: mtRows{}.
-		set(mtNote().msg(mtPSU).opens().and(closedCmd), mtFAUC)}
+		}), sAuthorizedOpenCapture)}
+	m["EvCaptureResult/notOK"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
+		set(expectNote().msg(aStatusUpdate).opens().and(closedCmd), sAuthorizedOpenCapture)}
 
 	// --- Connection changes.
 	graceAt := func(want time.Time) func(t *testing.T, _, a *Txn) {
@@ -614,125 +612,100 @@ func mtMatrix() map[string]mtRowSet {
 			}
 		}
 	}
-	m["EvTerminalDropped"] = mtRowSet{def: mtNoop(), rows: mtRows{}.
-		set(mtKeep().and(graceAt(mtNow.Add(60*time.Second))), mtFP, mtFPU).
-		set(mtTo(protocol.StatusAwaitingReconnect).msg(mtPSU).and(graceAt(mtNow.Add(60*time.Second))).
+	m["EvTerminalDropped"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
+		set(expectKeep().and(graceAt(eventAt.Add(60*time.Second))), sPending, sPendingUnsent).
+		set(expectTo(protocol.StatusAwaitingReconnect).msg(aStatusUpdate).and(graceAt(eventAt.Add(60*time.Second))).
 			and(func(t *testing.T, b, a *Txn) {
 				if a.ResumeStatus != b.Status {
 					t.Errorf("ResumeStatus = %q, want %q", a.ResumeStatus, b.Status)
 				}
-			}), mtFD, mtFIP, mtFAS)}
+			}), sDispatched, sInProgress, sAwaitingSig)}
 	resumed := func(t *testing.T, _, a *Txn) {
 		if a.ResumeStatus != "" {
 			t.Errorf("ResumeStatus = %q after resuming", a.ResumeStatus)
 		}
 	}
-	m["EvTerminalBack"] = mtRowSet{def: mtNoop(), rows: mtRows{}.
-		set(mtKeep().and(graceAt(time.Time{})).and(connB), mtFP, mtFPU).
-		set(mtTo(protocol.StatusDispatched).msg(mtPSU).and(graceAt(time.Time{})).and(connB).and(resumed), mtFARD).
-		set(mtTo(protocol.StatusInProgress).msg(mtPSU).and(graceAt(time.Time{})).and(connB).and(resumed), mtFARI).
-		set(mtTo(protocol.StatusAwaitingSignature).msg(mtSR).and(graceAt(time.Time{})).and(connB).and(resumed), mtFARS)}
+	m["EvTerminalBack"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
+		set(expectKeep().and(graceAt(time.Time{})).and(connB), sPending, sPendingUnsent).
+		set(expectTo(protocol.StatusDispatched).msg(aStatusUpdate).and(graceAt(time.Time{})).and(connB).and(resumed), sReconnectDispatched).
+		set(expectTo(protocol.StatusInProgress).msg(aStatusUpdate).and(graceAt(time.Time{})).and(connB).and(resumed), sReconnectInProgress).
+		set(expectTo(protocol.StatusAwaitingSignature).msg(aSignatureRequired).and(graceAt(time.Time{})).and(connB).and(resumed), sReconnectAwaitingSig)}
 
 	// --- Deadlines.
-	m["EvDeadline/payment"] = mtRowSet{def: mtNoop(), rows: mtRows{}.
-		set(mtFinalTo(protocol.StatusTimedOut, "payment.timed_out", protocol.TxnErrTerminalUnreachable, mtCP), mtFP).
+	m["EvDeadline/payment"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
+		set(expectFinal(protocol.StatusTimedOut, "payment.timed_out", protocol.TxnErrTerminalUnreachable, aCancelPayment), sPending).
 		// Never sent: nothing to cancel on the terminal.
-		set(mtFinalTo(protocol.StatusTimedOut, "payment.timed_out", protocol.TxnErrTerminalUnreachable), mtFPU).
-		set(mtFinalTo(protocol.StatusTimedOut, "payment.timed_out", protocol.TxnErrTerminalTimeout, mtCP),
-			mtFD, mtFIP, mtFAS, mtFARD, mtFARI, mtFARS)}
-	m["EvDeadline/grace"] = mtRowSet{def: mtNoop(), rows: mtRows{}.
-		set(mtFinalTo(protocol.StatusFailed, "payment.failed", protocol.TxnErrTerminalUnreachable, mtCP), mtFP).
-		set(mtFinalTo(protocol.StatusFailed, "payment.failed", protocol.TxnErrTerminalUnreachable), mtFPU).
-		set(mtFinalTo(protocol.StatusFailed, "payment.failed", protocol.TxnErrTerminalDisconnected, mtCP), mtAllAR...)}
-	m["EvDeadline/signature"] = mtRowSet{def: mtNoop(), rows: mtRows{}.
-		set(mtTo(protocol.StatusInProgress).msg(mtPSU).cmd(mtSigCmd(false)).and(sigAnswered(false)), mtFAS).
-		set(mtNote().opens(mtSP, mtSigCmd(false)).and(sigQueued(false)), mtFARS)}
-	m["EvDeadline/command"] = mtRowSet{def: mtNoop(), rows: mtRows{}.
-		set(mtKeep().opens().and(closedCmd).and(func(t *testing.T, _, a *Txn) {
+		set(expectFinal(protocol.StatusTimedOut, "payment.timed_out", protocol.TxnErrTerminalUnreachable), sPendingUnsent).
+		set(expectFinal(protocol.StatusTimedOut, "payment.timed_out", protocol.TxnErrTerminalTimeout, aCancelPayment),
+			sDispatched, sInProgress, sAwaitingSig, sReconnectDispatched, sReconnectInProgress, sReconnectAwaitingSig)}
+	m["EvDeadline/grace"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
+		set(expectFinal(protocol.StatusFailed, "payment.failed", protocol.TxnErrTerminalUnreachable, aCancelPayment), sPending).
+		set(expectFinal(protocol.StatusFailed, "payment.failed", protocol.TxnErrTerminalUnreachable), sPendingUnsent).
+		set(expectFinal(protocol.StatusFailed, "payment.failed", protocol.TxnErrTerminalDisconnected, aCancelPayment), allAwaitingReconnect...)}
+	m["EvDeadline/signature"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
+		set(expectTo(protocol.StatusInProgress).msg(aStatusUpdate).cmd(sigCmd(false)).and(sigAnswered(false)), sAwaitingSig).
+		set(expectNote().opens(aStartPayment, sigCmd(false)).and(sigQueued(false)), sReconnectAwaitingSig)}
+	m["EvDeadline/command"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
+		set(expectKeep().opens().and(closedCmd).and(func(t *testing.T, _, a *Txn) {
 			if a.OpenCancel {
 				t.Errorf("expired cancelPayment still open")
 			}
-		}), mtOpenCancel...).
+		}), cancelOpenStates...).
 		// An unanswered void or capture is told to the POS.
-		set(mtNote().msg(mtPSU).opens().and(closedCmd), mtFAUV, mtFAUC, mtFCOV, mtFVOV)}
+		set(expectNote().msg(aStatusUpdate).opens().and(closedCmd), sAuthorizedOpenVoid, sAuthorizedOpenCapture, sCompletedOpenVoid, sVoidedAutoVoid)}
 
-	m["EvSupersede"] = mtRowSet{def: mtRefused(), rows: mtRows{}.
-		set(mtFinalTo(protocol.StatusSuperseded, "payment.superseded", "", mtCP), mtFP).
-		set(mtFinalTo(protocol.StatusSuperseded, "payment.superseded", ""), mtFPU)}
+	m["EvSupersede"] = expectedRowSet{def: expectRefused(), rows: expectedRows{}.
+		set(expectFinal(protocol.StatusSuperseded, "payment.superseded", "", aCancelPayment), sPending).
+		set(expectFinal(protocol.StatusSuperseded, "payment.superseded", ""), sPendingUnsent)}
 	return m
 }
 
 // ---------------------------------------------------------------------------
 // Helpers
 
-func mtClone(t *Txn) *Txn {
-	c := *t
+// cloneForCompare is t.Clone with a history of its own: Clone shares the
+// history's entries, and a test comparing a transaction before and after a
+// step must also see an entry changed in place.
+func cloneForCompare(t *Txn) *Txn {
+	c := t.Clone()
 	c.History = slices.Clone(t.History)
-	if t.FirstSentAt != nil {
-		v := *t.FirstSentAt
-		c.FirstSentAt = &v
-	}
-	if t.CompletedAt != nil {
-		v := *t.CompletedAt
-		c.CompletedAt = &v
-	}
-	if t.Receipts != nil {
-		v := *t.Receipts
-		c.Receipts = &v
-	}
-	if t.OpenSignature != nil {
-		v := *t.OpenSignature
-		c.OpenSignature = &v
-	}
-	if t.Result != nil {
-		r := *t.Result
-		if r.Receipts != nil {
-			v := *r.Receipts
-			r.Receipts = &v
-		}
-		if r.AmountMinor != nil {
-			v := *r.AmountMinor
-			r.AmountMinor = &v
-		}
-		c.Result = &r
-	}
-	return &c
+	return c
 }
 
-// mtTxnEqual reports whether two transactions are equal. reflect.DeepEqual
+// txnEqual reports whether two transactions are equal. reflect.DeepEqual
 // is slow under -race (checkptr), and the property test compares hundreds of
-// thousands of transactions, so it uses mtFastEqual when mtFastEqualComplete
-// has verified that mtFastEqual sees a change in every field of Txn; if a
+// thousands of transactions, so it uses fastEqual when fastEqualComplete
+// has verified that fastEqual sees a change in every field of Txn; if a
 // field was added that it does not know, it falls back to reflect.DeepEqual.
-func mtTxnEqual(a, b *Txn) bool {
-	if mtFastOK {
-		return mtFastEqual(a, b)
+func txnEqual(a, b *Txn) bool {
+	if fastOK {
+		return fastEqual(a, b)
 	}
 	return reflect.DeepEqual(a, b)
 }
 
-var mtFastOK, mtFastMissing = mtFastEqualComplete()
+var fastOK, fastMissing = fastEqualComplete()
 
-func mtPtrEqual[T comparable](a, b *T) bool {
+func ptrEqual[T comparable](a, b *T) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
 	return *a == *b
 }
 
-func mtResultEqual(a, b *protocol.PaymentResult) bool {
+func resultEqual(a, b *protocol.PaymentResult) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
 	x, y := *a, *b
-	if !mtPtrEqual(x.Receipts, y.Receipts) || !mtPtrEqual(x.AmountMinor, y.AmountMinor) {
+	if !ptrEqual(x.Receipts, y.Receipts) || !ptrEqual(x.AmountMinor, y.AmountMinor) {
 		return false
 	}
 	x.Receipts, y.Receipts, x.AmountMinor, y.AmountMinor = nil, nil, nil, nil
 	return x == y
 }
 
-func mtFastEqual(a, b *Txn) bool {
+func fastEqual(a, b *Txn) bool {
 	x, y := &a.Transaction, &b.Transaction
 	return x.ID == y.ID && x.MerchantID == y.MerchantID && x.TerminalID == y.TerminalID &&
 		x.ConnectionID == y.ConnectionID && x.Type == y.Type && x.ParentID == y.ParentID && x.Status == y.Status &&
@@ -741,33 +714,33 @@ func mtFastEqual(a, b *Txn) bool {
 		x.TimeoutSeconds == y.TimeoutSeconds && x.AuthorizedAmountMinor == y.AuthorizedAmountMinor &&
 		x.RefundedAmountMinor == y.RefundedAmountMinor && x.AuthCode == y.AuthCode && x.ResponseCode == y.ResponseCode &&
 		x.RRN == y.RRN && x.CardScheme == y.CardScheme && x.MaskedPAN == y.MaskedPAN && x.EntryMode == y.EntryMode &&
-		mtPtrEqual(x.Receipts, y.Receipts) && x.ErrorCode == y.ErrorCode && x.ErrorMessage == y.ErrorMessage &&
-		x.CreatedAt == y.CreatedAt && x.UpdatedAt == y.UpdatedAt && mtPtrEqual(x.CompletedAt, y.CompletedAt) &&
+		ptrEqual(x.Receipts, y.Receipts) && x.ErrorCode == y.ErrorCode && x.ErrorMessage == y.ErrorMessage &&
+		x.CreatedAt == y.CreatedAt && x.UpdatedAt == y.UpdatedAt && ptrEqual(x.CompletedAt, y.CompletedAt) &&
 		x.Version == y.Version && slices.Equal(x.History, y.History) && (x.History == nil) == (y.History == nil) &&
 		a.APIKeyID == b.APIKeyID && a.Rev == b.Rev && a.ResumeStatus == b.ResumeStatus && a.Acked == b.Acked &&
-		mtPtrEqual(a.FirstSentAt, b.FirstSentAt) && a.PaymentDeadline == b.PaymentDeadline &&
+		ptrEqual(a.FirstSentAt, b.FirstSentAt) && a.PaymentDeadline == b.PaymentDeadline &&
 		a.GraceDeadline == b.GraceDeadline && a.SignatureDeadline == b.SignatureDeadline &&
 		a.CommandDeadline == b.CommandDeadline && a.OpenCancel == b.OpenCancel && a.OpenVoid == b.OpenVoid &&
-		a.OpenCapture == b.OpenCapture && mtPtrEqual(a.OpenSignature, b.OpenSignature) &&
+		a.OpenCapture == b.OpenCapture && ptrEqual(a.OpenSignature, b.OpenSignature) &&
 		a.VoidConfirmed == b.VoidConfirmed && a.VoidReason == b.VoidReason && a.VoidReasonCode == b.VoidReasonCode &&
-		mtResultEqual(a.Result, b.Result) && a.ReservedRefundMinor == b.ReservedRefundMinor
+		resultEqual(a.Result, b.Result) && a.ReservedRefundMinor == b.ReservedRefundMinor
 }
 
-// mtRichTxn has every pointer set, so that every field can be changed.
-func mtRichTxn() *Txn {
-	t := mtVoidedOpen()
+// richTxn has every pointer set, so that every field can be changed.
+func richTxn() *Txn {
+	t := voidedOpenTxn()
 	amt, yes := int64(900), true
 	t.Result.AmountMinor = &amt
 	t.OpenSignature = &yes
 	t.OpenCapture, t.Rev, t.ReservedRefundMinor, t.RefundedAmountMinor = 1, 7, 3, 2
 	t.ParentID, t.Description, t.ErrorMessage, t.ResumeStatus = "p", "d", "e", protocol.StatusInProgress
-	t.PaymentDeadline, t.GraceDeadline, t.SignatureDeadline = mtNow, mtNow, mtNow
+	t.PaymentDeadline, t.GraceDeadline, t.SignatureDeadline = eventAt, eventAt, eventAt
 	return t
 }
 
-// mtFastEqualComplete changes every field of Txn (and of the structs its
-// pointers lead to) in turn and checks that mtFastEqual notices.
-func mtFastEqualComplete() (bool, string) {
+// fastEqualComplete changes every field of Txn (and of the structs its
+// pointers lead to) in turn and checks that fastEqual notices.
+func fastEqualComplete() (bool, string) {
 	timeType := reflect.TypeFor[time.Time]()
 	type leaf struct {
 		name string
@@ -790,9 +763,9 @@ func mtFastEqualComplete() (bool, string) {
 	}
 	walk(reflect.TypeFor[Txn](), "Txn", func(x *Txn) reflect.Value { return reflect.ValueOf(x).Elem() })
 
-	sample := mtRichTxn()
+	sample := richTxn()
 	for _, l := range leaves {
-		c := mtClone(sample)
+		c := cloneForCompare(sample)
 		v := l.get(c)
 		if !v.CanSet() {
 			return false, l.name
@@ -817,16 +790,16 @@ func mtFastEqualComplete() (bool, string) {
 		default:
 			return false, l.name
 		}
-		if mtFastEqual(sample, c) || reflect.DeepEqual(sample, mtRichTxn()) == false {
+		if fastEqual(sample, c) || reflect.DeepEqual(sample, richTxn()) == false {
 			return false, l.name
 		}
 	}
 	return true, ""
 }
 
-// mtCmdName names a terminal command: its action, with the accepted flag or
+// cmdName names a terminal command: its action, with the accepted flag or
 // amount when it carries one ("signatureVerified=false", "capturePayment=600").
-func mtCmdName(c any) string {
+func cmdName(c any) string {
 	switch c := c.(type) {
 	case protocol.StartPayment:
 		return c.Action
@@ -843,15 +816,15 @@ func mtCmdName(c any) string {
 	return fmt.Sprintf("%T", c)
 }
 
-func mtCmdNames(cmds []any) []string {
+func cmdNames(cmds []any) []string {
 	out := []string{}
 	for _, c := range cmds {
-		out = append(out, mtCmdName(c))
+		out = append(out, cmdName(c))
 	}
 	return out
 }
 
-func mtPOSNames(evs []protocol.POSEvent) []string {
+func posActionNames(evs []protocol.POSEvent) []string {
 	out := []string{}
 	for _, e := range evs {
 		out = append(out, e.Action)
@@ -859,19 +832,21 @@ func mtPOSNames(evs []protocol.POSEvent) []string {
 	return out
 }
 
-func mtFinalNotAuthorized(s protocol.Status) bool { return s.Final() && s != protocol.StatusAuthorized }
+func expectFinalNotAuthorized(s protocol.Status) bool {
+	return s.Final() && s != protocol.StatusAuthorized
+}
 
-// mtStepViolations checks the rules that hold for every single transition,
+// stepViolations checks the rules that hold for every single transition,
 // whatever the state and the event. It returns one line per broken rule.
-func mtStepViolations(before, after *Txn, ev Event, now time.Time, fx Effects, perr *protocol.Error) []string {
+func stepViolations(before, after *Txn, ev Event, now time.Time, fx Effects, perr *protocol.Error) []string {
 	var v []string
 	bad := func(format string, args ...any) { v = append(v, fmt.Sprintf(format, args...)) }
 
 	if perr != nil {
-		if !mtIsRequest(ev) {
+		if !isRequest(ev) {
 			bad("%T refused (%v): terminal messages and timers are never refused", ev, perr)
 		}
-		if !mtTxnEqual(before, after) {
+		if !txnEqual(before, after) {
 			bad("refused request modified the transaction")
 		}
 		if !reflect.DeepEqual(fx, Effects{}) {
@@ -914,19 +889,19 @@ func mtStepViolations(before, after *Txn, ev Event, now time.Time, fx Effects, p
 			bad("final status %s changed to %s", before.Status, after.Status)
 		}
 	}
-	if !fx.Changed && !mtTxnEqual(before, after) {
+	if !fx.Changed && !txnEqual(before, after) {
 		bad("transaction modified but Effects.Changed is false")
 	}
 
 	// POS messages.
 	if len(fx.POS) > 1 {
-		bad("%d POS messages %v, want at most one", len(fx.POS), mtPOSNames(fx.POS))
+		bad("%d POS messages %v, want at most one", len(fx.POS), posActionNames(fx.POS))
 	}
 	if statusChanged && len(fx.POS) != 1 {
-		bad("status %s → %s told the POS %v", before.Status, after.Status, mtPOSNames(fx.POS))
+		bad("status %s → %s told the POS %v", before.Status, after.Status, posActionNames(fx.POS))
 	}
 	if delta == 0 && len(fx.POS) > 0 {
-		bad("POS message %v without a version change", mtPOSNames(fx.POS))
+		bad("POS message %v without a version change", posActionNames(fx.POS))
 	}
 	for i, msg := range fx.POS {
 		if msg.Version != after.Version || msg.TransactionID != after.ID || msg.TerminalID != after.TerminalID {
@@ -940,7 +915,7 @@ func mtStepViolations(before, after *Txn, ev Event, now time.Time, fx Effects, p
 		if msg.Transaction.Version != msg.Version || msg.Transaction.ID != after.ID {
 			bad("POS %s: transaction.version %d, message version %d", msg.Action, msg.Transaction.Version, msg.Version)
 		}
-		if i == len(fx.POS)-1 && !mtTxnEqual(&Txn{Transaction: *msg.Transaction}, &Txn{Transaction: *after.Wire()}) {
+		if i == len(fx.POS)-1 && !txnEqual(&Txn{Transaction: *msg.Transaction}, &Txn{Transaction: *after.Wire()}) {
 			bad("POS %s: transaction snapshot differs from the transaction after the step", msg.Action)
 		}
 		if !msg.Timestamp.Equal(now) {
@@ -948,43 +923,43 @@ func mtStepViolations(before, after *Txn, ev Event, now time.Time, fx Effects, p
 		}
 		st := msg.Transaction.Status
 		switch msg.Action {
-		case mtPV:
+		case aPaymentVoided:
 			if st != protocol.StatusVoided {
 				bad("paymentVoided for status %s", st)
 			}
 			if msg.ReasonCode == "" || msg.Reason == "" {
 				bad("paymentVoided without reasonCode/reason: %q %q", msg.ReasonCode, msg.Reason)
 			}
-			if msg.ReasonCode == protocol.VoidLateAfterGrace && msg.Reason != mtGraceReason {
-				bad("late_after_grace reason %q, want %q", msg.Reason, mtGraceReason)
+			if msg.ReasonCode == protocol.VoidLateAfterGrace && msg.Reason != graceReason {
+				bad("late_after_grace reason %q, want %q", msg.Reason, graceReason)
 			}
 			if after.Result != nil && (msg.OriginalPaymentResponse == nil || !reflect.DeepEqual(*msg.OriginalPaymentResponse, *after.Result)) {
 				bad("paymentVoided originalPaymentResponse %+v, want the terminal's result %+v", msg.OriginalPaymentResponse, after.Result)
 			}
-		case mtPC:
-			if !mtFinalNotAuthorized(st) || st == protocol.StatusVoided {
+		case aPaymentComplete:
+			if !expectFinalNotAuthorized(st) || st == protocol.StatusVoided {
 				bad("paymentComplete for status %s", st)
 			}
-		case mtSR:
+		case aSignatureRequired:
 			if st != protocol.StatusAwaitingSignature {
 				bad("signatureRequired for status %s", st)
 			}
-		case mtPSU:
-			if statusChanged && mtFinalNotAuthorized(st) {
+		case aStatusUpdate:
+			if statusChanged && expectFinalNotAuthorized(st) {
 				bad("paymentStatusUpdate for the final status %s", st)
 			}
 		default:
 			bad("unknown POS action %q", msg.Action)
 		}
 		if statusChanged {
-			want := mtPSU
+			want := aStatusUpdate
 			switch {
 			case st == protocol.StatusVoided:
-				want = mtPV
+				want = aPaymentVoided
 			case st == protocol.StatusAwaitingSignature:
-				want = mtSR
-			case mtFinalNotAuthorized(st):
-				want = mtPC
+				want = aSignatureRequired
+			case expectFinalNotAuthorized(st):
+				want = aPaymentComplete
 			}
 			if msg.Action != want {
 				bad("status → %s told as %s, want %s", st, msg.Action, want)
@@ -1003,13 +978,13 @@ func mtStepViolations(before, after *Txn, ev Event, now time.Time, fx Effects, p
 				bad("%s for transaction %q, want %q", c.Action, c.TransactionID, after.ID)
 			}
 			switch c.Action {
-			case mtRA:
+			case aResultAck:
 				acks++
-			case mtCP:
+			case aCancelPayment:
 				if !after.OpenCancel {
 					bad("cancelPayment sent but not left open")
 				}
-			case mtVP:
+			case aVoidPayment:
 				if !after.OpenVoid || c.Reason != after.VoidReason {
 					bad("voidPayment sent (reason %q) but OpenVoid=%v VoidReason=%q", c.Reason, after.OpenVoid, after.VoidReason)
 				}
@@ -1029,8 +1004,8 @@ func mtStepViolations(before, after *Txn, ev Event, now time.Time, fx Effects, p
 		}
 	}
 	if _, isResult := ev.(EvResult); isResult {
-		if acks != 1 || mtCmdName(fx.Terminal[len(fx.Terminal)-1]) != mtRA {
-			bad("a result must be answered by exactly one resultAck, last, got %v", mtCmdNames(fx.Terminal))
+		if acks != 1 || cmdName(fx.Terminal[len(fx.Terminal)-1]) != aResultAck {
+			bad("a result must be answered by exactly one resultAck, last, got %v", cmdNames(fx.Terminal))
 		}
 	} else if acks != 0 {
 		bad("resultAck for %T", ev)
@@ -1038,7 +1013,7 @@ func mtStepViolations(before, after *Txn, ev Event, now time.Time, fx Effects, p
 
 	// Webhook, auto-void, timers.
 	wantHook := ""
-	if statusChanged && mtFinalNotAuthorized(after.Status) {
+	if statusChanged && expectFinalNotAuthorized(after.Status) {
 		wantHook = WebhookType(after.Type, after.Status)
 		if wantHook == "" {
 			bad("no webhook type for %s %s", after.Type, after.Status)
@@ -1047,10 +1022,10 @@ func mtStepViolations(before, after *Txn, ev Event, now time.Time, fx Effects, p
 	if fx.Webhook != wantHook {
 		bad("webhook %q, want %q", fx.Webhook, wantHook)
 	}
-	if fx.AutoVoid && !(statusChanged && after.Status == protocol.StatusVoided && slices.Contains(mtCmdNames(fx.Terminal), mtVP)) {
+	if fx.AutoVoid && !(statusChanged && after.Status == protocol.StatusVoided && slices.Contains(cmdNames(fx.Terminal), aVoidPayment)) {
 		bad("AutoVoid without a change to VOIDED and a voidPayment")
 	}
-	if mtFinalNotAuthorized(after.Status) {
+	if expectFinalNotAuthorized(after.Status) {
 		if !after.PaymentDeadline.IsZero() || !after.GraceDeadline.IsZero() || !after.SignatureDeadline.IsZero() || after.ResumeStatus != "" {
 			bad("final %s keeps timers: payment %v grace %v signature %v resume %q",
 				after.Status, after.PaymentDeadline, after.GraceDeadline, after.SignatureDeadline, after.ResumeStatus)
@@ -1062,13 +1037,13 @@ func mtStepViolations(before, after *Txn, ev Event, now time.Time, fx Effects, p
 	if statusChanged && after.Status == protocol.StatusAwaitingReconnect && (after.ResumeStatus == "" || after.GraceDeadline.IsZero()) {
 		bad("AWAITING_RECONNECT without ResumeStatus (%q) or grace deadline", after.ResumeStatus)
 	}
-	if !reflect.DeepEqual(fx.Entered, mtEntered(before, after)) {
-		bad("Effects.Entered %v, want %v", fx.Entered, mtEntered(before, after))
+	if !reflect.DeepEqual(fx.Entered, enteredStatuses(before, after)) {
+		bad("Effects.Entered %v, want %v", fx.Entered, enteredStatuses(before, after))
 	}
 	return v
 }
 
-func mtEntered(before, after *Txn) []protocol.Status {
+func enteredStatuses(before, after *Txn) []protocol.Status {
 	if before.Status == after.Status {
 		return nil
 	}
@@ -1079,12 +1054,12 @@ func mtEntered(before, after *Txn) []protocol.Status {
 // The table
 
 func TestApplyTable(t *testing.T) {
-	matrix := mtMatrix()
+	matrix := expectedMatrix()
 	names := map[string]bool{}
-	for _, f := range mtFixtures {
+	for _, f := range tableFixtures {
 		names[f.name] = true
 	}
-	for _, ev := range mtEvents {
+	for _, ev := range tableEvents {
 		set, ok := matrix[ev.name]
 		if !ok {
 			t.Fatalf("no expectations for event %s", ev.name)
@@ -1095,34 +1070,34 @@ func TestApplyTable(t *testing.T) {
 			}
 		}
 	}
-	if len(matrix) != len(mtEvents) {
-		t.Fatalf("matrix has %d events, the event list %d", len(matrix), len(mtEvents))
+	if len(matrix) != len(tableEvents) {
+		t.Fatalf("matrix has %d events, the event list %d", len(matrix), len(tableEvents))
 	}
 
 	cases := 0
-	for _, ev := range mtEvents {
+	for _, ev := range tableEvents {
 		set := matrix[ev.name]
-		for _, f := range mtFixtures {
+		for _, f := range tableFixtures {
 			want, ok := set.rows[f.name]
 			if !ok {
 				want = set.def
 			}
 			cases++
 			t.Run(f.name+"/"+ev.name, func(t *testing.T) {
-				mtCheckCase(t, f.mk(), ev.ev, want)
+				checkCase(t, f.mk(), ev.ev, want)
 			})
 		}
 	}
-	t.Logf("%d table cases (%d fixtures × %d events)", cases, len(mtFixtures), len(mtEvents))
+	t.Logf("%d table cases (%d fixtures × %d events)", cases, len(tableFixtures), len(tableEvents))
 }
 
-func mtCheckCase(t *testing.T, tx *Txn, ev Event, want mtExp) {
+func checkCase(t *testing.T, tx *Txn, ev Event, want expectation) {
 	t.Helper()
-	before := mtClone(tx)
-	openBefore := mtCmdNames(before.OpenCommands())
-	fx, perr := Apply(tx, ev, mtNow, mtSettings)
+	before := cloneForCompare(tx)
+	openBefore := cmdNames(before.OpenCommands())
+	fx, perr := Apply(tx, ev, eventAt, testSettings)
 
-	for _, s := range mtStepViolations(before, tx, ev, mtNow, fx, perr) {
+	for _, s := range stepViolations(before, tx, ev, eventAt, fx, perr) {
 		t.Error(s)
 	}
 	if want.err != "" {
@@ -1154,7 +1129,7 @@ func mtCheckCase(t *testing.T, tx *Txn, ev Event, want mtExp) {
 	if want.same && !reflect.DeepEqual(before, tx) {
 		t.Errorf("transaction modified, want untouched:\nbefore %+v\nafter  %+v", before, tx)
 	}
-	gotPOS := mtPOSNames(fx.POS)
+	gotPOS := posActionNames(fx.POS)
 	wantPOS := []string{}
 	if want.pos != "" {
 		wantPOS = []string{want.pos}
@@ -1162,7 +1137,7 @@ func mtCheckCase(t *testing.T, tx *Txn, ev Event, want mtExp) {
 	if !slices.Equal(gotPOS, wantPOS) {
 		t.Errorf("POS messages %v, want %v", gotPOS, wantPOS)
 	}
-	gotTerm := mtCmdNames(fx.Terminal)
+	gotTerm := cmdNames(fx.Terminal)
 	wantTerm := want.term
 	if wantTerm == nil {
 		wantTerm = []string{}
@@ -1171,12 +1146,12 @@ func mtCheckCase(t *testing.T, tx *Txn, ev Event, want mtExp) {
 		t.Errorf("terminal commands %v, want %v", gotTerm, wantTerm)
 	}
 	for _, c := range fx.Terminal {
-		if c, ok := c.(protocol.TerminalCommand); ok && c.Action == mtVP {
-			wantReason := mtVoidReason
+		if c, ok := c.(protocol.TerminalCommand); ok && c.Action == aVoidPayment {
+			wantReason := customerVoidReason
 			if strings.HasPrefix(want.reason, "late_") {
 				wantReason = tx.VoidReason
-				if want.reason == protocol.VoidLateAfterGrace && wantReason != mtGraceReason {
-					t.Errorf("auto-void voidPayment reason %q, want %q", wantReason, mtGraceReason)
+				if want.reason == protocol.VoidLateAfterGrace && wantReason != graceReason {
+					t.Errorf("auto-void voidPayment reason %q, want %q", wantReason, graceReason)
 				}
 			}
 			if c.Reason != wantReason || c.Reason == "" {
@@ -1191,7 +1166,7 @@ func mtCheckCase(t *testing.T, tx *Txn, ev Event, want mtExp) {
 			wantOpen = []string{}
 		}
 	}
-	if got := mtCmdNames(tx.OpenCommands()); !slices.Equal(got, wantOpen) {
+	if got := cmdNames(tx.OpenCommands()); !slices.Equal(got, wantOpen) {
 		t.Errorf("OpenCommands() %v, want %v", got, wantOpen)
 	}
 	if got := tx.HasOpenCommands(); got != (len(wantOpen) > 0) {
@@ -1225,26 +1200,26 @@ func mtCheckCase(t *testing.T, tx *Txn, ev Event, want mtExp) {
 // ---------------------------------------------------------------------------
 // Scenarios for the key rules
 
-type mtStep struct {
+type timedEvent struct {
 	ev   Event
-	at   time.Duration // since mtT0
+	at   time.Duration // since fixturesCreatedAt
 	want protocol.Status
 }
 
-// mtRun applies steps, checking the per-step rules and the resulting status
+// applySteps applies steps, checking the per-step rules and the resulting status
 // of each; it returns the effects of the last step.
-func mtRun(t *testing.T, tx *Txn, steps ...mtStep) Effects {
+func applySteps(t *testing.T, tx *Txn, steps ...timedEvent) Effects {
 	t.Helper()
 	var fx Effects
 	for i, s := range steps {
-		before := mtClone(tx)
-		now := mtT0.Add(s.at)
+		before := cloneForCompare(tx)
+		now := fixturesCreatedAt.Add(s.at)
 		var perr *protocol.Error
-		fx, perr = Apply(tx, s.ev, now, mtSettings)
+		fx, perr = Apply(tx, s.ev, now, testSettings)
 		if perr != nil {
 			t.Fatalf("step %d %T: refused: %v", i, s.ev, perr)
 		}
-		for _, v := range mtStepViolations(before, tx, s.ev, now, fx, perr) {
+		for _, v := range stepViolations(before, tx, s.ev, now, fx, perr) {
 			t.Errorf("step %d %T: %s", i, s.ev, v)
 		}
 		if s.want != "" && tx.Status != s.want {
@@ -1255,45 +1230,45 @@ func mtRun(t *testing.T, tx *Txn, steps ...mtStep) Effects {
 }
 
 func TestApplyManualCaptureLifecycle(t *testing.T) {
-	tx := mtBase()
+	tx := baseTxn()
 	tx.CaptureMode = protocol.CaptureManual
-	approved := mtResult(protocol.OutcomeApproved)
+	approved := resultWith(protocol.OutcomeApproved)
 
-	mtRun(t, tx,
-		mtStep{EvCommandReceived{}, time.Second, protocol.StatusDispatched},
-		mtStep{EvProgress{Stage: "pin_entry"}, 2 * time.Second, protocol.StatusInProgress})
-	fx := mtRun(t, tx, mtStep{EvResult{Result: approved}, 3 * time.Second, protocol.StatusAuthorized})
-	if got := mtPOSNames(fx.POS); !slices.Equal(got, []string{mtPSU}) || fx.Webhook != "" || tx.Version != 4 {
+	applySteps(t, tx,
+		timedEvent{EvCommandReceived{}, time.Second, protocol.StatusDispatched},
+		timedEvent{EvProgress{Stage: "pin_entry"}, 2 * time.Second, protocol.StatusInProgress})
+	fx := applySteps(t, tx, timedEvent{EvResult{Result: approved}, 3 * time.Second, protocol.StatusAuthorized})
+	if got := posActionNames(fx.POS); !slices.Equal(got, []string{aStatusUpdate}) || fx.Webhook != "" || tx.Version != 4 {
 		t.Fatalf("AUTHORIZED: POS %v webhook %q version %d; want [paymentStatusUpdate], no webhook, 4", got, fx.Webhook, tx.Version)
 	}
 	if tx.AuthorizedAmountMinor != 1000 || len(tx.OpenCommands()) != 0 || tx.Active() {
-		t.Fatalf("AUTHORIZED: authorized %d, open %v, active %v", tx.AuthorizedAmountMinor, mtCmdNames(tx.OpenCommands()), tx.Active())
+		t.Fatalf("AUTHORIZED: authorized %d, open %v, active %v", tx.AuthorizedAmountMinor, cmdNames(tx.OpenCommands()), tx.Active())
 	}
 
-	fx = mtRun(t, tx, mtStep{EvCapture{}, 10 * time.Second, protocol.StatusAuthorized})
-	if got := mtCmdNames(fx.Terminal); !slices.Equal(got, []string{"capturePayment=1000"}) || tx.Version != 4 || len(fx.POS) != 0 {
-		t.Fatalf("capture: terminal %v version %d POS %v", got, tx.Version, mtPOSNames(fx.POS))
+	fx = applySteps(t, tx, timedEvent{EvCapture{}, 10 * time.Second, protocol.StatusAuthorized})
+	if got := cmdNames(fx.Terminal); !slices.Equal(got, []string{"capturePayment=1000"}) || tx.Version != 4 || len(fx.POS) != 0 {
+		t.Fatalf("capture: terminal %v version %d POS %v", got, tx.Version, posActionNames(fx.POS))
 	}
 	// A repeated capture while the first is open answers without a new command.
-	if fx, perr := Apply(tx, EvCapture{}, mtT0.Add(11*time.Second), mtSettings); perr != nil || len(fx.Terminal) != 0 || len(fx.POS) != 0 {
+	if fx, perr := Apply(tx, EvCapture{}, fixturesCreatedAt.Add(11*time.Second), testSettings); perr != nil || len(fx.Terminal) != 0 || len(fx.POS) != 0 {
 		t.Fatalf("repeated capture: %v %+v", perr, fx)
 	}
-	fx = mtRun(t, tx, mtStep{EvCaptureResult{OK: true}, 12 * time.Second, protocol.StatusCompleted})
-	if got := mtPOSNames(fx.POS); !slices.Equal(got, []string{mtPC}) || fx.Webhook != "payment.completed" || tx.Version != 5 {
+	fx = applySteps(t, tx, timedEvent{EvCaptureResult{OK: true}, 12 * time.Second, protocol.StatusCompleted})
+	if got := posActionNames(fx.POS); !slices.Equal(got, []string{aPaymentComplete}) || fx.Webhook != "payment.completed" || tx.Version != 5 {
 		t.Fatalf("captured: POS %v webhook %q version %d", got, fx.Webhook, tx.Version)
 	}
 	// Capturing a captured sale answers it again.
-	if fx, perr := Apply(tx, EvCapture{}, mtT0.Add(13*time.Second), mtSettings); perr != nil || !reflect.DeepEqual(fx, Effects{}) {
+	if fx, perr := Apply(tx, EvCapture{}, fixturesCreatedAt.Add(13*time.Second), testSettings); perr != nil || !reflect.DeepEqual(fx, Effects{}) {
 		t.Fatalf("capture of a captured sale: %v %+v", perr, fx)
 	}
 
 	// Void the captured sale.
-	fx = mtRun(t, tx, mtStep{EvVoid{Reason: "wrong item"}, 20 * time.Second, protocol.StatusCompleted})
-	if got := mtCmdNames(fx.Terminal); !slices.Equal(got, []string{mtVP}) || tx.Version != 5 {
+	fx = applySteps(t, tx, timedEvent{EvVoid{Reason: "wrong item"}, 20 * time.Second, protocol.StatusCompleted})
+	if got := cmdNames(fx.Terminal); !slices.Equal(got, []string{aVoidPayment}) || tx.Version != 5 {
 		t.Fatalf("void: terminal %v version %d", got, tx.Version)
 	}
-	fx = mtRun(t, tx, mtStep{EvVoidResult{OK: true}, 21 * time.Second, protocol.StatusVoided})
-	if len(fx.POS) != 1 || fx.POS[0].Action != mtPV || fx.POS[0].ReasonCode != protocol.VoidRequested || fx.Webhook != "payment.voided" {
+	fx = applySteps(t, tx, timedEvent{EvVoidResult{OK: true}, 21 * time.Second, protocol.StatusVoided})
+	if len(fx.POS) != 1 || fx.POS[0].Action != aPaymentVoided || fx.POS[0].ReasonCode != protocol.VoidRequested || fx.Webhook != "payment.voided" {
 		t.Fatalf("voided: %+v webhook %q", fx.POS, fx.Webhook)
 	}
 	if op := fx.POS[0].OriginalPaymentResponse; op == nil || !reflect.DeepEqual(*op, approved) {
@@ -1325,13 +1300,13 @@ func TestApplyCaptureAmounts(t *testing.T) {
 		{"partial authorization: above it", &partial, 900, true, 0, 0, 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			tx := mtInProgress()
+			tx := inProgressTxn()
 			tx.CaptureMode = protocol.CaptureManual
-			r := mtResult(protocol.OutcomeApproved)
+			r := resultWith(protocol.OutcomeApproved)
 			r.AmountMinor = c.authorized
-			mtRun(t, tx, mtStep{EvResult{Result: r}, time.Second, protocol.StatusAuthorized})
-			before := mtClone(tx)
-			fx, perr := Apply(tx, EvCapture{AmountMinor: c.capture}, mtNow, mtSettings)
+			applySteps(t, tx, timedEvent{EvResult{Result: r}, time.Second, protocol.StatusAuthorized})
+			before := cloneForCompare(tx)
+			fx, perr := Apply(tx, EvCapture{AmountMinor: c.capture}, eventAt, testSettings)
 			if c.wantErr {
 				if perr == nil || perr.Code != protocol.CodeInvalidRequest || perr.Field != "amountMinor" {
 					t.Fatalf("capture %d of %d authorized: %v, want invalid_request amountMinor", c.capture, tx.AuthorizedAmountMinor, perr)
@@ -1344,10 +1319,10 @@ func TestApplyCaptureAmounts(t *testing.T) {
 			if perr != nil {
 				t.Fatal(perr)
 			}
-			if got := mtCmdNames(fx.Terminal); !slices.Equal(got, []string{"capturePayment=" + strconv.FormatInt(c.wantCmd, 10)}) {
+			if got := cmdNames(fx.Terminal); !slices.Equal(got, []string{"capturePayment=" + strconv.FormatInt(c.wantCmd, 10)}) {
 				t.Fatalf("terminal %v, want capturePayment=%d", got, c.wantCmd)
 			}
-			mtRun(t, tx, mtStep{EvCaptureResult{OK: true, AmountMinor: c.reported}, time.Minute, protocol.StatusCompleted})
+			applySteps(t, tx, timedEvent{EvCaptureResult{OK: true, AmountMinor: c.reported}, time.Minute, protocol.StatusCompleted})
 			if tx.AmountMinor != c.wantAmount || tx.Amount != protocol.FormatAmount(c.wantAmount, "USD") {
 				t.Fatalf("captured %d %q, want %d", tx.AmountMinor, tx.Amount, c.wantAmount)
 			}
@@ -1356,13 +1331,13 @@ func TestApplyCaptureAmounts(t *testing.T) {
 }
 
 func TestApplyRefusedCaptureAndVoid(t *testing.T) {
-	refund := mtCompleted()
+	refund := completedTxn()
 	refund.Type, refund.ParentID = protocol.TypeRefund, "txn_sale"
-	refunded := mtCompleted()
+	refunded := completedTxn()
 	refunded.RefundedAmountMinor = 200
-	reserved := mtCompleted()
+	reserved := completedTxn()
 	reserved.ReservedRefundMinor = 300
-	authRefunded := mtAuthorized()
+	authRefunded := authorizedTxn()
 	authRefunded.ReservedRefundMinor = 1
 	for name, c := range map[string]struct {
 		tx *Txn
@@ -1372,13 +1347,13 @@ func TestApplyRefusedCaptureAndVoid(t *testing.T) {
 		"void a sale with refunds":           {refunded, EvVoid{}},
 		"void a sale with a pending refund":  {reserved, EvVoid{}},
 		"void AUTHORIZED with reserved":      {authRefunded, EvVoid{}},
-		"capture a COMPLETED auto-mode sale": {mtCompleted(), EvCapture{}},
-		"capture a VOIDED sale":              {mtVoided(), EvCapture{AmountMinor: 5}},
-		"capture IN_PROGRESS":                {mtInProgress(), EvCapture{}},
+		"capture a COMPLETED auto-mode sale": {completedTxn(), EvCapture{}},
+		"capture a VOIDED sale":              {voidedTxn(), EvCapture{AmountMinor: 5}},
+		"capture IN_PROGRESS":                {inProgressTxn(), EvCapture{}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			before := mtClone(c.tx)
-			fx, perr := Apply(c.tx, c.ev, mtNow, mtSettings)
+			before := cloneForCompare(c.tx)
+			fx, perr := Apply(c.tx, c.ev, eventAt, testSettings)
 			if perr == nil || perr.Code != protocol.CodeInvalidState || perr.Field != "transactionId" {
 				t.Fatalf("%v, want invalid_state transactionId", perr)
 			}
@@ -1390,11 +1365,11 @@ func TestApplyRefusedCaptureAndVoid(t *testing.T) {
 }
 
 func TestApplyManualRefundApprovalCompletes(t *testing.T) {
-	tx := mtInProgress()
+	tx := inProgressTxn()
 	tx.Type, tx.ParentID, tx.CaptureMode = protocol.TypeRefund, "txn_sale", protocol.CaptureManual
-	fx := mtRun(t, tx, mtStep{EvResult{Result: mtResult(protocol.OutcomeApproved)}, time.Second, protocol.StatusCompleted})
-	if fx.Webhook != "refund.completed" || len(fx.POS) != 1 || fx.POS[0].Action != mtPC {
-		t.Fatalf("refund approval: webhook %q POS %v", fx.Webhook, mtPOSNames(fx.POS))
+	fx := applySteps(t, tx, timedEvent{EvResult{Result: resultWith(protocol.OutcomeApproved)}, time.Second, protocol.StatusCompleted})
+	if fx.Webhook != "refund.completed" || len(fx.POS) != 1 || fx.POS[0].Action != aPaymentComplete {
+		t.Fatalf("refund approval: webhook %q POS %v", fx.Webhook, posActionNames(fx.POS))
 	}
 }
 
@@ -1404,39 +1379,39 @@ func TestApplyLateApprovalAutoVoid(t *testing.T) {
 		mk      func() *Txn
 		code    string
 	}{
-		{mtFFD, mtFailedDisconnected, protocol.VoidLateAfterGrace},
-		{"FAILED(terminal_unreachable)", mtFailedUnreachable, protocol.VoidLateAfterGrace},
-		{mtFTO, mtTimedOut, protocol.VoidLateAfterTimeout},
-		{mtFCA, mtCancelled, protocol.VoidLateAfterCancel},
-		{mtFSU, mtSuperseded, protocol.VoidLateAfterSupersede},
-		{mtFDE, mtDeclined, protocol.VoidLateAfterDecline},
-		{mtFFE, mtFailedError, protocol.VoidLateAfterDecline},
+		{sFailedDisconnected, failedDisconnectedTxn, protocol.VoidLateAfterGrace},
+		{"FAILED(terminal_unreachable)", failedUnreachableTxn, protocol.VoidLateAfterGrace},
+		{sTimedOut, timedOutTxn, protocol.VoidLateAfterTimeout},
+		{sCancelled, cancelledTxn, protocol.VoidLateAfterCancel},
+		{sSuperseded, supersededTxn, protocol.VoidLateAfterSupersede},
+		{sDeclined, declinedTxn, protocol.VoidLateAfterDecline},
+		{sFailedError, failedErrorTxn, protocol.VoidLateAfterDecline},
 	} {
 		for _, typ := range []string{protocol.TypeSale, protocol.TypeRefund} {
 			t.Run(c.fixture+"/"+typ, func(t *testing.T) {
 				tx := c.mk()
 				tx.Type = typ
 				errBefore := tx.ErrorCode
-				late := mtResult(protocol.OutcomeApproved)
+				late := resultWith(protocol.OutcomeApproved)
 				late.AuthCode = "LATE01"
-				fx := mtRun(t, tx, mtStep{EvResult{Result: late}, 5 * time.Minute, protocol.StatusVoided})
+				fx := applySteps(t, tx, timedEvent{EvResult{Result: late}, 5 * time.Minute, protocol.StatusVoided})
 
 				wantHook := map[string]string{protocol.TypeSale: "payment.voided", protocol.TypeRefund: "refund.voided"}[typ]
 				if !fx.AutoVoid || fx.Webhook != wantHook {
 					t.Errorf("AutoVoid %v webhook %q, want true %s", fx.AutoVoid, fx.Webhook, wantHook)
 				}
-				if got := mtCmdNames(fx.Terminal); !slices.Equal(got, []string{mtVP, mtRA}) {
+				if got := cmdNames(fx.Terminal); !slices.Equal(got, []string{aVoidPayment, aResultAck}) {
 					t.Errorf("terminal %v, want [voidPayment resultAck]", got)
 				}
 				if len(fx.POS) != 1 {
-					t.Fatalf("POS %v", mtPOSNames(fx.POS))
+					t.Fatalf("POS %v", posActionNames(fx.POS))
 				}
 				msg := fx.POS[0]
-				if msg.Action != mtPV || msg.ReasonCode != c.code || msg.Reason == "" {
+				if msg.Action != aPaymentVoided || msg.ReasonCode != c.code || msg.Reason == "" {
 					t.Errorf("POS %s reasonCode %q reason %q, want paymentVoided %s", msg.Action, msg.ReasonCode, msg.Reason, c.code)
 				}
-				if c.code == protocol.VoidLateAfterGrace && msg.Reason != mtGraceReason {
-					t.Errorf("reason %q, want %q", msg.Reason, mtGraceReason)
+				if c.code == protocol.VoidLateAfterGrace && msg.Reason != graceReason {
+					t.Errorf("reason %q, want %q", msg.Reason, graceReason)
 				}
 				if vp := fx.Terminal[0].(protocol.TerminalCommand); vp.Reason != msg.Reason {
 					t.Errorf("voidPayment reason %q, paymentVoided reason %q", vp.Reason, msg.Reason)
@@ -1450,18 +1425,18 @@ func TestApplyLateApprovalAutoVoid(t *testing.T) {
 				v := tx.Version
 
 				// The terminal repeats the approval: resultAck only.
-				fx = mtRun(t, tx, mtStep{EvResult{Result: late}, 6 * time.Minute, protocol.StatusVoided})
-				if got := mtCmdNames(fx.Terminal); !slices.Equal(got, []string{mtRA}) || len(fx.POS) != 0 || tx.Version != v || fx.Changed {
-					t.Errorf("repeat: terminal %v POS %v version %d→%d changed %v", got, mtPOSNames(fx.POS), v, tx.Version, fx.Changed)
+				fx = applySteps(t, tx, timedEvent{EvResult{Result: late}, 6 * time.Minute, protocol.StatusVoided})
+				if got := cmdNames(fx.Terminal); !slices.Equal(got, []string{aResultAck}) || len(fx.POS) != 0 || tx.Version != v || fx.Changed {
+					t.Errorf("repeat: terminal %v POS %v version %d→%d changed %v", got, posActionNames(fx.POS), v, tx.Version, fx.Changed)
 				}
 				// The voidResult closes the voidPayment without a new version.
-				fx = mtRun(t, tx, mtStep{EvVoidResult{OK: true}, 7 * time.Minute, protocol.StatusVoided})
+				fx = applySteps(t, tx, timedEvent{EvVoidResult{OK: true}, 7 * time.Minute, protocol.StatusVoided})
 				if len(fx.POS) != 0 || tx.Version != v || tx.OpenVoid || len(tx.OpenCommands()) != 0 || !tx.CommandDeadline.IsZero() {
-					t.Errorf("voidResult: POS %v version %d open %v", mtPOSNames(fx.POS), tx.Version, mtCmdNames(tx.OpenCommands()))
+					t.Errorf("voidResult: POS %v version %d open %v", posActionNames(fx.POS), tx.Version, cmdNames(tx.OpenCommands()))
 				}
 				// …and the approval once more after that.
-				fx = mtRun(t, tx, mtStep{EvResult{Result: late}, 8 * time.Minute, protocol.StatusVoided})
-				if got := mtCmdNames(fx.Terminal); !slices.Equal(got, []string{mtRA}) || tx.Version != v {
+				fx = applySteps(t, tx, timedEvent{EvResult{Result: late}, 8 * time.Minute, protocol.StatusVoided})
+				if got := cmdNames(fx.Terminal); !slices.Equal(got, []string{aResultAck}) || tx.Version != v {
 					t.Errorf("repeat after voidResult: terminal %v version %d", got, tx.Version)
 				}
 			})
@@ -1474,13 +1449,13 @@ func TestApplyRepeatedResultIsHarmless(t *testing.T) {
 	for _, first := range outcomes {
 		for _, capture := range []string{protocol.CaptureAuto, protocol.CaptureManual} {
 			t.Run(first+"/"+capture, func(t *testing.T) {
-				tx := mtInProgress()
+				tx := inProgressTxn()
 				tx.CaptureMode = capture
-				r := mtResult(first)
-				mtRun(t, tx, mtStep{EvResult{Result: r}, time.Second, ""})
-				after := mtClone(tx)
-				fx, perr := Apply(tx, EvResult{Result: r}, mtT0.Add(2*time.Second), mtSettings)
-				if perr != nil || !slices.Equal(mtCmdNames(fx.Terminal), []string{mtRA}) || len(fx.POS) != 0 ||
+				r := resultWith(first)
+				applySteps(t, tx, timedEvent{EvResult{Result: r}, time.Second, ""})
+				after := cloneForCompare(tx)
+				fx, perr := Apply(tx, EvResult{Result: r}, fixturesCreatedAt.Add(2*time.Second), testSettings)
+				if perr != nil || !slices.Equal(cmdNames(fx.Terminal), []string{aResultAck}) || len(fx.POS) != 0 ||
 					fx.Webhook != "" || fx.Changed || fx.AutoVoid || !reflect.DeepEqual(after, tx) {
 					t.Fatalf("repeated %s result: %v %+v", first, perr, fx)
 				}
@@ -1493,35 +1468,35 @@ func TestApplyCancelRules(t *testing.T) {
 	for _, mk := range []struct {
 		name string
 		mk   func() *Txn
-	}{{mtFP, mtBase}, {mtFD, mtDispatched}, {mtFARD, mtAR(mtDispatched)}} {
+	}{{sPending, baseTxn}, {sDispatched, dispatchedTxn}, {sReconnectDispatched, awaitingReconnect(dispatchedTxn)}} {
 		t.Run(mk.name, func(t *testing.T) {
 			tx := mk.mk()
-			fx := mtRun(t, tx, mtStep{EvCancel{}, time.Second, protocol.StatusCancelled})
-			if !slices.Equal(mtCmdNames(fx.Terminal), []string{mtCP}) || fx.Webhook != "payment.cancelled" || tx.Active() {
-				t.Fatalf("cancel: terminal %v webhook %q active %v", mtCmdNames(fx.Terminal), fx.Webhook, tx.Active())
+			fx := applySteps(t, tx, timedEvent{EvCancel{}, time.Second, protocol.StatusCancelled})
+			if !slices.Equal(cmdNames(fx.Terminal), []string{aCancelPayment}) || fx.Webhook != "payment.cancelled" || tx.Active() {
+				t.Fatalf("cancel: terminal %v webhook %q active %v", cmdNames(fx.Terminal), fx.Webhook, tx.Active())
 			}
 			v := tx.Version
 			// Cancelling again answers without error and without change.
-			before := mtClone(tx)
-			fx, perr := Apply(tx, EvCancel{}, mtT0.Add(2*time.Second), mtSettings)
+			before := cloneForCompare(tx)
+			fx, perr := Apply(tx, EvCancel{}, fixturesCreatedAt.Add(2*time.Second), testSettings)
 			if perr != nil || !reflect.DeepEqual(fx, Effects{}) || !reflect.DeepEqual(before, tx) {
 				t.Fatalf("second cancel: %v %+v", perr, fx)
 			}
 			// The terminal's own cancelled result is a duplicate.
-			fx = mtRun(t, tx, mtStep{EvResult{Result: mtResult(protocol.OutcomeCancelled)}, 3 * time.Second, protocol.StatusCancelled})
+			fx = applySteps(t, tx, timedEvent{EvResult{Result: resultWith(protocol.OutcomeCancelled)}, 3 * time.Second, protocol.StatusCancelled})
 			if tx.Version != v || len(fx.POS) != 0 || tx.OpenCancel || len(tx.OpenCommands()) != 0 {
-				t.Fatalf("duplicate cancelled result: version %d→%d POS %v open %v", v, tx.Version, mtPOSNames(fx.POS), mtCmdNames(tx.OpenCommands()))
+				t.Fatalf("duplicate cancelled result: version %d→%d POS %v open %v", v, tx.Version, posActionNames(fx.POS), cmdNames(tx.OpenCommands()))
 			}
 			// A later approval is auto-voided.
-			fx = mtRun(t, tx, mtStep{EvResult{Result: mtResult(protocol.OutcomeApproved)}, 4 * time.Second, protocol.StatusVoided})
+			fx = applySteps(t, tx, timedEvent{EvResult{Result: resultWith(protocol.OutcomeApproved)}, 4 * time.Second, protocol.StatusVoided})
 			if len(fx.POS) != 1 || fx.POS[0].ReasonCode != protocol.VoidLateAfterCancel {
 				t.Fatalf("late approval: %+v", fx.POS)
 			}
 		})
 	}
-	for _, name := range []string{mtFIP, mtFAS, mtFARI, mtFARS, mtFAU, mtFCO, mtFDE, mtFFD, mtFTO, mtFSU, mtFVO} {
-		tx := mtFixtureByName(name)()
-		if _, perr := Apply(tx, EvCancel{}, mtNow, mtSettings); perr == nil || perr.Code != protocol.CodeInvalidState || perr.Field != "transactionId" {
+	for _, name := range []string{sInProgress, sAwaitingSig, sReconnectInProgress, sReconnectAwaitingSig, sAuthorized, sCompleted, sDeclined, sFailedDisconnected, sTimedOut, sSuperseded, sVoided} {
+		tx := fixtureByName(name)()
+		if _, perr := Apply(tx, EvCancel{}, eventAt, testSettings); perr == nil || perr.Code != protocol.CodeInvalidState || perr.Field != "transactionId" {
 			t.Errorf("cancel from %s: %v, want invalid_state transactionId", name, perr)
 		}
 	}
@@ -1538,30 +1513,30 @@ func TestApplyPaymentTimeout(t *testing.T) {
 		{"commandReceived", []Event{EvCommandReceived{}}, protocol.TxnErrTerminalTimeout},
 		{"progress without commandReceived", []Event{EvProgress{Stage: "card_presented"}}, protocol.TxnErrTerminalTimeout},
 		{"signatureRequired without commandReceived", []Event{EvSignatureRequired{}}, protocol.TxnErrTerminalTimeout},
-		{"acknowledged, then dropped", []Event{EvCommandReceived{}, EvTerminalDropped{GraceUntil: mtT0.Add(time.Hour)}}, protocol.TxnErrTerminalTimeout},
-		{"never acknowledged, dropped (PENDING waits)", []Event{EvTerminalDropped{GraceUntil: mtT0.Add(time.Hour)}}, protocol.TxnErrTerminalUnreachable},
-		{"dropped in signature, answered meanwhile", []Event{EvCommandReceived{}, EvSignatureRequired{}, EvTerminalDropped{GraceUntil: mtT0.Add(time.Hour)}, EvSignatureAnswer{Accepted: true}}, protocol.TxnErrTerminalTimeout},
+		{"acknowledged, then dropped", []Event{EvCommandReceived{}, EvTerminalDropped{GraceUntil: fixturesCreatedAt.Add(time.Hour)}}, protocol.TxnErrTerminalTimeout},
+		{"never acknowledged, dropped (PENDING waits)", []Event{EvTerminalDropped{GraceUntil: fixturesCreatedAt.Add(time.Hour)}}, protocol.TxnErrTerminalUnreachable},
+		{"dropped in signature, answered meanwhile", []Event{EvCommandReceived{}, EvSignatureRequired{}, EvTerminalDropped{GraceUntil: fixturesCreatedAt.Add(time.Hour)}, EvSignatureAnswer{Accepted: true}}, protocol.TxnErrTerminalTimeout},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			tx := mtBase()
+			tx := baseTxn()
 			for i, ev := range c.steps {
-				mtRun(t, tx, mtStep{ev, time.Duration(i+1) * time.Second, ""})
+				applySteps(t, tx, timedEvent{ev, time.Duration(i+1) * time.Second, ""})
 			}
-			fx := mtRun(t, tx, mtStep{timeout, 180 * time.Second, protocol.StatusTimedOut})
-			if tx.ErrorCode != c.want || fx.Webhook != "payment.timed_out" || !slices.Equal(mtCmdNames(fx.Terminal), []string{mtCP}) {
-				t.Fatalf("errorCode %q webhook %q terminal %v, want %s", tx.ErrorCode, fx.Webhook, mtCmdNames(fx.Terminal), c.want)
+			fx := applySteps(t, tx, timedEvent{timeout, 180 * time.Second, protocol.StatusTimedOut})
+			if tx.ErrorCode != c.want || fx.Webhook != "payment.timed_out" || !slices.Equal(cmdNames(fx.Terminal), []string{aCancelPayment}) {
+				t.Fatalf("errorCode %q webhook %q terminal %v, want %s", tx.ErrorCode, fx.Webhook, cmdNames(fx.Terminal), c.want)
 			}
-			if len(fx.POS) != 1 || fx.POS[0].Action != mtPC {
-				t.Fatalf("POS %v", mtPOSNames(fx.POS))
+			if len(fx.POS) != 1 || fx.POS[0].Action != aPaymentComplete {
+				t.Fatalf("POS %v", posActionNames(fx.POS))
 			}
 			// The grace deadline that would have fallen later changes nothing.
-			before := mtClone(tx)
-			fx, _ = Apply(tx, EvDeadline{Kind: DeadlineGrace}, mtT0.Add(time.Hour), mtSettings)
+			before := cloneForCompare(tx)
+			fx, _ = Apply(tx, EvDeadline{Kind: DeadlineGrace}, fixturesCreatedAt.Add(time.Hour), testSettings)
 			if tx.Status != protocol.StatusTimedOut || tx.Version != before.Version || len(fx.POS) != 0 || len(fx.Terminal) != 0 {
 				t.Fatalf("late grace deadline: %s v%d %+v", tx.Status, tx.Version, fx)
 			}
 			// A late approval is auto-voided.
-			fx = mtRun(t, tx, mtStep{EvResult{Result: mtResult(protocol.OutcomeApproved)}, 2 * time.Hour, protocol.StatusVoided})
+			fx = applySteps(t, tx, timedEvent{EvResult{Result: resultWith(protocol.OutcomeApproved)}, 2 * time.Hour, protocol.StatusVoided})
 			if fx.POS[0].ReasonCode != protocol.VoidLateAfterTimeout {
 				t.Fatalf("reasonCode %q", fx.POS[0].ReasonCode)
 			}
@@ -1570,27 +1545,27 @@ func TestApplyPaymentTimeout(t *testing.T) {
 }
 
 func TestApplyTimeoutStartsAtFirstSend(t *testing.T) {
-	tx := mtPendingUnsent()
+	tx := pendingUnsentTxn()
 	tx.TimeoutSeconds = 30
-	first := mtT0.Add(10 * time.Second)
-	if _, perr := Apply(tx, EvSent{ConnectionID: "conn_b"}, first, mtSettings); perr != nil {
+	first := fixturesCreatedAt.Add(10 * time.Second)
+	if _, perr := Apply(tx, EvSent{ConnectionID: "conn_b"}, first, testSettings); perr != nil {
 		t.Fatal(perr)
 	}
 	if tx.PaymentDeadline != first.Add(30*time.Second) {
 		t.Fatalf("PaymentDeadline %v, want first send + 30s", tx.PaymentDeadline)
 	}
 	// Dropped and sent again after reconnecting: the deadline stays.
-	mtRun(t, tx,
-		mtStep{EvTerminalDropped{GraceUntil: mtT0.Add(time.Minute)}, 12 * time.Second, protocol.StatusPending},
-		mtStep{EvTerminalBack{ConnectionID: "conn_c"}, 15 * time.Second, protocol.StatusPending},
-		mtStep{EvSent{ConnectionID: "conn_c"}, 15 * time.Second, protocol.StatusPending})
+	applySteps(t, tx,
+		timedEvent{EvTerminalDropped{GraceUntil: fixturesCreatedAt.Add(time.Minute)}, 12 * time.Second, protocol.StatusPending},
+		timedEvent{EvTerminalBack{ConnectionID: "conn_c"}, 15 * time.Second, protocol.StatusPending},
+		timedEvent{EvSent{ConnectionID: "conn_c"}, 15 * time.Second, protocol.StatusPending})
 	if tx.PaymentDeadline != first.Add(30*time.Second) || !tx.FirstSentAt.Equal(first) || tx.ConnectionID != "conn_c" {
 		t.Fatalf("after a re-send: PaymentDeadline %v FirstSentAt %v conn %q", tx.PaymentDeadline, tx.FirstSentAt, tx.ConnectionID)
 	}
 }
 
 func TestApplyGraceExpiry(t *testing.T) {
-	grace := mtT0.Add(60 * time.Second)
+	grace := fixturesCreatedAt.Add(60 * time.Second)
 	for _, c := range []struct {
 		name   string
 		before []Event
@@ -1603,25 +1578,25 @@ func TestApplyGraceExpiry(t *testing.T) {
 		{"AWAITING_SIGNATURE", []Event{EvCommandReceived{}, EvSignatureRequired{}}, protocol.StatusAwaitingReconnect, protocol.TxnErrTerminalDisconnected},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			tx := mtBase()
+			tx := baseTxn()
 			for i, ev := range c.before {
-				mtRun(t, tx, mtStep{ev, time.Duration(i+1) * time.Second, ""})
+				applySteps(t, tx, timedEvent{ev, time.Duration(i+1) * time.Second, ""})
 			}
-			mtRun(t, tx, mtStep{EvTerminalDropped{GraceUntil: grace}, 5 * time.Second, c.status})
+			applySteps(t, tx, timedEvent{EvTerminalDropped{GraceUntil: grace}, 5 * time.Second, c.status})
 			if tx.GraceDeadline != grace {
 				t.Fatalf("GraceDeadline %v, want %v", tx.GraceDeadline, grace)
 			}
-			fx := mtRun(t, tx, mtStep{EvDeadline{Kind: DeadlineGrace}, 60 * time.Second, protocol.StatusFailed})
-			if tx.ErrorCode != c.code || fx.Webhook != "payment.failed" || len(fx.POS) != 1 || fx.POS[0].Action != mtPC {
-				t.Fatalf("errorCode %q webhook %q POS %v, want %s", tx.ErrorCode, fx.Webhook, mtPOSNames(fx.POS), c.code)
+			fx := applySteps(t, tx, timedEvent{EvDeadline{Kind: DeadlineGrace}, 60 * time.Second, protocol.StatusFailed})
+			if tx.ErrorCode != c.code || fx.Webhook != "payment.failed" || len(fx.POS) != 1 || fx.POS[0].Action != aPaymentComplete {
+				t.Fatalf("errorCode %q webhook %q POS %v, want %s", tx.ErrorCode, fx.Webhook, posActionNames(fx.POS), c.code)
 			}
-			if !slices.Equal(mtCmdNames(fx.Terminal), []string{mtCP}) || !slices.Equal(mtCmdNames(tx.OpenCommands()), []string{mtCP}) {
-				t.Fatalf("terminal %v open %v, want cancelPayment sent and left open", mtCmdNames(fx.Terminal), mtCmdNames(tx.OpenCommands()))
+			if !slices.Equal(cmdNames(fx.Terminal), []string{aCancelPayment}) || !slices.Equal(cmdNames(tx.OpenCommands()), []string{aCancelPayment}) {
+				t.Fatalf("terminal %v open %v, want cancelPayment sent and left open", cmdNames(fx.Terminal), cmdNames(tx.OpenCommands()))
 			}
 			// The terminal comes back later with an approval: auto-voided.
-			mtRun(t, tx, mtStep{EvTerminalBack{ConnectionID: "conn_late"}, 90 * time.Second, protocol.StatusFailed})
-			fx = mtRun(t, tx, mtStep{EvResult{Result: mtResult(protocol.OutcomeApproved)}, 91 * time.Second, protocol.StatusVoided})
-			if fx.POS[0].ReasonCode != protocol.VoidLateAfterGrace || fx.POS[0].Reason != mtGraceReason {
+			applySteps(t, tx, timedEvent{EvTerminalBack{ConnectionID: "conn_late"}, 90 * time.Second, protocol.StatusFailed})
+			fx = applySteps(t, tx, timedEvent{EvResult{Result: resultWith(protocol.OutcomeApproved)}, 91 * time.Second, protocol.StatusVoided})
+			if fx.POS[0].ReasonCode != protocol.VoidLateAfterGrace || fx.POS[0].Reason != graceReason {
 				t.Fatalf("paymentVoided %q %q", fx.POS[0].ReasonCode, fx.POS[0].Reason)
 			}
 		})
@@ -1635,27 +1610,27 @@ func TestApplyReconnectWithinGraceResumes(t *testing.T) {
 		resume protocol.Status
 		pos    string
 	}{
-		{"DISPATCHED", []Event{EvCommandReceived{}}, protocol.StatusDispatched, mtPSU},
-		{"IN_PROGRESS", []Event{EvCommandReceived{}, EvProgress{Stage: "processing"}}, protocol.StatusInProgress, mtPSU},
-		{"AWAITING_SIGNATURE", []Event{EvCommandReceived{}, EvSignatureRequired{}}, protocol.StatusAwaitingSignature, mtSR},
+		{"DISPATCHED", []Event{EvCommandReceived{}}, protocol.StatusDispatched, aStatusUpdate},
+		{"IN_PROGRESS", []Event{EvCommandReceived{}, EvProgress{Stage: "processing"}}, protocol.StatusInProgress, aStatusUpdate},
+		{"AWAITING_SIGNATURE", []Event{EvCommandReceived{}, EvSignatureRequired{}}, protocol.StatusAwaitingSignature, aSignatureRequired},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			tx := mtBase()
+			tx := baseTxn()
 			for i, ev := range c.before {
-				mtRun(t, tx, mtStep{ev, time.Duration(i+1) * time.Second, ""})
+				applySteps(t, tx, timedEvent{ev, time.Duration(i+1) * time.Second, ""})
 			}
-			mtRun(t, tx, mtStep{EvTerminalDropped{GraceUntil: mtT0.Add(time.Minute)}, 5 * time.Second, protocol.StatusAwaitingReconnect})
-			fx := mtRun(t, tx, mtStep{EvTerminalBack{ConnectionID: "conn_b"}, 20 * time.Second, c.resume})
+			applySteps(t, tx, timedEvent{EvTerminalDropped{GraceUntil: fixturesCreatedAt.Add(time.Minute)}, 5 * time.Second, protocol.StatusAwaitingReconnect})
+			fx := applySteps(t, tx, timedEvent{EvTerminalBack{ConnectionID: "conn_b"}, 20 * time.Second, c.resume})
 			if len(fx.POS) != 1 || fx.POS[0].Action != c.pos || !tx.GraceDeadline.IsZero() || tx.ConnectionID != "conn_b" {
-				t.Fatalf("resume: POS %v grace %v conn %q", mtPOSNames(fx.POS), tx.GraceDeadline, tx.ConnectionID)
+				t.Fatalf("resume: POS %v grace %v conn %q", posActionNames(fx.POS), tx.GraceDeadline, tx.ConnectionID)
 			}
-			if got := mtCmdNames(tx.OpenCommands()); !slices.Equal(got, []string{mtSP}) {
+			if got := cmdNames(tx.OpenCommands()); !slices.Equal(got, []string{aStartPayment}) {
 				t.Fatalf("open %v, want the startPayment re-sent", got)
 			}
 			// The terminal's cached result is processed.
-			fx = mtRun(t, tx, mtStep{EvResult{Result: mtResult(protocol.OutcomeApproved)}, 21 * time.Second, protocol.StatusCompleted})
-			if fx.POS[0].Action != mtPC || fx.Webhook != "payment.completed" {
-				t.Fatalf("result after resume: %v %q", mtPOSNames(fx.POS), fx.Webhook)
+			fx = applySteps(t, tx, timedEvent{EvResult{Result: resultWith(protocol.OutcomeApproved)}, 21 * time.Second, protocol.StatusCompleted})
+			if fx.POS[0].Action != aPaymentComplete || fx.Webhook != "payment.completed" {
+				t.Fatalf("result after resume: %v %q", posActionNames(fx.POS), fx.Webhook)
 			}
 		})
 	}
@@ -1663,35 +1638,35 @@ func TestApplyReconnectWithinGraceResumes(t *testing.T) {
 
 func TestApplySignatureTimeoutDeclines(t *testing.T) {
 	t.Run("live", func(t *testing.T) {
-		tx := mtDispatched()
-		mtRun(t, tx, mtStep{EvSignatureRequired{}, time.Second, protocol.StatusAwaitingSignature})
-		if tx.SignatureDeadline != mtT0.Add(time.Second+mtSettings.SignatureTimeout) {
+		tx := dispatchedTxn()
+		applySteps(t, tx, timedEvent{EvSignatureRequired{}, time.Second, protocol.StatusAwaitingSignature})
+		if tx.SignatureDeadline != fixturesCreatedAt.Add(time.Second+testSettings.SignatureTimeout) {
 			t.Fatalf("SignatureDeadline %v", tx.SignatureDeadline)
 		}
-		fx := mtRun(t, tx, mtStep{EvDeadline{Kind: DeadlineSignature}, 61 * time.Second, protocol.StatusInProgress})
-		if got := mtCmdNames(fx.Terminal); !slices.Equal(got, []string{mtSigCmd(false)}) {
+		fx := applySteps(t, tx, timedEvent{EvDeadline{Kind: DeadlineSignature}, 61 * time.Second, protocol.StatusInProgress})
+		if got := cmdNames(fx.Terminal); !slices.Equal(got, []string{sigCmd(false)}) {
 			t.Fatalf("terminal %v, want signatureVerified accepted:false", got)
 		}
 		// The POS answering afterwards is refused: the prompt is gone.
-		if _, perr := Apply(tx, EvSignatureAnswer{Accepted: true}, mtT0.Add(62*time.Second), mtSettings); perr == nil || perr.Code != protocol.CodeInvalidState {
+		if _, perr := Apply(tx, EvSignatureAnswer{Accepted: true}, fixturesCreatedAt.Add(62*time.Second), testSettings); perr == nil || perr.Code != protocol.CodeInvalidState {
 			t.Fatalf("late POS answer: %v, want invalid_state", perr)
 		}
 	})
 	t.Run("while reconnecting", func(t *testing.T) {
-		tx := mtAR(mtAwaitingSig)()
-		fx := mtRun(t, tx, mtStep{EvDeadline{Kind: DeadlineSignature}, 61 * time.Second, protocol.StatusAwaitingReconnect})
+		tx := awaitingReconnect(awaitingSigTxn)()
+		fx := applySteps(t, tx, timedEvent{EvDeadline{Kind: DeadlineSignature}, 61 * time.Second, protocol.StatusAwaitingReconnect})
 		if len(fx.Terminal) != 0 || tx.OpenSignature == nil || *tx.OpenSignature {
-			t.Fatalf("terminal %v OpenSignature %v, want a queued decline", mtCmdNames(fx.Terminal), tx.OpenSignature)
+			t.Fatalf("terminal %v OpenSignature %v, want a queued decline", cmdNames(fx.Terminal), tx.OpenSignature)
 		}
-		mtRun(t, tx, mtStep{EvTerminalBack{ConnectionID: "conn_b"}, 62 * time.Second, protocol.StatusInProgress})
-		if got := mtCmdNames(tx.OpenCommands()); !slices.Equal(got, []string{mtSP, mtSigCmd(false)}) {
+		applySteps(t, tx, timedEvent{EvTerminalBack{ConnectionID: "conn_b"}, 62 * time.Second, protocol.StatusInProgress})
+		if got := cmdNames(tx.OpenCommands()); !slices.Equal(got, []string{aStartPayment, sigCmd(false)}) {
 			t.Fatalf("open %v, want startPayment and signatureVerified=false re-sent", got)
 		}
 	})
 	t.Run("never accepts", func(t *testing.T) {
-		for _, f := range mtFixtures {
+		for _, f := range tableFixtures {
 			tx := f.mk()
-			fx, _ := Apply(tx, EvDeadline{Kind: DeadlineSignature}, mtNow, mtSettings)
+			fx, _ := Apply(tx, EvDeadline{Kind: DeadlineSignature}, eventAt, testSettings)
 			for _, c := range append(fx.Terminal, tx.OpenCommands()...) {
 				if c, ok := c.(protocol.TerminalCommand); ok && c.Accepted != nil && *c.Accepted {
 					t.Errorf("%s: signature timeout accepted the signature", f.name)
@@ -1702,24 +1677,24 @@ func TestApplySignatureTimeoutDeclines(t *testing.T) {
 }
 
 func TestApplyOpenCommandsAlongAPayment(t *testing.T) {
-	tx := mtPendingUnsent()
+	tx := pendingUnsentTxn()
 	steps := []struct {
 		ev   Event
 		open []string
 	}{
-		{EvTerminalBack{ConnectionID: "conn_b"}, []string{mtSP}},
-		{EvSent{ConnectionID: "conn_b"}, []string{mtSP}},
-		{EvCommandReceived{}, []string{mtSP}},
-		{EvProgress{Stage: "card_presented"}, []string{mtSP}},
-		{EvSignatureRequired{}, []string{mtSP}},
-		{EvSignatureAnswer{Accepted: true}, []string{mtSP}},
-		{EvTerminalDropped{GraceUntil: mtT0.Add(time.Hour)}, []string{mtSP}},
-		{EvDeadline{Kind: DeadlinePayment}, []string{mtCP}},
-		{EvResult{Result: mtResult(protocol.OutcomeCancelled)}, []string{}},
+		{EvTerminalBack{ConnectionID: "conn_b"}, []string{aStartPayment}},
+		{EvSent{ConnectionID: "conn_b"}, []string{aStartPayment}},
+		{EvCommandReceived{}, []string{aStartPayment}},
+		{EvProgress{Stage: "card_presented"}, []string{aStartPayment}},
+		{EvSignatureRequired{}, []string{aStartPayment}},
+		{EvSignatureAnswer{Accepted: true}, []string{aStartPayment}},
+		{EvTerminalDropped{GraceUntil: fixturesCreatedAt.Add(time.Hour)}, []string{aStartPayment}},
+		{EvDeadline{Kind: DeadlinePayment}, []string{aCancelPayment}},
+		{EvResult{Result: resultWith(protocol.OutcomeCancelled)}, []string{}},
 	}
 	for i, s := range steps {
-		mtRun(t, tx, mtStep{s.ev, time.Duration(i+1) * time.Second, ""})
-		if got := mtCmdNames(tx.OpenCommands()); !slices.Equal(got, s.open) {
+		applySteps(t, tx, timedEvent{s.ev, time.Duration(i+1) * time.Second, ""})
+		if got := cmdNames(tx.OpenCommands()); !slices.Equal(got, s.open) {
 			t.Fatalf("after %T (%s): open %v, want %v", s.ev, tx.Status, got, s.open)
 		}
 		if sp, ok := firstStart(tx.OpenCommands()); ok && (sp.TransactionID != tx.ID || sp.AmountMinor != 1000 || sp.Reference != "order-1") {
@@ -1770,7 +1745,7 @@ func TestWebhookTypes(t *testing.T) {
 }
 
 // ---------------------------------------------------------------------------
-// Regression tests of fixed bugs
+// Queued commands and timers when a payment ends
 
 // A signature answer given while the terminal was away is queued
 // (OpenSignature) and re-sent when it reconnects; once the payment is over it
@@ -1778,32 +1753,32 @@ func TestWebhookTypes(t *testing.T) {
 func TestApplyQueuedSignatureAnswerClosesWithThePayment(t *testing.T) {
 	for _, c := range []struct {
 		name  string
-		steps []mtStep
+		steps []timedEvent
 		open  []string
 	}{
-		{"completed after reconnect", []mtStep{
+		{"completed after reconnect", []timedEvent{
 			{EvSignatureAnswer{Accepted: true}, 31 * time.Second, protocol.StatusAwaitingReconnect},
 			{EvTerminalBack{ConnectionID: "conn_b"}, 32 * time.Second, protocol.StatusInProgress},
-			{EvResult{Result: mtResult(protocol.OutcomeApproved)}, 33 * time.Second, protocol.StatusCompleted},
+			{EvResult{Result: resultWith(protocol.OutcomeApproved)}, 33 * time.Second, protocol.StatusCompleted},
 		}, []string{}},
-		{"declined after reconnect", []mtStep{
+		{"declined after reconnect", []timedEvent{
 			{EvSignatureAnswer{Accepted: false}, 31 * time.Second, protocol.StatusAwaitingReconnect},
 			{EvTerminalBack{ConnectionID: "conn_b"}, 32 * time.Second, protocol.StatusInProgress},
-			{EvResult{Result: mtResult(protocol.OutcomeDeclined)}, 33 * time.Second, protocol.StatusDeclined},
+			{EvResult{Result: resultWith(protocol.OutcomeDeclined)}, 33 * time.Second, protocol.StatusDeclined},
 		}, []string{}},
-		{"grace expired", []mtStep{
+		{"grace expired", []timedEvent{
 			{EvSignatureAnswer{Accepted: false}, 31 * time.Second, protocol.StatusAwaitingReconnect},
 			{EvDeadline{Kind: DeadlineGrace}, 60 * time.Second, protocol.StatusFailed},
-		}, []string{mtCP}},
-		{"timed out", []mtStep{
+		}, []string{aCancelPayment}},
+		{"timed out", []timedEvent{
 			{EvDeadline{Kind: DeadlineSignature}, 31 * time.Second, protocol.StatusAwaitingReconnect},
 			{EvDeadline{Kind: DeadlinePayment}, 180 * time.Second, protocol.StatusTimedOut},
-		}, []string{mtCP}},
+		}, []string{aCancelPayment}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			tx := mtAR(mtAwaitingSig)()
-			mtRun(t, tx, c.steps...)
-			if got := mtCmdNames(tx.OpenCommands()); !slices.Equal(got, c.open) {
+			tx := awaitingReconnect(awaitingSigTxn)()
+			applySteps(t, tx, c.steps...)
+			if got := cmdNames(tx.OpenCommands()); !slices.Equal(got, c.open) {
 				t.Errorf("%s: OpenCommands() = %v, want %v", tx.Status, got, c.open)
 			}
 			if tx.OpenSignature != nil {
@@ -1814,25 +1789,24 @@ func TestApplyQueuedSignatureAnswerClosesWithThePayment(t *testing.T) {
 }
 
 // The same for AUTHORIZED, which is final for the payment (the terminal is
-// free), but is entered by move() rather than final(), so the queued answer
-// stays open: HasOpenCommands() stays true for as long as the sale waits for
-// capture, every reconnect re-sends signatureVerified for a finished payment,
-// and no command deadline expires it. After the capture, final() drops the
-// answer, but clearCommandDeadline ran before that, so a stale command
-// deadline is left behind.
-func TestApplyBugAuthorizedKeepsQueuedSignatureAnswer(t *testing.T) {
-	tx := mtAR(mtAwaitingSig)()
+// free) though entered by move() rather than final(): a signature answer
+// queued while the terminal was away is dropped, so that HasOpenCommands()
+// is false while the sale waits for capture and no reconnect re-sends
+// signatureVerified for a finished payment; and once the capture completes
+// no command deadline is left behind.
+func TestApplyAuthorizedDropsQueuedSignatureAnswer(t *testing.T) {
+	tx := awaitingReconnect(awaitingSigTxn)()
 	tx.CaptureMode = protocol.CaptureManual
-	mtRun(t, tx,
-		mtStep{EvSignatureAnswer{Accepted: true}, 31 * time.Second, protocol.StatusAwaitingReconnect},
-		mtStep{EvTerminalBack{ConnectionID: "conn_b"}, 32 * time.Second, protocol.StatusInProgress},
-		mtStep{EvResult{Result: mtResult(protocol.OutcomeApproved)}, 33 * time.Second, protocol.StatusAuthorized})
-	if got := mtCmdNames(tx.OpenCommands()); len(got) != 0 || tx.HasOpenCommands() {
+	applySteps(t, tx,
+		timedEvent{EvSignatureAnswer{Accepted: true}, 31 * time.Second, protocol.StatusAwaitingReconnect},
+		timedEvent{EvTerminalBack{ConnectionID: "conn_b"}, 32 * time.Second, protocol.StatusInProgress},
+		timedEvent{EvResult{Result: resultWith(protocol.OutcomeApproved)}, 33 * time.Second, protocol.StatusAuthorized})
+	if got := cmdNames(tx.OpenCommands()); len(got) != 0 || tx.HasOpenCommands() {
 		t.Errorf("AUTHORIZED after a queued signature answer: OpenCommands() = %v, HasOpenCommands() = %v; want none", got, tx.HasOpenCommands())
 	}
-	mtRun(t, tx,
-		mtStep{EvCapture{}, 40 * time.Second, protocol.StatusAuthorized},
-		mtStep{EvCaptureResult{OK: true}, 41 * time.Second, protocol.StatusCompleted})
+	applySteps(t, tx,
+		timedEvent{EvCapture{}, 40 * time.Second, protocol.StatusAuthorized},
+		timedEvent{EvCaptureResult{OK: true}, 41 * time.Second, protocol.StatusCompleted})
 	if !tx.CommandDeadline.IsZero() {
 		t.Errorf("COMPLETED with no open command keeps CommandDeadline %v", tx.CommandDeadline)
 	}
@@ -1843,11 +1817,11 @@ func TestApplyBugAuthorizedKeepsQueuedSignatureAnswer(t *testing.T) {
 // payment timeout, the reconnect grace, the signature deadline or the
 // ResumeStatus of AWAITING_RECONNECT: they are stale Redis timers (counted as
 // "grace timers running" in /metrics) that fire later for nothing.
-func TestApplyBugAuthorizedKeepsPaymentTimers(t *testing.T) {
-	for _, f := range []mtFixture{{mtFIP, mtInProgress}, {mtFAS, mtAwaitingSig}, {mtFARI, mtAR(mtInProgress)}, {mtFARS, mtAR(mtAwaitingSig)}} {
+func TestApplyAuthorizedClearsPaymentTimers(t *testing.T) {
+	for _, f := range []namedFixture{{sInProgress, inProgressTxn}, {sAwaitingSig, awaitingSigTxn}, {sReconnectInProgress, awaitingReconnect(inProgressTxn)}, {sReconnectAwaitingSig, awaitingReconnect(awaitingSigTxn)}} {
 		tx := f.mk()
 		tx.CaptureMode = protocol.CaptureManual
-		mtRun(t, tx, mtStep{EvResult{Result: mtResult(protocol.OutcomeApproved)}, 31 * time.Second, protocol.StatusAuthorized})
+		applySteps(t, tx, timedEvent{EvResult{Result: resultWith(protocol.OutcomeApproved)}, 31 * time.Second, protocol.StatusAuthorized})
 		if !tx.PaymentDeadline.IsZero() || !tx.GraceDeadline.IsZero() || !tx.SignatureDeadline.IsZero() || tx.ResumeStatus != "" {
 			t.Errorf("%s → AUTHORIZED keeps Deadlines() = %v, ResumeStatus = %q", f.name, tx.Deadlines(), tx.ResumeStatus)
 		}
@@ -1857,34 +1831,34 @@ func TestApplyBugAuthorizedKeepsPaymentTimers(t *testing.T) {
 // ---------------------------------------------------------------------------
 // Property test: random event sequences from random starting transactions
 
-func mtRandomEvent(r *rand.Rand, now time.Time) Event {
-	switch n := r.IntN(len(mtEvents) + 5); {
-	case n < len(mtEvents):
-		ev := mtEvents[n].ev
+func randomEvent(r *rand.Rand, now time.Time) Event {
+	switch n := r.IntN(len(tableEvents) + 5); {
+	case n < len(tableEvents):
+		ev := tableEvents[n].ev
 		if d, ok := ev.(EvTerminalDropped); ok {
 			d.GraceUntil = now.Add(time.Duration(1+r.IntN(120)) * time.Second)
 			return d
 		}
 		return ev
-	case n == len(mtEvents):
+	case n == len(tableEvents):
 		return EvCapture{AmountMinor: int64(r.IntN(1300))} // sometimes above the authorized amount
-	case n == len(mtEvents)+1:
+	case n == len(tableEvents)+1:
 		return EvCaptureResult{OK: true, AmountMinor: int64(r.IntN(1200))}
-	case n == len(mtEvents)+2:
-		res := mtResult(protocol.OutcomeApproved)
+	case n == len(tableEvents)+2:
+		res := resultWith(protocol.OutcomeApproved)
 		amt := int64(500 + r.IntN(1000))
 		res.AmountMinor = &amt
 		return EvResult{Result: res}
-	case n == len(mtEvents)+3:
+	case n == len(tableEvents)+3:
 		return EvTerminalBack{ConnectionID: fmt.Sprintf("conn_%d", r.IntN(5))}
 	default:
 		return EvSignatureAnswer{Accepted: r.IntN(2) == 0}
 	}
 }
 
-// mtStateViolations are rules of a transaction's state on its own,
+// stateViolations are rules of a transaction's state on its own,
 // whatever led to it: timers and open commands that belong together.
-func mtStateViolations(t *Txn) []string {
+func stateViolations(t *Txn) []string {
 	var v []string
 	if t.Status == protocol.StatusAuthorized &&
 		(!t.PaymentDeadline.IsZero() || !t.GraceDeadline.IsZero() || !t.SignatureDeadline.IsZero() || t.ResumeStatus != "") {
@@ -1907,8 +1881,8 @@ func mtStateViolations(t *Txn) []string {
 
 func TestApplyRandomSequences(t *testing.T) {
 	const sequences, steps = 20000, 30
-	if !mtFastOK {
-		t.Logf("mtFastEqual does not cover field %s: comparing with reflect.DeepEqual (slow under -race)", mtFastMissing)
+	if !fastOK {
+		t.Logf("fastEqual does not cover field %s: comparing with reflect.DeepEqual (slow under -race)", fastMissing)
 	}
 	r := rand.New(rand.NewPCG(20250304, 1))
 
@@ -1917,7 +1891,7 @@ func TestApplyRandomSequences(t *testing.T) {
 	failures := 0
 
 	for seq := range sequences {
-		f := mtFixtures[r.IntN(len(mtFixtures))]
+		f := tableFixtures[r.IntN(len(tableFixtures))]
 		tx := f.mk()
 		if r.IntN(4) == 0 {
 			tx.Type, tx.ParentID = protocol.TypeRefund, "txn_parent"
@@ -1928,13 +1902,13 @@ func TestApplyRandomSequences(t *testing.T) {
 		// Half of the sequences fire a deadline only when it is set and due,
 		// as the engine does; the other half fire any deadline at any time.
 		gated := seq%2 == 0
-		now := mtNow
-		type mtTrailStep struct {
+		now := eventAt
+		type trailStep struct {
 			ev     Event
 			status protocol.Status
 			v      int64
 		}
-		var trail []mtTrailStep
+		var trail []trailStep
 		show := func(sep string) string {
 			parts := make([]string, len(trail))
 			for i, s := range trail {
@@ -1944,7 +1918,7 @@ func TestApplyRandomSequences(t *testing.T) {
 		}
 		for step := range steps {
 			now = now.Add(time.Duration(r.IntN(20)) * time.Second)
-			ev := mtRandomEvent(r, now)
+			ev := randomEvent(r, now)
 			if d, ok := ev.(EvDeadline); ok && gated {
 				at := tx.Deadline(d.Kind)
 				if at.IsZero() {
@@ -1955,10 +1929,10 @@ func TestApplyRandomSequences(t *testing.T) {
 					now = at
 				}
 			}
-			before := mtClone(tx)
-			fx, perr := Apply(tx, ev, now, mtSettings)
+			before := cloneForCompare(tx)
+			fx, perr := Apply(tx, ev, now, testSettings)
 			applied++
-			trail = append(trail, mtTrailStep{ev, tx.Status, tx.Version})
+			trail = append(trail, trailStep{ev, tx.Status, tx.Version})
 			if perr != nil {
 				refused++
 			}
@@ -1990,8 +1964,8 @@ func TestApplyRandomSequences(t *testing.T) {
 					v = append(v, fmt.Sprintf("POS %s version %d, txn version %d", m.Action, m.Version, tx.Version))
 				}
 			}
-			v = append(v, mtStepViolations(before, tx, ev, now, fx, perr)...)
-			v = append(v, mtStateViolations(tx)...)
+			v = append(v, stepViolations(before, tx, ev, now, fx, perr)...)
+			v = append(v, stateViolations(tx)...)
 			if len(v) > 0 {
 				failures++
 				if failures <= 5 {
@@ -2017,14 +1991,14 @@ func TestApplyRandomSequences(t *testing.T) {
 }
 
 func TestMtFastEqualAgreesWithDeepEqual(t *testing.T) {
-	if !mtFastOK {
-		t.Skipf("mtFastEqual does not know field %s; tests use reflect.DeepEqual", mtFastMissing)
+	if !fastOK {
+		t.Skipf("fastEqual does not know field %s; tests use reflect.DeepEqual", fastMissing)
 	}
-	for _, a := range mtFixtures {
-		for _, b := range mtFixtures {
+	for _, a := range tableFixtures {
+		for _, b := range tableFixtures {
 			x, y := a.mk(), b.mk()
-			if got, want := mtFastEqual(x, y), reflect.DeepEqual(x, y); got != want {
-				t.Errorf("%s vs %s: mtFastEqual %v, reflect.DeepEqual %v", a.name, b.name, got, want)
+			if got, want := fastEqual(x, y), reflect.DeepEqual(x, y); got != want {
+				t.Errorf("%s vs %s: fastEqual %v, reflect.DeepEqual %v", a.name, b.name, got, want)
 			}
 		}
 	}
@@ -2035,28 +2009,28 @@ func TestMtFastEqualAgreesWithDeepEqual(t *testing.T) {
 // when the terminal repeats the approval; a voidResult ok that arrives after
 // a requested void's command lapsed still voids the sale.
 func TestApplyLostAutoVoidIsSentAgain(t *testing.T) {
-	tx := mtVoidedOpen()
-	fx := mtRun(t, tx, mtStep{EvDeadline{Kind: DeadlineCommand}, 2 * time.Minute, protocol.StatusVoided})
+	tx := voidedOpenTxn()
+	fx := applySteps(t, tx, timedEvent{EvDeadline{Kind: DeadlineCommand}, 2 * time.Minute, protocol.StatusVoided})
 	if tx.OpenVoid {
-		t.Fatalf("command deadline left the void open (fx %v)", mtCmdNames(fx.Terminal))
+		t.Fatalf("command deadline left the void open (fx %v)", cmdNames(fx.Terminal))
 	}
-	fx = mtRun(t, tx, mtStep{EvResult{Result: mtResult(protocol.OutcomeApproved)}, 3 * time.Minute, protocol.StatusVoided})
-	if got := mtCmdNames(fx.Terminal); !slices.Equal(got, []string{mtVP, mtRA}) || !tx.OpenVoid {
+	fx = applySteps(t, tx, timedEvent{EvResult{Result: resultWith(protocol.OutcomeApproved)}, 3 * time.Minute, protocol.StatusVoided})
+	if got := cmdNames(fx.Terminal); !slices.Equal(got, []string{aVoidPayment, aResultAck}) || !tx.OpenVoid {
 		t.Fatalf("repeated approval after a lapsed auto-void: terminal %v open %v, want [voidPayment resultAck] and the void open", got, tx.OpenVoid)
 	}
-	mtRun(t, tx, mtStep{EvVoidResult{OK: true}, 4 * time.Minute, protocol.StatusVoided})
-	fx = mtRun(t, tx, mtStep{EvResult{Result: mtResult(protocol.OutcomeApproved)}, 5 * time.Minute, protocol.StatusVoided})
-	if got := mtCmdNames(fx.Terminal); !slices.Equal(got, []string{mtRA}) {
+	applySteps(t, tx, timedEvent{EvVoidResult{OK: true}, 4 * time.Minute, protocol.StatusVoided})
+	fx = applySteps(t, tx, timedEvent{EvResult{Result: resultWith(protocol.OutcomeApproved)}, 5 * time.Minute, protocol.StatusVoided})
+	if got := cmdNames(fx.Terminal); !slices.Equal(got, []string{aResultAck}) {
 		t.Fatalf("approval after a confirmed void: terminal %v, want [resultAck]", got)
 	}
 }
 
 func TestApplyLateVoidConfirmationVoids(t *testing.T) {
-	tx := mtCompleted()
-	mtRun(t, tx, mtStep{EvVoid{Reason: "x"}, time.Minute, protocol.StatusCompleted})
-	mtRun(t, tx, mtStep{EvDeadline{Kind: DeadlineCommand}, 5 * time.Minute, protocol.StatusCompleted})
-	fx := mtRun(t, tx, mtStep{EvVoidResult{OK: true}, 6 * time.Minute, protocol.StatusVoided})
-	if len(fx.POS) != 1 || fx.POS[0].Action != mtPV || fx.POS[0].ReasonCode != protocol.VoidRequested {
-		t.Fatalf("late confirmation: POS %v", mtPOSNames(fx.POS))
+	tx := completedTxn()
+	applySteps(t, tx, timedEvent{EvVoid{Reason: "x"}, time.Minute, protocol.StatusCompleted})
+	applySteps(t, tx, timedEvent{EvDeadline{Kind: DeadlineCommand}, 5 * time.Minute, protocol.StatusCompleted})
+	fx := applySteps(t, tx, timedEvent{EvVoidResult{OK: true}, 6 * time.Minute, protocol.StatusVoided})
+	if len(fx.POS) != 1 || fx.POS[0].Action != aPaymentVoided || fx.POS[0].ReasonCode != protocol.VoidRequested {
+		t.Fatalf("late confirmation: POS %v", posActionNames(fx.POS))
 	}
 }

@@ -26,11 +26,11 @@ func TestTxnActiveByStatus(t *testing.T) {
 }
 
 func TestTxnOpenCommandsOrderAndPayload(t *testing.T) {
-	tx := mtInProgress()
+	tx := inProgressTxn()
 	accepted := false
 	tx.OpenSignature, tx.OpenCancel, tx.OpenVoid, tx.VoidReason, tx.OpenCapture = &accepted, true, true, "r", 700
 	cmds := tx.OpenCommands()
-	if got, want := mtCmdNames(cmds), []string{mtSP, "signatureVerified=false", mtCP, mtVP, "capturePayment=700"}; !slices.Equal(got, want) {
+	if got, want := cmdNames(cmds), []string{aStartPayment, "signatureVerified=false", aCancelPayment, aVoidPayment, "capturePayment=700"}; !slices.Equal(got, want) {
 		t.Fatalf("OpenCommands() = %v, want %v", got, want)
 	}
 	sp := cmds[0].(protocol.StartPayment)
@@ -52,18 +52,18 @@ func TestTxnOpenCommandsOrderAndPayload(t *testing.T) {
 
 func TestTxnOpenCommandsPerFixture(t *testing.T) {
 	want := map[string][]string{
-		mtFP: {mtSP}, mtFPU: {mtSP}, mtFD: {mtSP}, mtFIP: {mtSP}, mtFAS: {mtSP},
-		mtFARD: {mtSP}, mtFARI: {mtSP}, mtFARS: {mtSP},
-		mtFAU: {}, mtFAUV: {mtVP}, mtFAUC: {"capturePayment=600"}, mtFCO: {}, mtFCOV: {mtVP},
-		mtFDE: {}, mtFFD: {mtCP}, mtFFE: {}, mtFCA: {mtCP}, mtFTO: {mtCP}, mtFSU: {mtCP},
-		mtFVO: {}, mtFVOV: {mtVP},
+		sPending: {aStartPayment}, sPendingUnsent: {aStartPayment}, sDispatched: {aStartPayment}, sInProgress: {aStartPayment}, sAwaitingSig: {aStartPayment},
+		sReconnectDispatched: {aStartPayment}, sReconnectInProgress: {aStartPayment}, sReconnectAwaitingSig: {aStartPayment},
+		sAuthorized: {}, sAuthorizedOpenVoid: {aVoidPayment}, sAuthorizedOpenCapture: {"capturePayment=600"}, sCompleted: {}, sCompletedOpenVoid: {aVoidPayment},
+		sDeclined: {}, sFailedDisconnected: {aCancelPayment}, sFailedError: {}, sCancelled: {aCancelPayment}, sTimedOut: {aCancelPayment}, sSuperseded: {aCancelPayment},
+		sVoided: {}, sVoidedAutoVoid: {aVoidPayment},
 	}
-	if len(want) != len(mtFixtures) {
-		t.Fatalf("%d expectations for %d fixtures", len(want), len(mtFixtures))
+	if len(want) != len(tableFixtures) {
+		t.Fatalf("%d expectations for %d fixtures", len(want), len(tableFixtures))
 	}
-	for _, f := range mtFixtures {
+	for _, f := range tableFixtures {
 		tx := f.mk()
-		got := mtCmdNames(tx.OpenCommands())
+		got := cmdNames(tx.OpenCommands())
 		if !slices.Equal(got, want[f.name]) {
 			t.Errorf("%s: OpenCommands() = %v, want %v", f.name, got, want[f.name])
 		}
@@ -78,7 +78,7 @@ func TestTxnDeadlines(t *testing.T) {
 	if d := tx.Deadlines(); len(d) != 0 {
 		t.Fatalf("Deadlines() of a fresh txn = %v", d)
 	}
-	at := func(n int) time.Time { return mtT0.Add(time.Duration(n) * time.Second) }
+	at := func(n int) time.Time { return fixturesCreatedAt.Add(time.Duration(n) * time.Second) }
 	tx.PaymentDeadline, tx.SignatureDeadline = at(1), at(3)
 	if got, want := tx.Deadlines(), map[string]time.Time{DeadlinePayment: at(1), DeadlineSignature: at(3)}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("Deadlines() = %v, want %v", got, want)
@@ -100,7 +100,7 @@ func TestTxnDeadlines(t *testing.T) {
 }
 
 func TestTxnWireIsACopy(t *testing.T) {
-	tx := mtInProgress()
+	tx := inProgressTxn()
 	w := tx.Wire()
 	if !reflect.DeepEqual(*w, tx.Transaction) {
 		t.Fatalf("Wire() differs from the transaction")
@@ -121,15 +121,15 @@ func TestTxnWireIsACopy(t *testing.T) {
 // moved on by the state machine (which appends to the history), never see
 // each other's changes, although they start out sharing the entries.
 func TestTxnCloneIsIndependent(t *testing.T) {
-	orig := mtInProgress()
+	orig := inProgressTxn()
 	orig.History = append(make([]protocol.HistoryEntry, 0, 16), orig.History...) // room to append in place
 	n := len(orig.History)
 	c := orig.Clone()
 	if !reflect.DeepEqual(c, orig) {
 		t.Fatalf("Clone() differs from the transaction")
 	}
-	Apply(c, EvResult{Result: mtResult(protocol.OutcomeApproved)}, mtNow, Settings{})
-	Apply(orig, EvResult{Result: mtResult(protocol.OutcomeDeclined)}, mtNow, Settings{})
+	Apply(c, EvResult{Result: resultWith(protocol.OutcomeApproved)}, eventAt, Settings{})
+	Apply(orig, EvResult{Result: resultWith(protocol.OutcomeDeclined)}, eventAt, Settings{})
 	if len(orig.History) != n+1 || len(c.History) != n+1 {
 		t.Fatalf("histories: original %d, clone %d entries, want %d each", len(orig.History), len(c.History), n+1)
 	}
@@ -145,7 +145,7 @@ func TestTxnCloneIsIndependent(t *testing.T) {
 }
 
 func TestTxnStartPaymentCarriesTheSale(t *testing.T) {
-	tx := mtBase()
+	tx := baseTxn()
 	tx.Description, tx.CaptureMode, tx.PrintReceipt = "2 coffees", protocol.CaptureManual, false
 	want := protocol.StartPayment{
 		Action: protocol.ActionStartPayment, TransactionID: "txn_m1", Type: protocol.TypeSale, AmountMinor: 1000,
@@ -158,7 +158,7 @@ func TestTxnStartPaymentCarriesTheSale(t *testing.T) {
 }
 
 func TestTxnRefundableMinor(t *testing.T) {
-	tx := mtCompleted()
+	tx := completedTxn()
 	tx.RefundedAmountMinor, tx.ReservedRefundMinor = 250, 100
 	if got := tx.RefundableMinor(); got != 650 {
 		t.Fatalf("RefundableMinor() = %d, want 650", got)

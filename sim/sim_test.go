@@ -19,28 +19,16 @@ import (
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/internal/apptest"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/sim"
 )
 
 // ---- a real hub (app.New on miniredis with a fake clock) ----
 
-// The heartbeat is long so that advancing the fake clock past a grace period
-// or a payment timeout does not also make every connection stale.
-const hubConfig = `
-grace_period: 60s
-payment_timeout: 180s
-heartbeat_interval: 1h
-signature_timeout: 60s
-merchants:
-  - id: m1
-    name: Shop
-    api_keys:
-      - {id: pk1, secret: sk1}
-    terminals:
-      - {device_id: T1, secret: dt1, label: Front}
-`
-
+// hubEnv is an App on kit.Config, whose heartbeats are a day apart, so
+// that advancing the fake clock past a grace period or a payment timeout
+// does not also make every connection stale.
 type hubEnv struct {
 	t     *testing.T
 	app   *app.App
@@ -50,8 +38,8 @@ type hubEnv struct {
 
 func newHub(t *testing.T) *hubEnv {
 	t.Helper()
-	h := apptest.Start(t, hubConfig)
-	return &hubEnv{t: t, app: h.App, clock: h.Clock, opts: client.Options{BaseURL: h.Srv.URL, Now: h.Clock.Now}}
+	h := apptest.Start(t, kit.Config)
+	return &hubEnv{t: t, app: h.App, clock: h.Clock, opts: h.ClientOptions()}
 }
 
 // instant is a Sleep that does not wait.
@@ -62,12 +50,12 @@ func instant(ctx context.Context, _ time.Duration) error { return ctx.Err() }
 func (h *hubEnv) startSim(tweak func(*sim.Options)) (*sim.Terminal, *recorder) {
 	h.t.Helper()
 	rec := &recorder{}
-	opts := sim.Options{Client: h.opts, DeviceID: "T1", Secret: "dt1", Sleep: instant, OnEvent: rec.add}
+	opts := sim.Options{Client: h.opts, DeviceID: "T1", Secret: kit.Secrets["T1"], Sleep: instant, OnEvent: rec.add}
 	if tweak != nil {
 		tweak(&opts)
 	}
 	term := runSim(h.t, opts)
-	eventually(h.t, "T1 online", func() bool {
+	kit.Eventually(h.t, "T1 online", func() bool {
 		s, cid, _ := h.app.Hub.TerminalLive("T1")
 		return s == protocol.TerminalOnline && cid != "" && cid == term.ConnectionID()
 	})
@@ -99,43 +87,21 @@ func runSim(t *testing.T, opts sim.Options) *sim.Terminal {
 	return term
 }
 
+// pos connects a POS with API key pk1.
 func (h *hubEnv) pos() *client.Conn {
 	h.t.Helper()
-	c, err := client.DialPOS(testCtx(h.t), h.opts, "pk1", "sk1")
-	if err != nil {
-		h.t.Fatalf("dial POS: %v", err)
-	}
-	h.t.Cleanup(func() { _ = c.CloseNow() })
-	return c
-}
-
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// eventually polls cond until it holds or 5 s pass.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached within 5s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	return apptest.DialPOS(h.t, h.opts, "pk1", kit.Secrets["pk1"])
 }
 
 // pay asks for a sale of minor units on T1 and returns the transaction id.
 func pay(t *testing.T, pos *client.Conn, minor int64, ref string) string {
 	t.Helper()
 	req := protocol.PaymentRequest{TerminalID: "T1", AmountMinor: &minor, Currency: "USD", Reference: ref}
-	if err := pos.SendAction(testCtx(t), protocol.ActionPayment, "r1", req); err != nil {
+	if err := pos.SendAction(kit.Ctx(t), protocol.ActionPayment, "r1", req); err != nil {
 		t.Fatal(err)
 	}
 	for {
-		m, err := pos.Read(testCtx(t))
+		m, err := pos.Read(kit.Ctx(t))
 		if err != nil {
 			t.Fatalf("waiting for paymentResponse: %v", err)
 		}
@@ -157,7 +123,7 @@ func pay(t *testing.T, pos *client.Conn, minor int64, ref string) string {
 func until(t *testing.T, pos *client.Conn, id string, ok func(protocol.POSEvent) bool) protocol.POSEvent {
 	t.Helper()
 	for {
-		m, err := pos.Read(testCtx(t))
+		m, err := pos.Read(kit.Ctx(t))
 		if err != nil {
 			t.Fatalf("waiting for a message about %s: %v", id, err)
 		}
@@ -169,7 +135,7 @@ func until(t *testing.T, pos *client.Conn, id string, ok func(protocol.POSEvent)
 			t.Fatal(err)
 		}
 		if ev.TransactionID == id && ok(ev) {
-			if err := pos.Ack(testCtx(t), ev.MessageID); err != nil {
+			if err := pos.Ack(kit.Ctx(t), ev.MessageID); err != nil {
 				t.Fatal(err)
 			}
 			return ev
@@ -241,7 +207,7 @@ func TestApproves(t *testing.T) {
 	if fmt.Sprint(path) != "[PENDING DISPATCHED IN_PROGRESS COMPLETED]" {
 		t.Fatalf("history = %v", path)
 	}
-	eventually(t, "result acknowledged", func() bool { return len(term.Unacked()) == 0 && rec.has(sim.EventReceived, "resultAck", "") })
+	kit.Eventually(t, "result acknowledged", func() bool { return len(term.Unacked()) == 0 && rec.has(sim.EventReceived, "resultAck", "") })
 }
 
 func TestOutcomesByAmount(t *testing.T) {
@@ -278,10 +244,10 @@ func TestRefundApproves(t *testing.T) {
 
 	// 5.05 would decline as a sale; a refund approves whatever its amount.
 	minor := int64(505)
-	if err := pos.SendAction(testCtx(t), protocol.ActionRefund, "", protocol.RefundRequest{TransactionID: id, AmountMinor: &minor}); err != nil {
+	if err := pos.SendAction(kit.Ctx(t), protocol.ActionRefund, "", protocol.RefundRequest{TransactionID: id, AmountMinor: &minor}); err != nil {
 		t.Fatal(err)
 	}
-	m, err := pos.ReadUntil(testCtx(t), "refundResponse")
+	m, err := pos.ReadUntil(kit.Ctx(t), "refundResponse")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,7 +269,7 @@ func TestSignature(t *testing.T) {
 			pos := h.pos()
 			id := pay(t, pos, 1255, "sig")
 			until(t, pos, id, final(protocol.ActionSignatureRequired))
-			if err := pos.SendAction(testCtx(t), protocol.ActionSignatureVerification, "", protocol.SignatureVerificationRequest{TransactionID: id, Accepted: &accepted}); err != nil {
+			if err := pos.SendAction(kit.Ctx(t), protocol.ActionSignatureVerification, "", protocol.SignatureVerificationRequest{TransactionID: id, Accepted: &accepted}); err != nil {
 				t.Fatal(err)
 			}
 			tx := until(t, pos, id, final(protocol.ActionPaymentComplete)).Transaction
@@ -328,7 +294,7 @@ func TestUnansweredSignatureDeclines(t *testing.T) {
 	id := pay(t, pos, 1255, "sig-timeout")
 	until(t, pos, id, final(protocol.ActionSignatureRequired))
 	// Payment timeout and signature timeout (see TestLateReturnIsAutoVoided).
-	eventually(t, "signature timer armed", func() bool { return h.app.Engine.ArmedTimers() == 2 })
+	kit.Eventually(t, "signature timer armed", func() bool { return h.app.Engine.ArmedTimers() == 2 })
 	h.clock.Advance(61 * time.Second)
 	tx := until(t, pos, id, final(protocol.ActionPaymentComplete)).Transaction
 	if tx.Status != protocol.StatusDeclined || tx.ErrorCode != protocol.TxnErrSignatureDeclined {
@@ -385,7 +351,7 @@ func TestDropMidPaymentResendsCachedApproval(t *testing.T) {
 	if tx.Status != protocol.StatusCompleted || tx.AuthCode != sim.AuthCode(id) {
 		t.Fatalf("transaction = %s auth %q\nevents:\n%s", tx.Status, tx.AuthCode, rec)
 	}
-	eventually(t, "approval acknowledged", func() bool { return len(term.Unacked()) == 0 })
+	kit.Eventually(t, "approval acknowledged", func() bool { return len(term.Unacked()) == 0 })
 	if !rec.has(sim.EventSent, "paymentResult", "re-sent") || !rec.has(sim.EventDropped, "", "") {
 		t.Fatalf("events:\n%s", rec)
 	}
@@ -404,7 +370,7 @@ func TestLateReturnIsAutoVoided(t *testing.T) {
 	// state that set it; advancing the fake clock before that would leave
 	// the grace timer waiting for the next Advance. Wait for both timers
 	// (payment timeout and grace) to be armed.
-	eventually(t, "grace timer armed", func() bool { return h.app.Engine.ArmedTimers() == 2 })
+	kit.Eventually(t, "grace timer armed", func() bool { return h.app.Engine.ArmedTimers() == 2 })
 	h.clock.Advance(61 * time.Second) // the grace period runs out while the terminal is away
 	tx := until(t, pos, id, final(protocol.ActionPaymentComplete)).Transaction
 	if tx.Status != protocol.StatusFailed || tx.ErrorCode != protocol.TxnErrTerminalDisconnected {
@@ -416,7 +382,7 @@ func TestLateReturnIsAutoVoided(t *testing.T) {
 	if ev.ReasonCode != protocol.VoidLateAfterGrace || ev.OriginalPaymentResponse == nil || ev.OriginalPaymentResponse.Outcome != "approved" {
 		t.Fatalf("paymentVoided = %+v", ev)
 	}
-	eventually(t, "voidResult sent", func() bool { return rec.has(sim.EventSent, "voidResult", "ok") })
+	kit.Eventually(t, "voidResult sent", func() bool { return rec.has(sim.EventSent, "voidResult", "ok") })
 }
 
 func TestNoAnswerTimesOut(t *testing.T) {
@@ -425,14 +391,14 @@ func TestNoAnswerTimesOut(t *testing.T) {
 	pos := h.pos()
 
 	id := pay(t, pos, 1299, "silent")
-	eventually(t, "startPayment ignored", func() bool { return rec.has(sim.EventIgnored, "startPayment", "") })
+	kit.Eventually(t, "startPayment ignored", func() bool { return rec.has(sim.EventIgnored, "startPayment", "") })
 	h.clock.Advance(181 * time.Second)
 	tx := until(t, pos, id, final(protocol.ActionPaymentComplete)).Transaction
 	if tx.Status != protocol.StatusTimedOut || tx.ErrorCode != protocol.TxnErrTerminalUnreachable {
 		t.Fatalf("transaction = %s %s", tx.Status, tx.ErrorCode)
 	}
 	// The hub's cancelPayment is answered and the answer acknowledged.
-	eventually(t, "cancel answered", func() bool {
+	kit.Eventually(t, "cancel answered", func() bool {
 		return rec.has(sim.EventSent, "paymentResult", "cancelled") && len(term.Unacked()) == 0 && rec.has(sim.EventReceived, "resultAck", "")
 	})
 }
@@ -443,10 +409,10 @@ func TestManualCaptureAndVoid(t *testing.T) {
 	pos := h.pos()
 
 	minor := int64(3000)
-	if err := pos.SendAction(testCtx(t), protocol.ActionPayment, "", protocol.PaymentRequest{TerminalID: "T1", AmountMinor: &minor, Currency: "USD", Reference: "auth-1", CaptureMode: "manual"}); err != nil {
+	if err := pos.SendAction(kit.Ctx(t), protocol.ActionPayment, "", protocol.PaymentRequest{TerminalID: "T1", AmountMinor: &minor, Currency: "USD", Reference: "auth-1", CaptureMode: "manual"}); err != nil {
 		t.Fatal(err)
 	}
-	m, err := pos.ReadUntil(testCtx(t), "paymentResponse")
+	m, err := pos.ReadUntil(kit.Ctx(t), "paymentResponse")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -458,7 +424,7 @@ func TestManualCaptureAndVoid(t *testing.T) {
 	until(t, pos, id, status(protocol.StatusAuthorized))
 
 	part := int64(2500)
-	if err := pos.SendAction(testCtx(t), protocol.ActionCapture, "", protocol.CaptureRequest{TransactionID: id, AmountMinor: &part}); err != nil {
+	if err := pos.SendAction(kit.Ctx(t), protocol.ActionCapture, "", protocol.CaptureRequest{TransactionID: id, AmountMinor: &part}); err != nil {
 		t.Fatal(err)
 	}
 	tx := until(t, pos, id, final(protocol.ActionPaymentComplete)).Transaction
@@ -466,7 +432,7 @@ func TestManualCaptureAndVoid(t *testing.T) {
 		t.Fatalf("after capture: %s %d", tx.Status, tx.AmountMinor)
 	}
 
-	if err := pos.SendAction(testCtx(t), protocol.ActionVoid, "", protocol.VoidRequest{TransactionID: id, Reason: "test"}); err != nil {
+	if err := pos.SendAction(kit.Ctx(t), protocol.ActionVoid, "", protocol.VoidRequest{TransactionID: id, Reason: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	ev := until(t, pos, id, final(protocol.ActionPaymentVoided))
@@ -481,7 +447,7 @@ func TestWrongSecretStopsRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = term.Run(testCtx(t))
+	err = term.Run(kit.Ctx(t))
 	if !errors.Is(err, sim.ErrUnauthorized) {
 		t.Fatalf("Run = %v, want ErrUnauthorized", err)
 	}
@@ -489,13 +455,13 @@ func TestWrongSecretStopsRun(t *testing.T) {
 
 func TestSecondSimulatorDisplacesFirst(t *testing.T) {
 	h := newHub(t)
-	first, err := sim.New(sim.Options{Client: h.opts, DeviceID: "T1", Secret: "dt1", Sleep: instant})
+	first, err := sim.New(sim.Options{Client: h.opts, DeviceID: "T1", Secret: kit.Secrets["T1"], Sleep: instant})
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- first.Run(context.Background()) }()
-	eventually(t, "first online", func() bool { return first.ConnectionID() != "" })
+	kit.Eventually(t, "first online", func() bool { return first.ConnectionID() != "" })
 	h.startSim(nil)
 	select {
 	case err := <-done:
@@ -554,7 +520,7 @@ func (f *fakeHub) accept(t *testing.T, connID string) *websocket.Conn {
 func write(t *testing.T, ws *websocket.Conn, v any) {
 	t.Helper()
 	b, _ := json.Marshal(v)
-	if err := ws.Write(testCtx(t), websocket.MessageText, b); err != nil {
+	if err := ws.Write(kit.Ctx(t), websocket.MessageText, b); err != nil {
 		t.Fatalf("write: %v", err)
 	}
 }
@@ -566,7 +532,7 @@ func (f frame) str(k string) string { s, _ := f[k].(string); return s }
 // next reads the next frame and checks its action.
 func next(t *testing.T, ws *websocket.Conn, action string) frame {
 	t.Helper()
-	_, b, err := ws.Read(testCtx(t))
+	_, b, err := ws.Read(kit.Ctx(t))
 	if err != nil {
 		t.Fatalf("waiting for %s: %v", action, err)
 	}
@@ -640,7 +606,7 @@ func TestResultForUnknownTransactionIsDropped(t *testing.T) {
 	// A hub that lost its state does not know the transaction: it will
 	// never ack, so the terminal must not re-send the result forever.
 	write(t, ws, map[string]any{"action": "error", "requestId": res["requestId"], "code": "transaction_not_found", "message": "no such transaction", "field": "transactionId"})
-	eventually(t, "result dropped", func() bool { return len(term.Unacked()) == 0 })
+	kit.Eventually(t, "result dropped", func() bool { return len(term.Unacked()) == 0 })
 	ws.CloseNow()
 	ws = f.accept(t, "conn_2")
 	write(t, ws, map[string]any{"action": "voidPayment", "transactionId": "txn_other"})
@@ -785,7 +751,7 @@ func TestUnavailableAnswerIsResent(t *testing.T) {
 	answer(t, ws, sr, "unavailable")
 	// The replies are handled in order: once the last is seen, the
 	// paymentProgress re-send is cancelled.
-	eventually(t, "replies handled", func() bool { return rec.has(sim.EventError, "signatureRequired", "") })
+	kit.Eventually(t, "replies handled", func() bool { return rec.has(sim.EventError, "signatureRequired", "") })
 	gate.pass(t) // the cancelled paymentProgress wait
 	gate.pass(t)
 	same(t, ws, sr)
@@ -818,7 +784,7 @@ func TestUnavailableResultResentUntilAcked(t *testing.T) {
 	answer(t, ws, res, "unavailable")
 	gate.hold(t)
 	write(t, ws, map[string]any{"action": "resultAck", "transactionId": "txn_1"})
-	eventually(t, "result acknowledged", func() bool { return len(term.Unacked()) == 0 })
+	kit.Eventually(t, "result acknowledged", func() bool { return len(term.Unacked()) == 0 })
 	gate.open(t)
 	// Re-sends go out one after the other: the voidResult's comes second,
 	// so nothing was sent for the acknowledged result if it comes next.
@@ -853,9 +819,9 @@ func TestUnavailableResultWaitsForReconnectWhenOffline(t *testing.T) {
 	// The connection is lost, and the next one not yet greeted, when the
 	// re-send is due: it is skipped, and the result goes out on reconnect.
 	ws.CloseNow()
-	eventually(t, "offline", func() bool { return term.ConnectionID() == "" })
+	kit.Eventually(t, "offline", func() bool { return term.ConnectionID() == "" })
 	gate.open(t)
-	eventually(t, "re-send skipped", func() bool { return rec.has(sim.EventError, "paymentResult", "not re-sent after unavailable: offline") })
+	kit.Eventually(t, "re-send skipped", func() bool { return rec.has(sim.EventError, "paymentResult", "not re-sent after unavailable: offline") })
 	ws = f.accept(t, "conn_2")
 	same(t, ws, res)
 

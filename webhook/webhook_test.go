@@ -25,6 +25,7 @@ import (
 
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/internal/keys"
 	"github.com/termhub/termhub/internal/metrics"
 	"github.com/termhub/termhub/internal/redistest"
@@ -163,23 +164,6 @@ type outcome struct {
 	result   string
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // rig is a Redis, a fake clock, a directory and the senders of one test.
 type rig struct {
 	t        *testing.T
@@ -188,14 +172,14 @@ type rig struct {
 	ks       keys.Space
 	dir      atomic.Pointer[config.Directory]
 	met      *metrics.Metrics
-	logs     *lockedBuffer
+	logs     *kit.LogBuffer
 	outcomes chan outcome
 }
 
 func newRig(t *testing.T, url string) *rig {
 	r := redistest.New(t)
 	g := &rig{t: t, r: r, clk: clock.NewFake(start), ks: keys.Space{Prefix: r.Prefix}, met: metrics.New(),
-		logs: &lockedBuffer{}, outcomes: make(chan outcome, 1000)}
+		logs: &kit.LogBuffer{}, outcomes: make(chan outcome, 1000)}
 	g.setEndpoint(url, secret)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -583,7 +567,7 @@ func TestGivesUpAfter24Hours(t *testing.T) {
 	g.clean()
 }
 
-func TestOldEventIsTriedOnceThenGivenUp(t *testing.T) {
+func TestEventOlderThan24HoursIsTriedOnceThenGivenUp(t *testing.T) {
 	rc := newReceiver(t, func(int, hit) int { return http.StatusInternalServerError })
 	g := newRig(t, rc.url())
 	g.sender(nil)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/internal/apptest/kit"
 )
 
 // Hub timers: short, so that every transaction can end within the settle
@@ -101,7 +101,7 @@ func newHub(t *testing.T, bin, redisURL string, keys, terminals []credential) *h
 	t.Helper()
 	dir := t.TempDir()
 	p := &hubProcess{
-		t: t, bin: bin, addr: freeAddr(t),
+		t: t, bin: bin, addr: kit.FreeAddr(t),
 		config:  filepath.Join(dir, "termhub.yaml"),
 		logPath: filepath.Join(dir, "termhub.log"),
 		env:     []string{"TERMHUB_REQUEST_TIMEOUT=" + requestTimeout.String()},
@@ -131,16 +131,6 @@ func hubEnviron() []string {
 		env = append(env, kv)
 	}
 	return env
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func (p *hubProcess) baseURL() string { return "http://" + p.addr }

@@ -5,15 +5,15 @@ import (
 	"testing"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
 // TestGreetingBeforeReplay connects a POS that has unacknowledged messages
 // again and again: CONTRACT §5 says the hub sends `connected` first and then
-// replays. The random sequences caught a replayed message overtaking the
-// greeting (the writer picked between its replay and send channels at
-// random: 35% of socket sequences on real Redis, 5 in 5000 on miniredis),
-// fixed in c659ee2; this is a cheap guard.
+// replays. A writer picking at random between its replay and send channels
+// would let a replayed message overtake the greeting (35% of socket
+// sequences on real Redis, 5 in 5000 on miniredis); this checks it directly.
 func TestGreetingBeforeReplay(t *testing.T) {
 	b := newSocketBackend(t)
 	defer b.close()
@@ -35,7 +35,7 @@ func TestGreetingBeforeReplay(t *testing.T) {
 	bad := 0
 	for i := 0; i < tries; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		c, err := client.DialPOS(ctx, b.opts(), "pk1", secrets["pk1"])
+		c, err := client.DialPOS(ctx, b.opts(), "pk1", kit.Secrets["pk1"])
 		cancel()
 		if err != nil {
 			bad++

@@ -71,28 +71,11 @@ import (
 	"github.com/termhub/termhub/session"
 )
 
+// merchant is kit.Config's m1, whose keys (pk1, pk1b) and terminals (T1,
+// T2) the sequences use; every hub of a sequence runs kit.Config.
 const merchant = "m1"
 
-// testConfig is the hub of every sequence. Heartbeats are a day apart so
-// clock jumps never look like missed pongs (heartbeats have their own tests).
-const testConfig = `
-grace_period: 60s
-payment_timeout: 180s
-heartbeat_interval: 24h
-signature_timeout: 60s
-merchants:
-  - id: m1
-    name: Shop One
-    api_keys:
-      - {id: pk1, secret: sk1}
-      - {id: pk1b, secret: sk1b}
-    terminals:
-      - {device_id: T1, secret: dt1, label: Front}
-      - {device_id: T2, secret: dt2, label: Back}
-`
-
-var secrets = map[string]string{"pk1": "sk1", "pk1b": "sk1b", "T1": "dt1", "T2": "dt2"}
-
+// gracePeriod and paymentTimeout are kit.Config's.
 const (
 	gracePeriod    = 60 * time.Second
 	paymentTimeout = 180 * time.Second

@@ -10,7 +10,8 @@ import (
 
 // Directed scenarios: fixed step lists through the same world and checks,
 // on both backends. The first is the happy path of CONTRACT §8 (a control
-// for the checks); the others pin down the bugs the random sequences found.
+// for the checks); each other one drives the steps a random sequence needed
+// to break an invariant, and checks it holds.
 
 type scenario struct {
 	name string
@@ -108,7 +109,6 @@ var scenarios = []scenario{
 		// The POS voids a COMPLETED sale while the terminal is away for
 		// longer than the command deadline: the void lapses, and the POS,
 		// told only "accepted", must still hear an outcome (CONTRACT §5).
-		// Found by the random sequences, fixed in acbbd06; kept as a guard.
 		name: "ExpiredVoidRequestIsTold",
 		run: func(w *world) {
 			j := w.startJob()
@@ -169,9 +169,10 @@ func checkOutcome(t *testing.T, variant, bug string, o outcome) {
 	t.Error(o.report(variant))
 }
 
-// regressions are random sequences that found the bugs above; they are
-// replayed on every run (same seed, same steps).
-var regressions = []struct {
+// savedSeeds are random sequences in which a void was not executed or a
+// reversed approval was not voided (the kinds in bug); they are replayed on
+// every run (same seed, same steps) to check that neither happens.
+var savedSeeds = []struct {
 	variant string
 	seed    uint64
 	bug     string
@@ -182,8 +183,9 @@ var regressions = []struct {
 	{"socket", 6354883222716307977, "reversed-not-voided"},
 }
 
-func TestModelRegressions(t *testing.T) {
-	for _, r := range regressions {
+// TestModelVoidsOnSavedSeeds replays savedSeeds on their backend.
+func TestModelVoidsOnSavedSeeds(t *testing.T) {
+	for _, r := range savedSeeds {
 		t.Run(r.variant+"/"+r.bug, func(t *testing.T) {
 			var o outcome
 			if r.variant == "socket" {

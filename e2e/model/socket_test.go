@@ -21,6 +21,7 @@ import (
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/internal/keys"
 	"github.com/termhub/termhub/internal/redisfault"
 	"github.com/termhub/termhub/internal/redistest"
@@ -133,7 +134,7 @@ type socketBackend struct {
 }
 
 func newSocketBackend(t *testing.T) *socketBackend {
-	cfg, err := config.Parse([]byte(testConfig), func(string) string { return "" })
+	cfg, err := config.Parse([]byte(kit.Config), func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +216,7 @@ func (b *socketBackend) close() {
 func (b *socketBackend) posConnect(key string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	c, err := client.DialPOS(ctx, b.opts(), key, secrets[key])
+	c, err := client.DialPOS(ctx, b.opts(), key, kit.Secrets[key])
 	if err != nil {
 		return err
 	}
@@ -326,7 +327,7 @@ func (b *socketBackend) create(key, dev, ref string, minor int64, rest bool) (cr
 	if rest {
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 		defer cancel()
-		resp, err := client.NewHTTP(b.opts(), key, secrets[key]).Do(ctx, "POST", "/v1/payments", body, nil)
+		resp, err := client.NewHTTP(b.opts(), key, kit.Secrets[key]).Do(ctx, "POST", "/v1/payments", body, nil)
 		if err != nil {
 			return createResult{}, err
 		}
@@ -391,7 +392,7 @@ func (b *socketBackend) act(key, action, txnID string, rest bool) (*protocol.Tra
 	if rest {
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 		defer cancel()
-		resp, err := client.NewHTTP(b.opts(), key, secrets[key]).Do(ctx, "POST", "/v1/transactions/"+txnID+"/"+action, map[string]any{}, nil)
+		resp, err := client.NewHTTP(b.opts(), key, kit.Secrets[key]).Do(ctx, "POST", "/v1/transactions/"+txnID+"/"+action, map[string]any{}, nil)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -421,7 +422,7 @@ func (b *socketBackend) act(key, action, txnID string, rest bool) (*protocol.Tra
 func (b *socketBackend) termConnect(dev string, displace bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	c, err := client.DialTerminal(ctx, b.opts(), dev, secrets[dev])
+	c, err := client.DialTerminal(ctx, b.opts(), dev, kit.Secrets[dev])
 	if err != nil {
 		return err
 	}

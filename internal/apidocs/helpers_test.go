@@ -25,6 +25,7 @@ import (
 	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/internal/apptest"
+	"github.com/termhub/termhub/internal/apptest/kit"
 )
 
 // ---- the repository ----
@@ -531,26 +532,6 @@ func constValues(cs []constant, pick func(c constant) bool) []string {
 
 // ---- a running hub ----
 
-const opsToken = "apidocs-ops-token"
-
-const testConfig = `
-grace_period: 60s
-payment_timeout: 180s
-heartbeat_interval: 24h
-signature_timeout: 60s
-ops_token: "apidocs-ops-token"
-merchants:
-  - id: m1
-    name: Shop One
-    api_keys:
-      - {id: pk1, secret: sk1}
-    terminals:
-      - {device_id: T1, secret: dt1, label: Front}
-      - {device_id: T2, secret: dt2, label: Back}
-`
-
-var secrets = map[string]string{"pk1": "sk1", "T1": "dt1", "T2": "dt2"}
-
 // hubEnv is an App on miniredis (or REDIS_URL) behind an httptest server.
 type hubEnv struct {
 	App   *app.App
@@ -560,6 +541,6 @@ type hubEnv struct {
 
 func startHub(t *testing.T) *hubEnv {
 	t.Helper()
-	h := apptest.Start(t, testConfig)
+	h := apptest.Start(t, kit.OpsConfig)
 	return &hubEnv{App: h.App, Clock: h.Clock, Srv: h.Srv}
 }

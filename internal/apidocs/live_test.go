@@ -11,6 +11,8 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/internal/apptest"
+	"github.com/termhub/termhub/internal/apptest/kit"
 )
 
 // peer is one live WebSocket of the test. Every frame it reads is validated
@@ -105,7 +107,7 @@ func TestLiveFramesMatchSchemas(t *testing.T) {
 
 	// The ops feed, read in the background.
 	ws, _, err := websocket.Dial(ctx, strings.Replace(e.Srv.URL, "http", "ws", 1)+"/v1/ops/ws",
-		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + opsToken}}})
+		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + kit.OpsToken}}})
 	if err != nil {
 		t.Fatalf("dial ops feed: %v", err)
 	}
@@ -125,19 +127,12 @@ func TestLiveFramesMatchSchemas(t *testing.T) {
 
 	dial := func(name, kind, id string) *peer {
 		t.Helper()
-		dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
-		defer dcancel()
 		var c *client.Conn
-		var err error
 		if kind == "pos" {
-			c, err = client.DialPOS(dctx, opts, id, secrets[id])
+			c = apptest.DialPOS(t, opts, id, kit.Secrets[id])
 		} else {
-			c, err = client.DialTerminal(dctx, opts, id, secrets[id])
+			c = apptest.DialTerminal(t, opts, id, kit.Secrets[id])
 		}
-		if err != nil {
-			t.Fatalf("dial %s: %v", name, err)
-		}
-		t.Cleanup(func() { _ = c.CloseNow() })
 		p := &peer{t: t, d: d, ch: chans[kind], name: name, c: c, seen: map[string]int{}}
 		p.check(c.Greeting)
 		return p

@@ -1,7 +1,9 @@
 // Package apptest starts a whole termhub App for a test: the configuration
 // parsed from YAML, a Redis from internal/redistest, a fake clock, the App
 // started and served by an httptest server, and all of it drained and closed
-// when the test ends. It is test support, like internal/redistest.
+// when the test ends; and peers dialled to it. It is test support, like
+// internal/redistest. The parts of the harness that need no App (the test
+// configuration, its secrets, Ctx, Eventually) are in package kit.
 package apptest
 
 import (
@@ -15,9 +17,12 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/app"
+	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/internal/redistest"
+	"github.com/termhub/termhub/protocol"
 )
 
 // epoch is the time the fake clock starts at.
@@ -108,4 +113,62 @@ func Start(t testing.TB, yamlConfig string, opts ...Option) *Env {
 		e.Srv.Close()
 	})
 	return e
+}
+
+// ClientOptions are the options of a client of the App: its URL, and
+// signatures dated by the fake clock (by the wall clock with WallClock).
+func (e *Env) ClientOptions() client.Options {
+	o := client.Options{BaseURL: e.Srv.URL}
+	if e.Clock != nil {
+		o.Now = e.Clock.Now
+	}
+	return o
+}
+
+// POS connects a POS with API key id of kit.Config.
+func (e *Env) POS(t testing.TB, id string) *client.Conn {
+	t.Helper()
+	return DialPOS(t, e.ClientOptions(), id, kit.Secrets[id])
+}
+
+// Terminal connects terminal id of kit.Config and waits until the hub has
+// it online on that connection.
+func (e *Env) Terminal(t testing.TB, id string) *client.Conn {
+	t.Helper()
+	c := DialTerminal(t, e.ClientOptions(), id, kit.Secrets[id])
+	WaitOnline(t, e.App, id, c)
+	return c
+}
+
+// DialPOS connects a POS with API key id and its secret, failing the test
+// if the hub refuses; the connection is closed when the test ends.
+func DialPOS(t testing.TB, opts client.Options, id, secret string) *client.Conn {
+	t.Helper()
+	c, err := client.DialPOS(kit.Ctx(t), opts, id, secret)
+	if err != nil {
+		t.Fatalf("dial POS %s: %v", id, err)
+	}
+	t.Cleanup(func() { _ = c.CloseNow() })
+	return c
+}
+
+// DialTerminal connects terminal id with its secret, failing the test if
+// the hub refuses; the connection is closed when the test ends.
+func DialTerminal(t testing.TB, opts client.Options, id, secret string) *client.Conn {
+	t.Helper()
+	c, err := client.DialTerminal(kit.Ctx(t), opts, id, secret)
+	if err != nil {
+		t.Fatalf("dial terminal %s: %v", id, err)
+	}
+	t.Cleanup(func() { _ = c.CloseNow() })
+	return c
+}
+
+// WaitOnline waits until a's hub has terminal id online on connection c.
+func WaitOnline(t testing.TB, a *app.App, id string, c *client.Conn) {
+	t.Helper()
+	kit.Eventually(t, id+" online on "+c.ConnectionID(), func() bool {
+		s, cid, _ := a.Hub.TerminalLive(id)
+		return s == protocol.TerminalOnline && cid == c.ConnectionID()
+	})
 }
