@@ -12,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/termhub/termhub/internal/wsconn"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/session"
 )
@@ -74,6 +75,24 @@ func (h *Hub) admit(w http.ResponseWriter, r *http.Request, kind Kind, auth func
 	return p, true
 }
 
+// Write buffer sizes of an upgraded connection. Buffers are much of an idle
+// connection's memory, so they are as small as the traffic allows. A
+// writer holds one typical frame with its header, so that the frame goes
+// out in one write (a bigger one takes two): a POS is sent replies and
+// events of often ~1.5 KB, a terminal commands of a few hundred bytes.
+const (
+	wsWriteBuffer         = 2 << 10
+	wsTerminalWriteBuffer = 1 << 10
+)
+
+// writeBufferSize is the write buffer of a connection of kind.
+func writeBufferSize(kind Kind) int {
+	if kind == KindTerminal {
+		return wsTerminalWriteBuffer
+	}
+	return wsWriteBuffer
+}
+
 // serveConn upgrades and registers one connection, then hands it to a
 // goroutine of its own (readConn) and returns. Returning frees what net/http
 // holds while its handler runs and the hijacked connection no longer needs:
@@ -82,8 +101,9 @@ func (h *Hub) admit(w http.ResponseWriter, r *http.Request, kind Kind, auth func
 func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p principal,
 	register, unregister func(*conn), handle func(*conn, [][]byte) error) {
 	c := h.newConn(nil, kind, p.merchantID, p.keyID, p.deviceID)
-	// hijackWriter gives the connection small buffers of its own (hijack.go).
-	hw := hijackWriter{ResponseWriter: w, writeBuffer: writeBufferSize(kind), conn: c, switching: new(bool)}
+	// The connection gets small buffers of its own and nonblocking writes,
+	// and its 101 leaves with the greeting (wsconn.ResponseWriter).
+	hw := &wsconn.ResponseWriter{ResponseWriter: w, WriteBuffer: writeBufferSize(kind), HoldSwitch: true, OnTail: c.tailed}
 	ws, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
 		// Credentials are HMAC signatures, not cookies, so a cross-origin
 		// page gains nothing it could not sign itself.
@@ -97,7 +117,7 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 		return
 	}
 	ws.SetReadLimit(-1) // readLoop enforces 64 KiB itself, to close with 4400
-	c.ws = ws
+	c.ws, c.spill, c.rbuf = ws, hw.Conn, hw.Reader
 	// Counted under h.mu so that Drain, which sets draining under h.mu before
 	// it waits, never sees an Add after its Wait began. The count is the
 	// connection's, not the handler's: readConn ends it.
