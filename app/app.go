@@ -205,13 +205,20 @@ func (a *App) Trim(ctx context.Context) error {
 	return nil
 }
 
-// Handler serves every endpoint.
-func (a *App) Handler() http.Handler {
-	h := a.Hub.Handler()
-	a.Ops.Register(a.Hub.Mux())
-	a.routeWebhooks()
-	return h
+// Routes returns a mux of every route of the node. It is the one place
+// where routes are put together: each package gives its own (Hub.Register,
+// Ops.Register, the webhook status handler), and none adds routes to
+// another's mux.
+func (a *App) Routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	a.Hub.Register(mux)
+	a.Ops.Register(mux)
+	mux.Handle("GET /v1/ops/webhooks", a.webhookStatus())
+	return mux
 }
+
+// Handler serves every endpoint, each request's latency measured by route.
+func (a *App) Handler() http.Handler { return a.Hub.Timed(a.Routes()) }
 
 // Drain tells every client to reconnect and waits for them to go, then
 // for the engine's recovery work (within ctx), and stops the background
@@ -267,12 +274,12 @@ func (a *App) newWebhooks(cfg config.Config, rdb redis.UniversalClient, ks keys.
 	})
 }
 
-// routeWebhooks adds GET /v1/ops/webhooks (ops token, failures limited as
-// on every ops route) to the hub's routes.
-func (a *App) routeWebhooks() {
-	a.Hub.Mux().Handle("GET /v1/ops/webhooks", a.Hub.OpsHTTP(a.Webhooks.OpsHandler(func(r *http.Request) bool {
+// webhookStatus is GET /v1/ops/webhooks, behind the ops token (failures
+// limited as on every ops route).
+func (a *App) webhookStatus() http.Handler {
+	return a.Hub.OpsHTTP(a.Webhooks.OpsHandler(func(r *http.Request) bool {
 		return a.Hub.OpsAuthorized(r, a.Config.OpsToken)
-	})))
+	}))
 }
 
 // refreshWebhooks starts delivery for merchants a reload gave a webhook_url.

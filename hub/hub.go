@@ -121,7 +121,6 @@ type Hub struct {
 	limits   *limits
 	devLocks [1024]sync.Mutex // serialise a device's connect and drop handling
 
-	mux        *http.ServeMux
 	mu         sync.Mutex
 	pos        map[string]*conn                      // by API key id; guarded by mu
 	posByMerch map[string]map[*conn]struct{}         // guarded by mu
@@ -172,9 +171,10 @@ func (h *Hub) Directory() *config.Directory { return h.dir.Load() }
 // now is the hub clock in UTC, so that every timestamp on the wire is UTC.
 func (h *Hub) now() time.Time { return h.clock.Now().UTC() }
 
-// Handler returns the HTTP handler for every hub endpoint.
-func (h *Hub) Handler() http.Handler {
-	mux := http.NewServeMux()
+// Register adds the hub's routes to mux. The node's one mux is put
+// together by package app from each package's routes; no package adds
+// routes to another's.
+func (h *Hub) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/pos/ws", h.servePOS)
 	mux.HandleFunc("GET /v1/terminal/ws", h.serveTerminal)
 	mux.HandleFunc("GET /v1/terminals", h.posHTTP(scoped(requireRead, h.handleListTerminals)))
@@ -192,16 +192,21 @@ func (h *Hub) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", h.handleReady)
 	mux.Handle("GET /metrics", h.OpsHTTP(promhttp.HandlerFor(h.metrics.Registry, promhttp.HandlerOpts{}).ServeHTTP))
-	h.mux = mux
-	return h.timed(mux)
 }
 
-// Mux returns the routes, for packages that add their own (ops).
-func (h *Hub) Mux() *http.ServeMux { return h.mux }
+// Handler serves the hub's routes alone, timed: a hub without the rest of
+// a node (package app serves the whole node).
+func (h *Hub) Handler() http.Handler {
+	mux := http.NewServeMux()
+	h.Register(mux)
+	return h.Timed(mux)
+}
 
-// timed records the latency of every plain HTTP request by route pattern
-// (WebSocket upgrades are long-lived and measured per message instead).
-func (h *Hub) timed(next http.Handler) http.Handler {
+// Timed records the latency of every plain HTTP request next serves by
+// route pattern, in the hub's metrics (WebSocket upgrades are long-lived
+// and measured per message instead). Package app wraps the node's whole
+// mux in it, so every package's routes are measured alike.
+func (h *Hub) Timed(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "" {
 			next.ServeHTTP(w, r)

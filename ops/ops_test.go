@@ -468,8 +468,10 @@ func TestFeedEndsOnDrain(t *testing.T) {
 func TestSlowFeedDropped(t *testing.T) {
 	h := hub.New(hub.Options{OpsToken: opsToken, Logger: zerolog.New(io.Discard)})
 	s := ops.New(ops.Options{Hub: h, Token: opsToken, FeedQueue: 1})
-	handler := h.Handler()
-	s.Register(h.Mux())
+	mux := http.NewServeMux()
+	h.Register(mux)
+	s.Register(mux)
+	handler := h.Timed(mux)
 	e := &env{t: t, Srv: newServer(t, handler)}
 	f := e.mustFeed(bearer())
 	f.until(ops.ActionSnapshot, nil)

@@ -156,8 +156,10 @@ func opsNode(t *testing.T, o ops.Options) *env {
 		o.Token = opsToken
 	}
 	s := ops.New(o)
-	handler := h.Handler()
-	s.Register(h.Mux())
+	mux := http.NewServeMux()
+	h.Register(mux)
+	s.Register(mux)
+	handler := h.Timed(mux)
 	e := &env{t: t, Srv: newServer(t, handler)}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
