@@ -20,7 +20,7 @@ import (
 //   - Nothing the hub answers or delivers durably after an ack leaves
 //     before the ack is stored: a reply to a later request, an error reply
 //     and a durable message (live or held back during a replay) all wait
-//     for the key's acks queued before them (waitAcks). Pushes that are
+//     for the key's acks queued before them (WaitAcks). Pushes that are
 //     not durable (terminalStatusUpdate, a new connection's greeting) do
 //     not wait: they are sent with the hub's lock held. A POS that has seen
 //     anything after its ack can rely on the ack, even across a crash of
@@ -137,7 +137,7 @@ func (h *Hub) applyAcks(k string, l *ackLine, done <-chan struct{}) {
 		// Not the connection's context: an ack that arrived is applied even
 		// if its connection has closed since.
 		// One ack's Redis work has request_timeout, so that a stalled Redis
-		// holds the waiters of an API key (waitAcks) for a bounded time; a
+		// holds the waiters of an API key (WaitAcks) for a bounded time; a
 		// timed-out ack is answered like any failed one ("ack not stored; send
 		// it again").
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.c.ctx), h.opts.RequestTimeout)
@@ -174,10 +174,10 @@ func (l *ackLine) wakeLocked() {
 	}
 }
 
-// waitAcks returns once every ack of the API key queued before the call has
+// WaitAcks returns once every ack of the API key queued before the call has
 // been applied, or when ctx ends. Acks queued later do not hold it, so a
 // POS that keeps acking cannot starve a waiter.
-func (h *Hub) waitAcks(ctx context.Context, merchantID, keyID string) {
+func (h *Hub) WaitAcks(ctx context.Context, merchantID, keyID string) {
 	k := ackLineKey(merchantID, keyID)
 	h.acks.mu.Lock()
 	l := h.acks.lines[k]

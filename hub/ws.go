@@ -24,7 +24,7 @@ func (h *Hub) servePOS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.opts.RequestTimeout)
-	h.displaceSession(ctx, p.merchantID, p.keyID)
+	h.displaceSession(ctx, p.MerchantID, p.KeyID)
 	cancel()
 	h.serveConn(w, r, KindPOS, p, func(c *conn) {
 		h.registerPOS(c)
@@ -34,7 +34,7 @@ func (h *Hub) servePOS(w http.ResponseWriter, r *http.Request) {
 
 // serveTerminal upgrades an authenticated terminal and serves it.
 func (h *Hub) serveTerminal(w http.ResponseWriter, r *http.Request) {
-	p, ok := h.admit(w, r, KindTerminal, func(r *http.Request, _ []byte) (principal, *protocol.Error) { return h.authTerminal(r) })
+	p, ok := h.admit(w, r, KindTerminal, func(r *http.Request, _ []byte) (Principal, *protocol.Error) { return h.authTerminal(r) })
 	if !ok {
 		return
 	}
@@ -43,34 +43,34 @@ func (h *Hub) serveTerminal(w http.ResponseWriter, r *http.Request) {
 
 // admit refuses upgrades while draining and checks credentials (401 before
 // the upgrade, so a client sees why).
-func (h *Hub) admit(w http.ResponseWriter, r *http.Request, kind Kind, auth func(*http.Request, []byte) (principal, *protocol.Error)) (principal, bool) {
+func (h *Hub) admit(w http.ResponseWriter, r *http.Request, kind Kind, auth func(*http.Request, []byte) (Principal, *protocol.Error)) (Principal, bool) {
 	if h.draining.Load() {
-		writeError(w, protocol.Errorf(protocol.CodeUnavailable, "", "server is shutting down; reconnect shortly"))
-		return principal{}, false
+		WriteError(w, protocol.Errorf(protocol.CodeUnavailable, "", "server is shutting down; reconnect shortly"))
+		return Principal{}, false
 	}
 	if e := h.addrBlocked(r); e != nil {
-		writeError(w, e)
-		return principal{}, false
+		WriteError(w, e)
+		return Principal{}, false
 	}
 	p, e := auth(r, nil)
 	if e != nil {
-		id := p.keyID
+		id := p.KeyID
 		if kind == KindTerminal {
-			id = p.deviceID
+			id = p.DeviceID
 		}
-		writeError(w, h.AuthFailed(r, string(kind), id, e))
-		return principal{}, false
+		WriteError(w, h.AuthFailed(r, string(kind), id, e))
+		return Principal{}, false
 	}
 	// A connect counts against the key's or terminal's budget: a client
 	// reconnecting in a tight loop is slowed before it costs an upgrade.
 	if kind == KindTerminal {
-		e = h.allowTerminal(p.deviceID)
+		e = h.allowTerminal(p.DeviceID)
 	} else {
-		e = h.allowKey(p.keyID)
+		e = h.allowKey(p.KeyID)
 	}
 	if e != nil {
-		writeError(w, e)
-		return principal{}, false
+		WriteError(w, e)
+		return Principal{}, false
 	}
 	return p, true
 }
@@ -98,9 +98,9 @@ func writeBufferSize(kind Kind) int {
 // holds while its handler runs and the hijacked connection no longer needs:
 // its goroutine and that goroutine's stack, and its connection, request and
 // response structs (about 2.5 KiB of heap).
-func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p principal,
+func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p Principal,
 	register, unregister func(*conn), handle func(*conn, [][]byte) error) {
-	c := h.newConn(nil, kind, p.merchantID, p.keyID, p.deviceID)
+	c := h.newConn(nil, kind, p.MerchantID, p.KeyID, p.DeviceID)
 	// The connection gets small buffers of its own and nonblocking writes,
 	// and its 101 leaves with the greeting (wsconn.ResponseWriter).
 	hw := &wsconn.ResponseWriter{ResponseWriter: w, WriteBuffer: writeBufferSize(kind), HoldSwitch: true, OnTail: c.tailed}
@@ -335,10 +335,10 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 	}
 	// The reply goes out between the commit and the delivery of what it
 	// caused, so the POS never sees an outcome before the answer.
-	res, err := h.perform(session.WithReply(ctx, answer), principal{merchantID: c.merchantID, keyID: c.keyID}, in.Body, idempotencyKeyOf(in.Body))
+	res, err := h.Perform(session.WithReply(ctx, answer), Principal{MerchantID: c.merchantID, KeyID: c.keyID}, in.Body, idempotencyKeyOf(in.Body))
 	switch {
 	case err != nil:
-		pe := h.clientError(err, c.log)
+		pe := h.ClientError(err, c.log)
 		if pe.Field == protocol.HeaderIdemKey {
 			pe = &protocol.Error{Code: pe.Code, Message: pe.Message, Field: "idempotencyKey"}
 		}
@@ -358,7 +358,7 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 // here: they would wait for themselves.)
 func (h *Hub) reply(ctx context.Context, c *conn, v any) {
 	if c.kind == KindPOS {
-		h.waitAcks(ctx, c.merchantID, c.keyID)
+		h.WaitAcks(ctx, c.merchantID, c.keyID)
 	}
 	c.sendNowJSON(v)
 }
@@ -379,13 +379,13 @@ func isResult(action string) bool {
 // connections too.
 func (h *Hub) scopeOf(keyID string, body any) *protocol.Error {
 	k, _ := h.Directory().Key(keyID)
-	p := principal{canWrite: k.CanWrite, canRead: k.CanRead}
+	p := Principal{CanWrite: k.CanWrite, CanRead: k.CanRead}
 	switch body.(type) {
 	case *protocol.PaymentRequest, *protocol.RefundRequest, *protocol.CancelRequest,
 		*protocol.VoidRequest, *protocol.CaptureRequest, *protocol.SignatureVerificationRequest:
-		return requireWrite(p)
+		return p.RequireWrite()
 	case *protocol.GetTransactionStatusRequest, *protocol.ListTerminalsRequest:
-		return requireRead(p)
+		return p.RequireRead()
 	}
 	return nil
 }
@@ -433,7 +433,7 @@ func (h *Hub) handleTerminalFrames(c *conn, frames [][]byte) error {
 			bodies[i] = in.Body
 		}
 		refused := func(i int, err error) {
-			h.reply(c.ctx, c, protocol.NewErrorReply(run[i].RequestID, h.clientError(err, c.log)))
+			h.reply(c.ctx, c, protocol.NewErrorReply(run[i].RequestID, h.ClientError(err, c.log)))
 		}
 		if e := h.opts.Engine; e != nil {
 			ctx, cancel := context.WithTimeout(c.ctx, h.opts.RequestTimeout)
@@ -441,7 +441,7 @@ func (h *Hub) handleTerminalFrames(c *conn, frames [][]byte) error {
 			cancel()
 		} else {
 			for i := range run {
-				refused(i, errUnavailable)
+				refused(i, ErrNoEngine)
 			}
 		}
 		run = run[:0]

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/httpapi"
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/ops"
 	"github.com/termhub/termhub/protocol"
@@ -468,10 +469,12 @@ func TestFeedEndsOnDrain(t *testing.T) {
 func TestSlowFeedDropped(t *testing.T) {
 	h := hub.New(hub.Options{OpsToken: opsToken, Logger: zerolog.New(io.Discard)})
 	s := ops.New(ops.Options{Hub: h, Token: opsToken, FeedQueue: 1})
+	api := httpapi.New(httpapi.Options{Hub: h, Logger: zerolog.New(io.Discard)})
 	mux := http.NewServeMux()
 	h.Register(mux)
+	api.Register(mux)
 	s.Register(mux)
-	handler := h.Timed(mux)
+	handler := api.Timed(mux)
 	e := &env{t: t, Srv: newServer(t, handler)}
 	f := e.mustFeed(bearer())
 	f.until(ops.ActionSnapshot, nil)

@@ -18,6 +18,7 @@ import (
 	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/httpapi"
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/internal/apptest"
 	"github.com/termhub/termhub/internal/keys"
@@ -156,10 +157,12 @@ func opsNode(t *testing.T, o ops.Options) *env {
 		o.Token = opsToken
 	}
 	s := ops.New(o)
+	api := httpapi.New(httpapi.Options{Hub: h, Logger: zerolog.New(io.Discard)})
 	mux := http.NewServeMux()
 	h.Register(mux)
+	api.Register(mux)
 	s.Register(mux)
-	handler := h.Timed(mux)
+	handler := api.Timed(mux)
 	e := &env{t: t, Srv: newServer(t, handler)}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
