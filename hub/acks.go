@@ -9,12 +9,12 @@ import (
 
 // WebSocket acks are applied off the reader: a POS typically acks a result
 // and sends its next request at once, and that request's commit should not
-// wait behind the ack's Redis round trip; the two now run side by side.
-// Acks of one API key are still applied one at a time, in the order they
+// wait behind the ack's Redis round trip; the two run side by side.
+// Acks of one API key are applied one at a time, in the order they
 // arrived, by a goroutine that exists while some are queued and for
 // ackLinger after the last: a POS acks every result, and a goroutine
-// started afresh for each ack, whose stack then grew twice on its way into
-// the Redis client, was 7 % of the hub's CPU in the latency bench.
+// started afresh for each ack would grow its stack twice on its way into
+// the Redis client, every time (docs/performance.md).
 //
 // What a POS may conclude from the order of frames is kept:
 //   - Nothing the hub answers or delivers durably after an ack leaves

@@ -166,11 +166,11 @@ func (c *conn) finish(d *protocol.Disconnect) {
 	if c.peerGone.Load() && d.Reason == "" {
 		// The peer ended the connection without a close frame and the hub
 		// owes it nothing (no reason of its own to close): no close frame
-		// and no wait for an answer that a vanished peer never sends (in a
-		// reconnect storm, a sixth of the hub's CPU). A disconnect with a
-		// reason (shutdown, displaced, kicked) still sends its
-		// forceDisconnect and close frame: a peer that only closed its
-		// sending side can read them.
+		// and no wait for an answer that a vanished peer never sends, which
+		// a reconnect storm would pay for every connection
+		// (docs/performance.md). A disconnect with a reason (shutdown,
+		// displaced, kicked) still sends its forceDisconnect and close
+		// frame: a peer that only closed its sending side can read them.
 		_ = c.ws.CloseNow()
 		return
 	}

@@ -5,6 +5,12 @@
 // grace timer and routes messages to the right connection. How a transaction
 // decides is the session package's business; the hub only carries out what
 // it is told.
+//
+// It also holds what the upgrade and the HTTP API (package httpapi) must
+// check alike: signed-request and ops-token authentication, the rate limits
+// and failure counting around them, the replay guard of signed POSTs, and
+// the bridge from a decoded request to the engine (Perform, ClientError).
+// The socket layer under coder/websocket is package internal/wsconn.
 package hub
 
 import (

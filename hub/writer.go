@@ -111,10 +111,10 @@ func (c *conn) marshal(v any) ([]byte, bool) {
 // send is enqueue for the hot paths: when nothing is queued and no writer
 // is running, the caller writes the frame itself instead of starting a
 // writer goroutine for it. That saves a goroutine start, a wake-up of
-// another thread and a hand-off per frame (about a tenth of the hub's CPU
-// per payment in the latency bench), and it never blocks on the peer: the
-// write is nonblocking (wsconn.Conn), and whatever the socket cannot take at
-// once is left to a writer goroutine, which frames queued meanwhile follow.
+// another thread and a hand-off per frame (docs/performance.md), and it
+// never blocks on the peer: the write is nonblocking (wsconn.Conn), and
+// whatever the socket cannot take at once is left to a writer goroutine,
+// which frames queued meanwhile follow.
 // While the caller writes it is the connection's writer, so frames keep the
 // order in which they were sent or queued. A peer that stops reading thus
 // still fills its queue and is disconnected as slow, as with enqueue.

@@ -97,7 +97,7 @@ func writeBufferSize(kind Kind) int {
 // goroutine of its own (readConn) and returns. Returning frees what net/http
 // holds while its handler runs and the hijacked connection no longer needs:
 // its goroutine and that goroutine's stack, and its connection, request and
-// response structs (about 2.5 KiB of heap).
+// response structs.
 func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p Principal,
 	register, unregister func(*conn), handle func(*conn, [][]byte) error) {
 	c := h.newConn(nil, kind, p.MerchantID, p.KeyID, p.DeviceID)
