@@ -16,6 +16,7 @@ import (
 
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/httpapi"
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/internal/keys"
 	"github.com/termhub/termhub/internal/metrics"
@@ -30,6 +31,7 @@ import (
 type App struct {
 	Config  config.Config
 	Hub     *hub.Hub
+	API     *httpapi.Server // REST, HTTP event sessions, health and metrics routes
 	Engine  *session.Engine
 	Outbox  *queue.Outbox
 	Metrics *metrics.Metrics
@@ -86,6 +88,7 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 		Merchants:      func() []string { return a.Hub.Directory().MerchantIDs() },
 		RequestTimeout: cfg.RequestTimeout.D(),
 	})
+	sessions := httpapi.RedisSessions{RDB: rdb, Key: ks.Session}
 	a.Hub = hub.New(hub.Options{
 		Directory:         dir,
 		Clock:             clk,
@@ -96,12 +99,14 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 		Engine:            a.Engine,
 		Metrics:           a.Metrics,
 		Outbox:            a.Outbox,
-		Sessions:          hub.RedisSessions{RDB: rdb, Key: ks.Session},
+		Sessions:          sessions,
 		Health:            a.Health,
 		RequestTimeout:    cfg.RequestTimeout.D(),
 		RateLimit:         cfg.RateLimit,
 		Replays:           hub.RedisReplays{RDB: rdb, Key: ks.Replay},
 	})
+	a.API = httpapi.New(httpapi.Options{Hub: a.Hub, Engine: a.Engine, Outbox: a.Outbox, Sessions: sessions,
+		Health: a.Health, Clock: clk, Logger: log, RequestTimeout: cfg.RequestTimeout.D()})
 	a.Engine.SetTerminals(a.Hub)
 	a.Engine.SetSink(a.Hub)
 	// Ops owns the engine's one observer slot and fans out (Ops.ObserveTransactions).
@@ -205,13 +210,21 @@ func (a *App) Trim(ctx context.Context) error {
 	return nil
 }
 
-// Handler serves every endpoint.
-func (a *App) Handler() http.Handler {
-	h := a.Hub.Handler()
-	a.Ops.Register(a.Hub.Mux())
-	a.routeWebhooks()
-	return h
+// Routes returns a mux of every route of the node. It is the one place
+// where routes are put together: each package gives its own (Hub.Register,
+// API.Register, Ops.Register, the webhook status handler), and none adds
+// routes to another's mux.
+func (a *App) Routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	a.Hub.Register(mux)
+	a.API.Register(mux)
+	a.Ops.Register(mux)
+	mux.Handle("GET /v1/ops/webhooks", a.webhookStatus())
+	return mux
 }
+
+// Handler serves every endpoint, each request's latency measured by route.
+func (a *App) Handler() http.Handler { return a.API.Timed(a.Routes()) }
 
 // Drain tells every client to reconnect and waits for them to go, then
 // for the engine's recovery work (within ctx), and stops the background
@@ -267,12 +280,12 @@ func (a *App) newWebhooks(cfg config.Config, rdb redis.UniversalClient, ks keys.
 	})
 }
 
-// routeWebhooks adds GET /v1/ops/webhooks (ops token, failures limited as
-// on every ops route) to the hub's routes.
-func (a *App) routeWebhooks() {
-	a.Hub.Mux().Handle("GET /v1/ops/webhooks", a.Hub.OpsHTTP(a.Webhooks.OpsHandler(func(r *http.Request) bool {
+// webhookStatus is GET /v1/ops/webhooks, behind the ops token (failures
+// limited as on every ops route).
+func (a *App) webhookStatus() http.Handler {
+	return a.Hub.OpsHTTP(a.Webhooks.OpsHandler(func(r *http.Request) bool {
 		return a.Hub.OpsAuthorized(r, a.Config.OpsToken)
-	})))
+	}))
 }
 
 // refreshWebhooks starts delivery for merchants a reload gave a webhook_url.

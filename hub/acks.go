@@ -9,18 +9,18 @@ import (
 
 // WebSocket acks are applied off the reader: a POS typically acks a result
 // and sends its next request at once, and that request's commit should not
-// wait behind the ack's Redis round trip; the two now run side by side.
-// Acks of one API key are still applied one at a time, in the order they
+// wait behind the ack's Redis round trip; the two run side by side.
+// Acks of one API key are applied one at a time, in the order they
 // arrived, by a goroutine that exists while some are queued and for
 // ackLinger after the last: a POS acks every result, and a goroutine
-// started afresh for each ack, whose stack then grew twice on its way into
-// the Redis client, was 7 % of the hub's CPU in the latency bench.
+// started afresh for each ack would grow its stack twice on its way into
+// the Redis client, every time (docs/performance.md).
 //
 // What a POS may conclude from the order of frames is kept:
 //   - Nothing the hub answers or delivers durably after an ack leaves
 //     before the ack is stored: a reply to a later request, an error reply
 //     and a durable message (live or held back during a replay) all wait
-//     for the key's acks queued before them (waitAcks). Pushes that are
+//     for the key's acks queued before them (WaitAcks). Pushes that are
 //     not durable (terminalStatusUpdate, a new connection's greeting) do
 //     not wait: they are sent with the hub's lock held. A POS that has seen
 //     anything after its ack can rely on the ack, even across a crash of
@@ -137,7 +137,7 @@ func (h *Hub) applyAcks(k string, l *ackLine, done <-chan struct{}) {
 		// Not the connection's context: an ack that arrived is applied even
 		// if its connection has closed since.
 		// One ack's Redis work has request_timeout, so that a stalled Redis
-		// holds the waiters of an API key (waitAcks) for a bounded time; a
+		// holds the waiters of an API key (WaitAcks) for a bounded time; a
 		// timed-out ack is answered like any failed one ("ack not stored; send
 		// it again").
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.c.ctx), h.opts.RequestTimeout)
@@ -174,10 +174,10 @@ func (l *ackLine) wakeLocked() {
 	}
 }
 
-// waitAcks returns once every ack of the API key queued before the call has
+// WaitAcks returns once every ack of the API key queued before the call has
 // been applied, or when ctx ends. Acks queued later do not hold it, so a
 // POS that keeps acking cannot starve a waiter.
-func (h *Hub) waitAcks(ctx context.Context, merchantID, keyID string) {
+func (h *Hub) WaitAcks(ctx context.Context, merchantID, keyID string) {
 	k := ackLineKey(merchantID, keyID)
 	h.acks.mu.Lock()
 	l := h.acks.lines[k]

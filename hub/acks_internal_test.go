@@ -22,7 +22,7 @@ func TestWaitAcksWaitsOnlyForEarlierAcks(t *testing.T) {
 
 	done := make(chan struct{})
 	go func() {
-		h.waitAcks(context.Background(), "m1", "pk1")
+		h.WaitAcks(context.Background(), "m1", "pk1")
 		close(done)
 	}()
 	within(t, "the waiter to wait", func() bool {
@@ -44,22 +44,22 @@ func TestWaitAcksWaitsOnlyForEarlierAcks(t *testing.T) {
 	})
 	select {
 	case <-done:
-		t.Fatal("waitAcks returned with an earlier ack not applied")
+		t.Fatal("WaitAcks returned with an earlier ack not applied")
 	default:
 	}
 	step(2, 4) // both of its acks applied; the line is still busy
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
-		t.Fatal("waitAcks still waits for acks queued after it")
+		t.Fatal("WaitAcks still waits for acks queued after it")
 	}
 
 	// With nothing queued it returns at once; with a cancelled context too.
-	h.waitAcks(context.Background(), "m1", "other")
+	h.WaitAcks(context.Background(), "m1", "other")
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	step(2, 9)
-	h.waitAcks(ctx, "m1", "pk1")
+	h.WaitAcks(ctx, "m1", "pk1")
 }
 
 // TestAckLineLingers: a line's goroutine stays for the next ack instead of
@@ -80,13 +80,13 @@ func TestAckLineLingers(t *testing.T) {
 	}
 
 	h.queueAck(c, nil, "1-1")
-	h.waitAcks(context.Background(), "m1", "pk1")
+	h.WaitAcks(context.Background(), "m1", "pk1")
 	first := line()
 	if first == nil || first.applied != 1 {
 		t.Fatalf("after one ack the line is %+v, want it kept with 1 applied", first)
 	}
 	h.queueAck(c, nil, "1-2")
-	h.waitAcks(context.Background(), "m1", "pk1")
+	h.WaitAcks(context.Background(), "m1", "pk1")
 	if l := line(); l != first || l.applied != 2 {
 		t.Fatalf("the second ack went to line %p (%d applied), want the first one, %p, with 2", l, l.applied, first)
 	}
@@ -104,7 +104,7 @@ func TestAckLineEndsWithTheHub(t *testing.T) {
 	h := New(Options{Logger: zerolog.Nop(), Clock: clock.NewFake(time.Unix(0, 0))}) // only the stop can end it
 	c := &conn{merchantID: "m1", keyID: "pk1", ctx: context.Background()}
 	h.queueAck(c, nil, "1-1")
-	h.waitAcks(context.Background(), "m1", "pk1")
+	h.WaitAcks(context.Background(), "m1", "pk1")
 	h.stop()
 	waitAckGoroutines(t, h, "the line's goroutine outlived the hub")
 }
@@ -118,7 +118,7 @@ func TestAckLineEndsAfterLinger(t *testing.T) {
 	t.Cleanup(h.stop)
 	c := &conn{merchantID: "m1", keyID: "pk1", ctx: context.Background()}
 	h.queueAck(c, nil, "1-1")
-	h.waitAcks(context.Background(), "m1", "pk1")
+	h.WaitAcks(context.Background(), "m1", "pk1")
 	within(t, "the line to wait for its next ack", func() bool { return clk.Pending() == 1 })
 	clk.Advance(ackLinger - time.Millisecond)
 	if clk.Pending() != 1 {

@@ -31,44 +31,45 @@ type Engine interface {
 	CurrentKnown(merchantID string, devices []string) map[string]string
 }
 
-// errUnavailable answers requests when no engine is configured.
-var errUnavailable = protocol.Errorf(protocol.CodeUnavailable, "", "transactions are not available on this hub")
+// ErrNoEngine answers requests when the hub has no engine (it serves
+// connections only).
+var ErrNoEngine = protocol.Errorf(protocol.CodeUnavailable, "", "transactions are not available on this hub")
 
-// perform runs one POS request against the engine. body is a validated
-// request type; idemKey comes from the Idempotency-Key header or the
-// idempotencyKey field.
-func (h *Hub) perform(ctx context.Context, p principal, body any, idemKey string) (session.Result, error) {
+// Perform runs one POS request against the engine, for the WebSocket and
+// the HTTP API alike. body is a validated request type; idemKey comes from
+// the Idempotency-Key header or the idempotencyKey field.
+func (h *Hub) Perform(ctx context.Context, p Principal, body any, idemKey string) (session.Result, error) {
 	e := h.opts.Engine
 	if e == nil {
-		return session.Result{}, errUnavailable
+		return session.Result{}, ErrNoEngine
 	}
 	switch r := body.(type) {
 	case *protocol.PaymentRequest:
-		return e.Create(ctx, session.CreateInput{MerchantID: p.merchantID, APIKeyID: p.keyID, Req: r, IdemKey: idemKey})
+		return e.Create(ctx, session.CreateInput{MerchantID: p.MerchantID, APIKeyID: p.KeyID, Req: r, IdemKey: idemKey})
 	case *protocol.RefundRequest:
-		return e.Refund(ctx, session.RefundInput{MerchantID: p.merchantID, APIKeyID: p.keyID, Req: r, IdemKey: idemKey})
+		return e.Refund(ctx, session.RefundInput{MerchantID: p.MerchantID, APIKeyID: p.KeyID, Req: r, IdemKey: idemKey})
 	case *protocol.CancelRequest:
-		return e.Act(ctx, session.ActInput{MerchantID: p.merchantID, TxnID: r.TransactionID, Action: protocol.ActionCancel, Body: r, Event: session.EvCancel{}, IdemKey: idemKey})
+		return e.Act(ctx, session.ActInput{MerchantID: p.MerchantID, TxnID: r.TransactionID, Action: protocol.ActionCancel, Body: r, Event: session.EvCancel{}, IdemKey: idemKey})
 	case *protocol.VoidRequest:
-		return e.Act(ctx, session.ActInput{MerchantID: p.merchantID, TxnID: r.TransactionID, Action: protocol.ActionVoid, Body: r, Event: session.EvVoid{Reason: r.Reason}, IdemKey: idemKey})
+		return e.Act(ctx, session.ActInput{MerchantID: p.MerchantID, TxnID: r.TransactionID, Action: protocol.ActionVoid, Body: r, Event: session.EvVoid{Reason: r.Reason}, IdemKey: idemKey})
 	case *protocol.CaptureRequest:
 		amt := int64(0)
 		if r.AmountMinor != nil {
 			amt = *r.AmountMinor
 		}
-		return e.Act(ctx, session.ActInput{MerchantID: p.merchantID, TxnID: r.TransactionID, Action: protocol.ActionCapture, Body: r, Event: session.EvCapture{AmountMinor: amt}, IdemKey: idemKey})
+		return e.Act(ctx, session.ActInput{MerchantID: p.MerchantID, TxnID: r.TransactionID, Action: protocol.ActionCapture, Body: r, Event: session.EvCapture{AmountMinor: amt}, IdemKey: idemKey})
 	case *protocol.SignatureVerificationRequest:
-		return e.Act(ctx, session.ActInput{MerchantID: p.merchantID, TxnID: r.TransactionID, Action: protocol.ActionSignatureVerification, Body: r, Event: session.EvSignatureAnswer{Accepted: *r.Accepted}, IdemKey: idemKey})
+		return e.Act(ctx, session.ActInput{MerchantID: p.MerchantID, TxnID: r.TransactionID, Action: protocol.ActionSignatureVerification, Body: r, Event: session.EvSignatureAnswer{Accepted: *r.Accepted}, IdemKey: idemKey})
 	case *protocol.GetTransactionStatusRequest:
-		t, err := e.Get(ctx, p.merchantID, r.TransactionID)
+		t, err := e.Get(ctx, p.MerchantID, r.TransactionID)
 		return session.Result{Txn: t, Status: 200}, err
 	}
 	return session.Result{}, protocol.Errorf(protocol.CodeUnknownAction, "action", "unsupported action")
 }
 
-// clientError turns an engine error into what the client sees; anything
+// ClientError turns an engine error into what the client sees; anything
 // that is not a client error is logged and answered as internal.
-func (h *Hub) clientError(err error, log zerolog.Logger) *protocol.Error {
+func (h *Hub) ClientError(err error, log zerolog.Logger) *protocol.Error {
 	var pe *protocol.Error
 	if errors.As(err, &pe) {
 		return pe

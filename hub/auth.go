@@ -1,10 +1,8 @@
 package hub
 
 import (
-	"context"
 	"crypto/subtle"
 	"encoding/json"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -13,18 +11,15 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// principal is who a request authenticated as.
-type principal struct {
-	merchantID string
-	keyID      string // POS
-	deviceID   string // terminal
-	canWrite   bool   // POS: the key has terminal:write
-	canRead    bool   // POS: the key has terminal:read
-	ts, sig    string // the request's X-Timestamp and X-Signature
+// Principal is who a signed request authenticated as.
+type Principal struct {
+	MerchantID string
+	KeyID      string // POS
+	DeviceID   string // terminal
+	CanWrite   bool   // POS: the key has terminal:write
+	CanRead    bool   // POS: the key has terminal:read
+	TS, Sig    string // the request's X-Timestamp and X-Signature
 }
-
-// maxBody bounds an HTTP request body; it is read whole to check its hash.
-const maxBody = 1 << 20
 
 // credentials are the three signed values, from headers or the query.
 type credentials struct {
@@ -85,9 +80,9 @@ func (h *Hub) authenticate(r *http.Request, body []byte, idHeader, idQuery strin
 	return c, merchantID, nil
 }
 
-// authPOS authenticates a POS request. On failure the principal holds only
+// authPOS authenticates a POS request. On failure the Principal holds only
 // the key id the request claimed.
-func (h *Hub) authPOS(r *http.Request, body []byte) (principal, *protocol.Error) {
+func (h *Hub) authPOS(r *http.Request, body []byte) (Principal, *protocol.Error) {
 	dir := h.Directory()
 	var key config.KeyEntry
 	c, m, e := h.authenticate(r, body, protocol.HeaderAPIKey, protocol.QueryAPIKey, func(id string) (string, string, bool) {
@@ -96,23 +91,23 @@ func (h *Hub) authPOS(r *http.Request, body []byte) (principal, *protocol.Error)
 		return k.Secret, k.MerchantID, ok
 	})
 	if e != nil {
-		return principal{keyID: c.id}, e
+		return Principal{KeyID: c.id}, e
 	}
-	return principal{merchantID: m, keyID: c.id, canWrite: key.CanWrite, canRead: key.CanRead, ts: c.ts, sig: c.sig}, nil
+	return Principal{MerchantID: m, KeyID: c.id, CanWrite: key.CanWrite, CanRead: key.CanRead, TS: c.ts, Sig: c.sig}, nil
 }
 
 // authTerminal authenticates a terminal's upgrade. On failure the
-// principal holds only the device id the request claimed.
-func (h *Hub) authTerminal(r *http.Request) (principal, *protocol.Error) {
+// Principal holds only the device id the request claimed.
+func (h *Hub) authTerminal(r *http.Request) (Principal, *protocol.Error) {
 	dir := h.Directory()
 	c, m, e := h.authenticate(r, nil, protocol.HeaderDeviceID, protocol.QueryDeviceID, func(id string) (string, string, bool) {
 		t, ok := dir.Terminal(id)
 		return t.Secret, t.MerchantID, ok
 	})
 	if e != nil {
-		return principal{deviceID: c.id}, e
+		return Principal{DeviceID: c.id}, e
 	}
-	return principal{merchantID: m, deviceID: c.id, ts: c.ts, sig: c.sig}, nil
+	return Principal{MerchantID: m, DeviceID: c.id, TS: c.ts, Sig: c.sig}, nil
 }
 
 // OpsAuthorized reports whether r carries token as `Authorization: Bearer
@@ -126,69 +121,55 @@ func (h *Hub) OpsAuthorized(r *http.Request, token string) bool {
 	return got != "" && token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
 }
 
+// OpsHTTP guards an ops endpoint with the ops token (a bearer token), its
+// failures counted and limited as every failed authentication is.
+func (h *Hub) OpsHTTP(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if e := h.addrBlocked(r); e != nil {
+			WriteError(w, e)
+			return
+		}
+		if !h.OpsAuthorized(r, h.opts.OpsToken) {
+			WriteError(w, h.AuthFailed(r, string(KindOps), "", protocol.Errorf(protocol.CodeUnauthorized, "Authorization", "missing or wrong ops token")))
+			return
+		}
+		next(w, r)
+	}
+}
+
 // OpsCookie is the name of the dashboard's session cookie (package ops),
 // which holds a random session id.
 const OpsCookie = "termhub_ops"
 
-// writeJSON writes v with status.
-func writeJSON(w http.ResponseWriter, status int, v any) {
+// WriteJSON writes v with status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// writeError writes the one HTTP error body.
-func writeError(w http.ResponseWriter, e *protocol.Error) {
+// WriteError writes the one HTTP error body, the same for a refused
+// upgrade and for every answer of the HTTP API (package httpapi), with
+// Retry-After when a retry should wait.
+func WriteError(w http.ResponseWriter, e *protocol.Error) {
 	if (e.Code == protocol.CodeRateLimited || e.Code == protocol.CodeUnavailable) && w.Header().Get("Retry-After") == "" {
 		w.Header().Set("Retry-After", strconv.Itoa(max(e.RetryAfter, 1)))
 	}
-	writeJSON(w, e.Code.HTTPStatus(), protocol.ErrorBody{Error: e})
+	WriteJSON(w, e.Code.HTTPStatus(), protocol.ErrorBody{Error: e})
 }
 
-// readBody reads a request body of at most maxBody bytes.
-func readBody(r *http.Request) ([]byte, *protocol.Error) {
-	if r.Body == nil {
-		return nil, nil
+// AuthenticatePOS authenticates a POS's signed HTTP request, body read
+// whole, as the upgrade of its WebSocket is: a failure is counted against
+// the client address and the key it claimed (AuthFailed), and a success
+// takes one request of the key's budget. The refusal is the error to
+// answer.
+func (h *Hub) AuthenticatePOS(r *http.Request, body []byte) (Principal, *protocol.Error) {
+	p, e := h.authPOS(r, body)
+	if e != nil {
+		return p, h.AuthFailed(r, "pos", p.KeyID, e)
 	}
-	b, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
-	if err != nil {
-		return nil, protocol.Invalid("", "could not read the request body")
+	if e := h.allowKey(p.KeyID); e != nil {
+		return p, e
 	}
-	if len(b) > maxBody {
-		return nil, protocol.Invalid("", "request body exceeds 1 MiB")
-	}
-	return b, nil
-}
-
-// posHTTP wraps a POS REST handler with body reading and authentication.
-func (h *Hub) posHTTP(next func(w http.ResponseWriter, r *http.Request, p principal, body []byte)) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if e := h.addrBlocked(r); e != nil {
-			writeError(w, e)
-			return
-		}
-		body, e := readBody(r)
-		if e != nil {
-			writeError(w, e)
-			return
-		}
-		p, e := h.authPOS(r, body)
-		if e != nil {
-			writeError(w, h.AuthFailed(r, "pos", p.keyID, e))
-			return
-		}
-		if e := h.allowKey(p.keyID); e != nil {
-			writeError(w, e)
-			return
-		}
-		// Every request is answered within request_timeout (CONTRACT
-		// §7.1); a long poll's own wait comes on top (handleEvents).
-		ctx, cancel := context.WithTimeout(r.Context(), h.opts.RequestTimeout+requestExtra(r))
-		defer cancel()
-		if e := h.firstUse(ctx, r, p); e != nil {
-			writeError(w, e)
-			return
-		}
-		next(w, r.WithContext(ctx), p, body)
-	}
+	return p, nil
 }

@@ -3,7 +3,6 @@ package hub
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
@@ -17,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/clock"
+	"github.com/termhub/termhub/internal/wsconn"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -74,7 +74,7 @@ type conn struct {
 	resuming bool
 	sentLive [][]byte
 
-	spill *spillConn // the socket, set by the upgrade; nil in tests that upgrade otherwise
+	spill *wsconn.Conn // the socket, set by the upgrade; nil in tests that upgrade otherwise
 
 	// The WebSocket's read buffer, set by the upgrade (nil in tests that
 	// upgrade otherwise): a terminal's reader looks in it for frames that
@@ -154,23 +154,23 @@ func (c *conn) write(frame []byte) error {
 	if err := c.ws.Write(ctx, websocket.MessageText, frame); err != nil {
 		return err
 	}
-	// The socket's writes do not wait (spill.go): what it could not take
-	// yet is written now, within the write timeout.
-	return c.spill.flushTail(c.h.opts.WriteTimeout)
+	// The socket's writes do not wait (wsconn.Conn): what it could not
+	// take yet is written now, within the write timeout.
+	return c.spill.FlushTail(c.h.opts.WriteTimeout)
 }
 
 // finish sends the forceDisconnect of d and closes the socket with its code.
 func (c *conn) finish(d *protocol.Disconnect) {
 	c.log.Info().Str("reason", d.Reason).Int("code", int(d.Code)).Bool("reconnectAllowed", d.ReconnectAllowed).Msg("disconnecting")
-	c.spill.blockWrites()
+	c.spill.BlockWrites()
 	if c.peerGone.Load() && d.Reason == "" {
 		// The peer ended the connection without a close frame and the hub
 		// owes it nothing (no reason of its own to close): no close frame
-		// and no wait for an answer that a vanished peer never sends (in a
-		// reconnect storm, a sixth of the hub's CPU). A disconnect with a
-		// reason (shutdown, displaced, kicked) still sends its
-		// forceDisconnect and close frame: a peer that only closed its
-		// sending side can read them.
+		// and no wait for an answer that a vanished peer never sends, which
+		// a reconnect storm would pay for every connection
+		// (docs/performance.md). A disconnect with a reason (shutdown,
+		// displaced, kicked) still sends its forceDisconnect and close
+		// frame: a peer that only closed its sending side can read them.
 		_ = c.ws.CloseNow()
 		return
 	}
@@ -336,42 +336,11 @@ func readAll(r io.Reader, b []byte, limit int) ([]byte, error) {
 }
 
 // frameBuffered reports whether the read buffer holds a whole unfragmented
-// text frame of at most 64 KiB, which can be read without waiting for the
-// network (RFC 6455 §5.2). Anything else, a control frame included, is
-// left to the next read.
+// text frame of at most 64 KiB (wsconn.TextFrameBuffered).
 func (c *conn) frameBuffered() bool {
 	c.rbufMu.Lock()
 	defer c.rbufMu.Unlock()
-	if c.rbuf == nil {
-		return false
-	}
-	p, _ := c.rbuf.Peek(c.rbuf.Buffered()) // cannot fail: only what is buffered
-	return wholeTextFrame(p)
-}
-
-// wholeTextFrame reports whether p starts with a whole unfragmented text
-// frame of at most 64 KiB.
-func wholeTextFrame(p []byte) bool {
-	if len(p) < 2 || p[0] != 0x81 { // FIN, no RSV bits, opcode 1 (text)
-		return false
-	}
-	size, head := uint64(p[1]&0x7f), 2
-	switch size {
-	case 126:
-		if len(p) < 4 {
-			return false
-		}
-		size, head = uint64(binary.BigEndian.Uint16(p[2:4])), 4
-	case 127:
-		if len(p) < 10 {
-			return false
-		}
-		size, head = binary.BigEndian.Uint64(p[2:10]), 10
-	}
-	if p[1]&0x80 != 0 {
-		head += 4 // the mask key
-	}
-	return size <= protocol.MaxFrameBytes && len(p) >= head && uint64(len(p)-head) >= size
+	return wsconn.TextFrameBuffered(c.rbuf, protocol.MaxFrameBytes)
 }
 
 func (c *conn) protocolViolation(why string) {

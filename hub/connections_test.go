@@ -15,7 +15,6 @@ import (
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/config"
 	"github.com/termhub/termhub/hub"
-	"github.com/termhub/termhub/internal/redisx"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -512,44 +511,4 @@ func TestReloadDropsRemovedCredentials(t *testing.T) {
 	}
 	assertError(t, he.StatusCode, []byte(he.Body), http.StatusUnauthorized, protocol.CodeUnauthorized,
 		protocol.HeaderAPIKey, "unknown X-Api-Key", allSecrets()...)
-}
-
-// downHealth is a Redis probe that has found Redis down since noon.
-type downHealth struct{}
-
-func (downHealth) Ready() <-chan struct{} { return make(chan struct{}) }
-func (downHealth) Status() redisx.HealthStatus {
-	return redisx.HealthStatus{Since: time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC), Error: "dial tcp: connection refused"}
-}
-
-func TestHealthAndReadiness(t *testing.T) {
-	th := newTestHub(t)
-	for _, path := range []string{"/healthz", "/readyz"} {
-		if status, body := th.get(t, path, nil); status != http.StatusOK {
-			t.Errorf("%s: HTTP %d %s, want 200", path, status, body)
-		}
-	}
-	th.drain(t)
-	if status, body := th.get(t, "/readyz", nil); status != http.StatusServiceUnavailable || decodeMap(t, body)["status"] != "draining" {
-		t.Errorf("/readyz after Drain: HTTP %d %s, want 503 draining", status, body)
-	}
-	if status, body := th.get(t, "/healthz", nil); status != http.StatusOK {
-		t.Errorf("/healthz after Drain: HTTP %d %s, want 200 (alive while draining)", status, body)
-	}
-
-	t.Run("store unreachable", func(t *testing.T) {
-		th := newTestHub(t, func(o *hub.Options) {
-			o.Health = downHealth{}
-		})
-		status, body := th.get(t, "/readyz", nil)
-		m := decodeMap(t, body)
-		redis, _ := m["redis"].(map[string]any)
-		if status != http.StatusServiceUnavailable || m["status"] != "redis unreachable" || redis["up"] != false ||
-			redis["error"] != "dial tcp: connection refused" || redis["since"] != "2026-12-06T12:00:00Z" {
-			t.Errorf("/readyz with the store down: HTTP %d %s, want 503 redis unreachable with the probe's error and since", status, body)
-		}
-		if status, _ := th.get(t, "/healthz", nil); status != http.StatusOK {
-			t.Errorf("/healthz with the store down: HTTP %d, want 200", status)
-		}
-	})
 }

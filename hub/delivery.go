@@ -60,7 +60,7 @@ func (h *Hub) DeliverPOS(merchantID, apiKeyID string, msgs []queue.Entry) {
 	if c == nil {
 		return // durable: replayed when the POS connects
 	}
-	h.waitAcks(c.ctx, merchantID, apiKeyID) // what the POS acked before is stored before it hears more
+	h.WaitAcks(c.ctx, merchantID, apiKeyID) // what the POS acked before is stored before it hears more
 	c.dlv.mu.Lock()
 	defer c.dlv.mu.Unlock()
 	if c.dlv.reading {
@@ -174,7 +174,7 @@ func (h *Hub) readOutbox(c *conn, replaying bool) {
 		}
 		if replaying {
 			// Acks of an earlier connection move the cursor first.
-			h.waitAcks(c.ctx, c.merchantID, c.keyID)
+			h.WaitAcks(c.ctx, c.merchantID, c.keyID)
 			ctx, cancel := context.WithTimeout(c.ctx, h.opts.RequestTimeout)
 			cursor, err := h.opts.Outbox.Cursor(ctx, c.merchantID, c.keyID)
 			cancel()
@@ -235,7 +235,7 @@ func (h *Hub) readOutbox(c *conn, replaying bool) {
 		// Everything counted when the page was read is sent: the live
 		// entries held meanwhile follow, unless one of them is not the
 		// next (or a nudge came): then read again.
-		h.waitAcks(c.ctx, c.merchantID, c.keyID) // acks of what was just sent come first
+		h.WaitAcks(c.ctx, c.merchantID, c.keyID) // acks of what was just sent come first
 		c.dlv.mu.Lock()
 		c.dlv.seq = count
 		held := c.dlv.held
@@ -344,7 +344,7 @@ func (h *Hub) ack(ctx context.Context, c *conn, requestID json.RawMessage, id st
 			c.sendNowJSON(protocol.NewErrorReply(requestID, protocol.Invalid("messageId", "unknown messageId")))
 			return
 		}
-		pe := h.clientError(err, c.log)
+		pe := h.ClientError(err, c.log)
 		c.sendNowJSON(protocol.NewErrorReply(requestID, protocol.Errorf(pe.Code, "", "ack not stored; send it again")))
 	}
 }

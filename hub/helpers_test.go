@@ -1,7 +1,8 @@
 package hub_test
 
-// The test harness: a real hub behind a real listener (httptest), driven by
-// a fake clock, with POS and terminal peers that connect through package
+// The test harness: a real hub behind a real listener (httptest), with the
+// HTTP API (package httpapi) on the same mux as a node has it, driven by a
+// fake clock, with POS and terminal peers that connect through package
 // client exactly as integrators do. Nothing here sleeps to wait for a
 // condition: reads block with a deadline, state is polled with eventually.
 
@@ -27,6 +28,7 @@ import (
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/httpapi"
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/internal/apptest"
 	"github.com/termhub/termhub/internal/apptest/kit"
@@ -89,9 +91,10 @@ merchants:
 // testHub is a hub serving on a real loopback listener.
 type testHub struct {
 	*hub.Hub
-	srv   *httptest.Server
-	clock *clock.Fake
-	logs  *kit.LogBuffer // the hub's log, JSON lines
+	handler http.Handler // the hub's and the HTTP API's routes, timed
+	srv     *httptest.Server
+	clock   *clock.Fake
+	logs    *kit.LogBuffer // the hub's log, JSON lines
 }
 
 // newTestHub starts a hub with a 15 s heartbeat and a 60 s grace period on a
@@ -114,7 +117,8 @@ func newTestHub(t *testing.T, opts ...func(*hub.Options)) *testHub {
 		f(&o)
 	}
 	h := hub.New(o)
-	srv := httptest.NewServer(h.Handler())
+	handler := serve(h, o)
+	srv := httptest.NewServer(handler)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*waitFor)
 		defer cancel()
@@ -126,8 +130,31 @@ func newTestHub(t *testing.T, opts ...func(*hub.Options)) *testHub {
 			t.Logf("hub log:\n%s", logs.String())
 		}
 	})
-	return &testHub{Hub: h, srv: srv, clock: fake, logs: logs}
+	return &testHub{Hub: h, handler: handler, srv: srv, clock: fake, logs: logs}
 }
+
+// serve puts the hub's routes and the HTTP API's on one mux, as package app
+// does, with what the API needs from the hub's options.
+func serve(h *hub.Hub, o hub.Options) http.Handler {
+	ao := httpapi.Options{Hub: h, Outbox: o.Outbox, Clock: o.Clock, Logger: o.Logger, RequestTimeout: o.RequestTimeout}
+	if e, ok := o.Engine.(httpapi.Engine); ok {
+		ao.Engine = e
+	}
+	if s, ok := o.Sessions.(httpapi.Sessions); ok {
+		ao.Sessions = s
+	}
+	if hl, ok := o.Health.(httpapi.Health); ok {
+		ao.Health = hl
+	}
+	api := httpapi.New(ao)
+	mux := http.NewServeMux()
+	h.Register(mux)
+	api.Register(mux)
+	return api.Timed(mux)
+}
+
+// Handler serves the hub's routes and the HTTP API's.
+func (th *testHub) Handler() http.Handler { return th.handler }
 
 // withHeartbeat sets the heartbeat interval, e.g. to an hour so that a test
 // of another timer can advance the clock in big steps without the hub

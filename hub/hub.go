@@ -5,6 +5,12 @@
 // grace timer and routes messages to the right connection. How a transaction
 // decides is the session package's business; the hub only carries out what
 // it is told.
+//
+// It also holds what the upgrade and the HTTP API (package httpapi) must
+// check alike: signed-request and ops-token authentication, the rate limits
+// and failure counting around them, the replay guard of signed POSTs, and
+// the bridge from a decoded request to the engine (Perform, ClientError).
+// The socket layer under coder/websocket is package internal/wsconn.
 package hub
 
 import (
@@ -12,12 +18,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/clock"
@@ -44,12 +48,13 @@ type Options struct {
 	Engine Engine
 	// Outbox replays and acknowledges durable POS messages; nil disables replay.
 	Outbox *queue.Outbox
-	// Sessions keeps HTTP event sessions; nil disables them.
+	// Sessions are the HTTP event sessions a WebSocket ends when it takes
+	// their key over; nil: none.
 	Sessions Sessions
 	// Metrics is where the hub records; a fresh one when nil.
 	Metrics *metrics.Metrics
-	// Health tells whether Redis answers (/readyz, and when to try again
-	// after a failure); nil: always.
+	// Health tells whether Redis answers (when to try again after a
+	// failure); nil: always.
 	Health Health
 	// RequestTimeout bounds every request's wait for Redis (CONTRACT §7.1
 	// request_timeout); 5 s when zero.
@@ -66,8 +71,6 @@ type Options struct {
 type Health interface {
 	// Ready returns a channel closed while Redis answers.
 	Ready() <-chan struct{}
-	// Status is what /readyz reports.
-	Status() redisx.HealthStatus
 }
 
 func (o *Options) fill() {
@@ -105,7 +108,7 @@ func (o *Options) fill() {
 	}
 }
 
-// Hub is the registry of live connections and the HTTP front end.
+// Hub is the registry of live connections.
 type Hub struct {
 	opts    Options
 	clock   clock.Clock
@@ -121,7 +124,6 @@ type Hub struct {
 	limits   *limits
 	devLocks [1024]sync.Mutex // serialise a device's connect and drop handling
 
-	mux        *http.ServeMux
 	mu         sync.Mutex
 	pos        map[string]*conn                      // by API key id; guarded by mu
 	posByMerch map[string]map[*conn]struct{}         // guarded by mu
@@ -172,102 +174,17 @@ func (h *Hub) Directory() *config.Directory { return h.dir.Load() }
 // now is the hub clock in UTC, so that every timestamp on the wire is UTC.
 func (h *Hub) now() time.Time { return h.clock.Now().UTC() }
 
-// Handler returns the HTTP handler for every hub endpoint.
-func (h *Hub) Handler() http.Handler {
-	mux := http.NewServeMux()
+// Register adds the hub's routes, the WebSocket upgrades, to mux. The
+// node's one mux is put together by package app from each package's
+// routes; no package adds routes to another's.
+func (h *Hub) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/pos/ws", h.servePOS)
 	mux.HandleFunc("GET /v1/terminal/ws", h.serveTerminal)
-	mux.HandleFunc("GET /v1/terminals", h.posHTTP(scoped(requireRead, h.handleListTerminals)))
-	mux.HandleFunc("GET /v1/terminals/{id}", h.posHTTP(scoped(requireRead, h.handleGetTerminal)))
-	mux.HandleFunc("POST /v1/payments", h.posHTTP(scoped(requireWrite, h.handleCreatePayment)))
-	mux.HandleFunc("GET /v1/transactions", h.posHTTP(scoped(requireRead, h.handleListTransactions)))
-	mux.HandleFunc("GET /v1/transactions/{id}", h.posHTTP(scoped(requireRead, h.handleGetTransaction)))
-	mux.HandleFunc("POST /v1/transactions/{id}/{action}", h.posHTTP(scoped(requireWrite, h.handleLifecycle)))
-	mux.HandleFunc("POST /v1/sessions", h.posHTTP(h.handleOpenSession))
-	mux.HandleFunc("GET /v1/events", h.posHTTP(h.handleEvents))
-	mux.HandleFunc("POST /v1/events/ack", h.posHTTP(h.handleEventsAck))
-	mux.HandleFunc("GET /v1/ops/terminals", h.OpsHTTP(h.handleOpsTerminals))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	mux.HandleFunc("GET /readyz", h.handleReady)
-	mux.Handle("GET /metrics", h.OpsHTTP(promhttp.HandlerFor(h.metrics.Registry, promhttp.HandlerOpts{}).ServeHTTP))
-	h.mux = mux
-	return h.timed(mux)
 }
 
-// Mux returns the routes, for packages that add their own (ops).
-func (h *Hub) Mux() *http.ServeMux { return h.mux }
-
-// timed records the latency of every plain HTTP request by route pattern
-// (WebSocket upgrades are long-lived and measured per message instead).
-func (h *Hub) timed(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "" {
-			next.ServeHTTP(w, r)
-			return
-		}
-		start := time.Now()
-		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
-		next.ServeHTTP(sw, r)
-		route := r.Pattern
-		if route == "" {
-			route = "unmatched"
-		}
-		h.metrics.HTTPDuration.WithLabelValues(route, strconv.Itoa(sw.code)).Observe(time.Since(start).Seconds())
-	})
-}
-
-type statusWriter struct {
-	http.ResponseWriter
-	code int
-}
-
-func (w *statusWriter) WriteHeader(code int) { w.code = code; w.ResponseWriter.WriteHeader(code) }
-
-// Unwrap lets http.ResponseController reach the real writer.
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-// readiness is the body of /readyz.
-type readiness struct {
-	Status string       `json:"status"` // ready, draining or redis unreachable
-	Redis  *redisReport `json:"redis,omitempty"`
-}
-
-// redisReport is what /readyz tells of Redis. It comes from the hub's
-// probe (redisx.Health), never from a command of the request's own, so
-// that /readyz answers at once during an outage.
-type redisReport struct {
-	Up    bool      `json:"up"`
-	Since time.Time `json:"since"`           // of the last change between up and down
-	Error string    `json:"error,omitempty"` // why the last probe failed, while down
-	// DataLostAt is when this hub last found Redis without the data it had
-	// (restarted without persistence): see docs/ops.md.
-	DataLostAt *time.Time `json:"dataLostAt,omitempty"`
-}
-
-func (h *Hub) handleReady(w http.ResponseWriter, r *http.Request) {
-	body := readiness{Status: "ready"}
-	if hl := h.opts.Health; hl != nil {
-		st := hl.Status()
-		body.Redis = &redisReport{Up: st.Up, Since: st.Since.UTC(), Error: st.Error}
-		if !st.DataLostAt.IsZero() {
-			at := st.DataLostAt.UTC()
-			body.Redis.DataLostAt = &at
-		}
-		if !st.Up {
-			body.Status = "redis unreachable"
-		}
-	}
-	if h.draining.Load() {
-		body.Status = "draining"
-	}
-	code := http.StatusOK
-	if body.Status != "ready" {
-		code = http.StatusServiceUnavailable
-	}
-	writeJSON(w, code, body)
-}
+// Draining reports whether Drain has begun: new upgrades are refused and
+// /readyz answers draining.
+func (h *Hub) Draining() bool { return h.draining.Load() }
 
 // ready returns a channel closed while Redis answers.
 func (h *Hub) ready() <-chan struct{} {

@@ -259,37 +259,30 @@ func (s RedisReplays) First(ctx context.Context, m, k, sig, value string, ttl ti
 // clocks run a little apart.
 const replayMargin = 30 * time.Second
 
-// idempotentRoutes are the POSTs whose Idempotency-Key the hub honours
-// (the stored answer comes back for a repeat). Elsewhere the header means
-// nothing and a repeat is refused whatever it carries.
-var idempotentRoutes = map[string]bool{
-	"POST /v1/payments":                   true,
-	"POST /v1/transactions/{id}/{action}": true,
-}
-
-// firstUse refuses a POST whose signature was accepted before. Every
+// FirstUse refuses a POST whose signature was accepted before. Every
 // accepted POST's signature is recorded with its Idempotency-Key (the
 // header is not signed): a repeat passes only on a route that honours the
-// key and with the key the first request carried, so that the stored
-// answer is the reply. A captured request sent again with a key of the
-// attacker's choosing is refused like one without.
-func (h *Hub) firstUse(ctx context.Context, r *http.Request, p principal) *protocol.Error {
+// key (honoursKey: the stored answer comes back for a repeat) and with the
+// key the first request carried, so that the stored answer is the reply.
+// A captured request sent again with a key of the attacker's choosing is
+// refused like one without.
+func (h *Hub) FirstUse(ctx context.Context, r *http.Request, p Principal, honoursKey bool) *protocol.Error {
 	if r.Method != http.MethodPost || h.opts.Replays == nil {
 		return nil
 	}
 	idem := r.Header.Get(protocol.HeaderIdemKey)
-	sec, _ := strconv.ParseInt(p.ts, 10, 64) // checked by authenticate
+	sec, _ := strconv.ParseInt(p.TS, 10, 64) // checked by authenticate
 	ttl := time.Unix(sec, 0).Add(protocol.MaxClockSkew).Sub(h.clock.Now()) + replayMargin
-	first, prev, err := h.opts.Replays.First(ctx, p.merchantID, p.keyID, strings.ToLower(p.sig), "k:"+idem, ttl)
+	first, prev, err := h.opts.Replays.First(ctx, p.MerchantID, p.KeyID, strings.ToLower(p.Sig), "k:"+idem, ttl)
 	if err != nil {
-		return h.clientError(err, h.log)
+		return h.ClientError(err, h.log)
 	}
-	if first || (idem != "" && prev == "k:"+idem && idempotentRoutes[r.Pattern]) {
+	if first || (idem != "" && prev == "k:"+idem && honoursKey) {
 		return nil
 	}
 	h.metrics.Duplicates.Inc()
 	if n, ok := h.limits.duplicateLog.allow(h.clock.Now()); ok {
-		ev := h.log.Warn().Str("apiKeyId", p.keyID).Str("path", redactCard(r.URL.Path)).Str("remote", h.clientAddr(r))
+		ev := h.log.Warn().Str("apiKeyId", p.KeyID).Str("path", redactCard(r.URL.Path)).Str("remote", h.clientAddr(r))
 		if n > 0 {
 			ev = ev.Int("unlogged", n)
 		}
@@ -299,30 +292,18 @@ func (h *Hub) firstUse(ctx context.Context, r *http.Request, p principal) *proto
 		"this signed request was already received; sign every attempt afresh, or send it again with the Idempotency-Key it first carried to get the stored answer")
 }
 
-// requireWrite refuses a key without terminal:write.
-func requireWrite(p principal) *protocol.Error {
-	if p.canWrite {
+// RequireWrite refuses a key without terminal:write.
+func (p Principal) RequireWrite() *protocol.Error {
+	if p.CanWrite {
 		return nil
 	}
 	return protocol.Errorf(protocol.CodeInsufficientScopes, "", "this API key lacks the %s scope", config.ScopeWrite)
 }
 
-// requireRead refuses a key without terminal:read.
-func requireRead(p principal) *protocol.Error {
-	if p.canRead {
+// RequireRead refuses a key without terminal:read.
+func (p Principal) RequireRead() *protocol.Error {
+	if p.CanRead {
 		return nil
 	}
 	return protocol.Errorf(protocol.CodeInsufficientScopes, "", "this API key lacks the %s scope", config.ScopeRead)
-}
-
-// scoped refuses, with 403 insufficient_scopes, a request whose key lacks
-// the scope need checks for.
-func scoped(need func(principal) *protocol.Error, next func(http.ResponseWriter, *http.Request, principal, []byte)) func(http.ResponseWriter, *http.Request, principal, []byte) {
-	return func(w http.ResponseWriter, r *http.Request, p principal, body []byte) {
-		if e := need(p); e != nil {
-			writeError(w, e)
-			return
-		}
-		next(w, r, p, body)
-	}
 }

@@ -111,10 +111,10 @@ func (c *conn) marshal(v any) ([]byte, bool) {
 // send is enqueue for the hot paths: when nothing is queued and no writer
 // is running, the caller writes the frame itself instead of starting a
 // writer goroutine for it. That saves a goroutine start, a wake-up of
-// another thread and a hand-off per frame (about a tenth of the hub's CPU
-// per payment in the latency bench), and it never blocks on the peer: the
-// write is nonblocking (spill.go), and whatever the socket cannot take at
-// once is left to a writer goroutine, which frames queued meanwhile follow.
+// another thread and a hand-off per frame (docs/performance.md), and it
+// never blocks on the peer: the write is nonblocking (wsconn.Conn), and
+// whatever the socket cannot take at once is left to a writer goroutine,
+// which frames queued meanwhile follow.
 // While the caller writes it is the connection's writer, so frames keep the
 // order in which they were sent or queued. A peer that stops reading thus
 // still fills its queue and is disconnected as slow, as with enqueue.
@@ -147,14 +147,14 @@ func (c *conn) sendAll(frames [][]byte) {
 		}
 		return
 	}
-	c.spill.cork()
+	c.spill.Cork()
 	var err error
 	for _, f := range frames {
 		if err = c.ws.Write(c.ctx, websocket.MessageText, f); err != nil {
 			break
 		}
 	}
-	if uerr := c.spill.uncork(); err == nil {
+	if uerr := c.spill.Uncork(); err == nil {
 		err = uerr
 	}
 	if err != nil {
@@ -170,7 +170,7 @@ func (c *conn) sendAll(frames [][]byte) {
 func (c *conn) takeWriting() bool {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.writing || len(c.out) > 0 || !c.greeted || c.kick != nil || c.ended || c.ctx.Err() != nil || !c.spill.canSpill() {
+	if c.writing || len(c.out) > 0 || !c.greeted || c.kick != nil || c.ended || c.ctx.Err() != nil || !c.spill.CanSpill() {
 		return false
 	}
 	c.writing = true
@@ -189,7 +189,7 @@ func (c *conn) writeFailed(err error) {
 func (c *conn) doneWriting() {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if len(c.out) > 0 || c.kick != nil || c.spill.hasTail() {
+	if len(c.out) > 0 || c.kick != nil || c.spill.HasTail() {
 		go c.writeQueued() // stays the writer: writes the rest, then what was queued
 		return
 	}
@@ -257,7 +257,7 @@ func (c *conn) disconnectLocked(d *protocol.Disconnect) {
 	c.startWriterLocked()
 }
 
-// tailed is the spillConn's onTail: a write left bytes for the writer.
+// tailed is the wsconn.Conn's onTail: a write left bytes for the writer.
 // Whoever holds the writing role looks for a tail before giving it up, so a
 // writer is started only when none runs.
 func (c *conn) tailed() {
@@ -288,12 +288,12 @@ func (c *conn) writeQueued() {
 			c.endWriting()
 			return
 		}
-		if c.spill.hasTail() {
+		if c.spill.HasTail() {
 			// Bytes a write could not finish (a frame of send's, a ping,
 			// a pong) go out first; checked under wmu before the writer
 			// may end, so a tail left meanwhile starts a writer (tailed).
 			c.wmu.Unlock()
-			if err := c.spill.flushTail(c.h.opts.WriteTimeout); err != nil {
+			if err := c.spill.FlushTail(c.h.opts.WriteTimeout); err != nil {
 				c.log.Debug().Err(err).Msg("write failed")
 				_ = c.ws.CloseNow()
 				c.endWriting()

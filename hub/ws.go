@@ -12,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/termhub/termhub/internal/wsconn"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/session"
 )
@@ -23,7 +24,7 @@ func (h *Hub) servePOS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.opts.RequestTimeout)
-	h.displaceSession(ctx, p.merchantID, p.keyID)
+	h.displaceSession(ctx, p.MerchantID, p.KeyID)
 	cancel()
 	h.serveConn(w, r, KindPOS, p, func(c *conn) {
 		h.registerPOS(c)
@@ -33,7 +34,7 @@ func (h *Hub) servePOS(w http.ResponseWriter, r *http.Request) {
 
 // serveTerminal upgrades an authenticated terminal and serves it.
 func (h *Hub) serveTerminal(w http.ResponseWriter, r *http.Request) {
-	p, ok := h.admit(w, r, KindTerminal, func(r *http.Request, _ []byte) (principal, *protocol.Error) { return h.authTerminal(r) })
+	p, ok := h.admit(w, r, KindTerminal, func(r *http.Request, _ []byte) (Principal, *protocol.Error) { return h.authTerminal(r) })
 	if !ok {
 		return
 	}
@@ -42,48 +43,67 @@ func (h *Hub) serveTerminal(w http.ResponseWriter, r *http.Request) {
 
 // admit refuses upgrades while draining and checks credentials (401 before
 // the upgrade, so a client sees why).
-func (h *Hub) admit(w http.ResponseWriter, r *http.Request, kind Kind, auth func(*http.Request, []byte) (principal, *protocol.Error)) (principal, bool) {
+func (h *Hub) admit(w http.ResponseWriter, r *http.Request, kind Kind, auth func(*http.Request, []byte) (Principal, *protocol.Error)) (Principal, bool) {
 	if h.draining.Load() {
-		writeError(w, protocol.Errorf(protocol.CodeUnavailable, "", "server is shutting down; reconnect shortly"))
-		return principal{}, false
+		WriteError(w, protocol.Errorf(protocol.CodeUnavailable, "", "server is shutting down; reconnect shortly"))
+		return Principal{}, false
 	}
 	if e := h.addrBlocked(r); e != nil {
-		writeError(w, e)
-		return principal{}, false
+		WriteError(w, e)
+		return Principal{}, false
 	}
 	p, e := auth(r, nil)
 	if e != nil {
-		id := p.keyID
+		id := p.KeyID
 		if kind == KindTerminal {
-			id = p.deviceID
+			id = p.DeviceID
 		}
-		writeError(w, h.AuthFailed(r, string(kind), id, e))
-		return principal{}, false
+		WriteError(w, h.AuthFailed(r, string(kind), id, e))
+		return Principal{}, false
 	}
 	// A connect counts against the key's or terminal's budget: a client
 	// reconnecting in a tight loop is slowed before it costs an upgrade.
 	if kind == KindTerminal {
-		e = h.allowTerminal(p.deviceID)
+		e = h.allowTerminal(p.DeviceID)
 	} else {
-		e = h.allowKey(p.keyID)
+		e = h.allowKey(p.KeyID)
 	}
 	if e != nil {
-		writeError(w, e)
-		return principal{}, false
+		WriteError(w, e)
+		return Principal{}, false
 	}
 	return p, true
+}
+
+// Write buffer sizes of an upgraded connection. Buffers are much of an idle
+// connection's memory, so they are as small as the traffic allows. A
+// writer holds one typical frame with its header, so that the frame goes
+// out in one write (a bigger one takes two): a POS is sent replies and
+// events of often ~1.5 KB, a terminal commands of a few hundred bytes.
+const (
+	wsWriteBuffer         = 2 << 10
+	wsTerminalWriteBuffer = 1 << 10
+)
+
+// writeBufferSize is the write buffer of a connection of kind.
+func writeBufferSize(kind Kind) int {
+	if kind == KindTerminal {
+		return wsTerminalWriteBuffer
+	}
+	return wsWriteBuffer
 }
 
 // serveConn upgrades and registers one connection, then hands it to a
 // goroutine of its own (readConn) and returns. Returning frees what net/http
 // holds while its handler runs and the hijacked connection no longer needs:
 // its goroutine and that goroutine's stack, and its connection, request and
-// response structs (about 2.5 KiB of heap).
-func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p principal,
+// response structs.
+func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p Principal,
 	register, unregister func(*conn), handle func(*conn, [][]byte) error) {
-	c := h.newConn(nil, kind, p.merchantID, p.keyID, p.deviceID)
-	// hijackWriter gives the connection small buffers of its own (hijack.go).
-	hw := hijackWriter{ResponseWriter: w, writeBuffer: writeBufferSize(kind), conn: c, switching: new(bool)}
+	c := h.newConn(nil, kind, p.MerchantID, p.KeyID, p.DeviceID)
+	// The connection gets small buffers of its own and nonblocking writes,
+	// and its 101 leaves with the greeting (wsconn.ResponseWriter).
+	hw := &wsconn.ResponseWriter{ResponseWriter: w, WriteBuffer: writeBufferSize(kind), HoldSwitch: true, OnTail: c.tailed}
 	ws, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
 		// Credentials are HMAC signatures, not cookies, so a cross-origin
 		// page gains nothing it could not sign itself.
@@ -97,7 +117,7 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p pri
 		return
 	}
 	ws.SetReadLimit(-1) // readLoop enforces 64 KiB itself, to close with 4400
-	c.ws = ws
+	c.ws, c.spill, c.rbuf = ws, hw.Conn, hw.Reader
 	// Counted under h.mu so that Drain, which sets draining under h.mu before
 	// it waits, never sees an Add after its Wait began. The count is the
 	// connection's, not the handler's: readConn ends it.
@@ -315,10 +335,10 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 	}
 	// The reply goes out between the commit and the delivery of what it
 	// caused, so the POS never sees an outcome before the answer.
-	res, err := h.perform(session.WithReply(ctx, answer), principal{merchantID: c.merchantID, keyID: c.keyID}, in.Body, idempotencyKeyOf(in.Body))
+	res, err := h.Perform(session.WithReply(ctx, answer), Principal{MerchantID: c.merchantID, KeyID: c.keyID}, in.Body, idempotencyKeyOf(in.Body))
 	switch {
 	case err != nil:
-		pe := h.clientError(err, c.log)
+		pe := h.ClientError(err, c.log)
 		if pe.Field == protocol.HeaderIdemKey {
 			pe = &protocol.Error{Code: pe.Code, Message: pe.Message, Field: "idempotencyKey"}
 		}
@@ -338,7 +358,7 @@ func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 // here: they would wait for themselves.)
 func (h *Hub) reply(ctx context.Context, c *conn, v any) {
 	if c.kind == KindPOS {
-		h.waitAcks(ctx, c.merchantID, c.keyID)
+		h.WaitAcks(ctx, c.merchantID, c.keyID)
 	}
 	c.sendNowJSON(v)
 }
@@ -359,13 +379,13 @@ func isResult(action string) bool {
 // connections too.
 func (h *Hub) scopeOf(keyID string, body any) *protocol.Error {
 	k, _ := h.Directory().Key(keyID)
-	p := principal{canWrite: k.CanWrite, canRead: k.CanRead}
+	p := Principal{CanWrite: k.CanWrite, CanRead: k.CanRead}
 	switch body.(type) {
 	case *protocol.PaymentRequest, *protocol.RefundRequest, *protocol.CancelRequest,
 		*protocol.VoidRequest, *protocol.CaptureRequest, *protocol.SignatureVerificationRequest:
-		return requireWrite(p)
+		return p.RequireWrite()
 	case *protocol.GetTransactionStatusRequest, *protocol.ListTerminalsRequest:
-		return requireRead(p)
+		return p.RequireRead()
 	}
 	return nil
 }
@@ -413,7 +433,7 @@ func (h *Hub) handleTerminalFrames(c *conn, frames [][]byte) error {
 			bodies[i] = in.Body
 		}
 		refused := func(i int, err error) {
-			h.reply(c.ctx, c, protocol.NewErrorReply(run[i].RequestID, h.clientError(err, c.log)))
+			h.reply(c.ctx, c, protocol.NewErrorReply(run[i].RequestID, h.ClientError(err, c.log)))
 		}
 		if e := h.opts.Engine; e != nil {
 			ctx, cancel := context.WithTimeout(c.ctx, h.opts.RequestTimeout)
@@ -421,7 +441,7 @@ func (h *Hub) handleTerminalFrames(c *conn, frames [][]byte) error {
 			cancel()
 		} else {
 			for i := range run {
-				refused(i, errUnavailable)
+				refused(i, ErrNoEngine)
 			}
 		}
 		run = run[:0]

@@ -155,7 +155,7 @@ func New(opts Options) *Server {
 	return s
 }
 
-// Register adds the ops routes to mux (Hub.Mux()).
+// Register adds the ops routes to mux, the node's one mux (App.Routes).
 func (s *Server) Register(mux *http.ServeMux) {
 	mux.Handle("GET /ops/", s.staticHandler())
 	mux.HandleFunc("GET /ops/session", s.handleSession)

@@ -18,6 +18,7 @@ import (
 	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/config"
+	"github.com/termhub/termhub/httpapi"
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/internal/apptest"
 	"github.com/termhub/termhub/internal/apptest/kit"
@@ -157,8 +158,12 @@ func opsNode(t *testing.T, o ops.Options) *env {
 		o.Token = kit.OpsToken
 	}
 	s := ops.New(o)
-	handler := h.Handler()
-	s.Register(h.Mux())
+	api := httpapi.New(httpapi.Options{Hub: h, Logger: zerolog.New(io.Discard)})
+	mux := http.NewServeMux()
+	h.Register(mux)
+	api.Register(mux)
+	s.Register(mux)
+	handler := api.Timed(mux)
 	e := &env{t: t, Srv: newServer(t, handler)}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

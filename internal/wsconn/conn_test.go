@@ -1,4 +1,4 @@
-package hub
+package wsconn
 
 import (
 	"bytes"
@@ -7,8 +7,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/rs/zerolog"
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
@@ -39,11 +37,10 @@ func tcpPair(t *testing.T) (server, client net.Conn) {
 	return server, client
 }
 
-// spilling wraps server in a spillConn whose onTail counts its calls.
-func spilling(server net.Conn) (*spillConn, *atomic.Int32) {
+// spilling wraps server in a Conn whose onTail counts its calls.
+func spilling(server net.Conn) (*Conn, *atomic.Int32) {
 	var tails atomic.Int32
-	s := newSpillConn(server)
-	s.onTail = func() { tails.Add(1) }
+	s := NewConn(server, func() { tails.Add(1) })
 	return s, &tails
 }
 
@@ -54,11 +51,9 @@ func spilling(server net.Conn) (*spillConn, *atomic.Int32) {
 const bigTail = 6 << 20
 
 // fill writes 64 KiB chunks to s, whose peer does not read, until at least
-// minTail bytes (1: any) are left as a tail; it returns what it wrote. None
-// of the writes may wait (were one to, the test would hang: nothing reads
-// yet). With a writer flushing the tail, any later write waits for it: ask
-// for the first tail only.
-func fill(t *testing.T, s *spillConn, want *bytes.Buffer, minTail int) {
+// minTail bytes are left as a tail; it returns what it wrote. None of the
+// writes may wait (were one to, the test would hang: nothing reads yet).
+func fill(t *testing.T, s *Conn, want *bytes.Buffer, minTail int) {
 	t.Helper()
 	chunk := make([]byte, 64<<10)
 	tailLen := func() int {
@@ -66,9 +61,7 @@ func fill(t *testing.T, s *spillConn, want *bytes.Buffer, minTail int) {
 		defer s.mu.Unlock()
 		return len(s.tail)
 	}
-	// hasTail first: it takes no lock, and a writer holds s.mu while it
-	// waits on the peer.
-	for i := 0; !s.hasTail() || (minTail > 1 && tailLen() < minTail); i++ {
+	for i := 0; tailLen() < minTail; i++ {
 		if i == 4096 { // 256 MiB: far more than loopback's buffers hold
 			t.Fatal("the socket never filled")
 		}
@@ -89,7 +82,7 @@ func fill(t *testing.T, s *spillConn, want *bytes.Buffer, minTail int) {
 func TestSpillConnNeverBlocksAndKeepsOrder(t *testing.T) {
 	server, client := tcpPair(t)
 	s, tails := spilling(server)
-	if !s.canSpill() {
+	if !s.CanSpill() {
 		t.Fatal("a TCP connection with onTail should spill")
 	}
 	var want bytes.Buffer
@@ -110,17 +103,17 @@ func TestSpillConnNeverBlocksAndKeepsOrder(t *testing.T) {
 		b, _ := io.ReadAll(client)
 		got <- b
 	}()
-	if err := s.flushTail(5 * time.Second); err != nil {
-		t.Fatalf("flushTail with a reading peer: %v", err)
+	if err := s.FlushTail(5 * time.Second); err != nil {
+		t.Fatalf("FlushTail with a reading peer: %v", err)
 	}
-	if s.hasTail() {
-		t.Fatal("flushTail left a tail")
+	if s.HasTail() {
+		t.Fatal("FlushTail left a tail")
 	}
 	if _, err := s.Write([]byte("last")); err != nil {
 		t.Fatal(err)
 	}
 	want.WriteString("last")
-	if err := s.flushTail(5 * time.Second); err != nil { // "last" may have spilled too
+	if err := s.FlushTail(5 * time.Second); err != nil { // "last" may have spilled too
 		t.Fatal(err)
 	}
 	_ = server.(*net.TCPConn).CloseWrite()
@@ -137,9 +130,9 @@ func TestSpillConnFlushTailGivesUp(t *testing.T) {
 	s, _ := spilling(server)
 	var sink bytes.Buffer
 	fill(t, s, &sink, bigTail)
-	err := s.flushTail(50 * time.Millisecond)
+	err := s.FlushTail(50 * time.Millisecond)
 	if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
-		t.Fatalf("flushTail to a peer that does not read: %v, want a timeout", err)
+		t.Fatalf("FlushTail to a peer that does not read: %v, want a timeout", err)
 	}
 }
 
@@ -150,18 +143,17 @@ func TestSpillConnWithoutFlusher(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	p := newSpillConn(a)
-	p.onTail = func() {}
-	if p.canSpill() {
+	p := NewConn(a, func() {})
+	if p.CanSpill() {
 		t.Fatal("net.Pipe has no descriptor to write nonblocking")
 	}
 	server, _ := tcpPair(t)
-	if newSpillConn(server).canSpill() {
+	if NewConn(server, nil).CanSpill() {
 		t.Fatal("without onTail no one would write a tail: writes must block")
 	}
-	var nilSpill *spillConn
-	if nilSpill.canSpill() || nilSpill.hasTail() || nilSpill.flushTail(time.Second) != nil {
-		t.Fatal("a connection without a spillConn must use the queue")
+	var nilSpill *Conn
+	if nilSpill.CanSpill() || nilSpill.HasTail() || nilSpill.FlushTail(time.Second) != nil {
+		t.Fatal("a connection without a Conn must use the queue")
 	}
 	done := make(chan error, 1)
 	go func() { _, err := p.Write([]byte("blocking")); done <- err }()
@@ -174,42 +166,13 @@ func TestSpillConnWithoutFlusher(t *testing.T) {
 	}
 }
 
-// TestTailWithoutWriterIsFlushed: bytes left by a write from outside the
-// writer (coder/websocket's pings and pongs write from the heartbeat and
-// the reader) start a writer, which writes them and ends.
-func TestTailWithoutWriterIsFlushed(t *testing.T) {
-	h := New(Options{Logger: zerolog.Nop()})
-	t.Cleanup(h.stop)
-	c := h.newConn(nil, KindTerminal, "m1", "", "T1")
-	server, client := tcpPair(t)
-	c.spill = newSpillConn(server)
-	c.spill.onTail = c.tailed
-	var want bytes.Buffer
-	fill(t, c.spill, &want, 1)
-	// Nothing else writes here: the peer gets the tail only if onTail
-	// started a writer. (Waiting to see c.writing set would race with a
-	// writer that already finished: the kernel may take a small tail at
-	// once as its send buffer grows.) The deadline turns a tail nobody
-	// writes into a failure rather than a hang.
-	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
-	got := make([]byte, want.Len())
-	if _, err := io.ReadFull(client, got); err != nil || !bytes.Equal(got, want.Bytes()) {
-		t.Fatalf("peer read %v; got the bytes in order: %v", err, bytes.Equal(got, want.Bytes()))
-	}
-	within(t, "the writer to end once the tail is written", func() bool {
-		c.wmu.Lock()
-		defer c.wmu.Unlock()
-		return !c.writing && !c.spill.hasTail()
-	})
-}
-
 // TestSpillConnCorkGathersWrites: corked writes reach the socket only at
 // uncork, as one write, in order; what the socket cannot take then is a
 // tail like any other write's (onTail), flushed whole and in order.
 func TestSpillConnCorkGathersWrites(t *testing.T) {
 	server, client := tcpPair(t)
 	s, tails := spilling(server)
-	if !s.cork() {
+	if !s.Cork() {
 		t.Fatal("a spilling connection should cork")
 	}
 	for _, p := range []string{"first|", "ping|", "second|"} {
@@ -217,10 +180,10 @@ func TestSpillConnCorkGathersWrites(t *testing.T) {
 			t.Fatalf("corked write %q: %d, %v", p, n, err)
 		}
 	}
-	if got := string(s.held); got != "first|ping|second|" || s.hasTail() {
-		t.Fatalf("corked writes: held %q, tail %v; want every byte held, none written", got, s.hasTail())
+	if got := string(s.held); got != "first|ping|second|" || s.HasTail() {
+		t.Fatalf("corked writes: held %q, tail %v; want every byte held, none written", got, s.HasTail())
 	}
-	if err := s.uncork(); err != nil {
+	if err := s.Uncork(); err != nil {
 		t.Fatal(err)
 	}
 	got := make([]byte, len("first|ping|second|"))
@@ -230,7 +193,7 @@ func TestSpillConnCorkGathersWrites(t *testing.T) {
 
 	// More than the socket holds, corked: no write is made (so none can
 	// wait or leave a tail) until uncork, which leaves the rest as a tail.
-	s.cork()
+	s.Cork()
 	var want bytes.Buffer
 	chunk := make([]byte, 64<<10)
 	for i := range 1024 { // 64 MiB: more than loopback's buffers hold
@@ -242,14 +205,14 @@ func TestSpillConnCorkGathersWrites(t *testing.T) {
 		}
 		want.Write(chunk)
 	}
-	if s.hasTail() || tails.Load() != 0 {
+	if s.HasTail() || tails.Load() != 0 {
 		t.Fatal("a corked write reached the socket")
 	}
-	if err := s.uncork(); err != nil {
+	if err := s.Uncork(); err != nil {
 		t.Fatal(err)
 	}
-	if !s.hasTail() || tails.Load() != 1 {
-		t.Fatalf("uncork of 64 MiB to a peer not reading: tail %v, onTail called %d times; want a tail, reported once", s.hasTail(), tails.Load())
+	if !s.HasTail() || tails.Load() != 1 {
+		t.Fatalf("uncork of 64 MiB to a peer not reading: tail %v, onTail called %d times; want a tail, reported once", s.HasTail(), tails.Load())
 	}
 	if _, err := s.Write([]byte("after")); err != nil {
 		t.Fatal(err)
@@ -262,7 +225,7 @@ func TestSpillConnCorkGathersWrites(t *testing.T) {
 	}()
 	// The deadline only bounds a hang: 64 MiB under -race on a busy
 	// machine may take many seconds.
-	if err := s.flushTail(time.Minute); err != nil {
+	if err := s.FlushTail(time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	_ = server.(*net.TCPConn).CloseWrite()

@@ -1,4 +1,15 @@
-package hub
+// Package wsconn is the socket layer under termhub's WebSockets, the part
+// that reaches beneath coder/websocket: Conn, the net.Conn an upgraded
+// connection writes through, whose writes never wait for the peer (what a
+// full socket cannot take is kept as a tail for the connection's writer to
+// flush with a deadline) and can be corked into one system call;
+// ResponseWriter, handed to websocket.Accept, which gives the connection
+// small buffers of its own and can hold the 101 response back so that it
+// leaves with the first frame; and TextFrameBuffered, which tells from the
+// read buffer whether a whole text frame can be read without waiting for
+// the network. It knows nothing of termhub's messages or connections: the
+// hub decides what to write, when to flush and when to close.
+package wsconn
 
 import (
 	"errors"
@@ -9,12 +20,12 @@ import (
 	"time"
 )
 
-// spillConn is the net.Conn under an upgraded WebSocket. Its writes never
+// Conn is the net.Conn under an upgraded WebSocket. Its writes never
 // wait for the peer: each one writes what the socket takes at once and
 // keeps the rest as a tail (the socket's kernel buffer is full when the
 // peer is not reading), reports everything written, and tells its
 // connection (onTail), whose writer goroutine then writes the tail with a
-// deadline (flushTail). A later write tries the tail first and adds to it
+// deadline (FlushTail). A later write tries the tail first and adds to it
 // while any is left, so the bytes of every frame reach the socket whole and
 // in order, whichever goroutine wrote them: the connection's writer, a
 // caller of send, or coder/websocket itself (pings, pongs, the close
@@ -24,25 +35,27 @@ import (
 //
 // Without onTail, or on a connection without a file descriptor, writes
 // block as on the net.Conn underneath.
-type spillConn struct {
+type Conn struct {
 	net.Conn
 	raw    syscall.RawConn // nil when the connection has no file descriptor
-	onTail func()          // called, outside mu, after a write left a tail; set before the first write
+	onTail func()          // called, outside mu, after a write left a tail
 
 	mu       sync.Mutex
 	tail     []byte // bytes taken but not yet written; guarded by mu
 	corked   bool   // writes are gathered in held until uncork; guarded by mu
 	held     []byte // the corked writes; guarded by mu
 	pending  atomic.Bool
-	blocking atomic.Bool // set once the connection is being closed (blockWrites)
+	blocking atomic.Bool // set once the connection is being closed (BlockWrites)
 }
 
 // corkBufs recycles the buffers corked writes are gathered in.
 var corkBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// newSpillConn wraps nc.
-func newSpillConn(nc net.Conn) *spillConn {
-	s := &spillConn{Conn: nc}
+// NewConn wraps nc. onTail is called, outside any lock of the Conn, after
+// a write left a tail; the caller then has FlushTail called. With a nil
+// onTail, writes block as on nc.
+func NewConn(nc net.Conn, onTail func()) *Conn {
+	s := &Conn{Conn: nc, onTail: onTail}
 	if sc, ok := nc.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			s.raw = raw
@@ -51,16 +64,17 @@ func newSpillConn(nc net.Conn) *spillConn {
 	return s
 }
 
-// canSpill reports whether writes are nonblocking.
-func (s *spillConn) canSpill() bool { return s != nil && s.raw != nil && s.onTail != nil }
+// CanSpill reports whether writes are nonblocking. A nil Conn (a
+// connection upgraded without a ResponseWriter) cannot spill.
+func (s *Conn) CanSpill() bool { return s != nil && s.raw != nil && s.onTail != nil }
 
-// hasTail reports whether bytes are waiting to be written.
-func (s *spillConn) hasTail() bool { return s != nil && s.pending.Load() }
+// HasTail reports whether bytes are waiting to be written.
+func (s *Conn) HasTail() bool { return s != nil && s.pending.Load() }
 
 // Write writes p: what the socket takes now, keeping the rest (see
-// spillConn); when writes cannot spill, all of it, blocking.
-func (s *spillConn) Write(p []byte) (int, error) {
-	if !s.canSpill() {
+// Conn); when writes cannot spill, all of it, blocking.
+func (s *Conn) Write(p []byte) (int, error) {
+	if !s.CanSpill() {
 		return s.Conn.Write(p)
 	}
 	s.mu.Lock()
@@ -74,7 +88,7 @@ func (s *spillConn) Write(p []byte) (int, error) {
 
 // writeUnlock is Write's nonblocking path, entered with mu held; it
 // releases mu.
-func (s *spillConn) writeUnlock(p []byte) (int, error) {
+func (s *Conn) writeUnlock(p []byte) (int, error) {
 	if s.blocking.Load() {
 		defer s.mu.Unlock()
 		if err := s.writeTailLocked(); err != nil {
@@ -110,13 +124,14 @@ func (s *spillConn) writeUnlock(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// cork gathers the writes that follow, every frame's (a ping or pong
-// written meanwhile too, in its place), until uncork writes them as one:
+// Cork gathers the writes that follow, every frame's (a ping or pong
+// written meanwhile too, in its place), until Uncork writes them as one:
 // several frames for one peer cost one system call instead of one each.
-// Only the connection's writer corks, and it uncorks before it gives up
-// that role. A connection whose writes cannot spill is not corked.
-func (s *spillConn) cork() bool {
-	if !s.canSpill() {
+// Only the connection's writer should cork, and it uncorks before it gives
+// up that role. A connection whose writes cannot spill is not corked
+// (false).
+func (s *Conn) Cork() bool {
+	if !s.CanSpill() {
 		return false
 	}
 	s.mu.Lock()
@@ -128,9 +143,9 @@ func (s *spillConn) cork() bool {
 	return true
 }
 
-// uncork writes what was gathered since cork, as Write would have, and
+// Uncork writes what was gathered since Cork, as Write would have, and
 // ends the gathering.
-func (s *spillConn) uncork() error {
+func (s *Conn) Uncork() error {
 	s.mu.Lock()
 	s.corked = false
 	held := s.held
@@ -157,19 +172,19 @@ func recycleCorkBuf(b []byte) {
 // maxCorkBuf is the largest cork buffer kept for reuse.
 const maxCorkBuf = 64 << 10
 
-// blockWrites makes every later write block, after the tail, as on the
+// BlockWrites makes every later write block, after the tail, as on the
 // connection underneath. The writer calls it before it closes the
 // connection: no writer would be left to write a tail after coder/websocket
 // has written the close frame, which (with the forceDisconnect before it)
 // must reach the peer within the close's own timeout.
-func (s *spillConn) blockWrites() {
+func (s *Conn) BlockWrites() {
 	if s != nil {
 		s.blocking.Store(true)
 	}
 }
 
-// keepTailLocked makes t, which the spillConn owns, the tail.
-func (s *spillConn) keepTailLocked(t []byte) {
+// keepTailLocked makes t, which the Conn owns, the tail.
+func (s *Conn) keepTailLocked(t []byte) {
 	if len(t) == 0 {
 		t = nil // let a written tail's array go
 	}
@@ -178,7 +193,7 @@ func (s *spillConn) keepTailLocked(t []byte) {
 }
 
 // writeTailLocked writes the tail, blocking.
-func (s *spillConn) writeTailLocked() error {
+func (s *Conn) writeTailLocked() error {
 	if len(s.tail) == 0 {
 		return nil
 	}
@@ -187,10 +202,10 @@ func (s *spillConn) writeTailLocked() error {
 	return err
 }
 
-// flushTail writes the tail, blocking, and fails after d (the peer does
+// FlushTail writes the tail, blocking, and fails after d (the peer does
 // not read; the caller then closes the connection).
-func (s *spillConn) flushTail(d time.Duration) error {
-	if !s.hasTail() {
+func (s *Conn) FlushTail(d time.Duration) error {
+	if !s.HasTail() {
 		return nil
 	}
 	s.mu.Lock()
@@ -207,7 +222,7 @@ func (s *spillConn) flushTail(d time.Duration) error {
 
 // tryWrite makes one nonblocking write of p and returns how much the
 // socket took; a full socket is 0 bytes and no error.
-func (s *spillConn) tryWrite(p []byte) (int, error) {
+func (s *Conn) tryWrite(p []byte) (int, error) {
 	var (
 		n    int
 		werr error

@@ -1,4 +1,4 @@
-package hub
+package httpapi
 
 import (
 	"context"
@@ -11,14 +11,15 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/queue"
 )
 
 // HTTP-only POS clients read the same outbox the WebSocket replays, through
 // an event session (CONTRACT §9). A key has one live session or one live
-// WebSocket: each displaces the other, and both count toward the
-// fighting-keys rule.
+// WebSocket: each displaces the other (Hub.SessionOpened here, the hub on
+// an upgrade), and both count toward the fighting-keys rule.
 
 const (
 	sessionIdle   = 24 * time.Hour
@@ -26,7 +27,8 @@ const (
 	eventsPerPoll = 100
 )
 
-// Sessions is where event sessions live; the hub needs Redis only for them.
+// Sessions is where event sessions live; hub.Sessions is the part the hub
+// needs.
 type Sessions interface {
 	Get(ctx context.Context, merchantID, apiKey string) (string, error)
 	Set(ctx context.Context, merchantID, apiKey, sessionID string, ttl time.Duration) error
@@ -65,104 +67,73 @@ func (s RedisSessions) Delete(ctx context.Context, m, k string) (bool, error) {
 	return n > 0, err
 }
 
-// displaceSession ends the key's HTTP session when a WebSocket takes over.
-func (h *Hub) displaceSession(ctx context.Context, merchantID, apiKey string) {
-	if h.opts.Sessions == nil {
-		return
-	}
-	existed, err := h.opts.Sessions.Delete(ctx, merchantID, apiKey)
-	if err != nil {
-		h.log.Error().Err(err).Str("apiKeyId", apiKey).Msg("could not end the HTTP event session")
-		return
-	}
-	if existed {
-		h.mu.Lock()
-		h.recordDisplacementLocked(apiKey, merchantID)
-		h.mu.Unlock()
-	}
-}
-
-func (h *Hub) handleOpenSession(w http.ResponseWriter, r *http.Request, p principal, _ []byte) {
-	if h.opts.Sessions == nil || h.opts.Outbox == nil {
-		writeError(w, errUnavailable)
+func (s *Server) handleOpenSession(w http.ResponseWriter, r *http.Request, p hub.Principal, _ []byte) {
+	if s.opts.Sessions == nil || s.opts.Outbox == nil {
+		hub.WriteError(w, hub.ErrNoEngine)
 		return
 	}
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
 	id := "ses_" + hex.EncodeToString(b)
-	prev, err := h.opts.Sessions.Get(r.Context(), p.merchantID, p.keyID)
+	prev, err := s.opts.Sessions.Get(r.Context(), p.MerchantID, p.KeyID)
 	if err == nil {
-		err = h.opts.Sessions.Set(r.Context(), p.merchantID, p.keyID, id, sessionIdle)
+		err = s.opts.Sessions.Set(r.Context(), p.MerchantID, p.KeyID, id, sessionIdle)
 	}
 	if err != nil {
-		writeError(w, h.clientError(err, h.log))
+		hub.WriteError(w, s.hub.ClientError(err, s.log))
 		return
 	}
-	h.mu.Lock()
-	old := h.pos[p.keyID]
-	allowed := true
-	if old != nil || prev != "" {
-		allowed = h.recordDisplacementLocked(p.keyID, p.merchantID)
-	}
-	if old != nil || prev != "" {
-		h.metrics.Displacements.WithLabelValues("session").Inc()
-	}
-	if old != nil {
-		old.disconnect(&protocol.Disconnect{Code: protocol.CloseDisplaced, Reason: protocol.ReasonAPIKeyUsedElsewhere,
-			Message: "Connection displaced by new connection with same API key", ReconnectAllowed: allowed})
-		h.dropPOSLocked(old)
-	}
-	h.mu.Unlock()
-	h.log.Info().Str("apiKeyId", p.keyID).Str("merchantId", p.merchantID).Msg("HTTP event session opened")
-	writeJSON(w, http.StatusCreated, map[string]string{"sessionId": id})
+	s.hub.SessionOpened(p.MerchantID, p.KeyID, prev != "")
+	s.log.Info().Str("apiKeyId", p.KeyID).Str("merchantId", p.MerchantID).Msg("HTTP event session opened")
+	hub.WriteJSON(w, http.StatusCreated, map[string]string{"sessionId": id})
 }
 
 // checkSession validates X-Session-Id and refreshes its idle timeout.
-func (h *Hub) checkSession(r *http.Request, p principal) *protocol.Error {
+func (s *Server) checkSession(r *http.Request, p hub.Principal) *protocol.Error {
 	id := r.Header.Get(protocol.HeaderSession)
 	if id == "" {
 		return protocol.Invalid(protocol.HeaderSession, "is required: open a session with POST /v1/sessions")
 	}
-	if h.opts.Sessions == nil {
-		return errUnavailable
+	if s.opts.Sessions == nil {
+		return hub.ErrNoEngine
 	}
-	cur, err := h.opts.Sessions.Get(r.Context(), p.merchantID, p.keyID)
+	cur, err := s.opts.Sessions.Get(r.Context(), p.MerchantID, p.KeyID)
 	if err != nil {
-		return h.clientError(err, h.log)
+		return s.hub.ClientError(err, s.log)
 	}
 	if cur != id {
 		return protocol.Errorf(protocol.CodeSessionDisplaced, protocol.HeaderSession,
 			"session unknown, expired or displaced by another connection with the same API key; open a new one")
 	}
-	_ = h.opts.Sessions.Touch(r.Context(), p.merchantID, p.keyID, sessionIdle)
+	_ = s.opts.Sessions.Touch(r.Context(), p.MerchantID, p.KeyID, sessionIdle)
 	return nil
 }
 
-func (h *Hub) handleEvents(w http.ResponseWriter, r *http.Request, p principal, _ []byte) {
-	if e := h.checkSession(r, p); e != nil {
-		writeError(w, e)
+func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p hub.Principal, _ []byte) {
+	if e := s.checkSession(r, p); e != nil {
+		hub.WriteError(w, e)
 		return
 	}
 	// WebSocket acks of the same API key still queued move the cursor first.
-	h.waitAcks(r.Context(), p.merchantID, p.keyID)
+	s.hub.WaitAcks(r.Context(), p.MerchantID, p.KeyID)
 	q := r.URL.Query()
 	after := q.Get("after")
 	if after == "" {
-		c, err := h.opts.Outbox.Cursor(r.Context(), p.merchantID, p.keyID)
+		c, err := s.opts.Outbox.Cursor(r.Context(), p.MerchantID, p.KeyID)
 		if err != nil {
-			writeError(w, h.clientError(err, h.log))
+			hub.WriteError(w, s.hub.ClientError(err, s.log))
 			return
 		}
 		after = c
 	} else if !queue.ValidID(after) {
-		writeError(w, protocol.Invalid("after", "must be a messageId"))
+		hub.WriteError(w, protocol.Invalid("after", "must be a messageId"))
 		return
 	}
 	var wait time.Duration
 	if s := q.Get("wait"); s != "" {
 		d, err := time.ParseDuration(s)
 		if err != nil || d < 0 || d > maxEventWait {
-			writeError(w, protocol.Invalid("wait", "must be a duration from 0s to 60s, such as 30s"))
+			hub.WriteError(w, protocol.Invalid("wait", "must be a duration from 0s to 60s, such as 30s"))
 			return
 		}
 		wait = d
@@ -172,13 +143,13 @@ func (h *Hub) handleEvents(w http.ResponseWriter, r *http.Request, p principal, 
 	for {
 		// Take the wake-up channel before reading, so a message committed
 		// between the read and the wait is not missed.
-		woken := h.waitFor(p.keyID)
-		entries, err = h.opts.Outbox.After(r.Context(), p.merchantID, p.keyID, after, eventsPerPoll)
+		woken := s.hub.NextCommit(p.KeyID)
+		entries, err = s.opts.Outbox.After(r.Context(), p.MerchantID, p.KeyID, after, eventsPerPoll)
 		if err != nil || len(entries) > 0 || wait <= 0 {
 			break
 		}
 		timeout := make(chan struct{})
-		t := h.clock.AfterFunc(wait, func() { close(timeout) })
+		t := s.opts.Clock.AfterFunc(wait, func() { close(timeout) })
 		select {
 		case <-woken:
 			t.Stop()
@@ -192,7 +163,7 @@ func (h *Hub) handleEvents(w http.ResponseWriter, r *http.Request, p principal, 
 		break
 	}
 	if err != nil {
-		writeError(w, h.clientError(err, h.log))
+		hub.WriteError(w, s.hub.ClientError(err, s.log))
 		return
 	}
 	data := make([]json.RawMessage, 0, len(entries))
@@ -201,25 +172,25 @@ func (h *Hub) handleEvents(w http.ResponseWriter, r *http.Request, p principal, 
 		data = append(data, m.Frame())
 		next = m.ID
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"data": data, "nextCursor": next})
+	hub.WriteJSON(w, http.StatusOK, map[string]any{"data": data, "nextCursor": next})
 }
 
-func (h *Hub) handleEventsAck(w http.ResponseWriter, r *http.Request, p principal, body []byte) {
-	if e := h.checkSession(r, p); e != nil {
-		writeError(w, e)
+func (s *Server) handleEventsAck(w http.ResponseWriter, r *http.Request, p hub.Principal, body []byte) {
+	if e := s.checkSession(r, p); e != nil {
+		hub.WriteError(w, e)
 		return
 	}
 	req := new(protocol.AckRequest)
 	if e := protocol.DecodeBody(body, req); e != nil {
-		writeError(w, e)
+		hub.WriteError(w, e)
 		return
 	}
-	if _, err := h.opts.Outbox.Ack(r.Context(), p.merchantID, p.keyID, req.MessageID); err != nil {
+	if _, err := s.opts.Outbox.Ack(r.Context(), p.MerchantID, p.KeyID, req.MessageID); err != nil {
 		if errors.Is(err, queue.ErrUnknownID) {
-			writeError(w, protocol.Invalid("messageId", "unknown messageId"))
+			hub.WriteError(w, protocol.Invalid("messageId", "unknown messageId"))
 			return
 		}
-		writeError(w, h.clientError(err, h.log))
+		hub.WriteError(w, s.hub.ClientError(err, s.log))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -236,24 +207,4 @@ func requestExtra(r *http.Request) time.Duration {
 		return 0 // refused by handleEvents
 	}
 	return d
-}
-
-// waitFor returns a channel closed when a message is next committed for key.
-func (h *Hub) waitFor(apiKey string) <-chan struct{} {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	ch := h.waiters[apiKey]
-	if ch == nil {
-		ch = make(chan struct{})
-		h.waiters[apiKey] = ch
-	}
-	return ch
-}
-
-// wake releases the long polls waiting on key.
-func (h *Hub) wakeLocked(apiKey string) {
-	if ch := h.waiters[apiKey]; ch != nil {
-		close(ch)
-		delete(h.waiters, apiKey)
-	}
 }

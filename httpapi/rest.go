@@ -1,53 +1,38 @@
-package hub
+package httpapi
 
 import (
 	"net/http"
 	"strconv"
 
+	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/session"
 )
 
-func (h *Hub) handleListTerminals(w http.ResponseWriter, r *http.Request, p principal, _ []byte) {
-	writeJSON(w, http.StatusOK, map[string]any{"data": h.Terminals(p.merchantID)})
+func (s *Server) handleListTerminals(w http.ResponseWriter, r *http.Request, p hub.Principal, _ []byte) {
+	hub.WriteJSON(w, http.StatusOK, map[string]any{"data": s.hub.Terminals(p.MerchantID)})
 }
 
-func (h *Hub) handleGetTerminal(w http.ResponseWriter, r *http.Request, p principal, _ []byte) {
-	device, ok := h.ResolveTerminal(p.merchantID, r.PathValue("id"))
+func (s *Server) handleGetTerminal(w http.ResponseWriter, r *http.Request, p hub.Principal, _ []byte) {
+	device, ok := s.hub.ResolveTerminal(p.MerchantID, r.PathValue("id"))
 	if !ok {
-		writeError(w, protocol.Errorf(protocol.CodeTerminalNotFound, "id", "no such terminal"))
+		hub.WriteError(w, protocol.Errorf(protocol.CodeTerminalNotFound, "id", "no such terminal"))
 		return
 	}
-	for _, t := range h.Terminals(p.merchantID) {
+	for _, t := range s.hub.Terminals(p.MerchantID) {
 		if t.TerminalID == device {
-			writeJSON(w, http.StatusOK, map[string]any{"terminal": t})
+			hub.WriteJSON(w, http.StatusOK, map[string]any{"terminal": t})
 			return
 		}
 	}
-	writeError(w, protocol.Errorf(protocol.CodeTerminalNotFound, "id", "no such terminal"))
+	hub.WriteError(w, protocol.Errorf(protocol.CodeTerminalNotFound, "id", "no such terminal"))
 }
 
-// OpsHTTP guards an ops endpoint with the ops token (a bearer token), its
-// failures counted and limited as every failed authentication is.
-func (h *Hub) OpsHTTP(next http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if e := h.addrBlocked(r); e != nil {
-			writeError(w, e)
-			return
-		}
-		if !h.OpsAuthorized(r, h.opts.OpsToken) {
-			writeError(w, h.AuthFailed(r, string(KindOps), "", protocol.Errorf(protocol.CodeUnauthorized, "Authorization", "missing or wrong ops token")))
-			return
-		}
-		next(w, r)
-	}
-}
-
-func (h *Hub) handleOpsTerminals(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{
-		"data":        h.AllTerminals(),
-		"connections": h.Connections(),
-		"conflicts":   h.Conflicts(),
+func (s *Server) handleOpsTerminals(w http.ResponseWriter, r *http.Request) {
+	hub.WriteJSON(w, http.StatusOK, map[string]any{
+		"data":        s.hub.AllTerminals(),
+		"connections": s.hub.Connections(),
+		"conflicts":   s.hub.Conflicts(),
 	})
 }
 
@@ -62,13 +47,13 @@ func idempotencyHeader(r *http.Request) (string, *protocol.Error) {
 	return k, nil
 }
 
-func (h *Hub) handleCreatePayment(w http.ResponseWriter, r *http.Request, p principal, body []byte) {
+func (s *Server) handleCreatePayment(w http.ResponseWriter, r *http.Request, p hub.Principal, body []byte) {
 	req := new(protocol.PaymentRequest)
 	if e := protocol.DecodeBody(body, req); e != nil {
-		writeError(w, e)
+		hub.WriteError(w, e)
 		return
 	}
-	h.respond(w, r, p, req, true)
+	s.respond(w, r, p, req, true)
 }
 
 // lifecycleTypes maps POST /v1/transactions/{id}/<action> to its request.
@@ -80,23 +65,23 @@ var lifecycleTypes = map[string]func(id string) protocol.Validator{
 	"signature": func(id string) protocol.Validator { return &protocol.SignatureVerificationRequest{TransactionID: id} },
 }
 
-func (h *Hub) handleLifecycle(w http.ResponseWriter, r *http.Request, p principal, body []byte) {
+func (s *Server) handleLifecycle(w http.ResponseWriter, r *http.Request, p hub.Principal, body []byte) {
 	newReq, ok := lifecycleTypes[r.PathValue("action")]
 	if !ok {
-		writeError(w, protocol.Errorf(protocol.CodeNotFound, "", "no such endpoint"))
+		hub.WriteError(w, protocol.Errorf(protocol.CodeNotFound, "", "no such endpoint"))
 		return
 	}
 	id := r.PathValue("id")
 	req := newReq(id)
 	if e := protocol.DecodeBody(body, req); e != nil {
-		writeError(w, e)
+		hub.WriteError(w, e)
 		return
 	}
 	if e := sameID(req, id); e != nil {
-		writeError(w, e)
+		hub.WriteError(w, e)
 		return
 	}
-	h.respond(w, r, p, req, false)
+	s.respond(w, r, p, req, false)
 }
 
 // sameID refuses a body whose transactionId contradicts the path.
@@ -121,15 +106,15 @@ func sameID(req protocol.Validator, id string) *protocol.Error {
 }
 
 // respond performs a request and writes {"transaction"[, "created"]}.
-func (h *Hub) respond(w http.ResponseWriter, r *http.Request, p principal, req any, withCreated bool) {
+func (s *Server) respond(w http.ResponseWriter, r *http.Request, p hub.Principal, req any, withCreated bool) {
 	key, e := idempotencyHeader(r)
 	if e != nil {
-		writeError(w, e)
+		hub.WriteError(w, e)
 		return
 	}
-	res, err := h.perform(r.Context(), p, req, key)
+	res, err := s.hub.Perform(r.Context(), p, req, key)
 	if err != nil {
-		writeError(w, h.clientError(err, h.log))
+		hub.WriteError(w, s.hub.ClientError(err, s.log))
 		return
 	}
 	out := map[string]any{"transaction": res.Txn}
@@ -140,16 +125,16 @@ func (h *Hub) respond(w http.ResponseWriter, r *http.Request, p principal, req a
 	if status == 0 {
 		status = http.StatusOK
 	}
-	writeJSON(w, status, out)
+	hub.WriteJSON(w, status, out)
 }
 
-func (h *Hub) handleGetTransaction(w http.ResponseWriter, r *http.Request, p principal, _ []byte) {
-	res, err := h.perform(r.Context(), p, &protocol.GetTransactionStatusRequest{TransactionID: r.PathValue("id")}, "")
+func (s *Server) handleGetTransaction(w http.ResponseWriter, r *http.Request, p hub.Principal, _ []byte) {
+	res, err := s.hub.Perform(r.Context(), p, &protocol.GetTransactionStatusRequest{TransactionID: r.PathValue("id")}, "")
 	if err != nil {
-		writeError(w, h.clientError(err, h.log))
+		hub.WriteError(w, s.hub.ClientError(err, s.log))
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"transaction": res.Txn})
+	hub.WriteJSON(w, http.StatusOK, map[string]any{"transaction": res.Txn})
 }
 
 var validStatuses = map[protocol.Status]bool{
@@ -159,41 +144,41 @@ var validStatuses = map[protocol.Status]bool{
 	protocol.StatusCancelled: true, protocol.StatusTimedOut: true, protocol.StatusSuperseded: true, protocol.StatusVoided: true,
 }
 
-func (h *Hub) handleListTransactions(w http.ResponseWriter, r *http.Request, p principal, _ []byte) {
-	if h.opts.Engine == nil {
-		writeError(w, errUnavailable)
+func (s *Server) handleListTransactions(w http.ResponseWriter, r *http.Request, p hub.Principal, _ []byte) {
+	if s.opts.Engine == nil {
+		hub.WriteError(w, hub.ErrNoEngine)
 		return
 	}
 	q := r.URL.Query()
 	f := session.Filter{Status: protocol.Status(q.Get("status")), Reference: q.Get("reference"), Type: q.Get("type"), After: q.Get("after")}
 	if t := q.Get("terminalId"); t != "" {
-		device, ok := h.ResolveTerminal(p.merchantID, t)
+		device, ok := s.hub.ResolveTerminal(p.MerchantID, t)
 		if !ok {
-			writeJSON(w, http.StatusOK, session.Page{Data: []*protocol.Transaction{}})
+			hub.WriteJSON(w, http.StatusOK, session.Page{Data: []*protocol.Transaction{}})
 			return
 		}
 		f.TerminalID = device
 	}
 	if f.Status != "" && !validStatuses[f.Status] {
-		writeError(w, protocol.Invalid("status", "unknown status %q", q.Get("status")))
+		hub.WriteError(w, protocol.Invalid("status", "unknown status %q", q.Get("status")))
 		return
 	}
 	if f.Type != "" && f.Type != protocol.TypeSale && f.Type != protocol.TypeRefund {
-		writeError(w, protocol.Invalid("type", "must be sale or refund"))
+		hub.WriteError(w, protocol.Invalid("type", "must be sale or refund"))
 		return
 	}
 	if l := q.Get("limit"); l != "" {
 		n, err := strconv.Atoi(l)
 		if err != nil || n < 1 || n > 100 {
-			writeError(w, protocol.Invalid("limit", "must be a whole number from 1 to 100"))
+			hub.WriteError(w, protocol.Invalid("limit", "must be a whole number from 1 to 100"))
 			return
 		}
 		f.Limit = n
 	}
-	page, err := h.opts.Engine.List(r.Context(), p.merchantID, f)
+	page, err := s.opts.Engine.List(r.Context(), p.MerchantID, f)
 	if err != nil {
-		writeError(w, h.clientError(err, h.log))
+		hub.WriteError(w, s.hub.ClientError(err, s.log))
 		return
 	}
-	writeJSON(w, http.StatusOK, page)
+	hub.WriteJSON(w, http.StatusOK, page)
 }
