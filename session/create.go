@@ -345,7 +345,7 @@ func (e *Engine) open(t *Txn, now time.Time, status, connID string, graceUntil t
 	fx := Effects{Changed: true, Entered: []protocol.Status{protocol.StatusPending}}
 	if status == protocol.TerminalOnline {
 		_, _ = Apply(t, EvSent{ConnectionID: connID}, now, e.settings())
-		fx.Terminal = []any{t.StartPayment()}
+		fx.Terminal = []TerminalCommand{t.StartPayment()}
 	} else {
 		t.GraceDeadline = graceUntil
 	}

@@ -37,8 +37,14 @@ type Sink interface {
 	// outbox may hold messages it was not handed: it reads them from the
 	// stream (a commit whose answer was lost turned out applied).
 	NudgePOS(merchantID, apiKeyID string)
-	SendTerminal(deviceID string, cmds []any)
+	// SendTerminal sends commands to the device's live connection, if any,
+	// in order.
+	SendTerminal(deviceID string, cmds []TerminalCommand)
 }
+
+// TerminalCommand is a command for a terminal: protocol.StartPayment or
+// protocol.TerminalCommand.
+type TerminalCommand interface{ TerminalAction() string }
 
 // Message is a durable POS message as committed: its outbox entry id and
 // its JSON without the messageId.

@@ -17,7 +17,7 @@ type Settings struct {
 // then sends Terminal commands to the live terminal and the POS messages to
 // the live POS.
 type Effects struct {
-	Terminal []any               // protocol.StartPayment or protocol.TerminalCommand, in order
+	Terminal []TerminalCommand   // in order
 	POS      []protocol.POSEvent // durable messages for the owning API key
 	Webhook  string              // webhook event type, "" for none
 	AutoVoid bool                // a late approval was voided

@@ -10,10 +10,10 @@ import (
 // touches one or two API keys and terminals, so they are kept in short
 // slices (index-aligned) rather than maps.
 type pending struct {
-	order    []string    // api keys in first-use order
-	msgs     [][]Message // messages of order[i] (ids filled after exec)
-	devOrder []string    // devices in first-use order
-	terminal [][]any     // commands for devOrder[i]
+	order    []string            // api keys in first-use order
+	msgs     [][]Message         // messages of order[i] (ids filled after exec)
+	devOrder []string            // devices in first-use order
+	terminal [][]TerminalCommand // commands for devOrder[i]
 	arm      []*Txn
 	revs     []revChange // of arm[i], index-aligned
 	current  []curChange // in staging order
@@ -39,7 +39,7 @@ func (p *pending) addPOS(apiKey string, m Message) {
 	p.msgs = append(p.msgs, []Message{m})
 }
 
-func (p *pending) addTerminal(device string, cmds []any) {
+func (p *pending) addTerminal(device string, cmds []TerminalCommand) {
 	if len(cmds) == 0 {
 		return
 	}

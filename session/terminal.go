@@ -117,7 +117,7 @@ func (e *Engine) terminalRun(ctx context.Context, merchantID, deviceID, id strin
 // TerminalConnected resumes a device's transactions after it (re)connects
 // and returns every command still open for it (CONTRACT §6), oldest
 // transaction first, for the caller to send.
-func (e *Engine) TerminalConnected(ctx context.Context, merchantID, deviceID, connID string) ([]any, error) {
+func (e *Engine) TerminalConnected(ctx context.Context, merchantID, deviceID, connID string) ([]TerminalCommand, error) {
 	// Not during a create for the device (which holds this lock until it
 	// has sent its command): the hub registers the connection before it
 	// calls this, so a sale committed meanwhile is either sent live before
@@ -144,7 +144,7 @@ func (e *Engine) TerminalConnected(ctx context.Context, merchantID, deviceID, co
 		txns = append(txns, t)
 	}
 	sortByCreated(txns)
-	var cmds []any
+	var cmds []TerminalCommand
 	for _, t := range txns {
 		cmds = append(cmds, t.OpenCommands()...)
 	}
