@@ -339,7 +339,7 @@ func (e *Engine) supersede(ctx context.Context, c *commit, p *pending, cr creati
 // right after the commit, so its payment timeout runs from now; a
 // reconnecting terminal is waited for until its grace period ends, then
 // the payment fails terminal_unreachable.
-func (e *Engine) open(t *Txn, now time.Time, status, connID string, graceUntil time.Time) Effects {
+func (e *Engine) open(t *Txn, now time.Time, status TerminalStatus, connID string, graceUntil time.Time) Effects {
 	t.Status, t.Version, t.CreatedAt, t.UpdatedAt = protocol.StatusPending, 1, now, now
 	t.History = []protocol.HistoryEntry{{Status: protocol.StatusPending, At: now, Cause: "created"}}
 	fx := Effects{Changed: true, Entered: []protocol.Status{protocol.StatusPending}}

@@ -24,8 +24,12 @@ type Terminals interface {
 	ResolveTerminal(merchantID, terminalID string) (deviceID string, ok bool)
 	// TerminalLive returns the device's status, its connection id and, while
 	// it is reconnecting, when its grace period ends.
-	TerminalLive(deviceID string) (status, connectionID string, graceUntil time.Time)
+	TerminalLive(deviceID string) (status TerminalStatus, connectionID string, graceUntil time.Time)
 }
+
+// TerminalStatus is a terminal's connection status: protocol.TerminalOnline,
+// protocol.TerminalReconnecting or protocol.TerminalOffline.
+type TerminalStatus string
 
 // Sink carries out effects after a commit. DeliverPOS is called while the
 // API key's ordering lock is held, so messages reach it in stream order.

@@ -843,7 +843,7 @@ func mtCmdName(c any) string {
 	return fmt.Sprintf("%T", c)
 }
 
-func mtCmdNames(cmds []any) []string {
+func mtCmdNames(cmds []TerminalCommand) []string {
 	out := []string{}
 	for _, c := range cmds {
 		out = append(out, mtCmdName(c))
@@ -1731,7 +1731,7 @@ func TestApplyOpenCommandsAlongAPayment(t *testing.T) {
 	}
 }
 
-func firstStart(cmds []any) (protocol.StartPayment, bool) {
+func firstStart(cmds []TerminalCommand) (protocol.StartPayment, bool) {
 	for _, c := range cmds {
 		if sp, ok := c.(protocol.StartPayment); ok {
 			return sp, true
