@@ -116,14 +116,8 @@ func (e *Engine) Current(ctx context.Context, merchantID string, devices []strin
 	if len(devices) == 0 {
 		return out, nil
 	}
-	ids, err := e.store.currents(ctx, merchantID, devices)
-	if err != nil {
+	if err := e.store.currents(ctx, merchantID, devices, out); err != nil {
 		return nil, err
-	}
-	for i, id := range ids {
-		if id != "" {
-			out[devices[i]] = id
-		}
 	}
 	return out, nil
 }

@@ -135,22 +135,23 @@ func (s *Store) refID(ctx context.Context, merchantID, reference string) (string
 	return s.get(ctx, s.keys.Ref(merchantID, reference))
 }
 
-// currents reads the current transaction of each device, index-aligned
-// ("" for none).
-func (s *Store) currents(ctx context.Context, merchantID string, devices []string) ([]string, error) {
+// currents adds to out the current transaction of each device that has
+// one.
+func (s *Store) currents(ctx context.Context, merchantID string, devices []string, out map[string]string) error {
 	ks := make([]string, len(devices))
 	for i, d := range devices {
 		ks[i] = s.keys.Current(merchantID, d)
 	}
 	vals, err := s.rdb.MGet(ctx, ks...).Result()
 	if err != nil {
-		return nil, storeErr(err)
+		return storeErr(err)
 	}
-	out := make([]string, len(devices))
 	for i, v := range vals {
-		out[i], _ = v.(string)
+		if id, ok := v.(string); ok {
+			out[devices[i]] = id
+		}
 	}
-	return out, nil
+	return nil
 }
 
 // openCounts counts the transactions with open commands of each device,
