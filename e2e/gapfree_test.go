@@ -17,7 +17,7 @@ import (
 type onlineTerminals struct{}
 
 func (onlineTerminals) ResolveTerminal(_, id string) (string, bool) { return id, true }
-func (onlineTerminals) TerminalLive(string) (string, string, time.Time) {
+func (onlineTerminals) TerminalLive(string) (session.TerminalStatus, string, time.Time) {
 	return protocol.TerminalOnline, "conn_elsewhere", time.Time{}
 }
 

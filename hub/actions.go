@@ -23,7 +23,7 @@ type Engine interface {
 	// TerminalEvents applies a terminal's messages in order and calls
 	// refused, in order too, for each one that was not applied.
 	TerminalEvents(ctx context.Context, merchantID, deviceID string, bodies []any, refused func(i int, err error))
-	TerminalConnected(ctx context.Context, merchantID, deviceID, connID string) ([]any, error)
+	TerminalConnected(ctx context.Context, merchantID, deviceID, connID string) ([]session.TerminalCommand, error)
 	TerminalDropped(ctx context.Context, merchantID, deviceID string, graceUntil time.Time) error
 	Current(ctx context.Context, merchantID string, devices []string) (map[string]string, error)
 	// CurrentKnown is Current from this process's memory, for when Redis

@@ -9,6 +9,7 @@ import (
 	"github.com/termhub/termhub/internal/redisx"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/queue"
+	"github.com/termhub/termhub/session"
 )
 
 // replayPage is how many outbox entries one read of the stream takes.
@@ -298,7 +299,7 @@ func (h *Hub) waitStore(ctx context.Context, attempt int) bool {
 
 // SendTerminal sends commands to the device's live connection, if any; an
 // offline terminal gets its open commands when it reconnects.
-func (h *Hub) SendTerminal(deviceID string, cmds []any) {
+func (h *Hub) SendTerminal(deviceID string, cmds []session.TerminalCommand) {
 	h.mu.Lock()
 	c := h.terminals[deviceID]
 	h.mu.Unlock()
@@ -324,14 +325,14 @@ func (h *Hub) SendTerminal(deviceID string, cmds []any) {
 
 // TerminalLive reports a device's status, its connection and, while it is
 // reconnecting, when its grace period ends.
-func (h *Hub) TerminalLive(deviceID string) (string, string, time.Time) {
+func (h *Hub) TerminalLive(deviceID string) (session.TerminalStatus, string, time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	st := h.status[deviceID]
 	if st == nil {
 		return protocol.TerminalOffline, "", time.Time{}
 	}
-	return st.status, st.connID, st.graceUntil
+	return session.TerminalStatus(st.status), st.connID, st.graceUntil
 }
 
 // ack handles a POS ack.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/protocol"
+	"github.com/termhub/termhub/session"
 )
 
 // Functions whose frames identify the hub's goroutines in a stack dump.
@@ -34,6 +35,8 @@ type probe struct {
 	Seq      int    `json:"seq"`
 	Pad      string `json:"pad,omitempty"`
 }
+
+func (p probe) TerminalAction() string { return p.Action }
 
 // goroutines counts the goroutines with a frame of fn in their stack.
 func goroutines(fn string) int {
@@ -59,10 +62,10 @@ func goroutines(fn string) int {
 // terminal is re-sent cmds. Other methods are not called by these tests.
 type resendEngine struct {
 	hub.Engine
-	cmds []any
+	cmds []session.TerminalCommand
 }
 
-func (e resendEngine) TerminalConnected(context.Context, string, string, string) ([]any, error) {
+func (e resendEngine) TerminalConnected(context.Context, string, string, string) ([]session.TerminalCommand, error) {
 	return e.cmds, nil
 }
 
@@ -82,7 +85,7 @@ func TestIdleConnectionHasNoWriter(t *testing.T) {
 	eventually(t, "three readers, no writer and no net/http goroutine", idle)
 
 	// A frame to send starts a writer, which goes once the frame is out.
-	th.SendTerminal("T1", []any{probe{Action: "probe", Seq: 1}})
+	th.SendTerminal("T1", []session.TerminalCommand{probe{Action: "probe", Seq: 1}})
 	if m := t1.expect(t, "probe"); decodeMap(t, m.Raw)["seq"] != float64(1) {
 		t.Fatalf("got %s, want probe 1", m.Raw)
 	}
@@ -102,7 +105,7 @@ func TestFramesFromManyGoroutinesKeepEachOnesOrder(t *testing.T) {
 			defer wg.Done()
 			for i := 0; i < frames; {
 				// One frame a call, or a few: both queue in call order.
-				var batch []any
+				var batch []session.TerminalCommand
 				for n := 1 + i%3; n > 0 && i < frames; n-- {
 					batch = append(batch, probe{Action: "probe", Producer: p, Seq: i})
 					i++
@@ -133,7 +136,7 @@ func TestResentCommandsFollowTheGreeting(t *testing.T) {
 	// queue hold: re-sends wait for the writer instead of kicking the
 	// terminal as slow, and the greeting stays the first frame.
 	const open = 100
-	cmds := make([]any, open)
+	cmds := make([]session.TerminalCommand, open)
 	for i := range cmds {
 		cmds[i] = probe{Action: "probe", Seq: i}
 	}
@@ -175,7 +178,7 @@ func TestSlowPeerIsDisconnected(t *testing.T) {
 		if sent == most {
 			t.Fatalf("%d frames to a peer that reads none, and it is not disconnected", sent)
 		}
-		th.SendTerminal("T1", []any{probe{Action: "probe", Seq: sent, Pad: pad}})
+		th.SendTerminal("T1", []session.TerminalCommand{probe{Action: "probe", Seq: sent, Pad: pad}})
 		sent++
 	}
 
@@ -227,9 +230,9 @@ type liveDuringResume struct {
 	more probe
 }
 
-func (e liveDuringResume) TerminalConnected(_ context.Context, _, deviceID, _ string) ([]any, error) {
-	(*e.h).SendTerminal(deviceID, []any{e.live})
-	return []any{e.live, e.more}, nil
+func (e liveDuringResume) TerminalConnected(_ context.Context, _, deviceID, _ string) ([]session.TerminalCommand, error) {
+	(*e.h).SendTerminal(deviceID, []session.TerminalCommand{e.live})
+	return []session.TerminalCommand{e.live, e.more}, nil
 }
 
 func (e liveDuringResume) TerminalDropped(context.Context, string, string, time.Time) error {
@@ -247,7 +250,7 @@ func TestCommandSentLiveDuringResumeIsSentOnce(t *testing.T) {
 	term := th.terminal(t, "T1")
 	for _, want := range []int{1, 2, 3} {
 		if want == 3 {
-			th.SendTerminal("T1", []any{probe{Action: "probe", Seq: 3}})
+			th.SendTerminal("T1", []session.TerminalCommand{probe{Action: "probe", Seq: 3}})
 		}
 		var got probe
 		if err := term.expect(t, "probe").Decode(&got); err != nil {
@@ -259,7 +262,7 @@ func TestCommandSentLiveDuringResumeIsSentOnce(t *testing.T) {
 	}
 	// Once resumed, a live command equal to a resumed one is sent again:
 	// only a copy sent during the resume is left out.
-	th.SendTerminal("T1", []any{more})
+	th.SendTerminal("T1", []session.TerminalCommand{more})
 	var got probe
 	if err := term.expect(t, "probe").Decode(&got); err != nil || got.Seq != 2 {
 		t.Fatalf("live re-send after the resume: %+v, %v; want probe 2", got, err)

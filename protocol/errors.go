@@ -88,3 +88,12 @@ func Invalid(field, format string, args ...any) *Error {
 type ErrorBody struct {
 	Error *Error `json:"error"`
 }
+
+// ResultStatus is the HTTP status of a successful answer about a
+// transaction: 201 when the request created it, else 200.
+func ResultStatus(created bool) int {
+	if created {
+		return http.StatusCreated
+	}
+	return http.StatusOK
+}

@@ -244,3 +244,10 @@ type TerminalCommand struct {
 	AmountMinor   int64  `json:"amountMinor,omitempty"`
 	Accepted      *bool  `json:"accepted,omitempty"`
 }
+
+// TerminalAction is the command's action. With it StartPayment and
+// TerminalCommand are the commands a terminal is sent (session.TerminalCommand).
+func (m StartPayment) TerminalAction() string { return m.Action }
+
+// TerminalAction is the command's action.
+func (m TerminalCommand) TerminalAction() string { return m.Action }

@@ -66,16 +66,16 @@ func BenchmarkApplyResult(b *testing.B) {
 type benchTerminals struct{}
 
 func (benchTerminals) ResolveTerminal(_, terminalID string) (string, bool) { return terminalID, true }
-func (benchTerminals) TerminalLive(string) (string, string, time.Time) {
+func (benchTerminals) TerminalLive(string) (TerminalStatus, string, time.Time) {
 	return protocol.TerminalOnline, "conn_bench", time.Time{}
 }
 
 // benchSink drops every effect.
 type benchSink struct{}
 
-func (benchSink) DeliverPOS(string, string, []Message) {}
-func (benchSink) NudgePOS(string, string)              {}
-func (benchSink) SendTerminal(string, []any)           {}
+func (benchSink) DeliverPOS(string, string, []Message)   {}
+func (benchSink) NudgePOS(string, string)                {}
+func (benchSink) SendTerminal(string, []TerminalCommand) {}
 
 func benchEngine(rdb redis.UniversalClient, prefix string) *Engine {
 	return NewEngine(Options{Store: NewStore(rdb, keys.Space{Prefix: prefix}), Terminals: benchTerminals{}, Sink: benchSink{}, Logger: zerolog.Nop()})

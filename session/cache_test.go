@@ -163,7 +163,7 @@ type reconnectingTerminals struct{}
 func (reconnectingTerminals) ResolveTerminal(_, terminalID string) (string, bool) {
 	return terminalID, true
 }
-func (reconnectingTerminals) TerminalLive(string) (string, string, time.Time) {
+func (reconnectingTerminals) TerminalLive(string) (TerminalStatus, string, time.Time) {
 	return protocol.TerminalReconnecting, "", time.Now().Add(time.Minute)
 }
 
@@ -171,7 +171,7 @@ func (reconnectingTerminals) TerminalLive(string) (string, string, time.Time) {
 type offlineTerminals struct{}
 
 func (offlineTerminals) ResolveTerminal(_, terminalID string) (string, bool) { return terminalID, true }
-func (offlineTerminals) TerminalLive(string) (string, string, time.Time) {
+func (offlineTerminals) TerminalLive(string) (TerminalStatus, string, time.Time) {
 	return protocol.TerminalOffline, "", time.Time{}
 }
 

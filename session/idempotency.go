@@ -2,8 +2,9 @@ package session
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
-	"net/http"
 	"time"
 
 	"github.com/termhub/termhub/protocol"
@@ -44,7 +45,7 @@ func (w *idemWrite) stage(c *commit, s *Store, merchantID string, t *Txn, status
 
 // storeIdemLate records a response that needed no commit (SET NX).
 func (e *Engine) storeIdemLate(ctx context.Context, merchantID string, w *idemWrite, t *Txn) {
-	status := http.StatusOK
+	status := protocol.ResultStatus(false)
 	var created *bool
 	if t.Version == 1 && t.Status == protocol.StatusPending {
 		f := false
@@ -54,13 +55,13 @@ func (e *Engine) storeIdemLate(ctx context.Context, merchantID string, w *idemWr
 	if err != nil {
 		return
 	}
-	e.store.rdb.SetNX(ctx, e.store.keys.Idem(merchantID, w.key), data, IdempotencyTTL)
+	e.store.setIdemIfAbsent(ctx, merchantID, w.key, data)
 }
 
 // replayIdem answers from an Idempotency-Key record: done is true when the
 // key was used before (replayed or refused as reused).
 func (e *Engine) replayIdem(ctx context.Context, merchantID, key, fp string) (Result, bool, error) {
-	raw, err := e.store.get(ctx, e.store.keys.Idem(merchantID, key))
+	raw, err := e.store.idem(ctx, merchantID, key)
 	if err != nil || raw == "" {
 		return Result{}, false, err
 	}
@@ -77,4 +78,11 @@ func (e *Engine) replayIdem(ctx context.Context, merchantID, key, fp string) (Re
 		r.Created = *rec.Created
 	}
 	return r, true, nil
+}
+
+// fingerprint identifies a request body for Idempotency-Key reuse checks.
+func fingerprint(action string, body any) string {
+	b, _ := json.Marshal(body)
+	h := sha256.Sum256(append([]byte(action+"\n"), b...))
+	return hex.EncodeToString(h[:])
 }

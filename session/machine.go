@@ -6,73 +6,6 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// Event is something that happens to a transaction: a POS request, a
-// terminal message, a connection change or a deadline.
-type Event interface{ eventName() string }
-
-// Events. POS requests may be refused with an *protocol.Error; terminal and
-// timer events never are (a stale or repeated one changes nothing).
-type (
-	// EvSent: startPayment was written to the live terminal (only the
-	// first time counts).
-	EvSent struct{ ConnectionID string }
-	// EvCommandReceived: the terminal took the command.
-	EvCommandReceived struct{}
-	// EvProgress: the card was presented (or a later stage).
-	EvProgress struct{ Stage string }
-	// EvSignatureRequired: the terminal asks for a signature check.
-	EvSignatureRequired struct{}
-	// EvSignatureAnswer: the POS (or the signature timeout, Auto) answered.
-	EvSignatureAnswer struct {
-		Accepted bool
-		Auto     bool
-	}
-	// EvResult: the terminal's outcome.
-	EvResult struct{ Result protocol.PaymentResult }
-	// EvCancel: the POS cancels.
-	EvCancel struct{}
-	// EvVoid: the POS voids a COMPLETED or AUTHORIZED sale.
-	EvVoid struct{ Reason string }
-	// EvVoidResult: the terminal answered voidPayment.
-	EvVoidResult struct {
-		OK           bool
-		ErrorMessage string
-	}
-	// EvCapture: the POS captures an AUTHORIZED sale (0 = all).
-	EvCapture struct{ AmountMinor int64 }
-	// EvCaptureResult: the terminal answered capturePayment.
-	EvCaptureResult struct {
-		OK           bool
-		AmountMinor  int64
-		ErrorMessage string
-	}
-	// EvTerminalDropped: the terminal's connection ended; it has until
-	// GraceUntil to come back.
-	EvTerminalDropped struct{ GraceUntil time.Time }
-	// EvTerminalBack: the terminal reconnected.
-	EvTerminalBack struct{ ConnectionID string }
-	// EvDeadline: a deadline of Kind fell due.
-	EvDeadline struct{ Kind string }
-	// EvSupersede: a newer sale for the terminal replaces this PENDING one.
-	EvSupersede struct{ By string }
-)
-
-func (EvSent) eventName() string              { return "sent" }
-func (EvCommandReceived) eventName() string   { return "commandReceived" }
-func (EvProgress) eventName() string          { return "paymentProgress" }
-func (EvSignatureRequired) eventName() string { return "signatureRequired" }
-func (EvSignatureAnswer) eventName() string   { return "signatureAnswer" }
-func (EvResult) eventName() string            { return "paymentResult" }
-func (EvCancel) eventName() string            { return "cancel" }
-func (EvVoid) eventName() string              { return "void" }
-func (EvVoidResult) eventName() string        { return "voidResult" }
-func (EvCapture) eventName() string           { return "capture" }
-func (EvCaptureResult) eventName() string     { return "captureResult" }
-func (EvTerminalDropped) eventName() string   { return "terminalDropped" }
-func (EvTerminalBack) eventName() string      { return "terminalReconnected" }
-func (EvDeadline) eventName() string          { return "deadline" }
-func (EvSupersede) eventName() string         { return "supersede" }
-
 // Settings are the timers a transition needs.
 type Settings struct {
 	SignatureTimeout time.Duration
@@ -84,7 +17,7 @@ type Settings struct {
 // then sends Terminal commands to the live terminal and the POS messages to
 // the live POS.
 type Effects struct {
-	Terminal []any               // protocol.StartPayment or protocol.TerminalCommand, in order
+	Terminal []TerminalCommand   // in order
 	POS      []protocol.POSEvent // durable messages for the owning API key
 	Webhook  string              // webhook event type, "" for none
 	AutoVoid bool                // a late approval was voided
@@ -122,186 +55,244 @@ func invalidState(t *Txn, what string) *protocol.Error {
 	return protocol.Errorf(protocol.CodeInvalidState, "transactionId", "cannot %s a transaction in status %s", what, t.Status)
 }
 
+// apply dispatches ev to the method that handles its kind of event.
 func (m *machine) apply(ev Event) *protocol.Error {
-	t := m.t
 	switch e := ev.(type) {
 	case EvSent:
-		// Only the first sending counts: the payment timeout runs from it
-		// and replaces the wait for the terminal (grace). A terminal that
-		// is away (AWAITING_RECONNECT) cannot have been sent anything, and
-		// its grace deadline must stay.
-		if !t.Active() || t.FirstSentAt != nil || t.Status == protocol.StatusAwaitingReconnect {
-			return nil
-		}
-		m.fx.Changed = true
-		t.ConnectionID = e.ConnectionID
-		t.GraceDeadline = time.Time{}
-		at := m.now
-		t.FirstSentAt = &at
-		t.PaymentDeadline = m.now.Add(time.Duration(t.TimeoutSeconds) * time.Second)
-
+		m.sent(e)
 	case EvCommandReceived:
-		m.ack()
-		if t.Status == protocol.StatusPending {
-			m.move(protocol.StatusDispatched, "terminal took the command", "")
-		}
-
+		m.commandReceived()
 	case EvProgress:
-		m.ack()
-		switch t.Status {
-		case protocol.StatusPending, protocol.StatusDispatched:
-			m.move(protocol.StatusInProgress, "card presented ("+e.Stage+")", "")
-		}
-
+		m.progress(e)
 	case EvSignatureRequired:
-		m.ack()
-		switch t.Status {
-		case protocol.StatusPending, protocol.StatusDispatched, protocol.StatusInProgress:
-			t.SignatureDeadline = m.now.Add(m.s.SignatureTimeout)
-			m.move(protocol.StatusAwaitingSignature, "terminal asks for a signature check", "")
-		}
-
+		m.signatureRequired()
 	case EvSignatureAnswer:
 		if e.Auto {
 			e.Accepted = false // an unanswered prompt is declined, never accepted
 		}
 		return m.signatureAnswer(e)
-
 	case EvResult:
 		m.result(e.Result)
-
 	case EvCancel:
-		switch {
-		case t.Status == protocol.StatusCancelled:
-			return nil // answering it again is harmless
-		case t.Status == protocol.StatusPending, t.Status == protocol.StatusDispatched,
-			t.Status == protocol.StatusAwaitingReconnect && (t.ResumeStatus == protocol.StatusDispatched || t.ResumeStatus == protocol.StatusPending):
-			m.openCancel()
-			m.final(protocol.StatusCancelled, "cancelled by the POS", "", "")
-		default:
-			return invalidState(t, "cancel")
-		}
-
+		return m.cancel()
 	case EvVoid:
-		switch {
-		case t.Status == protocol.StatusVoided || t.OpenVoid:
-			return nil
-		case t.Type != protocol.TypeSale:
-			return protocol.Errorf(protocol.CodeInvalidState, "transactionId", "only a sale can be voided; refund it instead")
-		case t.Status != protocol.StatusCompleted && t.Status != protocol.StatusAuthorized:
-			return invalidState(t, "void")
-		case t.RefundedAmountMinor > 0 || t.ReservedRefundMinor > 0:
-			return protocol.Errorf(protocol.CodeInvalidState, "transactionId", "a sale with refunds cannot be voided")
-		}
-		t.OpenVoid, t.VoidReason = true, e.Reason
-		t.CommandDeadline = m.now.Add(m.s.CommandTimeout)
-		m.fx.Changed = true
-		m.fx.Terminal = append(m.fx.Terminal, protocol.TerminalCommand{Action: protocol.ActionVoidPayment, TransactionID: t.ID, Reason: e.Reason})
-
+		return m.voidRequest(e)
 	case EvVoidResult:
-		if !t.OpenVoid {
-			switch {
-			case !e.OK:
-			case t.Status == protocol.StatusVoided && !t.VoidConfirmed:
-				t.VoidConfirmed = true
-				m.fx.Changed = true
-			case t.Type == protocol.TypeSale && (t.Status == protocol.StatusCompleted || t.Status == protocol.StatusAuthorized):
-				// A confirmation that comes after the void command expired
-				// is still a fact: the terminal reversed the sale.
-				t.VoidConfirmed = true
-				m.void(protocol.VoidRequested, "voided by the terminal (confirmation arrived late)")
-			}
-			return nil
-		}
-		t.VoidConfirmed = t.VoidConfirmed || e.OK
-		t.OpenVoid = false
-		m.clearCommandDeadline()
-		m.fx.Changed = true
-		switch {
-		case e.OK && t.Status != protocol.StatusVoided:
-			m.void(protocol.VoidRequested, "voided by the terminal at the merchant's request")
-		case !e.OK:
-			m.note("terminal refused the void: "+e.ErrorMessage, true)
-		}
-
+		m.voidResult(e)
 	case EvCapture:
-		switch {
-		case t.Status == protocol.StatusCompleted && t.CaptureMode == protocol.CaptureManual:
-			return nil
-		case t.Status != protocol.StatusAuthorized:
-			return invalidState(t, "capture")
-		case t.OpenVoid:
-			return protocol.Errorf(protocol.CodeInvalidState, "transactionId", "a void of this sale is in progress")
-		case e.AmountMinor > t.AuthorizedAmountMinor:
-			return protocol.Invalid("amountMinor", "must not exceed the authorized amount %d", t.AuthorizedAmountMinor)
-		case t.OpenCapture > 0:
-			return nil
-		}
-		amt := e.AmountMinor
-		if amt == 0 {
-			amt = t.AuthorizedAmountMinor
-		}
-		t.OpenCapture = amt
-		t.CommandDeadline = m.now.Add(m.s.CommandTimeout)
-		m.fx.Changed = true
-		m.fx.Terminal = append(m.fx.Terminal, protocol.TerminalCommand{Action: protocol.ActionCapturePayment, TransactionID: t.ID, AmountMinor: amt})
-
+		return m.capture(e)
 	case EvCaptureResult:
-		if t.OpenCapture == 0 {
-			return nil
-		}
-		amt := t.OpenCapture
-		t.OpenCapture = 0
-		m.clearCommandDeadline()
-		m.fx.Changed = true
-		if !e.OK {
-			m.note("terminal refused the capture: "+e.ErrorMessage, true)
-			return nil
-		}
-		if e.AmountMinor > 0 && e.AmountMinor <= amt {
-			amt = e.AmountMinor
-		}
-		if t.Status == protocol.StatusAuthorized {
-			t.AmountMinor = amt
-			t.Amount = protocol.FormatAmount(amt, t.Currency)
-			m.final(protocol.StatusCompleted, "captured", "", "")
-		}
-
+		m.captureResult(e)
 	case EvTerminalDropped:
-		switch t.Status {
-		case protocol.StatusDispatched, protocol.StatusInProgress, protocol.StatusAwaitingSignature:
-			t.ResumeStatus = t.Status
-			t.GraceDeadline = e.GraceUntil
-			m.move(protocol.StatusAwaitingReconnect, "terminal connection lost", "")
-		case protocol.StatusPending:
-			t.GraceDeadline = e.GraceUntil
-			m.fx.Changed = true
-		}
-
+		m.terminalDropped(e)
 	case EvTerminalBack:
-		switch t.Status {
-		case protocol.StatusAwaitingReconnect:
-			t.GraceDeadline = time.Time{}
-			t.ConnectionID = e.ConnectionID
-			resume := t.ResumeStatus
-			t.ResumeStatus = ""
-			m.move(resume, "terminal reconnected", "")
-		case protocol.StatusPending:
-			t.GraceDeadline = time.Time{}
-			t.ConnectionID = e.ConnectionID
-			m.fx.Changed = true
-		}
-
+		m.terminalBack(e)
 	case EvDeadline:
 		m.deadline(e.Kind)
-
 	case EvSupersede:
-		if t.Status != protocol.StatusPending {
-			return invalidState(t, "supersede")
-		}
-		m.openCancel()
-		m.final(protocol.StatusSuperseded, "superseded by "+e.By, "", "")
+		return m.supersede(e)
 	}
+	return nil
+}
+
+// sent records the first sending of the payment: the payment timeout runs
+// from it and replaces the wait for the terminal (grace). Later sendings
+// do not count. A terminal that is away (AWAITING_RECONNECT) cannot have
+// been sent anything, and its grace deadline must stay.
+func (m *machine) sent(e EvSent) {
+	t := m.t
+	if !t.Active() || t.FirstSentAt != nil || t.Status == protocol.StatusAwaitingReconnect {
+		return
+	}
+	m.fx.Changed = true
+	t.ConnectionID = e.ConnectionID
+	t.GraceDeadline = time.Time{}
+	at := m.now
+	t.FirstSentAt = &at
+	t.PaymentDeadline = m.now.Add(time.Duration(t.TimeoutSeconds) * time.Second)
+}
+
+func (m *machine) commandReceived() {
+	m.ack()
+	if m.t.Status == protocol.StatusPending {
+		m.move(protocol.StatusDispatched, "terminal took the command", "")
+	}
+}
+
+func (m *machine) progress(e EvProgress) {
+	m.ack()
+	switch m.t.Status {
+	case protocol.StatusPending, protocol.StatusDispatched:
+		m.move(protocol.StatusInProgress, "card presented ("+e.Stage+")", "")
+	}
+}
+
+func (m *machine) signatureRequired() {
+	m.ack()
+	switch m.t.Status {
+	case protocol.StatusPending, protocol.StatusDispatched, protocol.StatusInProgress:
+		m.t.SignatureDeadline = m.now.Add(m.s.SignatureTimeout)
+		m.move(protocol.StatusAwaitingSignature, "terminal asks for a signature check", "")
+	}
+}
+
+// cancel is the POS's cancel: possible until the card is presented.
+func (m *machine) cancel() *protocol.Error {
+	t := m.t
+	switch {
+	case t.Status == protocol.StatusCancelled:
+		return nil // answering it again is harmless
+	case t.Status == protocol.StatusPending, t.Status == protocol.StatusDispatched,
+		t.Status == protocol.StatusAwaitingReconnect && (t.ResumeStatus == protocol.StatusDispatched || t.ResumeStatus == protocol.StatusPending):
+		m.openCancel()
+		m.final(protocol.StatusCancelled, "cancelled by the POS", "", "")
+		return nil
+	default:
+		return invalidState(t, "cancel")
+	}
+}
+
+// voidRequest is the POS's void of a sale: it opens a voidPayment command.
+func (m *machine) voidRequest(e EvVoid) *protocol.Error {
+	t := m.t
+	switch {
+	case t.Status == protocol.StatusVoided || t.OpenVoid:
+		return nil
+	case t.Type != protocol.TypeSale:
+		return protocol.Errorf(protocol.CodeInvalidState, "transactionId", "only a sale can be voided; refund it instead")
+	case t.Status != protocol.StatusCompleted && t.Status != protocol.StatusAuthorized:
+		return invalidState(t, "void")
+	case t.RefundedAmountMinor > 0 || t.ReservedRefundMinor > 0:
+		return protocol.Errorf(protocol.CodeInvalidState, "transactionId", "a sale with refunds cannot be voided")
+	}
+	t.OpenVoid, t.VoidReason = true, e.Reason
+	t.CommandDeadline = m.now.Add(m.s.CommandTimeout)
+	m.fx.Changed = true
+	m.fx.Terminal = append(m.fx.Terminal, protocol.TerminalCommand{Action: protocol.ActionVoidPayment, TransactionID: t.ID, Reason: e.Reason})
+	return nil
+}
+
+// voidResult is the terminal's answer to a voidPayment.
+func (m *machine) voidResult(e EvVoidResult) {
+	t := m.t
+	if !t.OpenVoid {
+		switch {
+		case !e.OK:
+		case t.Status == protocol.StatusVoided && !t.VoidConfirmed:
+			t.VoidConfirmed = true
+			m.fx.Changed = true
+		case t.Type == protocol.TypeSale && (t.Status == protocol.StatusCompleted || t.Status == protocol.StatusAuthorized):
+			// A confirmation that comes after the void command expired
+			// is still a fact: the terminal reversed the sale.
+			t.VoidConfirmed = true
+			m.void(protocol.VoidRequested, "voided by the terminal (confirmation arrived late)")
+		}
+		return
+	}
+	t.VoidConfirmed = t.VoidConfirmed || e.OK
+	t.OpenVoid = false
+	m.clearCommandDeadline()
+	m.fx.Changed = true
+	switch {
+	case e.OK && t.Status != protocol.StatusVoided:
+		m.void(protocol.VoidRequested, "voided by the terminal at the merchant's request")
+	case !e.OK:
+		m.note("terminal refused the void: "+e.ErrorMessage, true)
+	}
+}
+
+// capture is the POS's capture of an authorization: it opens a
+// capturePayment command.
+func (m *machine) capture(e EvCapture) *protocol.Error {
+	t := m.t
+	switch {
+	case t.Status == protocol.StatusCompleted && t.CaptureMode == protocol.CaptureManual:
+		return nil
+	case t.Status != protocol.StatusAuthorized:
+		return invalidState(t, "capture")
+	case t.OpenVoid:
+		return protocol.Errorf(protocol.CodeInvalidState, "transactionId", "a void of this sale is in progress")
+	case e.AmountMinor > t.AuthorizedAmountMinor:
+		return protocol.Invalid("amountMinor", "must not exceed the authorized amount %d", t.AuthorizedAmountMinor)
+	case t.OpenCapture > 0:
+		return nil
+	}
+	amt := e.AmountMinor
+	if amt == 0 {
+		amt = t.AuthorizedAmountMinor
+	}
+	t.OpenCapture = amt
+	t.CommandDeadline = m.now.Add(m.s.CommandTimeout)
+	m.fx.Changed = true
+	m.fx.Terminal = append(m.fx.Terminal, protocol.TerminalCommand{Action: protocol.ActionCapturePayment, TransactionID: t.ID, AmountMinor: amt})
+	return nil
+}
+
+// captureResult is the terminal's answer to a capturePayment.
+func (m *machine) captureResult(e EvCaptureResult) {
+	t := m.t
+	if t.OpenCapture == 0 {
+		return
+	}
+	amt := t.OpenCapture
+	t.OpenCapture = 0
+	m.clearCommandDeadline()
+	m.fx.Changed = true
+	if !e.OK {
+		m.note("terminal refused the capture: "+e.ErrorMessage, true)
+		return
+	}
+	if e.AmountMinor > 0 && e.AmountMinor <= amt {
+		amt = e.AmountMinor
+	}
+	if t.Status == protocol.StatusAuthorized {
+		t.AmountMinor = amt
+		t.Amount = protocol.FormatAmount(amt, t.Currency)
+		m.final(protocol.StatusCompleted, "captured", "", "")
+	}
+}
+
+// terminalDropped starts the grace period of a transaction whose terminal
+// went away.
+func (m *machine) terminalDropped(e EvTerminalDropped) {
+	t := m.t
+	switch t.Status {
+	case protocol.StatusDispatched, protocol.StatusInProgress, protocol.StatusAwaitingSignature:
+		t.ResumeStatus = t.Status
+		t.GraceDeadline = e.GraceUntil
+		m.move(protocol.StatusAwaitingReconnect, "terminal connection lost", "")
+	case protocol.StatusPending:
+		t.GraceDeadline = e.GraceUntil
+		m.fx.Changed = true
+	}
+}
+
+// terminalBack ends the grace period: the transaction resumes where it
+// was.
+func (m *machine) terminalBack(e EvTerminalBack) {
+	t := m.t
+	switch t.Status {
+	case protocol.StatusAwaitingReconnect:
+		t.GraceDeadline = time.Time{}
+		t.ConnectionID = e.ConnectionID
+		resume := t.ResumeStatus
+		t.ResumeStatus = ""
+		m.move(resume, "terminal reconnected", "")
+	case protocol.StatusPending:
+		t.GraceDeadline = time.Time{}
+		t.ConnectionID = e.ConnectionID
+		m.fx.Changed = true
+	}
+}
+
+// supersede ends a PENDING transaction that a new one on its terminal
+// replaces.
+func (m *machine) supersede(e EvSupersede) *protocol.Error {
+	if m.t.Status != protocol.StatusPending {
+		return invalidState(m.t, "supersede")
+	}
+	m.openCancel()
+	m.final(protocol.StatusSuperseded, "superseded by "+e.By, "", "")
 	return nil
 }
 
@@ -582,40 +573,6 @@ func (m *machine) void(code, cause string) {
 		r := *t.Result
 		last.OriginalPaymentResponse = &r
 	}
-}
-
-// WebhookType is the webhook event type for a transaction reaching status.
-func WebhookType(txnType string, s protocol.Status) string {
-	prefix := "payment."
-	if txnType == protocol.TypeRefund {
-		prefix = "refund."
-		switch s {
-		case protocol.StatusCompleted:
-			return "refund.completed"
-		case protocol.StatusVoided:
-			return "refund.voided"
-		case protocol.StatusDeclined, protocol.StatusFailed, protocol.StatusTimedOut, protocol.StatusCancelled, protocol.StatusSuperseded:
-			return "refund.failed"
-		}
-		return ""
-	}
-	switch s {
-	case protocol.StatusCompleted:
-		return prefix + "completed"
-	case protocol.StatusDeclined:
-		return prefix + "declined"
-	case protocol.StatusFailed:
-		return prefix + "failed"
-	case protocol.StatusCancelled:
-		return prefix + "cancelled"
-	case protocol.StatusTimedOut:
-		return prefix + "timed_out"
-	case protocol.StatusSuperseded:
-		return prefix + "superseded"
-	case protocol.StatusVoided:
-		return prefix + "voided"
-	}
-	return ""
 }
 
 func orDefault(s, def string) string {

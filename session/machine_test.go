@@ -816,7 +816,7 @@ func cmdName(c any) string {
 	return fmt.Sprintf("%T", c)
 }
 
-func cmdNames(cmds []any) []string {
+func cmdNames(cmds []TerminalCommand) []string {
 	out := []string{}
 	for _, c := range cmds {
 		out = append(out, cmdName(c))
@@ -1706,7 +1706,7 @@ func TestApplyOpenCommandsAlongAPayment(t *testing.T) {
 	}
 }
 
-func firstStart(cmds []any) (protocol.StartPayment, bool) {
+func firstStart(cmds []TerminalCommand) (protocol.StartPayment, bool) {
 	for _, c := range cmds {
 		if sp, ok := c.(protocol.StartPayment); ok {
 			return sp, true

@@ -44,7 +44,7 @@ func (s *recordSink) NudgePOS(_, key string) {
 	s.log = append(s.log, "nudge "+key)
 }
 
-func (s *recordSink) SendTerminal(_ string, cmds []any) {
+func (s *recordSink) SendTerminal(_ string, cmds []TerminalCommand) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, c := range cmds {
@@ -269,7 +269,7 @@ type answeringSink struct {
 	answered chan error
 }
 
-func (s *answeringSink) SendTerminal(device string, cmds []any) {
+func (s *answeringSink) SendTerminal(device string, cmds []TerminalCommand) {
 	s.recordSink.SendTerminal(device, cmds)
 	for _, c := range cmds {
 		if sp, ok := c.(protocol.StartPayment); ok {

@@ -102,7 +102,7 @@ func (s *Store) openIDs(ctx context.Context, merchantID, deviceID string) ([]str
 	return cmd.Val(), nil
 }
 
-// Get reads a plain string key ("" when absent).
+// get reads a plain string key ("" when absent).
 func (s *Store) get(ctx context.Context, key string) (string, error) {
 	v, err := s.rdb.Get(ctx, key).Result()
 	if errors.Is(err, redis.Nil) {
@@ -111,20 +111,106 @@ func (s *Store) get(ctx context.Context, key string) (string, error) {
 	return v, storeErr(err)
 }
 
-// refAndCurrent reads a reference key (when withRef) and a current-
-// transaction key in one round trip; "" for absent ones.
-func (s *Store) refAndCurrent(ctx context.Context, refKey, curKey string, withRef bool) (string, string, error) {
-	if !withRef {
+// refAndCurrent reads the transaction that uses a reference (when it is not
+// "") and a device's current transaction in one round trip (both keys carry
+// the merchant's hash tag); "" for absent ones.
+func (s *Store) refAndCurrent(ctx context.Context, merchantID, reference, deviceID string) (string, string, error) {
+	curKey := s.keys.Current(merchantID, deviceID)
+	if reference == "" {
 		cur, err := s.get(ctx, curKey)
 		return "", cur, err
 	}
-	vals, err := s.rdb.MGet(ctx, refKey, curKey).Result()
+	vals, err := s.rdb.MGet(ctx, s.keys.Ref(merchantID, reference), curKey).Result()
 	if err != nil {
 		return "", "", storeErr(err)
 	}
 	ref, _ := vals[0].(string)
 	cur, _ := vals[1].(string)
 	return ref, cur, nil
+}
+
+// refID reads the id of the transaction that uses a reference ("" for
+// none).
+func (s *Store) refID(ctx context.Context, merchantID, reference string) (string, error) {
+	return s.get(ctx, s.keys.Ref(merchantID, reference))
+}
+
+// currents adds to out the current transaction of each device that has
+// one.
+func (s *Store) currents(ctx context.Context, merchantID string, devices []string, out map[string]string) error {
+	ks := make([]string, len(devices))
+	for i, d := range devices {
+		ks[i] = s.keys.Current(merchantID, d)
+	}
+	vals, err := s.rdb.MGet(ctx, ks...).Result()
+	if err != nil {
+		return storeErr(err)
+	}
+	for i, v := range vals {
+		if id, ok := v.(string); ok {
+			out[devices[i]] = id
+		}
+	}
+	return nil
+}
+
+// openCounts counts the transactions with open commands of each device,
+// index-aligned, in one pipeline.
+func (s *Store) openCounts(ctx context.Context, merchantID string, devices []string) ([]int64, error) {
+	out := make([]int64, len(devices))
+	if len(devices) == 0 {
+		return out, nil
+	}
+	pipe := s.rdb.Pipeline()
+	cards := make([]*redis.IntCmd, len(devices))
+	for i, d := range devices {
+		cards[i] = pipe.SCard(ctx, s.keys.Open(merchantID, d))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, storeErr(err)
+	}
+	for i, c := range cards {
+		out[i] = c.Val()
+	}
+	return out, nil
+}
+
+// dropOpen removes a transaction that no longer exists from a device's
+// open set. Best effort: a failure leaves an id that is skipped again.
+func (s *Store) dropOpen(ctx context.Context, merchantID, deviceID, id string) {
+	s.rdb.SRem(ctx, s.keys.Open(merchantID, deviceID), id)
+}
+
+// txnRank is the position of transaction id in the merchant's index,
+// newest first; found is false when it is not there.
+func (s *Store) txnRank(ctx context.Context, merchantID, id string) (rank int64, found bool, err error) {
+	rank, err = s.rdb.ZRevRank(ctx, s.keys.Txns(merchantID), id).Result()
+	if errors.Is(err, redis.Nil) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, storeErr(err)
+	}
+	return rank, true, nil
+}
+
+// txnRange lists up to n ids of the merchant's index from position start,
+// newest first.
+func (s *Store) txnRange(ctx context.Context, merchantID string, start, n int64) ([]string, error) {
+	ids, err := s.rdb.ZRevRange(ctx, s.keys.Txns(merchantID), start, start+n-1).Result()
+	return ids, storeErr(err)
+}
+
+// idem reads an Idempotency-Key's record ("" when absent).
+func (s *Store) idem(ctx context.Context, merchantID, key string) (string, error) {
+	return s.get(ctx, s.keys.Idem(merchantID, key))
+}
+
+// setIdemIfAbsent records an Idempotency-Key's first response outside a
+// commit (SET NX). Best effort: without the record a repeat is answered
+// from the transaction again.
+func (s *Store) setIdemIfAbsent(ctx context.Context, merchantID, key string, data []byte) {
+	s.rdb.SetNX(ctx, s.keys.Idem(merchantID, key), data, IdempotencyTTL)
 }
 
 // commitScript applies a commit atomically: it checks every condition and,

@@ -21,8 +21,8 @@ type timers struct {
 }
 
 // timerKey names one deadline timer. A struct rather than a joined string:
-// sync looks up four per commit, and building their keys was most of its
-// cost.
+// sync looks up four per commit, and a struct key needs no string built
+// for each lookup.
 type timerKey struct{ merchantID, txnID, kind string }
 
 type armed struct {
@@ -139,3 +139,18 @@ func (e *Engine) Start(ctx context.Context, merchantIDs []string) error {
 
 // ArmedTimers returns how many deadline timers are running.
 func (e *Engine) ArmedTimers() int { return e.timers.Armed() }
+
+// Deadline applies a deadline that fell due (a timer or the sweeper). It
+// waits (errHeld) while the transaction is held: a result the terminal sent
+// before the deadline is applied first, so that a timer never wins a race
+// against a result already received.
+func (e *Engine) Deadline(ctx context.Context, merchantID, txnID, kind string) error {
+	if e.work.holds(merchantID, txnID) {
+		return errHeld
+	}
+	_, _, err := e.update(ctx, merchantID, txnID, EvDeadline{Kind: kind}, nil)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}

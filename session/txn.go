@@ -105,8 +105,8 @@ func sharedHistory(h []protocol.HistoryEntry) []protocol.HistoryEntry {
 
 // OpenCommands lists every command for the terminal that is still open, in
 // the order a reconnecting terminal should see them (CONTRACT §6).
-func (t *Txn) OpenCommands() []any {
-	var out []any
+func (t *Txn) OpenCommands() []TerminalCommand {
+	var out []TerminalCommand
 	if t.Active() {
 		out = append(out, t.StartPayment())
 	}

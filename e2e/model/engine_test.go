@@ -313,12 +313,12 @@ func (b *engineBackend) ResolveTerminal(merchantID, terminalID string) (string, 
 	return terminalID, ok && merchantID == merchant
 }
 
-func (b *engineBackend) TerminalLive(deviceID string) (string, string, time.Time) {
+func (b *engineBackend) TerminalLive(deviceID string) (session.TerminalStatus, string, time.Time) {
 	t := b.terms[deviceID]
 	if t == nil {
 		return protocol.TerminalOffline, "", time.Time{}
 	}
-	return t.status, t.connID, t.graceUntil
+	return session.TerminalStatus(t.status), t.connID, t.graceUntil
 }
 
 // engSink takes one generation's effects. The engine hands them over from
@@ -335,7 +335,7 @@ type engSink struct {
 type engEffect struct {
 	key  string
 	dev  string
-	cmds []any
+	cmds []session.TerminalCommand
 }
 
 func (s engSink) queue(e engEffect) {
@@ -350,7 +350,7 @@ func (s engSink) DeliverPOS(_, apiKeyID string, _ []session.Message) {
 	s.queue(engEffect{key: apiKeyID})
 }
 func (s engSink) NudgePOS(_, apiKeyID string) { s.queue(engEffect{key: apiKeyID}) }
-func (s engSink) SendTerminal(deviceID string, cmds []any) {
+func (s engSink) SendTerminal(deviceID string, cmds []session.TerminalCommand) {
 	s.queue(engEffect{dev: deviceID, cmds: cmds})
 }
 
@@ -376,7 +376,7 @@ func (b *engineBackend) flush() {
 
 // sendTerminal is hub.SendTerminal: commands reach a live terminal, unless
 // its connection is half-open.
-func (b *engineBackend) sendTerminal(deviceID string, cmds []any) {
+func (b *engineBackend) sendTerminal(deviceID string, cmds []session.TerminalCommand) {
 	if t := b.terms[deviceID]; t.status != protocol.TerminalOnline || t.silent {
 		return
 	}

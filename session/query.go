@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -34,7 +32,7 @@ func (e *Engine) List(ctx context.Context, merchantID string, f Filter) (Page, e
 	}
 	page := Page{Data: []*protocol.Transaction{}}
 	if f.Reference != "" && f.After == "" {
-		id, err := e.store.get(ctx, e.store.keys.Ref(merchantID, f.Reference))
+		id, err := e.store.refID(ctx, merchantID, f.Reference)
 		if err != nil || id == "" {
 			return page, err
 		}
@@ -50,21 +48,20 @@ func (e *Engine) List(ctx context.Context, merchantID string, f Filter) (Page, e
 		}
 		return page, nil
 	}
-	idx := e.store.keys.Txns(merchantID)
 	start := int64(0)
 	if f.After != "" {
-		rank, err := e.store.rdb.ZRevRank(ctx, idx, f.After).Result()
-		if errors.Is(err, redis.Nil) {
-			return page, protocol.Invalid("after", "unknown cursor")
-		}
+		rank, found, err := e.store.txnRank(ctx, merchantID, f.After)
 		if err != nil {
 			return page, err
+		}
+		if !found {
+			return page, protocol.Invalid("after", "unknown cursor")
 		}
 		start = rank + 1
 	}
 	const batch = 200
 	for {
-		ids, err := e.store.rdb.ZRevRange(ctx, idx, start, start+batch-1).Result()
+		ids, err := e.store.txnRange(ctx, merchantID, start, batch)
 		if err != nil {
 			return page, err
 		}
@@ -99,4 +96,42 @@ func matches(t *Txn, f Filter) bool {
 		(f.Status == "" || t.Status == f.Status) &&
 		(f.Reference == "" || t.Reference == f.Reference) &&
 		(f.Type == "" || t.Type == f.Type)
+}
+
+// Get returns a transaction of the merchant.
+func (e *Engine) Get(ctx context.Context, merchantID, id string) (*protocol.Transaction, error) {
+	t, err := e.store.Load(ctx, merchantID, id)
+	if ce := toClientErr(err); ce != nil {
+		return nil, ce
+	}
+	if err != nil {
+		return nil, err
+	}
+	return t.Wire(), nil
+}
+
+// Current returns the transaction occupying each device ("" for none).
+func (e *Engine) Current(ctx context.Context, merchantID string, devices []string) (map[string]string, error) {
+	out := make(map[string]string, len(devices))
+	if len(devices) == 0 {
+		return out, nil
+	}
+	if err := e.store.currents(ctx, merchantID, devices, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// CurrentKnown is Current as this process last committed it, without
+// asking Redis: for answers that must not wait on a Redis that does not
+// answer (a greeting, ops). A device this process knows nothing of, or
+// knows free, is left out.
+func (e *Engine) CurrentKnown(merchantID string, devices []string) map[string]string {
+	out := make(map[string]string, len(devices))
+	for _, d := range devices {
+		if id, ok := e.store.cur.get(merchantID, d); ok && id != "" {
+			out[d] = id
+		}
+	}
+	return out
 }

@@ -1,0 +1,41 @@
+package session
+
+import (
+	"context"
+
+	"github.com/termhub/termhub/protocol"
+)
+
+// ActInput is a lifecycle request on an existing transaction.
+type ActInput struct {
+	MerchantID string
+	TxnID      string
+	Action     string // protocol action name, for idempotency fingerprints
+	Body       any    // the request, for idempotency fingerprints
+	Event      Event
+	IdemKey    string
+}
+
+// Act applies a POS lifecycle request: cancel, void, capture or a
+// signature answer.
+func (e *Engine) Act(ctx context.Context, in ActInput) (Result, error) {
+	var idem *idemWrite
+	if in.IdemKey != "" {
+		fp := fingerprint(in.Action, in.Body)
+		if r, done, err := e.replayIdem(ctx, in.MerchantID, in.IdemKey, fp); done || err != nil {
+			return r, err
+		}
+		idem = &idemWrite{key: in.IdemKey, fp: fp}
+	}
+	t, perr, err := e.update(ctx, in.MerchantID, in.TxnID, in.Event, idem)
+	if ce := toClientErr(err); ce != nil {
+		return Result{}, ce
+	}
+	if err != nil {
+		return Result{}, err
+	}
+	if perr != nil {
+		return Result{}, perr
+	}
+	return Result{Txn: t.Wire(), Status: protocol.ResultStatus(false)}, nil
+}
