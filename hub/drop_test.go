@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/termhub/termhub/client"
-	"github.com/termhub/termhub/hub"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -128,7 +128,7 @@ func TestHubSendsUpgradeResponseWithGreeting(t *testing.T) {
 	th := newTestHub(t)
 	first := make(chan []byte, 1)
 	srv := httptest.NewUnstartedServer(th.Handler())
-	srv.Listener = hub.WriteLogListener{Listener: srv.Listener, Writes: first}
+	srv.Listener = kit.WriteLogListener{Listener: srv.Listener, Writes: first}
 	srv.Start()
 	defer srv.Close()
 	opts := th.options()

@@ -4,9 +4,7 @@ package hub
 // asks to send before the greeting is queued.
 
 import (
-	"bytes"
 	"context"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -129,35 +127,4 @@ func TestDisconnectReleasesAWaitingReplay(t *testing.T) {
 		t.Fatalf("close code %d (%v), want %d", code, err, protocol.CloseAdmin)
 	}
 	c.waitWritten()
-}
-
-// writeLog is a net.Conn that records each Write it is given, as long as
-// its channel has room (later writes go unrecorded, never blocked).
-type writeLog struct {
-	net.Conn
-	writes chan []byte
-}
-
-func (w *writeLog) Write(p []byte) (int, error) {
-	select {
-	case w.writes <- bytes.Clone(p):
-	default:
-	}
-	return w.Conn.Write(p)
-}
-
-// WriteLogListener hands out connections that record their writes on
-// Writes. Exported for the black-box tests of package hub_test.
-type WriteLogListener struct {
-	net.Listener
-	Writes chan []byte
-}
-
-// Accept wraps the accepted connection in a writeLog.
-func (l WriteLogListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return &writeLog{Conn: c, writes: l.Writes}, nil
 }

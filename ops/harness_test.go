@@ -13,13 +13,16 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/clock"
+	"github.com/termhub/termhub/httpapi"
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/internal/apptest"
 	"github.com/termhub/termhub/internal/apptest/kit"
+	"github.com/termhub/termhub/ops"
 )
 
 // env is one running hub with its ops server, on a fake clock.
@@ -201,4 +204,15 @@ func newServer(t *testing.T, h http.Handler) *httptest.Server {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return srv
+}
+
+// nodeHandler serves h, its HTTP API and the ops server s on one mux, as
+// app.Routes wires a node.
+func nodeHandler(h *hub.Hub, s *ops.Server) http.Handler {
+	api := httpapi.New(httpapi.Options{Hub: h, Logger: zerolog.New(io.Discard)})
+	mux := http.NewServeMux()
+	h.Register(mux)
+	api.Register(mux)
+	s.Register(mux)
+	return api.Timed(mux)
 }

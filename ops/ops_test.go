@@ -14,7 +14,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/client"
-	"github.com/termhub/termhub/httpapi"
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/ops"
@@ -470,13 +469,7 @@ func TestFeedEndsOnDrain(t *testing.T) {
 func TestSlowFeedDropped(t *testing.T) {
 	h := hub.New(hub.Options{OpsToken: kit.OpsToken, Logger: zerolog.New(io.Discard)})
 	s := ops.New(ops.Options{Hub: h, Token: kit.OpsToken, FeedQueue: 1})
-	api := httpapi.New(httpapi.Options{Hub: h, Logger: zerolog.New(io.Discard)})
-	mux := http.NewServeMux()
-	h.Register(mux)
-	api.Register(mux)
-	s.Register(mux)
-	handler := api.Timed(mux)
-	e := &env{t: t, Srv: newServer(t, handler)}
+	e := &env{t: t, Srv: newServer(t, nodeHandler(h, s))}
 	f := e.mustFeed(bearer())
 	f.until(ops.ActionSnapshot, nil)
 

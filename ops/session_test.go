@@ -18,7 +18,6 @@ import (
 	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/config"
-	"github.com/termhub/termhub/httpapi"
 	"github.com/termhub/termhub/hub"
 	"github.com/termhub/termhub/internal/apptest"
 	"github.com/termhub/termhub/internal/apptest/kit"
@@ -158,13 +157,7 @@ func opsNode(t *testing.T, o ops.Options) *env {
 		o.Token = kit.OpsToken
 	}
 	s := ops.New(o)
-	api := httpapi.New(httpapi.Options{Hub: h, Logger: zerolog.New(io.Discard)})
-	mux := http.NewServeMux()
-	h.Register(mux)
-	api.Register(mux)
-	s.Register(mux)
-	handler := api.Timed(mux)
-	e := &env{t: t, Srv: newServer(t, handler)}
+	e := &env{t: t, Srv: newServer(t, nodeHandler(h, s))}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

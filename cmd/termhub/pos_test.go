@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 	"unicode"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/internal/apptest"
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/sim"
 )
@@ -172,37 +172,19 @@ merchants:
       - {device_id: T1, secret: dt1, label: Front}
 `
 
-// syncBuffer is a bytes.Buffer several goroutines may write.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // cliHub is a real hub (wall clock, miniredis) with T1 simulated by
 // `termhub sim` itself, run in-process.
 type cliHub struct {
 	app    *app.App
 	url    string
-	simOut *syncBuffer
+	simOut *kit.LogBuffer
 }
 
 func newCLIHub(t *testing.T) *cliHub {
 	t.Helper()
 	e := apptest.Start(t, cliHubConfig, apptest.WallClock())
 	a, srv := e.App, e.Srv
-	h := &cliHub{app: a, url: srv.URL, simOut: &syncBuffer{}}
+	h := &cliHub{app: a, url: srv.URL, simOut: &kit.LogBuffer{}}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

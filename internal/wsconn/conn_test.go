@@ -7,35 +7,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-)
 
-// tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (server, client net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			t.Error(err)
-		}
-		accepted <- c
-	}()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server = <-accepted
-	if server == nil {
-		t.FailNow()
-	}
-	t.Cleanup(func() { _ = server.Close(); _ = client.Close() })
-	return server, client
-}
+	"github.com/termhub/termhub/internal/apptest/kit"
+)
 
 // spilling wraps server in a Conn whose onTail counts its calls.
 func spilling(server net.Conn) (*Conn, *atomic.Int32) {
@@ -50,37 +24,22 @@ func spilling(server net.Conn) (*Conn, *atomic.Int32) {
 // there when the test looks.
 const bigTail = 6 << 20
 
-// fill writes 64 KiB chunks to s, whose peer does not read, until at least
-// minTail bytes are left as a tail; it returns what it wrote. None of the
-// writes may wait (were one to, the test would hang: nothing reads yet).
+// fill fills s, whose peer does not read, until at least minTail bytes
+// are left as a tail; want gets what was written.
 func fill(t *testing.T, s *Conn, want *bytes.Buffer, minTail int) {
 	t.Helper()
-	chunk := make([]byte, 64<<10)
-	tailLen := func() int {
+	kit.Fill(t, s, func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return len(s.tail)
-	}
-	for i := 0; tailLen() < minTail; i++ {
-		if i == 4096 { // 256 MiB: far more than loopback's buffers hold
-			t.Fatal("the socket never filled")
-		}
-		for j := range chunk {
-			chunk[j] = byte(i + j)
-		}
-		n, err := s.Write(chunk)
-		if err != nil || n != len(chunk) {
-			t.Fatalf("write %d: %d, %v", i, n, err)
-		}
-		want.Write(chunk)
-	}
+		return len(s.tail) >= minTail
+	}, want)
 }
 
 // TestSpillConnNeverBlocksAndKeepsOrder fills a socket whose peer does not
 // read (no write may wait), writes more behind the tail, and checks that
 // the peer gets every byte, in order, once the tail is flushed.
 func TestSpillConnNeverBlocksAndKeepsOrder(t *testing.T) {
-	server, client := tcpPair(t)
+	server, client := kit.TCPPair(t)
 	s, tails := spilling(server)
 	if !s.CanSpill() {
 		t.Fatal("a TCP connection with onTail should spill")
@@ -126,7 +85,7 @@ func TestSpillConnNeverBlocksAndKeepsOrder(t *testing.T) {
 // TestSpillConnFlushTailGivesUp: a tail to a peer that never reads fails
 // after the deadline instead of blocking its writer for good.
 func TestSpillConnFlushTailGivesUp(t *testing.T) {
-	server, _ := tcpPair(t)
+	server, _ := kit.TCPPair(t)
 	s, _ := spilling(server)
 	var sink bytes.Buffer
 	fill(t, s, &sink, bigTail)
@@ -147,7 +106,7 @@ func TestSpillConnWithoutFlusher(t *testing.T) {
 	if p.CanSpill() {
 		t.Fatal("net.Pipe has no descriptor to write nonblocking")
 	}
-	server, _ := tcpPair(t)
+	server, _ := kit.TCPPair(t)
 	if NewConn(server, nil).CanSpill() {
 		t.Fatal("without onTail no one would write a tail: writes must block")
 	}
@@ -170,7 +129,7 @@ func TestSpillConnWithoutFlusher(t *testing.T) {
 // uncork, as one write, in order; what the socket cannot take then is a
 // tail like any other write's (onTail), flushed whole and in order.
 func TestSpillConnCorkGathersWrites(t *testing.T) {
-	server, client := tcpPair(t)
+	server, client := kit.TCPPair(t)
 	s, tails := spilling(server)
 	if !s.Cork() {
 		t.Fatal("a spilling connection should cork")

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/termhub/termhub/internal/apptest/kit"
 )
 
 // testWriteBuffer is the write buffer the upgrade tests ask for (a POS's).
@@ -95,37 +97,6 @@ func (u unwrapper) Write(b []byte) (int, error) { return u.w.Write(b) }
 func (u unwrapper) WriteHeader(code int)        { u.w.WriteHeader(code) }
 func (u unwrapper) Unwrap() http.ResponseWriter { return u.w }
 
-// writeLog is a net.Conn that records each Write it is given, as long as
-// its channel has room (later writes go unrecorded, never blocked).
-type writeLog struct {
-	net.Conn
-	writes chan []byte
-}
-
-func (w *writeLog) Write(p []byte) (int, error) {
-	select {
-	case w.writes <- bytes.Clone(p):
-	default:
-	}
-	return w.Conn.Write(p)
-}
-
-// writeLogListener hands out connections that record their writes on
-// Writes.
-type writeLogListener struct {
-	net.Listener
-	Writes chan []byte
-}
-
-// Accept wraps the accepted connection in a writeLog.
-func (l writeLogListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return &writeLog{Conn: c, writes: l.Writes}, nil
-}
-
 // The 101 response is held back until the first frame and leaves with it,
 // in one write to the socket, and the client reads both as usual.
 func TestSwitchingResponseLeavesWithTheFirstFrame(t *testing.T) {
@@ -138,7 +109,7 @@ func TestSwitchingResponseLeavesWithTheFirstFrame(t *testing.T) {
 		}
 		_ = ws.Write(r.Context(), websocket.MessageText, []byte(`{"action":"connected"}`))
 	}))
-	srv.Listener = writeLogListener{Listener: srv.Listener, Writes: writes}
+	srv.Listener = kit.WriteLogListener{Listener: srv.Listener, Writes: writes}
 	srv.Start()
 	defer srv.Close()
 

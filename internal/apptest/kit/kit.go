@@ -8,6 +8,7 @@ package kit
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -110,4 +111,86 @@ func FreeAddr(t testing.TB) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// TCPPair returns both ends of a loopback TCP connection, closed when the
+// test ends.
+func TCPPair(t *testing.T) (server, client net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			t.Error(err)
+		}
+		accepted <- c
+	}()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-accepted
+	if server == nil {
+		t.FailNow()
+	}
+	t.Cleanup(func() { _ = server.Close(); _ = client.Close() })
+	return server, client
+}
+
+// WriteLogListener hands out connections that record each Write they are
+// given on Writes, as long as it has room (later writes go unrecorded,
+// never blocked): a test sees how a server's bytes were split into writes.
+type WriteLogListener struct {
+	net.Listener
+	Writes chan []byte
+}
+
+// Accept wraps the accepted connection so that its writes are recorded.
+func (l WriteLogListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &writeLog{Conn: c, writes: l.Writes}, nil
+}
+
+type writeLog struct {
+	net.Conn
+	writes chan []byte
+}
+
+func (w *writeLog) Write(p []byte) (int, error) {
+	select {
+	case w.writes <- bytes.Clone(p):
+	default:
+	}
+	return w.Conn.Write(p)
+}
+
+// Fill writes 64 KiB chunks of a pattern to w until full() holds, and
+// appends what it wrote to want. It is for a socket whose peer does not
+// read and whose writes never wait (were one to, the test would hang), to
+// fill it until bytes are left over; past 256 MiB, far more than loopback's
+// buffers hold, the test fails.
+func Fill(t *testing.T, w io.Writer, full func() bool, want *bytes.Buffer) {
+	t.Helper()
+	chunk := make([]byte, 64<<10)
+	for i := 0; !full(); i++ {
+		if i == 4096 {
+			t.Fatal("the socket never filled")
+		}
+		for j := range chunk {
+			chunk[j] = byte(i + j)
+		}
+		n, err := w.Write(chunk)
+		if err != nil || n != len(chunk) {
+			t.Fatalf("write %d: %d, %v", i, n, err)
+		}
+		want.Write(chunk)
+	}
 }
