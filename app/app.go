@@ -103,7 +103,7 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 		Health:            a.Health,
 		RequestTimeout:    cfg.RequestTimeout.D(),
 		RateLimit:         cfg.RateLimit,
-		Replays:           hub.RedisReplays{RDB: rdb, Key: ks.Replay},
+		Replays:           httpapi.RedisReplays{RDB: rdb, Key: ks.Replay},
 	})
 	a.API = httpapi.New(httpapi.Options{Hub: a.Hub, Engine: a.Engine, Outbox: a.Outbox, Sessions: sessions,
 		Health: a.Health, Clock: clk, Logger: log, RequestTimeout: cfg.RequestTimeout.D()})

@@ -2,14 +2,12 @@ package hub
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
 
 	"github.com/termhub/termhub/config"
@@ -228,31 +226,6 @@ type Replays interface {
 	// First records sig with value for ttl and reports whether it was new;
 	// when it was not, prev is the value recorded the first time.
 	First(ctx context.Context, merchantID, keyID, sig, value string, ttl time.Duration) (first bool, prev string, err error)
-}
-
-// RedisReplays keeps the signatures in Redis (SET NX PX), so a replay is
-// caught by any hub on the same Redis and after a restart.
-type RedisReplays struct {
-	RDB redis.UniversalClient
-	Key func(merchantID, keyID, sig string) string
-}
-
-// First records sig; when it was there already, it reads what the first
-// request recorded (a second round trip, only for a repeat).
-func (s RedisReplays) First(ctx context.Context, m, k, sig, value string, ttl time.Duration) (bool, string, error) {
-	key := s.Key(m, k, sig)
-	ok, err := s.RDB.SetNX(ctx, key, value, ttl).Result()
-	if err != nil || ok {
-		return ok, "", err
-	}
-	prev, err := s.RDB.Get(ctx, key).Result()
-	if errors.Is(err, redis.Nil) {
-		// Expired between the two commands: its window is over, and the
-		// timestamp check refuses the request from now on; this once it
-		// counts as a repeat all the same.
-		return false, "", nil
-	}
-	return false, prev, err
 }
 
 // replayMargin keeps a signature beyond its own window, for hubs whose
