@@ -12,14 +12,26 @@ import (
 	"github.com/termhub/termhub/session"
 )
 
-// Engine is what the hub needs from the transaction engine. Both front ends
-// (WebSocket and REST) call it the same way; neither holds rules of its own.
+// Engine is what the hub needs from the transaction engine
+// (session.Engine), in two parts by caller. Both front ends (WebSocket and
+// REST) call it the same way; neither holds rules of its own.
 type Engine interface {
+	Requests
+	TerminalSide
+}
+
+// Requests is what a POS request needs (Hub.Perform).
+type Requests interface {
 	Create(ctx context.Context, in session.CreateInput) (session.Result, error)
 	Refund(ctx context.Context, in session.RefundInput) (session.Result, error)
 	Act(ctx context.Context, in session.ActInput) (session.Result, error)
 	Get(ctx context.Context, merchantID, id string) (*protocol.Transaction, error)
-	List(ctx context.Context, merchantID string, f session.Filter) (session.Page, error)
+}
+
+// TerminalSide is what a terminal's connection and the terminals' status
+// need: its messages, its coming and going, and each terminal's current
+// transaction for greetings and terminal lists.
+type TerminalSide interface {
 	// TerminalEvents applies a terminal's messages in order and calls
 	// refused, in order too, for each one that was not applied.
 	TerminalEvents(ctx context.Context, merchantID, deviceID string, bodies []any, refused func(i int, err error))
@@ -39,10 +51,10 @@ var ErrNoEngine = protocol.Errorf(protocol.CodeUnavailable, "", "transactions ar
 // the HTTP API alike. body is a validated request type; idemKey comes from
 // the Idempotency-Key header or the idempotencyKey field.
 func (h *Hub) Perform(ctx context.Context, p Principal, body any, idemKey string) (session.Result, error) {
-	e := h.opts.Engine
-	if e == nil {
+	if h.opts.Engine == nil {
 		return session.Result{}, ErrNoEngine
 	}
+	var e Requests = h.opts.Engine
 	switch r := body.(type) {
 	case *protocol.PaymentRequest:
 		return e.Create(ctx, session.CreateInput{MerchantID: p.MerchantID, APIKeyID: p.KeyID, Req: r, IdemKey: idemKey})

@@ -317,9 +317,23 @@ func TestStaleConnectionIsClosed(t *testing.T) {
 	th := newTestHub(t)
 	ws := th.rawPOS(t, "pk1") // reads its greeting, then never again: no pongs
 	th.waitTimers(t, 1)
-	for range 3 {
+	// Each tick runs the heartbeat inside Advance; a stale connection's is
+	// not armed again. A tick while the hub is still busy with the
+	// connection (registering it: the greeting leaves before registration
+	// ends) counts as a sign of life, so the connection goes stale at the
+	// third tick at the earliest, never sooner, and later when the first
+	// ticks fall in that window: past the second, the clock steps on until
+	// it does.
+	for tick := 1; tick <= 2; tick++ {
 		th.clock.Advance(15 * time.Second)
+		if th.clock.Pending() == 0 {
+			t.Fatalf("stale at heartbeat %d, want the third at the earliest (a sign of life, then two misses)", tick)
+		}
 	}
+	eventually(t, "the connection to go stale", func() bool {
+		th.clock.Advance(15 * time.Second)
+		return th.clock.Pending() == 0
+	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()

@@ -622,15 +622,19 @@ type statusLog struct {
 
 func recordStatus(h *hub.Hub) *statusLog {
 	l := &statusLog{}
-	h.Observe(func(_ string, u any) {
-		if su, ok := u.(protocol.TerminalStatusUpdate); ok {
-			l.mu.Lock()
-			l.updates = append(l.updates, su)
-			l.mu.Unlock()
-		}
-	})
+	h.Observe(l)
 	return l
 }
+
+// TerminalStatus records u.
+func (l *statusLog) TerminalStatus(_ string, u protocol.TerminalStatusUpdate) {
+	l.mu.Lock()
+	l.updates = append(l.updates, u)
+	l.mu.Unlock()
+}
+
+// Connection ignores connections.
+func (l *statusLog) Connection(string, hub.ConnectionUpdate) {}
 
 // summary lists the updates as "terminal connection previous→status".
 func (l *statusLog) summary() []string {

@@ -125,15 +125,15 @@ type Hub struct {
 	devLocks [1024]sync.Mutex // serialise a device's connect and drop handling
 
 	mu         sync.Mutex
-	pos        map[string]*conn                      // by API key id; guarded by mu
-	posByMerch map[string]map[*conn]struct{}         // guarded by mu
-	terminals  map[string]*conn                      // by device id; guarded by mu
-	byID       map[string]*conn                      // every connection by connection id; guarded by mu
-	status     map[string]*terminalState             // by device id; guarded by mu
-	flaps      map[string][]time.Time                // API key id → recent displacement times; guarded by mu
-	conflicts  map[string]*KeyConflict               // API key id → fighting-keys record; guarded by mu
-	waiters    map[string]chan struct{}              // API key → long polls to wake; guarded by mu
-	observers  []func(merchantID string, update any) // ops feed; guarded by mu
+	pos        map[string]*conn              // by API key id; guarded by mu
+	posByMerch map[string]map[*conn]struct{} // guarded by mu
+	terminals  map[string]*conn              // by device id; guarded by mu
+	byID       map[string]*conn              // every connection by connection id; guarded by mu
+	status     map[string]*terminalState     // by device id; guarded by mu
+	flaps      map[string][]time.Time        // API key id → recent displacement times; guarded by mu
+	conflicts  map[string]*KeyConflict       // API key id → fighting-keys record; guarded by mu
+	waiters    map[string]chan struct{}      // API key → long polls to wake; guarded by mu
+	observers  []Observer                    // ops feed; guarded by mu
 }
 
 // New builds a Hub.

@@ -230,7 +230,7 @@ func (h *Hub) publishStatusLocked(merchantID, deviceID, connID, prev, status str
 		pc.enqueue(frame)
 	}
 	for _, o := range h.observers {
-		o(merchantID, u)
+		o.TerminalStatus(merchantID, u)
 	}
 }
 
@@ -245,17 +245,23 @@ func (h *Hub) publishConnLocked(c *conn, event string) {
 	u := ConnectionUpdate{Action: "connectionUpdate", Event: event, Connection: ConnInfo{ConnectionID: c.id, Kind: c.kind,
 		MerchantID: c.merchantID, APIKeyID: c.keyID, DeviceID: c.deviceID, ConnectedAt: c.connected, LastSeen: c.lastSeenAt()}}
 	for _, o := range h.observers {
-		o(c.merchantID, u)
+		o.Connection(c.merchantID, u)
 	}
 }
 
-// Observe registers f to receive every terminalStatusUpdate and
-// ConnectionUpdate (for the ops feed). f is called with the hub lock held
-// and must not block.
-func (h *Hub) Observe(f func(merchantID string, update any)) {
+// Observer is told of every terminal status change and every connection
+// that comes or goes, each with the merchant it belongs to (the ops feed).
+// Its methods are called with the hub lock held and must not block.
+type Observer interface {
+	TerminalStatus(merchantID string, u protocol.TerminalStatusUpdate)
+	Connection(merchantID string, u ConnectionUpdate)
+}
+
+// Observe registers o.
+func (h *Hub) Observe(o Observer) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.observers = append(h.observers, f)
+	h.observers = append(h.observers, o)
 }
 
 // connsOf is how many connections of the device have registered so far.

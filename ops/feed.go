@@ -146,24 +146,24 @@ func (f *feed) push(it item) {
 	}
 }
 
-// observeHub receives terminalStatusUpdate and connectionUpdate values from
-// the hub, under the hub's lock: it only marshals and queues.
-func (s *Server) observeHub(merchantID string, update any) {
+// hubObserver is the ops server as the hub's Observer: status and
+// connection changes go to every feed.
+type hubObserver struct{ s *Server }
+
+// TerminalStatus sends a terminal's status change, with its merchant.
+func (o hubObserver) TerminalStatus(merchantID string, u protocol.TerminalStatusUpdate) {
+	o.s.publish(StatusUpdate{TerminalStatusUpdate: u, MerchantID: merchantID}, false)
+}
+
+// Connection sends a connection's coming or going; a POS connection's may
+// change the fighting-keys conflicts, which feeds then read again.
+func (o hubObserver) Connection(_ string, u hub.ConnectionUpdate) {
+	o.s.publish(u, u.Connection.Kind == hub.KindPOS)
+}
+
+// publish marshals v and broadcasts it, when any feed is open.
+func (s *Server) publish(v any, conflicts bool) {
 	if !s.hasFeeds() {
-		return
-	}
-	var v any
-	conflicts := false
-	switch u := update.(type) {
-	case protocol.TerminalStatusUpdate:
-		v = StatusUpdate{TerminalStatusUpdate: u, MerchantID: merchantID}
-	case *protocol.TerminalStatusUpdate:
-		v = StatusUpdate{TerminalStatusUpdate: *u, MerchantID: merchantID}
-	case hub.ConnectionUpdate:
-		v, conflicts = u, u.Connection.Kind == hub.KindPOS
-	case *hub.ConnectionUpdate:
-		v, conflicts = *u, u.Connection.Kind == hub.KindPOS
-	default:
 		return
 	}
 	frame, err := json.Marshal(v)

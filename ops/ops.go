@@ -151,7 +151,7 @@ func New(opts Options) *Server {
 		done: make(chan struct{}), feeds: map[*feed]struct{}{},
 		tokenSum: sha256.Sum256([]byte(opts.Token)),
 	}
-	opts.Hub.Observe(s.observeHub)
+	opts.Hub.Observe(hubObserver{s})
 	return s
 }
 
