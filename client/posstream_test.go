@@ -48,12 +48,17 @@ func TestPOSStreamRefusedHandshake(t *testing.T) {
 }
 
 func TestPOSStreamRedialsAndDeliversInOrder(t *testing.T) {
+	firstRead := make(chan struct{}) // the stream handed over message 1-0
 	h := newFakeHub(t, func(h *fakeHub) {
 		h.script = func(sc *serverConn) {
 			ctx := context.Background()
-			if sc.id == "conn_1" { // one durable message, then a drop
+			if sc.id == "conn_1" { // one durable message, then a drop once it was read
 				sc.send(ctx, map[string]any{"action": protocol.ActionPaymentComplete, "messageId": "1-0"})
-				time.Sleep(10 * time.Millisecond)
+				select {
+				case <-firstRead:
+				case <-time.After(10 * time.Second):
+					t.Error("message 1-0 was not read")
+				}
 				return
 			}
 			sc.send(ctx, map[string]any{"action": protocol.ActionPaymentComplete, "messageId": "2-0"})
@@ -80,6 +85,9 @@ func TestPOSStreamRedialsAndDeliversInOrder(t *testing.T) {
 			got = append(got, "connected "+g.ConnectionID)
 		} else {
 			got = append(got, m.Action+" "+m.MessageID())
+			if m.MessageID() == "1-0" {
+				close(firstRead)
+			}
 		}
 	}
 	want := []string{"connected conn_1", "paymentComplete 1-0", "connected conn_2", "paymentComplete 2-0"}

@@ -2,6 +2,7 @@ package session
 
 import (
 	"encoding/json"
+	"strings"
 	"time"
 
 	"github.com/termhub/termhub/protocol"
@@ -39,36 +40,19 @@ func (e *Engine) stageWebhook(c *commit, t *Txn, s step) error {
 	return nil
 }
 
-// WebhookType is the webhook event type for a transaction reaching status.
+// WebhookType is the webhook event type for a transaction reaching status:
+// "payment." and the final status in lower case; for a refund
+// "refund.completed", "refund.voided" or, for any other end,
+// "refund.failed". AUTHORIZED and the statuses on the way have none.
 func WebhookType(txnType string, s protocol.Status) string {
-	prefix := "payment."
-	if txnType == protocol.TypeRefund {
-		prefix = "refund."
-		switch s {
-		case protocol.StatusCompleted:
-			return "refund.completed"
-		case protocol.StatusVoided:
-			return "refund.voided"
-		case protocol.StatusDeclined, protocol.StatusFailed, protocol.StatusTimedOut, protocol.StatusCancelled, protocol.StatusSuperseded:
-			return "refund.failed"
-		}
+	if !s.Final() || s == protocol.StatusAuthorized {
 		return ""
 	}
-	switch s {
-	case protocol.StatusCompleted:
-		return prefix + "completed"
-	case protocol.StatusDeclined:
-		return prefix + "declined"
-	case protocol.StatusFailed:
-		return prefix + "failed"
-	case protocol.StatusCancelled:
-		return prefix + "cancelled"
-	case protocol.StatusTimedOut:
-		return prefix + "timed_out"
-	case protocol.StatusSuperseded:
-		return prefix + "superseded"
-	case protocol.StatusVoided:
-		return prefix + "voided"
+	if txnType != protocol.TypeRefund {
+		return "payment." + strings.ToLower(string(s))
 	}
-	return ""
+	if s == protocol.StatusCompleted || s == protocol.StatusVoided {
+		return "refund." + strings.ToLower(string(s))
+	}
+	return "refund.failed"
 }

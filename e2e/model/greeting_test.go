@@ -12,8 +12,8 @@ import (
 // TestGreetingBeforeReplay connects a POS that has unacknowledged messages
 // again and again: CONTRACT §5 says the hub sends `connected` first and then
 // replays. A writer picking at random between its replay and send channels
-// would let a replayed message overtake the greeting (35% of socket
-// sequences on real Redis, 5 in 5000 on miniredis); this checks it directly.
+// would let a replayed message overtake the greeting, and the random
+// sequences reach that only now and then; this checks it directly.
 func TestGreetingBeforeReplay(t *testing.T) {
 	b := newSocketBackend(t)
 	defer b.close()
