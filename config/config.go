@@ -353,30 +353,19 @@ func applyEnv(cfg *Config, getenv func(string) string) error {
 		}
 		cfg.MemoryLimit = b
 	}
-	for _, f := range []struct {
-		name string
-		dst  *float64
-	}{{"key_rate", &cfg.RateLimit.KeyRate}, {"terminal_rate", &cfg.RateLimit.TerminalRate}, {"auth_failure_rate", &cfg.RateLimit.AuthFailureRate}} {
-		name := "TERMHUB_RATE_LIMIT_" + strings.ToUpper(f.name)
-		if v := getenv(name); v != "" {
-			x, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				return fmt.Errorf("config: rate_limit.%s (from %s): must be a number, got %q", f.name, name, v)
-			}
-			*f.dst = x
-		}
-	}
-	for _, f := range []struct {
-		name string
-		dst  *int
-	}{{"key_burst", &cfg.RateLimit.KeyBurst}, {"terminal_burst", &cfg.RateLimit.TerminalBurst}, {"auth_failure_burst", &cfg.RateLimit.AuthFailureBurst}} {
-		name := "TERMHUB_RATE_LIMIT_" + strings.ToUpper(f.name)
-		if v := getenv(name); v != "" {
-			x, err := strconv.Atoi(v)
-			if err != nil {
-				return fmt.Errorf("config: rate_limit.%s (from %s): must be a whole number, got %q", f.name, name, v)
-			}
-			*f.dst = x
+	// In a fixed order, so that of several bad ones the same is named.
+	rl := &cfg.RateLimit
+	parseFloat := func(v string) (float64, error) { return strconv.ParseFloat(v, 64) }
+	for _, err := range []error{
+		rateLimitFromEnv(getenv, "key_rate", &rl.KeyRate, parseFloat, "a number"),
+		rateLimitFromEnv(getenv, "terminal_rate", &rl.TerminalRate, parseFloat, "a number"),
+		rateLimitFromEnv(getenv, "auth_failure_rate", &rl.AuthFailureRate, parseFloat, "a number"),
+		rateLimitFromEnv(getenv, "key_burst", &rl.KeyBurst, strconv.Atoi, "a whole number"),
+		rateLimitFromEnv(getenv, "terminal_burst", &rl.TerminalBurst, strconv.Atoi, "a whole number"),
+		rateLimitFromEnv(getenv, "auth_failure_burst", &rl.AuthFailureBurst, strconv.Atoi, "a whole number"),
+	} {
+		if err != nil {
+			return err
 		}
 	}
 	for _, d := range []struct {
@@ -555,5 +544,21 @@ func (seen ids) validateMerchant(i int, m Merchant) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// rateLimitFromEnv sets *dst from TERMHUB_RATE_LIMIT_<NAME> when that is
+// set, parsed by parse; want says what it must be.
+func rateLimitFromEnv[T int | float64](getenv func(string) string, name string, dst *T, parse func(string) (T, error), want string) error {
+	env := "TERMHUB_RATE_LIMIT_" + strings.ToUpper(name)
+	v := getenv(env)
+	if v == "" {
+		return nil
+	}
+	x, err := parse(v)
+	if err != nil {
+		return fmt.Errorf("config: rate_limit.%s (from %s): must be %s, got %q", name, env, want, v)
+	}
+	*dst = x
 	return nil
 }

@@ -54,15 +54,6 @@ func (t *logThrottle) allow(now time.Time) (unlogged int, ok bool) {
 	return unlogged, true
 }
 
-// redactCard hides s from a log when it holds a card number: an id or a
-// path is whatever the client sent.
-func redactCard(s string) string {
-	if protocol.ContainsCardNumber(s) {
-		return "[removed: holds a card number]"
-	}
-	return s
-}
-
 const (
 	logRate  = 1
 	logBurst = 20
@@ -164,9 +155,9 @@ func (h *Hub) logAuthFailure(now time.Time, addr, kind, id, path, problem string
 	if !ok {
 		return
 	}
-	ev := h.log.Warn().Str("remote", addr).Str("kind", kind).Str("path", redactCard(path)).Str("problem", problem)
+	ev := h.log.Warn().Str("remote", addr).Str("kind", kind).Str("path", protocol.ForLog(path)).Str("problem", problem)
 	if id != "" {
-		ev = ev.Str("id", redactCard(id))
+		ev = ev.Str("id", protocol.ForLog(id))
 	}
 	if unlogged > 0 {
 		ev = ev.Int("unlogged", unlogged)
@@ -255,7 +246,7 @@ func (h *Hub) FirstUse(ctx context.Context, r *http.Request, p Principal, honour
 	}
 	h.metrics.Duplicates.Inc()
 	if n, ok := h.limits.duplicateLog.allow(h.clock.Now()); ok {
-		ev := h.log.Warn().Str("apiKeyId", p.KeyID).Str("path", redactCard(r.URL.Path)).Str("remote", h.clientAddr(r))
+		ev := h.log.Warn().Str("apiKeyId", p.KeyID).Str("path", protocol.ForLog(r.URL.Path)).Str("remote", h.clientAddr(r))
 		if n > 0 {
 			ev = ev.Int("unlogged", n)
 		}

@@ -119,6 +119,16 @@ func checkRequestID(raw json.RawMessage) *Error {
 
 // ---- card numbers ----
 
+// ForLog is s as a log line may carry it: s itself, or a placeholder when s
+// holds what looks like a full card number. An id or a path a client sent
+// is logged through it.
+func ForLog(s string) string {
+	if ContainsCardNumber(s) {
+		return "[removed: holds a card number]"
+	}
+	return s
+}
+
 // ContainsCardNumber reports whether s holds what looks like a full card
 // number: a run of 13 to 19 decimal digits that passes the Luhn check.
 // Digits are those of any script ("４" counts as 4). A run is either

@@ -348,3 +348,17 @@ func TestCheckRawText(t *testing.T) {
 		}
 	}
 }
+
+func TestForLog(t *testing.T) {
+	for in, want := range map[string]string{
+		"pk_live_1":                         "pk_live_1",
+		"/v1/transactions/txn_1":            "/v1/transactions/txn_1",
+		"/v1/transactions/4111111111111111": "[removed: holds a card number]",
+		"4242 4242 4242 4242":               "[removed: holds a card number]",
+		"":                                  "",
+	} {
+		if got := ForLog(in); got != want {
+			t.Errorf("ForLog(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -430,7 +430,7 @@ func (e *Engine) applyHeld(ctx context.Context, h *held) bool {
 	n, perr, err := e.terminalRun(ctx, h.merchantID, device, h.id, evs)
 	switch {
 	case perr != nil:
-		e.log.Info().Str("transactionId", loggableID(h.id)).Str("code", string(perr.Code)).Msg("held terminal event refused")
+		e.log.Info().Str("transactionId", protocol.ForLog(h.id)).Str("code", string(perr.Code)).Msg("held terminal event refused")
 		if rest := evs[n+1:]; len(rest) > 0 {
 			e.work.queue(h.merchantID, device, h.id, rest, true)
 		}
@@ -441,7 +441,7 @@ func (e *Engine) applyHeld(ctx context.Context, h *held) bool {
 		e.work.queue(h.merchantID, device, h.id, evs, true)
 		return false
 	case err != nil:
-		e.log.Warn().Err(err).Str("transactionId", loggableID(h.id)).Msg("held terminal events dropped")
+		e.log.Warn().Err(err).Str("transactionId", protocol.ForLog(h.id)).Msg("held terminal events dropped")
 	}
 	return true
 }
@@ -531,13 +531,4 @@ func (e *Engine) Close() {
 func (e *Engine) ForgetCaches() {
 	e.store.cache.clear()
 	e.store.cur.clear()
-}
-
-// loggableID is a transactionId a terminal sent, for the log: the hub's
-// own ids never hold a card number, but an id that matched nothing may.
-func loggableID(id string) string {
-	if protocol.ContainsCardNumber(id) {
-		return "[removed: holds a card number]"
-	}
-	return id
 }
