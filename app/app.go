@@ -7,6 +7,7 @@ package app
 import (
 	"context"
 	"net/http"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/termhub/termhub/internal/keys"
 	"github.com/termhub/termhub/internal/metrics"
 	"github.com/termhub/termhub/internal/redisx"
+	"github.com/termhub/termhub/nodes"
 	"github.com/termhub/termhub/ops"
 	"github.com/termhub/termhub/queue"
 	"github.com/termhub/termhub/session"
@@ -44,6 +46,11 @@ type App struct {
 	Health *redisx.Health
 
 	Webhooks *webhook.Sender // delivers the merchants' webhook events (CONTRACT §10)
+	// Node is this App's place among several nodes on one Redis (package
+	// nodes); nil when it is alone (the embedded Redis).
+	Node *nodes.Node
+
+	started time.Time // when Start ran
 
 	trimMu sync.Mutex
 	trim   clock.Timer // the next outbox trim; guarded by trimMu
@@ -58,6 +65,13 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 	ks := keys.Space{Prefix: cfg.KeyPrefix}
 	dir := config.NewDirectory(cfg)
 	a := &App{Config: cfg, Redis: rdb, Clock: clk, Log: log, Outbox: queue.NewOutbox(rdb, ks), Metrics: metrics.New()}
+	if Shared(cfg) {
+		_, sharded := rdb.(*redis.ClusterClient)
+		a.Node = nodes.New(nodes.Options{Redis: rdb, Keys: ks, ID: cfg.NodeID, Address: cfg.Listen,
+			Timeout: cfg.NodeTimeout.D(), Clock: clk, Logger: log, Sharded: sharded, RequestTimeout: cfg.RequestTimeout.D()})
+		log = log.With().Str("node", a.Node.ID()).Logger()
+		a.Log = log
+	}
 	a.Health = redisx.NewHealth(redisx.HealthOptions{
 		Client: rdb, MarkerKey: ks.Marker(), Logger: log,
 		OnChange: func(up bool) {
@@ -87,6 +101,7 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 		Ready:          a.Health.Ready,
 		Merchants:      func() []string { return a.Hub.Directory().MerchantIDs() },
 		RequestTimeout: cfg.RequestTimeout.D(),
+		Claim:          a.claim(),
 	})
 	sessions := httpapi.RedisSessions{RDB: rdb, Key: ks.Session}
 	a.Hub = hub.New(hub.Options{
@@ -104,6 +119,7 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 		RequestTimeout:    cfg.RequestTimeout.D(),
 		RateLimit:         cfg.RateLimit,
 		Replays:           httpapi.RedisReplays{RDB: rdb, Key: ks.Replay},
+		Node:              a.Node,
 	})
 	a.API = httpapi.New(httpapi.Options{Hub: a.Hub, Engine: a.Engine, Outbox: a.Outbox, Sessions: sessions,
 		Health: a.Health, Clock: clk, Logger: log, RequestTimeout: cfg.RequestTimeout.D()})
@@ -117,6 +133,19 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 	a.Metrics.GaugeFunc("termhub_outbox_depth", "Durable POS messages kept in the outboxes (unacknowledged or within retention).", a.outboxDepth)
 	a.Metrics.GaugeFunc("termhub_deadline_timers", "Transaction deadlines armed in this process.", func() float64 { return float64(a.Engine.ArmedTimers()) })
 	return a
+}
+
+// Shared reports whether cfg makes a node that shares its Redis with
+// others (a Redis of its own, or a node_id): every Redis but the embedded
+// one may be shared, so the node acts as one of several from the start.
+func Shared(cfg config.Config) bool { return cfg.RedisURL != "" || cfg.NodeID != "" }
+
+// claim is the engine's deadline claim: the node's, or none when alone.
+func (a *App) claim() func(ctx context.Context, merchantID, member string, at time.Time) (bool, error) {
+	if a.Node == nil {
+		return nil
+	}
+	return a.Node.ClaimDeadline
 }
 
 // outboxDepth counts the entries of every outbox for /metrics, in one
@@ -141,10 +170,21 @@ func (a *App) outboxDepth() float64 {
 
 // Start re-arms every deadline kept in Redis (those that fell due while no
 // hub ran fire at once) and starts the grace period of every transaction
-// whose terminal is not connected (a restarted hub has no terminals yet).
+// whose terminal is not connected (a restarted hub has no terminals yet;
+// with several nodes, one not connected to a live node). A node joins the
+// others first: it hears them before it serves.
 func (a *App) Start(ctx context.Context) error {
+	a.started = a.Clock.Now().UTC()
 	if err := a.Health.Start(ctx); err != nil {
 		return err
+	}
+	if a.Node != nil {
+		if err := a.Node.Start(ctx, a.Hub); err != nil {
+			return err
+		}
+		if err := a.Hub.LoadShared(ctx); err != nil {
+			return err
+		}
 	}
 	ids := a.Hub.Directory().MerchantIDs()
 	sort.Strings(ids)
@@ -161,10 +201,18 @@ func (a *App) Start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if a.Node != nil {
+			// Devices this node's previous run, or a dead node, left online.
+			for _, d := range devices {
+				if !slices.Contains(busy, d) {
+					a.Hub.TakeOver(ctx, m, d, false)
+				}
+			}
+		}
 		for _, d := range busy {
-			until := a.Hub.MarkReconnecting(m, d)
+			until := a.Hub.TakeOver(ctx, m, d, true)
 			if until.IsZero() {
-				continue // already back
+				continue // already back, or online on another node
 			}
 			if err := a.Engine.TerminalDropped(ctx, m, d, until); err != nil {
 				return err
@@ -220,7 +268,28 @@ func (a *App) Routes() *http.ServeMux {
 	a.API.Register(mux)
 	a.Ops.Register(mux)
 	mux.Handle("GET /v1/ops/webhooks", a.webhookStatus())
+	mux.HandleFunc("GET /v1/ops/nodes", a.Hub.OpsHTTP(a.handleNodes))
 	return mux
+}
+
+// handleNodes is GET /v1/ops/nodes: the live nodes of the hub, or this
+// one alone.
+func (a *App) handleNodes(w http.ResponseWriter, r *http.Request) {
+	if a.Node == nil {
+		c := a.Hub.Counts()
+		now := a.Clock.Now().UTC()
+		hub.WriteJSON(w, http.StatusOK, map[string]any{"data": []nodes.Info{{ID: "local", Address: a.Config.Listen,
+			StartedAt: a.started, LastSeen: now, Connections: c}}})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), a.Config.RequestTimeout.D())
+	defer cancel()
+	list, err := a.Node.Nodes(ctx)
+	if err != nil {
+		hub.WriteError(w, a.Hub.ClientError(err, a.Log))
+		return
+	}
+	hub.WriteJSON(w, http.StatusOK, map[string]any{"data": list})
 }
 
 // Handler serves every endpoint, each request's latency measured by route.
@@ -238,6 +307,14 @@ func (a *App) Drain(ctx context.Context) error {
 	// Redis answers in time; else the restarted hub reads Redis, and the
 	// terminal re-sends its results.
 	a.Engine.WaitIdle(ctx)
+	if a.Node != nil {
+		// Its clients are gone and their records updated: leave, so that
+		// the others need not wait node_timeout to know.
+		a.Node.Flush(time.Second)
+		if lerr := a.Node.Leave(ctx); lerr != nil {
+			a.Log.Warn().Err(lerr).Msg("could not leave the node registry; the others find this node dead after node_timeout")
+		}
+	}
 	return err
 }
 
@@ -254,6 +331,9 @@ func (a *App) Close() {
 	a.trimMu.Unlock()
 	a.Webhooks.Close()
 	a.Engine.Close()
+	if a.Node != nil {
+		a.Node.Close()
+	}
 	a.Health.Close()
 }
 

@@ -133,6 +133,12 @@ type Config struct {
 	WebhookRetryBase  Duration `yaml:"webhook_retry_base"`
 	OutboxRetention   Duration `yaml:"outbox_retention"`
 	RequestTimeout    Duration `yaml:"request_timeout"` // every request is answered within it (CONTRACT §7.1)
+	// NodeID names this node among several on one Redis (docs/cluster.md);
+	// empty: a unique id made at start-up.
+	NodeID string `yaml:"node_id"`
+	// NodeTimeout is how long a node may go unheard before the others
+	// treat it as dead and release its connections.
+	NodeTimeout Duration `yaml:"node_timeout"`
 	OpsToken          string   `yaml:"ops_token"`
 	// OpsCookieSecure marks the ops session cookie Secure although the hub
 	// itself serves plain HTTP (a TLS-terminating proxy in front). With
@@ -267,6 +273,7 @@ func Defaults() Config {
 		WebhookRetryBase:  Duration(5 * time.Second),
 		OutboxRetention:   Duration(168 * time.Hour),
 		RequestTimeout:    Duration(5 * time.Second),
+		NodeTimeout:       Duration(10 * time.Second),
 		OpsToken:          "change-me",
 		LogLevel:          "info",
 		RateLimit: RateLimit{
@@ -335,6 +342,7 @@ func applyEnv(cfg *Config, getenv func(string) string) error {
 	str("listen", &cfg.Listen)
 	str("redis_url", &cfg.RedisURL)
 	str("key_prefix", &cfg.KeyPrefix)
+	str("node_id", &cfg.NodeID)
 	str("ops_token", &cfg.OpsToken)
 	str("log_level", &cfg.LogLevel)
 	str("tls_cert_file", &cfg.TLSCertFile)
@@ -375,7 +383,7 @@ func applyEnv(cfg *Config, getenv func(string) string) error {
 		{"grace_period", &cfg.GracePeriod}, {"payment_timeout", &cfg.PaymentTimeout},
 		{"heartbeat_interval", &cfg.HeartbeatInterval}, {"signature_timeout", &cfg.SignatureTimeout},
 		{"webhook_retry_base", &cfg.WebhookRetryBase}, {"outbox_retention", &cfg.OutboxRetention},
-		{"request_timeout", &cfg.RequestTimeout},
+		{"request_timeout", &cfg.RequestTimeout}, {"node_timeout", &cfg.NodeTimeout},
 	} {
 		if err := dur(d.name, d.dst); err != nil {
 			return err
@@ -467,11 +475,14 @@ func (c *Config) validateServer() error {
 		{"grace_period", c.GracePeriod}, {"payment_timeout", c.PaymentTimeout},
 		{"heartbeat_interval", c.HeartbeatInterval}, {"signature_timeout", c.SignatureTimeout},
 		{"webhook_retry_base", c.WebhookRetryBase}, {"outbox_retention", c.OutboxRetention},
-		{"request_timeout", c.RequestTimeout},
+		{"request_timeout", c.RequestTimeout}, {"node_timeout", c.NodeTimeout},
 	} {
 		if d.v <= 0 {
 			return bad(d.name, "must be a positive duration")
 		}
+	}
+	if c.NodeID != "" && !validNodeID(c.NodeID) {
+		return bad("node_id", "must be 1 to 64 letters, digits, '.', '_' or '-'")
 	}
 	if c.OpsToken == "" {
 		return bad("ops_token", "is required")
@@ -486,6 +497,21 @@ func (c *Config) validateServer() error {
 		return bad("memory_limit", "must be at least 64MiB (or 0 for none)")
 	}
 	return nil
+}
+
+// validNodeID reports whether id may name a node: it goes into Redis key
+// names and channel names, and into logs.
+func validNodeID(id string) bool {
+	if len(id) > 64 {
+		return false
+	}
+	for _, r := range id {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-'
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // validateRateLimit checks the rate limits and the trusted proxies.

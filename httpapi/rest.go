@@ -30,7 +30,7 @@ func (s *Server) handleGetTerminal(w http.ResponseWriter, r *http.Request, p hub
 
 func (s *Server) handleOpsTerminals(w http.ResponseWriter, r *http.Request) {
 	hub.WriteJSON(w, http.StatusOK, map[string]any{
-		"data":        s.hub.AllTerminals(),
+		"data":        s.hub.OpsTerminals(),
 		"connections": s.hub.Connections(),
 		"conflicts":   s.hub.Conflicts(),
 	})

@@ -73,6 +73,13 @@ type conn struct {
 	// found open is sent once. Guarded by wmu.
 	resuming bool
 	sentLive [][]byte
+	// epoch is the device's shared record's epoch once this terminal
+	// connection holds it (hub/shared.go); 0 before, and on a lone hub.
+	// Read and written under the device's lock.
+	epoch int64
+	// dropRecorded: the end of this terminal connection is in the shared
+	// record (or needs not be). Under the device's lock.
+	dropRecorded bool
 
 	spill *wsconn.Conn // the socket, set by the upgrade; nil in tests that upgrade otherwise
 

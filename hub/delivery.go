@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/termhub/termhub/internal/redisx"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/queue"
@@ -59,7 +61,12 @@ type posDelivery struct {
 func (h *Hub) DeliverPOS(merchantID, apiKeyID string, msgs []queue.Entry) {
 	c := h.posFor(merchantID, apiKeyID)
 	if c == nil {
-		return // durable: replayed when the POS connects
+		// Durable: replayed when the POS connects; a connection or long
+		// poll on another node reads it from the stream when nudged.
+		if h.node != nil {
+			h.nudgeRemote(merchantID, apiKeyID)
+		}
+		return
 	}
 	h.WaitAcks(c.ctx, merchantID, apiKeyID) // what the POS acked before is stored before it hears more
 	c.dlv.mu.Lock()
@@ -76,17 +83,27 @@ func (h *Hub) DeliverPOS(merchantID, apiKeyID string, msgs []queue.Entry) {
 // NudgePOS makes the API key's live connection, if any, read its outbox
 // for entries it was not handed (session.Sink).
 func (h *Hub) NudgePOS(merchantID, apiKeyID string) {
+	if !h.nudgeLocal(merchantID, apiKeyID) && h.node != nil {
+		h.nudgeRemote(merchantID, apiKeyID)
+	}
+}
+
+// nudgeLocal makes the API key's connection on this node, if any, read its
+// outbox, and wakes the key's long polls here; it reports whether the
+// connection is here.
+func (h *Hub) nudgeLocal(merchantID, apiKeyID string) bool {
 	c := h.posFor(merchantID, apiKeyID)
 	if c == nil {
-		return
+		return false
 	}
 	c.dlv.mu.Lock()
 	defer c.dlv.mu.Unlock()
 	if c.dlv.reading {
 		c.dlv.again = true
-		return
+		return true
 	}
 	h.startReadLocked(c)
+	return true
 }
 
 // posFor returns the API key's live connection (nil for none) and wakes
@@ -297,13 +314,17 @@ func (h *Hub) waitStore(ctx context.Context, attempt int) bool {
 	}
 }
 
-// SendTerminal sends commands to the device's live connection, if any; an
-// offline terminal gets its open commands when it reconnects.
+// SendTerminal sends commands to the device's live connection, here or on
+// another node; an offline terminal gets its open commands when it
+// reconnects.
 func (h *Hub) SendTerminal(deviceID string, cmds []session.TerminalCommand) {
 	h.mu.Lock()
 	c := h.terminals[deviceID]
 	h.mu.Unlock()
 	if c == nil {
+		if h.node != nil {
+			h.sendRemote(deviceID, marshalCommands(cmds, h.log))
+		}
 		return
 	}
 	frames := make([][]byte, 0, len(cmds))
@@ -312,6 +333,23 @@ func (h *Hub) SendTerminal(deviceID string, cmds []session.TerminalCommand) {
 			frames = append(frames, b)
 		}
 	}
+	h.sendFrames(c, frames)
+}
+
+// marshalCommands encodes commands as a terminal connection would.
+func marshalCommands(cmds []session.TerminalCommand, log zerolog.Logger) [][]byte {
+	c := &conn{log: log}
+	frames := make([][]byte, 0, len(cmds))
+	for _, cmd := range cmds {
+		if b, ok := c.marshal(cmd); ok {
+			frames = append(frames, b)
+		}
+	}
+	return frames
+}
+
+// sendFrames sends encoded commands to a terminal connection.
+func (h *Hub) sendFrames(c *conn, frames [][]byte) {
 	if len(frames) == 0 {
 		return
 	}
@@ -324,11 +362,20 @@ func (h *Hub) SendTerminal(deviceID string, cmds []session.TerminalCommand) {
 }
 
 // TerminalLive reports a device's status, its connection and, while it is
-// reconnecting, when its grace period ends.
+// reconnecting, when its grace period ends. With several nodes, a device
+// this node does not see online is looked up in Redis: it may have been
+// greeted by another node a moment ago.
 func (h *Hub) TerminalLive(deviceID string) (session.TerminalStatus, string, time.Time) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	st := h.status[deviceID]
+	stale := h.node != nil && (st == nil || st.status != protocol.TerminalOnline)
+	h.mu.Unlock()
+	if stale {
+		h.refreshDevice(deviceID)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st = h.status[deviceID]
 	if st == nil {
 		return protocol.TerminalOffline, "", time.Time{}
 	}

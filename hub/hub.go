@@ -28,6 +28,7 @@ import (
 	"github.com/termhub/termhub/config"
 	"github.com/termhub/termhub/internal/metrics"
 	"github.com/termhub/termhub/internal/redisx"
+	"github.com/termhub/termhub/nodes"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/queue"
 )
@@ -65,6 +66,9 @@ type Options struct {
 	// Replays remembers accepted signed POSTs so that a repeat is refused
 	// (duplicate_request); nil does not check.
 	Replays Replays
+	// Node makes this hub one node of several on one Redis (peers.go);
+	// nil: alone.
+	Node *nodes.Node
 }
 
 // Health is what the hub needs to know of its Redis (redisx.Health).
@@ -134,6 +138,10 @@ type Hub struct {
 	conflicts  map[string]*KeyConflict       // API key id → fighting-keys record; guarded by mu
 	waiters    map[string]chan struct{}      // API key → long polls to wake; guarded by mu
 	observers  []Observer                    // ops feed; guarded by mu
+
+	node      *nodes.Node         // nil: alone
+	remote    map[string]ConnInfo // other nodes' connections by id (peers.go); guarded by mu
+	keyOwners map[string]string   // API key → node holding its connection elsewhere; guarded by mu
 }
 
 // New builds a Hub.
@@ -147,6 +155,7 @@ func New(opts Options) *Hub {
 		terminals: map[string]*conn{}, byID: map[string]*conn{},
 		status: map[string]*terminalState{}, flaps: map[string][]time.Time{},
 		conflicts: map[string]*KeyConflict{}, waiters: map[string]chan struct{}{},
+		node: opts.Node, remote: map[string]ConnInfo{}, keyOwners: map[string]string{},
 	}
 	h.dir.Store(opts.Directory)
 	h.metrics = opts.Metrics

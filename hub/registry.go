@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/termhub/termhub/clock"
+	"github.com/termhub/termhub/nodes"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -37,6 +38,10 @@ type terminalState struct {
 	grace      clock.Timer
 	graceSeq   uint64 // identifies the running grace timer; a stale firing is ignored
 	conns      uint64 // connections of the device registered so far
+	// node and epoch are the shared record's (peers.go): the node holding
+	// the device and the record's epoch, newer news only replacing older.
+	node  string
+	epoch int64
 }
 
 func (h *Hub) stateLocked(deviceID string) *terminalState {
@@ -49,13 +54,15 @@ func (h *Hub) stateLocked(deviceID string) *terminalState {
 }
 
 // registerPOS makes c the connection of its API key, displacing the older
-// one, and queues the greeting before any broadcast can reach c.
-func (h *Hub) registerPOS(c *conn) {
+// one, and queues the greeting before any broadcast can reach c. flaps are
+// the key's displacements as counted across nodes (claimKey), or -1 to
+// count here.
+func (h *Hub) registerPOS(c *conn, flaps int) {
 	cur := h.currentTxns(c.merchantID)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if old := h.pos[c.keyID]; old != nil {
-		allowed := h.recordDisplacementLocked(c.keyID, c.merchantID)
+		allowed := h.allowedLocked(c.keyID, c.merchantID, flaps)
 		old.log.Info().Str("by", c.id).Bool("reconnectAllowed", allowed).Msg("displaced by a new connection with the same API key")
 		h.metrics.Displacements.WithLabelValues(string(KindPOS)).Inc()
 		old.disconnect(&protocol.Disconnect{Code: protocol.CloseDisplaced, Reason: protocol.ReasonAPIKeyUsedElsewhere,
@@ -96,6 +103,7 @@ func (h *Hub) unregisterPOS(c *conn) {
 	if h.pos[c.keyID] == c {
 		h.dropPOSLocked(c)
 	}
+	h.releaseKey(c)
 	h.publishConnLocked(c, "disconnected")
 }
 
@@ -109,6 +117,36 @@ func (h *Hub) dropPOSLocked(c *conn) {
 	}
 	if h.byID[c.id] == c {
 		delete(h.byID, c.id)
+	}
+}
+
+// allowedLocked reports whether a displaced client of keyID may
+// reconnect: from flaps, the displacements counted across nodes, or
+// counting this one here when flaps is -1.
+func (h *Hub) allowedLocked(keyID, merchantID string, flaps int) bool {
+	if flaps < 0 {
+		return h.recordDisplacementLocked(keyID, merchantID)
+	}
+	if flaps < flapLimit {
+		return true
+	}
+	h.conflictLocked(keyID, merchantID, flaps)
+	return false
+}
+
+// conflictLocked records that keyID's connections keep displacing each
+// other, and tells the other nodes.
+func (h *Hub) conflictLocked(keyID, merchantID string, n int) {
+	now := h.now()
+	h.metrics.KeyConflicts.Inc()
+	k := &KeyConflict{APIKeyID: keyID, MerchantID: merchantID, Displacements: n, LastAt: now}
+	h.conflicts[keyID] = k
+	h.log.Warn().Str("apiKeyId", keyID).Str("merchantId", merchantID).Int("displacements", n).
+		Msg("API key connections keep displacing each other: the displaced client is told not to reconnect")
+	if h.node != nil {
+		if body, err := json.Marshal(k); err == nil {
+			h.node.Broadcast(nodes.Message{Type: msgConflict, Merchant: merchantID, Key: keyID, Body: body})
+		}
 	}
 }
 
@@ -127,17 +165,16 @@ func (h *Hub) recordDisplacementLocked(keyID, merchantID string) bool {
 	if len(recent) < flapLimit {
 		return true
 	}
-	h.metrics.KeyConflicts.Inc()
-	h.conflicts[keyID] = &KeyConflict{APIKeyID: keyID, MerchantID: merchantID, Displacements: len(recent), LastAt: now}
-	h.log.Warn().Str("apiKeyId", keyID).Str("merchantId", merchantID).Int("displacements", len(recent)).
-		Msg("API key connections keep displacing each other: the displaced client is told not to reconnect")
+	h.conflictLocked(keyID, merchantID, len(recent))
 	return false
 }
 
 // registerTerminal makes c the connection of its device, displacing an
 // older one (a half-open connection after a network change), marks the
-// terminal online and tells the merchant's POS and ops.
-func (h *Hub) registerTerminal(c *conn) {
+// terminal online and tells the merchant's POS and ops. epoch is the
+// shared record's after claimDevice made c its holder (0: alone, or not
+// claimed yet).
+func (h *Hub) registerTerminal(c *conn, epoch int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if old := h.terminals[c.deviceID]; old != nil {
@@ -158,9 +195,12 @@ func (h *Hub) registerTerminal(c *conn) {
 	st := h.stateLocked(c.deviceID)
 	prev := st.status
 	st.status, st.connID, st.graceUntil = protocol.TerminalOnline, c.id, time.Time{}
+	if epoch > st.epoch {
+		st.node, st.epoch = h.NodeID(), epoch
+	}
 	st.conns++
 	h.stopGraceLocked(st)
-	h.publishStatusLocked(c.merchantID, c.deviceID, c.id, prev, st.status)
+	h.publishStatusLocked(c.merchantID, c.deviceID, st, prev)
 	h.publishConnLocked(c, "connected")
 	c.log.Info().Str("previousStatus", prev).Msg("terminal connected")
 	h.kickIfDrainingLocked(c)
@@ -188,7 +228,7 @@ func (h *Hub) unregisterTerminal(c *conn) bool {
 	seq := st.graceSeq
 	device, merchant, connID := c.deviceID, c.merchantID, c.id
 	st.grace = h.clock.AfterFunc(h.opts.GracePeriod, func() { h.graceExpired(merchant, device, connID, seq) })
-	h.publishStatusLocked(c.merchantID, c.deviceID, c.id, prev, st.status)
+	h.publishStatusLocked(c.merchantID, c.deviceID, st, prev)
 	c.log.Info().Dur("grace", h.opts.GracePeriod).Msg("terminal dropped: reconnecting")
 	return true
 }
@@ -201,7 +241,8 @@ func (h *Hub) stopGraceLocked(st *terminalState) {
 	st.graceSeq++
 }
 
-// graceExpired turns a terminal that did not come back in time offline.
+// graceExpired turns a terminal that did not come back in time offline
+// (with several nodes, if no other node did: expireShared).
 func (h *Hub) graceExpired(merchantID, deviceID, connID string, seq uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -209,19 +250,32 @@ func (h *Hub) graceExpired(merchantID, deviceID, connID string, seq uint64) {
 	if st == nil || st.graceSeq != seq || st.status != protocol.TerminalReconnecting {
 		return
 	}
+	if h.node != nil {
+		st.grace = nil
+		go h.expireShared(merchantID, deviceID)
+		return
+	}
 	st.grace = nil
 	st.status, st.graceUntil = protocol.TerminalOffline, time.Time{}
-	h.publishStatusLocked(merchantID, deviceID, connID, protocol.TerminalReconnecting, protocol.TerminalOffline)
+	h.publishStatusLocked(merchantID, deviceID, st, protocol.TerminalReconnecting)
 	h.log.Info().Str("deviceId", deviceID).Msg("grace period expired: terminal offline")
 }
 
-// publishStatusLocked pushes a terminalStatusUpdate to every POS connection
-// of the merchant (never another merchant's) and to the ops observers.
-func (h *Hub) publishStatusLocked(merchantID, deviceID, connID, prev, status string) {
+// publishStatusLocked pushes a terminalStatusUpdate of st, which was prev,
+// to every POS connection of the merchant (never another merchant's) and
+// to the ops observers, here and on every other node.
+func (h *Hub) publishStatusLocked(merchantID, deviceID string, st *terminalState, prev string) {
 	u := protocol.TerminalStatusUpdate{
-		Action: protocol.ActionTerminalStatusUpdate, TerminalID: deviceID, ConnectionID: connID,
-		Status: status, PreviousStatus: prev, Timestamp: h.now(),
+		Action: protocol.ActionTerminalStatusUpdate, TerminalID: deviceID, ConnectionID: st.connID,
+		Status: st.status, PreviousStatus: prev, Timestamp: h.now(),
 	}
+	h.pushStatusLocked(merchantID, u)
+	h.broadcastStatusLocked(merchantID, deviceID, st, u)
+}
+
+// pushStatusLocked pushes u to this node's POS connections of the
+// merchant and to its ops observers.
+func (h *Hub) pushStatusLocked(merchantID string, u protocol.TerminalStatusUpdate) {
 	frame, err := json.Marshal(u)
 	if err != nil {
 		return
@@ -242,11 +296,31 @@ type ConnectionUpdate struct {
 }
 
 func (h *Hub) publishConnLocked(c *conn, event string) {
-	u := ConnectionUpdate{Action: "connectionUpdate", Event: event, Connection: ConnInfo{ConnectionID: c.id, Kind: c.kind,
-		MerchantID: c.merchantID, APIKeyID: c.keyID, DeviceID: c.deviceID, ConnectedAt: c.connected, LastSeen: c.lastSeenAt()}}
+	u := ConnectionUpdate{Action: "connectionUpdate", Event: event, Connection: h.connInfo(c)}
 	for _, o := range h.observers {
 		o.Connection(c.merchantID, u)
 	}
+	if h.node == nil {
+		return
+	}
+	body, err := json.Marshal(u.Connection)
+	if err != nil {
+		return
+	}
+	typ := msgConnUp
+	if event == "connected" {
+		h.node.AddConn(c.id, body)
+	} else {
+		typ = msgConnDown
+		h.node.RemoveConn(c.id)
+	}
+	h.node.Broadcast(nodes.Message{Type: typ, Merchant: c.merchantID, Conn: c.id, Node: h.node.ID(), Body: body})
+}
+
+// connInfo describes c for ops.
+func (h *Hub) connInfo(c *conn) ConnInfo {
+	return ConnInfo{ConnectionID: c.id, Kind: c.kind, MerchantID: c.merchantID, APIKeyID: c.keyID,
+		DeviceID: c.deviceID, ConnectedAt: c.connected, LastSeen: c.lastSeenAt(), Node: h.NodeID()}
 }
 
 // Observer is told of every terminal status change and every connection
@@ -287,6 +361,26 @@ func (h *Hub) Resumed(deviceID string) bool {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	return !c.resuming
+}
+
+// graceUntilOf is when a reconnecting device's grace period ends.
+func (h *Hub) graceUntilOf(deviceID string) time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if st := h.status[deviceID]; st != nil {
+		return st.graceUntil
+	}
+	return time.Time{}
+}
+
+// refreshLocalLocked forgets this node's copy of c's device's record after
+// c's end found the record someone else's, so that the record is read
+// again (this node had marked the device reconnecting for c).
+func (h *Hub) refreshLocalLocked(c *conn) {
+	st := h.stateLocked(c.deviceID)
+	h.stopGraceLocked(st)
+	st.epoch = 0
+	go h.refreshDevice(c.deviceID)
 }
 
 // TerminalStatus returns a device's status: online, reconnecting or offline.
@@ -399,6 +493,38 @@ func (h *Hub) AllTerminals() []protocol.TerminalInfo {
 	return out
 }
 
+// OpsTerminal is a terminal as ops see it: with the node it is on.
+type OpsTerminal struct {
+	protocol.TerminalInfo
+	// Node holds the terminal's connection (or held it, while it is
+	// reconnecting); "" when offline or when the hub is alone.
+	Node string `json:"node,omitempty"`
+}
+
+// OpsTerminals lists every merchant's terminals with their nodes.
+func (h *Hub) OpsTerminals() []OpsTerminal {
+	all := h.AllTerminals()
+	out := make([]OpsTerminal, len(all))
+	for i, t := range all {
+		out[i] = OpsTerminal{TerminalInfo: t, Node: h.TerminalNode(t.TerminalID)}
+	}
+	return out
+}
+
+// TerminalNode is the node that holds a device's connection ("" for
+// none known, or when the hub is alone).
+func (h *Hub) TerminalNode(deviceID string) string {
+	if h.node == nil {
+		return ""
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if st := h.status[deviceID]; st != nil && st.status != protocol.TerminalOffline {
+		return st.node
+	}
+	return ""
+}
+
 // ConnInfo describes a live connection for ops.
 type ConnInfo struct {
 	ConnectionID string    `json:"connectionId"`
@@ -407,17 +533,24 @@ type ConnInfo struct {
 	APIKeyID     string    `json:"apiKeyId,omitempty"`
 	DeviceID     string    `json:"deviceId,omitempty"`
 	ConnectedAt  time.Time `json:"connectedAt"`
-	LastSeen     time.Time `json:"lastSeen"`
+	// LastSeen is live for this node's connections; for another node's,
+	// as of when it connected.
+	LastSeen time.Time `json:"lastSeen"`
+	// Node is the node the connection is on ("" when the hub is alone).
+	Node string `json:"node,omitempty"`
 }
 
-// Connections lists live POS and terminal connections, oldest first.
+// Connections lists live POS and terminal connections of every node,
+// oldest first.
 func (h *Hub) Connections() []ConnInfo {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]ConnInfo, 0, len(h.byID))
+	out := make([]ConnInfo, 0, len(h.byID)+len(h.remote))
 	for _, c := range h.byID {
-		out = append(out, ConnInfo{ConnectionID: c.id, Kind: c.kind, MerchantID: c.merchantID, APIKeyID: c.keyID,
-			DeviceID: c.deviceID, ConnectedAt: c.connected, LastSeen: c.lastSeenAt()})
+		out = append(out, h.connInfo(c))
+	}
+	for _, info := range h.remote {
+		out = append(out, info)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ConnectedAt.Before(out[j].ConnectedAt) })
 	return out
@@ -435,8 +568,28 @@ func (h *Hub) Conflicts() []KeyConflict {
 	return out
 }
 
-// Disconnect kicks a live connection by id (ops), reporting whether it existed.
+// Disconnect kicks a live connection by id (ops), on whatever node it is,
+// reporting whether it existed.
 func (h *Hub) Disconnect(connectionID string, d *protocol.Disconnect) bool {
+	if h.disconnectLocal(connectionID, d) {
+		return true
+	}
+	h.mu.Lock()
+	info, ok := h.remote[connectionID]
+	h.mu.Unlock()
+	if !ok || h.node == nil {
+		return false
+	}
+	body, err := json.Marshal(d)
+	if err != nil {
+		return false
+	}
+	h.node.Send(info.Node, nodes.Message{Type: msgKick, Conn: connectionID, Body: body})
+	return true
+}
+
+// disconnectLocal kicks one of this node's connections.
+func (h *Hub) disconnectLocal(connectionID string, d *protocol.Disconnect) bool {
 	h.mu.Lock()
 	c := h.byID[connectionID]
 	h.mu.Unlock()
@@ -463,6 +616,6 @@ func (h *Hub) MarkReconnecting(merchantID, deviceID string) time.Time {
 	st.status, st.graceUntil = protocol.TerminalReconnecting, h.now().Add(h.opts.GracePeriod)
 	seq, connID := st.graceSeq, st.connID
 	st.grace = h.clock.AfterFunc(h.opts.GracePeriod, func() { h.graceExpired(merchantID, deviceID, connID, seq) })
-	h.publishStatusLocked(merchantID, deviceID, connID, prev, st.status)
+	h.publishStatusLocked(merchantID, deviceID, st, prev)
 	return st.graceUntil
 }

@@ -3,6 +3,8 @@ package hub
 import (
 	"context"
 
+	"github.com/termhub/termhub/nodes"
+
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -18,33 +20,37 @@ type Sessions interface {
 	Delete(ctx context.Context, merchantID, apiKey string) (bool, error)
 }
 
-// displaceSession ends the key's HTTP session when a WebSocket takes over.
-func (h *Hub) displaceSession(ctx context.Context, merchantID, apiKey string) {
+// displaceSession ends the key's HTTP session when a WebSocket takes over,
+// reporting whether there was one. With several nodes the displacement is
+// counted with the WebSocket's claim of the key (claimKey); alone, here.
+func (h *Hub) displaceSession(ctx context.Context, merchantID, apiKey string) bool {
 	if h.opts.Sessions == nil {
-		return
+		return false
 	}
 	existed, err := h.opts.Sessions.Delete(ctx, merchantID, apiKey)
 	if err != nil {
 		h.log.Error().Err(err).Str("apiKeyId", apiKey).Msg("could not end the HTTP event session")
-		return
+		return false
 	}
-	if existed {
+	if existed && h.node == nil {
 		h.mu.Lock()
 		h.recordDisplacementLocked(apiKey, merchantID)
 		h.mu.Unlock()
 	}
+	return existed
 }
 
 // SessionOpened displaces the key's WebSocket, if any, when an HTTP event
 // session opens for it; hadSession tells that it replaced another session.
 // Either replacement counts as a displacement.
 func (h *Hub) SessionOpened(merchantID, apiKey string, hadSession bool) {
+	flaps := h.claimKeyForSession(merchantID, apiKey, hadSession)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	old := h.pos[apiKey]
 	allowed := true
 	if old != nil || hadSession {
-		allowed = h.recordDisplacementLocked(apiKey, merchantID)
+		allowed = h.allowedLocked(apiKey, merchantID, flaps)
 		h.metrics.Displacements.WithLabelValues("session").Inc()
 	}
 	if old != nil {
@@ -52,6 +58,32 @@ func (h *Hub) SessionOpened(merchantID, apiKey string, hadSession bool) {
 			Message: "Connection displaced by new connection with same API key", ReconnectAllowed: allowed})
 		h.dropPOSLocked(old)
 	}
+}
+
+// claimKeyForSession makes an HTTP event session its API key's holder
+// across nodes, displacing a WebSocket of the key on another node; as
+// claimKey.
+func (h *Hub) claimKeyForSession(merchantID, apiKey string, hadSession bool) int {
+	if h.node == nil {
+		return -1
+	}
+	ctx, cancel := context.WithTimeout(h.baseCtx, h.opts.RequestTimeout)
+	defer cancel()
+	node, old, flaps, err := h.node.ClaimKey(ctx, merchantID, apiKey, "", h.now(), flapWindow, hadSession)
+	if err != nil {
+		h.log.Warn().Err(err).Str("apiKeyId", apiKey).Msg("could not record the HTTP event session's key in Redis")
+		return -1
+	}
+	if old != "" && node != "" && node != h.node.ID() {
+		allowed := flaps < flapLimit
+		if !allowed {
+			h.mu.Lock()
+			h.conflictLocked(apiKey, merchantID, flaps)
+			h.mu.Unlock()
+		}
+		h.node.Send(node, nodes.Message{Type: msgDisplace, Merchant: merchantID, Key: apiKey, Conn: old, Allowed: allowed})
+	}
+	return flaps
 }
 
 // NextCommit returns a channel closed when a message is next committed for
@@ -74,4 +106,12 @@ func (h *Hub) wakeLocked(apiKey string) {
 		close(ch)
 		delete(h.waiters, apiKey)
 	}
+}
+
+// Waiting reports whether a long poll of apiKey waits on this node for
+// the next commit.
+func (h *Hub) Waiting(apiKey string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.waiters[apiKey] != nil
 }

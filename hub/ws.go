@@ -24,10 +24,10 @@ func (h *Hub) servePOS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.opts.RequestTimeout)
-	h.displaceSession(ctx, p.MerchantID, p.KeyID)
+	hadSession := h.displaceSession(ctx, p.MerchantID, p.KeyID)
 	cancel()
 	h.serveConn(w, r, KindPOS, p, func(c *conn) {
-		h.registerPOS(c)
+		h.registerPOS(c, h.claimKey(c, hadSession))
 		go h.replay(c)
 	}, h.unregisterPOS, h.handlePOSFrames)
 }
@@ -176,7 +176,10 @@ func (h *Hub) terminalUp(c *conn) {
 		c.resuming = true
 		c.wmu.Unlock()
 	}
-	h.registerTerminal(c)
+	// Recorded in Redis before the greeting (claimDevice); if Redis does
+	// not answer, the resume records it.
+	h.claimDevice(c)
+	h.registerTerminal(c, c.epoch)
 	if h.opts.Engine == nil || h.resume(c) {
 		unlock()
 		return
@@ -201,6 +204,9 @@ func (h *Hub) terminalUp(c *conn) {
 // still open for it; false when Redis did not answer (nothing is queued).
 // It runs under the device's lock.
 func (h *Hub) resume(c *conn) bool {
+	if !h.settleClaim(c) {
+		return false
+	}
 	ctx, cancel := context.WithTimeout(c.ctx, h.opts.RequestTimeout)
 	cmds, err := h.opts.Engine.TerminalConnected(ctx, c.merchantID, c.deviceID, c.id)
 	cancel()
@@ -243,11 +249,11 @@ func (h *Hub) resume(c *conn) bool {
 // has connected again since (its resume, or its next drop, covers it).
 func (h *Hub) terminalDown(c *conn) {
 	unlock := h.lockDevice(c.deviceID)
-	if !h.unregisterTerminal(c) || h.opts.Engine == nil {
+	if !h.unregisterTerminal(c) || h.opts.Engine == nil && h.node == nil {
 		unlock()
 		return
 	}
-	_, _, until := h.TerminalLive(c.deviceID)
+	until := h.graceUntilOf(c.deviceID)
 	conns := h.connsOf(c.deviceID)
 	done := h.dropped(c, until)
 	unlock()
@@ -268,9 +274,29 @@ func (h *Hub) terminalDown(c *conn) {
 	}()
 }
 
-// dropped tells the engine the terminal's transactions lost it; false when
-// Redis did not answer. It runs under the device's lock.
+// dropped records the drop in the device's shared record, if any, and
+// tells the engine the terminal's transactions lost it; false when Redis
+// did not answer. A drop the shared record no longer cares about (a newer
+// connection, or this node's release as dead, came first) is done at
+// once. It runs under the device's lock.
 func (h *Hub) dropped(c *conn, until time.Time) bool {
+	if h.node != nil && !c.dropRecorded {
+		ours, err := h.dropShared(c, until)
+		if err != nil {
+			c.log.Warn().Err(err).Msg("could not record the terminal's drop in Redis yet; trying again once Redis answers")
+			return false
+		}
+		c.dropRecorded = true
+		if !ours {
+			h.mu.Lock()
+			h.refreshLocalLocked(c)
+			h.mu.Unlock()
+			return true
+		}
+	}
+	if h.opts.Engine == nil {
+		return true
+	}
 	ctx, cancel := context.WithTimeout(h.baseCtx, h.opts.RequestTimeout)
 	defer cancel()
 	if err := h.opts.Engine.TerminalDropped(ctx, c.merchantID, c.deviceID, until); err != nil {

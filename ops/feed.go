@@ -43,6 +43,8 @@ type Snapshot struct {
 type TerminalRow struct {
 	protocol.TerminalInfo
 	CurrentTransactionStatus protocol.Status `json:"currentTransactionStatus,omitempty"`
+	// Node is the node the terminal is on (several nodes; "" alone).
+	Node string `json:"node,omitempty"`
 }
 
 // StatusUpdate is the hub's terminalStatusUpdate with the terminal's
@@ -397,7 +399,7 @@ func (s *Server) snapshot(ctx context.Context) Snapshot {
 		byID[t.ID] = t
 	}
 	for _, t := range s.hub.AllTerminals() {
-		row := TerminalRow{TerminalInfo: t}
+		row := TerminalRow{TerminalInfo: t, Node: s.hub.TerminalNode(t.TerminalID)}
 		if id := t.CurrentTransactionID; id != "" {
 			if cur := byID[id]; cur != nil {
 				row.CurrentTransactionStatus = cur.Status

@@ -84,6 +84,11 @@ type Options struct {
 	// RequestTimeout bounds the Redis work of one step of the engine's own
 	// (a deadline, a recovery attempt); 5 s when zero.
 	RequestTimeout time.Duration
+	// Claim, with several nodes, claims a due deadline (member
+	// "<txnID>|<kind>" of the deadline index, due at at) for this node: it
+	// applies only those it gets (nodes.Node.ClaimDeadline). nil: alone,
+	// every due deadline is applied here.
+	Claim func(ctx context.Context, merchantID, member string, at time.Time) (bool, error)
 }
 
 // Engine runs transactions: it loads, applies the pure transition, commits

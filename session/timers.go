@@ -84,6 +84,23 @@ func (ts *timers) fire(merchantID, txnID, kind string, at time.Time) {
 	ts.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), ts.e.opts.RequestTimeout)
 	defer cancel()
+	if claim := ts.e.opts.Claim; claim != nil {
+		// Several nodes: of those whose timers or sweeps find the deadline
+		// due, the one that claims it applies it.
+		ok, err := claim(ctx, merchantID, txnID+"|"+kind, at)
+		if err == nil && !ok {
+			return
+		}
+		if err != nil {
+			ts.e.log.Warn().Err(err).Str("transactionId", txnID).Str("deadline", kind).Msg("could not claim the deadline; retrying")
+			ts.mu.Lock()
+			if _, ok := ts.m[k]; !ok {
+				ts.setLocked(merchantID, txnID, kind, ts.e.now().Add(time.Second))
+			}
+			ts.mu.Unlock()
+			return
+		}
+	}
 	if err := ts.e.Deadline(ctx, merchantID, txnID, kind); err != nil {
 		// Tried again in a second: Redis did not answer, or the
 		// transaction is held (resolver.go), whose worker re-arms it when

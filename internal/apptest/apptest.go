@@ -8,6 +8,7 @@ package apptest
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http/httptest"
 	"os"
@@ -88,12 +89,59 @@ func Start(t testing.TB, yamlConfig string, opts ...Option) *Env {
 	} else {
 		r = redistest.New(t)
 	}
-	cfg.KeyPrefix = r.Prefix
-	e := &Env{Redis: r, Config: cfg}
-	var clk clock.Clock // nil: the App's wall clock
+	var clk *clock.Fake
 	if !o.wallClock {
-		e.Clock = clock.NewFake(epoch)
-		clk = e.Clock
+		clk = clock.NewFake(epoch)
+	}
+	return startOn(t, cfg, r, clk, o)
+}
+
+// StartNodes starts n Apps of yamlConfig on one Redis and one fake clock
+// (CONTRACT §12): nodes "node-0" … "node-<n-1>" of one hub, each behind
+// its own httptest server.
+func StartNodes(t testing.TB, yamlConfig string, n int, opts ...Option) []*Env {
+	t.Helper()
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	cfg, err := config.Parse([]byte(yamlConfig), func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r *redistest.Redis
+	if o.redisURL != "" {
+		r = redistest.Dial(t, o.redisURL)
+	} else {
+		r = redistest.New(t)
+	}
+	var clk *clock.Fake
+	if !o.wallClock {
+		clk = clock.NewFake(epoch)
+	}
+	envs := make([]*Env, n)
+	for i := range envs {
+		c := cfg
+		c.NodeID = fmt.Sprintf("node-%d", i)
+		envs[i] = startOn(t, c, r, clk, o)
+	}
+	return envs
+}
+
+// startOn starts an App of cfg on r (the key prefix is r's) and clk (nil:
+// the wall clock).
+func startOn(t testing.TB, cfg config.Config, r *redistest.Redis, clk *clock.Fake, o options) *Env {
+	t.Helper()
+	cfg.KeyPrefix = r.Prefix
+	if r.URL != "" {
+		// A Redis of its own makes the App a node that may share it, as
+		// `termhub serve` with redis_url does.
+		cfg.RedisURL = r.URL
+	}
+	e := &Env{Redis: r, Config: cfg, Clock: clk}
+	var c clock.Clock // nil: the App's wall clock
+	if clk != nil {
+		c = clk
 	}
 	log := zerolog.New(io.Discard)
 	if o.log != nil {
@@ -101,7 +149,7 @@ func Start(t testing.TB, yamlConfig string, opts ...Option) *Env {
 	} else if os.Getenv("TERMHUB_TEST_LOG") != "" {
 		log = zerolog.New(zerolog.NewTestWriter(t))
 	}
-	e.App = app.New(cfg, r.Client, clk, log)
+	e.App = app.New(cfg, r.Client, c, log)
 	if err := e.App.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}

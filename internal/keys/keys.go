@@ -3,6 +3,8 @@
 // touches several of them stays in one Redis Cluster slot.
 package keys
 
+import "strconv"
+
 // Space names keys under a prefix (config key_prefix; tests use a random one).
 type Space struct{ Prefix string }
 
@@ -76,3 +78,48 @@ func (s Space) Replay(m, apiKey, sig string) string {
 // Marker holds a random token that every hub on this Redis reads: when it
 // is gone or different, the Redis came back without its data.
 func (s Space) Marker() string { return s.Prefix + "redis-marker" }
+
+// ---- several nodes on one Redis (package nodes) ----
+
+// Nodes is the node registry: a hash from node id to the JSON of the
+// node's last heartbeat.
+func (s Space) Nodes() string { return s.Prefix + "nodes" }
+
+// NodeConns holds a node's live connections: a hash from connection id to
+// its JSON, for a node that starts to list the others' (the rest comes on
+// the bus). The node id is its hash tag.
+func (s Space) NodeConns(node string) string { return s.Prefix + "node-conns:{" + node + "}" }
+
+// Device is a device's shared connection record: a hash of its status,
+// the node and connection that hold it, the epoch (grows with every
+// change: fencing and ordering), the end of its grace period and when it
+// was last seen.
+func (s Space) Device(m, device string) string { return s.tag("dev", m) + ":" + device }
+
+// Grace is the merchant's running terminal grace periods: a sorted set of
+// device ids scored by when (Unix ms) each goes offline. A member is
+// claimed (removed) by exactly one node when it falls due.
+func (s Space) Grace(m string) string { return s.tag("grace", m) }
+
+// KeyOwner records which node and connection hold an API key's live POS
+// connection (a hash: node, conn, epoch).
+func (s Space) KeyOwner(m, apiKey string) string { return s.tag("owner", m) + ":" + apiKey }
+
+// Flaps are an API key's recent displacements across every node (a sorted
+// set scored by Unix ms), for the fighting-keys rule.
+func (s Space) Flaps(m, apiKey string) string { return s.tag("flaps", m) + ":" + apiKey }
+
+// DeadlineClaim is held by the node that applies a due deadline, so that
+// of several nodes' sweepers exactly one does.
+func (s Space) DeadlineClaim(m, member string, atMs int64) string {
+	return s.tag("claim", m) + ":" + member + ":" + strconv.FormatInt(atMs, 10)
+}
+
+// BusChannel is the PUB/SUB channel every node listens on (status and
+// connection changes, kicks, wake-ups of long polls).
+func (s Space) BusChannel() string { return s.Prefix + "bus" }
+
+// NodeChannel is a node's own PUB/SUB channel (nudges, terminal commands,
+// displacements meant for its connections). Its hash tag is the node id,
+// so on a Redis Cluster it is a sharded channel of one shard.
+func (s Space) NodeChannel(node string) string { return s.Prefix + "node:{" + node + "}" }

@@ -1,0 +1,275 @@
+package e2e
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/termhub/termhub/client"
+	"github.com/termhub/termhub/internal/apptest"
+	"github.com/termhub/termhub/internal/apptest/kit"
+	"github.com/termhub/termhub/nodes"
+	"github.com/termhub/termhub/protocol"
+)
+
+// Several nodes on one Redis are one hub (CONTRACT §12): these tests
+// spread clients across in-process nodes sharing a Redis (miniredis, or
+// REDIS_URL) and a fake clock.
+
+// nodeEnvs starts n nodes of kit.OpsConfig.
+func nodeEnvs(t *testing.T, n int) []*env {
+	t.Helper()
+	var out []*env
+	for _, h := range apptest.StartNodes(t, kit.OpsConfig, n) {
+		out = append(out, envFrom(t, h))
+	}
+	return out
+}
+
+// onlineEverywhere waits until every node sees device online on conn.
+func onlineEverywhere(t *testing.T, es []*env, device string, conn *client.Conn) {
+	t.Helper()
+	for _, e := range es {
+		apptest.WaitOnline(t, e.App, device, conn)
+	}
+}
+
+func TestNodesPaymentAcrossNodes(t *testing.T) {
+	es := nodeEnvs(t, 2)
+	term := es[1].terminal("T1")
+	onlineEverywhere(t, es, "T1", term)
+	pos := es[0].pos("pk1")
+
+	// POS on node 0, terminal on node 1: the command goes over, the
+	// terminal's answer comes back, in order, and the final is acked.
+	id := completedSale(t, pos, term, "T1", 1250, "nodes-1")
+	if got := es[1].get(t, "pk1", id); got.Status != protocol.StatusCompleted {
+		t.Fatalf("node 1 reads %s", got.Status)
+	}
+	// A REST refund through node 1 of the sale made through node 0.
+	resp := es[1].do(t, "pk1", "POST", "/v1/transactions/"+id+"/refund", map[string]any{"amountMinor": 250}, nil)
+	var rb txnBody
+	if resp.Status != 200 && resp.Status != 201 || resp.Decode(&rb) != nil || rb.Transaction == nil {
+		t.Fatalf("refund: %d %s", resp.Status, resp.Body)
+	}
+	refundID := rb.Transaction.ID
+	startPayment(t, term, refundID)
+	termSend(t, term, "paymentResult", refundID, map[string]any{"outcome": "approved", "authCode": "R1"})
+	if ev := posEvent(t, pos, protocol.ActionPaymentComplete, refundID); ev.Transaction.Status != protocol.StatusCompleted {
+		t.Fatalf("refund ended %s", ev.Transaction.Status)
+	}
+}
+
+func TestNodesTerminalStatusIsOneTruth(t *testing.T) {
+	es := nodeEnvs(t, 2)
+	pos := es[0].pos("pk1")
+	term := es[1].terminal("T1")
+	var u protocol.TerminalStatusUpdate
+	if err := read(t, pos, protocol.ActionTerminalStatusUpdate).Decode(&u); err != nil || u.TerminalID != "T1" || u.Status != protocol.TerminalOnline {
+		t.Fatalf("status on node 0's POS: %+v %v", u, err)
+	}
+	// Node 0 answers for the terminal greeted by node 1, at once.
+	var list struct{ Data []protocol.TerminalInfo }
+	if resp := es[0].do(t, "pk1", "GET", "/v1/terminals", nil, nil); resp.Decode(&list) != nil || list.Data[0].Status != protocol.TerminalOnline || list.Data[0].ConnectionID != term.ConnectionID() {
+		t.Fatalf("node 0 lists %+v", list.Data)
+	}
+
+	_ = term.CloseNow()
+	if err := read(t, pos, protocol.ActionTerminalStatusUpdate).Decode(&u); err != nil || u.Status != protocol.TerminalReconnecting {
+		t.Fatalf("after the drop: %+v %v", u, err)
+	}
+	es[0].advance(t, 61*time.Second, pos)
+	if err := read(t, pos, protocol.ActionTerminalStatusUpdate).Decode(&u); err != nil || u.Status != protocol.TerminalOffline {
+		t.Fatalf("after the grace period: %+v %v", u, err)
+	}
+	for i, e := range es {
+		kit.Eventually(t, "offline on every node", func() bool {
+			s, _, _ := e.App.Hub.TerminalLive("T1")
+			return s == protocol.TerminalOffline
+		})
+		_ = i
+	}
+	// Exactly one offline update reached the POS (one node claimed the
+	// expiry): the next status update is the terminal coming back.
+	back := es[0].terminal("T1")
+	if err := read(t, pos, protocol.ActionTerminalStatusUpdate).Decode(&u); err != nil || u.Status != protocol.TerminalOnline || u.ConnectionID != back.ConnectionID() {
+		t.Fatalf("after coming back: %+v %v", u, err)
+	}
+}
+
+func TestNodesDisplacementAcrossNodes(t *testing.T) {
+	es := nodeEnvs(t, 2)
+	old := es[0].terminal("T1")
+	now := apptest.DialTerminal(t, es[1].opts, "T1", kit.Secrets["T1"])
+	var fd protocol.ForceDisconnect
+	if err := read(t, old, "forceDisconnect").Decode(&fd); err != nil || fd.Reason != protocol.ReasonDeviceElsewhere || !fd.ReconnectAllowed {
+		t.Fatalf("old terminal told %+v %v", fd, err)
+	}
+	onlineEverywhere(t, es, "T1", now)
+
+	// A copied API key on two nodes: the third displacement within a
+	// minute tells the loser not to come back, whichever node counts it.
+	a := es[0].pos("pk1")
+	b := es[1].pos("pk1")
+	if err := read(t, a, "forceDisconnect").Decode(&fd); err != nil || fd.Reason != protocol.ReasonAPIKeyUsedElsewhere || !fd.ReconnectAllowed {
+		t.Fatalf("first displacement: %+v %v", fd, err)
+	}
+	c := es[0].pos("pk1")
+	if err := read(t, b, "forceDisconnect").Decode(&fd); err != nil || !fd.ReconnectAllowed {
+		t.Fatalf("second displacement: %+v %v", fd, err)
+	}
+	es[1].pos("pk1")
+	if err := read(t, c, "forceDisconnect").Decode(&fd); err != nil || fd.ReconnectAllowed {
+		t.Fatalf("third displacement: %+v %v", fd, err)
+	}
+	kit.Eventually(t, "the conflict known on both nodes", func() bool {
+		return len(es[0].App.Hub.Conflicts()) == 1 && len(es[1].App.Hub.Conflicts()) == 1
+	})
+}
+
+// opsDo sends an ops request with the bearer token.
+func opsDo(t *testing.T, e *env, method, path string) (int, []byte) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(kit.Ctx(t), method, e.Srv.URL+path, nil)
+	req.Header.Set("Authorization", "Bearer "+kit.OpsToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func TestNodesOpsSeeTheWholeHub(t *testing.T) {
+	es := nodeEnvs(t, 2)
+	term := es[1].terminal("T1")
+	es[0].pos("pk1")
+	var body struct {
+		Connections []struct {
+			ConnectionID, Kind, Node string
+		}
+	}
+	kit.Eventually(t, "node 0 lists node 1's terminal with its node", func() bool {
+		_, b := opsDo(t, es[0], "GET", "/v1/ops/terminals")
+		if json.Unmarshal(b, &body) != nil {
+			return false
+		}
+		for _, c := range body.Connections {
+			if c.ConnectionID == term.ConnectionID() {
+				return c.Node == "node-1"
+			}
+		}
+		return false
+	})
+	var ns struct{ Data []nodes.Info }
+	if code, b := opsDo(t, es[0], "GET", "/v1/ops/nodes"); code != 200 || json.Unmarshal(b, &ns) != nil || len(ns.Data) != 2 ||
+		ns.Data[0].ID != "node-0" || ns.Data[1].ID != "node-1" {
+		t.Fatalf("nodes: %d %s", code, b)
+	}
+	// Kicked through node 0, on node 1.
+	if code, b := opsDo(t, es[0], "POST", "/v1/ops/connections/"+term.ConnectionID()+"/disconnect"); code != 204 {
+		t.Fatalf("disconnect: %d %s", code, b)
+	}
+	var fd protocol.ForceDisconnect
+	if err := read(t, term, "forceDisconnect").Decode(&fd); err != nil || fd.Reason != protocol.ReasonAdmin {
+		t.Fatalf("kicked terminal told %+v %v", fd, err)
+	}
+	if code, _ := opsDo(t, es[0], "POST", "/v1/ops/connections/conn_000000000000000000000000/disconnect"); code != 404 {
+		t.Fatalf("unknown connection: %d", code)
+	}
+}
+
+// TestNodesNodeDeathMidPayment: the node holding a terminal dies with a
+// payment in flight. Within node_timeout the other node releases the
+// terminal (reconnecting, the payment AWAITING_RECONNECT); the terminal
+// resumes on it and the result reaches the POS. The dead node's own end of
+// the connection, handled late, changes nothing (fencing).
+func TestNodesNodeDeathMidPayment(t *testing.T) {
+	es := nodeEnvs(t, 2)
+	term := es[1].terminal("T1")
+	onlineEverywhere(t, es, "T1", term)
+	pos := es[0].pos("pk1")
+	id := dispatched(t, pos, term, "T1", 900, "death-1")
+
+	es[1].App.Node.Close() // node 1 stops heartbeating: dead to the others
+	es[0].advance(t, 14*time.Second, pos)
+	var u protocol.TerminalStatusUpdate
+	if err := read(t, pos, protocol.ActionTerminalStatusUpdate).Decode(&u); err != nil || u.Status != protocol.TerminalReconnecting {
+		t.Fatalf("after node 1 died: %+v %v", u, err)
+	}
+	if ev := posEvent(t, pos, protocol.ActionPaymentStatusUpdate, id); ev.Transaction.Status != protocol.StatusAwaitingReconnect {
+		t.Fatalf("payment is %s", ev.Transaction.Status)
+	}
+	_ = term.CloseNow() // node 1 handles the end late: the record is no longer its own
+
+	back := es[0].terminal("T1")
+	if err := read(t, pos, protocol.ActionTerminalStatusUpdate).Decode(&u); err != nil || u.Status != protocol.TerminalOnline {
+		t.Fatalf("after the terminal came back: %+v %v", u, err)
+	}
+	startPayment(t, back, id)
+	approve(t, back, id)
+	if ev := posEvent(t, pos, protocol.ActionPaymentComplete, id); ev.Transaction.Status != protocol.StatusCompleted {
+		t.Fatalf("payment ended %s", ev.Transaction.Status)
+	}
+	if s, cid, _ := es[0].App.Hub.TerminalLive("T1"); s != protocol.TerminalOnline || cid != back.ConnectionID() {
+		t.Fatalf("T1 is %s on %s after node 1's late drop", s, cid)
+	}
+}
+
+// TestNodesNodeDeathTerminalNeverReturns: the payment fails after the
+// grace period, and a late approval is voided (CONTRACT §8).
+func TestNodesNodeDeathTerminalNeverReturns(t *testing.T) {
+	es := nodeEnvs(t, 2)
+	term := es[1].terminal("T1")
+	onlineEverywhere(t, es, "T1", term)
+	pos := es[0].pos("pk1")
+	id := dispatched(t, pos, term, "T1", 900, "death-2")
+	es[1].App.Node.Close()
+	es[0].advance(t, 14*time.Second, pos)
+	posEvent(t, pos, protocol.ActionPaymentStatusUpdate, id) // AWAITING_RECONNECT
+	es[0].advance(t, 61*time.Second, pos)
+	ev := posEvent(t, pos, protocol.ActionPaymentComplete, id)
+	if ev.Transaction.Status != protocol.StatusFailed || ev.Transaction.ErrorCode != "terminal_disconnected" {
+		t.Fatalf("payment ended %s %s", ev.Transaction.Status, ev.Transaction.ErrorCode)
+	}
+	_ = term.CloseNow()
+	late := es[0].terminal("T1")
+	approve(t, late, id)
+	command(t, late, protocol.ActionVoidPayment, id)
+	if ev := posEvent(t, pos, protocol.ActionPaymentVoided, id); ev.TransactionID != id {
+		t.Fatalf("voided %+v", ev)
+	}
+}
+
+// TestNodesLongPollWokenByAnotherNode: an HTTP event session polled on one
+// node is woken by a commit on another.
+func TestNodesLongPollWokenByAnotherNode(t *testing.T) {
+	es := nodeEnvs(t, 2)
+	term := es[0].terminal("T1")
+	rest1 := client.NewHTTP(es[1].opts, "pk1", kit.Secrets["pk1"])
+	resp, err := rest1.Do(kit.Ctx(t), "POST", "/v1/sessions", nil, nil)
+	var sess struct{ SessionID string }
+	if err != nil || resp.Status != 201 || resp.Decode(&sess) != nil {
+		t.Fatalf("open session: %v %v", resp, err)
+	}
+	hdr := http.Header{protocol.HeaderSession: {sess.SessionID}}
+	polled := make(chan []protocol.POSEvent, 1)
+	go func() {
+		r, err := rest1.Do(kit.Ctx(t), "GET", "/v1/events?wait=30s", nil, hdr)
+		var p struct{ Data []protocol.POSEvent }
+		if err == nil {
+			_ = r.Decode(&p)
+		}
+		polled <- p.Data
+	}()
+	kit.Eventually(t, "the long poll waits on node 1", func() bool { return es[1].App.Hub.Waiting("pk1") })
+	id := es[0].doTxn(t, "pk1", "POST", "/v1/payments", sale("T1", 700, "poll-1"), nil, 201).Transaction.ID
+	startPayment(t, term, id)
+	termSend(t, term, "commandReceived", id, nil)
+	if got := <-polled; len(got) == 0 || got[0].TransactionID != id {
+		t.Fatalf("long poll woke with %+v", got)
+	}
+}

@@ -1,0 +1,323 @@
+package hub
+
+import (
+	"context"
+	"sort"
+	"time"
+
+	"github.com/termhub/termhub/nodes"
+	"github.com/termhub/termhub/protocol"
+)
+
+// The shared records' side of connections coming and going (peers.go).
+
+// claimKey makes c its API key's holder across nodes and displaces the
+// holder on another node. It returns the key's displacements counted
+// across nodes, or -1 to count here (alone, or Redis did not answer: the
+// connection is served all the same). replacedSession: an HTTP event
+// session of the key was ended for c.
+func (h *Hub) claimKey(c *conn, replacedSession bool) int {
+	if h.node == nil {
+		return -1
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, h.opts.RequestTimeout)
+	defer cancel()
+	node, old, flaps, err := h.node.ClaimKey(ctx, c.merchantID, c.keyID, c.id, h.now(), flapWindow, replacedSession)
+	if err != nil {
+		c.log.Warn().Err(err).Msg("could not record the API key's connection in Redis; a connection on another node is not displaced")
+		return -1
+	}
+	if old != "" && node != "" && node != h.node.ID() {
+		allowed := flaps < flapLimit
+		if !allowed {
+			h.mu.Lock()
+			h.conflictLocked(c.keyID, c.merchantID, flaps)
+			h.mu.Unlock()
+		}
+		h.node.Send(node, nodes.Message{Type: msgDisplace, Merchant: c.merchantID, Key: c.keyID, Conn: old, Allowed: allowed})
+	}
+	return flaps
+}
+
+// releaseKey forgets c as its API key's holder, if it still is.
+func (h *Hub) releaseKey(c *conn) {
+	if h.node != nil {
+		h.node.ReleaseKey(c.merchantID, c.keyID, h.node.ID(), c.id)
+	}
+}
+
+// claimDevice makes c its device's holder across nodes, displacing the
+// holder on another node, before the terminal is told it is connected: a
+// terminal greeted by any node is online for payments through every node.
+// It reports false when Redis did not answer (the terminal is served all
+// the same, and the claim tried again with its resume).
+func (h *Hub) claimDevice(c *conn) bool {
+	if h.node == nil {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, h.opts.RequestTimeout)
+	defer cancel()
+	old, epoch, err := h.node.DeviceUp(ctx, c.merchantID, c.deviceID, c.id, h.now())
+	if err != nil {
+		c.log.Warn().Err(err).Msg("could not record the terminal's connection in Redis yet")
+		return false
+	}
+	c.epoch = epoch
+	if old.Status == protocol.TerminalOnline && old.Node != "" && old.Node != h.node.ID() && old.Conn != "" {
+		h.node.Send(old.Node, nodes.Message{Type: msgDisplace, Merchant: c.merchantID, Device: c.deviceID, Conn: old.Conn})
+	}
+	return true
+}
+
+// settleClaim records c as its device's holder after a claim that had
+// failed, and tells everyone (registerTerminal did so here only).
+func (h *Hub) settleClaim(c *conn) bool {
+	if c.epoch != 0 || h.node == nil {
+		return true
+	}
+	if !h.claimDevice(c) {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st := h.stateLocked(c.deviceID)
+	if h.terminals[c.deviceID] == c && c.epoch > st.epoch {
+		st.node, st.epoch = h.node.ID(), c.epoch
+		h.publishStatusLocked(c.merchantID, c.deviceID, st, st.status)
+	}
+	return true
+}
+
+// dropShared handles the end of c, its device's connection here, on the
+// shared record: it starts the grace period if c still held the device
+// (true), or finds that a newer connection or this node's release as dead
+// came first (false: nothing to do, the record is someone else's). An
+// error is Redis not answering.
+func (h *Hub) dropShared(c *conn, until time.Time) (bool, error) {
+	ctx, cancel := context.WithTimeout(h.baseCtx, h.opts.RequestTimeout)
+	defer cancel()
+	epoch, err := h.node.DeviceDown(ctx, c.merchantID, c.deviceID, c.id, until, c.lastSeenAt())
+	if err != nil {
+		return false, err
+	}
+	if epoch == 0 {
+		return false, nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st := h.stateLocked(c.deviceID)
+	if epoch > st.epoch {
+		st.node, st.epoch = h.node.ID(), epoch
+		h.broadcastStatusLocked(c.merchantID, c.deviceID, st, protocol.TerminalStatusUpdate{
+			Action: protocol.ActionTerminalStatusUpdate, TerminalID: c.deviceID, ConnectionID: c.id,
+			Status: st.status, PreviousStatus: protocol.TerminalOnline, Timestamp: h.now(),
+		})
+	}
+	return true, nil
+}
+
+// expireShared turns a device whose grace period is due offline, if no
+// other node did (the grace set's member is claimed once).
+func (h *Hub) expireShared(merchantID, deviceID string) {
+	ctx, cancel := context.WithTimeout(h.baseCtx, h.opts.RequestTimeout)
+	defer cancel()
+	epoch, err := h.node.ExpireGrace(ctx, merchantID, deviceID, h.now())
+	if err != nil {
+		h.log.Warn().Err(err).Str("deviceId", deviceID).Msg("could not end the grace period in Redis; the next sweep tries again")
+		return
+	}
+	if epoch == 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st := h.stateLocked(deviceID)
+	if epoch <= st.epoch {
+		return
+	}
+	prev := st.status
+	h.stopGraceLocked(st)
+	st.status, st.graceUntil, st.epoch = protocol.TerminalOffline, time.Time{}, epoch
+	h.publishStatusLocked(merchantID, deviceID, st, prev)
+	h.log.Info().Str("deviceId", deviceID).Msg("grace period expired: terminal offline")
+}
+
+// Tick runs the sweeps every node runs at its heartbeat (nodes.Handler):
+// grace periods that fell due, whoever started them (a node that died
+// cannot end its own).
+func (h *Hub) Tick() {
+	now := h.now()
+	for _, m := range h.Directory().MerchantIDs() {
+		ctx, cancel := context.WithTimeout(h.baseCtx, h.opts.RequestTimeout)
+		due, err := h.node.DueGraces(ctx, m, now)
+		cancel()
+		if err != nil {
+			continue
+		}
+		for _, d := range due {
+			h.expireShared(m, d)
+		}
+	}
+}
+
+// allDevices lists every configured device.
+func (h *Hub) allDevices() []nodes.DeviceRef {
+	dir := h.Directory()
+	var refs []nodes.DeviceRef
+	for _, m := range dir.MerchantIDs() {
+		for _, t := range dir.Terminals(m) {
+			refs = append(refs, nodes.DeviceRef{Merchant: m, Device: t.DeviceID})
+		}
+	}
+	return refs
+}
+
+// NodeDead releases what a dead node held (nodes.Handler; on the one node
+// that claimed it): its devices that were online go reconnecting with a
+// grace period from now, their transactions' grace starts (CONTRACT §8),
+// and its API keys are free.
+func (h *Hub) NodeDead(id string) {
+	ctx, cancel := context.WithTimeout(h.baseCtx, 4*h.opts.RequestTimeout)
+	defer cancel()
+	refs := h.allDevices()
+	recs, err := h.node.Devices(ctx, refs)
+	if err != nil {
+		h.log.Error().Err(err).Str("deadNode", id).Msg("could not read the dead node's devices")
+	}
+	until := h.now().Add(h.opts.GracePeriod)
+	for i, rec := range recs {
+		if rec.Node != id || rec.Status != protocol.TerminalOnline {
+			continue
+		}
+		h.takeDevice(ctx, refs[i], rec, until, true)
+	}
+	var keys []nodes.KeyRef
+	dir := h.Directory()
+	for _, m := range dir.MerchantIDs() {
+		for _, k := range dir.KeyIDs(m) {
+			keys = append(keys, nodes.KeyRef{Merchant: m, Key: k})
+		}
+	}
+	holders, err := h.node.KeyHolders(ctx, keys)
+	if err == nil {
+		for i, n := range holders {
+			if n == id {
+				h.node.ReleaseKey(keys[i].Merchant, keys[i].Key, id, "")
+			}
+		}
+	}
+	h.forgetNode(id)
+	h.node.Broadcast(nodes.Message{Type: msgDead, Node: id})
+}
+
+// takeDevice takes a device that rec says a node holds which no longer
+// does: reconnecting until until (its transactions' grace started) or,
+// with until zero, offline. It reports the grace deadline it set (zero
+// when the record had changed meanwhile); tell: it starts the grace of
+// the device's transactions too.
+func (h *Hub) takeDevice(ctx context.Context, ref nodes.DeviceRef, rec nodes.Device, until time.Time, tell bool) time.Time {
+	epoch, err := h.node.Demote(ctx, ref.Merchant, ref.Device, rec.Node, rec.Epoch, until)
+	if err != nil || epoch == 0 {
+		return time.Time{}
+	}
+	h.mu.Lock()
+	st := h.stateLocked(ref.Device)
+	if epoch > st.epoch {
+		prev := st.status
+		h.stopGraceLocked(st)
+		st.node, st.epoch, st.graceUntil = "", epoch, until
+		st.status = protocol.TerminalOffline
+		if !until.IsZero() {
+			st.status = protocol.TerminalReconnecting
+			seq, merchant, device, connID := st.graceSeq, ref.Merchant, ref.Device, st.connID
+			st.grace = h.clock.AfterFunc(until.Sub(h.now()), func() { h.graceExpired(merchant, device, connID, seq) })
+		}
+		h.publishStatusLocked(ref.Merchant, ref.Device, st, prev)
+	}
+	h.mu.Unlock()
+	if until.IsZero() || h.opts.Engine == nil || !tell {
+		return until
+	}
+	if err := h.opts.Engine.TerminalDropped(ctx, ref.Merchant, ref.Device, until); err != nil {
+		h.log.Error().Err(err).Str("deviceId", ref.Device).Msg("could not start the grace period of the released terminal's transactions")
+	}
+	return until
+}
+
+// LoadShared reads what the other nodes hold before this one serves:
+// every device's record and the connections of every live node.
+func (h *Hub) LoadShared(ctx context.Context) error {
+	if h.node == nil {
+		return nil
+	}
+	refs := h.allDevices()
+	recs, err := h.node.Devices(ctx, refs)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	for i, rec := range recs {
+		st := h.stateLocked(refs[i].Device)
+		st.status, st.connID, st.node, st.epoch, st.graceUntil, st.lastSeen = rec.Status, rec.Conn, rec.Node, rec.Epoch, rec.GraceUntil, rec.LastSeen
+		if st.status == "" {
+			st.status = protocol.TerminalOffline
+		}
+	}
+	h.mu.Unlock()
+	live := h.node.LiveIDs()
+	ids := make([]string, 0, len(live))
+	for id := range live {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		if id == h.node.ID() {
+			continue
+		}
+		conns, err := h.node.Conns(ctx, id)
+		if err != nil {
+			return err
+		}
+		for _, raw := range conns {
+			h.applyConn(nodes.Message{Type: msgConnUp, Body: []byte(raw)})
+		}
+	}
+	return nil
+}
+
+// TakeOver is what a starting node does with a device (package app): one
+// held by a node that is not alive (dead, or this node's previous run)
+// is taken from it — reconnecting with a grace period from now when it
+// has work in flight (returned, for its transactions' grace), else
+// offline. A device online on a live node is left alone. With busy and no
+// record, the device is marked reconnecting as on a lone hub.
+func (h *Hub) TakeOver(ctx context.Context, merchantID, deviceID string, busy bool) time.Time {
+	if h.node == nil {
+		if !busy {
+			return time.Time{}
+		}
+		return h.MarkReconnecting(merchantID, deviceID)
+	}
+	recs, err := h.node.Devices(ctx, []nodes.DeviceRef{{Merchant: merchantID, Device: deviceID}})
+	if err != nil || len(recs) != 1 {
+		return time.Time{}
+	}
+	rec := recs[0]
+	offline := rec.Status == protocol.TerminalOffline || rec.Status == ""
+	if !offline && rec.Node != "" && rec.Node != h.node.ID() && h.node.Live(rec.Node) {
+		return time.Time{} // online or in its grace on another node: that node's
+	}
+	if rec.Status == protocol.TerminalOffline || rec.Status == "" {
+		if !busy {
+			return time.Time{}
+		}
+	}
+	if rec.Status == protocol.TerminalReconnecting && !busy {
+		return time.Time{} // its grace runs out in the shared sweep
+	}
+	var until time.Time
+	if busy {
+		until = h.now().Add(h.opts.GracePeriod)
+	}
+	return h.takeDevice(ctx, nodes.DeviceRef{Merchant: merchantID, Device: deviceID}, rec, until, false)
+}
