@@ -139,7 +139,7 @@ type Config struct {
 	// NodeTimeout is how long a node may go unheard before the others
 	// treat it as dead and release its connections.
 	NodeTimeout Duration `yaml:"node_timeout"`
-	OpsToken          string   `yaml:"ops_token"`
+	OpsToken    string   `yaml:"ops_token"`
 	// OpsCookieSecure marks the ops session cookie Secure although the hub
 	// itself serves plain HTTP (a TLS-terminating proxy in front). With
 	// TLSCertFile the cookie is Secure anyway.
