@@ -1,5 +1,5 @@
 // Package apptest starts a whole termhub App for a test: the configuration
-// parsed from YAML, a Redis from internal/redistest, a fake clock, the App
+// parsed from YAML, a Redis (or Redis Cluster) from internal/redistest, a fake clock, the App
 // started and served by an httptest server, and all of it drained and closed
 // when the test ends; and peers dialled to it. It is test support, like
 // internal/redistest. The parts of the harness that need no App (the test
@@ -11,9 +11,11 @@ import (
 	"io"
 	"net/http/httptest"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/app"
@@ -40,8 +42,12 @@ type Env struct {
 	Clock *clock.Fake
 	// Srv serves App.Handler.
 	Srv *httptest.Server
-	// Redis is the test's Redis; Config.KeyPrefix is its Prefix.
+	// Redis is the test's Redis; Config.KeyPrefix is its Prefix. On a
+	// cluster (OnCluster, ClusterFor) only its Prefix is set: use Cluster,
+	// or App.Redis.
 	Redis *redistest.Redis
+	// Cluster is the test's Redis Cluster, nil unless the App runs on one.
+	Cluster *redistest.ClusterRedis
 	// Config is the configuration the App was built with.
 	Config config.Config
 }
@@ -53,6 +59,29 @@ type options struct {
 	wallClock bool
 	log       *zerolog.Logger
 	redisURL  string
+	onCluster bool
+}
+
+// OnCluster runs the App on the Redis Cluster named by REDIS_CLUSTER
+// (redistest.Cluster: the test skips when it is not set).
+func OnCluster() Option {
+	return func(o *options) { o.onCluster = true }
+}
+
+// onClusterTests are the tests (ClusterFor) whose every Start runs on the
+// cluster, with the ClusterRedis they share.
+var onClusterTests sync.Map // testing.TB → *redistest.ClusterRedis
+
+// ClusterFor makes every Start of t that names no Redis of its own
+// (OnRedis) run on the Redis Cluster of REDIS_CLUSTER, under one key prefix,
+// and returns it; t skips when REDIS_CLUSTER is not set. It lets a test
+// written for one Redis run unchanged on a cluster (e2e's cluster tests).
+func ClusterFor(t testing.TB) *redistest.ClusterRedis {
+	t.Helper()
+	r := redistest.Cluster(t)
+	onClusterTests.Store(t, r)
+	t.Cleanup(func() { onClusterTests.Delete(t) })
+	return r
 }
 
 // OnRedis runs the App on the real Redis at url (a private server of the
@@ -69,7 +98,8 @@ func WallClock() Option { return func(o *options) { o.wallClock = true } }
 func Logger(log zerolog.Logger) Option { return func(o *options) { o.log = &log } }
 
 // Start parses yamlConfig (with no environment variables), gives it a Redis
-// key prefix of its own, and starts an App on it behind an httptest server.
+// key prefix of its own (on the Redis Cluster with OnCluster or
+// ClusterFor), and starts an App on it behind an httptest server.
 // When t ends the App is drained (for up to 5 s) and the server closed,
 // before the Redis is.
 func Start(t testing.TB, yamlConfig string, opts ...Option) *Env {
@@ -82,14 +112,10 @@ func Start(t testing.TB, yamlConfig string, opts ...Option) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r *redistest.Redis
-	if o.redisURL != "" {
-		r = redistest.Dial(t, o.redisURL)
-	} else {
-		r = redistest.New(t)
-	}
-	cfg.KeyPrefix = r.Prefix
-	e := &Env{Redis: r, Config: cfg}
+	e := &Env{Config: cfg}
+	rdb := e.openRedis(t, o)
+	e.Config.KeyPrefix = e.Redis.Prefix
+	cfg = e.Config
 	var clk clock.Clock // nil: the App's wall clock
 	if !o.wallClock {
 		e.Clock = clock.NewFake(epoch)
@@ -101,7 +127,7 @@ func Start(t testing.TB, yamlConfig string, opts ...Option) *Env {
 	} else if os.Getenv("TERMHUB_TEST_LOG") != "" {
 		log = zerolog.New(zerolog.NewTestWriter(t))
 	}
-	e.App = app.New(cfg, r.Client, clk, log)
+	e.App = app.New(cfg, rdb, clk, log)
 	if err := e.App.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -113,6 +139,27 @@ func Start(t testing.TB, yamlConfig string, opts ...Option) *Env {
 		e.Srv.Close()
 	})
 	return e
+}
+
+// openRedis sets e.Redis (and e.Cluster) to the Redis Start's options
+// name, and returns the client the App is to use.
+func (e *Env) openRedis(t testing.TB, o options) redis.UniversalClient {
+	t.Helper()
+	c, _ := onClusterTests.Load(t)
+	switch {
+	case o.redisURL != "":
+		e.Redis = redistest.Dial(t, o.redisURL)
+	case o.onCluster || c != nil:
+		if c == nil {
+			c = redistest.Cluster(t)
+		}
+		e.Cluster = c.(*redistest.ClusterRedis)
+		e.Redis = &redistest.Redis{Prefix: e.Cluster.Prefix}
+		return e.Cluster.Client
+	default:
+		e.Redis = redistest.New(t)
+	}
+	return e.Redis.Client
 }
 
 // ClientOptions are the options of a client of the App: its URL, and
