@@ -1,9 +1,10 @@
 // Package apptest starts a whole termhub App for a test: the configuration
-// parsed from YAML, a Redis (or Redis Cluster) from internal/redistest, a fake clock, the App
-// started and served by an httptest server, and all of it drained and closed
-// when the test ends; and peers dialled to it. It is test support, like
-// internal/redistest. The parts of the harness that need no App (the test
-// configuration, its secrets, Ctx, Eventually) are in package kit.
+// parsed from YAML, a Redis (or Redis Cluster) from internal/redistest, a
+// fake clock, the App started and served by an httptest server, and all of
+// it drained and closed when the test ends; and peers dialled to it. It is
+// test support, like internal/redistest. The parts of the harness that need
+// no App (the test configuration, its secrets, Ctx, Eventually) are in
+// package kit.
 package apptest
 
 import (
