@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/internal/apptest"
 	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/internal/keys"
@@ -137,4 +139,33 @@ func slotOf(t *testing.T, c *redis.ClusterClient, key string) int64 {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestServeOnCluster: `termhub serve` with redis_cluster (here from
+// TERMHUB_REDIS_CLUSTER) opens a cluster client: it becomes ready, a sale
+// goes through, its transaction is in the cluster, and it is still there
+// for the hub started again after a SIGKILL.
+func TestServeOnCluster(t *testing.T) {
+	c := redistest.Cluster(t)
+	// REDIS_URL (which CI exports) would clash with redis_cluster: blank it.
+	p := newProcessHub(t, "", kit.Config, "TERMHUB_REDIS_CLUSTER="+strings.Join(c.Seeds, ","), "REDIS_URL=",
+		"TERMHUB_KEY_PREFIX="+c.Prefix)
+	p.start()
+	term, pos := dialTerminal(t, p, "T1"), dialPOS(t, p, "pk1")
+	id := completedSale(t, pos, term, "T1", 700, "serve-cluster")
+	ks := keys.Space{Prefix: c.Prefix}
+	if rev, err := c.Client.HGet(kit.Ctx(t), ks.Txn("m1", id), "rev").Int64(); err != nil || rev < 1 {
+		t.Fatalf("transaction %s in the cluster: rev %d, %v", id, rev, err)
+	}
+
+	p.kill9()
+	p.start()
+	resp, err := client.NewHTTP(p.opts(), "pk1", kit.Secrets["pk1"]).Do(kit.Ctx(t), "GET", "/v1/transactions/"+id, nil, nil)
+	if err != nil || resp.Status != 200 {
+		t.Fatalf("GET after the restart: %v %v", resp, err)
+	}
+	var got struct{ Transaction protocol.Transaction }
+	if err := resp.Decode(&got); err != nil || got.Transaction.Status != protocol.StatusCompleted {
+		t.Fatalf("after the restart the sale is %+v (%v), want COMPLETED", got.Transaction, err)
+	}
 }
