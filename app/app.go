@@ -7,6 +7,7 @@ package app
 import (
 	"context"
 	"net/http"
+	"os"
 	"slices"
 	"sort"
 	"sync"
@@ -138,7 +139,9 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 // Shared reports whether cfg makes a node that shares its Redis with
 // others (a Redis of its own, or a node_id): every Redis but the embedded
 // one may be shared, so the node acts as one of several from the start.
-func Shared(cfg config.Config) bool { return cfg.RedisURL != "" || cfg.NodeID != "" }
+func Shared(cfg config.Config) bool {
+	return cfg.RedisURL != "" || cfg.RedisCluster != "" || cfg.NodeID != ""
+}
 
 // claim is the engine's deadline claim: the node's, or none when alone.
 func (a *App) claim() func(ctx context.Context, merchantID, member string, at time.Time) (bool, error) {
@@ -350,6 +353,7 @@ func (a *App) Reload(cfg config.Config) {
 // reload takes effect at the next attempt.
 func (a *App) newWebhooks(cfg config.Config, rdb redis.UniversalClient, ks keys.Space) {
 	a.Webhooks = webhook.New(webhook.Options{
+		Consumer:  webhookConsumer(cfg),
 		Redis:     rdb,
 		Keys:      ks,
 		Clock:     a.Clock,
@@ -358,6 +362,22 @@ func (a *App) newWebhooks(cfg config.Config, rdb redis.UniversalClient, ks keys.
 		Directory: a.Hub.Directory,
 		RetryBase: cfg.WebhookRetryBase.D(),
 	})
+}
+
+// webhookConsumer names this node's consumer of the webhook streams: its
+// node_id, else its host name and listen address — the same after a
+// restart, so that it resumes what it had read (a new name would leave
+// that to another consumer's claim), and different for two nodes on one
+// host.
+func webhookConsumer(cfg config.Config) string {
+	if cfg.NodeID != "" {
+		return cfg.NodeID
+	}
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "termhub"
+	}
+	return host + "/" + cfg.Listen
 }
 
 // webhookStatus is GET /v1/ops/webhooks, behind the ops token (failures

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -93,10 +94,27 @@ func (l *ChildLauncher) cleanup(prefix string) {
 }
 
 // DeletePrefix unlinks every key under prefix, scanning 1,000 at a time,
-// for at most limit.
+// for at most limit. On a Redis Cluster each master is scanned (a SCAN
+// sees one node's keys) and its keys are unlinked one command each in a
+// pipeline: keys of different slots cannot share an UNLINK.
 func DeletePrefix(ctx context.Context, rdb redis.UniversalClient, prefix string, limit time.Duration) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		return deletePrefixOn(ctx, rdb, prefix)
+	}
+	var total atomic.Int64
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+		d, err := deletePrefixOn(ctx, n, prefix)
+		total.Add(int64(d))
+		return err
+	})
+	return int(total.Load()), err
+}
+
+// deletePrefixOn is DeletePrefix on one server.
+func deletePrefixOn(ctx context.Context, rdb redis.Cmdable, prefix string) (int, error) {
 	var cursor uint64
 	n := 0
 	for {
@@ -105,7 +123,11 @@ func DeletePrefix(ctx context.Context, rdb redis.UniversalClient, prefix string,
 			return n, err
 		}
 		if len(keys) > 0 {
-			if err := rdb.Unlink(ctx, keys...).Err(); err != nil {
+			pipe := rdb.Pipeline()
+			for _, k := range keys {
+				pipe.Unlink(ctx, k)
+			}
+			if _, err := pipe.Exec(ctx); err != nil {
 				return n, err
 			}
 			n += len(keys)

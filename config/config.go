@@ -140,6 +140,9 @@ type Config struct {
 	// treat it as dead and release its connections.
 	NodeTimeout Duration `yaml:"node_timeout"`
 	OpsToken    string   `yaml:"ops_token"`
+	// RedisCluster is the seed host:port addresses of a Redis Cluster,
+	// comma-separated; exclusive with RedisURL (cluster.go).
+	RedisCluster string `yaml:"redis_cluster"`
 	// OpsCookieSecure marks the ops session cookie Secure although the hub
 	// itself serves plain HTTP (a TLS-terminating proxy in front). With
 	// TLSCertFile the cookie is Secure anyway.
@@ -341,6 +344,7 @@ func applyEnv(cfg *Config, getenv func(string) string) error {
 	}
 	str("listen", &cfg.Listen)
 	str("redis_url", &cfg.RedisURL)
+	str("redis_cluster", &cfg.RedisCluster)
 	str("key_prefix", &cfg.KeyPrefix)
 	str("node_id", &cfg.NodeID)
 	str("ops_token", &cfg.OpsToken)
@@ -467,6 +471,9 @@ func (c *Config) validateServer() error {
 	}
 	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") && !strings.HasPrefix(c.RedisURL, "unix://") {
 		return bad("redis_url", "must start with redis://, rediss:// or unix://, or be empty for the embedded store")
+	}
+	if err := c.validateCluster(); err != nil {
+		return err
 	}
 	for _, d := range []struct {
 		name string

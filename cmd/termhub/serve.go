@@ -58,11 +58,15 @@ func (w httpErrorWriter) Write(p []byte) (int, error) {
 // seconds while Redis does not answer, until ctx ends.
 func startApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (*redisx.Store, *app.App, error) {
 	for attempt := 0; ; attempt++ {
-		store, err := redisx.Open(ctx, cfg.RedisURL, cfg.RequestTimeout.D())
+		store, err := openStore(ctx, cfg)
 		if err == nil {
-			if store.Embedded {
+			switch {
+			case store.Embedded:
 				log.Warn().Msg("running on the embedded in-process Redis: nothing survives a restart (set redis_url for durability)")
-			} else if attempt == 0 {
+			case attempt > 0:
+			case cfg.RedisCluster != "":
+				log.Info().Int("seeds", len(cfg.ClusterSeeds())).Msg("using the Redis Cluster from redis_cluster")
+			default:
 				log.Info().Msg("using Redis from redis_url")
 			}
 			a := app.New(cfg, store.Client, nil, log)
@@ -73,7 +77,7 @@ func startApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (*redi
 			store.Close()
 		}
 		var perr *redisx.ParseError
-		if errors.As(err, &perr) || cfg.RedisURL == "" {
+		if errors.As(err, &perr) || (cfg.RedisURL == "" && cfg.RedisCluster == "") {
 			return nil, nil, err
 		}
 		log.Error().Err(err).Msg("Redis does not answer at start-up: waiting for it")
@@ -83,6 +87,15 @@ func startApp(ctx context.Context, cfg config.Config, log zerolog.Logger) (*redi
 		case <-time.After(min(time.Duration(attempt+1)*time.Second, 5*time.Second)):
 		}
 	}
+}
+
+// openStore opens the Redis the configuration names: a Redis Cluster
+// (redis_cluster), one server (redis_url), or the embedded one.
+func openStore(ctx context.Context, cfg config.Config) (*redisx.Store, error) {
+	if seeds := cfg.ClusterSeeds(); seeds != nil {
+		return redisx.OpenCluster(ctx, seeds, cfg.RequestTimeout.D())
+	}
+	return redisx.Open(ctx, cfg.RedisURL, cfg.RequestTimeout.D())
 }
 
 func runServe(args []string) error {

@@ -1,9 +1,10 @@
 // Package apptest starts a whole termhub App for a test: the configuration
-// parsed from YAML, a Redis from internal/redistest, a fake clock, the App
-// started and served by an httptest server, and all of it drained and closed
-// when the test ends; and peers dialled to it. It is test support, like
-// internal/redistest. The parts of the harness that need no App (the test
-// configuration, its secrets, Ctx, Eventually) are in package kit.
+// parsed from YAML, a Redis (or Redis Cluster) from internal/redistest, a
+// fake clock, the App started and served by an httptest server, and all of
+// it drained and closed when the test ends; and peers dialled to it. It is
+// test support, like internal/redistest. The parts of the harness that need
+// no App (the test configuration, its secrets, Ctx, Eventually) are in
+// package kit.
 package apptest
 
 import (
@@ -12,9 +13,11 @@ import (
 	"io"
 	"net/http/httptest"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/app"
@@ -41,8 +44,12 @@ type Env struct {
 	Clock *clock.Fake
 	// Srv serves App.Handler.
 	Srv *httptest.Server
-	// Redis is the test's Redis; Config.KeyPrefix is its Prefix.
+	// Redis is the test's Redis; Config.KeyPrefix is its Prefix. On a
+	// cluster (OnCluster, ClusterFor) only its Prefix is set: use Cluster,
+	// or App.Redis.
 	Redis *redistest.Redis
+	// Cluster is the test's Redis Cluster, nil unless the App runs on one.
+	Cluster *redistest.ClusterRedis
 	// Config is the configuration the App was built with.
 	Config config.Config
 }
@@ -54,6 +61,29 @@ type options struct {
 	wallClock bool
 	log       *zerolog.Logger
 	redisURL  string
+	onCluster bool
+}
+
+// OnCluster runs the App on the Redis Cluster named by REDIS_CLUSTER
+// (redistest.Cluster: the test skips when it is not set).
+func OnCluster() Option {
+	return func(o *options) { o.onCluster = true }
+}
+
+// onClusterTests are the tests (ClusterFor) whose every Start runs on the
+// cluster, with the ClusterRedis they share.
+var onClusterTests sync.Map // testing.TB → *redistest.ClusterRedis
+
+// ClusterFor makes every Start of t that names no Redis of its own
+// (OnRedis) run on the Redis Cluster of REDIS_CLUSTER, under one key prefix,
+// and returns it; t skips when REDIS_CLUSTER is not set. It lets a test
+// written for one Redis run unchanged on a cluster (e2e's cluster tests).
+func ClusterFor(t testing.TB) *redistest.ClusterRedis {
+	t.Helper()
+	r := redistest.Cluster(t)
+	onClusterTests.Store(t, r)
+	t.Cleanup(func() { onClusterTests.Delete(t) })
+	return r
 }
 
 // OnRedis runs the App on the real Redis at url (a private server of the
@@ -70,7 +100,8 @@ func WallClock() Option { return func(o *options) { o.wallClock = true } }
 func Logger(log zerolog.Logger) Option { return func(o *options) { o.log = &log } }
 
 // Start parses yamlConfig (with no environment variables), gives it a Redis
-// key prefix of its own, and starts an App on it behind an httptest server.
+// key prefix of its own (on the Redis Cluster with OnCluster or
+// ClusterFor), and starts an App on it behind an httptest server.
 // When t ends the App is drained (for up to 5 s) and the server closed,
 // before the Redis is.
 func Start(t testing.TB, yamlConfig string, opts ...Option) *Env {
@@ -83,22 +114,17 @@ func Start(t testing.TB, yamlConfig string, opts ...Option) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r *redistest.Redis
-	if o.redisURL != "" {
-		r = redistest.Dial(t, o.redisURL)
-	} else {
-		r = redistest.New(t)
-	}
-	var clk *clock.Fake
+	e := &Env{Config: cfg}
+	rdb := e.openRedis(t, o)
 	if !o.wallClock {
-		clk = clock.NewFake(epoch)
+		e.Clock = clock.NewFake(epoch)
 	}
-	return startOn(t, cfg, r, clk, o)
+	return e.start(t, rdb, o)
 }
 
-// StartNodes starts n Apps of yamlConfig on one Redis and one fake clock
-// (CONTRACT §12): nodes "node-0" … "node-<n-1>" of one hub, each behind
-// its own httptest server.
+// StartNodes starts n Apps of yamlConfig on one Redis (or Redis Cluster,
+// as Start chooses) and one fake clock (CONTRACT §12): nodes "node-0" …
+// "node-<n-1>" of one hub, each behind its own httptest server.
 func StartNodes(t testing.TB, yamlConfig string, n int, opts ...Option) []*Env {
 	t.Helper()
 	var o options
@@ -109,39 +135,35 @@ func StartNodes(t testing.TB, yamlConfig string, n int, opts ...Option) []*Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r *redistest.Redis
-	if o.redisURL != "" {
-		r = redistest.Dial(t, o.redisURL)
-	} else {
-		r = redistest.New(t)
-	}
-	var clk *clock.Fake
+	first := &Env{Config: cfg}
+	rdb := first.openRedis(t, o)
 	if !o.wallClock {
-		clk = clock.NewFake(epoch)
+		first.Clock = clock.NewFake(epoch)
 	}
 	envs := make([]*Env, n)
 	for i := range envs {
-		c := cfg
-		c.NodeID = fmt.Sprintf("node-%d", i)
-		envs[i] = startOn(t, c, r, clk, o)
+		e := &Env{Config: cfg, Redis: first.Redis, Cluster: first.Cluster, Clock: first.Clock}
+		e.Config.NodeID = fmt.Sprintf("node-%d", i)
+		envs[i] = e.start(t, rdb, o)
 	}
 	return envs
 }
 
-// startOn starts an App of cfg on r (the key prefix is r's) and clk (nil:
-// the wall clock).
-func startOn(t testing.TB, cfg config.Config, r *redistest.Redis, clk *clock.Fake, o options) *Env {
+// start starts e's App on rdb, under e.Redis's key prefix and on e.Clock
+// (nil: the wall clock). On a real Redis or a cluster the App is a node
+// that may share it, as `termhub serve` with redis_url or redis_cluster is.
+func (e *Env) start(t testing.TB, rdb redis.UniversalClient, o options) *Env {
 	t.Helper()
-	cfg.KeyPrefix = r.Prefix
-	if r.URL != "" {
-		// A Redis of its own makes the App a node that may share it, as
-		// `termhub serve` with redis_url does.
-		cfg.RedisURL = r.URL
+	e.Config.KeyPrefix = e.Redis.Prefix
+	switch {
+	case e.Cluster != nil:
+		e.Config.RedisCluster = os.Getenv("REDIS_CLUSTER")
+	case e.Redis.URL != "":
+		e.Config.RedisURL = e.Redis.URL
 	}
-	e := &Env{Redis: r, Config: cfg, Clock: clk}
-	var c clock.Clock // nil: the App's wall clock
-	if clk != nil {
-		c = clk
+	var clk clock.Clock // nil: the App's wall clock
+	if e.Clock != nil {
+		clk = e.Clock
 	}
 	log := zerolog.New(io.Discard)
 	if o.log != nil {
@@ -149,7 +171,7 @@ func startOn(t testing.TB, cfg config.Config, r *redistest.Redis, clk *clock.Fak
 	} else if os.Getenv("TERMHUB_TEST_LOG") != "" {
 		log = zerolog.New(zerolog.NewTestWriter(t))
 	}
-	e.App = app.New(cfg, r.Client, c, log)
+	e.App = app.New(e.Config, rdb, clk, log)
 	if err := e.App.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -161,6 +183,27 @@ func startOn(t testing.TB, cfg config.Config, r *redistest.Redis, clk *clock.Fak
 		e.Srv.Close()
 	})
 	return e
+}
+
+// openRedis sets e.Redis (and e.Cluster) to the Redis Start's options
+// name, and returns the client the App is to use.
+func (e *Env) openRedis(t testing.TB, o options) redis.UniversalClient {
+	t.Helper()
+	c, _ := onClusterTests.Load(t)
+	switch {
+	case o.redisURL != "":
+		e.Redis = redistest.Dial(t, o.redisURL)
+	case o.onCluster || c != nil:
+		if c == nil {
+			c = redistest.Cluster(t)
+		}
+		e.Cluster = c.(*redistest.ClusterRedis)
+		e.Redis = &redistest.Redis{Prefix: e.Cluster.Prefix}
+		return e.Cluster.Client
+	default:
+		e.Redis = redistest.New(t)
+	}
+	return e.Redis.Client
 }
 
 // ClientOptions are the options of a client of the App: its URL, and

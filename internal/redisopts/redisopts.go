@@ -40,3 +40,25 @@ func Configure(o *redis.Options, requestTimeout time.Duration) {
 	o.PoolTimeout = requestTimeout
 	o.ContextTimeoutEnabled = true
 }
+
+// ConfigureCluster applies Configure's settings to the options of a Redis
+// Cluster client, for the connections to every node alike, and turns off
+// the cluster client's own retries: it would send a command again after
+// an error (a timeout, a dropped connection) under the heading of
+// following a redirect, and MaxRedirects bounds both. A MOVED or ASK reply
+// (the cluster's slots moving, or a failover) is then an error to the
+// caller like any refusal — the command was not run — and the client
+// reloads the slot map, so the next command goes to the right node.
+func ConfigureCluster(o *redis.ClusterOptions, requestTimeout time.Duration) {
+	var one redis.Options
+	one.PoolSize = o.PoolSize
+	Configure(&one, requestTimeout)
+	o.PoolSize = one.PoolSize
+	o.MaxRetries = one.MaxRetries
+	o.DialTimeout = one.DialTimeout
+	o.ReadTimeout = one.ReadTimeout
+	o.WriteTimeout = one.WriteTimeout
+	o.PoolTimeout = one.PoolTimeout
+	o.ContextTimeoutEnabled = one.ContextTimeoutEnabled
+	o.MaxRedirects = -1 // none: see above
+}

@@ -1,6 +1,8 @@
 // Package redistest gives tests a Redis: miniredis by default, or the real
-// server named by REDIS_URL (CI sets it). Each test gets its own key prefix
-// and its keys are deleted afterwards, so packages may share one server.
+// server named by REDIS_URL (CI sets it); and, for the cluster tests, the
+// Redis Cluster named by REDIS_CLUSTER (Cluster). Each test gets its own key
+// prefix and its keys are deleted afterwards, so packages may share one
+// server.
 package redistest
 
 import (
@@ -8,6 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -79,4 +82,63 @@ func newPrefix() string {
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
 	return "test:" + hex.EncodeToString(b) + ":"
+}
+
+// ClusterEnv names the environment variable that holds the seed addresses
+// (host:port, comma-separated) of the Redis Cluster for Cluster.
+const ClusterEnv = "REDIS_CLUSTER"
+
+// ClusterSkip is why a cluster test skips when ClusterEnv is not set.
+const ClusterSkip = "REDIS_CLUSTER not set: set it to a Redis Cluster's seed addresses (.ci/run starts one) to run the cluster tests"
+
+// ClusterRedis is a test's Redis Cluster.
+type ClusterRedis struct {
+	// Client is configured as the hub's (redisopts.ConfigureCluster).
+	Client *redis.ClusterClient
+	// Prefix is this test's key prefix; pass it to every store.
+	Prefix string
+	// Seeds are the addresses from REDIS_CLUSTER.
+	Seeds []string
+}
+
+// Cluster returns the Redis Cluster named by REDIS_CLUSTER for t, with a
+// key prefix of its own whose keys are deleted from every master when t
+// ends. It skips t when REDIS_CLUSTER is not set.
+func Cluster(t testing.TB) *ClusterRedis {
+	t.Helper()
+	env := os.Getenv(ClusterEnv)
+	if strings.TrimSpace(env) == "" {
+		t.Skip(ClusterSkip)
+	}
+	r := &ClusterRedis{Prefix: newPrefix()}
+	for _, s := range strings.Split(env, ",") {
+		r.Seeds = append(r.Seeds, strings.TrimSpace(s))
+	}
+	opts := &redis.ClusterOptions{Addrs: r.Seeds}
+	redisopts.ConfigureCluster(opts, 0)
+	r.Client = redis.NewClusterClient(opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.Client.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+		return n.Ping(ctx).Err()
+	}); err != nil {
+		_ = r.Client.Close()
+		t.Fatalf("Redis Cluster %s does not answer: %v", env, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		// A SCAN sees one node's keys only: each master is scanned, and
+		// its keys deleted there, one at a time (keys of different slots
+		// cannot share a DEL).
+		_ = r.Client.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			iter := n.Scan(ctx, 0, r.Prefix+"*", 1000).Iterator()
+			for iter.Next(ctx) {
+				n.Del(ctx, iter.Val())
+			}
+			return iter.Err()
+		})
+		_ = r.Client.Close()
+	})
+	return r
 }

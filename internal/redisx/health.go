@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -52,8 +53,11 @@ func Refused(err error) bool {
 		return false
 	}
 	msg := re.Error()
+	// MOVED and ASK: a Redis Cluster node that does not (or no longer)
+	// serve the key's slot; the client follows no redirect
+	// (redisopts.ConfigureCluster) but reloads its slot map.
 	for _, p := range []string{"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "OOM",
-		"NOREPLICAS", "MISCONF", "NOSCRIPT"} {
+		"NOREPLICAS", "MISCONF", "NOSCRIPT", "MOVED", "ASK"} {
 		if strings.HasPrefix(msg, p+" ") || msg == p {
 			return true
 		}
@@ -224,6 +228,9 @@ func (h *Health) Check(ctx context.Context) error {
 	defer h.probe.Unlock()
 	ctx = context.WithValue(ctx, probeKey{}, true)
 	v, err := h.readMarker(ctx)
+	if err == nil {
+		err = h.pingMasters(ctx)
+	}
 	if err == nil && (v == "" || h.token != "" && v != h.token) {
 		lost := h.token != ""
 		if v == "" {
@@ -245,6 +252,23 @@ func (h *Health) Check(ctx context.Context) error {
 	}
 	h.set(err)
 	return err
+}
+
+// pingMasters pings every master of a Redis Cluster (nothing for one
+// server): the marker lives in one slot, on one shard, and a shard that
+// does not answer leaves its merchants without their data just the same.
+// Redis is down, and the gate closed, until every master answers.
+func (h *Health) pingMasters(ctx context.Context) error {
+	cc, ok := h.o.Client.(*redis.ClusterClient)
+	if !ok {
+		return nil
+	}
+	return cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+		if err := n.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("master %s: %w", n.Options().Addr, err)
+		}
+		return nil
+	})
 }
 
 func (h *Health) readMarker(ctx context.Context) (string, error) {

@@ -192,7 +192,8 @@ func (redisErr) RedisError()     {}
 func TestRefused(t *testing.T) {
 	for _, msg := range []string{"LOADING Redis is loading the dataset in memory", "BUSY Redis is busy running a script",
 		"READONLY You can't write against a read only replica.", "OOM command not allowed when used memory > 'maxmemory'.",
-		"MASTERDOWN Link with MASTER is down", "NOREPLICAS Not enough good replicas to write.", "NOSCRIPT No matching script."} {
+		"MASTERDOWN Link with MASTER is down", "NOREPLICAS Not enough good replicas to write.", "NOSCRIPT No matching script.",
+		"MOVED 3999 127.0.0.1:7002", "ASK 3999 127.0.0.1:7002"} {
 		if err := redisErr(msg); !redisx.Refused(err) || !redisx.Outage(err) {
 			t.Errorf("%q: Refused %v, Outage %v; want both", msg, redisx.Refused(err), redisx.Outage(err))
 		}
