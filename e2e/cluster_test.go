@@ -48,6 +48,14 @@ var clusterFlows = []struct {
 	{"OpsLogin", TestOpsTokenGuessesAreLimited},
 	{"ListTransactions", TestRESTListTransactions},
 	{"MerchantIsolation", TestMerchantIsolation},
+	// Several nodes on the cluster (node channels sharded).
+	{"NodesPaymentAcrossNodes", TestNodesPaymentAcrossNodes},
+	{"NodesTerminalStatus", TestNodesTerminalStatusIsOneTruth},
+	{"NodesDisplacement", TestNodesDisplacementAcrossNodes},
+	{"NodesOps", TestNodesOpsSeeTheWholeHub},
+	{"NodesNodeDeath", TestNodesNodeDeathMidPayment},
+	{"NodesNodeDeathNoReturn", TestNodesNodeDeathTerminalNeverReturns},
+	{"NodesLongPoll", TestNodesLongPollWokenByAnotherNode},
 }
 
 // TestCluster runs the essential flows on the Redis Cluster of
