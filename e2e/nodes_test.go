@@ -273,3 +273,35 @@ func TestNodesLongPollWokenByAnotherNode(t *testing.T) {
 		t.Fatalf("long poll woke with %+v", got)
 	}
 }
+
+// TestNodesReconnectsAreNotFights: a POS that closes its connection and
+// connects again, to one node then another, displaces nothing and is never
+// told not to come back (its key's record is released when it goes).
+func TestNodesReconnectsAreNotFights(t *testing.T) {
+	es := nodeEnvs(t, 2)
+	for i := range 5 {
+		e := es[i%2]
+		c := e.pos("pk1")
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		kit.Eventually(t, "the key released", func() bool {
+			for _, e := range es {
+				for _, ci := range e.App.Hub.Connections() {
+					if ci.APIKeyID == "pk1" {
+						return false
+					}
+				}
+			}
+			return true
+		})
+	}
+	last := es[0].pos("pk1")
+	term := es[1].terminal("T1")
+	completedSale(t, last, term, "T1", 100, "after-reconnects")
+	for _, e := range es {
+		if n := len(e.App.Hub.Conflicts()); n != 0 {
+			t.Fatalf("conflicts after plain reconnects: %+v", e.App.Hub.Conflicts())
+		}
+	}
+}

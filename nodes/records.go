@@ -230,7 +230,9 @@ func (n *Node) ClaimKey(ctx context.Context, merchantID, apiKey, conn string, no
 func (n *Node) ReleaseKey(merchantID, apiKey, node, conn string) {
 	key := n.opts.Keys.KeyOwner(merchantID, apiKey)
 	n.Queue(func(p redis.Pipeliner) {
-		releaseKeyScript.Run(context.Background(), p, []string{key}, node, conn)
+		// Eval, not Run: in a pipeline Run queues EVALSHA alone, which
+		// fails with NOSCRIPT where the script was never loaded.
+		releaseKeyScript.Eval(context.Background(), p, []string{key}, node, conn)
 	})
 }
 
