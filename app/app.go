@@ -52,6 +52,7 @@ type App struct {
 	Node *nodes.Node
 
 	started time.Time // when Start ran
+	relay   *opsRelay // with several nodes: the ops feeds' transactions from the others
 
 	trimMu sync.Mutex
 	trim   clock.Timer // the next outbox trim; guarded by trimMu
@@ -128,8 +129,12 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 	a.Engine.SetSink(a.Hub)
 	// Ops owns the engine's one observer slot and fans out (Ops.ObserveTransactions).
 	a.Ops = ops.New(ops.Options{Hub: a.Hub, Engine: a.Engine, Token: cfg.OpsToken, Clock: clk, Logger: log,
-		Redis: rdb, Keys: ks, CookieSecure: cfg.OpsCookieSecure, RequestTimeout: cfg.RequestTimeout.D()})
+		Redis: rdb, Keys: ks, CookieSecure: cfg.OpsCookieSecure, RequestTimeout: cfg.RequestTimeout.D(),
+		Watching: a.opsWatching})
 	a.Engine.SetObserver(a.Ops.PublishTransaction)
+	if a.Node != nil {
+		a.relay = newOpsRelay(a)
+	}
 	a.newWebhooks(cfg, rdb, ks)
 	a.Metrics.GaugeFunc("termhub_outbox_depth", "Durable POS messages kept in the outboxes (unacknowledged or within retention).", a.outboxDepth)
 	a.Metrics.GaugeFunc("termhub_deadline_timers", "Transaction deadlines armed in this process.", func() float64 { return float64(a.Engine.ArmedTimers()) })
@@ -141,6 +146,13 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 // one may be shared, so the node acts as one of several from the start.
 func Shared(cfg config.Config) bool {
 	return cfg.RedisURL != "" || cfg.RedisCluster != "" || cfg.NodeID != ""
+}
+
+// opsWatching tells the other nodes whether this one has ops feeds open.
+func (a *App) opsWatching(on bool) {
+	if a.relay != nil {
+		a.relay.watching(on)
+	}
 }
 
 // claim is the engine's deadline claim: the node's, or none when alone.

@@ -4,8 +4,11 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/internal/apptest"
@@ -302,6 +305,36 @@ func TestNodesReconnectsAreNotFights(t *testing.T) {
 	for _, e := range es {
 		if n := len(e.App.Hub.Conflicts()); n != 0 {
 			t.Fatalf("conflicts after plain reconnects: %+v", e.App.Hub.Conflicts())
+		}
+	}
+}
+
+// TestNodesOpsFeedSeesOtherNodesTransactions: a feed on node 0 sees a
+// payment committed on node 1 live.
+func TestNodesOpsFeedSeesOtherNodesTransactions(t *testing.T) {
+	es := nodeEnvs(t, 2)
+	ws, _, err := websocket.Dial(kit.Ctx(t), strings.Replace(es[0].Srv.URL, "http", "ws", 1)+"/v1/ops/ws",
+		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + kit.OpsToken}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws.SetReadLimit(8 << 20)
+	defer ws.CloseNow()
+	kit.Eventually(t, "node 1 knows node 0 watches", func() bool { return es[1].App.OpsRelayWatched() })
+	term := es[1].terminal("T1")
+	pos := es[1].pos("pk1")
+	id := completedSale(t, pos, term, "T1", 300, "feed-1")
+	for {
+		_, b, err := ws.Read(kit.Ctx(t))
+		if err != nil {
+			t.Fatalf("no COMPLETED update of %s on node 0's feed: %v", id, err)
+		}
+		var u struct {
+			Action      string
+			Transaction protocol.Transaction
+		}
+		if json.Unmarshal(b, &u) == nil && u.Action == "transactionUpdate" && u.Transaction.ID == id && u.Transaction.Status == protocol.StatusCompleted {
+			return
 		}
 	}
 }

@@ -142,6 +142,10 @@ type Hub struct {
 	node      *nodes.Node         // nil: alone
 	remote    map[string]ConnInfo // other nodes' connections by id (peers.go); guarded by mu
 	keyOwners map[string]string   // API key → node holding its connection elsewhere; guarded by mu
+	// peerHandlers and tickers are others' business on the bus (OnPeer,
+	// OnTick); guarded by mu.
+	peerHandlers map[string]func(nodes.Message)
+	tickers      []func()
 }
 
 // New builds a Hub.
@@ -156,6 +160,7 @@ func New(opts Options) *Hub {
 		status: map[string]*terminalState{}, flaps: map[string][]time.Time{},
 		conflicts: map[string]*KeyConflict{}, waiters: map[string]chan struct{}{},
 		node: opts.Node, remote: map[string]ConnInfo{}, keyOwners: map[string]string{},
+		peerHandlers: map[string]func(nodes.Message){},
 	}
 	h.dir.Store(opts.Directory)
 	h.metrics = opts.Metrics

@@ -83,7 +83,30 @@ func (h *Hub) Message(m nodes.Message) {
 		if json.Unmarshal(m.Body, &d) == nil {
 			h.disconnectLocal(m.Conn, &d)
 		}
+	default:
+		h.mu.Lock()
+		f := h.peerHandlers[m.Type]
+		h.mu.Unlock()
+		if f != nil {
+			f(m)
+		}
 	}
+}
+
+// OnPeer makes f handle the other nodes' messages of type typ, for what
+// rides on the bus without being the hub's (the ops feed's transaction
+// updates). f runs in the bus's receiving goroutine and must not block.
+func (h *Hub) OnPeer(typ string, f func(nodes.Message)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.peerHandlers[typ] = f
+}
+
+// OnTick adds f to what runs at every heartbeat of the node.
+func (h *Hub) OnTick(f func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.tickers = append(h.tickers, f)
 }
 
 // applyStatus takes another node's change of a device's record, unless

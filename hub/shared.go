@@ -146,6 +146,12 @@ func (h *Hub) expireShared(merchantID, deviceID string) {
 // grace periods that fell due, whoever started them (a node that died
 // cannot end its own).
 func (h *Hub) Tick() {
+	h.mu.Lock()
+	tickers := h.tickers
+	h.mu.Unlock()
+	for _, f := range tickers {
+		f()
+	}
 	now := h.now()
 	for _, m := range h.Directory().MerchantIDs() {
 		ctx, cancel := context.WithTimeout(h.baseCtx, h.opts.RequestTimeout)

@@ -206,6 +206,9 @@ func (s *Server) addFeed(f *feed) bool {
 	if s.ticker == nil {
 		s.armLocked()
 	}
+	if len(s.feeds) == 1 && s.opts.Watching != nil {
+		s.opts.Watching(true)
+	}
 	return true
 }
 
@@ -217,6 +220,9 @@ func (s *Server) removeFeed(f *feed) {
 		s.ticker.Stop()
 		s.ticker = nil
 		s.tickGen++ // a tick already firing does nothing
+	}
+	if len(s.feeds) == 0 && s.opts.Watching != nil {
+		s.opts.Watching(false)
 	}
 	s.wg.Done()
 }

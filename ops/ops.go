@@ -81,6 +81,11 @@ type Options struct {
 	// that it still exists (ending the feed when another hub logged it
 	// out) and refreshes its idle expiry. DefaultSessionCheck when zero.
 	SessionCheck time.Duration
+	// Watching, if set, is told when this server gets its first feed
+	// (true) and loses its last (false): with several nodes, the others
+	// then send their transaction updates here too (PublishRemote). It is
+	// called with the server's lock held and must not block.
+	Watching func(bool)
 	// RequestTimeout bounds each Redis command of a session (config
 	// request_timeout); redisx.DefaultRequestTimeout when zero.
 	RequestTimeout time.Duration
@@ -187,6 +192,25 @@ func (s *Server) PublishTransaction(t *protocol.Transaction) {
 	for _, o := range obs {
 		o(t)
 	}
+}
+
+// PublishRemote queues a transaction another node committed for every
+// feed of this server (not for the observers: they hear of this node's
+// commits only).
+func (s *Server) PublishRemote(t *protocol.Transaction) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	it := item{txn: &txnFrame{t: t}}
+	for f := range s.feeds {
+		f.push(it)
+	}
+}
+
+// Watched reports whether a feed is open on this server.
+func (s *Server) Watched() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.feeds) > 0
 }
 
 // ObserveTransactions adds f to the receivers of every committed
