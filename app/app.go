@@ -130,7 +130,7 @@ func New(cfg config.Config, rdb redis.UniversalClient, clk clock.Clock, log zero
 	// Ops owns the engine's one observer slot and fans out (Ops.ObserveTransactions).
 	a.Ops = ops.New(ops.Options{Hub: a.Hub, Engine: a.Engine, Token: cfg.OpsToken, Clock: clk, Logger: log,
 		Redis: rdb, Keys: ks, CookieSecure: cfg.OpsCookieSecure, RequestTimeout: cfg.RequestTimeout.D(),
-		Watching: a.opsWatching})
+		Watching: a.opsWatching, Nodes: a.Nodes})
 	a.Engine.SetObserver(a.Ops.PublishTransaction)
 	if a.Node != nil {
 		a.relay = newOpsRelay(a)
@@ -287,19 +287,20 @@ func (a *App) Routes() *http.ServeMux {
 	return mux
 }
 
-// handleNodes is GET /v1/ops/nodes: the live nodes of the hub, or this
-// one alone.
-func (a *App) handleNodes(w http.ResponseWriter, r *http.Request) {
+// Nodes lists the live nodes of the hub, or this one alone ("local").
+func (a *App) Nodes(ctx context.Context) ([]nodes.Info, error) {
 	if a.Node == nil {
-		c := a.Hub.Counts()
-		now := a.Clock.Now().UTC()
-		hub.WriteJSON(w, http.StatusOK, map[string]any{"data": []nodes.Info{{ID: "local", Address: a.Config.Listen,
-			StartedAt: a.started, LastSeen: now, Connections: c}}})
-		return
+		return []nodes.Info{{ID: "local", Address: a.Config.Listen, StartedAt: a.started,
+			LastSeen: a.Clock.Now().UTC(), Connections: a.Hub.Counts()}}, nil
 	}
+	return a.Node.Nodes(ctx)
+}
+
+// handleNodes is GET /v1/ops/nodes.
+func (a *App) handleNodes(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), a.Config.RequestTimeout.D())
 	defer cancel()
-	list, err := a.Node.Nodes(ctx)
+	list, err := a.Nodes(ctx)
 	if err != nil {
 		hub.WriteError(w, a.Hub.ClientError(err, a.Log))
 		return

@@ -14,6 +14,7 @@ import (
 
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/hub"
+	"github.com/termhub/termhub/nodes"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/session"
 )
@@ -36,6 +37,7 @@ type Snapshot struct {
 	Connections  []hub.ConnInfo          `json:"connections"` // POS and terminal connections, oldest first
 	Conflicts    []hub.KeyConflict       `json:"conflicts"`
 	Transactions []*protocol.Transaction `json:"transactions"` // the most recent, newest first
+	Nodes        []nodes.Info            `json:"nodes"`        // the live nodes of the hub (docs/cluster.md)
 }
 
 // TerminalRow is a terminal of the snapshot: the row of GET /v1/ops/terminals
@@ -70,6 +72,7 @@ type Heartbeats struct {
 	ServerTime  time.Time           `json:"serverTime"`
 	Terminals   []TerminalHeartbeat `json:"terminals"`
 	Connections []ConnectionSeen    `json:"connections"`
+	Nodes       []nodes.Info        `json:"nodes"` // the live nodes, as in the snapshot
 }
 
 // TerminalHeartbeat is a connected terminal's last sign of life.
@@ -77,12 +80,14 @@ type TerminalHeartbeat struct {
 	TerminalID    string    `json:"terminalId"`
 	ConnectionID  string    `json:"connectionId"`
 	LastHeartbeat time.Time `json:"lastHeartbeat"`
+	Node          string    `json:"node,omitempty"` // the node it is on (several nodes)
 }
 
 // ConnectionSeen is a connection's last sign of life.
 type ConnectionSeen struct {
 	ConnectionID string    `json:"connectionId"`
 	LastSeen     time.Time `json:"lastSeen"`
+	Node         string    `json:"node,omitempty"` // the node it is on (several nodes)
 }
 
 // Conflicts is the fighting-keys list, sent when it changes.
@@ -254,14 +259,31 @@ func (s *Server) tick(gen uint64) {
 }
 
 func (s *Server) heartbeats() Heartbeats {
-	hb := Heartbeats{Action: ActionHeartbeats, ServerTime: s.now(), Terminals: []TerminalHeartbeat{}, Connections: []ConnectionSeen{}}
+	hb := Heartbeats{Action: ActionHeartbeats, ServerTime: s.now(), Terminals: []TerminalHeartbeat{}, Connections: []ConnectionSeen{},
+		Nodes: s.nodes(context.Background())}
 	for _, c := range s.hub.Connections() {
-		hb.Connections = append(hb.Connections, ConnectionSeen{ConnectionID: c.ConnectionID, LastSeen: c.LastSeen})
+		hb.Connections = append(hb.Connections, ConnectionSeen{ConnectionID: c.ConnectionID, LastSeen: c.LastSeen, Node: c.Node})
 		if c.Kind == hub.KindTerminal {
-			hb.Terminals = append(hb.Terminals, TerminalHeartbeat{TerminalID: c.DeviceID, ConnectionID: c.ConnectionID, LastHeartbeat: c.LastSeen})
+			hb.Terminals = append(hb.Terminals, TerminalHeartbeat{TerminalID: c.DeviceID, ConnectionID: c.ConnectionID, LastHeartbeat: c.LastSeen, Node: c.Node})
 		}
 	}
 	return hb
+}
+
+// nodes lists the live nodes (Options.Nodes), or none when they cannot be
+// read within a second: the feed goes on without them.
+func (s *Server) nodes(ctx context.Context) []nodes.Info {
+	if s.opts.Nodes == nil {
+		return []nodes.Info{}
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	list, err := s.opts.Nodes(ctx)
+	if err != nil {
+		s.log.Debug().Err(err).Msg("ops feed without the node list: Redis did not answer")
+		return []nodes.Info{}
+	}
+	return list
 }
 
 func (s *Server) now() time.Time { return s.opts.Clock.Now().UTC() }
@@ -398,7 +420,7 @@ func (s *Server) snapshot(ctx context.Context) Snapshot {
 	snap := Snapshot{
 		Action: ActionSnapshot, ServerTime: s.now(),
 		Connections: nonNil(s.hub.Connections()), Conflicts: nonNil(s.hub.Conflicts()),
-		Terminals: []TerminalRow{}, Transactions: s.recent(ctx),
+		Terminals: []TerminalRow{}, Transactions: s.recent(ctx), Nodes: s.nodes(ctx),
 	}
 	byID := make(map[string]*protocol.Transaction, len(snap.Transactions))
 	for _, t := range snap.Transactions {

@@ -26,6 +26,7 @@ import (
 
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/hub"
+	"github.com/termhub/termhub/nodes"
 	"github.com/termhub/termhub/internal/keys"
 	"github.com/termhub/termhub/internal/redisx"
 	"github.com/termhub/termhub/protocol"
@@ -81,6 +82,9 @@ type Options struct {
 	// that it still exists (ending the feed when another hub logged it
 	// out) and refreshes its idle expiry. DefaultSessionCheck when zero.
 	SessionCheck time.Duration
+	// Nodes lists the live nodes of the hub for the feed's snapshot and
+	// heartbeats (GET /v1/ops/nodes); nil lists none.
+	Nodes func(ctx context.Context) ([]nodes.Info, error)
 	// Watching, if set, is told when this server gets its first feed
 	// (true) and loses its last (false): with several nodes, the others
 	// then send their transaction updates here too (PublishRemote). It is

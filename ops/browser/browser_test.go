@@ -92,6 +92,14 @@ func eval[T any](t *testing.T, ctx context.Context, js string) T {
 	return v
 }
 
+// nodeID is the id the hub lists itself under.
+func nodeID(h *apptest.Env) string {
+	if h.App.Node == nil {
+		return "local"
+	}
+	return h.App.Node.ID()
+}
+
 func TestDashboardInChromium(t *testing.T) {
 	exe := chromium(t)
 	start := time.Now()
@@ -179,6 +187,9 @@ func TestDashboardInChromium(t *testing.T) {
 		chromedp.WaitReady(chromedp.CSS(`#feed-state[data-state="live"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#terminals tr[data-terminal="TERM-001"][data-status="offline"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#terminals tr[data-terminal="CAFE-01"][data-merchant="m_cafe"]`)),
+		// The nodes panel lists this hub ("local" alone, its node id on a
+		// Redis it may share).
+		chromedp.WaitVisible(chromedp.CSS(`#nodes tr[data-node="`+nodeID(h)+`"]`)),
 	)
 	if c := eval[string](t, bctx, `document.cookie`); c != "" {
 		t.Fatalf("the session cookie is visible to scripts (not HttpOnly): %q", c)

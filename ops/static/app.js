@@ -18,6 +18,7 @@
     terminals: new Map(),   // terminalId → row data
     connections: new Map(), // connectionId → ConnInfo (POS and terminal)
     conflicts: [],
+    nodes: [],              // the live nodes of the hub (NodeInfo)
     txns: new Map(),        // transaction id → transaction
     offset: 0               // hub clock minus browser clock, ms
   };
@@ -199,9 +200,12 @@
       state.terminals.set(t.terminalId, {
         terminalId: t.terminalId, merchantId: t.merchantId, label: t.label, status: t.status,
         connectionId: t.connectionId || '', lastHeartbeat: t.lastHeartbeat || null,
-        txnId: t.currentTransactionId || '', txnStatus: t.currentTransactionStatus || ''
+        txnId: t.currentTransactionId || '', txnStatus: t.currentTransactionStatus || '',
+        node: t.node || ''
       });
     });
+    state.nodes = s.nodes || [];
+    renderNodes();
     (s.connections || []).forEach(function (c) { state.connections.set(c.connectionId, c); });
     state.conflicts = s.conflicts || [];
     (s.transactions || []).slice().reverse().forEach(function (t) { applyTransaction(t, false); });
@@ -267,12 +271,16 @@
     syncClock(h.serverTime);
     (h.terminals || []).forEach(function (x) {
       var t = state.terminals.get(x.terminalId);
-      if (t && t.connectionId === x.connectionId) t.lastHeartbeat = x.lastHeartbeat;
+      if (t && t.connectionId === x.connectionId) {
+        t.lastHeartbeat = x.lastHeartbeat;
+        if ((x.node || '') !== (t.node || '')) { t.node = x.node || ''; renderTerminal(t, false); }
+      }
     });
     (h.connections || []).forEach(function (x) {
       var c = state.connections.get(x.connectionId);
       if (c) c.lastSeen = x.lastSeen;
     });
+    if (h.nodes) { state.nodes = h.nodes; renderNodes(); }
     renderAges();
   }
 
@@ -366,6 +374,7 @@
     c[3].textContent = '';
     c[3].appendChild(statusBadge('s-', t.status));
     codeCell(c[4], t.connectionId);
+    nodeNote(c[4], t.connectionId && t.node);
     c[5].textContent = '';
     if (t.txnId) {
       var wrap = el('span', 'txn-cell');
@@ -398,6 +407,7 @@
     tr.dataset.apiKey = conn.apiKeyId || '';
     var c = tr.cells;
     codeCell(c[0], conn.connectionId);
+    nodeNote(c[0], conn.node);
     c[1].textContent = conn.merchantId;
     codeCell(c[2], conn.apiKeyId);
     c[3].textContent = fmtDateTime(conn.connectedAt);
@@ -406,6 +416,37 @@
     c[5].textContent = '';
     c[5].appendChild(disconnectButton(conn.connectionId));
     if (highlight) flash(tr);
+  }
+
+  // nodeNote adds, under a connection id, the node it is on (several
+  // nodes; nothing when the hub is alone).
+  function nodeNote(td, node) {
+    if (!node) return;
+    var n = el('span', 'muted node-note', 'on ' + node);
+    td.appendChild(document.createElement('br'));
+    td.appendChild(n);
+  }
+
+  function renderNodes() {
+    var tbody = $('#nodes tbody');
+    tbody.textContent = '';
+    (state.nodes || []).forEach(function (n) {
+      var tr = el('tr');
+      tr.dataset.node = n.id;
+      var id = el('td', 'ids');
+      codeCell(id, n.id);
+      tr.appendChild(id);
+      tr.appendChild(el('td', '', n.address || ''));
+      tr.appendChild(el('td', 'num', String((n.connections || {}).pos || 0)));
+      tr.appendChild(el('td', 'num', String((n.connections || {}).terminal || 0)));
+      var started = el('td', '', fmtDateTime(n.startedAt));
+      started.title = n.startedAt || '';
+      tr.appendChild(started);
+      var seen = el('td');
+      timeCell(seen, n.lastSeen);
+      tr.appendChild(seen);
+      tbody.appendChild(tr);
+    });
   }
 
   function renderConflicts() {
