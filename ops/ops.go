@@ -26,9 +26,9 @@ import (
 
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/hub"
-	"github.com/termhub/termhub/nodes"
 	"github.com/termhub/termhub/internal/keys"
 	"github.com/termhub/termhub/internal/redisx"
+	"github.com/termhub/termhub/nodes"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/session"
 )
