@@ -338,3 +338,124 @@ func TestNodesOpsFeedSeesOtherNodesTransactions(t *testing.T) {
 		}
 	}
 }
+
+// TestNodesStartingNodeLeavesOthersTerminals: a node that starts while a
+// terminal with a payment in flight is online on another node demotes
+// nothing (a lone hub's restart marks such terminals reconnecting).
+func TestNodesStartingNodeLeavesOthersTerminals(t *testing.T) {
+	hs := apptest.StartNodes(t, kit.OpsConfig, 1)
+	first := envFrom(t, hs[0])
+	term := first.terminal("T1")
+	pos := first.pos("pk1")
+	id := dispatched(t, pos, term, "T1", 500, "start-1")
+
+	joined := envFrom(t, apptest.JoinNode(t, hs[0], "node-late"))
+	apptest.WaitOnline(t, joined.App, "T1", term)
+	if got := joined.get(t, "pk1", id); got.Status != protocol.StatusDispatched {
+		t.Fatalf("payment is %s after another node started", got.Status)
+	}
+	// The payment goes on through the new node.
+	approve(t, term, id)
+	if ev := posEvent(t, pos, protocol.ActionPaymentComplete, id); ev.Transaction.Status != protocol.StatusCompleted {
+		t.Fatalf("payment ended %s", ev.Transaction.Status)
+	}
+	for _, m := range *buffered(pos) {
+		if m.Action == protocol.ActionTerminalStatusUpdate {
+			var u protocol.TerminalStatusUpdate
+			_ = json.Unmarshal(m.Raw, &u)
+			if u.Status != protocol.TerminalOnline {
+				t.Fatalf("the POS heard %s for %s", u.Status, u.TerminalID)
+			}
+		}
+	}
+}
+
+// TestNodesDrainMovesClients: a draining node's terminal and POS reconnect
+// to another node; the payment in flight completes, the terminal never
+// goes offline, and the drained node leaves the registry.
+func TestNodesDrainMovesClients(t *testing.T) {
+	es := nodeEnvs(t, 2)
+	term := es[1].terminal("T1")
+	pos := es[1].pos("pk1")
+	id := dispatched(t, pos, term, "T1", 600, "drain-1")
+	watch := es[0].pos("pk1b") // another key of the merchant hears every status change
+
+	drained := make(chan error, 1)
+	go func() { drained <- es[1].App.Drain(kit.Ctx(t)) }()
+	for _, c := range []*client.Conn{term, pos} {
+		var fd protocol.ForceDisconnect
+		if err := read(t, c, "forceDisconnect").Decode(&fd); err != nil || fd.Reason != protocol.ReasonShutdown || !fd.ReconnectAllowed {
+			t.Fatalf("told %+v %v", fd, err)
+		}
+		_ = c.CloseNow()
+	}
+	if err := <-drained; err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+	back := es[0].terminal("T1")
+	pos2 := es[0].pos("pk1")
+	startPayment(t, back, id)
+	approve(t, back, id)
+	if ev := posEvent(t, pos2, protocol.ActionPaymentComplete, id); ev.Transaction.Status != protocol.StatusCompleted {
+		t.Fatalf("payment ended %s", ev.Transaction.Status)
+	}
+	for {
+		var u protocol.TerminalStatusUpdate
+		if err := read(t, watch, protocol.ActionTerminalStatusUpdate).Decode(&u); err != nil {
+			t.Fatal(err)
+		}
+		if u.Status == protocol.TerminalOffline {
+			t.Fatal("the terminal went offline during the drain")
+		}
+		if u.Status == protocol.TerminalOnline && u.ConnectionID == back.ConnectionID() {
+			break
+		}
+	}
+	if list, err := es[0].App.Nodes(kit.Ctx(t)); err != nil || len(list) != 1 || list[0].ID != "node-0" {
+		t.Fatalf("nodes after the drain: %+v %v", list, err)
+	}
+}
+
+// TestNodesTakenForDeadLetsGo: a node the others took for dead (its
+// heartbeat late) finds out at its next heartbeat and closes its
+// connections; its terminal comes back elsewhere and nothing it does late
+// changes the record.
+func TestNodesTakenForDeadLetsGo(t *testing.T) {
+	es := nodeEnvs(t, 2)
+	term := es[1].terminal("T1")
+	onlineEverywhere(t, es, "T1", term)
+	// As node 0 does when node 1 is late past node_timeout.
+	if err := es[0].App.Redis.HDel(kit.Ctx(t), es[0].App.Node.Keys().Nodes(), "node-1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	es[0].App.Hub.NodeDead("node-1")
+	kit.Eventually(t, "T1 reconnecting on node 0", func() bool {
+		s, _, _ := es[0].App.Hub.TerminalLive("T1")
+		return s == protocol.TerminalReconnecting
+	})
+	es[0].advance(t, 4*time.Second) // node 1's next heartbeat
+	var fd protocol.ForceDisconnect
+	if err := read(t, term, "forceDisconnect").Decode(&fd); err != nil || fd.Reason != protocol.ReasonShutdown || !fd.ReconnectAllowed {
+		t.Fatalf("told %+v %v", fd, err)
+	}
+	_ = term.CloseNow()
+	back := es[0].terminal("T1")
+	onlineEverywhere(t, es, "T1", back)
+	if list, _ := es[0].App.Nodes(kit.Ctx(t)); len(list) != 2 {
+		t.Fatalf("node 1 did not join again: %+v", list)
+	}
+}
+
+// TestNodesResyncResendsOpenCommands: after its bus connection was lost,
+// a node sends its terminals their open commands again from what is
+// committed (a command sent on the bus meanwhile may be lost).
+func TestNodesResyncResendsOpenCommands(t *testing.T) {
+	es := nodeEnvs(t, 2)
+	term := es[1].terminal("T1")
+	onlineEverywhere(t, es, "T1", term)
+	pos := es[0].pos("pk1")
+	id := sell(t, pos, "T1", 700, "resync-1").Transaction.ID
+	startPayment(t, term, id)
+	es[1].App.Hub.Resync()
+	startPayment(t, term, id)
+}

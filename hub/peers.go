@@ -355,21 +355,48 @@ func (h *Hub) applyDisplace(m nodes.Message) {
 }
 
 // Resync makes good what the bus may have lost while its connection was
-// down (nodes.Handler): every local POS connection reads its outbox, and
-// every local terminal is sent its open commands again.
+// down (nodes.Handler): every local POS connection reads its outbox, every
+// long poll looks again, and every local terminal is sent the commands
+// still open for it, from what is committed (a terminal takes a repeated
+// command as the repeat it is, as after a reconnect).
 func (h *Hub) Resync() {
 	h.mu.Lock()
-	var pos []*conn
+	var pos, terms []*conn
 	for _, c := range h.pos {
 		pos = append(pos, c)
+	}
+	for _, c := range h.terminals {
+		terms = append(terms, c)
 	}
 	for k := range h.waiters {
 		h.wakeLocked(k)
 	}
 	h.mu.Unlock()
 	for _, c := range pos {
-		h.NudgePOS(c.merchantID, c.keyID)
+		h.nudgeLocal(c.merchantID, c.keyID)
 	}
+	if h.opts.Engine == nil {
+		return
+	}
+	go func() {
+		for _, c := range terms {
+			unlock := h.lockDevice(c.deviceID)
+			h.mu.Lock()
+			still := h.terminals[c.deviceID] == c
+			h.mu.Unlock()
+			if still {
+				c.wmu.Lock()
+				c.resuming = true
+				c.wmu.Unlock()
+				if !h.resume(c) {
+					c.wmu.Lock()
+					c.resuming, c.sentLive = false, nil
+					c.wmu.Unlock()
+				}
+			}
+			unlock()
+		}
+	}()
 }
 
 // Counts are this node's live connections (nodes.Handler).

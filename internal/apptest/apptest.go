@@ -149,6 +149,19 @@ func StartNodes(t testing.TB, yamlConfig string, n int, opts ...Option) []*Env {
 	return envs
 }
 
+// JoinNode starts one more node, id, of the hub that of (a StartNodes
+// node) belongs to: same configuration, Redis and clock.
+func JoinNode(t testing.TB, of *Env, id string, opts ...Option) *Env {
+	t.Helper()
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	e := &Env{Config: of.Config, Redis: of.Redis, Cluster: of.Cluster, Clock: of.Clock}
+	e.Config.NodeID = id
+	return e.start(t, of.App.Redis, o)
+}
+
 // start starts e's App on rdb, under e.Redis's key prefix and on e.Clock
 // (nil: the wall clock). On a real Redis or a cluster the App is a node
 // that may share it, as `termhub serve` with redis_url or redis_cluster is.
