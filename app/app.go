@@ -324,10 +324,18 @@ func (a *App) Drain(ctx context.Context) error {
 	// terminal re-sends its results.
 	a.Engine.WaitIdle(ctx)
 	if a.Node != nil {
-		// Its clients are gone and their records updated: leave, so that
-		// the others need not wait node_timeout to know.
+		// Its clients are gone and their records updated (what a drain cut
+		// short left is released here): leave, so that the others need
+		// not wait node_timeout to know. A node that cannot release stays
+		// in the registry, for the others to release it when it is dead.
+		rctx, cancel := context.WithTimeout(context.Background(), a.Config.RequestTimeout.D())
+		rerr := a.Hub.ReleaseOwn(rctx)
+		cancel()
 		a.Node.Flush(time.Second)
-		if lerr := a.Node.Leave(ctx); lerr != nil {
+		if rerr != nil {
+			a.Log.Warn().Err(rerr).Msg("could not release what this node held; the others do when they find it dead after node_timeout")
+			a.Node.Close()
+		} else if lerr := a.Node.Leave(context.Background()); lerr != nil {
 			a.Log.Warn().Err(lerr).Msg("could not leave the node registry; the others find this node dead after node_timeout")
 		}
 	}

@@ -459,3 +459,24 @@ func TestNodesResyncResendsOpenCommands(t *testing.T) {
 	es[1].App.Hub.Resync()
 	startPayment(t, term, id)
 }
+
+// TestNodesOrphanedRecordsAreTaken: a node that left the registry without
+// releasing its terminal (a drain cut short) leaves a record naming a node
+// that is gone; the others take it at their next heartbeat.
+func TestNodesOrphanedRecordsAreTaken(t *testing.T) {
+	es := nodeEnvs(t, 2)
+	term := es[1].terminal("T1")
+	onlineEverywhere(t, es, "T1", term)
+	pos := es[0].pos("pk1")
+	id := dispatched(t, pos, term, "T1", 800, "orphan-1")
+	if err := es[1].App.Node.Leave(kit.Ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	es[0].advance(t, 4*time.Second, pos)
+	if ev := posEvent(t, pos, protocol.ActionPaymentStatusUpdate, id); ev.Transaction.Status != protocol.StatusAwaitingReconnect {
+		t.Fatalf("payment is %s", ev.Transaction.Status)
+	}
+	if s, _, _ := es[0].App.Hub.TerminalLive("T1"); s != protocol.TerminalReconnecting {
+		t.Fatalf("T1 is %s", s)
+	}
+}

@@ -164,6 +164,81 @@ func (h *Hub) Tick() {
 			h.expireShared(m, d)
 		}
 	}
+	h.takeOrphans()
+}
+
+// takeOrphans takes devices online on a node that is not alive and was
+// never released (it left the registry with records still naming it: a
+// drain cut short, say). This node's copy of the records names the
+// suspects at no cost; each is read again before it is taken.
+func (h *Hub) takeOrphans() {
+	live := h.node.LiveIDs()
+	var suspects []nodes.DeviceRef
+	h.mu.Lock()
+	for d, st := range h.status {
+		if st.status == protocol.TerminalOnline && st.node != "" && !live[st.node] {
+			if t, ok := h.Directory().Terminal(d); ok {
+				suspects = append(suspects, nodes.DeviceRef{Merchant: t.MerchantID, Device: d})
+			}
+		}
+	}
+	h.mu.Unlock()
+	if len(suspects) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(h.baseCtx, h.opts.RequestTimeout)
+	defer cancel()
+	recs, err := h.node.Devices(ctx, suspects)
+	if err != nil {
+		return
+	}
+	until := h.now().Add(h.opts.GracePeriod)
+	for i, rec := range recs {
+		// Read again: the holder may have joined since (a new id every
+		// run, so only a node that is truly gone stays unknown).
+		if rec.Status == protocol.TerminalOnline && rec.Node != "" && !h.node.LiveIDs()[rec.Node] {
+			h.log.Warn().Str("deviceId", suspects[i].Device).Str("holder", rec.Node).Msg("terminal held by a node that is gone: releasing it")
+			h.takeDevice(ctx, suspects[i], rec, until, true)
+		}
+	}
+}
+
+// ReleaseOwn lets go of every device and API key this node's records
+// still hold, as the others would if it died: a node leaving the registry
+// (the end of a drain) must not leave records naming it behind. Devices it
+// holds online go reconnecting with a grace period from now.
+func (h *Hub) ReleaseOwn(ctx context.Context) error {
+	if h.node == nil {
+		return nil
+	}
+	refs := h.allDevices()
+	recs, err := h.node.Devices(ctx, refs)
+	if err != nil {
+		return err
+	}
+	until := h.now().Add(h.opts.GracePeriod)
+	for i, rec := range recs {
+		if rec.Node == h.node.ID() && rec.Status == protocol.TerminalOnline {
+			h.takeDevice(ctx, refs[i], rec, until, true)
+		}
+	}
+	var keys []nodes.KeyRef
+	dir := h.Directory()
+	for _, m := range dir.MerchantIDs() {
+		for _, k := range dir.KeyIDs(m) {
+			keys = append(keys, nodes.KeyRef{Merchant: m, Key: k})
+		}
+	}
+	holders, err := h.node.KeyHolders(ctx, keys)
+	if err != nil {
+		return err
+	}
+	for i, n := range holders {
+		if n == h.node.ID() {
+			h.node.ReleaseKey(keys[i].Merchant, keys[i].Key, n, "")
+		}
+	}
+	return nil
 }
 
 // allDevices lists every configured device.
