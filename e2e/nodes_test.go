@@ -417,9 +417,10 @@ func TestNodesDrainMovesClients(t *testing.T) {
 }
 
 // TestNodesTakenForDeadLetsGo: a node the others took for dead (its
-// heartbeat late) finds out at its next heartbeat and closes its
-// connections; its terminal comes back elsewhere and nothing it does late
-// changes the record.
+// heartbeat late) closes its connections as soon as it hears its terminal
+// was released (or at its next heartbeat, which finds it out of the
+// registry) and joins again; its terminal comes back elsewhere and nothing
+// it does late changes the record.
 func TestNodesTakenForDeadLetsGo(t *testing.T) {
 	es := nodeEnvs(t, 2)
 	term := es[1].terminal("T1")
@@ -479,4 +480,26 @@ func TestNodesOrphanedRecordsAreTaken(t *testing.T) {
 	if s, _, _ := es[0].App.Hub.TerminalLive("T1"); s != protocol.TerminalReconnecting {
 		t.Fatalf("T1 is %s", s)
 	}
+}
+
+// TestNodesNoTakeOverFromANodeJustJoined: a node whose copy of the
+// registry is from before another node joined (its last heartbeat) takes
+// nothing from it: neither its sweep for orphans nor a start-up take-over
+// demotes a terminal online on the new node.
+func TestNodesNoTakeOverFromANodeJustJoined(t *testing.T) {
+	es := nodeEnvs(t, 2) // node-0 read the registry when it started, before node-1 joined
+	term := es[1].terminal("T1")
+	onlineEverywhere(t, es, "T1", term)
+	es[0].App.Hub.Tick()
+	es[0].App.Hub.TakeOver(kit.Ctx(t), "m1", "T1", false)
+	es[0].App.Hub.TakeOver(kit.Ctx(t), "m1", "T1", true)
+	recs, err := es[0].App.Node.Devices(kit.Ctx(t), []nodes.DeviceRef{{Merchant: "m1", Device: "T1"}})
+	if err != nil || recs[0].Status != protocol.TerminalOnline || recs[0].Node != "node-1" || recs[0].Conn != term.ConnectionID() {
+		t.Fatalf("T1's record: %+v %v", recs, err)
+	}
+	if s, _, _ := es[0].App.Hub.TerminalLive("T1"); s != protocol.TerminalOnline {
+		t.Fatalf("node 0 sees T1 %s", s)
+	}
+	pos := es[1].pos("pk1")
+	startPayment(t, term, sell(t, pos, "T1", 200, "just-joined").Transaction.ID)
 }

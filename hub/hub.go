@@ -139,9 +139,10 @@ type Hub struct {
 	waiters    map[string]chan struct{}      // API key → long polls to wake; guarded by mu
 	observers  []Observer                    // ops feed; guarded by mu
 
-	node      *nodes.Node         // nil: alone
-	remote    map[string]ConnInfo // other nodes' connections by id (peers.go); guarded by mu
-	keyOwners map[string]string   // API key → node holding its connection elsewhere; guarded by mu
+	node      *nodes.Node              // nil: alone
+	remote    map[string]ConnInfo      // other nodes' connections by id (peers.go); guarded by mu
+	keyOwners map[string]string        // API key → node holding its connection elsewhere; guarded by mu
+	early     map[string]earlyDisplace // displacements of connections not registered yet (peers.go); guarded by mu
 	// peerHandlers and tickers are others' business on the bus (OnPeer,
 	// OnTick); guarded by mu.
 	peerHandlers map[string]func(nodes.Message)
@@ -159,7 +160,7 @@ func New(opts Options) *Hub {
 		terminals: map[string]*conn{}, byID: map[string]*conn{},
 		status: map[string]*terminalState{}, flaps: map[string][]time.Time{},
 		conflicts: map[string]*KeyConflict{}, waiters: map[string]chan struct{}{},
-		node: opts.Node, remote: map[string]ConnInfo{}, keyOwners: map[string]string{},
+		node: opts.Node, remote: map[string]ConnInfo{}, keyOwners: map[string]string{}, early: map[string]earlyDisplace{},
 		peerHandlers: map[string]func(nodes.Message){},
 	}
 	h.dir.Store(opts.Directory)

@@ -125,10 +125,34 @@ func (h *Hub) applyStatus(m nodes.Message) {
 	}
 	h.stopGraceLocked(st) // a timer of this node for an older state is moot
 	st.status, st.connID, st.node, st.epoch, st.graceUntil = u.Status, u.ConnectionID, m.Node, m.Epoch, m.At
+	st.mine = false
 	if !m.Seen.IsZero() {
 		st.lastSeen = m.Seen
 	}
 	h.pushStatusLocked(m.Merchant, u)
+	h.checkLocalLocked(m.Device, st)
+}
+
+// checkLocalLocked ends this node's connection of a device whose record
+// no longer names it: taken over elsewhere (the displacement may still be
+// on its way) or released by a node that took this one's for gone. Served
+// on, it would be online nowhere else; it reconnects and claims afresh.
+func (h *Hub) checkLocalLocked(deviceID string, st *terminalState) {
+	c := h.terminals[deviceID]
+	if c == nil || st.status == protocol.TerminalOnline && st.node == h.node.ID() && st.connID == c.id {
+		return
+	}
+	if st.status == protocol.TerminalOnline {
+		h.displaceLocked(c, st.node, true)
+		return
+	}
+	// Released: the others took this node for gone, as a node that comes
+	// back after being taken for dead finds at its heartbeat.
+	c.log.Warn().Msg("the terminal's record was released by another node: closing its connection here")
+	c.disconnect(&protocol.Disconnect{Code: protocol.CloseShutdown, Reason: protocol.ReasonShutdown,
+		Message: "This node lost contact with the hub; reconnect", ReconnectAllowed: true})
+	delete(h.terminals, deviceID)
+	delete(h.byID, c.id)
 }
 
 // applyRecordLocked takes a device's record read from Redis when it is
@@ -142,6 +166,7 @@ func (h *Hub) applyRecordLocked(merchantID, deviceID string, rec nodes.Device) {
 	prev := st.status
 	h.stopGraceLocked(st)
 	st.status, st.connID, st.node, st.epoch, st.graceUntil = rec.Status, rec.Conn, rec.Node, rec.Epoch, rec.GraceUntil
+	st.mine = rec.Node == h.node.ID() && h.terminals[deviceID] != nil && h.terminals[deviceID].id == rec.Conn
 	if !rec.LastSeen.IsZero() {
 		st.lastSeen = rec.LastSeen
 	}
@@ -151,12 +176,13 @@ func (h *Hub) applyRecordLocked(merchantID, deviceID string, rec nodes.Device) {
 			Status: rec.Status, PreviousStatus: prev, Timestamp: h.now(),
 		})
 	}
+	h.checkLocalLocked(deviceID, st)
 }
 
 // broadcastStatusLocked tells the other nodes of a change of a device's
 // record that this node made (st holds it).
 func (h *Hub) broadcastStatusLocked(merchantID, deviceID string, st *terminalState, u protocol.TerminalStatusUpdate) {
-	if h.node == nil {
+	if h.node == nil || !st.mine {
 		return
 	}
 	body, err := json.Marshal(u)
@@ -327,23 +353,32 @@ func (h *Hub) applyCommands(m nodes.Message) {
 }
 
 // applyDisplace ends this node's connection of a key or device that a
-// newer connection on another node took over.
+// newer connection on another node took over. A displacement that comes
+// before the connection is registered (its claim and registration are
+// not one step) is kept, and carried out when it registers.
 func (h *Hub) applyDisplace(m nodes.Message) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	c := h.byID[m.Conn]
 	if c == nil {
+		h.keepEarlyLocked(m)
 		return
 	}
+	h.displaceLocked(c, m.From, m.Allowed)
+}
+
+// displaceLocked ends c, which a newer connection of its key or device
+// took over (on node by, "" when this node found out itself).
+func (h *Hub) displaceLocked(c *conn, by string, allowed bool) {
 	if c.kind == KindPOS {
-		c.log.Info().Str("byNode", m.From).Bool("reconnectAllowed", m.Allowed).Msg("displaced by a new connection with the same API key on another node")
+		c.log.Info().Str("byNode", by).Bool("reconnectAllowed", allowed).Msg("displaced by a new connection with the same API key on another node")
 		h.metrics.Displacements.WithLabelValues(string(KindPOS)).Inc()
 		c.disconnect(&protocol.Disconnect{Code: protocol.CloseDisplaced, Reason: protocol.ReasonAPIKeyUsedElsewhere,
-			Message: "Connection displaced by new connection with same API key", ReconnectAllowed: m.Allowed})
+			Message: "Connection displaced by new connection with same API key", ReconnectAllowed: allowed})
 		h.dropPOSLocked(c)
 		return
 	}
-	c.log.Info().Str("byNode", m.From).Msg("displaced by a new connection of the same device on another node")
+	c.log.Info().Str("byNode", by).Msg("displaced: the device's record names another connection")
 	h.metrics.Displacements.WithLabelValues(string(KindTerminal)).Inc()
 	c.disconnect(&protocol.Disconnect{Code: protocol.CloseDisplaced, Reason: protocol.ReasonDeviceElsewhere,
 		Message: "Connection displaced by new connection of the same device", ReconnectAllowed: true})
@@ -352,6 +387,44 @@ func (h *Hub) applyDisplace(m nodes.Message) {
 		delete(h.terminals, c.deviceID)
 	}
 	delete(h.byID, c.id)
+}
+
+// earlyDisplace is a displacement of a connection not registered yet.
+type earlyDisplace struct {
+	by      string
+	allowed bool
+	at      time.Time
+}
+
+// maxEarly bounds the displacements kept for connections not registered
+// yet; those older than a minute go first (their connection never came).
+const maxEarly = 10000
+
+func (h *Hub) keepEarlyLocked(m nodes.Message) {
+	now := h.now()
+	if len(h.early) >= maxEarly {
+		for id, e := range h.early {
+			if now.Sub(e.at) > time.Minute {
+				delete(h.early, id)
+			}
+		}
+		if len(h.early) >= maxEarly {
+			return
+		}
+	}
+	h.early[m.Conn] = earlyDisplace{by: m.From, allowed: m.Allowed, at: now}
+}
+
+// displacedEarlyLocked carries out a displacement of c that came before it
+// registered, reporting whether there was one.
+func (h *Hub) displacedEarlyLocked(c *conn) bool {
+	e, ok := h.early[c.id]
+	if !ok {
+		return false
+	}
+	delete(h.early, c.id)
+	h.displaceLocked(c, e.by, e.allowed)
+	return true
 }
 
 // Resync makes good what the bus may have lost while its connection was

@@ -42,6 +42,11 @@ type terminalState struct {
 	// the device and the record's epoch, newer news only replacing older.
 	node  string
 	epoch int64
+	// mine: the state held is this node's own write of the record (its
+	// epoch came back from this node's script), so it may tell the other
+	// nodes; a copy of another node's news, or a change made here while
+	// Redis did not answer, is not broadcast.
+	mine bool
 }
 
 func (h *Hub) stateLocked(deviceID string) *terminalState {
@@ -71,6 +76,7 @@ func (h *Hub) registerPOS(c *conn, flaps int) {
 	}
 	c.dlv.reading = true // live messages wait until the replay has run
 	h.pos[c.keyID] = c
+	defer h.displacedEarlyLocked(c)
 	if h.posByMerch[c.merchantID] == nil {
 		h.posByMerch[c.merchantID] = map[*conn]struct{}{}
 	}
@@ -193,10 +199,20 @@ func (h *Hub) registerTerminal(c *conn, epoch int64) {
 		ServerTime: h.now(), HeartbeatInterval: int((h.opts.HeartbeatInterval + time.Second - 1) / time.Second),
 	})
 	st := h.stateLocked(c.deviceID)
+	if h.node != nil && epoch != 0 && epoch < st.epoch {
+		// Another connection took the device over after this one's claim:
+		// this one is displaced (the record, and the status, are not its).
+		h.displaceLocked(c, "", true)
+		return
+	}
+	if h.displacedEarlyLocked(c) {
+		return
+	}
 	prev := st.status
 	st.status, st.connID, st.graceUntil = protocol.TerminalOnline, c.id, time.Time{}
-	if epoch > st.epoch {
-		st.node, st.epoch = h.NodeID(), epoch
+	st.mine = false
+	if epoch != 0 && epoch >= st.epoch {
+		st.node, st.epoch, st.mine = h.NodeID(), epoch, true
 	}
 	st.conns++
 	h.stopGraceLocked(st)
@@ -223,6 +239,7 @@ func (h *Hub) unregisterTerminal(c *conn) bool {
 	st := h.stateLocked(c.deviceID)
 	prev := st.status
 	st.status, st.lastSeen = protocol.TerminalReconnecting, c.lastSeenAt()
+	st.mine = false // with several nodes, told once the record says so (dropShared)
 	st.graceUntil = h.now().Add(h.opts.GracePeriod)
 	h.stopGraceLocked(st)
 	seq := st.graceSeq

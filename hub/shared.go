@@ -81,8 +81,8 @@ func (h *Hub) settleClaim(c *conn) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	st := h.stateLocked(c.deviceID)
-	if h.terminals[c.deviceID] == c && c.epoch > st.epoch {
-		st.node, st.epoch = h.node.ID(), c.epoch
+	if h.terminals[c.deviceID] == c && c.epoch >= st.epoch {
+		st.node, st.epoch, st.mine = h.node.ID(), c.epoch, true
 		h.publishStatusLocked(c.merchantID, c.deviceID, st, st.status)
 	}
 	return true
@@ -107,7 +107,7 @@ func (h *Hub) dropShared(c *conn, until time.Time) (bool, error) {
 	defer h.mu.Unlock()
 	st := h.stateLocked(c.deviceID)
 	if epoch > st.epoch {
-		st.node, st.epoch = h.node.ID(), epoch
+		st.node, st.epoch, st.mine = h.node.ID(), epoch, true
 		h.broadcastStatusLocked(c.merchantID, c.deviceID, st, protocol.TerminalStatusUpdate{
 			Action: protocol.ActionTerminalStatusUpdate, TerminalID: c.deviceID, ConnectionID: c.id,
 			Status: st.status, PreviousStatus: protocol.TerminalOnline, Timestamp: h.now(),
@@ -137,7 +137,7 @@ func (h *Hub) expireShared(merchantID, deviceID string) {
 	}
 	prev := st.status
 	h.stopGraceLocked(st)
-	st.status, st.graceUntil, st.epoch = protocol.TerminalOffline, time.Time{}, epoch
+	st.status, st.graceUntil, st.epoch, st.mine = protocol.TerminalOffline, time.Time{}, epoch, true
 	h.publishStatusLocked(merchantID, deviceID, st, prev)
 	h.log.Info().Str("deviceId", deviceID).Msg("grace period expired: terminal offline")
 }
@@ -194,13 +194,20 @@ func (h *Hub) takeOrphans() {
 	}
 	until := h.now().Add(h.opts.GracePeriod)
 	for i, rec := range recs {
-		// Read again: the holder may have joined since (a new id every
-		// run, so only a node that is truly gone stays unknown).
-		if rec.Status == protocol.TerminalOnline && rec.Node != "" && !h.node.LiveIDs()[rec.Node] {
-			h.log.Warn().Str("deviceId", suspects[i].Device).Str("holder", rec.Node).Msg("terminal held by a node that is gone: releasing it")
-			h.takeDevice(ctx, suspects[i], rec, until, true)
+		if rec.Status != protocol.TerminalOnline || rec.Node == "" || h.holderAlive(ctx, rec.Node) {
+			continue
 		}
+		h.log.Warn().Str("deviceId", suspects[i].Device).Str("holder", rec.Node).Msg("terminal held by a node that is gone: releasing it")
+		h.takeDevice(ctx, suspects[i], rec, until, true)
 	}
+}
+
+// holderAlive reads the registry for whether a record's holder is alive,
+// taking it for alive when the registry cannot be read: taking a device
+// from a live node would leave it offline while it is connected.
+func (h *Hub) holderAlive(ctx context.Context, node string) bool {
+	alive, err := h.node.Alive(ctx, node)
+	return alive || err != nil
 }
 
 // ReleaseOwn lets go of every device and API key this node's records
@@ -306,7 +313,7 @@ func (h *Hub) takeDevice(ctx context.Context, ref nodes.DeviceRef, rec nodes.Dev
 	if epoch > st.epoch {
 		prev := st.status
 		h.stopGraceLocked(st)
-		st.node, st.epoch, st.graceUntil = "", epoch, until
+		st.node, st.epoch, st.graceUntil, st.mine = "", epoch, until, true
 		st.status = protocol.TerminalOffline
 		if !until.IsZero() {
 			st.status = protocol.TerminalReconnecting
@@ -384,17 +391,17 @@ func (h *Hub) TakeOver(ctx context.Context, merchantID, deviceID string, busy bo
 		return time.Time{}
 	}
 	rec := recs[0]
-	offline := rec.Status == protocol.TerminalOffline || rec.Status == ""
-	if !offline && rec.Node != "" && rec.Node != h.node.ID() && h.node.Live(rec.Node) {
-		return time.Time{} // online or in its grace on another node: that node's
-	}
-	if rec.Status == protocol.TerminalOffline || rec.Status == "" {
+	switch rec.Status {
+	case protocol.TerminalReconnecting:
+		return time.Time{} // its grace runs, shared: it ends once, in a sweep
+	case protocol.TerminalOnline:
+		if rec.Node != h.node.ID() && h.holderAlive(ctx, rec.Node) {
+			return time.Time{} // online on a live node: that node's
+		}
+	default: // offline, or never seen
 		if !busy {
 			return time.Time{}
 		}
-	}
-	if rec.Status == protocol.TerminalReconnecting && !busy {
-		return time.Time{} // its grace runs out in the shared sweep
 	}
 	var until time.Time
 	if busy {

@@ -204,6 +204,12 @@ func (h *Hub) terminalUp(c *conn) {
 // still open for it; false when Redis did not answer (nothing is queued).
 // It runs under the device's lock.
 func (h *Hub) resume(c *conn) bool {
+	h.mu.Lock()
+	current := h.terminals[c.deviceID] == c
+	h.mu.Unlock()
+	if !current {
+		return true // displaced before it was resumed: the new connection resumes
+	}
 	if !h.settleClaim(c) {
 		return false
 	}

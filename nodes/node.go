@@ -279,6 +279,29 @@ func (n *Node) Live(id string) bool {
 	return ok
 }
 
+// Alive reads the registry for whether node id is alive now (this node
+// always is): its entry is there and its heartbeat younger than
+// node_timeout. What a node takes from another must rest on this, not on
+// the copy of the last heartbeat (Live), which does not know a node that
+// joined since — and a node joins before it holds anything.
+func (n *Node) Alive(ctx context.Context, id string) (bool, error) {
+	if id == n.opts.ID {
+		return true, nil
+	}
+	raw, err := n.rdb.HGet(ctx, n.opts.Keys.Nodes(), id).Result()
+	if err == redis.Nil {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var in Info
+	if json.Unmarshal([]byte(raw), &in) != nil {
+		return false, nil
+	}
+	return n.clock.Now().UTC().Sub(in.LastSeen) <= n.opts.Timeout, nil
+}
+
 // Nodes lists the live nodes, by id, from the registry.
 func (n *Node) Nodes(ctx context.Context) ([]Info, error) {
 	all, err := n.rdb.HGetAll(ctx, n.opts.Keys.Nodes()).Result()
