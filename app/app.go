@@ -156,11 +156,20 @@ func (a *App) opsWatching(on bool) {
 }
 
 // claim is the engine's deadline claim: the node's, or none when alone.
+// While no other node was alive at the last heartbeat, a deadline is
+// applied without one, saving a round trip: a node that joined since may
+// apply it too, and the conditional commit lets only one of them change
+// the transaction.
 func (a *App) claim() func(ctx context.Context, merchantID, member string, at time.Time) (bool, error) {
 	if a.Node == nil {
 		return nil
 	}
-	return a.Node.ClaimDeadline
+	return func(ctx context.Context, merchantID, member string, at time.Time) (bool, error) {
+		if len(a.Node.LiveIDs()) == 1 {
+			return true, nil
+		}
+		return a.Node.ClaimDeadline(ctx, merchantID, member, at)
+	}
 }
 
 // outboxDepth counts the entries of every outbox for /metrics, in one

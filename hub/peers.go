@@ -448,10 +448,12 @@ func (h *Hub) Resync() {
 	for _, c := range pos {
 		h.nudgeLocal(c.merchantID, c.keyID)
 	}
-	if h.opts.Engine == nil {
-		return
-	}
 	go func() {
+		h.reloadRecords()
+		h.reloadRemote()
+		if h.opts.Engine == nil {
+			return
+		}
 		for _, c := range terms {
 			unlock := h.lockDevice(c.deviceID)
 			h.mu.Lock()
@@ -470,6 +472,50 @@ func (h *Hub) Resync() {
 			unlock()
 		}
 	}()
+}
+
+// reloadRemote reads again the connections of every other live node, for
+// ops and to know which node holds each API key.
+func (h *Hub) reloadRemote() {
+	ctx, cancel := context.WithTimeout(h.baseCtx, h.opts.RequestTimeout)
+	defer cancel()
+	remote := map[string]ConnInfo{}
+	for id := range h.node.LiveIDs() {
+		if id == h.node.ID() {
+			continue
+		}
+		conns, err := h.node.Conns(ctx, id)
+		if err != nil {
+			return
+		}
+		for _, raw := range conns {
+			var info ConnInfo
+			if json.Unmarshal([]byte(raw), &info) == nil {
+				remote[info.ConnectionID] = info
+			}
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.remote = remote
+	h.keyOwners = map[string]string{}
+	for _, info := range remote {
+		if info.Kind == KindPOS {
+			h.keyOwners[info.APIKeyID] = info.Node
+		}
+	}
+}
+
+// Republish writes this node's connections again for the others to read
+// (nodes.Handler): a batch that held some of those writes was lost.
+func (h *Hub) Republish() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, c := range h.byID {
+		if body, err := json.Marshal(h.connInfo(c)); err == nil {
+			h.node.AddConn(c.id, body)
+		}
+	}
 }
 
 // Counts are this node's live connections (nodes.Handler).

@@ -152,19 +152,37 @@ func (h *Hub) Tick() {
 	for _, f := range tickers {
 		f()
 	}
-	now := h.now()
-	for _, m := range h.Directory().MerchantIDs() {
-		ctx, cancel := context.WithTimeout(h.baseCtx, h.opts.RequestTimeout)
-		due, err := h.node.DueGraces(ctx, m, now)
-		cancel()
-		if err != nil {
-			continue
-		}
-		for _, d := range due {
-			h.expireShared(m, d)
+	ctx, cancel := context.WithTimeout(h.baseCtx, h.opts.RequestTimeout)
+	due, err := h.node.DueGraces(ctx, h.Directory().MerchantIDs(), h.now())
+	cancel()
+	if err == nil {
+		for m, devices := range due {
+			for _, d := range devices {
+				h.expireShared(m, d)
+			}
 		}
 	}
+	h.reloadRecords()
 	h.takeOrphans()
+}
+
+// reloadRecords reads every device's record and takes those newer than
+// this node's copy: the bus only makes news arrive sooner, and what it
+// lost (a publish Redis refused, a subscription that was down) is made
+// good here, at every heartbeat.
+func (h *Hub) reloadRecords() {
+	refs := h.allDevices()
+	ctx, cancel := context.WithTimeout(h.baseCtx, h.opts.RequestTimeout)
+	defer cancel()
+	recs, err := h.node.Devices(ctx, refs)
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, rec := range recs {
+		h.applyRecordLocked(refs[i].Merchant, refs[i].Device, rec)
+	}
 }
 
 // takeOrphans takes devices online on a node that is not alive and was

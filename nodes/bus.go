@@ -56,6 +56,9 @@ type bus struct {
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 	drops  int // dropped since last logged; guarded by mu
+	// lost: a batch Redis refused, or messages dropped, since the node's
+	// last heartbeat, which then asks everyone to resync; guarded by mu.
+	lost bool
 }
 
 func (b *bus) init(n *Node) {
@@ -93,11 +96,9 @@ func (b *bus) start(ctx context.Context) error {
 	b.ps = subs
 	runCtx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
-	b.done.Add(1 + len(subs))
+	b.done.Add(2)
 	go b.publish(runCtx)
-	for _, ps := range subs {
-		go b.receive(ps)
-	}
+	go b.receive(subs)
 	return nil
 }
 
@@ -141,6 +142,7 @@ func (b *bus) enqueue(f func(redis.Pipeliner)) {
 	b.mu.Lock()
 	if len(b.queue) >= maxQueued {
 		b.drops++
+		b.lost = true
 		if b.drops == 1 || b.drops%1000 == 0 {
 			b.n.log.Warn().Int("dropped", b.drops).Msg("bus queue full (Redis slow or away): dropping messages to other nodes; they catch up from Redis")
 		}
@@ -181,6 +183,9 @@ func (b *bus) publish(ctx context.Context) {
 			}
 			if _, err := pipe.Exec(cctx); err != nil && ctx.Err() == nil {
 				b.n.log.Warn().Err(err).Int("messages", len(batch)).Msg("could not publish to the other nodes; they catch up from Redis")
+				b.mu.Lock()
+				b.lost = true
+				b.mu.Unlock()
 			}
 			cancel()
 			b.mu.Lock()
@@ -194,30 +199,68 @@ func (b *bus) publish(ctx context.Context) {
 	}
 }
 
-// receive hands every message to the handler. A confirmation of a
-// subscription after the first is a reconnection: what was published
-// meanwhile is lost, so the handler resyncs.
-func (b *bus) receive(ps *redis.PubSub) {
+// receive hands every message to the handler, from one goroutine however
+// many subscriptions there are (a Redis Cluster has two: the bus and the
+// sharded node channel), so the handler never hears two at once. A
+// confirmation of a subscription after the first is a reconnection: what
+// was published meanwhile is lost, so the handler resyncs.
+func (b *bus) receive(subs []*redis.PubSub) {
 	defer b.done.Done()
-	for v := range ps.ChannelWithSubscriptions(redis.WithChannelSize(4096)) {
-		switch m := v.(type) {
-		case *redis.Subscription:
-			if m.Kind == "subscribe" || m.Kind == "ssubscribe" {
-				b.n.log.Warn().Str("channel", m.Channel).Msg("bus connection back: resyncing")
-				b.n.h.Resync()
-			}
-		case *redis.Message:
-			var msg Message
-			if err := json.Unmarshal([]byte(m.Payload), &msg); err != nil {
-				b.n.log.Warn().Err(err).Msg("unreadable bus message ignored")
+	chans := make([]<-chan interface{}, 2)
+	for i, ps := range subs {
+		chans[i] = ps.ChannelWithSubscriptions(redis.WithChannelSize(4096))
+	}
+	for chans[0] != nil || chans[1] != nil {
+		var v interface{}
+		var ok bool
+		select {
+		case v, ok = <-chans[0]:
+			if !ok {
+				chans[0] = nil
 				continue
 			}
-			if msg.From == b.n.opts.ID {
-				continue // this node's own broadcast: it acted already
+		case v, ok = <-chans[1]:
+			if !ok {
+				chans[1] = nil
+				continue
 			}
-			b.n.h.Message(msg)
 		}
+		b.handle(v)
 	}
+}
+
+// handle is one message or subscription event of the receiver.
+func (b *bus) handle(v interface{}) {
+	switch m := v.(type) {
+	case *redis.Subscription:
+		if m.Kind == "subscribe" || m.Kind == "ssubscribe" {
+			b.n.log.Warn().Str("channel", m.Channel).Msg("bus connection back: resyncing")
+			b.n.h.Resync()
+		}
+	case *redis.Message:
+		var msg Message
+		if err := json.Unmarshal([]byte(m.Payload), &msg); err != nil {
+			b.n.log.Warn().Err(err).Msg("unreadable bus message ignored")
+			return
+		}
+		if msg.From == b.n.opts.ID {
+			return // this node's own broadcast: it acted already
+		}
+		if msg.Type == MsgResync {
+			b.n.h.Resync()
+			return
+		}
+		b.n.h.Message(msg)
+	}
+}
+
+// takeLost reports whether messages were lost since it was last asked.
+func (b *bus) takeLost() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	lost := b.lost
+	b.lost = false
+	return lost
 }
 
 // Send queues m for node to.

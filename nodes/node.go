@@ -71,6 +71,10 @@ type Handler interface {
 	DeclaredDead()
 	// Tick is called at every heartbeat (sweeps that every node runs).
 	Tick()
+	// Republish is called when messages of this node were lost (Redis
+	// refused a batch): the handler writes again what others read of it,
+	// and the node then asks every node to resync.
+	Republish()
 	// Counts are this node's live connections, for its heartbeat.
 	Counts() Counts
 }
@@ -99,6 +103,7 @@ type Node struct {
 	h       Handler
 	started time.Time
 	bus     bus
+	work    worker
 
 	mu      sync.Mutex
 	beat    clock.Timer // guarded by mu
@@ -152,12 +157,15 @@ func (n *Node) Start(ctx context.Context, h Handler) error {
 	if err := n.bus.start(ctx); err != nil {
 		return err
 	}
+	n.work.start(n)
 	// A previous run under the same id held connections that are gone.
 	if err := n.rdb.Del(ctx, n.opts.Keys.NodeConns(n.opts.ID)).Err(); err != nil {
+		n.work.close()
 		n.bus.stop()
 		return err
 	}
 	if err := n.heartbeat(ctx); err != nil {
+		n.work.close()
 		n.bus.stop()
 		return err
 	}
@@ -200,7 +208,10 @@ return 1
 `)
 
 // heartbeat writes this node's entry, finds dead nodes and claims their
-// release, then runs the handler's sweeps.
+// release, and hands the releases and the handler's sweeps to the worker:
+// they may take long (a dead node with thousands of terminals), and a
+// heartbeat that waited for them would come late enough for the others to
+// take this node for dead too.
 func (n *Node) heartbeat(ctx context.Context) error {
 	now := n.clock.Now().UTC()
 	info := Info{ID: n.opts.ID, Address: n.opts.Address, StartedAt: n.started, LastSeen: now}
@@ -249,22 +260,103 @@ func (n *Node) heartbeat(ctx context.Context) error {
 	n.mu.Lock()
 	n.live = live
 	n.mu.Unlock()
-	if n.h != nil {
-		n.h.Tick()
+	if n.bus.takeLost() {
+		n.h.Republish()
+		n.Broadcast(Message{Type: MsgResync})
 	}
+	n.work.add("")
 	return nil
 }
 
-// reap claims the release of a dead node; the one that gets it lets the
-// dead node's connections go.
+// MsgResync asks every node to resync (Handler.Resync): messages of the
+// sender were lost.
+const MsgResync = "resync"
+
+// reap claims the release of a dead node; the one that gets it has the
+// worker let the dead node's connections go.
 func (n *Node) reap(ctx context.Context, id, raw string, in Info) {
 	got, err := reapScript.Run(ctx, n.rdb, []string{n.opts.Keys.Nodes()}, id, raw).Int()
 	if err != nil || got == 0 {
 		return
 	}
 	n.log.Warn().Str("deadNode", id).Time("lastSeen", in.LastSeen).Msg("node not heard from within node_timeout: releasing its connections")
-	n.h.NodeDead(id)
-	n.rdb.Del(ctx, n.opts.Keys.NodeConns(id))
+	n.work.add(id)
+}
+
+// worker runs, one at a time and off the heartbeat, the releases of dead
+// nodes this node claimed (none is dropped) and the handler's sweeps (one
+// waiting is enough: a sweep covers everything due when it runs).
+type worker struct {
+	n     *Node
+	mu    sync.Mutex
+	dead  []string // claimed releases not run yet; guarded by mu
+	sweep bool     // a sweep is due; guarded by mu
+	wake  chan struct{}
+	stop  chan struct{}
+	done  sync.WaitGroup
+}
+
+func (w *worker) start(n *Node) {
+	w.n = n
+	w.wake = make(chan struct{}, 1)
+	w.stop = make(chan struct{})
+	w.done.Add(1)
+	go w.run()
+}
+
+// add queues the release of dead node id, or a sweep for id "".
+func (w *worker) add(id string) {
+	if w.wake == nil {
+		return
+	}
+	w.mu.Lock()
+	if id == "" {
+		w.sweep = true
+	} else {
+		w.dead = append(w.dead, id)
+	}
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *worker) run() {
+	defer w.done.Done()
+	for {
+		select {
+		case <-w.stop:
+			return
+		case <-w.wake:
+		}
+		w.mu.Lock()
+		dead, sweep := w.dead, w.sweep
+		w.dead, w.sweep = nil, false
+		w.mu.Unlock()
+		for _, id := range dead {
+			w.n.h.NodeDead(id)
+			ctx, cancel := context.WithTimeout(context.Background(), w.n.opts.RequestTimeout)
+			w.n.rdb.Del(ctx, w.n.opts.Keys.NodeConns(id))
+			cancel()
+		}
+		if sweep {
+			w.n.h.Tick()
+		}
+	}
+}
+
+// close stops the worker after what it is running.
+func (w *worker) close() {
+	if w.stop == nil {
+		return
+	}
+	select {
+	case <-w.stop:
+	default:
+		close(w.stop)
+	}
+	w.done.Wait()
 }
 
 // Live reports whether a node was alive at the last heartbeat (this node
@@ -351,5 +443,6 @@ func (n *Node) Close() {
 		n.beat.Stop()
 	}
 	n.mu.Unlock()
+	n.work.close()
 	n.bus.stop()
 }

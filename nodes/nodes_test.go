@@ -28,6 +28,7 @@ type recorder struct {
 	declared int
 	ticks    int
 	resyncs  int
+	republ   int
 }
 
 func (r *recorder) Message(m Message) { r.mu.Lock(); r.msgs = append(r.msgs, m); r.mu.Unlock() }
@@ -39,6 +40,7 @@ func (r *recorder) NodeDead(id string) {
 }
 func (r *recorder) DeclaredDead() { r.mu.Lock(); r.declared++; r.mu.Unlock() }
 func (r *recorder) Tick()         { r.mu.Lock(); r.ticks++; r.mu.Unlock() }
+func (r *recorder) Republish()    { r.mu.Lock(); r.republ++; r.mu.Unlock() }
 func (r *recorder) Counts() Counts {
 	return Counts{POS: 1, Terminal: 2}
 }
@@ -102,7 +104,13 @@ func TestDeadNodeIsReapedOnce(t *testing.T) {
 	}
 	c.Close() // c stops heartbeating
 	clk.Advance(5 * time.Second)
-	got := append(ha.deadNodes(), hb.deadNodes()...)
+	// The claims are made in the heartbeats (inside Advance); the releases
+	// run on each node's worker.
+	var got []string
+	kit.Eventually(t, "c released", func() bool {
+		got = append(ha.deadNodes(), hb.deadNodes()...)
+		return len(got) > 0
+	})
 	if len(got) != 1 || got[0] != "c" {
 		t.Fatalf("released by a and b: %v (want c, once)", got)
 	}
@@ -172,7 +180,7 @@ func TestDeviceRecordFencing(t *testing.T) {
 	if (ea == 0) == (eb == 0) {
 		t.Fatalf("expiry applied by a (%d) and b (%d): want exactly one", ea, eb)
 	}
-	if due, _ := a.DueGraces(ctx, "m", later); len(due) != 0 {
+	if due, _ := a.DueGraces(ctx, []string{"m"}, later); len(due["m"]) != 0 {
 		t.Fatalf("still due: %v", due)
 	}
 	// Demote checks the epoch it read.
@@ -240,5 +248,26 @@ func TestDeadlineClaimedOnce(t *testing.T) {
 	}
 	if moved, _ := b.ClaimDeadline(ctx, "m", "txn_1|payment", at.Add(time.Second)); !moved {
 		t.Fatal("a moved deadline is a new claim")
+	}
+}
+
+func TestLostMessagesMakeEveryoneResync(t *testing.T) {
+	r := redistest.New(t)
+	clk := clock.NewFake(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+	a, ha := startNode(t, r, clk, "a")
+	_, hb := startNode(t, r, clk, "b")
+	a.bus.mu.Lock()
+	a.bus.lost = true // as after a batch Redis refused
+	a.bus.mu.Unlock()
+	clk.Advance(time.Second)
+	kit.Eventually(t, "b resyncs", func() bool {
+		hb.mu.Lock()
+		defer hb.mu.Unlock()
+		return hb.resyncs == 1
+	})
+	ha.mu.Lock()
+	defer ha.mu.Unlock()
+	if ha.republ != 1 || ha.resyncs != 0 {
+		t.Fatalf("a republished %d times, resynced %d", ha.republ, ha.resyncs)
 	}
 }

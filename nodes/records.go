@@ -134,9 +134,27 @@ func (n *Node) Demote(ctx context.Context, merchantID, device, node string, epoc
 		device, node, status, ms(graceUntil), strconv.FormatInt(epoch, 10)).Int64()
 }
 
-// DueGraces lists the merchant's devices whose grace period is due.
-func (n *Node) DueGraces(ctx context.Context, merchantID string, now time.Time) ([]string, error) {
-	return n.rdb.ZRangeByScore(ctx, n.opts.Keys.Grace(merchantID), &redis.ZRangeBy{Min: "-inf", Max: ms(now)}).Result()
+// DueGraces lists, for each merchant, its devices whose grace period is
+// due, in one pipeline.
+func (n *Node) DueGraces(ctx context.Context, merchants []string, now time.Time) (map[string][]string, error) {
+	if len(merchants) == 0 {
+		return nil, nil
+	}
+	pipe := n.rdb.Pipeline()
+	cmds := make([]*redis.StringSliceCmd, len(merchants))
+	for i, m := range merchants {
+		cmds[i] = pipe.ZRangeByScore(ctx, n.opts.Keys.Grace(m), &redis.ZRangeBy{Min: "-inf", Max: ms(now)})
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, err
+	}
+	out := map[string][]string{}
+	for i, c := range cmds {
+		if v := c.Val(); len(v) > 0 {
+			out[merchants[i]] = v
+		}
+	}
+	return out, nil
 }
 
 // DeviceRef names a device of a merchant.
