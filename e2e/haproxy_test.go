@@ -120,6 +120,7 @@ func TestHAProxyNodeKill(t *testing.T) {
 		held[conn.ConnectionID()] = procConnNode(t, lb, conn.ConnectionID())
 	}
 	victim := c.nodeOf(t, held[terms["T1"].ConnectionID()])
+	t.Logf("before the kill of %s: connections on nodes %v", c.ids[victim], held)
 	c.nodes[victim].kill9()
 	live := c.without(victim)
 

@@ -421,13 +421,15 @@ func TestNodesProcessDrain(t *testing.T) {
 
 // noneOffline reads every terminalStatusUpdate the observer was sent so far
 // (a listTerminals round trip marks "so far": the hub sends in order) and
-// fails the test if any said offline, or if any of devices is not online
-// now.
+// fails the test if any said offline, if the observer heard nothing of one
+// of devices (it connected before them: it must have heard them come
+// online, so it was listening), or if one of devices is not online now.
 func noneOffline(t *testing.T, observer *client.Conn, devices ...string) {
 	t.Helper()
 	send(t, observer, protocol.ActionListTerminals, map[string]any{"requestId": "none-offline"})
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
+	heard := map[string]int{}
 	for {
 		m, err := observer.Read(ctx)
 		if err != nil {
@@ -439,6 +441,7 @@ func noneOffline(t *testing.T, observer *client.Conn, devices ...string) {
 			if err := m.Decode(&u); err != nil || u.Status == protocol.TerminalOffline {
 				t.Fatalf("a terminal went offline: %s (%v)", m.Raw, err)
 			}
+			heard[u.TerminalID]++
 		case protocol.ActionTerminals:
 			var rows protocol.TerminalsReply
 			if err := m.Decode(&rows); err != nil {
@@ -449,6 +452,9 @@ func noneOffline(t *testing.T, observer *client.Conn, devices ...string) {
 				online[r.TerminalID] = r.Status == protocol.TerminalOnline
 			}
 			for _, d := range devices {
+				if heard[d] == 0 {
+					t.Fatalf("the observer heard no status of %s", d)
+				}
 				if !online[d] {
 					t.Fatalf("%s is not online at the end: %s", d, m.Raw)
 				}
