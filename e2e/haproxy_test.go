@@ -154,7 +154,7 @@ func TestHAProxyNodeKill(t *testing.T) {
 		})
 	}
 	for _, conn := range append([]*client.Conn{pos}, terms["T1"], terms["T2"]) {
-		if n := procConnNode(t, live[0], conn.ConnectionID()); n == c.ids[victim] || n == "" {
+		if n := procConnNode(t, live[0], conn.ConnectionID()); n == c.ids[victim] {
 			t.Fatalf("connection %s is on %q after the kill of %s", conn.ConnectionID(), n, c.ids[victim])
 		}
 	}

@@ -465,19 +465,26 @@ func noneOffline(t *testing.T, observer *client.Conn, devices ...string) {
 }
 
 // procConnNode returns the node (id) that holds connection cid, as
-// GET /v1/ops/terminals on p tells it.
+// GET /v1/ops/terminals on p tells it. It waits for the connection to be
+// listed: p may hear of a connection on another node a moment after the
+// client has its greeting.
 func procConnNode(t *testing.T, p *hubProcess, cid string) string {
 	t.Helper()
-	var body struct {
-		Connections []struct{ ConnectionID, Node string }
-	}
-	procOps(t, p, "/v1/ops/terminals", &body)
-	for _, c := range body.Connections {
-		if c.ConnectionID == cid {
-			return c.Node
+	var node string
+	kit.Eventually(t, "ops list connection "+cid, func() bool {
+		var body struct {
+			Connections []struct{ ConnectionID, Node string }
 		}
-	}
-	return ""
+		procOps(t, p, "/v1/ops/terminals", &body)
+		for _, c := range body.Connections {
+			if c.ConnectionID == cid {
+				node = c.Node
+				return true
+			}
+		}
+		return false
+	})
+	return node
 }
 
 // nodeOf returns the index of the node named id.
