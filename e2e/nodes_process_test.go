@@ -501,3 +501,46 @@ func (c *procNodes) nodeOf(t *testing.T, id string) int {
 func (c *procNodes) without(i int) []*hubProcess {
 	return slices.Delete(slices.Clone(c.nodes), i, i+1)
 }
+
+// TestNodesProcessDrainWebhooksPrompt: sales complete on node B, their
+// webhooks queued, while node A drains and exits. Every webhook must reach
+// the receiver promptly: the live nodes are there to send them.
+//
+// It fails about one run in three: A's webhook reader, blocked in
+// XREADGROUP when Close cancels it, takes an event into A's pending list
+// (Redis served the read; A never schedules it), and no live node looks at
+// it until its sweep claims entries idle for a minute, so that webhook
+// comes ~60 s late (XPENDING shows the entry pending for A's consumer,
+// delivery count 1, and the retry schedule empty). The core's owner fixes
+// it in package webhook; until then the test is skipped.
+func TestNodesProcessDrainWebhooksPrompt(t *testing.T) {
+	t.Skip("bug: a webhook event read by a draining node's cancelled XREADGROUP waits ~60 s for another node's sweep (see the comment)")
+	c := startProcNodes(t, 3, "TERMHUB_GRACE_PERIOD=30s")
+	a, b := c.nodes[0], c.nodes[1]
+	term := dialTerminal(t, b, "T1")
+	pos := dialPOS(t, b, "pk1")
+	var ids []string
+	sale := func() {
+		ids = append(ids, completedSale(t, pos, term, "T1", int64(100+len(ids)), fmt.Sprintf("drain-wh-%d", len(ids))))
+	}
+	for range 5 {
+		sale()
+	}
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// Events keep coming while A drains and closes, so that one arrives as
+	// its reader stops.
+	for exited := false; !exited; {
+		sale()
+		select {
+		case <-a.exited:
+			exited = true
+		default:
+		}
+	}
+	sale()
+	for _, id := range ids {
+		c.webhooksExactly(t, id, "payment.completed")
+	}
+}
