@@ -391,7 +391,17 @@ func (a *App) newWebhooks(cfg config.Config, rdb redis.UniversalClient, ks keys.
 		Metrics:   a.Metrics,
 		Directory: a.Hub.Directory,
 		RetryBase: cfg.WebhookRetryBase.D(),
+		Poll:      a.webhookPoll(),
 	})
+}
+
+// webhookPoll is how often, with several nodes, each webhook worker looks
+// at the shared delivery schedule without a reason of its own.
+func (a *App) webhookPoll() time.Duration {
+	if a.Node == nil {
+		return 0
+	}
+	return 2 * time.Second
 }
 
 // webhookConsumer names this node's consumer of the webhook streams: its

@@ -506,15 +506,12 @@ func (c *procNodes) without(i int) []*hubProcess {
 // webhooks queued, while node A drains and exits. Every webhook must reach
 // the receiver promptly: the live nodes are there to send them.
 //
-// It fails about one run in three: A's webhook reader, blocked in
-// XREADGROUP when Close cancels it, takes an event into A's pending list
-// (Redis served the read; A never schedules it), and no live node looks at
-// it until its sweep claims entries idle for a minute, so that webhook
-// comes ~60 s late (XPENDING shows the entry pending for A's consumer,
-// delivery count 1, and the retry schedule empty). The core's owner fixes
-// it in package webhook; until then the test is skipped.
+// A's webhook reader, blocked in XREADGROUP when Close comes, used to be
+// cancelled after Redis had handed it an event: the event sat in A's
+// pending list, unscheduled, until a sweep claimed it a minute later.
+// Close now lets the read finish and schedules what it read, and with
+// several nodes every worker looks at the shared schedule every 2 s.
 func TestNodesProcessDrainWebhooksPrompt(t *testing.T) {
-	t.Skip("bug: a webhook event read by a draining node's cancelled XREADGROUP waits ~60 s for another node's sweep (see the comment)")
 	c := startProcNodes(t, 3, "TERMHUB_GRACE_PERIOD=30s")
 	a, b := c.nodes[0], c.nodes[1]
 	term := dialTerminal(t, b, "T1")

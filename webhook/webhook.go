@@ -87,6 +87,12 @@ type Options struct {
 
 	Group    string // consumer group name
 	Consumer string // this hub's consumer name; the host name when empty
+	// Poll, when positive, makes each merchant's worker look at the
+	// delivery schedule at least this often. With several nodes, an entry
+	// another node put on the schedule and could not attempt (it was
+	// draining) is otherwise seen only when this node next has a reason to
+	// look. 0: never without a reason (a lone hub knows its schedule).
+	Poll time.Duration
 	// ReadBlock is how long one XREADGROUP waits for new events. Each
 	// merchant with webhooks has one reader goroutine, which holds one
 	// connection of the pool while it waits.

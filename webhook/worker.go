@@ -169,10 +169,16 @@ func (w *worker) readLoop() {
 	ctx := w.s.ctx
 	w.runPass() // whatever fell due while no hub ran
 	for ctx.Err() == nil {
-		res, err := w.s.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+		// Not cancelled by Close: a read cut short after Redis handed it
+		// entries would leave them pending for this consumer, unscheduled,
+		// until a sweep claims them a minute later. Close waits for it
+		// (ReadBlock at most) and what it read is scheduled.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.s.opts.ReadBlock+w.s.opts.Timeout)
+		res, err := w.s.rdb.XReadGroup(rctx, &redis.XReadGroupArgs{
 			Group: w.s.opts.Group, Consumer: w.s.opts.Consumer, Streams: []string{w.stream, ">"},
 			Count: batch, Block: w.s.opts.ReadBlock,
 		}).Result()
+		cancel()
 		if errors.Is(err, redis.Nil) {
 			continue // nothing new within ReadBlock
 		}
@@ -195,6 +201,15 @@ func (w *worker) readLoop() {
 		}
 		if len(msgs) == 0 {
 			continue
+		}
+		if ctx.Err() != nil {
+			// Closing: schedule what was read, for any node to attempt.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			if err := w.schedule(sctx, msgs); err != nil {
+				w.s.log.Warn().Err(err).Str("merchantId", w.m).Msg("could not schedule the webhook events read while closing; a sweep claims them")
+			}
+			cancel()
+			return
 		}
 		if err := w.schedule(ctx, msgs); err != nil {
 			if ctx.Err() == nil {
@@ -294,13 +309,17 @@ func (w *worker) rearm(ctx context.Context, notBefore time.Time) error {
 	if err != nil {
 		return err
 	}
-	if len(zs) == 0 {
-		w.setTimer(time.Time{})
-		return nil
+	var at time.Time
+	if len(zs) > 0 {
+		at = time.UnixMilli(int64(zs[0].Score)).UTC()
+		if at.Before(notBefore) {
+			at = notBefore
+		}
 	}
-	at := time.UnixMilli(int64(zs[0].Score)).UTC()
-	if at.Before(notBefore) {
-		at = notBefore
+	if poll := w.s.opts.Poll; poll > 0 {
+		if next := msNow(w.s.clock).Add(poll); at.IsZero() || at.After(next) {
+			at = next
+		}
 	}
 	w.setTimer(at)
 	return nil
