@@ -15,29 +15,99 @@ import (
 
 // simTerminal answers every startPayment at once with commandReceived and
 // an approved paymentResult: the cheapest terminal there is, so that what
-// is measured is the hub (or the floor), not a card delay.
+// is measured is the hub (or the floor), not a card delay. In the failover
+// scenario it waits delay before the result, so that payments are in
+// flight when a node dies, and when its socket drops it reconnects to the
+// next node of its list.
 type simTerminal struct {
-	cred Cred
+	cred  Cred
+	delay time.Duration
+	// nodes are where the terminal connects, the first first; on a dropped
+	// socket it tries the next one after the one it was on (none: it stays
+	// down).
+	nodes []Endpoint
+	at    int // index in nodes of the current connection
+	// back is called after each reconnect's greeting.
+	back func(t *simTerminal)
+
+	mu   sync.Mutex
 	conn *client.Conn
 	acks atomic.Int64 // resultAcks received
 }
 
+func (t *simTerminal) getConn() *client.Conn {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.conn
+}
+
+func (t *simTerminal) setConn(c *client.Conn) {
+	t.mu.Lock()
+	t.conn = c
+	t.mu.Unlock()
+}
+
 func (t *simTerminal) run(ctx context.Context) {
 	for {
-		b, err := t.conn.ReadRaw(ctx)
+		t.serve(ctx, t.getConn())
+		if ctx.Err() != nil || len(t.nodes) < 2 || !t.redial(ctx) {
+			return
+		}
+		if t.back != nil {
+			t.back(t)
+		}
+	}
+}
+
+// serve answers on c until it ends.
+func (t *simTerminal) serve(ctx context.Context, c *client.Conn) {
+	for {
+		b, err := c.ReadRaw(ctx)
 		if err != nil {
 			return
 		}
 		switch jsonStr(b, "action") {
 		case "startPayment":
 			txn := jsonStr(b, "transactionId")
-			if send(ctx, t.conn, commandReceivedFrame(txn)) != nil || send(ctx, t.conn, approvedFrame(txn)) != nil {
+			if send(ctx, c, commandReceivedFrame(txn)) != nil {
+				return
+			}
+			if t.delay > 0 {
+				// A result the socket no longer carries is lost: the hub
+				// sends the open command again when the terminal is back.
+				time.AfterFunc(t.delay, func() { _ = send(ctx, c, approvedFrame(txn)) })
+			} else if send(ctx, c, approvedFrame(txn)) != nil {
 				return
 			}
 		case "resultAck":
 			t.acks.Add(1)
 		}
 	}
+}
+
+// redial connects to the next node of the list after the current one,
+// then the one after, as a terminal with a list of gateways would, waiting
+// 100 ms × attempt (at most 1 s) between attempts, for at most a minute.
+func (t *simTerminal) redial(ctx context.Context) bool {
+	_ = t.getConn().CloseNow()
+	dctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for attempt := 1; dctx.Err() == nil; attempt++ {
+		i := (t.at + attempt) % len(t.nodes)
+		actx, acancel := context.WithTimeout(dctx, 10*time.Second)
+		c, err := client.DialTerminal(actx, t.nodes[i].opts(), t.cred.ID, t.cred.Secret)
+		acancel()
+		if err == nil {
+			t.at = i
+			t.setConn(c)
+			return true
+		}
+		select {
+		case <-time.After(min(time.Duration(attempt)*100*time.Millisecond, time.Second)):
+		case <-dctx.Done():
+		}
+	}
+	return false
 }
 
 // posDriver is one POS connection sending payments for its terminals and
@@ -57,6 +127,7 @@ type posDriver struct {
 	mids   int        // durable messages received (those with a messageId)
 	last   string     // newest messageId received
 	noAck  bool
+	ledger finalLedger // finals by transaction id
 }
 
 // pay sends a payment for terminal ti, stamped at (nowNS, or the scheduled
@@ -110,7 +181,7 @@ func (d *posDriver) read(ctx context.Context) {
 			mid := d.durable(b)
 			seq := refSeq(jsonStr(b, "reference"), d.prefix+"s")
 			if seq >= 0 {
-				d.final(seq, jsonStr(b, "status"), act == "paymentVoided", at)
+				d.final(seq, jsonStr(b, "transactionId"), mid, jsonStr(b, "status"), act == "paymentVoided", at)
 			}
 			if mid != "" && !d.noAck {
 				if send(ctx, d.conn, ackFrame(mid)) != nil {
@@ -145,26 +216,30 @@ func (d *posDriver) runFor(ref string) *loopRun {
 	return d.runOf[seq]
 }
 
-// final records a final message of payment seq. A paymentVoided after a
-// final is the hub voiding a late approval (of a superseded, timed-out or
-// cancelled payment): a second message by contract, counted apart, not as
-// a duplicate.
-func (d *posDriver) final(seq int, status string, voided bool, at int64) {
+// final records a final message of payment seq (transaction txn, message
+// mid), classified by the driver's ledger: a redelivered message or a late
+// void is counted apart, a second different final as a duplicate.
+func (d *posDriver) final(seq int, txn, mid, status string, voided bool, at int64) {
 	d.mu.Lock()
 	if seq >= len(d.finals) {
 		d.mu.Unlock()
 		return
 	}
-	if voided && d.finals[seq] > 0 {
-		r := d.runOf[seq]
-		d.mu.Unlock()
+	r := d.runOf[seq]
+	kind := d.ledger.record(seq, txn, mid, voided)
+	if kind == firstFinal {
+		d.finals[seq]++
+	}
+	sent, ti := d.sent[seq], int(d.term[seq])
+	d.mu.Unlock()
+	switch kind {
+	case redelivered:
+		r.redelivered.Add(1)
+		return
+	case lateVoid:
 		r.autoVoids.Add(1)
 		return
-	}
-	d.finals[seq]++
-	n, sent, ti, r := d.finals[seq], d.sent[seq], int(d.term[seq]), d.runOf[seq]
-	d.mu.Unlock()
-	if n > 1 {
+	case duplicateFinal:
 		r.dups.Add(1)
 		return
 	}
@@ -199,7 +274,7 @@ type loopRun struct {
 
 	rec                                     Recorder
 	responses, updates, completed, inWindow atomic.Int64
-	dups, failures, autoVoids               atomic.Int64
+	dups, failures, autoVoids, redelivered  atomic.Int64
 	inflight                                atomic.Int64
 	stopped                                 atomic.Bool
 	done                                    chan struct{}
@@ -215,9 +290,14 @@ func newRun(ctx context.Context, drivers []*posDriver, closed bool) *loopRun {
 	r := &loopRun{closed: closed, done: make(chan struct{}), errs: map[string]int{}, ctx: ctx}
 	r.stopAt.Store(1<<62 - 1)
 	if closed {
-		r.next = make([]chan int, len(drivers))
-		for i, d := range drivers {
-			r.next[i] = make(chan int, 2*len(d.terms)+1)
+		// By driver index: a phase may run over some of a load's drivers.
+		n := 0
+		for _, d := range drivers {
+			n = max(n, d.idx+1)
+		}
+		r.next = make([]chan int, n)
+		for _, d := range drivers {
+			r.next[d.idx] = make(chan int, 2*len(d.terms)+1)
 		}
 	}
 	return r
@@ -318,6 +398,9 @@ type PaymentStats struct {
 	Lost       int // sent, no final and no error reply
 	Duplicated int // finals beyond the first for one payment
 	AutoVoids  int // paymentVoided after a payment's final (late approvals voided)
+	// Redelivered is finals received again with the same messageId (at
+	// least once delivery, after a reconnect): not duplicates.
+	Redelivered int
 	RoundTrip  Summary
 	Elapsed    time.Duration // from the first payment to the stop (closed loop: to the last final)
 	Rate       float64       // finals per second over the measuring window
@@ -348,6 +431,7 @@ func mergeStats(parts []PaymentStats) PaymentStats {
 		out.Lost += p.Lost
 		out.Duplicated += p.Duplicated
 		out.AutoVoids += p.AutoVoids
+		out.Redelivered += p.Redelivered
 		for k, v := range p.Errors {
 			out.Errors[k] += v
 		}

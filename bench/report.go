@@ -54,6 +54,8 @@ func (r *Results) Rows() []Row {
 	r.idleRows(b)
 	r.replayRows(b)
 	r.stormRows(b)
+	r.nodesRows(b)
+	r.failoverRows(b)
 	return b.rows
 }
 
@@ -204,6 +206,7 @@ func (r *Results) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "\n## termhub bench%s\n\n", mark)
 	fmt.Fprintf(w, "%s, %s, %d cores, load average %s at the start and %s at the end\n\n", r.Started.Format("2006-01-02 15:04 MST"),
 		r.Finished.Sub(r.Started).Round(time.Second), runtime.NumCPU(), r.LoadAvgStart, r.LoadAvgEnd)
+	fmt.Fprintf(w, "host steal (/proc/stat): %s at the start, %s at the end\n\n", r.StealStart, r.StealEnd)
 	fmt.Fprintln(w, "| scenario | figure | measured | target | result |")
 	fmt.Fprintln(w, "|---|---|---|---|---|")
 	for _, row := range r.Rows() {

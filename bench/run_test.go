@@ -258,13 +258,14 @@ func TestFinalCounting(t *testing.T) {
 		d.sent, d.term, d.finals, d.runOf = append(d.sent, nowNS()), append(d.term, 0), append(d.finals, 0), append(d.runOf, r)
 		r.issuedN.Add(1)
 	}
-	d.final(0, "SUPERSEDED", false, nowNS())
-	d.final(0, "VOIDED", true, nowNS())
-	d.final(1, "COMPLETED", false, nowNS())
-	d.final(1, "COMPLETED", false, nowNS())
+	d.final(0, "t0", "m1", "SUPERSEDED", false, nowNS())
+	d.final(0, "t0", "m2", "VOIDED", true, nowNS())
+	d.final(1, "t1", "m3", "COMPLETED", false, nowNS())
+	d.final(1, "t1", "m4", "COMPLETED", false, nowNS())
+	d.final(1, "t1", "m3", "COMPLETED", false, nowNS()) // replayed: not a duplicate
 	r.stop()
 	st := r.stats("hub", &fleetConns{drivers: []*posDriver{d}})
-	if st.AutoVoids != 1 || st.Duplicated != 1 || st.Completed != 1 || st.Failures != 1 || st.Lost != 0 || st.Unfinished {
+	if st.AutoVoids != 1 || st.Duplicated != 1 || st.Redelivered != 1 || st.Completed != 1 || st.Failures != 1 || st.Lost != 0 || st.Unfinished {
 		t.Fatalf("stats = %+v", st)
 	}
 }
