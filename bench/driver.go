@@ -401,11 +401,11 @@ type PaymentStats struct {
 	// Redelivered is finals received again with the same messageId (at
 	// least once delivery, after a reconnect): not duplicates.
 	Redelivered int
-	RoundTrip  Summary
-	Elapsed    time.Duration // from the first payment to the stop (closed loop: to the last final)
-	Rate       float64       // finals per second over the measuring window
-	Counted    int           // the finals Rate counts: those inside the window
-	Unfinished bool          // the drain timed out
+	RoundTrip   Summary
+	Elapsed     time.Duration // from the first payment to the stop (closed loop: to the last final)
+	Rate        float64       // finals per second over the measuring window
+	Counted     int           // the finals Rate counts: those inside the window
+	Unfinished  bool          // the drain timed out
 
 	samples []time.Duration // the round trips, for mergeStats
 }

@@ -44,9 +44,9 @@ type Options struct {
 	NodeTimeout time.Duration
 	// CardDelay is how long a failover terminal takes to answer a payment,
 	// so that payments are in flight when the node dies.
-	CardDelay time.Duration
-	Embedded   bool          // the hub runs on embedded Redis: figures are not comparable
-	CPUProfile string        // the hub of the throughput run writes a CPU profile here (latency's and load's beside it)
+	CardDelay  time.Duration
+	Embedded   bool   // the hub runs on embedded Redis: figures are not comparable
+	CPUProfile string // the hub of the throughput run writes a CPU profile here (latency's and load's beside it)
 	// Redis is the Redis the servers use, for its CPU time (nil or embedded: not reported).
 	Redis redis.UniversalClient
 	// Log receives one progress line per step; nil discards them.
@@ -142,7 +142,7 @@ type Results struct {
 	// far, when the run started and ended.
 	StealStart, StealEnd time.Duration
 	Errors               []string
-	Profile                     string // where the throughput CPU profile was written
+	Profile              string // where the throughput CPU profile was written
 }
 
 func (o *Options) fill() {
