@@ -40,14 +40,22 @@ type FailoverStats struct {
 	// AllFinal is when the last payment in flight at the kill got its
 	// final, from the kill (0 if some never did).
 	AllFinal time.Duration
-	Payments PaymentStats // every payment of the run, before the kill too
+	// Released is when the surviving node's GET /v1/ops/nodes stopped
+	// listing the killed node (its release, after node_timeout), from the
+	// kill; 0 if it never did. OnlineAfter is how many terminals that node
+	// listed online on a live node 1 s after that: the release must not
+	// touch a terminal that already reconnected elsewhere.
+	Released    time.Duration
+	OnlineAfter int
+	Payments    PaymentStats // every payment of the run, before the kill too
 }
 
 // Within reports whether the failover met its target.
 func (s *FailoverStats) Within() bool {
 	limit := s.NodeTimeout + TargetFailoverSlack
 	return s.Back == s.Terminals && s.AllBack <= limit && s.HubOnline > 0 && s.HubOnline <= limit &&
-		s.AllFinal > 0 && s.AllFinal <= limit && s.Payments.Lost == 0 && s.Payments.Duplicated == 0
+		s.AllFinal > 0 && s.AllFinal <= limit && s.Payments.Lost == 0 && s.Payments.Duplicated == 0 &&
+		s.Released > 0 && s.OnlineAfter == s.Terminals
 }
 
 // failover starts Options.Nodes nodes, puts every terminal on the first and
@@ -96,6 +104,7 @@ func (r *runner) failover() {
 	st.InFlight = int(lr.inflight.Load())
 	r.logf("failover: killed %s (pid %d) with %d payments in flight", st.Killed, eps[0].Proc.PID(), st.InFlight)
 	st.HubOnline = r.watchOnline(eps[1], st, killAt, lr.done)
+	st.Released, st.OnlineAfter = r.watchRelease(eps[1], st, killAt)
 	r.signalAll(eps[1:], syscall.SIGUSR2)
 	st.Back = int(back.Load())
 	if st.Back > 0 {
@@ -105,12 +114,15 @@ func (r *runner) failover() {
 		st.AllFinal = time.Duration(lf - killAt)
 	}
 	st.Payments = lr.stats("failover", fc)
-	r.logf("failover: %d/%d terminals back after %s (hub: all online after %s), last final after %s; %s",
-		st.Back, st.Terminals, ms(st.AllBack), ms(st.HubOnline), ms(st.AllFinal), st.Payments.outcome())
+	r.logf("failover: %d/%d terminals back after %s (hub: all online after %s), last final after %s; %s; dead node released after %s, then %d terminals online",
+		st.Back, st.Terminals, ms(st.AllBack), ms(st.HubOnline), ms(st.AllFinal), st.Payments.outcome(), ms(st.Released), st.OnlineAfter)
 	r.res.Failover = st
 	r.checkFinals("failover", &st.Payments)
 	if st.Back < st.Terminals || st.AllFinal == 0 {
 		r.fail("failover", fmt.Errorf("%d of %d terminals back, %d payments still without a final", st.Back, st.Terminals, lr.inflight.Load()))
+	}
+	if st.Released == 0 || st.OnlineAfter < st.Terminals {
+		r.fail("failover", fmt.Errorf("dead node released after %s (0: never), then %d of %d terminals online", ms(st.Released), st.OnlineAfter, st.Terminals))
 	}
 }
 
@@ -170,26 +182,64 @@ func (r *runner) watchOnline(ep Endpoint, st *FailoverStats, killAt int64, done 
 	return online
 }
 
-// onlineElsewhere counts the terminals ep lists online on a node other
-// than dead.
-func onlineElsewhere(ctx context.Context, ep Endpoint, dead string) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ep.URL+"/v1/ops/terminals", nil)
+// watchRelease polls ep's GET /v1/ops/nodes every 100 ms until the killed
+// node is gone from it (at most node_timeout + the drain from the kill),
+// waits 1 s for the release's news to settle, and counts the terminals ep
+// lists online on a live node then.
+func (r *runner) watchRelease(ep Endpoint, st *FailoverStats, killAt int64) (time.Duration, int) {
+	deadline := time.Now().Add(st.NodeTimeout + r.o.Drain)
+	var released time.Duration
+	for time.Now().Before(deadline) && r.ctx.Err() == nil {
+		if listed, err := nodeListed(r.ctx, ep, st.Killed); err == nil && !listed {
+			released = time.Duration(nowNS() - killAt)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	n, _ := onlineElsewhere(r.ctx, ep, st.Killed)
+	return released, n
+}
+
+// nodeListed reports whether ep's GET /v1/ops/nodes lists node id.
+func nodeListed(ctx context.Context, ep Endpoint, id string) (bool, error) {
+	var body struct{ Data []struct{ ID string } }
+	if err := opsGet(ctx, ep, "/v1/ops/nodes", &body); err != nil {
+		return false, err
+	}
+	for _, n := range body.Data {
+		if n.ID == id {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// opsGet reads the JSON of ep's ops endpoint path into v.
+func opsGet(ctx context.Context, ep Endpoint, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ep.URL+path, nil)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+ep.OpsToken)
 	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("bench: /v1/ops/terminals: HTTP %d", resp.StatusCode)
+		return fmt.Errorf("bench: %s: HTTP %d", path, resp.StatusCode)
 	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// onlineElsewhere counts the terminals ep lists online on a node other
+// than dead.
+func onlineElsewhere(ctx context.Context, ep Endpoint, dead string) (int, error) {
 	var body struct {
 		Data []struct{ Status, Node string }
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+	if err := opsGet(ctx, ep, "/v1/ops/terminals", &body); err != nil {
 		return 0, err
 	}
 	n := 0
@@ -223,6 +273,9 @@ func (r *Results) failoverRows(b *rowBuilder) {
 	b.add(scn, "every terminal back on another node (its greeting)", fmt.Sprintf("%s (%d of %d)", ms(s.AllBack), s.Back, s.Terminals), limit, verdict(s.Back == s.Terminals && s.AllBack <= s.NodeTimeout+TargetFailoverSlack))
 	b.add(scn, "a surviving node lists every terminal online on a live node", ms(s.HubOnline), limit, verdict(s.HubOnline > 0 && s.HubOnline <= s.NodeTimeout+TargetFailoverSlack))
 	b.add(scn, "every payment in flight final", ms(s.AllFinal), limit, verdict(s.AllFinal > 0 && s.AllFinal <= s.NodeTimeout+TargetFailoverSlack))
+	b.add(scn, "killed node released (gone from GET /v1/ops/nodes)", ms(s.Released), "", "")
+	b.add(scn, "terminals online on a live node 1 s after the release", fmt.Sprintf("%d of %d", s.OnlineAfter, s.Terminals), "all", verdict(s.OnlineAfter == s.Terminals))
 	p := s.Payments
 	b.add(scn, "finals: lost / duplicated", fmt.Sprintf("%d / %d (%s; %d redelivered)", p.Lost, p.Duplicated, p.outcome(), p.Redelivered), "0 / 0", verdict(p.Lost == 0 && p.Duplicated == 0))
+	b.add(scn, "all of the above", "", "", verdict(s.Within()))
 }

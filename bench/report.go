@@ -219,7 +219,14 @@ func (r *Results) Markdown(w io.Writer) {
 	if r.Profile != "" {
 		fmt.Fprintf(w, "\nCPU profile of the hub during the throughput run: %s (go tool pprof -top %s)\n", r.Profile, r.Profile)
 	}
-	for _, s := range []*PaymentStats{r.Latency, r.Floor, r.Throughput, r.ThroughputFloor, r.Load, r.LoadFloor} {
+	all := []*PaymentStats{r.Latency, r.Floor, r.Throughput, r.ThroughputFloor, r.Load, r.LoadFloor}
+	if n := r.Nodes; n != nil {
+		all = append(all, n.Same, n.Cross, n.SameLoad, n.CrossLoad)
+	}
+	if r.Failover != nil {
+		all = append(all, &r.Failover.Payments)
+	}
+	for _, s := range all {
 		if s != nil && len(s.Errors) > 0 {
 			fmt.Fprintf(w, "\nfailures (%s): %s\n", s.Target, s.ErrorList())
 		}
