@@ -113,8 +113,15 @@ func (t *simTerminal) redial(ctx context.Context) bool {
 // posDriver is one POS connection sending payments for its terminals and
 // reading every reply and durable message on one goroutine.
 type posDriver struct {
-	idx    int
-	key    Cred
+	idx int
+	key Cred
+	// nodes are where the POS connects, the first first; when its socket
+	// drops (a node killed, or one that lets its connections go) it
+	// reconnects to the next, and the hub replays what it had not
+	// acknowledged (none: it stays down).
+	nodes  []Endpoint
+	at     int // index in nodes of the current connection
+	connMu sync.Mutex
 	conn   *client.Conn
 	terms  []*simTerminal
 	prefix string // references are prefix + "s" + seq
@@ -142,16 +149,63 @@ func (d *posDriver) pay(ctx context.Context, r *loopRun, ti int, at int64) error
 	d.mu.Unlock()
 	r.issuedN.Add(1)
 	ref := d.prefix + "s" + itoa(seq)
-	return send(ctx, d.conn, paymentFrame(d.terms[ti].cred.ID, ref))
+	return send(ctx, d.getConn(), paymentFrame(d.terms[ti].cred.ID, ref))
 }
 
 func itoa(n int) string { return fmt.Sprint(n) }
 
+func (d *posDriver) getConn() *client.Conn {
+	d.connMu.Lock()
+	defer d.connMu.Unlock()
+	return d.conn
+}
+
+func (d *posDriver) setConn(c *client.Conn) {
+	d.connMu.Lock()
+	d.conn = c
+	d.connMu.Unlock()
+}
+
 // read handles everything the hub sends to the POS until the connection
-// ends.
+// ends for good: with several nodes, it reconnects to the next.
 func (d *posDriver) read(ctx context.Context) {
 	for {
-		b, err := d.conn.ReadRaw(ctx)
+		d.serve(ctx, d.getConn())
+		if ctx.Err() != nil || len(d.nodes) < 2 || !d.redial(ctx) {
+			return
+		}
+	}
+}
+
+// redial connects the POS to the next node of its list after the current
+// one, then the one after, waiting 100 ms × attempt (at most 1 s) between
+// attempts, for at most a minute.
+func (d *posDriver) redial(ctx context.Context) bool {
+	_ = d.getConn().CloseNow()
+	dctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for attempt := 1; dctx.Err() == nil; attempt++ {
+		i := (d.at + attempt) % len(d.nodes)
+		actx, acancel := context.WithTimeout(dctx, 10*time.Second)
+		c, err := client.DialPOS(actx, d.nodes[i].opts(), d.key.ID, d.key.Secret)
+		acancel()
+		if err == nil {
+			d.at = i
+			d.setConn(c)
+			return true
+		}
+		select {
+		case <-time.After(min(time.Duration(attempt)*100*time.Millisecond, time.Second)):
+		case <-dctx.Done():
+		}
+	}
+	return false
+}
+
+// serve handles what the hub sends on c until it ends.
+func (d *posDriver) serve(ctx context.Context, c *client.Conn) {
+	for {
+		b, err := c.ReadRaw(ctx)
 		if err != nil {
 			return
 		}
@@ -184,7 +238,7 @@ func (d *posDriver) read(ctx context.Context) {
 				d.final(seq, jsonStr(b, "transactionId"), mid, jsonStr(b, "status"), act == "paymentVoided", at)
 			}
 			if mid != "" && !d.noAck {
-				if send(ctx, d.conn, ackFrame(mid)) != nil {
+				if send(ctx, c, ackFrame(mid)) != nil {
 					return
 				}
 			}

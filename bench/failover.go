@@ -137,7 +137,7 @@ func (r *runner) failoverLoad(eps []Endpoint, back func(*simTerminal)) (*fleetCo
 		return nil, err
 	}
 	return connectPlaced(r.ctx, plans, r.tag+"failover", placement{
-		pos: func(pi int) Endpoint { return eps[1+pi%(n-1)] },
+		pos: func(pi int) []Endpoint { return rotate(eps[1:], pi%(n-1)) },
 		term: func(pi, ti int) []Endpoint {
 			list := []Endpoint{eps[0]}
 			for k := 1; k < n; k++ {

@@ -124,16 +124,16 @@ type fleetConns struct {
 // readers. tag makes the references of this load unique in the run.
 func connect(ctx context.Context, ep Endpoint, plans []PlanPOS, tag string) (*fleetConns, error) {
 	return connectPlaced(ctx, plans, tag, placement{
-		pos:  func(int) Endpoint { return ep },
+		pos:  func(int) []Endpoint { return []Endpoint{ep} },
 		term: func(int, int) []Endpoint { return []Endpoint{ep} },
 	})
 }
 
 // placement says which node each client of a load connects to: POS pi to
-// pos(pi), its terminal ti to term(pi, ti)[0] (the rest of that list is
-// where the terminal reconnects when its socket drops).
+// pos(pi)[0], its terminal ti to term(pi, ti)[0] (the rest of each list is
+// where the client reconnects when its socket drops).
 type placement struct {
-	pos  func(pi int) Endpoint
+	pos  func(pi int) []Endpoint
 	term func(pi, ti int) []Endpoint
 	// terminal, when set, adjusts each terminal before it dials (a card
 	// delay, a reconnect callback).
@@ -145,7 +145,7 @@ func connectPlaced(ctx context.Context, plans []PlanPOS, tag string, p placement
 	fc := &fleetConns{}
 	var all []*simTerminal
 	for i, pl := range plans {
-		d := &posDriver{idx: i, key: pl.Key, prefix: fmt.Sprintf("%s-p%d", tag, i)}
+		d := &posDriver{idx: i, key: pl.Key, prefix: fmt.Sprintf("%s-p%d", tag, i), nodes: p.pos(i)}
 		for ti, t := range pl.Terminals {
 			st := &simTerminal{cred: t, nodes: p.term(i, ti)}
 			if p.terminal != nil {
@@ -170,11 +170,11 @@ func connectPlaced(ctx context.Context, plans []PlanPOS, tag string, p placement
 	if err == nil {
 		err = parallel(len(fc.drivers), dialWidth, func(i int) error {
 			d := fc.drivers[i]
-			c, err := client.DialPOS(dctx, p.pos(i).opts(), d.key.ID, d.key.Secret)
+			c, err := client.DialPOS(dctx, d.nodes[0].opts(), d.key.ID, d.key.Secret)
 			if err != nil {
 				return fmt.Errorf("dial POS %s: %w", d.key.ID, err)
 			}
-			d.conn = c
+			d.setConn(c)
 			return nil
 		})
 	}
@@ -210,8 +210,8 @@ func (fc *fleetConns) close() {
 		return nil
 	})
 	for _, d := range fc.drivers {
-		if d.conn != nil {
-			_ = d.conn.CloseNow()
+		if c := d.getConn(); c != nil {
+			_ = c.CloseNow()
 		}
 	}
 	fc.wg.Wait()

@@ -71,6 +71,15 @@ func (s *NodesStats) P50Ratio() float64 {
 	return ratio(float64(s.Cross.RoundTrip.P50), float64(s.Same.RoundTrip.P50))
 }
 
+// rotate is eps starting at eps[i], then the ones after it, wrapping.
+func rotate(eps []Endpoint, i int) []Endpoint {
+	out := make([]Endpoint, 0, len(eps))
+	for k := range eps {
+		out = append(out, eps[(i+k)%len(eps)])
+	}
+	return out
+}
+
 // nodeLauncher is the launcher's NodeLauncher, or an error saying why the
 // scenario cannot run.
 func (r *runner) nodeLauncher(scenario string) (NodeLauncher, bool) {
@@ -91,11 +100,14 @@ func (r *runner) placedSide(name string, f Fleet, eps []Endpoint, where string, 
 		return nil, func() {}
 	}
 	n := len(eps)
+	// Every client reconnects to the next node if its own lets it go (a
+	// node the others took for dead does): what is measured is then what
+	// the hub kept, not what a client that gave up missed.
 	fc, err := connectPlaced(r.ctx, plans, r.tag+name, placement{
-		pos: func(pi int) Endpoint { p, _ := placeNode(where, pi, n); return eps[p] },
+		pos: func(pi int) []Endpoint { p, _ := placeNode(where, pi, n); return rotate(eps, p) },
 		term: func(pi, _ int) []Endpoint {
 			_, t := placeNode(where, pi, n)
-			return []Endpoint{eps[t]}
+			return rotate(eps, t)
 		},
 	})
 	if err != nil {

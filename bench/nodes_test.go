@@ -103,3 +103,15 @@ func TestNodesNeedNodeLauncher(t *testing.T) {
 		t.Fatalf("errors = %v", res.Errors)
 	}
 }
+
+// A client's list of nodes starts at its own and goes round the others.
+func TestRotate(t *testing.T) {
+	eps := []Endpoint{{Name: "a"}, {Name: "b"}, {Name: "c"}}
+	got := ""
+	for _, ep := range rotate(eps, 2) {
+		got += ep.Name
+	}
+	if got != "cab" {
+		t.Fatalf("rotate = %q", got)
+	}
+}
