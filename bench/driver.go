@@ -130,6 +130,7 @@ type posDriver struct {
 	sent   []int64    // when each payment was sent (or scheduled, open loop), nowNS; by seq
 	term   []int32    // terminal index by seq
 	finals []uint8    // finals received by seq
+	answer []uint8    // by seq: answered (accepted) or refused, else 0
 	runOf  []*loopRun // the phase each payment belongs to
 	mids   int        // durable messages received (those with a messageId)
 	last   string     // newest messageId received
@@ -145,6 +146,7 @@ func (d *posDriver) pay(ctx context.Context, r *loopRun, ti int, at int64) error
 	d.sent = append(d.sent, at)
 	d.term = append(d.term, int32(ti))
 	d.finals = append(d.finals, 0)
+	d.answer = append(d.answer, 0)
 	d.runOf = append(d.runOf, r)
 	d.mu.Unlock()
 	r.issuedN.Add(1)
@@ -212,7 +214,7 @@ func (d *posDriver) serve(ctx context.Context, c *client.Conn) {
 		at := nowNS()
 		switch act := jsonStr(b, "action"); act {
 		case "paymentResponse":
-			if r := d.runFor(jsonStr(b, "reference")); r != nil {
+			if r := d.accepted(jsonStr(b, "reference")); r != nil {
 				r.responses.Add(1)
 			}
 		case "error":
@@ -222,6 +224,7 @@ func (d *posDriver) serve(ctx context.Context, c *client.Conn) {
 			}
 			d.mu.Lock()
 			r, ti := d.runOf[seq], int(d.term[seq])
+			d.answer[seq] = refused
 			d.mu.Unlock()
 			r.failed(jsonStr(b, "code"))
 			r.end()
@@ -255,6 +258,45 @@ func (d *posDriver) durable(b []byte) string {
 		d.mu.Unlock()
 	}
 	return mid
+}
+
+// What the hub answered a payment request (posDriver.answer).
+const (
+	accepted uint8 = 1 // a paymentResponse: a transaction exists
+	refused  uint8 = 2 // an error reply
+)
+
+// accepted records the paymentResponse of payment ref and returns its run.
+func (d *posDriver) accepted(ref string) *loopRun {
+	seq := refSeq(ref, d.prefix+"s")
+	if seq < 0 {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if seq >= len(d.runOf) {
+		return nil
+	}
+	d.answer[seq] = accepted
+	return d.runOf[seq]
+}
+
+// unanswered counts the payments of r that got no answer at all (no
+// paymentResponse, no error, no final): requests written on a connection
+// that ended before the hub took them, which a POS must send again. They
+// are not lost finals: the hub never made a transaction of them.
+func (r *loopRun) unanswered(drivers []*posDriver) int {
+	n := 0
+	for _, d := range drivers {
+		d.mu.Lock()
+		for seq, rr := range d.runOf {
+			if rr == r && d.answer[seq] == 0 && d.finals[seq] == 0 {
+				n++
+			}
+		}
+		d.mu.Unlock()
+	}
+	return n
 }
 
 func (d *posDriver) runFor(ref string) *loopRun {
@@ -440,16 +482,20 @@ func (r *loopRun) sender(d *posDriver) {
 
 // PaymentStats are the figures of one payment phase.
 type PaymentStats struct {
-	Target     string // "hub" or "floor"
-	POS        int
-	Terminals  int
-	Offered    float64 // open loop: payments/s offered; 0 for a closed loop
-	Sent       int
-	Responses  int // paymentResponse replies
-	Completed  int // payments with a COMPLETED final
-	Failures   int // error replies and finals other than COMPLETED
-	Errors     map[string]int
-	Lost       int // sent, no final and no error reply
+	Target    string // "hub" or "floor"
+	POS       int
+	Terminals int
+	Offered   float64 // open loop: payments/s offered; 0 for a closed loop
+	Sent      int
+	Responses int // paymentResponse replies
+	Completed int // payments with a COMPLETED final
+	Failures  int // error replies and finals other than COMPLETED
+	Errors    map[string]int
+	Lost      int // accepted (or of unknown fate), no final and no error reply
+	// Unanswered is payments sent on a connection that ended with neither a
+	// paymentResponse, an error nor a final: the hub never took them (not
+	// in Lost).
+	Unanswered int
 	Duplicated int // finals beyond the first for one payment
 	AutoVoids  int // paymentVoided after a payment's final (late approvals voided)
 	// Redelivered is finals received again with the same messageId (at
@@ -483,6 +529,7 @@ func mergeStats(parts []PaymentStats) PaymentStats {
 		out.Completed += p.Completed
 		out.Failures += p.Failures
 		out.Lost += p.Lost
+		out.Unanswered += p.Unanswered
 		out.Duplicated += p.Duplicated
 		out.AutoVoids += p.AutoVoids
 		out.Redelivered += p.Redelivered

@@ -318,7 +318,8 @@ func (r *loopRun) stats(name string, fc *fleetConns) PaymentStats {
 	st.Duplicated = int(r.dups.Load())
 	st.AutoVoids = int(r.autoVoids.Load())
 	st.Redelivered = int(r.redelivered.Load())
-	st.Lost = max(st.Sent-st.Completed-st.Failures, 0)
+	st.Unanswered = r.unanswered(fc.drivers)
+	st.Lost = max(st.Sent-st.Completed-st.Failures-st.Unanswered, 0)
 	r.errMu.Lock()
 	st.Errors = map[string]int{}
 	for k, v := range r.errs {

@@ -245,9 +245,12 @@ func esc(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
 // whose drain ran out, how many were still without a final.
 func (s PaymentStats) outcome() string {
 	if s.Unfinished {
-		return fmt.Sprintf("%d payments, %d failed, %d duplicated, %d still without a final when the drain ended", s.Sent, s.Failures, s.Duplicated, s.Lost)
+		return fmt.Sprintf("%d payments, %d failed, %d duplicated, %d accepted and still without a final when the drain ended, %d never answered (their connection ended first)", s.Sent, s.Failures, s.Duplicated, s.Lost, s.Unanswered)
 	}
 	out := fmt.Sprintf("%d payments, %d failed, %d lost, %d duplicated", s.Sent, s.Failures, s.Lost, s.Duplicated)
+	if s.Unanswered > 0 {
+		out += fmt.Sprintf(", %d never answered (their connection ended first)", s.Unanswered)
+	}
 	if s.AutoVoids > 0 {
 		out += fmt.Sprintf(", %d late approvals voided", s.AutoVoids)
 	}
