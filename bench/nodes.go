@@ -223,7 +223,7 @@ func (r *Results) nodesRows(b *rowBuilder) {
 	}
 	for _, l := range []*PaymentStats{s.SameLoad, s.CrossLoad} {
 		if l != nil {
-			b.add(scn, l.Target+": closed loop", fmt.Sprintf("%s; round trip %s; %s", rate(l.Rate), l.RoundTrip, l.outcome()), "0 lost / 0 duplicated", verdict(l.Lost == 0 && l.Duplicated == 0 && !l.Unfinished))
+			b.add(scn, l.Target+": closed loop", fmt.Sprintf("%s; round trip %s; %s", rate(l.Rate), l.RoundTrip, l.outcome()), "0 lost / 0 duplicated", verdict(l.Lost == 0 && l.Duplicated == 0))
 		}
 	}
 	if s.SameLoad != nil && s.CrossLoad != nil {
