@@ -233,7 +233,7 @@ func Replay(ctx context.Context, ep Endpoint, n, terminals int, tag string) (Rep
 	if st.Fill.Completed == 0 {
 		return st, fmt.Errorf("bench: replay: no payment completed while filling (%s)", st.Fill.ErrorList())
 	}
-	_ = d.conn.CloseNow()
+	_ = d.getConn().CloseNow()
 
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()

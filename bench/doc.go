@@ -9,7 +9,10 @@
 // floor (the same through the relay), throughput (closed loop, many
 // terminals), load (open loop at a fixed offered rate), idle (hub memory per
 // idle connection), replay (unacknowledged messages after a reconnect) and
-// storm (every terminal dropped and reconnecting at once). Each prints
+// storm (every terminal dropped and reconnecting at once); with several
+// hub processes on one Redis (Options.Nodes), nodes (POS and terminal on
+// the same node and on two, in turns) and failover (kill -9 of the node
+// holding every terminal, which reconnect to the others). Each prints
 // p50/p99/max and rates; Report renders them as one table.
 //
 // The package never asserts on timing: targets are compared and reported

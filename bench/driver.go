@@ -15,23 +15,68 @@ import (
 
 // simTerminal answers every startPayment at once with commandReceived and
 // an approved paymentResult: the cheapest terminal there is, so that what
-// is measured is the hub (or the floor), not a card delay.
+// is measured is the hub (or the floor), not a card delay. In the failover
+// scenario it waits delay before the result, so that payments are in
+// flight when a node dies, and when its socket drops it reconnects to the
+// next node of its list.
 type simTerminal struct {
-	cred Cred
+	cred  Cred
+	delay time.Duration
+	// nodes are where the terminal connects, the first first; on a dropped
+	// socket it tries the next one after the one it was on (none: it stays
+	// down).
+	nodes []Endpoint
+	at    int // index in nodes of the current connection
+	// back is called after each reconnect's greeting.
+	back func(t *simTerminal)
+
+	mu   sync.Mutex
 	conn *client.Conn
 	acks atomic.Int64 // resultAcks received
 }
 
+func (t *simTerminal) getConn() *client.Conn {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.conn
+}
+
+func (t *simTerminal) setConn(c *client.Conn) {
+	t.mu.Lock()
+	t.conn = c
+	t.mu.Unlock()
+}
+
 func (t *simTerminal) run(ctx context.Context) {
 	for {
-		b, err := t.conn.ReadRaw(ctx)
+		t.serve(ctx, t.getConn())
+		if ctx.Err() != nil || len(t.nodes) < 2 || !t.redial(ctx) {
+			return
+		}
+		if t.back != nil {
+			t.back(t)
+		}
+	}
+}
+
+// serve answers on c until it ends.
+func (t *simTerminal) serve(ctx context.Context, c *client.Conn) {
+	for {
+		b, err := c.ReadRaw(ctx)
 		if err != nil {
 			return
 		}
 		switch jsonStr(b, "action") {
 		case "startPayment":
 			txn := jsonStr(b, "transactionId")
-			if send(ctx, t.conn, commandReceivedFrame(txn)) != nil || send(ctx, t.conn, approvedFrame(txn)) != nil {
+			if send(ctx, c, commandReceivedFrame(txn)) != nil {
+				return
+			}
+			if t.delay > 0 {
+				// A result the socket no longer carries is lost: the hub
+				// sends the open command again when the terminal is back.
+				time.AfterFunc(t.delay, func() { _ = send(ctx, c, approvedFrame(txn)) })
+			} else if send(ctx, c, approvedFrame(txn)) != nil {
 				return
 			}
 		case "resultAck":
@@ -40,11 +85,43 @@ func (t *simTerminal) run(ctx context.Context) {
 	}
 }
 
+// redial connects to the next node of the list after the current one,
+// then the one after, as a terminal with a list of gateways would, waiting
+// 100 ms × attempt (at most 1 s) between attempts, for at most a minute.
+func (t *simTerminal) redial(ctx context.Context) bool {
+	_ = t.getConn().CloseNow()
+	dctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for attempt := 1; dctx.Err() == nil; attempt++ {
+		i := (t.at + attempt) % len(t.nodes)
+		actx, acancel := context.WithTimeout(dctx, 10*time.Second)
+		c, err := client.DialTerminal(actx, t.nodes[i].opts(), t.cred.ID, t.cred.Secret)
+		acancel()
+		if err == nil {
+			t.at = i
+			t.setConn(c)
+			return true
+		}
+		select {
+		case <-time.After(min(time.Duration(attempt)*100*time.Millisecond, time.Second)):
+		case <-dctx.Done():
+		}
+	}
+	return false
+}
+
 // posDriver is one POS connection sending payments for its terminals and
 // reading every reply and durable message on one goroutine.
 type posDriver struct {
-	idx    int
-	key    Cred
+	idx int
+	key Cred
+	// nodes are where the POS connects, the first first; when its socket
+	// drops (a node killed, or one that lets its connections go) it
+	// reconnects to the next, and the hub replays what it had not
+	// acknowledged (none: it stays down).
+	nodes  []Endpoint
+	at     int // index in nodes of the current connection
+	connMu sync.Mutex
 	conn   *client.Conn
 	terms  []*simTerminal
 	prefix string // references are prefix + "s" + seq
@@ -53,10 +130,12 @@ type posDriver struct {
 	sent   []int64    // when each payment was sent (or scheduled, open loop), nowNS; by seq
 	term   []int32    // terminal index by seq
 	finals []uint8    // finals received by seq
+	answer []uint8    // by seq: answered (accepted) or refused, else 0
 	runOf  []*loopRun // the phase each payment belongs to
 	mids   int        // durable messages received (those with a messageId)
 	last   string     // newest messageId received
 	noAck  bool
+	ledger finalLedger // finals by transaction id
 }
 
 // pay sends a payment for terminal ti, stamped at (nowNS, or the scheduled
@@ -67,27 +146,75 @@ func (d *posDriver) pay(ctx context.Context, r *loopRun, ti int, at int64) error
 	d.sent = append(d.sent, at)
 	d.term = append(d.term, int32(ti))
 	d.finals = append(d.finals, 0)
+	d.answer = append(d.answer, 0)
 	d.runOf = append(d.runOf, r)
 	d.mu.Unlock()
 	r.issuedN.Add(1)
 	ref := d.prefix + "s" + itoa(seq)
-	return send(ctx, d.conn, paymentFrame(d.terms[ti].cred.ID, ref))
+	return send(ctx, d.getConn(), paymentFrame(d.terms[ti].cred.ID, ref))
 }
 
 func itoa(n int) string { return fmt.Sprint(n) }
 
+func (d *posDriver) getConn() *client.Conn {
+	d.connMu.Lock()
+	defer d.connMu.Unlock()
+	return d.conn
+}
+
+func (d *posDriver) setConn(c *client.Conn) {
+	d.connMu.Lock()
+	d.conn = c
+	d.connMu.Unlock()
+}
+
 // read handles everything the hub sends to the POS until the connection
-// ends.
+// ends for good: with several nodes, it reconnects to the next.
 func (d *posDriver) read(ctx context.Context) {
 	for {
-		b, err := d.conn.ReadRaw(ctx)
+		d.serve(ctx, d.getConn())
+		if ctx.Err() != nil || len(d.nodes) < 2 || !d.redial(ctx) {
+			return
+		}
+	}
+}
+
+// redial connects the POS to the next node of its list after the current
+// one, then the one after, waiting 100 ms × attempt (at most 1 s) between
+// attempts, for at most a minute.
+func (d *posDriver) redial(ctx context.Context) bool {
+	_ = d.getConn().CloseNow()
+	dctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for attempt := 1; dctx.Err() == nil; attempt++ {
+		i := (d.at + attempt) % len(d.nodes)
+		actx, acancel := context.WithTimeout(dctx, 10*time.Second)
+		c, err := client.DialPOS(actx, d.nodes[i].opts(), d.key.ID, d.key.Secret)
+		acancel()
+		if err == nil {
+			d.at = i
+			d.setConn(c)
+			return true
+		}
+		select {
+		case <-time.After(min(time.Duration(attempt)*100*time.Millisecond, time.Second)):
+		case <-dctx.Done():
+		}
+	}
+	return false
+}
+
+// serve handles what the hub sends on c until it ends.
+func (d *posDriver) serve(ctx context.Context, c *client.Conn) {
+	for {
+		b, err := c.ReadRaw(ctx)
 		if err != nil {
 			return
 		}
 		at := nowNS()
 		switch act := jsonStr(b, "action"); act {
 		case "paymentResponse":
-			if r := d.runFor(jsonStr(b, "reference")); r != nil {
+			if r := d.accepted(jsonStr(b, "reference")); r != nil {
 				r.responses.Add(1)
 			}
 		case "error":
@@ -97,6 +224,7 @@ func (d *posDriver) read(ctx context.Context) {
 			}
 			d.mu.Lock()
 			r, ti := d.runOf[seq], int(d.term[seq])
+			d.answer[seq] = refused
 			d.mu.Unlock()
 			r.failed(jsonStr(b, "code"))
 			r.end()
@@ -110,10 +238,10 @@ func (d *posDriver) read(ctx context.Context) {
 			mid := d.durable(b)
 			seq := refSeq(jsonStr(b, "reference"), d.prefix+"s")
 			if seq >= 0 {
-				d.final(seq, jsonStr(b, "status"), act == "paymentVoided", at)
+				d.final(seq, jsonStr(b, "transactionId"), mid, jsonStr(b, "status"), act == "paymentVoided", at)
 			}
 			if mid != "" && !d.noAck {
-				if send(ctx, d.conn, ackFrame(mid)) != nil {
+				if send(ctx, c, ackFrame(mid)) != nil {
 					return
 				}
 			}
@@ -132,6 +260,45 @@ func (d *posDriver) durable(b []byte) string {
 	return mid
 }
 
+// What the hub answered a payment request (posDriver.answer).
+const (
+	accepted uint8 = 1 // a paymentResponse: a transaction exists
+	refused  uint8 = 2 // an error reply
+)
+
+// accepted records the paymentResponse of payment ref and returns its run.
+func (d *posDriver) accepted(ref string) *loopRun {
+	seq := refSeq(ref, d.prefix+"s")
+	if seq < 0 {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if seq >= len(d.runOf) {
+		return nil
+	}
+	d.answer[seq] = accepted
+	return d.runOf[seq]
+}
+
+// unanswered counts the payments of r that got no answer at all (no
+// paymentResponse, no error, no final): requests written on a connection
+// that ended before the hub took them, which a POS must send again. They
+// are not lost finals: the hub never made a transaction of them.
+func (r *loopRun) unanswered(drivers []*posDriver) int {
+	n := 0
+	for _, d := range drivers {
+		d.mu.Lock()
+		for seq, rr := range d.runOf {
+			if rr == r && d.answer[seq] == 0 && d.finals[seq] == 0 {
+				n++
+			}
+		}
+		d.mu.Unlock()
+	}
+	return n
+}
+
 func (d *posDriver) runFor(ref string) *loopRun {
 	seq := refSeq(ref, d.prefix+"s")
 	if seq < 0 {
@@ -145,26 +312,30 @@ func (d *posDriver) runFor(ref string) *loopRun {
 	return d.runOf[seq]
 }
 
-// final records a final message of payment seq. A paymentVoided after a
-// final is the hub voiding a late approval (of a superseded, timed-out or
-// cancelled payment): a second message by contract, counted apart, not as
-// a duplicate.
-func (d *posDriver) final(seq int, status string, voided bool, at int64) {
+// final records a final message of payment seq (transaction txn, message
+// mid), classified by the driver's ledger: a redelivered message or a late
+// void is counted apart, a second different final as a duplicate.
+func (d *posDriver) final(seq int, txn, mid, status string, voided bool, at int64) {
 	d.mu.Lock()
 	if seq >= len(d.finals) {
 		d.mu.Unlock()
 		return
 	}
-	if voided && d.finals[seq] > 0 {
-		r := d.runOf[seq]
-		d.mu.Unlock()
+	r := d.runOf[seq]
+	kind := d.ledger.record(seq, txn, mid, voided)
+	if kind == firstFinal {
+		d.finals[seq]++
+	}
+	sent, ti := d.sent[seq], int(d.term[seq])
+	d.mu.Unlock()
+	switch kind {
+	case redelivered:
+		r.redelivered.Add(1)
+		return
+	case lateVoid:
 		r.autoVoids.Add(1)
 		return
-	}
-	d.finals[seq]++
-	n, sent, ti, r := d.finals[seq], d.sent[seq], int(d.term[seq]), d.runOf[seq]
-	d.mu.Unlock()
-	if n > 1 {
+	case duplicateFinal:
 		r.dups.Add(1)
 		return
 	}
@@ -199,7 +370,7 @@ type loopRun struct {
 
 	rec                                     Recorder
 	responses, updates, completed, inWindow atomic.Int64
-	dups, failures, autoVoids               atomic.Int64
+	dups, failures, autoVoids, redelivered  atomic.Int64
 	inflight                                atomic.Int64
 	stopped                                 atomic.Bool
 	done                                    chan struct{}
@@ -215,9 +386,14 @@ func newRun(ctx context.Context, drivers []*posDriver, closed bool) *loopRun {
 	r := &loopRun{closed: closed, done: make(chan struct{}), errs: map[string]int{}, ctx: ctx}
 	r.stopAt.Store(1<<62 - 1)
 	if closed {
-		r.next = make([]chan int, len(drivers))
-		for i, d := range drivers {
-			r.next[i] = make(chan int, 2*len(d.terms)+1)
+		// By driver index: a phase may run over some of a load's drivers.
+		n := 0
+		for _, d := range drivers {
+			n = max(n, d.idx+1)
+		}
+		r.next = make([]chan int, n)
+		for _, d := range drivers {
+			r.next[d.idx] = make(chan int, 2*len(d.terms)+1)
 		}
 	}
 	return r
@@ -306,23 +482,30 @@ func (r *loopRun) sender(d *posDriver) {
 
 // PaymentStats are the figures of one payment phase.
 type PaymentStats struct {
-	Target     string // "hub" or "floor"
-	POS        int
-	Terminals  int
-	Offered    float64 // open loop: payments/s offered; 0 for a closed loop
-	Sent       int
-	Responses  int // paymentResponse replies
-	Completed  int // payments with a COMPLETED final
-	Failures   int // error replies and finals other than COMPLETED
-	Errors     map[string]int
-	Lost       int // sent, no final and no error reply
+	Target    string // "hub" or "floor"
+	POS       int
+	Terminals int
+	Offered   float64 // open loop: payments/s offered; 0 for a closed loop
+	Sent      int
+	Responses int // paymentResponse replies
+	Completed int // payments with a COMPLETED final
+	Failures  int // error replies and finals other than COMPLETED
+	Errors    map[string]int
+	Lost      int // accepted (or of unknown fate), no final and no error reply
+	// Unanswered is payments sent on a connection that ended with neither a
+	// paymentResponse, an error nor a final: the hub never took them (not
+	// in Lost).
+	Unanswered int
 	Duplicated int // finals beyond the first for one payment
 	AutoVoids  int // paymentVoided after a payment's final (late approvals voided)
-	RoundTrip  Summary
-	Elapsed    time.Duration // from the first payment to the stop (closed loop: to the last final)
-	Rate       float64       // finals per second over the measuring window
-	Counted    int           // the finals Rate counts: those inside the window
-	Unfinished bool          // the drain timed out
+	// Redelivered is finals received again with the same messageId (at
+	// least once delivery, after a reconnect): not duplicates.
+	Redelivered int
+	RoundTrip   Summary
+	Elapsed     time.Duration // from the first payment to the stop (closed loop: to the last final)
+	Rate        float64       // finals per second over the measuring window
+	Counted     int           // the finals Rate counts: those inside the window
+	Unfinished  bool          // the drain timed out
 
 	samples []time.Duration // the round trips, for mergeStats
 }
@@ -346,8 +529,10 @@ func mergeStats(parts []PaymentStats) PaymentStats {
 		out.Completed += p.Completed
 		out.Failures += p.Failures
 		out.Lost += p.Lost
+		out.Unanswered += p.Unanswered
 		out.Duplicated += p.Duplicated
 		out.AutoVoids += p.AutoVoids
+		out.Redelivered += p.Redelivered
 		for k, v := range p.Errors {
 			out.Errors[k] += v
 		}

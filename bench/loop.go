@@ -24,6 +24,8 @@ type Endpoint struct {
 	Proc *Proc
 	// OpsToken reads the hub's /metrics ("" when unknown).
 	OpsToken string
+	// NodeID is the node's id when the hub runs on several nodes.
+	NodeID string
 }
 
 // runtimeMetrics reads the unlabelled gauges of the hub's /metrics.
@@ -121,12 +123,34 @@ type fleetConns struct {
 // connect dials every terminal of plans, then every POS, and starts their
 // readers. tag makes the references of this load unique in the run.
 func connect(ctx context.Context, ep Endpoint, plans []PlanPOS, tag string) (*fleetConns, error) {
+	return connectPlaced(ctx, plans, tag, placement{
+		pos:  func(int) []Endpoint { return []Endpoint{ep} },
+		term: func(int, int) []Endpoint { return []Endpoint{ep} },
+	})
+}
+
+// placement says which node each client of a load connects to: POS pi to
+// pos(pi)[0], its terminal ti to term(pi, ti)[0] (the rest of each list is
+// where the client reconnects when its socket drops).
+type placement struct {
+	pos  func(pi int) []Endpoint
+	term func(pi, ti int) []Endpoint
+	// terminal, when set, adjusts each terminal before it dials (a card
+	// delay, a reconnect callback).
+	terminal func(t *simTerminal)
+}
+
+// connectPlaced is connect with each client on the node p gives it.
+func connectPlaced(ctx context.Context, plans []PlanPOS, tag string, p placement) (*fleetConns, error) {
 	fc := &fleetConns{}
 	var all []*simTerminal
-	for i, p := range plans {
-		d := &posDriver{idx: i, key: p.Key, prefix: fmt.Sprintf("%s-p%d", tag, i)}
-		for _, t := range p.Terminals {
-			st := &simTerminal{cred: t}
+	for i, pl := range plans {
+		d := &posDriver{idx: i, key: pl.Key, prefix: fmt.Sprintf("%s-p%d", tag, i), nodes: p.pos(i)}
+		for ti, t := range pl.Terminals {
+			st := &simTerminal{cred: t, nodes: p.term(i, ti)}
+			if p.terminal != nil {
+				p.terminal(st)
+			}
 			d.terms = append(d.terms, st)
 			all = append(all, st)
 		}
@@ -136,21 +160,21 @@ func connect(ctx context.Context, ep Endpoint, plans []PlanPOS, tag string) (*fl
 	dctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	err := parallel(len(all), dialWidth, func(i int) error {
-		c, err := client.DialTerminal(dctx, ep.opts(), all[i].cred.ID, all[i].cred.Secret)
+		c, err := client.DialTerminal(dctx, all[i].nodes[0].opts(), all[i].cred.ID, all[i].cred.Secret)
 		if err != nil {
 			return fmt.Errorf("dial terminal %s: %w", all[i].cred.ID, err)
 		}
-		all[i].conn = c
+		all[i].setConn(c)
 		return nil
 	})
 	if err == nil {
 		err = parallel(len(fc.drivers), dialWidth, func(i int) error {
 			d := fc.drivers[i]
-			c, err := client.DialPOS(dctx, ep.opts(), d.key.ID, d.key.Secret)
+			c, err := client.DialPOS(dctx, d.nodes[0].opts(), d.key.ID, d.key.Secret)
 			if err != nil {
 				return fmt.Errorf("dial POS %s: %w", d.key.ID, err)
 			}
-			d.conn = c
+			d.setConn(c)
 			return nil
 		})
 	}
@@ -169,18 +193,25 @@ func connect(ctx context.Context, ep Endpoint, plans []PlanPOS, tag string) (*fl
 	return fc, nil
 }
 
+// only is the load of driver i alone, for a phase that runs on it: its
+// payments go through the same readers and ledger.
+func (fc *fleetConns) only(i int) *fleetConns {
+	d := fc.drivers[i]
+	return &fleetConns{drivers: []*posDriver{d}, terms: d.terms}
+}
+
 // close drops every connection and waits for the readers.
 func (fc *fleetConns) close() {
 	fc.cancel()
 	_ = parallel(len(fc.terms), dialWidth, func(i int) error {
-		if c := fc.terms[i].conn; c != nil {
+		if c := fc.terms[i].getConn(); c != nil {
 			_ = c.CloseNow()
 		}
 		return nil
 	})
 	for _, d := range fc.drivers {
-		if d.conn != nil {
-			_ = d.conn.CloseNow()
+		if c := d.getConn(); c != nil {
+			_ = c.CloseNow()
 		}
 	}
 	fc.wg.Wait()
@@ -286,7 +317,9 @@ func (r *loopRun) stats(name string, fc *fleetConns) PaymentStats {
 	st.Failures = int(r.failures.Load())
 	st.Duplicated = int(r.dups.Load())
 	st.AutoVoids = int(r.autoVoids.Load())
-	st.Lost = max(st.Sent-st.Completed-st.Failures, 0)
+	st.Redelivered = int(r.redelivered.Load())
+	st.Unanswered = r.unanswered(fc.drivers)
+	st.Lost = max(st.Sent-st.Completed-st.Failures-st.Unanswered, 0)
 	r.errMu.Lock()
 	st.Errors = map[string]int{}
 	for k, v := range r.errs {

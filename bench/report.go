@@ -54,6 +54,8 @@ func (r *Results) Rows() []Row {
 	r.idleRows(b)
 	r.replayRows(b)
 	r.stormRows(b)
+	r.nodesRows(b)
+	r.failoverRows(b)
 	return b.rows
 }
 
@@ -204,6 +206,7 @@ func (r *Results) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "\n## termhub bench%s\n\n", mark)
 	fmt.Fprintf(w, "%s, %s, %d cores, load average %s at the start and %s at the end\n\n", r.Started.Format("2006-01-02 15:04 MST"),
 		r.Finished.Sub(r.Started).Round(time.Second), runtime.NumCPU(), r.LoadAvgStart, r.LoadAvgEnd)
+	fmt.Fprintf(w, "host steal (/proc/stat): %s at the start, %s at the end\n\n", r.StealStart, r.StealEnd)
 	fmt.Fprintln(w, "| scenario | figure | measured | target | result |")
 	fmt.Fprintln(w, "|---|---|---|---|---|")
 	for _, row := range r.Rows() {
@@ -216,7 +219,14 @@ func (r *Results) Markdown(w io.Writer) {
 	if r.Profile != "" {
 		fmt.Fprintf(w, "\nCPU profile of the hub during the throughput run: %s (go tool pprof -top %s)\n", r.Profile, r.Profile)
 	}
-	for _, s := range []*PaymentStats{r.Latency, r.Floor, r.Throughput, r.ThroughputFloor, r.Load, r.LoadFloor} {
+	all := []*PaymentStats{r.Latency, r.Floor, r.Throughput, r.ThroughputFloor, r.Load, r.LoadFloor}
+	if n := r.Nodes; n != nil {
+		all = append(all, n.Same, n.Cross, n.SameLoad, n.CrossLoad)
+	}
+	if r.Failover != nil {
+		all = append(all, &r.Failover.Payments)
+	}
+	for _, s := range all {
 		if s != nil && len(s.Errors) > 0 {
 			fmt.Fprintf(w, "\nfailures (%s): %s\n", s.Target, s.ErrorList())
 		}
@@ -235,9 +245,12 @@ func esc(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
 // whose drain ran out, how many were still without a final.
 func (s PaymentStats) outcome() string {
 	if s.Unfinished {
-		return fmt.Sprintf("%d payments, %d failed, %d duplicated, %d still without a final when the drain ended", s.Sent, s.Failures, s.Duplicated, s.Lost)
+		return fmt.Sprintf("%d payments, %d failed, %d duplicated, %d accepted and still without a final when the drain ended, %d never answered (their connection ended first)", s.Sent, s.Failures, s.Duplicated, s.Lost, s.Unanswered)
 	}
 	out := fmt.Sprintf("%d payments, %d failed, %d lost, %d duplicated", s.Sent, s.Failures, s.Lost, s.Duplicated)
+	if s.Unanswered > 0 {
+		out += fmt.Sprintf(", %d never answered (their connection ended first)", s.Unanswered)
+	}
 	if s.AutoVoids > 0 {
 		out += fmt.Sprintf(", %d late approvals voided", s.AutoVoids)
 	}

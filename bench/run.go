@@ -19,6 +19,10 @@ import (
 // Scenarios in the order a full run takes them.
 var Scenarios = []string{"latency", "floor", "throughput", "load", "idle", "storm", "replay"}
 
+// NodeScenarios run several nodes on one Redis (Options.Nodes): not part
+// of "all", which measures one hub.
+var NodeScenarios = []string{"nodes", "failover"}
+
 // Options say what to run and how hard.
 type Options struct {
 	Scenarios  map[string]bool
@@ -34,8 +38,15 @@ type Options struct {
 	Storm      int           // terminals in the reconnect storm
 	Replay     int           // unacknowledged messages to replay
 	Drain      time.Duration // how long to wait for finals in flight at the end of a phase
-	Embedded   bool          // the hub runs on embedded Redis: figures are not comparable
-	CPUProfile string        // the hub of the throughput run writes a CPU profile here (latency's and load's beside it)
+	// Nodes is how many hub processes the multi-node scenarios start on
+	// the same Redis; NodeTimeout is their node_timeout.
+	Nodes       int
+	NodeTimeout time.Duration
+	// CardDelay is how long a failover terminal takes to answer a payment,
+	// so that payments are in flight when the node dies.
+	CardDelay  time.Duration
+	Embedded   bool   // the hub runs on embedded Redis: figures are not comparable
+	CPUProfile string // the hub of the throughput run writes a CPU profile here (latency's and load's beside it)
 	// Redis is the Redis the servers use, for its CPU time (nil or embedded: not reported).
 	Redis redis.UniversalClient
 	// Log receives one progress line per step; nil discards them.
@@ -125,8 +136,13 @@ type Results struct {
 	Storm                       *StormStats
 	StormCPU                    CPUShare
 	Replay                      *ReplayStats
-	Errors                      []string
-	Profile                     string // where the throughput CPU profile was written
+	Nodes                       *NodesStats
+	Failover                    *FailoverStats
+	// StealStart and StealEnd are the host's steal time (/proc/stat) so
+	// far, when the run started and ended.
+	StealStart, StealEnd time.Duration
+	Errors               []string
+	Profile              string // where the throughput CPU profile was written
 }
 
 func (o *Options) fill() {
@@ -155,6 +171,12 @@ func (o *Options) fill() {
 	if o.Drain <= 0 {
 		o.Drain = 30 * time.Second
 	}
+	if o.NodeTimeout <= 0 {
+		o.NodeTimeout = 10 * time.Second
+	}
+	if o.CardDelay <= 0 {
+		o.CardDelay = 2 * time.Second
+	}
 	if o.Log == nil {
 		o.Log = io.Discard
 	}
@@ -178,11 +200,11 @@ func ParseScenarios(s string) (map[string]bool, error) {
 			continue
 		}
 		known := false
-		for _, n := range Scenarios {
+		for _, n := range append(Scenarios[:len(Scenarios):len(Scenarios)], NodeScenarios...) {
 			known = known || n == name
 		}
 		if !known {
-			return nil, fmt.Errorf("bench: unknown scenario %q (want all or %s)", name, strings.Join(Scenarios, ", "))
+			return nil, fmt.Errorf("bench: unknown scenario %q (want all or %s, %s)", name, strings.Join(Scenarios, ", "), strings.Join(NodeScenarios, ", "))
 		}
 		out[name] = true
 	}
@@ -197,6 +219,7 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 	r := &runner{ctx: ctx, o: o, l: l,
 		res: &Results{Options: o, Started: time.Now(), LoadAvgStart: LoadAvg()},
 		tag: strconv.FormatInt(time.Now().UnixNano()%1e9, 36), profile: o.CPUProfile != ""}
+	_, r.res.StealStart = MachineBusy()
 	r.latencyAndFloor()
 	r.throughputAndLoad()
 	if o.Scenarios["idle"] || o.Scenarios["storm"] {
@@ -205,7 +228,14 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 	if o.Scenarios["replay"] {
 		r.replay()
 	}
+	if o.Scenarios["nodes"] {
+		r.nodes()
+	}
+	if o.Scenarios["failover"] {
+		r.failover()
+	}
 	r.res.Finished, r.res.LoadAvgEnd = time.Now(), LoadAvg()
+	_, r.res.StealEnd = MachineBusy()
 	return r.res
 }
 

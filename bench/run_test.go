@@ -251,20 +251,25 @@ func TestJSONStr(t *testing.T) {
 // TestFinalCounting: a paymentVoided after a final is a late approval
 // voided by the hub, not a duplicate; a second paymentComplete is one.
 func TestFinalCounting(t *testing.T) {
-	d := &posDriver{terms: []*simTerminal{{}}}
+	d := &posDriver{terms: []*simTerminal{{}}, prefix: "x"}
 	r := newRun(context.Background(), []*posDriver{d}, false)
-	for range 2 {
+	for range 4 {
 		r.begin()
-		d.sent, d.term, d.finals, d.runOf = append(d.sent, nowNS()), append(d.term, 0), append(d.finals, 0), append(d.runOf, r)
+		d.sent, d.term, d.finals, d.answer, d.runOf = append(d.sent, nowNS()), append(d.term, 0), append(d.finals, 0), append(d.answer, 0), append(d.runOf, r)
 		r.issuedN.Add(1)
 	}
-	d.final(0, "SUPERSEDED", false, nowNS())
-	d.final(0, "VOIDED", true, nowNS())
-	d.final(1, "COMPLETED", false, nowNS())
-	d.final(1, "COMPLETED", false, nowNS())
+	d.accepted("xs0")
+	d.final(0, "t0", "m1", "SUPERSEDED", false, nowNS())
+	d.final(0, "t0", "m2", "VOIDED", true, nowNS())
+	d.final(1, "t1", "m3", "COMPLETED", false, nowNS())
+	d.final(1, "t1", "m4", "COMPLETED", false, nowNS())
+	d.final(1, "t1", "m3", "COMPLETED", false, nowNS()) // replayed: not a duplicate
+	d.accepted("xs2")                                   // accepted, never final: lost
+	// Payment 3 was never answered: its connection ended first.
 	r.stop()
 	st := r.stats("hub", &fleetConns{drivers: []*posDriver{d}})
-	if st.AutoVoids != 1 || st.Duplicated != 1 || st.Completed != 1 || st.Failures != 1 || st.Lost != 0 || st.Unfinished {
+	if st.AutoVoids != 1 || st.Duplicated != 1 || st.Redelivered != 1 || st.Completed != 1 || st.Failures != 1 ||
+		st.Lost != 1 || st.Unanswered != 1 || !st.Unfinished {
 		t.Fatalf("stats = %+v", st)
 	}
 }

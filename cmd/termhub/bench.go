@@ -29,6 +29,10 @@ durable relay (the floor) on the same Redis. By default it starts the hub
 itself as a child process (this binary, serve --config <generated>), so the
 hub's RSS and CPU can be read and each process has its own open-file limit.
 Scenarios: latency, floor, throughput, load, idle, storm, replay (or all).
+With --nodes N (2 or more), the scenarios nodes (the default then: POS and
+terminal on the same node and on different nodes, in turns) and failover
+(kill -9 of the node holding every terminal, payments in flight) start N
+hubs on the same Redis.
 Without a Redis URL everything runs on embedded Redis and every figure is
 marked "(embedded Redis: not comparable)".
 
@@ -53,6 +57,8 @@ type benchFlags struct {
 	hubPID                               int
 	cpuprofile, logLevel, out            string
 	keep                                 bool
+	nodes                                int
+	nodeTimeout, cardDelay               time.Duration
 	serveFloor, floorPrefix, serveHub    string // child modes, used by the bench itself
 }
 
@@ -64,7 +70,10 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, benchUsage); fs.PrintDefaults() }
 	fs.StringVar(&f.redisURL, "redis", os.Getenv("REDIS_URL"), "Redis URL for the hub and the floor relay (default $REDIS_URL; empty: embedded, not comparable)")
-	fs.StringVar(&f.scenario, "scenario", "all", "all, or a comma-separated list of latency, floor, throughput, load, idle, storm, replay")
+	fs.StringVar(&f.scenario, "scenario", "all", "all, or a comma-separated list of latency, floor, throughput, load, idle, storm, replay, nodes, failover (with --nodes; the default then is nodes)")
+	fs.IntVar(&f.nodes, "nodes", 0, "nodes and failover: start this many hubs on the same Redis (one hub)")
+	fs.DurationVar(&f.nodeTimeout, "node-timeout", 10*time.Second, "nodes and failover: the nodes' node_timeout")
+	fs.DurationVar(&f.cardDelay, "card-delay", 2*time.Second, "failover: how long each terminal takes to answer a payment")
 	fs.DurationVar(&f.duration, "duration", 60*time.Second, "how long the throughput and load runs last (each, hub and floor)")
 	fs.Float64Var(&f.rate, "rate", 2000, "load: payments/s offered")
 	fs.IntVar(&f.terminals, "terminals", 1000, "throughput and load: terminals")
@@ -92,6 +101,11 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("bench: unexpected arguments %q", fs.Args())
+	}
+	scenarioSet := false
+	fs.Visit(func(fl *flag.Flag) { scenarioSet = scenarioSet || fl.Name == "scenario" })
+	if f.nodes > 1 && !scenarioSet {
+		f.scenario = "nodes"
 	}
 	return f, nil
 }
@@ -144,6 +158,7 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		Scenarios: scenarios, Payments: f.payments, Rounds: f.rounds, LoadRounds: f.loadRounds, Warmup: f.warmup, Duration: f.duration, Rate: f.rate,
 		Terminals: f.terminals, POS: f.pos, Idle: f.idle, Storm: f.storm, Replay: f.replay,
 		Embedded: embedded, CPUProfile: f.cpuprofile, Log: stderr,
+		Nodes: f.nodes, NodeTimeout: f.nodeTimeout, CardDelay: f.cardDelay,
 	}
 	tag := strconv.FormatInt(time.Now().Unix()%1e7, 36) + strconv.Itoa(os.Getpid()%1000)
 	child := &bench.ChildLauncher{Exe: exe, RedisURL: f.redisURL, Dir: dir, Tag: tag, LogLevel: f.logLevel, CPUProfile: f.cpuprofile, Log: stderr}
@@ -155,7 +170,7 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		defer store.Close()
 		child.Redis, opts.Redis = store.Client, store.Client
 	}
-	launcher, err := f.launcher(child)
+	launcher, err := f.launcher(child, scenarios)
 	if err != nil {
 		return err
 	}
@@ -164,9 +179,12 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 // launcher starts the servers as children, or with --hub-url benches the
 // running hub and starts only the floors.
-func (f *benchFlags) launcher(child *bench.ChildLauncher) (bench.Launcher, error) {
+func (f *benchFlags) launcher(child *bench.ChildLauncher, scenarios map[string]bool) (bench.Launcher, error) {
 	if f.hubURL == "" {
 		child.Fleet = generatedFleet(f.pos, f.terminals, f.idle, f.storm)
+		if onlyNodes(scenarios) {
+			child.Fleet = nodesFleet(f.pos, f.terminals, f.nodes)
+		}
 		return child, nil
 	}
 	if f.hubConfig == "" {
@@ -212,6 +230,26 @@ func generatedFleet(pos, terminals, idle, storm int) bench.Fleet {
 	need := max(terminals, idle, storm)
 	per := max((need+merchants-1)/merchants, min(terminals, 100))
 	return bench.GenerateFleet(merchants, per)
+}
+
+// onlyNodes reports whether every scenario selected is a multi-node one.
+func onlyNodes(scenarios map[string]bool) bool {
+	for name := range scenarios {
+		if name != "nodes" && name != "failover" {
+			return false
+		}
+	}
+	return len(scenarios) > 0
+}
+
+// nodesFleet sizes the configuration of a multi-node run to what it uses
+// (every node loads it, and checks every terminal at start-up): one
+// merchant per POS for each placement's closed loop, plus one per node for
+// each placement's latency pairs, and enough terminals per merchant for
+// --terminals over --pos POS.
+func nodesFleet(pos, terminals, nodes int) bench.Fleet {
+	pos = max(pos, 1)
+	return bench.GenerateFleet(2*pos+2*max(nodes, 1), max((terminals+pos-1)/pos, 1))
 }
 
 // raiseFileLimit lifts the soft open-file limit to the hard one: 15,000
