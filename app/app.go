@@ -8,7 +8,6 @@ import (
 	"context"
 	"net/http"
 	"os"
-	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -225,17 +224,17 @@ func (a *App) Start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if a.Node != nil {
-			// Devices this node's previous run, or a dead node, left online.
-			for _, d := range devices {
-				if !slices.Contains(busy, d) {
-					a.Hub.TakeOver(ctx, m, d, false)
-				}
-			}
+		isBusy := map[string]bool{}
+		for _, d := range busy {
+			isBusy[d] = true
+		}
+		marked, err := a.Hub.TakeOver(ctx, m, devices, isBusy)
+		if err != nil {
+			return err
 		}
 		for _, d := range busy {
-			until := a.Hub.TakeOver(ctx, m, d, true)
-			if until.IsZero() {
+			until, ok := marked[d]
+			if !ok {
 				continue // already back, or online on another node
 			}
 			if err := a.Engine.TerminalDropped(ctx, m, d, until); err != nil {

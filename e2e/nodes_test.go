@@ -491,8 +491,11 @@ func TestNodesNoTakeOverFromANodeJustJoined(t *testing.T) {
 	term := es[1].terminal("T1")
 	onlineEverywhere(t, es, "T1", term)
 	es[0].App.Hub.Tick()
-	es[0].App.Hub.TakeOver(kit.Ctx(t), "m1", "T1", false)
-	es[0].App.Hub.TakeOver(kit.Ctx(t), "m1", "T1", true)
+	for _, busy := range []bool{false, true} {
+		if _, err := es[0].App.Hub.TakeOver(kit.Ctx(t), "m1", []string{"T1"}, map[string]bool{"T1": busy}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	recs, err := es[0].App.Node.Devices(kit.Ctx(t), []nodes.DeviceRef{{Merchant: "m1", Device: "T1"}})
 	if err != nil || recs[0].Status != protocol.TerminalOnline || recs[0].Node != "node-1" || recs[0].Conn != term.ConnectionID() {
 		t.Fatalf("T1's record: %+v %v", recs, err)

@@ -391,39 +391,62 @@ func (h *Hub) LoadShared(ctx context.Context) error {
 	return nil
 }
 
-// TakeOver is what a starting node does with a device (package app): one
-// held by a node that is not alive (dead, or this node's previous run)
-// is taken from it — reconnecting with a grace period from now when it
-// has work in flight (returned, for its transactions' grace), else
-// offline. A device online on a live node is left alone. With busy and no
-// record, the device is marked reconnecting as on a lone hub.
-func (h *Hub) TakeOver(ctx context.Context, merchantID, deviceID string, busy bool) time.Time {
+// TakeOver is what a starting node does with a merchant's devices
+// (package app): a device held by a node that is not alive (dead, or this
+// node's previous run) is taken from it — reconnecting with a grace period
+// from now when it has work in flight (busy), else offline. A device online
+// on a live node, or in a grace period already running, is left alone. A
+// busy device with no record, or offline, is marked reconnecting as on a
+// lone hub. It returns the grace deadline of each busy device it marked,
+// for its transactions' grace. The records are this node's copy, read at
+// start (LoadShared); the registry is read once, and each take-over checks
+// the record's epoch, so a record that changed since is left alone.
+func (h *Hub) TakeOver(ctx context.Context, merchantID string, devices []string, busy map[string]bool) (map[string]time.Time, error) {
+	out := map[string]time.Time{}
 	if h.node == nil {
-		if !busy {
-			return time.Time{}
+		for _, d := range devices {
+			if busy[d] {
+				if until := h.MarkReconnecting(merchantID, d); !until.IsZero() {
+					out[d] = until
+				}
+			}
 		}
-		return h.MarkReconnecting(merchantID, deviceID)
+		return out, nil
 	}
-	recs, err := h.node.Devices(ctx, []nodes.DeviceRef{{Merchant: merchantID, Device: deviceID}})
-	if err != nil || len(recs) != 1 {
-		return time.Time{}
+	list, err := h.node.Nodes(ctx)
+	if err != nil {
+		return nil, err
 	}
-	rec := recs[0]
-	switch rec.Status {
-	case protocol.TerminalReconnecting:
-		return time.Time{} // its grace runs, shared: it ends once, in a sweep
-	case protocol.TerminalOnline:
-		if rec.Node != h.node.ID() && h.holderAlive(ctx, rec.Node) {
-			return time.Time{} // online on a live node: that node's
+	alive := map[string]bool{}
+	for _, n := range list {
+		alive[n.ID] = n.ID != h.node.ID() // this node's previous run is not alive
+	}
+	for _, d := range devices {
+		h.mu.Lock()
+		var rec nodes.Device
+		if st := h.status[d]; st != nil {
+			rec = nodes.Device{Status: st.status, Node: st.node, Conn: st.connID, Epoch: st.epoch}
 		}
-	default: // offline, or never seen
-		if !busy {
-			return time.Time{}
+		h.mu.Unlock()
+		switch rec.Status {
+		case protocol.TerminalReconnecting:
+			continue // its grace runs, shared: it ends once, in a sweep
+		case protocol.TerminalOnline:
+			if alive[rec.Node] {
+				continue // online on a live node: that node's
+			}
+		default: // offline, or never seen
+			if !busy[d] {
+				continue
+			}
+		}
+		var until time.Time
+		if busy[d] {
+			until = h.now().Add(h.opts.GracePeriod)
+		}
+		if got := h.takeDevice(ctx, nodes.DeviceRef{Merchant: merchantID, Device: d}, rec, until, false); !got.IsZero() {
+			out[d] = got
 		}
 	}
-	var until time.Time
-	if busy {
-		until = h.now().Add(h.opts.GracePeriod)
-	}
-	return h.takeDevice(ctx, nodes.DeviceRef{Merchant: merchantID, Device: deviceID}, rec, until, false)
+	return out, nil
 }
