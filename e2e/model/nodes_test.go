@@ -47,7 +47,7 @@ import (
 // REST (TERMHUB_SOAK_NODES_SEQUENCES sets its count in a soak; by default
 // TERMHUB_SOAK_SEQUENCES/20).
 func TestModelNodes(t *testing.T) {
-	p := planFor(t, 6, 20, "TERMHUB_SOAK_NODES_SEQUENCES")
+	p := planFor(t, 12, 20, "TERMHUB_SOAK_NODES_SEQUENCES")
 	runMany(t, "nodes", p, soakWorkers(p, 2*runtime.GOMAXPROCS(0)), func(t *testing.T, seed uint64) outcome {
 		return runNodesSequence(t, seed, p.steps)
 	})
@@ -245,7 +245,7 @@ func (b *nodesBackend) stopNode(i int, g *generation) {
 		return
 	}
 	g.srv.Close()
-	_ = g.rdb.Close()
+	_ = g.rdb.Close() // a second Close of a crashed node's client only errs
 }
 
 // clientsOn lists, in order, the POS keys and devices connected to node i.
@@ -265,15 +265,24 @@ func (b *nodesBackend) clientsOn(i int) (pos, terms []string) {
 	return pos, terms
 }
 
-// nodeDie kills node i (see TestModelNodes) and returns the clients it had.
+// nodeDie kills node i (see TestModelNodes) and returns the clients it
+// had. With past > 0 the clock moves that far first, so that another node
+// releases what it held before its clients see their connections end, and
+// its hub, still up, handles those ends late (fencing); with past 0 its
+// clients see the ends at once, and its hub is cut off from Redis first, as
+// a crashed process is: the others learn of its death at a later clock step.
 func (b *nodesBackend) nodeDie(i int, past time.Duration) (pos, terms []string, err error) {
 	g := b.nodes[i]
 	b.state[i] = nodeDead
 	g.app.Node.Close()
 	g.app.Engine.Close()
-	// Another node's heartbeat finds it dead and releases what it held:
-	// the clock's timers run in Advance, so that is done when it returns.
-	b.clk.Load().Advance(past)
+	if past > 0 {
+		// Another node's heartbeat finds it dead and releases what it held:
+		// the clock's timers run in Advance, so that is done when it returns.
+		b.clk.Load().Advance(past)
+	} else {
+		_ = g.rdb.Close()
+	}
 	pos, terms = b.clientsOn(i)
 	var ids []string
 	for _, k := range pos {
@@ -430,8 +439,14 @@ func (w *world) nodeSteps(add func(int, func())) {
 const nodeDeathPast = 15 * time.Second
 
 func (w *world) nodeDie(i int) {
-	w.logStep("node-%d dies: its heartbeat and timers stop, clock +%s, then its clients see their connections end", i, nodeDeathPast)
-	pos, terms, err := w.nodes.b.nodeDie(i, nodeDeathPast)
+	past := nodeDeathPast
+	if w.rng.IntN(3) == 0 {
+		past = 0
+		w.logStep("node-%d crashes: its clients see their connections end at once, the others find it dead later", i)
+	} else {
+		w.logStep("node-%d dies: its heartbeat and timers stop, clock +%s, then its clients see their connections end", i, past)
+	}
+	pos, terms, err := w.nodes.b.nodeDie(i, past)
 	w.note("it had POS %v, terminals %v", pos, terms)
 	w.lost(pos, terms)
 	if err != nil {
