@@ -45,11 +45,13 @@
 // default smoke; real Redis when REDIS_URL is set), and the real
 // session.Engine and Store with the hub replaced by an in-process double
 // (engine_test.go, on an in-process miniredis, for volume). A seed gives the
-// same steps on both.
+// same steps on both. A third backend runs whole hubs of 2 or 3 nodes on one
+// Redis (nodes_test.go, CONTRACT §12): clients on random nodes, and node
+// deaths, drains and returns in place of whole-hub restarts and Redis faults.
 //
-// Environment: TERMHUB_SOAK_SEQUENCES=N runs N engine-level and N/20
-// socket-level sequences (TERMHUB_SOAK_ENGINE_SEQUENCES and
-// TERMHUB_SOAK_SOCKET_SEQUENCES set either count); TERMHUB_SOAK_SEED fixes
+// Environment: TERMHUB_SOAK_SEQUENCES=N runs N engine-level, N/20
+// socket-level and N/20 several-node sequences (TERMHUB_SOAK_ENGINE_SEQUENCES,
+// TERMHUB_SOAK_SOCKET_SEQUENCES and TERMHUB_SOAK_NODES_SEQUENCES set each count); TERMHUB_SOAK_SEED fixes
 // the base seed (sequence i runs seed+i; random and logged otherwise);
 // TERMHUB_SOAK_WORKERS sets how many sequences run at once; TERMHUB_MODEL_STEPS
 // sets the steps per sequence (40); TERMHUB_MODEL_STRICT=1 fails on the
