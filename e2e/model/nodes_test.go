@@ -16,6 +16,7 @@ import (
 	"github.com/termhub/termhub/app"
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/clock"
+	"github.com/termhub/termhub/nodes"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -143,6 +144,16 @@ func (b *nodesBackend) pick() int {
 		}
 	}
 	return up[b.w.rng.IntN(len(up))]
+}
+
+// firstUp is the live node of the lowest index.
+func (b *nodesBackend) firstUp() int {
+	for i, s := range b.state {
+		if s == nodeUp {
+			return i
+		}
+	}
+	return -1
 }
 
 func (b *nodesBackend) upCount() int {
@@ -284,6 +295,17 @@ func (b *nodesBackend) nodeDie(i int, past time.Duration) (pos, terms []string, 
 		_ = g.rdb.Close()
 	}
 	pos, terms = b.clientsOn(i)
+	var before fenceView
+	if past > 0 {
+		if before, err = b.fenceView(); err != nil {
+			return pos, terms, err
+		}
+		for _, d := range terms {
+			if rec := before.devs[d]; rec.Node == g.app.Node.ID() && rec.Status == protocol.TerminalOnline {
+				b.w.violate("dead-node-holds", "%s is still online on node-%d %s after it stopped: %+v", d, i, past, rec)
+			}
+		}
+	}
 	var ids []string
 	for _, k := range pos {
 		wc := b.pos[k]
@@ -314,7 +336,63 @@ func (b *nodesBackend) nodeDie(i int, past time.Duration) (pos, terms []string, 
 		}
 		return true
 	}, fmt.Sprintf("dead node-%d to let its connections go", i))
+	if err != nil || past == 0 {
+		return pos, terms, err
+	}
+	// Its late handling changed nothing it no longer held (fencing).
+	after, err := b.fenceView()
+	if err == nil {
+		before.diff(b.w, after, i)
+	}
 	return pos, terms, err
+}
+
+// fenceView is what a dead node's late handling must not change: every
+// device's record and every transaction's version.
+type fenceView struct {
+	devs map[string]nodes.Device
+	vers map[string]int64
+}
+
+func (b *nodesBackend) fenceView() (fenceView, error) {
+	v := fenceView{devs: map[string]nodes.Device{}, vers: map[string]int64{}}
+	var refs []nodes.DeviceRef
+	for _, d := range b.w.devs {
+		refs = append(refs, nodes.DeviceRef{Merchant: merchant, Device: d})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	recs, err := b.nodes[b.firstUp()].app.Node.Devices(ctx, refs)
+	if err != nil {
+		return v, err
+	}
+	for i, r := range refs {
+		v.devs[r.Device] = recs[i]
+	}
+	for _, t := range b.w.order {
+		if t.owner == "" {
+			continue
+		}
+		st, err := b.st.Load(ctx, merchant, t.id)
+		if err != nil {
+			return v, err
+		}
+		v.vers[t.id] = st.Version
+	}
+	return v, nil
+}
+
+func (v fenceView) diff(w *world, after fenceView, node int) {
+	for d, rec := range v.devs {
+		if after.devs[d] != rec {
+			w.violate("fencing", "dead node-%d's late handling of its connections changed %s's record: %+v → %+v", node, d, rec, after.devs[d])
+		}
+	}
+	for id, ver := range v.vers {
+		if after.vers[id] != ver {
+			w.violate("fencing", "dead node-%d's late handling of its connections changed %s: v%d → v%d", node, w.alias(id), ver, after.vers[id])
+		}
+	}
 }
 
 // nodeDrain drains node i and returns the clients it had; each must have
