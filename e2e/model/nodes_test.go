@@ -31,8 +31,11 @@ import (
 //     timers), the clock passes node_timeout so that another node releases
 //     what it held, and only then do its clients see their connections end,
 //     as after a crash; its hub stays up in-process, and its late handling of
-//     those ends must change nothing (fencing). Some of its clients
-//     reconnect elsewhere at once, the others later.
+//     those ends must change nothing (fencing: no device record, no
+//     transaction's version). Or it crashes with its clients noticing at
+//     once, its hub cut off from Redis, and the others find it dead at a
+//     later clock step. Some of its clients reconnect elsewhere at once,
+//     the others later.
 //   - drain: App.Drain, as on SIGTERM; every client must be told
 //     forceDisconnect server_shutdown with reconnectAllowed, and its
 //     terminals reconnect to another node at once: none may be seen offline
