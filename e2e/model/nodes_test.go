@@ -31,8 +31,8 @@ import (
 //     timers), the clock passes node_timeout so that another node releases
 //     what it held, and only then do its clients see their connections end,
 //     as after a crash; its hub stays up in-process, and its late handling of
-//     those ends must change nothing (fencing: no device record, no
-//     transaction's version). Or it crashes with its clients noticing at
+//     those ends must change nothing (fencing: no device record is written
+//     in its name). Or it crashes with its clients noticing at
 //     once, its hub cut off from Redis, and the others find it dead at a
 //     later clock step. Some of its clients reconnect elsewhere at once,
 //     the others later.
@@ -291,22 +291,18 @@ func (b *nodesBackend) nodeDie(i int, past time.Duration) (pos, terms []string, 
 	g.app.Node.Close()
 	g.app.Engine.Close()
 	if past > 0 {
-		// Another node's heartbeat finds it dead and releases what it held:
-		// the clock's timers run in Advance, so that is done when it returns.
+		// Another node's heartbeat (a timer, run in Advance) finds it dead
+		// and releases what it held, there or on a worker of its own:
+		// awaitRelease waits for that.
 		b.clk.Load().Advance(past)
 	} else {
 		_ = g.rdb.Close()
 	}
 	pos, terms = b.clientsOn(i)
-	var before fenceView
+	var before map[string]nodes.Device
 	if past > 0 {
-		if before, err = b.fenceView(); err != nil {
+		if before, err = b.awaitRelease(i); err != nil {
 			return pos, terms, err
-		}
-		for _, d := range terms {
-			if rec := before.devs[d]; rec.Node == g.app.Node.ID() && rec.Status == protocol.TerminalOnline {
-				b.w.violate("dead-node-holds", "%s is still online on node-%d %s after it stopped: %+v", d, i, past, rec)
-			}
 		}
 	}
 	var ids []string
@@ -342,23 +338,55 @@ func (b *nodesBackend) nodeDie(i int, past time.Duration) (pos, terms []string, 
 	if err != nil || past == 0 {
 		return pos, terms, err
 	}
-	// Its late handling changed nothing it no longer held (fencing).
-	after, err := b.fenceView()
-	if err == nil {
-		before.diff(b.w, after, i)
+	// Its late handling changed nothing it no longer held (fencing): no
+	// record was written in its name since.
+	after, err := b.records()
+	if err != nil {
+		return pos, terms, err
 	}
-	return pos, terms, err
+	id := g.app.Node.ID()
+	for d, rec := range after {
+		if rec != before[d] && rec.Node == id {
+			b.w.violate("fencing", "dead node-%d's late handling of its connections changed %s's record: %+v → %+v", i, d, before[d], rec)
+		}
+	}
+	return pos, terms, nil
 }
 
-// fenceView is what a dead node's late handling must not change: every
-// device's record and every transaction's version.
-type fenceView struct {
-	devs map[string]nodes.Device
-	vers map[string]int64
+// awaitRelease waits until another node has released dead node i: its
+// registry entry and its connections' record are gone (the latter once
+// what it held is released) and no device is online on it. It returns the
+// devices' records then.
+func (b *nodesBackend) awaitRelease(i int) (map[string]nodes.Device, error) {
+	id := b.nodes[i].app.Node.ID()
+	ks := b.nodes[i].app.Node.Keys()
+	var recs map[string]nodes.Device
+	err := poll(func() bool {
+		var err error
+		if recs, err = b.records(); err != nil {
+			return false
+		}
+		for _, rec := range recs {
+			if rec.Node == id && rec.Status == protocol.TerminalOnline {
+				return false
+			}
+		}
+		ctx := context.Background()
+		n, err := b.r.Client.Exists(ctx, ks.NodeConns(id)).Result()
+		if err != nil || n > 0 {
+			return false
+		}
+		held, err := b.r.Client.HExists(ctx, ks.Nodes(), id).Result()
+		return err == nil && !held
+	}, fmt.Sprintf("node-%d to be released within node_timeout", i))
+	if err != nil {
+		b.w.violate("dead-node-holds", "node-%d was not released %s after it stopped: %v; records %+v", i, nodeDeathPast, err, recs)
+	}
+	return recs, err
 }
 
-func (b *nodesBackend) fenceView() (fenceView, error) {
-	v := fenceView{devs: map[string]nodes.Device{}, vers: map[string]int64{}}
+// records reads every device's record.
+func (b *nodesBackend) records() (map[string]nodes.Device, error) {
 	var refs []nodes.DeviceRef
 	for _, d := range b.w.devs {
 		refs = append(refs, nodes.DeviceRef{Merchant: merchant, Device: d})
@@ -367,35 +395,13 @@ func (b *nodesBackend) fenceView() (fenceView, error) {
 	defer cancel()
 	recs, err := b.nodes[b.firstUp()].app.Node.Devices(ctx, refs)
 	if err != nil {
-		return v, err
+		return nil, err
 	}
+	out := map[string]nodes.Device{}
 	for i, r := range refs {
-		v.devs[r.Device] = recs[i]
+		out[r.Device] = recs[i]
 	}
-	for _, t := range b.w.order {
-		if t.owner == "" {
-			continue
-		}
-		st, err := b.st.Load(ctx, merchant, t.id)
-		if err != nil {
-			return v, err
-		}
-		v.vers[t.id] = st.Version
-	}
-	return v, nil
-}
-
-func (v fenceView) diff(w *world, after fenceView, node int) {
-	for d, rec := range v.devs {
-		if after.devs[d] != rec {
-			w.violate("fencing", "dead node-%d's late handling of its connections changed %s's record: %+v → %+v", node, d, rec, after.devs[d])
-		}
-	}
-	for id, ver := range v.vers {
-		if after.vers[id] != ver {
-			w.violate("fencing", "dead node-%d's late handling of its connections changed %s: v%d → v%d", node, w.alias(id), ver, after.vers[id])
-		}
-	}
+	return out, nil
 }
 
 // nodeDrain drains node i and returns the clients it had; each must have
