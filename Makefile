@@ -48,11 +48,12 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzCheckRawText$$' -fuzztime $(FUZZTIME) ./protocol/
 	$(GO) test -run '^$$' -fuzz '^FuzzClientAddr$$' -fuzztime $(FUZZTIME) ./internal/ratelimit/
 
-## soak: the model-based property test at volume (SOAK engine-level sequences and SOAK/20 over
-## real sockets; REDIS_URL for real Redis); fails on any violation
+## soak: the model-based property test at volume (SOAK engine-level sequences, SOAK/20 over
+## real sockets and SOAK/20 on 2-3 nodes of one hub over real sockets; REDIS_URL for real Redis);
+## fails on any violation
 SOAK ?= 100000
 soak:
-	set -o pipefail; TERMHUB_MODEL_STRICT=1 TERMHUB_SOAK_SEQUENCES=$(SOAK) $(GO) test -count=1 -timeout 4h -v -run 'TestModel(Engine|Sockets)$$' ./e2e/model/ 2>&1 | grep -v -E '^=== |--- (PASS|SKIP): TestModel[A-Za-z]+/seed='
+	set -o pipefail; TERMHUB_MODEL_STRICT=1 TERMHUB_SOAK_SEQUENCES=$(SOAK) $(GO) test -count=1 -timeout 4h -v -run 'TestModel(Engine|Sockets|Nodes)$$' ./e2e/model/ 2>&1 | grep -v -E '^=== |--- (PASS|SKIP): TestModel[A-Za-z]+/seed='
 
 ## chaos: the real binary on a private redis-server (AOF) while Redis stalls and restarts and the hub is
 ## killed; fails on any lost, doubled, stuck, unvoided or duplicated payment. Sized by

@@ -388,6 +388,35 @@ func (h *Hub) LoadShared(ctx context.Context) error {
 			h.applyConn(nodes.Message{Type: msgConnUp, Body: []byte(raw)})
 		}
 	}
+	return h.loadKeyOwners(ctx)
+}
+
+// loadKeyOwners sets which node holds each API key's connection from the
+// keys' owner records. The connections the nodes recorded are not enough:
+// those of a node that crashed and is not yet found dead are still there,
+// and applied in node order they could name it over the live holder, so
+// that nudges would go to a dead node while the POS waits on a live one.
+func (h *Hub) loadKeyOwners(ctx context.Context) error {
+	var refs []nodes.KeyRef
+	dir := h.Directory()
+	for _, m := range dir.MerchantIDs() {
+		for _, k := range dir.KeyIDs(m) {
+			refs = append(refs, nodes.KeyRef{Merchant: m, Key: k})
+		}
+	}
+	holders, err := h.node.KeyHolders(ctx, refs)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, n := range holders {
+		if n != "" && n != h.node.ID() {
+			h.keyOwners[refs[i].Key] = n
+		} else {
+			delete(h.keyOwners, refs[i].Key)
+		}
+	}
 	return nil
 }
 

@@ -45,11 +45,13 @@
 // default smoke; real Redis when REDIS_URL is set), and the real
 // session.Engine and Store with the hub replaced by an in-process double
 // (engine_test.go, on an in-process miniredis, for volume). A seed gives the
-// same steps on both.
+// same steps on both. A third backend runs whole hubs of 2 or 3 nodes on one
+// Redis (nodes_test.go, CONTRACT §12): clients on random nodes, and node
+// deaths, drains and returns in place of whole-hub restarts and Redis faults.
 //
-// Environment: TERMHUB_SOAK_SEQUENCES=N runs N engine-level and N/20
-// socket-level sequences (TERMHUB_SOAK_ENGINE_SEQUENCES and
-// TERMHUB_SOAK_SOCKET_SEQUENCES set either count); TERMHUB_SOAK_SEED fixes
+// Environment: TERMHUB_SOAK_SEQUENCES=N runs N engine-level, N/20
+// socket-level and N/20 several-node sequences (TERMHUB_SOAK_ENGINE_SEQUENCES,
+// TERMHUB_SOAK_SOCKET_SEQUENCES and TERMHUB_SOAK_NODES_SEQUENCES set each count); TERMHUB_SOAK_SEED fixes
 // the base seed (sequence i runs seed+i; random and logged otherwise);
 // TERMHUB_SOAK_WORKERS sets how many sequences run at once; TERMHUB_MODEL_STEPS
 // sets the steps per sequence (40); TERMHUB_MODEL_STRICT=1 fails on the
@@ -148,6 +150,9 @@ type world struct {
 	faults         int             // Redis faults so far: unavailable answers are allowed once there was one
 	stalled        bool            // Redis does not answer
 	unknown        []unknownCreate // sales answered unavailable, retried by reference once Redis is back
+	// nodes is the hub's nodes when the sequence runs on several
+	// (nodes_test.go), nil on one hub process.
+	nodes *nodeModel
 }
 
 // unknownCreate is a sale whose outcome the POS does not know (CONTRACT
@@ -520,7 +525,11 @@ func (w *world) step() {
 	add(3, func() { w.advance(10 * time.Second) })
 	add(3, func() { w.advance(61 * time.Second) })
 	add(2, func() { w.advance(181 * time.Second) })
-	if w.stalled {
+	if w.nodes != nil {
+		// Several nodes: they die, drain and come back instead of the
+		// whole hub restarting (Redis faults are the single-node model's).
+		w.nodeSteps(add)
+	} else if w.stalled {
 		// Redis wakes up and runs what it was sent, or was killed and
 		// comes back from its AOF having read only some of it.
 		add(3, func() { w.redisResume(false) })
@@ -611,6 +620,10 @@ func (w *world) create(k, d string, rest bool) {
 	if res.perr != nil {
 		w.note("%s", res.perr.Code)
 		switch {
+		case res.perr.Code == protocol.CodeTerminalOffline && w.nodes != nil && (w.term[d].connected || w.term[d].silent):
+			// CONTRACT §12: a terminal greeted by any node is online for
+			// payments made through every node.
+			w.violate("terminal-offline-while-online", "create %s on %s answered terminal_offline though %s is connected (on %s)", ref, d, d, w.nodes.termNode(d))
 		case res.perr.Code == protocol.CodeDeviceBusy, res.perr.Code == protocol.CodeTerminalOffline:
 		case res.perr.Code == protocol.CodeUnavailable && w.faults > 0:
 			// It may or may not exist: the POS asks again by reference

@@ -52,8 +52,11 @@ func (o outcome) report(variant string) string {
 }
 
 func testNameOf(variant string) string {
-	if variant == "socket" {
+	switch variant {
+	case "socket":
 		return "TestModelSockets$"
+	case "nodes":
+		return "TestModelNodes$"
 	}
 	return "TestModelEngine$"
 }

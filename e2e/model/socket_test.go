@@ -134,6 +134,15 @@ type socketBackend struct {
 }
 
 func newSocketBackend(t *testing.T) *socketBackend {
+	b := newSocketBase(t)
+	if err := b.startGen(time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// newSocketBase is a socket backend with its Redis and no hub process yet.
+func newSocketBase(t *testing.T) *socketBackend {
 	cfg, err := config.Parse([]byte(kit.Config), func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
@@ -151,9 +160,6 @@ func newSocketBackend(t *testing.T) *socketBackend {
 	if os.Getenv("TERMHUB_TEST_LOG") != "" {
 		b.log = zerolog.New(zerolog.NewTestWriter(t))
 	}
-	if err := b.startGen(time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)); err != nil {
-		t.Fatal(err)
-	}
 	return b
 }
 
@@ -163,17 +169,10 @@ func (b *socketBackend) startGen(start time.Time) error {
 	clk := clock.NewFake(start)
 	b.clk.Store(clk)
 	// Its own client, so that a crash can cut this process off from Redis.
-	o := &redis.Options{}
-	if b.r.URL != "" {
-		var err error
-		if o, err = redis.ParseURL(b.r.URL); err != nil {
-			return err
-		}
-	} else {
-		o.Addr = b.r.Mini.Addr()
+	rdb, err := b.processClient()
+	if err != nil {
+		return err
 	}
-	redistest.Configure(o)
-	rdb := redis.NewClient(o)
 	a := app.New(b.cfg, rdb, clk, b.log)
 	b.faults.LoseReplies(0) // a reply to be lost belonged to the old process
 	b.faults.LoseScriptReplies(0)
@@ -187,6 +186,21 @@ func (b *socketBackend) startGen(start time.Time) error {
 	b.gen = &generation{app: a, srv: httptest.NewServer(a.Handler()), clk: clk, rdb: rdb}
 	clk.Advance(0) // deadlines that fell due while no hub ran fire at once
 	return nil
+}
+
+// processClient is a Redis client of the test's Redis for one hub process.
+func (b *socketBackend) processClient() (*redis.Client, error) {
+	o := &redis.Options{}
+	if b.r.URL != "" {
+		var err error
+		if o, err = redis.ParseURL(b.r.URL); err != nil {
+			return nil, err
+		}
+	} else {
+		o.Addr = b.r.Mini.Addr()
+	}
+	redistest.Configure(o)
+	return redis.NewClient(o), nil
 }
 
 func (b *socketBackend) opts() client.Options {
@@ -240,6 +254,8 @@ func (b *socketBackend) readPOS(key string, until func(client.Message) bool, min
 		}
 		if m.MessageID() != "" {
 			b.w.onPOS(key, m.Raw)
+		} else if m.Action == protocol.ActionTerminalStatusUpdate {
+			b.w.onTerminalStatus(key, m.Raw)
 		}
 		if until(m) {
 			return m, nil
@@ -262,6 +278,8 @@ func (b *socketBackend) drainPOS(key string, wc *wsConn) error {
 		}
 		if m.MessageID() != "" {
 			b.w.onPOS(key, m.Raw)
+		} else if m.Action == protocol.ActionTerminalStatusUpdate {
+			b.w.onTerminalStatus(key, m.Raw)
 		}
 	}
 }
