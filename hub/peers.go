@@ -496,13 +496,13 @@ func (h *Hub) reloadRemote() {
 		}
 	}
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	h.remote = remote
-	h.keyOwners = map[string]string{}
-	for _, info := range remote {
-		if info.Kind == KindPOS {
-			h.keyOwners[info.APIKeyID] = info.Node
-		}
+	h.mu.Unlock()
+	// Which node holds each key comes from the keys' records, not from the
+	// connections (a node that crashed and is not yet found dead still has
+	// its own listed).
+	if err := h.loadKeyOwners(ctx); err != nil {
+		h.log.Debug().Err(err).Msg("could not read the API keys' holders")
 	}
 }
 
