@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/termhub/termhub/nodes"
-
 	"github.com/termhub/termhub/protocol"
 )
 
