@@ -18,7 +18,8 @@ usage:
   termhub sim --terminal ID:SECRET [--config FILE] [--card-delay 300ms]
                                 run simulated card terminals (termhub sim -h)
   termhub pos COMMAND [flags]   a command-line POS: pay, status, refund, cancel,
-                                void, capture, signature, list, terminals, watch
+                                void, capture, signature, list, terminals, watch,
+                                http (any signed request, or --curl to print it)
   termhub bench [flags]         load-test a hub against a bare relay (termhub bench -h)
   termhub version               print the version
 `

@@ -43,6 +43,13 @@ commands:
                             transactions, newest first
   terminals                 the merchant's terminals and their status
   watch [--no-ack]          print every POS WebSocket message, acking durable ones
+  http METHOD PATH [BODY] [--curl] [--idempotency-key K]
+                            any signed request: PATH is the escaped path and
+                            query as sent, BODY the exact bytes (JSON for the
+                            hub's POSTs); prints the status line and the body,
+                            and exits 1 on a 4xx or 5xx. --curl prints the
+                            equivalent curl command, signed for now (valid for
+                            300 s; a POST only once), instead of sending it
 
 common flags (also after the command's arguments):
   --url URL        hub address (default $TERMHUB_URL or ` + defaultURL + `)
@@ -84,6 +91,12 @@ type posArgs struct {
 	Limit               int
 
 	NoAck bool // watch
+
+	// http: the request as given. HasBody tells an empty BODY argument
+	// from none.
+	Method, Path, Body string
+	HasBody            bool
+	Curl               bool
 }
 
 // runPOSCommand is `termhub pos`.
@@ -107,10 +120,11 @@ func posMain(ctx context.Context, args []string, getenv func(string) string, std
 	return p.run(ctx)
 }
 
-// posCommands says how many TXN_ID arguments each command takes.
+// posCommands says how many TXN_ID arguments each command takes; http
+// (httpArgs) takes METHOD PATH [BODY] instead.
 var posCommands = map[string]int{
 	"pay": 0, "status": 1, "refund": 1, "cancel": 1, "void": 1, "capture": 1, "signature": 1,
-	"list": 0, "terminals": 0, "watch": 0,
+	"list": 0, "terminals": 0, "watch": 0, "http": -1,
 }
 
 // parsePOSArgs parses a `termhub pos` command line: the command, then its
@@ -149,7 +163,11 @@ func parsePOSArgs(args []string, getenv func(string) string, stderr io.Writer) (
 	if err != nil {
 		return a, err
 	}
-	if len(pos) != nargs {
+	if a.Cmd == "http" {
+		if err := a.httpArgs(pos); err != nil {
+			return a, err
+		}
+	} else if len(pos) != nargs {
 		if nargs == 1 {
 			return a, fmt.Errorf("pos %s: want one TXN_ID argument, got %d", a.Cmd, len(pos))
 		}
@@ -210,6 +228,9 @@ func (a *posArgs) commandFlags(fs *flag.FlagSet) {
 		fs.StringVar(&a.After, "after", "", "the cursor of the previous page")
 	case "watch":
 		fs.BoolVar(&a.NoAck, "no-ack", false, "do not ack durable messages (they are replayed next time)")
+	case "http":
+		fs.BoolVar(&a.Curl, "curl", false, "print the equivalent curl command instead of sending")
+		fs.StringVar(&a.IdempotencyKey, "idempotency-key", "", "Idempotency-Key header")
 	}
 }
 

@@ -65,6 +65,8 @@ func (p *posCLI) run(ctx context.Context) error {
 		return p.terminals(ctx)
 	case "watch":
 		return p.watch(ctx)
+	case "http":
+		return p.httpCall(ctx)
 	}
 	return fmt.Errorf("pos: unknown command %q", a.Cmd)
 }
