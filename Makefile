@@ -36,7 +36,7 @@ doccheck: $(DOCCHECK)/node_modules/.installed
 	node $(DOCCHECK)/check-asyncapi.js docs/asyncapi.yaml
 
 # --ignore-scripts: the tools need no install step, and it keeps a dependency's
-# postinstall (a download counter in Spectral) from running.
+# postinstall (@scarf/scarf, pulled in by Spectral, reports installs to Scarf) from running.
 $(DOCCHECK)/node_modules/.installed: $(DOCCHECK)/package.json $(DOCCHECK)/package-lock.json
 	cd $(DOCCHECK) && npm ci --ignore-scripts --no-audit --no-fund --loglevel error
 	touch $@
