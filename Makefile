@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 CONFIG ?= testdata/demo.yaml
 
-.PHONY: run test lint fmt bench bench-hub fuzz build chaos
+.PHONY: run test lint doccheck fmt bench bench-hub fuzz build chaos
 
 ## run: the hub on 127.0.0.1:8080 with the demo config and embedded Redis
 run:
@@ -13,8 +13,9 @@ run:
 build:
 	$(GO) build -o bin/termhub ./cmd/termhub
 
-## test: vet, then every test with the race detector (real Redis if REDIS_URL is set)
-test: lint
+## test: vet, the API documents through their ecosystems' validators, then every test with the
+## race detector (real Redis if REDIS_URL is set)
+test: lint doccheck
 	$(GO) test -race -count=1 ./...
 
 ## lint: gofmt and go vet
@@ -22,6 +23,23 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+## doccheck: docs/openapi.yaml through Redocly CLI (recommended rules) and docs/asyncapi.yaml
+## through AsyncAPI's parser, as integrators' tools read them; fails on any error, prints warnings.
+## The Node tools are pinned in tools/doccheck (package-lock.json); npm ci runs when
+## node_modules is missing or older than the lock file. (Whether the documents match the code
+## is go test ./internal/apidocs/.)
+DOCCHECK := tools/doccheck
+doccheck: $(DOCCHECK)/node_modules/.installed
+	REDOCLY_SUPPRESS_UPDATE_NOTICE=true $(DOCCHECK)/node_modules/.bin/redocly lint \
+	  --config $(DOCCHECK)/redocly.yaml --format stylish docs/openapi.yaml
+	node $(DOCCHECK)/check-asyncapi.js docs/asyncapi.yaml
+
+# --ignore-scripts: the tools need no install step, and it keeps a dependency's
+# postinstall (@scarf/scarf, pulled in by Spectral, reports installs to Scarf) from running.
+$(DOCCHECK)/node_modules/.installed: $(DOCCHECK)/package.json $(DOCCHECK)/package-lock.json
+	cd $(DOCCHECK) && npm ci --ignore-scripts --no-audit --no-fund --loglevel error
+	touch $@
 
 fmt:
 	gofmt -w .

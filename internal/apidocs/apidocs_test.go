@@ -1036,3 +1036,32 @@ func TestServedRoutesAreDocumented(t *testing.T) {
 		}
 	}
 }
+
+// TestNoProseKeys catches a YAML trap of one-line schemas: in a flow mapping
+// such as {type: string, description: The field, when one is.} the comma ends
+// the description, and "when one is." becomes a key of the schema with a null
+// value. JSON Schema allows unknown keywords, so AsyncAPI's parser accepts the
+// corrupt schema without a word (Redocly only catches it in openapi.yaml); a
+// key with a space in it and no value is that mistake, never a real field.
+func TestNoProseKeys(t *testing.T) {
+	for _, name := range []string{openAPIFile, asyncAPIFile} {
+		d := loadDoc(t, name)
+		var walk func(v any, at string)
+		walk = func(v any, at string) {
+			switch v := v.(type) {
+			case map[string]any:
+				for k, x := range v {
+					if x == nil && strings.ContainsAny(k, " \t") {
+						t.Errorf("%s: %s has the key %q with no value: a description with \", \" written unquoted in a {…} mapping? Quote it", name, at, k)
+					}
+					walk(x, at+"/"+k)
+				}
+			case []any:
+				for i, x := range v {
+					walk(x, at+"/"+strconv.Itoa(i))
+				}
+			}
+		}
+		walk(d.root, "#")
+	}
+}

@@ -15,8 +15,12 @@
 //   - every route registered on the hub's mux is documented, and every
 //     documented route is served by a hub built with app.New;
 //   - frames captured from a live hub validate against the documented
-//     schemas.
+//     schemas;
+//   - no one-line schema has a description cut at an unquoted ", " (the rest
+//     would become a key of the schema, which AsyncAPI's parser accepts).
 //
 // Run `go test ./internal/apidocs/` after changing a wire type, a route or a
-// document.
+// document. Whether the documents are valid OpenAPI and AsyncAPI for other
+// tools is checked by `make doccheck` (tools/doccheck), with the ecosystems'
+// own validators.
 package apidocs
