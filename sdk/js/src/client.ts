@@ -157,6 +157,7 @@ export class PosClient {
   /** Durable messages are handled one at a time, in order. */
   private chain: Promise<void> = Promise.resolve();
   private readonly waiters = new Map<string, Set<PayWaiter>>();
+  private readonly latest = new Map<string, Transaction>();
   private readonly lastTimestamp = new Map<string, number>();
 
   constructor(opts: PosClientOptions) {
@@ -331,6 +332,7 @@ export class PosClient {
       return;
     }
     const t = m.transaction;
+    if (t) this.remember(t);
     const prev = this.pushedVersion.get(m.transactionId) ?? 0;
     if (t && m.version > prev) {
       try {
@@ -452,12 +454,27 @@ export class PosClient {
       s.add(w);
       // The reply may be older than a push that already arrived, or already final.
       this.observe(t);
+      const known = this.latest.get(t.id);
+      if (known && known.version > t.version) this.observe(known);
+      // An existing sale (same reference or Idempotency-Key) is answered as it
+      // was at the first response: its final may have been pushed long ago.
+      if (!reply.created) this.getTransaction(t.id).then((c) => this.observe(c), () => {});
     });
   }
 
   /** A transaction read over REST: tells pay() waiters about it. */
   private observe(t: Transaction): void {
+    this.remember(t);
     this.updateWaiters(t).then(() => this.settleWaiters(t), () => this.settleWaiters(t));
+  }
+
+  /** The newest version seen of recent transactions, for a pay() that starts after its pushes. */
+  private remember(t: Transaction): void {
+    const k = this.latest.get(t.id);
+    if (k && k.version >= t.version) return;
+    this.latest.delete(t.id);
+    this.latest.set(t.id, t);
+    if (this.latest.size > 1000) this.latest.delete(this.latest.keys().next().value!);
   }
 
   private async updateWaiters(t: Transaction): Promise<void> {
