@@ -280,3 +280,30 @@ test('store: messages up to the loaded cursor are dropped, newer ones are handle
   for (const mid of msgs.map((m) => m.messageId)) assert.ok(!seen.includes(mid), `${mid} was handled again`);
   await b.close();
 });
+
+test('503 unavailable: the payment is retried with the same Idempotency-Key and converges on one sale', async () => {
+  // The hub really creates the sale; the answer is replaced by the 503 a stalled
+  // Redis would give (outcome unknown), so the SDK must retry, not report it.
+  const keys = [];
+  let answered503 = 0;
+  const fetch503 = async (url, init) => {
+    const res = await fetch(url, init);
+    if (init.method === 'POST' && url.endsWith('/v1/payments')) {
+      keys.push(init.headers['Idempotency-Key']);
+      if (answered503++ === 0) {
+        return new Response(JSON.stringify({ error: { code: 'unavailable', message: 'the store is unavailable' } }),
+          { status: 503, headers: { 'Retry-After': '0' } });
+      }
+    }
+    return res;
+  };
+  const pos = client(12, { fetch: fetch503 });
+  const ref12 = reference('unavail');
+  const txn = await pos.pay({ terminalId: 'T12', amount: '2.50', currency: 'USD', reference: ref12 });
+  assert.equal(txn.status, 'COMPLETED');
+  assert.equal(keys.length, 2);
+  assert.equal(keys[0], keys[1]);
+  const page = await pos.listTransactions({ terminalId: 'T12' });
+  assert.equal(page.data.filter((t) => t.reference === ref12).length, 1);
+  await pos.close();
+});
