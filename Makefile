@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 CONFIG ?= testdata/demo.yaml
 
-.PHONY: run test lint doccheck fmt bench bench-hub fuzz build chaos
+.PHONY: run test lint doccheck fmt bench bench-hub fuzz build chaos sdk-test
 
 ## run: the hub on 127.0.0.1:8080 with the demo config and embedded Redis
 run:
@@ -13,10 +13,16 @@ run:
 build:
 	$(GO) build -o bin/termhub ./cmd/termhub
 
-## test: vet, the API documents through their ecosystems' validators, then every test with the
-## race detector (real Redis if REDIS_URL is set)
-test: lint doccheck
+## test: vet, the API documents through their ecosystems' validators, the TypeScript SDK's tests,
+## then every Go test with the race detector (real Redis if REDIS_URL is set)
+test: lint doccheck sdk-test
 	$(GO) test -race -count=1 ./...
+
+## sdk-test: build the TypeScript SDK (sdk/js) and run its tests against the real binary
+## (npm ci only when node_modules is missing or older than package-lock.json)
+sdk-test:
+	cd sdk/js && { [ -d node_modules ] && [ node_modules -nt package-lock.json ] || { npm ci --no-audit --no-fund && touch node_modules; }; } \
+	  && npm run build && npm test
 
 ## lint: gofmt and go vet
 lint:
