@@ -50,7 +50,7 @@ try {
   });
   const g = await pos.connect();
   const updates = [];
-  const t = await pos.pay({ terminalId: 'T11', amount: '8.00', currency: 'USD', reference: 'browser-' + Date.now() },
+  const t = await pos.pay({ terminalId: 'T11', amount: '8.00', currency: 'USD', reference: 'browser-' + Date.now().toString(36) /* base 36: a run of 13 decimal digits may pass as a card number, which the hub refuses in a reference */ },
     { onUpdate: (u) => { updates.push(u.status); } });
   let code;
   try { await pos.getTransaction('txn_000000000000000000000000'); } catch (e) { code = e.code + ' ' + e.httpStatus + ' ' + (e instanceof Error); }
