@@ -208,7 +208,13 @@ func TestFreshProcessCollects(t *testing.T) {
 	if g := read("/gc/heap/goal:bytes")[0]; g > Headroom+minHeap {
 		t.Fatalf("first heap goal %d MiB, want about %d MiB", g>>20, Headroom>>20)
 	}
-	churn(t, 256<<20, 2*Headroom)
+	// The goal may pass 2×Headroom for a moment: the tuner sets GOGC from a
+	// finalizer that runs after each cycle, and until it has run the
+	// runtime's goal for the new live heap uses the previous GOGC. Under a
+	// loaded CI (every package's tests at once) that finalizer ran late and
+	// the goal read 138 MiB. 3×Headroom keeps the check far below the old
+	// tuning's 4 GiB, which the count of collections below catches too.
+	churn(t, 256<<20, 3*Headroom)
 	if n := read("/gc/cycles/automatic:gc-cycles")[0]; n < 2 {
 		t.Fatalf("%d collections over 256 MiB of garbage, want 2 or more", n)
 	}
