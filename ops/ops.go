@@ -166,12 +166,22 @@ func New(opts Options) *Server {
 
 // Register adds the ops routes to mux, the node's one mux (App.Routes).
 func (s *Server) Register(mux *http.ServeMux) {
+	mux.HandleFunc("GET /{$}", redirectRoot)
 	mux.Handle("GET /ops/", s.staticHandler())
 	mux.HandleFunc("GET /ops/session", s.handleSession)
 	mux.HandleFunc("POST /ops/login", s.handleLogin)
 	mux.HandleFunc("POST /ops/logout", s.handleLogout)
 	mux.HandleFunc("GET /v1/ops/ws", s.handleFeed)
 	mux.HandleFunc("POST /v1/ops/connections/{connectionId}/disconnect", s.handleDisconnect)
+}
+
+// redirectRoot sends GET / (and HEAD /, which the mux routes with GET) to the
+// dashboard: the hub has no page of its own at the root, and someone opening
+// the hub's address in a browser is looking for the dashboard. Only the exact
+// path: any other unknown path stays a 404. 302, not 301/308, so a browser
+// does not cache it should the root ever get a page of its own.
+func redirectRoot(w http.ResponseWriter, r *http.Request) {
+	http.Redirect(w, r, "/ops/", http.StatusFound)
 }
 
 // PublishTransaction sends a committed transaction to every feed and to the

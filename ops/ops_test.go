@@ -164,6 +164,50 @@ func TestStaticPage(t *testing.T) {
 	}
 }
 
+// TestRootRedirect: the hub's bare address leads to the dashboard (GET and
+// HEAD), and only the exact path / does: other unknown paths stay 404.
+func TestRootRedirect(t *testing.T) {
+	e := newEnv(t)
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		req, _ := http.NewRequest(method, e.Srv.URL+"/", nil)
+		resp, err := noFollow.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != "/ops/" {
+			t.Fatalf("%s / → %d Location %q; want 302 to /ops/", method, resp.StatusCode, resp.Header.Get("Location"))
+		}
+	}
+	resp, err := http.Get(e.Srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Request.URL.Path != "/ops/" {
+		t.Fatalf("GET / followed → %d at %s; want the dashboard", resp.StatusCode, resp.Request.URL.Path)
+	}
+	for _, path := range []string{"/index.html", "/nothing", "/ops-x"} {
+		r, err := noFollow.Get(e.Srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body.Close()
+		if r.StatusCode != http.StatusNotFound {
+			t.Errorf("GET %s → %d; want 404", path, r.StatusCode)
+		}
+	}
+	post, err := noFollow.Post(e.Srv.URL+"/", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	post.Body.Close()
+	if post.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST / → %d; want 405", post.StatusCode)
+	}
+}
+
 func TestFeedAuth(t *testing.T) {
 	e := newEnv(t)
 
