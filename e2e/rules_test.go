@@ -640,15 +640,29 @@ func TestSignature(t *testing.T) {
 	// A late answer from the POS is refused.
 	wsErr(t, pos, "signatureVerification", map[string]any{"transactionId": b, "accepted": true}, protocol.CodeInvalidState, "transactionId")
 
-	// Declined over REST.
-	termSend(t, term, "paymentResult", b, map[string]any{"outcome": "declined"})
+	// The terminal declines as it would for a refusal; the transaction says
+	// the prompt went unanswered, so the POS can tell the two apart.
+	termSend(t, term, "paymentResult", b, map[string]any{"outcome": "declined", "errorCode": protocol.TxnErrSignatureDeclined})
 	command(t, term, protocol.ActionResultAck, b)
+	if got := posEvent(t, pos, protocol.ActionPaymentComplete, b).Transaction; got.Status != protocol.StatusDeclined || got.ErrorCode != protocol.TxnErrSignatureTimeout {
+		t.Fatalf("unanswered prompt: %s errorCode %q, want DECLINED signature_timeout", got.Status, got.ErrorCode)
+	}
+	if got := e.get(t, "pk1", b); got.ErrorCode != protocol.TxnErrSignatureTimeout {
+		t.Fatalf("GET after the unanswered prompt: errorCode %q, want signature_timeout", got.ErrorCode)
+	}
+
+	// Declined over REST: the refusal keeps signature_declined.
 	c := dispatched(t, pos, term, "T1", 300, "sig-c")
 	termSend(t, term, "signatureRequired", c, nil)
 	posEvent(t, pos, protocol.ActionSignatureRequired, c)
 	e.doTxn(t, "pk1", "POST", "/v1/transactions/"+c+"/signature", map[string]any{"accepted": false}, nil, http.StatusOK)
 	if sv := command(t, term, protocol.ActionSignatureVerified, c); sv.Accepted == nil || *sv.Accepted {
 		t.Fatalf("signatureVerified: %+v, want accepted:false", sv)
+	}
+	termSend(t, term, "paymentResult", c, map[string]any{"outcome": "declined", "errorCode": protocol.TxnErrSignatureDeclined})
+	command(t, term, protocol.ActionResultAck, c)
+	if got := e.get(t, "pk1", c); got.Status != protocol.StatusDeclined || got.ErrorCode != protocol.TxnErrSignatureDeclined {
+		t.Fatalf("refused signature: %s errorCode %q, want DECLINED signature_declined", got.Status, got.ErrorCode)
 	}
 }
 

@@ -54,7 +54,8 @@ const (
 	TxnErrCardError            = "card_error"
 	TxnErrTerminalError        = "terminal_error"
 	TxnErrDeclined             = "declined"
-	TxnErrSignatureDeclined    = "signature_declined"
+	TxnErrSignatureDeclined    = "signature_declined" // the POS refused the signature
+	TxnErrSignatureTimeout     = "signature_timeout"  // nobody answered the signature prompt in time
 )
 
 // Receipts are the receipt texts a terminal returns.

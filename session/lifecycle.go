@@ -39,3 +39,18 @@ func (e *Engine) Act(ctx context.Context, in ActInput) (Result, error) {
 	}
 	return Result{Txn: t.Wire(), Status: protocol.ResultStatus(false)}, nil
 }
+
+// declineOf is the errorCode and history cause of a terminal's decline. The
+// terminal declines a signature it was told was not accepted with
+// signature_declined whether the POS refused it or nobody answered; the hub
+// knows which (SignatureTimedOut) and says signature_timeout for the latter,
+// so a POS can tell a customer's refusal from an unattended till.
+func declineOf(t *Txn, r protocol.PaymentResult) (code, cause string) {
+	switch {
+	case t.SignatureTimedOut && (r.ErrorCode == protocol.TxnErrSignatureDeclined || r.ErrorCode == ""):
+		return protocol.TxnErrSignatureTimeout, "declined: signature not answered in time"
+	case r.ErrorCode == protocol.TxnErrSignatureDeclined:
+		return r.ErrorCode, "declined: signature not accepted"
+	}
+	return orDefault(r.ErrorCode, protocol.TxnErrDeclined), "declined by the card issuer"
+}

@@ -317,12 +317,12 @@ func (m *machine) signatureAnswer(e EvSignatureAnswer) *protocol.Error {
 	}
 	switch {
 	case t.Status == protocol.StatusAwaitingSignature:
-		t.SignatureDeadline = time.Time{}
+		t.SignatureDeadline, t.SignatureTimedOut = time.Time{}, e.Auto
 		m.fx.Terminal = append(m.fx.Terminal, cmd)
 		m.move(protocol.StatusInProgress, cause, "")
 	case t.Status == protocol.StatusAwaitingReconnect && t.ResumeStatus == protocol.StatusAwaitingSignature:
 		// The answer waits for the terminal: it is sent when it reconnects.
-		t.SignatureDeadline = time.Time{}
+		t.SignatureDeadline, t.SignatureTimedOut = time.Time{}, e.Auto
 		t.ResumeStatus = protocol.StatusInProgress
 		accepted := e.Accepted
 		t.OpenSignature = &accepted
@@ -363,11 +363,8 @@ func (m *machine) result(r protocol.PaymentResult) {
 			}
 			m.final(protocol.StatusCompleted, "approved", "", "")
 		case protocol.OutcomeDeclined:
-			cause := "declined by the card issuer"
-			if r.ErrorCode == protocol.TxnErrSignatureDeclined {
-				cause = "declined: signature not accepted"
-			}
-			m.final(protocol.StatusDeclined, cause, orDefault(r.ErrorCode, protocol.TxnErrDeclined), r.ErrorMessage)
+			code, cause := declineOf(t, r)
+			m.final(protocol.StatusDeclined, cause, code, r.ErrorMessage)
 		case protocol.OutcomeCancelled:
 			m.final(protocol.StatusCancelled, "cancelled at the terminal", r.ErrorCode, r.ErrorMessage)
 		default:

@@ -505,18 +505,27 @@ func expectedMatrix() map[string]expectedRowSet {
 			}
 		}
 	}
+	// Whether the hub declined for want of an answer decides the decline's
+	// errorCode later (signature_timeout, not signature_declined).
+	timedOut := func(want bool) func(t *testing.T, _, a *Txn) {
+		return func(t *testing.T, _, a *Txn) {
+			if a.SignatureTimedOut != want {
+				t.Errorf("SignatureTimedOut = %v, want %v", a.SignatureTimedOut, want)
+			}
+		}
+	}
 	for _, accepted := range []bool{true, false} {
 		name := "EvSignatureAnswer/accepted"
 		if !accepted {
 			name = "EvSignatureAnswer/declined"
 		}
 		m[name] = expectedRowSet{def: expectRefused(), rows: expectedRows{}.
-			set(expectTo(protocol.StatusInProgress).msg(aStatusUpdate).cmd(sigCmd(accepted)).and(sigAnswered(accepted)), sAwaitingSig).
-			set(expectNote().opens(aStartPayment, sigCmd(accepted)).and(sigQueued(accepted)), sReconnectAwaitingSig)}
+			set(expectTo(protocol.StatusInProgress).msg(aStatusUpdate).cmd(sigCmd(accepted)).and(sigAnswered(accepted)).and(timedOut(false)), sAwaitingSig).
+			set(expectNote().opens(aStartPayment, sigCmd(accepted)).and(sigQueued(accepted)).and(timedOut(false)), sReconnectAwaitingSig)}
 	}
 	m["EvSignatureAnswer/auto"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
-		set(expectTo(protocol.StatusInProgress).msg(aStatusUpdate).cmd(sigCmd(false)).and(sigAnswered(false)), sAwaitingSig).
-		set(expectNote().opens(aStartPayment, sigCmd(false)).and(sigQueued(false)), sReconnectAwaitingSig)}
+		set(expectTo(protocol.StatusInProgress).msg(aStatusUpdate).cmd(sigCmd(false)).and(sigAnswered(false)).and(timedOut(true)), sAwaitingSig).
+		set(expectNote().opens(aStartPayment, sigCmd(false)).and(sigQueued(false)).and(timedOut(true)), sReconnectAwaitingSig)}
 
 	// --- Results.
 	approved := resultWith(protocol.OutcomeApproved)
@@ -643,8 +652,8 @@ func expectedMatrix() map[string]expectedRowSet {
 		set(expectFinal(protocol.StatusFailed, "payment.failed", protocol.TxnErrTerminalUnreachable), sPendingUnsent).
 		set(expectFinal(protocol.StatusFailed, "payment.failed", protocol.TxnErrTerminalDisconnected, aCancelPayment), allAwaitingReconnect...)}
 	m["EvDeadline/signature"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
-		set(expectTo(protocol.StatusInProgress).msg(aStatusUpdate).cmd(sigCmd(false)).and(sigAnswered(false)), sAwaitingSig).
-		set(expectNote().opens(aStartPayment, sigCmd(false)).and(sigQueued(false)), sReconnectAwaitingSig)}
+		set(expectTo(protocol.StatusInProgress).msg(aStatusUpdate).cmd(sigCmd(false)).and(sigAnswered(false)).and(timedOut(true)), sAwaitingSig).
+		set(expectNote().opens(aStartPayment, sigCmd(false)).and(sigQueued(false)).and(timedOut(true)), sReconnectAwaitingSig)}
 	m["EvDeadline/command"] = expectedRowSet{def: expectNoop(), rows: expectedRows{}.
 		set(expectKeep().opens().and(closedCmd).and(func(t *testing.T, _, a *Txn) {
 			if a.OpenCancel {
@@ -722,6 +731,7 @@ func fastEqual(a, b *Txn) bool {
 		a.GraceDeadline == b.GraceDeadline && a.SignatureDeadline == b.SignatureDeadline &&
 		a.CommandDeadline == b.CommandDeadline && a.OpenCancel == b.OpenCancel && a.OpenVoid == b.OpenVoid &&
 		a.OpenCapture == b.OpenCapture && ptrEqual(a.OpenSignature, b.OpenSignature) &&
+		a.SignatureTimedOut == b.SignatureTimedOut &&
 		a.VoidConfirmed == b.VoidConfirmed && a.VoidReason == b.VoidReason && a.VoidReasonCode == b.VoidReasonCode &&
 		resultEqual(a.Result, b.Result) && a.ReservedRefundMinor == b.ReservedRefundMinor
 }
@@ -1674,6 +1684,43 @@ func TestApplySignatureTimeoutDeclines(t *testing.T) {
 			}
 		}
 	})
+}
+
+// An unanswered prompt and a refusal both tell the terminal accepted:false
+// and both end DECLINED, but with their own errorCode: signature_timeout for
+// the timeout, signature_declined for the POS's refusal.
+func TestApplySignatureDeclineErrorCodes(t *testing.T) {
+	sigDeclined := resultWith(protocol.OutcomeDeclined)
+	sigDeclined.ErrorCode = protocol.TxnErrSignatureDeclined
+	issuer := resultWith(protocol.OutcomeDeclined)
+	issuer.ErrorCode = "card_error"
+	for _, c := range []struct {
+		name     string
+		answer   Event
+		result   protocol.PaymentResult
+		wantCode string
+	}{
+		{"refused", EvSignatureAnswer{Accepted: false}, sigDeclined, protocol.TxnErrSignatureDeclined},
+		{"timed out", EvDeadline{Kind: DeadlineSignature}, sigDeclined, protocol.TxnErrSignatureTimeout},
+		{"timed out, no code", EvDeadline{Kind: DeadlineSignature}, resultWith(protocol.OutcomeDeclined), protocol.TxnErrSignatureTimeout},
+		{"timed out, other code", EvDeadline{Kind: DeadlineSignature}, issuer, "card_error"},
+		{"refused, no code", EvSignatureAnswer{Accepted: false}, resultWith(protocol.OutcomeDeclined), protocol.TxnErrDeclined},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			tx := awaitingSigTxn()
+			fx := applySteps(t, tx, timedEvent{c.answer, 61 * time.Second, protocol.StatusInProgress})
+			if got := cmdNames(fx.Terminal); !slices.Equal(got, []string{sigCmd(false)}) {
+				t.Fatalf("terminal %v, want signatureVerified accepted:false", got)
+			}
+			applySteps(t, tx, timedEvent{EvResult{Result: c.result}, 62 * time.Second, protocol.StatusDeclined})
+			if tx.ErrorCode != c.wantCode {
+				t.Fatalf("errorCode %q, want %q", tx.ErrorCode, c.wantCode)
+			}
+			if last := tx.History[len(tx.History)-1]; last.ErrorCode != c.wantCode {
+				t.Fatalf("history %+v, want errorCode %q", last, c.wantCode)
+			}
+		})
+	}
 }
 
 func TestApplyOpenCommandsAlongAPayment(t *testing.T) {

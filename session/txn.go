@@ -41,6 +41,10 @@ type Txn struct {
 	OpenVoid      bool  `json:"openVoid,omitempty"`      // voidPayment not yet answered by voidResult
 	OpenCapture   int64 `json:"openCapture,omitempty"`   // capturePayment amount not yet answered
 	OpenSignature *bool `json:"openSignature,omitempty"` // signatureVerified to deliver after a reconnect
+	// SignatureTimedOut: the hub declined the signature because nobody answered
+	// the prompt in time. The terminal's decline that follows reads the same as
+	// the POS's refusal (signature_declined); this tells them apart.
+	SignatureTimedOut bool `json:"signatureTimedOut,omitempty"`
 
 	VoidConfirmed  bool                    `json:"voidConfirmed,omitempty"` // the terminal answered voidResult ok
 	VoidReason     string                  `json:"voidReason,omitempty"`

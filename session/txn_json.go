@@ -60,6 +60,9 @@ func (t *Txn) appendJSON(b []byte) ([]byte, error) {
 	if t.OpenSignature != nil {
 		b = strconv.AppendBool(append(b, `,"openSignature":`...), *t.OpenSignature)
 	}
+	if t.SignatureTimedOut {
+		b = append(b, `,"signatureTimedOut":true`...)
+	}
 	if t.VoidConfirmed {
 		b = append(b, `,"voidConfirmed":true`...)
 	}

@@ -15,8 +15,8 @@ import (
 // optional field set or not, and decodes back to the same value.
 func TestTxnJSONMatchesEncodingJSON(t *testing.T) {
 	// A field added to Txn must be added to its appendJSON (and set below).
-	if n := reflect.TypeFor[Txn]().NumField(); n != 19 {
-		t.Fatalf("Txn has %d fields; appendJSON and this test know 19 (the embedded transaction and 18 of its own)", n)
+	if n := reflect.TypeFor[Txn]().NumField(); n != 20 {
+		t.Fatalf("Txn has %d fields; appendJSON and this test know 20 (the embedded transaction and 19 of its own)", n)
 	}
 	r := rand.New(rand.NewPCG(3, 4))
 	at := func() time.Time { return time.Unix(r.Int64N(4e9), r.Int64N(1e9)).UTC() }
@@ -31,6 +31,7 @@ func TestTxnJSONMatchesEncodingJSON(t *testing.T) {
 			txn.ResumeStatus = protocol.StatusDispatched
 		}
 		txn.Acked, txn.OpenCancel, txn.OpenVoid, txn.VoidConfirmed = flip(), flip(), flip(), flip()
+		txn.SignatureTimedOut = flip()
 		if flip() {
 			v := at()
 			txn.FirstSentAt = &v
