@@ -230,6 +230,18 @@ func TestRESTLifecycle(t *testing.T) {
 	if ev := posEvent(t, pos, protocol.ActionPaymentComplete, m); ev.Transaction.Status != protocol.StatusCompleted || ev.Transaction.AmountMinor != 1500 {
 		t.Fatalf("after capture: %s %d", ev.Transaction.Status, ev.Transaction.AmountMinor)
 	}
+	// A repeated capture is answered again (no amount, or the captured one);
+	// another amount is a conflict. No second capturePayment is sent: the
+	// terminal's next command is the next payment's startPayment (below).
+	for _, body := range []any{nil, map[string]any{"amountMinor": 1500}} {
+		if got := e.doTxn(t, "pk1", "POST", "/v1/transactions/"+m+"/capture", body, nil, http.StatusOK).Transaction; got.Status != protocol.StatusCompleted || got.AmountMinor != 1500 {
+			t.Fatalf("repeated capture %v: %s %d", body, got.Status, got.AmountMinor)
+		}
+	}
+	e.doErr(t, "pk1", "POST", "/v1/transactions/"+m+"/capture", map[string]any{"amountMinor": 1600}, nil, http.StatusConflict, protocol.CodeInvalidState, "amountMinor")
+	if got := e.get(t, "pk1", m); got.Status != protocol.StatusCompleted || got.AmountMinor != 1500 {
+		t.Fatalf("after the refused capture: %s %d", got.Status, got.AmountMinor)
+	}
 
 	// void of an AUTHORIZED sale.
 	a := wsOK(t, pos, "payment", map[string]any{"terminalId": "T1", "amountMinor": 300, "currency": "USD", "reference": "rl-a", "captureMode": "manual"}).Transaction.ID

@@ -592,6 +592,14 @@ func TestManualCapture(t *testing.T) {
 	if done.Transaction.Status != protocol.StatusCompleted || done.Transaction.AmountMinor != 1250 {
 		t.Fatalf("after capture: %+v", done.Transaction)
 	}
+	// A repeat answers again; a different amount is a conflict that says
+	// what was captured.
+	if again := wsOK(t, pos, "capture", map[string]any{"transactionId": id, "amountMinor": 1250}); again.Transaction.Status != protocol.StatusCompleted {
+		t.Fatalf("repeated capture: %s", again.Transaction.Status)
+	}
+	if e := wsErr(t, pos, "capture", map[string]any{"transactionId": id, "amountMinor": 1000}, protocol.CodeInvalidState, "amountMinor"); !strings.Contains(e.Message, "1250") {
+		t.Fatalf("conflicting capture: %q does not name the captured amount", e.Message)
+	}
 	// Capturing an auto-captured sale is refused.
 	s := completedSale(t, pos, term, "T1", 100, "cap-auto")
 	wsErr(t, pos, "capture", map[string]any{"transactionId": s}, protocol.CodeInvalidState, "transactionId")

@@ -54,3 +54,15 @@ func declineOf(t *Txn, r protocol.PaymentResult) (code, cause string) {
 	}
 	return orDefault(r.ErrorCode, protocol.TxnErrDeclined), "declined by the card issuer"
 }
+
+// captureConflict refuses a capture repeated with an amount other than the
+// one already captured (or being captured): answering it like the first would
+// tell the POS its new amount was taken when it was not. No amount means "the
+// same capture again" and is answered as before.
+func captureConflict(asked, captured int64, how string) *protocol.Error {
+	if asked == 0 || asked == captured {
+		return nil
+	}
+	return protocol.Errorf(protocol.CodeInvalidState, "amountMinor",
+		"this sale %s for amountMinor %d; a capture for %d is a different request", how, captured, asked)
+}

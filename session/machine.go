@@ -207,7 +207,8 @@ func (m *machine) capture(e EvCapture) *protocol.Error {
 	t := m.t
 	switch {
 	case t.Status == protocol.StatusCompleted && t.CaptureMode == protocol.CaptureManual:
-		return nil
+		// A repeat is answered again; another amount is a different request.
+		return captureConflict(e.AmountMinor, t.AmountMinor, "was captured")
 	case t.Status != protocol.StatusAuthorized:
 		return invalidState(t, "capture")
 	case t.OpenVoid:
@@ -215,7 +216,7 @@ func (m *machine) capture(e EvCapture) *protocol.Error {
 	case e.AmountMinor > t.AuthorizedAmountMinor:
 		return protocol.Invalid("amountMinor", "must not exceed the authorized amount %d", t.AuthorizedAmountMinor)
 	case t.OpenCapture > 0:
-		return nil
+		return captureConflict(e.AmountMinor, t.OpenCapture, "is being captured")
 	}
 	amt := e.AmountMinor
 	if amt == 0 {

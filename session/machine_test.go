@@ -1239,6 +1239,42 @@ func applySteps(t *testing.T, tx *Txn, steps ...timedEvent) Effects {
 	return fx
 }
 
+// A repeated capture is answered again when it asks for no amount or the
+// same one; another amount is refused (409 invalid_state on amountMinor),
+// both while the first capture is open and once it is done, and nothing
+// changes.
+func TestApplyRepeatedCaptureAmounts(t *testing.T) {
+	tx := inProgressTxn()
+	tx.CaptureMode = protocol.CaptureManual
+	applySteps(t, tx, timedEvent{EvResult{Result: resultWith(protocol.OutcomeApproved)}, time.Second, protocol.StatusAuthorized})
+	applySteps(t, tx, timedEvent{EvCapture{AmountMinor: 600}, 2 * time.Second, protocol.StatusAuthorized})
+	check := func(stage string) {
+		t.Helper()
+		for _, c := range []struct {
+			amount int64
+			ok     bool
+		}{{0, true}, {600, true}, {700, false}, {1000, false}, {5, false}} {
+			before := cloneForCompare(tx)
+			fx, perr := Apply(tx, EvCapture{AmountMinor: c.amount}, fixturesCreatedAt.Add(3*time.Second), testSettings)
+			if c.ok != (perr == nil) {
+				t.Fatalf("%s: capture %d: %v, want ok=%v", stage, c.amount, perr, c.ok)
+			}
+			if perr != nil && (perr.Code != protocol.CodeInvalidState || perr.Field != "amountMinor" || !strings.Contains(perr.Message, "600")) {
+				t.Fatalf("%s: capture %d: %+v, want invalid_state on amountMinor naming 600", stage, c.amount, perr)
+			}
+			if len(fx.Terminal) != 0 || len(fx.POS) != 0 || !reflect.DeepEqual(before, cloneForCompare(tx)) {
+				t.Fatalf("%s: capture %d changed something: %+v", stage, c.amount, fx)
+			}
+		}
+	}
+	check("open")
+	applySteps(t, tx, timedEvent{EvCaptureResult{OK: true}, 4 * time.Second, protocol.StatusCompleted})
+	if tx.AmountMinor != 600 {
+		t.Fatalf("captured %d", tx.AmountMinor)
+	}
+	check("captured")
+}
+
 func TestApplyManualCaptureLifecycle(t *testing.T) {
 	tx := baseTxn()
 	tx.CaptureMode = protocol.CaptureManual
