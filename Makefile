@@ -3,11 +3,17 @@ SHELL := /bin/bash
 GO ?= go
 CONFIG ?= testdata/demo.yaml
 
-.PHONY: run test lint doccheck fmt bench bench-hub fuzz build chaos sdk-test
+.PHONY: run run-durable test lint doccheck fmt bench bench-hub fuzz build chaos sdk-test
 
 ## run: the hub on 127.0.0.1:8080 with the demo config and embedded Redis
 run:
 	$(GO) run ./cmd/termhub serve --config $(CONFIG)
+
+## run-durable: the hub with the demo config on a private local redis-server (AOF, fsync always;
+## data in ./.run/redis, port REDIS_PORT or 6390) that stops with the hub: restarts lose nothing.
+## Needs redis-server installed (says how to get it if not): scripts/run-durable.sh
+run-durable:
+	CONFIG=$(CONFIG) scripts/run-durable.sh
 
 ## build: the termhub binary in ./bin
 build:
