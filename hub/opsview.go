@@ -74,13 +74,29 @@ func (h *Hub) Connections() []ConnInfo {
 	return out
 }
 
-// Conflicts lists API keys caught fighting, most recent first.
+// Conflicts lists API keys caught fighting, most recent first. A conflict
+// whose last displacement is a whole fighting-keys window (flapWindow) old,
+// on the hub's clock, is over: the keys stopped fighting (a few quick
+// restarts of one POS, say), so it is dropped rather than shown for ever. A
+// key that fights again is recorded again.
 func (h *Hub) Conflicts() []KeyConflict {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	now := h.now()
 	out := make([]KeyConflict, 0, len(h.conflicts))
-	for _, k := range h.conflicts {
+	for id, k := range h.conflicts {
+		if now.Sub(k.LastAt) >= flapWindow {
+			delete(h.conflicts, id)
+			continue
+		}
 		out = append(out, *k)
+	}
+	// The displacement times of a key quiet for a window count for nothing
+	// any more (recordDisplacementLocked drops them); forget the key.
+	for id, times := range h.flaps {
+		if len(times) == 0 || now.Sub(times[len(times)-1]) >= flapWindow {
+			delete(h.flaps, id)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].LastAt.After(out[j].LastAt) })
 	return out

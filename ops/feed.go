@@ -248,8 +248,11 @@ func (s *Server) tick(gen uint64) {
 	if !live {
 		return
 	}
+	// With the heartbeats every feed reads the conflicts again: one clears
+	// with time alone (a window after its last displacement), with no
+	// connection change to announce it.
 	if frame, err := json.Marshal(s.heartbeats()); err == nil {
-		s.broadcast(frame, false)
+		s.broadcast(frame, true)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -359,11 +362,14 @@ func (s *Server) serveFeed(ws *websocket.Conn, f *feed) {
 			checkTimer.Stop()
 		}
 	}()
-	snap, err := json.Marshal(s.snapshot(ctx))
+	sn := s.snapshot(ctx)
+	snap, err := json.Marshal(sn)
 	if err != nil || !write(snap) {
 		return
 	}
-	var lastConflicts []byte
+	// The conflicts the feed last sent: those of the snapshot, so that a
+	// conflicts frame goes out only when the list changes.
+	lastConflicts, _ := json.Marshal(Conflicts{Action: ActionConflicts, Conflicts: sn.Conflicts})
 	for {
 		select {
 		case <-ctx.Done():

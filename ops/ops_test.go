@@ -488,6 +488,71 @@ func TestFeedConflicts(t *testing.T) {
 	}
 }
 
+// A conflict clears a fighting-keys window (60 s, the hub's clock) after the
+// key's last displacement: GET /v1/ops/terminals and new snapshots no longer
+// list it, and an open feed gets the shorter conflicts list with its
+// heartbeats, with no connection change to carry it.
+func TestFeedConflictClearsWhenTheKeysStopFighting(t *testing.T) {
+	e := newEnv(t)
+	f := e.mustFeed(bearer())
+	f.until(ops.ActionSnapshot, nil)
+	var last *client.Conn
+	for i := 0; i < 4; i++ {
+		last = e.pos("pk1")
+	}
+	f.until(ops.ActionConflicts, func(m frame) bool {
+		var c ops.Conflicts
+		m.decode(t, &c)
+		return len(c.Conflicts) == 1
+	})
+	listed := func() []hub.KeyConflict {
+		t.Helper()
+		var body struct {
+			Conflicts []hub.KeyConflict `json:"conflicts"`
+		}
+		resp := e.get("/v1/ops/terminals", bearer())
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET /v1/ops/terminals: HTTP %d %v", resp.StatusCode, err)
+		}
+		return body.Conflicts
+	}
+	// The POS that won goes away too, so that only the clock can clear the
+	// conflict (a connection change would also make the feed read it again).
+	id := last.ConnectionID()
+	_ = last.Close()
+	f.until(ops.ActionConnectionUpdate, func(m frame) bool {
+		var u hub.ConnectionUpdate
+		m.decode(t, &u)
+		return u.Event == "disconnected" && u.Connection.ConnectionID == id
+	})
+
+	e.Clock.Advance(59 * time.Second)
+	if got := listed(); len(got) != 1 || got[0].APIKeyID != "pk1" {
+		t.Fatalf("59 s after the fight: conflicts %+v, want pk1 still", got)
+	}
+	e.Clock.Advance(2 * time.Second)
+	f.until(ops.ActionConflicts, func(m frame) bool {
+		var c ops.Conflicts
+		m.decode(t, &c)
+		return len(c.Conflicts) == 0
+	})
+	if got := listed(); len(got) != 0 {
+		t.Fatalf("61 s after the fight: conflicts %+v, want none", got)
+	}
+	var snap ops.Snapshot
+	e.mustFeed(bearer()).until(ops.ActionSnapshot, nil).decode(t, &snap)
+	if len(snap.Conflicts) != 0 {
+		t.Fatalf("snapshot conflicts = %+v, want none", snap.Conflicts)
+	}
+	// Fighting again is caught again.
+	for i := 0; i < 4; i++ {
+		e.pos("pk1")
+	}
+	if got := listed(); len(got) != 1 {
+		t.Fatalf("after a new fight: conflicts %+v", got)
+	}
+}
+
 func TestFeedEndsOnDrain(t *testing.T) {
 	e := newEnv(t)
 	f := e.mustFeed(bearer())
