@@ -8,9 +8,6 @@ import (
 	"os"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
-
 const usage = `termhub — a gateway between POS apps and card terminals
 
 usage:
@@ -21,7 +18,8 @@ usage:
                                 void, capture, signature, list, terminals, watch,
                                 http (any signed request, or --curl to print it)
   termhub bench [flags]         load-test a hub against a bare relay (termhub bench -h)
-  termhub version               print the version
+  termhub version               print the version, the VCS revision it was built
+                                from (and whether modified) and the Go version
 `
 
 func main() {
@@ -40,7 +38,7 @@ func main() {
 	case "bench":
 		err = runBenchCommand(os.Args[2:])
 	case "version", "--version", "-v":
-		fmt.Println("termhub", version)
+		printVersion(os.Stdout)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:
