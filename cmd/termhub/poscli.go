@@ -241,7 +241,7 @@ func (p *posCLI) answerSignature(ctx context.Context, id string) error {
 	if p.args.JSON {
 		fmt.Fprintf(p.out, "%s\n", safeJSON(resp.Body))
 	} else {
-		fmt.Fprintf(p.out, "  signature %sed\n", p.args.Signature)
+		fmt.Fprintln(p.out, "  signature "+map[bool]string{true: "accepted", false: "declined"}[accepted])
 	}
 	return nil
 }
