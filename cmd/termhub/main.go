@@ -4,6 +4,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 )
@@ -47,6 +48,16 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "termhub:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
+}
+
+// exitCode is the exit status for a command's error: the one it asks for
+// (an interrupted --wait exits 130, see interruptedError), otherwise 1.
+func exitCode(err error) int {
+	var ec interface{ ExitCode() int }
+	if errors.As(err, &ec) {
+		return ec.ExitCode()
+	}
+	return 1
 }

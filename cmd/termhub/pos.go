@@ -51,6 +51,9 @@ commands:
                             equivalent curl command, signed for now (valid for
                             300 s; a POST only once), instead of sending it
 
+Ctrl-C during a --wait stops the waiting, not the transaction: it prints
+how to check the transaction and exits with status 130.
+
 common flags (also after the command's arguments):
   --url URL        hub address (default $TERMHUB_URL or ` + defaultURL + `)
   --key ID         API key id (default $TERMHUB_KEY or pk_demo)

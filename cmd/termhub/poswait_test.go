@@ -1,8 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/termhub/termhub/protocol"
 )
 
 // TestPOSSignatureAnswersBinary answers a signature prompt (amount ending
@@ -24,5 +32,125 @@ func TestPOSSignatureAnswersBinary(t *testing.T) {
 				t.Errorf("--signature %s: output lacks %q:\n%s", answer, w, out)
 			}
 		}
+	}
+}
+
+// runningTermhub is a termhub process started by startTermhub, whose
+// stdout and stderr are collected as it runs.
+type runningTermhub struct {
+	cmd      *exec.Cmd
+	out, err *syncBuffer
+	done     chan struct{} // closed when it has exited
+	code     int           // its exit status, once done
+}
+
+// syncBuffer is a bytes.Buffer that a process writes while a test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startTermhub starts bin with args as key pk1 of the hub at hubURL (like
+// runTermhub) without waiting for it; it is killed at the end of the test
+// if still running.
+func startTermhub(t *testing.T, bin, hubURL string, args ...string) *runningTermhub {
+	t.Helper()
+	r := &runningTermhub{cmd: exec.Command(bin, args...), out: &syncBuffer{}, err: &syncBuffer{}, done: make(chan struct{})}
+	r.cmd.Env = append(os.Environ(), "TERMHUB_URL="+hubURL, "TERMHUB_KEY=pk1", "TERMHUB_SECRET=sk1")
+	r.cmd.Stdout, r.cmd.Stderr = r.out, r.err
+	if err := r.cmd.Start(); err != nil {
+		t.Fatalf("starting termhub %q: %v", args, err)
+	}
+	go func() {
+		err := r.cmd.Wait()
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			r.code = exit.ExitCode()
+		}
+		close(r.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-r.done:
+		default:
+			_ = r.cmd.Process.Kill()
+			<-r.done
+		}
+	})
+	return r
+}
+
+// waitOutput waits until the process's stdout matches ok, for up to d.
+func (r *runningTermhub) waitOutput(t *testing.T, what string, d time.Duration, ok func(string) bool) string {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		out := r.out.String()
+		if ok(out) {
+			return out
+		}
+		select {
+		case <-r.done:
+			t.Fatalf("termhub exited (status %d) before %s:\nstdout:\n%s\nstderr:\n%s", r.code, what, out, r.err.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within %s:\nstdout:\n%s\nstderr:\n%s", what, d, out, r.err.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// wait waits for the process to exit, for up to d, and returns its status.
+func (r *runningTermhub) wait(t *testing.T, d time.Duration) int {
+	t.Helper()
+	select {
+	case <-r.done:
+		return r.code
+	case <-time.After(d):
+		t.Fatalf("termhub still running after %s:\nstdout:\n%s\nstderr:\n%s", d, r.out.String(), r.err.String())
+		return 0
+	}
+}
+
+// TestPOSPayWaitInterrupted sends SIGINT, as Ctrl-C does, to `pos pay
+// --wait` while it waits for a payment the terminal never answers (amount
+// ending in 99): it exits 130 with a message that names the transaction,
+// not "context canceled", and the payment is left running.
+func TestPOSPayWaitInterrupted(t *testing.T) {
+	bin := buildTermhub(t)
+	h := newCLIHub(t)
+	r := startTermhub(t, bin, h.url, "pos", "pay", "--terminal", "T1", "--amount", "1.99", "--wait")
+	out := r.waitOutput(t, "the created payment", 10*time.Second, func(s string) bool { return strings.HasPrefix(s, "PENDING  txn_") && strings.Contains(s, "\n") })
+	id := strings.Fields(out)[1]
+	if !strings.HasPrefix(id, "txn_") {
+		t.Fatalf("no transaction id in\n%s", out)
+	}
+	if err := r.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	if code := r.wait(t, 10*time.Second); code != exitInterrupted {
+		t.Fatalf("exit status %d, want %d\nstderr:\n%s", code, exitInterrupted, r.err.String())
+	}
+	errOut := r.err.String()
+	if strings.Contains(errOut, "context canceled") || !strings.Contains(errOut, "interrupted: the payment goes on") ||
+		!strings.Contains(errOut, "termhub pos status "+id) {
+		t.Fatalf("stderr:\n%s", errOut)
+	}
+	st, errOut, code := runTermhub(t, bin, h.url, "pos", "status", id)
+	if f := strings.Fields(st); code != 0 || len(f) < 2 || f[1] != id || protocol.Status(f[0]).Final() {
+		t.Fatalf("status after the interrupt: exit %d\n%s%s", code, st, errOut)
 	}
 }
