@@ -52,8 +52,9 @@ func (p *posCLI) run(ctx context.Context) error {
 		_, err := p.txnCall(ctx, http.MethodPost, "/v1/transactions/"+id+"/cancel", protocol.CancelRequest{TransactionID: a.TxnID})
 		return err
 	case "void":
-		_, err := p.txnCall(ctx, http.MethodPost, "/v1/transactions/"+id+"/void", protocol.VoidRequest{TransactionID: a.TxnID, Reason: a.Reason})
-		return err
+		return p.actionAndWait(ctx, protocol.StatusVoided, func() (*protocol.Transaction, error) {
+			return p.txnCall(ctx, http.MethodPost, "/v1/transactions/"+id+"/void", protocol.VoidRequest{TransactionID: a.TxnID, Reason: a.Reason})
+		})
 	case "capture":
 		return p.capture(ctx)
 	case "signature":
@@ -181,8 +182,9 @@ func (p *posCLI) capture(ctx context.Context) error {
 		}
 		req.AmountMinor = &v
 	}
-	_, err := p.txnCall(ctx, http.MethodPost, "/v1/transactions/"+url.PathEscape(a.TxnID)+"/capture", req)
-	return err
+	return p.actionAndWait(ctx, protocol.StatusCompleted, func() (*protocol.Transaction, error) {
+		return p.txnCall(ctx, http.MethodPost, "/v1/transactions/"+url.PathEscape(a.TxnID)+"/capture", req)
+	})
 }
 
 func (p *posCLI) list(ctx context.Context) error {

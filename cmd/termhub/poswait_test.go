@@ -154,3 +154,68 @@ func TestPOSPayWaitInterrupted(t *testing.T) {
 		t.Fatalf("status after the interrupt: exit %d\n%s%s", code, st, errOut)
 	}
 }
+
+// TestPOSCaptureVoidWaitBinary: capture and void answer with the sale as it
+// was (the hub only asks the terminal); with --wait they print it after
+// the terminal's answer. Also through the binary: pay --timeout reaches
+// the transaction, and status shows the refunded amount.
+func TestPOSCaptureVoidWaitBinary(t *testing.T) {
+	bin := buildTermhub(t)
+	h := newCLIHub(t)
+	run := func(args ...string) string {
+		t.Helper()
+		out, errOut, code := runTermhub(t, bin, h.url, append([]string{"pos"}, args...)...)
+		if code != 0 {
+			t.Fatalf("pos %q: exit %d\n%s%s", args, code, out, errOut)
+		}
+		return out
+	}
+	idOf := func(out string) string {
+		t.Helper()
+		f := strings.Fields(out)
+		if len(f) < 2 || !strings.HasPrefix(f[1], "txn_") {
+			t.Fatalf("no transaction id in\n%s", out)
+		}
+		return f[1]
+	}
+
+	// A manual sale with its own timeout, authorized.
+	out := run("pay", "--terminal", "T1", "--amount", "20.00", "--capture", "manual", "--timeout", "30", "--wait")
+	if !strings.Contains(out, "\nAUTHORIZED  txn_") {
+		t.Fatalf("manual pay:\n%s", out)
+	}
+	sale := idOf(out)
+	if js := run("status", sale, "--json"); !strings.Contains(js, `"timeoutSeconds":30`) {
+		t.Fatalf("pay --timeout 30 did not reach the transaction:\n%s", js)
+	}
+
+	// capture --wait: the answer (still AUTHORIZED), then the sale captured.
+	out = run("capture", sale, "--amount", "15.00", "--wait")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if !strings.HasPrefix(lines[0], "AUTHORIZED  "+sale) || !strings.Contains(out, "\nCOMPLETED  "+sale+"  15.00 USD") {
+		t.Fatalf("capture --wait:\n%s", out)
+	}
+
+	// status shows what was refunded, formatted like the amount.
+	run("refund", sale, "--amount", "5.00", "--wait")
+	if out = run("status", sale); !strings.HasPrefix(out, "COMPLETED  "+sale) || !strings.Contains(out, "refunded: 5.00 USD") {
+		t.Fatalf("status after a refund:\n%s", out)
+	}
+
+	// void without --wait: the sale as it was, and what happens next.
+	other := idOf(run("pay", "--terminal", "T1", "--amount", "3.00", "--wait"))
+	out = run("void", other)
+	if !strings.HasPrefix(out, "COMPLETED  "+other) || !strings.Contains(out, "sent to the terminal: it is VOIDED once the terminal agrees") {
+		t.Fatalf("void:\n%s", out)
+	}
+	// void --wait: the sale voided (a repeat while the void is open waits
+	// for the same answer; once voided it answers VOIDED at once).
+	third := idOf(run("pay", "--terminal", "T1", "--amount", "4.00", "--wait"))
+	out = run("void", third, "--reason", "wrong amount", "--wait")
+	if !strings.HasPrefix(out, "COMPLETED  "+third) || !strings.Contains(out, "\nVOIDED  "+third) {
+		t.Fatalf("void --wait:\n%s", out)
+	}
+	if out = run("void", third, "--wait"); !strings.HasPrefix(out, "VOIDED  "+third) || strings.Count(out, third) != 1 {
+		t.Fatalf("repeated void --wait:\n%s", out)
+	}
+}
