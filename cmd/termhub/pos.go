@@ -30,6 +30,7 @@ commands:
       [--reference R] [--capture manual] [--timeout SECONDS]
       [--wait [--signature accept|decline]]
                             create a sale; --wait follows it to its outcome
+                            (at most timeout + 2m, or --wait-timeout)
   status TXN_ID             the transaction as it stands
   refund TXN_ID [--amount 5.00] [--reason R] [--wait]
                             refund all or part of a completed sale
@@ -65,9 +66,11 @@ common flags (also after the command's arguments):
   --secret SECRET  API key secret (default $TERMHUB_SECRET or sk_demo)
   --json           print the hub's raw JSON instead of readable lines
 
-The WebSocket (pay --wait, refund --wait, watch) is the API key's one POS
-connection: it displaces any other connection of the same key, such as a
-running POS app, so give the CLI a key of its own.
+--wait (pay, refund, capture, void) reads the transaction over REST every
+200 ms: it opens no WebSocket and acks nothing, so it can run beside a
+watch or a POS app on the same key. watch, though, is a WebSocket: the API
+key's one POS connection, which displaces any other connection of the same
+key, such as a running POS app; give it a key of its own.
 `
 
 // posArgs is a parsed `termhub pos` command line.

@@ -2,12 +2,11 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"time"
 
-	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -43,19 +42,17 @@ func (e *interruptedError) Error() string {
 // ExitCode is the process's exit status for this error (see main).
 func (e *interruptedError) ExitCode() int { return exitInterrupted }
 
+// waitMargin is added to a payment's timeoutSeconds to bound pay --wait:
+// the hub ends a payment the terminal does not finish in time, but a
+// signature prompt (signature_timeout) and a terminal's reconnection
+// (grace_period) can add to it.
+const waitMargin = 2 * time.Minute
+
 // createAndWait runs create and, with --wait, follows the transaction it
-// made on the WebSocket until its outcome. The WebSocket is opened first so
-// that no message about the new transaction can be missed.
+// made until its outcome (waitFor: over REST, so that it displaces no
+// WebSocket of the key). The wait is bounded by the transaction's
+// timeoutSeconds plus waitMargin, and by --wait-timeout.
 func (p *posCLI) createAndWait(ctx context.Context, create func() (*protocol.Transaction, error)) error {
-	if !p.args.Wait {
-		_, err := create()
-		return err
-	}
-	s, err := openPOSStream(ctx, p.opts, p.args.Key, p.args.Secret)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
 	tx, err := create()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -63,60 +60,18 @@ func (p *posCLI) createAndWait(ctx context.Context, create func() (*protocol.Tra
 		}
 		return err
 	}
-	if tx.Status.Final() {
-		return nil // nothing more will come (a reused reference)
+	if !p.args.Wait || tx.Status.Final() {
+		return nil // a reused reference may be final already: nothing will come
 	}
-	if err := p.follow(ctx, s, tx.ID); err != nil {
-		if ctx.Err() != nil {
-			return &interruptedError{ID: tx.ID, Type: tx.Type}
-		}
-		return err
+	bound := p.args.WaitTimeout
+	if tx.TimeoutSeconds > 0 {
+		bound = min(bound, time.Duration(tx.TimeoutSeconds)*time.Second+waitMargin)
 	}
-	return nil
-}
-
-// follow prints the messages about id until its outcome, then acks that
-// message (and with it, the ack being cumulative, every earlier one).
-func (p *posCLI) follow(ctx context.Context, s *client.POSStream, id string) error {
-	wctx, cancel := context.WithTimeout(ctx, p.args.WaitTimeout)
-	defer cancel()
-	for {
-		m, err := s.Next(wctx)
-		if err != nil {
-			if errors.Is(err, context.DeadlineExceeded) {
-				return fmt.Errorf("pos: gave up waiting for %s after %s; see `termhub pos status %s`", safe(id), p.args.WaitTimeout, safe(id))
-			}
-			return err
-		}
-		if m.MessageID() == "" {
-			continue
-		}
-		var ev protocol.POSEvent
-		if err := m.Decode(&ev); err != nil || ev.TransactionID != id || ev.Transaction == nil {
-			continue
-		}
-		if p.args.JSON {
-			fmt.Fprintf(p.out, "%s\n", safeJSON(m.Raw))
-		} else {
-			fmt.Fprintln(p.out, describeEvent(ev))
-		}
-		if ev.Action == protocol.ActionSignatureRequired {
-			if err := p.answerSignature(ctx, id); err != nil {
-				return err
-			}
-			continue
-		}
-		st := ev.Transaction.Status
-		if ev.Action == protocol.ActionPaymentComplete || ev.Action == protocol.ActionPaymentVoided || st == protocol.StatusAuthorized {
-			if err := s.AckStored(ctx, ev.MessageID); err != nil {
-				return fmt.Errorf("pos: acking %s: %w", ev.MessageID, err)
-			}
-			if !p.args.JSON {
-				fmt.Fprint(p.out, describeTxn(ev.Transaction))
-			}
-			return nil
-		}
+	err = p.waitFor(ctx, tx, bound, func(t *protocol.Transaction) bool { return t.Status.Final() })
+	if err != nil && ctx.Err() != nil {
+		return &interruptedError{ID: tx.ID, Type: tx.Type}
 	}
+	return err
 }
 
 func (p *posCLI) answerSignature(ctx context.Context, id string) error {

@@ -20,8 +20,8 @@ func TestPOSSignatureAnswersBinary(t *testing.T) {
 	bin := buildTermhub(t)
 	h := newCLIHub(t)
 	for answer, want := range map[string][]string{
-		"accept":  {"signature accepted\n", "paymentComplete  COMPLETED"},
-		"decline": {"signature declined\n", "paymentComplete  DECLINED"},
+		"accept":  {"signature accepted\n", "\nCOMPLETED  txn_"},
+		"decline": {"signature declined\n", "\nDECLINED  txn_"},
 	} {
 		out, errOut, code := runTermhub(t, bin, h.url, "pos", "pay", "--terminal", "T1", "--amount", "1.55", "--wait", "--signature", answer)
 		if code != 0 || strings.Contains(out, "declineed") {
@@ -217,5 +217,44 @@ func TestPOSCaptureVoidWaitBinary(t *testing.T) {
 	}
 	if out = run("void", third, "--wait"); !strings.HasPrefix(out, "VOIDED  "+third) || strings.Count(out, third) != 1 {
 		t.Fatalf("repeated void --wait:\n%s", out)
+	}
+}
+
+// TestPOSWatchAndPayWaitBinary is the README's flow: `pos watch` in one
+// shell, `pos pay --wait` with the same key in another. The pay completes,
+// and the watch stays connected (pay --wait opens no WebSocket of the key
+// to displace it) and prints the payment's updates.
+func TestPOSWatchAndPayWaitBinary(t *testing.T) {
+	bin := buildTermhub(t)
+	h := newCLIHub(t)
+	watch := startTermhub(t, bin, h.url, "pos", "watch")
+	watch.waitOutput(t, "the watch's greeting", 10*time.Second, func(s string) bool { return strings.Contains(s, " connected conn_") })
+
+	for _, amount := range []string{"2.00", "2.05", "1.55"} {
+		out, errOut, code := runTermhub(t, bin, h.url, "pos", "pay", "--terminal", "T1", "--amount", amount, "--wait", "--signature", "accept")
+		if code != 0 {
+			t.Fatalf("pay %s --wait: exit %d\n%s%s", amount, code, out, errOut)
+		}
+		id := strings.Fields(out)[1]
+		if !strings.Contains(out, "\nCOMPLETED  "+id) && !strings.Contains(out, "\nDECLINED  "+id) {
+			t.Fatalf("pay %s --wait did not print the outcome:\n%s", amount, out)
+		}
+		watch.waitOutput(t, "the watch's paymentComplete for "+id, 10*time.Second, func(s string) bool {
+			return strings.Contains(s, "paymentComplete  ") && strings.Contains(s, "  "+id+"  ")
+		})
+	}
+	select {
+	case <-watch.done:
+		t.Fatalf("the watch ended (status %d):\n%s\n%s", watch.code, watch.out.String(), watch.err.String())
+	default:
+	}
+	if out := watch.out.String(); strings.Contains(out, "api_key_used_elsewhere") || strings.Count(out, " connected conn_") != 1 {
+		t.Fatalf("the watch was displaced or reconnected:\n%s", out)
+	}
+	if err := watch.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	if code := watch.wait(t, 10*time.Second); code != 0 {
+		t.Fatalf("watch after Ctrl-C: exit %d\n%s", code, watch.err.String())
 	}
 }
