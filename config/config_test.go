@@ -478,7 +478,7 @@ func TestDirectory(t *testing.T) {
 	})
 }
 
-// The security settings (CONTRACT §3): scopes, TLS files, the memory
+// The security settings (docs/protocol.md#credentials): scopes, TLS files, the memory
 // limit and the rate limits, from the file and the environment.
 func TestSecuritySettings(t *testing.T) {
 	const merchants = `

@@ -23,7 +23,8 @@ const defaultURL = "http://127.0.0.1:8080"
 
 const posUsage = `usage: termhub pos COMMAND [flags] [TXN_ID]
 
-A command-line POS: signed REST calls and the POS WebSocket (CONTRACT §2, §5).
+A command-line POS: signed REST calls and the POS WebSocket (docs/protocol.md;
+docs/simulator.md describes each command).
 
 commands:
   pay --terminal ID (--amount 12.50 | --amount-minor 1250) [--currency USD]

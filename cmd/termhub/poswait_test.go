@@ -258,3 +258,19 @@ func TestPOSWatchAndPayWaitBinary(t *testing.T) {
 		t.Fatalf("watch after Ctrl-C: exit %d\n%s", code, watch.err.String())
 	}
 }
+
+// TestHelpCitesRepositoryDocs: the help texts send a reader to the
+// repository's own docs, not to a specification outside it.
+func TestHelpCitesRepositoryDocs(t *testing.T) {
+	bin := buildTermhub(t)
+	for _, args := range [][]string{{"help"}, {"pos", "-h"}, {"sim", "-h"}, {"bench", "-h"}} {
+		out, errOut, _ := runTermhub(t, bin, "http://127.0.0.1:1", args...)
+		if text := out + errOut; strings.Contains(text, "CONTRACT") || strings.Contains(text, "../shared") {
+			t.Errorf("termhub %q cites a document outside the repository:\n%s", args, text)
+		}
+	}
+	out, errOut, _ := runTermhub(t, bin, "http://127.0.0.1:1", "pos", "-h")
+	if !strings.Contains(out+errOut, "docs/protocol.md") {
+		t.Errorf("pos -h does not point to docs/protocol.md:\n%s%s", out, errOut)
+	}
+}
