@@ -42,10 +42,10 @@ type App struct {
 	Log     zerolog.Logger
 	Ops     *ops.Server // dashboard, ops feed and kick endpoint
 	// Health probes Redis: /readyz, answering 503 at once while it does
-	// not answer, and noticing a Redis that came back empty (CONTRACT §7.1).
+	// not answer, and noticing a Redis that came back empty (docs/ops.md#when-redis-stalls-restarts-or-fails-over).
 	Health *redisx.Health
 
-	Webhooks *webhook.Sender // delivers the merchants' webhook events (CONTRACT §10)
+	Webhooks *webhook.Sender // delivers the merchants' webhook events (docs/webhooks.md)
 	// Node is this App's place among several nodes on one Redis (package
 	// nodes); nil when it is alone (the embedded Redis).
 	Node *nodes.Node

@@ -17,7 +17,7 @@ const (
 )
 
 // opsRelay brings every node's committed transactions to the ops feeds of
-// every node (CONTRACT §12: ops see the whole hub from any node). Each
+// every node (docs/cluster.md: ops see the whole hub from any node). Each
 // commit would otherwise cost every node a message, so a node sends its
 // transactions only while some other node has a feed open: a node with
 // feeds says so on the bus when its first opens and again at every

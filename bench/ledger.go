@@ -8,7 +8,7 @@ const (
 	// firstFinal is the transaction's first final: it counts.
 	firstFinal finalKind = iota
 	// redelivered is the same message again (same messageId): delivery is
-	// at least once (CONTRACT §9), so a POS that reconnects may be replayed
+	// at least once (docs/protocol.md#messageid-ack-and-replay), so a POS that reconnects may be replayed
 	// what it had not acknowledged yet. Not a duplicate.
 	redelivered
 	// lateVoid is a paymentVoided after the final: the hub voiding a late

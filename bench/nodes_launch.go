@@ -10,7 +10,7 @@ import (
 )
 
 // NodeLauncher starts several hub processes ("nodes") on one Redis and one
-// key prefix, which makes them one hub (CONTRACT §12). The multi-node
+// key prefix, which makes them one hub (docs/cluster.md). The multi-node
 // scenarios need it; a launcher without it (--hub-url) cannot run them.
 type NodeLauncher interface {
 	// Nodes starts n nodes with distinct node ids and listeners; stop ends

@@ -2,7 +2,7 @@
 // that talk to a hub: the terminal simulator, the POS command line, the load
 // generator and the hub's own end-to-end tests. It exists so that each of
 // them signs requests, dials WebSockets and survives disconnects the same way
-// a real integrator would, instead of every caller re-deriving CONTRACT §3–§6.
+// a real integrator would, instead of every caller re-deriving docs/protocol.md.
 //
 // It depends only on package protocol (signing, message types) and the
 // WebSocket library, never on the hub, so a test that uses it exercises the

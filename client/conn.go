@@ -15,7 +15,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// Endpoint paths of the two WebSocket protocols (CONTRACT §2).
+// Endpoint paths of the two WebSocket protocols (docs/protocol.md#endpoints).
 const (
 	POSPath      = "/v1/pos/ws"
 	TerminalPath = "/v1/terminal/ws"
@@ -199,7 +199,7 @@ func (c *Conn) SendAction(ctx context.Context, action, requestID string, v any) 
 }
 
 // Ack acknowledges messageID and every earlier durable message, so the hub
-// stops replaying them (CONTRACT §9).
+// stops replaying them (docs/protocol.md#messageid-ack-and-replay).
 func (c *Conn) Ack(ctx context.Context, messageID string) error {
 	return c.SendAction(ctx, protocol.ActionAck, "", protocol.AckRequest{MessageID: messageID})
 }

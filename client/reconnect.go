@@ -17,7 +17,7 @@ const (
 )
 
 // ErrReconnectForbidden is returned by Reconnector.Run when the hub said
-// forceDisconnect with reconnectAllowed false (fighting keys, CONTRACT §4).
+// forceDisconnect with reconnectAllowed false (fighting keys, docs/protocol.md#connections).
 // Redialing then would only displace the other holder of the key again, so
 // a human has to decide.
 var ErrReconnectForbidden = errors.New("client: hub forbade reconnecting")

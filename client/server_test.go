@@ -17,7 +17,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// A fake hub: just enough of CONTRACT §3–§6 to check what the client puts on
+// A fake hub: just enough of docs/protocol.md to check what the client puts on
 // the wire. It verifies credentials exactly as the contract says, greets,
 // and hands each accepted connection to the running test's script.
 
@@ -94,7 +94,7 @@ func writeError(w http.ResponseWriter, status int, code protocol.Code, msg strin
 	json.NewEncoder(w).Encode(protocol.ErrorBody{Error: &protocol.Error{Code: code, Message: msg}})
 }
 
-// authenticate checks credentials the way CONTRACT §3 says and returns the
+// authenticate checks credentials the way docs/protocol.md#credentials says and returns the
 // record, or writes the 401 and returns false.
 func (h *fakeHub) authenticate(w http.ResponseWriter, r *http.Request, body []byte, idHeader, idParam string) (authRecord, bool) {
 	rec := authRecord{}

@@ -1,4 +1,4 @@
-// Package config loads termhub's YAML configuration (CONTRACT §1): scalar
+// Package config loads termhub's YAML configuration (docs/configuration.md): scalar
 // settings with TERMHUB_<FIELD> environment overrides and defaults, and the
 // merchants with their API keys and terminals. A bad file is refused with a
 // message naming the field.
@@ -132,7 +132,7 @@ type Config struct {
 	SignatureTimeout  Duration `yaml:"signature_timeout"`
 	WebhookRetryBase  Duration `yaml:"webhook_retry_base"`
 	OutboxRetention   Duration `yaml:"outbox_retention"`
-	RequestTimeout    Duration `yaml:"request_timeout"` // every request is answered within it (CONTRACT §7.1)
+	RequestTimeout    Duration `yaml:"request_timeout"` // every request is answered within it (docs/ops.md#when-redis-stalls-restarts-or-fails-over)
 	// NodeID names this node among several on one Redis (docs/cluster.md);
 	// empty: a unique id made at start-up.
 	NodeID string `yaml:"node_id"`
@@ -160,7 +160,7 @@ type Config struct {
 	Merchants   []Merchant `yaml:"merchants"`
 }
 
-// RateLimit is how fast clients may go (CONTRACT §3). Rates are per
+// RateLimit is how fast clients may go (docs/protocol.md#credentials). Rates are per
 // second; a burst is how many may come at once before the rate applies.
 type RateLimit struct {
 	// KeyRate and KeyBurst limit the requests of one API key, REST and
@@ -247,7 +247,7 @@ type APIKey struct {
 	Scopes []string `yaml:"scopes,omitempty"`
 }
 
-// Key scopes (CONTRACT §3).
+// Key scopes (docs/protocol.md#credentials).
 const (
 	// ScopeRead lets a key read transactions and terminals, connect and
 	// receive (and acknowledge) its messages.
@@ -263,7 +263,7 @@ type Terminal struct {
 	Label    string `yaml:"label"`
 }
 
-// Defaults returns the configuration with every default of CONTRACT §1 and
+// Defaults returns the configuration with every default of docs/configuration.md and
 // no merchants.
 func Defaults() Config {
 	return Config{

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -54,6 +55,15 @@ func TestLoadDemo(t *testing.T) {
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("demo config\n got %+v\nwant %+v", cfg, want)
+	}
+	// The file's header comment says what is in it: keep it in step.
+	raw, err := os.ReadFile(demoPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if header := string(raw[:bytes.Index(raw, []byte("\nlisten:"))]); !strings.Contains(header, "two merchants") ||
+		!strings.Contains(header, "m_demo has two POS keys") || !strings.Contains(header, "three terminals; m_other has one key and one terminal") {
+		t.Errorf("the demo config's header comment does not describe it:\n%s", header)
 	}
 	if cfg.RedisURL != "" {
 		t.Errorf("demo redis_url = %q, want empty (embedded store)", cfg.RedisURL)
@@ -478,7 +488,7 @@ func TestDirectory(t *testing.T) {
 	})
 }
 
-// The security settings (CONTRACT §3): scopes, TLS files, the memory
+// The security settings (docs/protocol.md#credentials): scopes, TLS files, the memory
 // limit and the rate limits, from the file and the environment.
 func TestSecuritySettings(t *testing.T) {
 	const merchants = `

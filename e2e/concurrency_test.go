@@ -13,7 +13,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// The rules of CONTRACT §7 under concurrent requests: idempotency,
+// The rules of docs/protocol.md#transactions under concurrent requests: idempotency,
 // superseding and the per-device lock must hold when many requests race.
 
 const racers = 50

@@ -21,7 +21,7 @@ import (
 )
 
 // These tests stall, kill and restart a real Redis of their own under a
-// whole App on the wall clock (CONTRACT §7.1): nothing committed may be
+// whole App on the wall clock (docs/ops.md#when-redis-stalls-restarts-or-fails-over): nothing committed may be
 // lost, every request is answered within request_timeout, and connections
 // stay up.
 

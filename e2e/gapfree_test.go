@@ -25,7 +25,7 @@ func (onlineTerminals) TerminalLive(string) (session.TerminalStatus, string, tim
 // was never handed (another writer committed it: another process, or a
 // commit of its own whose answer was lost) still reaches the live POS,
 // before the next one the hub commits, so that the POS's ack of that one
-// can never cover a message it was not sent (CONTRACT §7.1).
+// can never cover a message it was not sent (docs/ops.md#when-redis-stalls-restarts-or-fails-over).
 func TestMessagesWrittenElsewhereReachTheLivePOSInOrder(t *testing.T) {
 	e := newEnv(t)
 	pos, term := e.pos("pk1"), e.terminal("T1")

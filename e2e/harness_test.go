@@ -152,7 +152,7 @@ var keepaliveSeq atomic.Int64
 // single Advance of more than two heartbeat intervals (30 s with the
 // harness's 15 s) therefore closes every connection as stale (4002) before
 // a payment timeout or grace period is reached. A real client answers pings;
-// a frame from it counts as a sign of life just the same (CONTRACT §4), so
+// a frame from it counts as a sign of life just the same (docs/protocol.md#connections), so
 // the keep-alive frames stand in for the pongs.
 //
 // The POS keep-alive is listTerminals (answered by `terminals`, which

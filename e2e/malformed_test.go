@@ -15,7 +15,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// Malformed requests (CONTRACT §5, §6, §7): each is answered with the exact
+// Malformed requests (docs/protocol.md#pos-protocol, docs/protocol.md#terminal-protocol, docs/protocol.md#transactions): each is answered with the exact
 // code and field, and a bad message never closes the connection unless it
 // is not JSON or over 64 KiB.
 
@@ -354,7 +354,7 @@ func TestMalformedHTTPRequests(t *testing.T) {
 		{"list with unknown status", "GET", "/v1/transactions?status=DONE", nil, nil, 400, protocol.CodeInvalidRequest, "status"},
 		{"list with unknown type", "GET", "/v1/transactions?type=charge", nil, nil, 400, protocol.CodeInvalidRequest, "type"},
 		{"list with unknown cursor", "GET", "/v1/transactions?after=txn_unknown", nil, nil, 400, protocol.CodeInvalidRequest, "after"},
-		// Credentials (CONTRACT §3): 401 naming the part that failed.
+		// Credentials (docs/protocol.md#credentials): 401 naming the part that failed.
 		{"missing signature", "GET", "/v1/transactions", nil, http.Header{"X-Signature": nil}, 401, protocol.CodeUnauthorized, "X-Signature"},
 		{"bad signature", "GET", "/v1/transactions", nil, http.Header{"X-Signature": []string{strings.Repeat("0", 64)}}, 401, protocol.CodeUnauthorized, "X-Signature"},
 		{"stale timestamp", "GET", "/v1/transactions", nil, http.Header{"X-Timestamp": []string{"1000000000"}}, 401, protocol.CodeUnauthorized, "X-Timestamp"},

@@ -22,7 +22,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// Several nodes as separate processes (CONTRACT §12): three real binaries
+// Several nodes as separate processes (docs/cluster.md): three real binaries
 // on the real Redis of REDIS_URL, one key_prefix, each on its own port.
 // Unlike nodes_test.go (in-process nodes, a fake clock, a node "dying" by
 // ceasing to heartbeat), a node here dies by SIGKILL, so its sockets really
@@ -176,7 +176,7 @@ func untilClosed(t *testing.T, c *client.Conn) {
 }
 
 // finals counts the final states a POS is told of: per transaction, the
-// distinct messageIds (a replayed message keeps its id, CONTRACT §9) that
+// distinct messageIds (a replayed message keeps its id, docs/protocol.md#messageid-ack-and-replay) that
 // carry each final status. It is how "exactly one final per transaction"
 // is checked across reconnects and nodes.
 type finals map[string]map[protocol.Status]map[string]bool

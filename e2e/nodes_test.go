@@ -17,7 +17,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// Several nodes on one Redis are one hub (CONTRACT §12): these tests
+// Several nodes on one Redis are one hub (docs/cluster.md): these tests
 // spread clients across in-process nodes sharing a Redis (miniredis, or
 // REDIS_URL) and a fake clock.
 
@@ -223,7 +223,7 @@ func TestNodesNodeDeathMidPayment(t *testing.T) {
 }
 
 // TestNodesNodeDeathTerminalNeverReturns: the payment fails after the
-// grace period, and a late approval is voided (CONTRACT §8).
+// grace period, and a late approval is voided (docs/protocol.md#auto-void-reason-codes).
 func TestNodesNodeDeathTerminalNeverReturns(t *testing.T) {
 	es := nodeEnvs(t, 2)
 	term := es[1].terminal("T1")

@@ -13,7 +13,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// The payment rules over signed HTTP (CONTRACT §2, §7): statuses, the
+// The payment rules over signed HTTP (docs/protocol.md#endpoints, docs/protocol.md#transactions): statuses, the
 // Idempotency-Key header and the transaction list.
 
 func TestRESTReferenceIdempotency(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// End-to-end tests of the payment rules of CONTRACT §7 and §8, mostly over
+// End-to-end tests of the payment rules of docs/protocol.md#transactions, docs/protocol.md#auto-void-reason-codes, mostly over
 // the POS and terminal WebSockets. rest_test.go covers the same rules where
 // HTTP adds something of its own (statuses, headers, the list API).
 
@@ -872,7 +872,7 @@ func TestMerchantIsolation(t *testing.T) {
 	}
 }
 
-// CONTRACT §5: "A reply only says the request was accepted ... the outcome
+// docs/protocol.md#pos-protocol: "A reply only says the request was accepted ... the outcome
 // always comes later as paymentComplete or paymentVoided." A cancel decides
 // at once, and its cancelResponse must still come before the
 // paymentComplete it causes: a POS that waits for the reply first (as the

@@ -16,7 +16,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// Security rules of CONTRACT §3 over real sockets: replayed requests, key
+// Security rules of docs/protocol.md#credentials over real sockets: replayed requests, key
 // scopes, rate limits. Each runs on miniredis, and on the real Redis of
 // REDIS_URL when it is set (CI).
 

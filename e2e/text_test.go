@@ -15,7 +15,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// Text rules (CONTRACT §3), over real sockets: text a
+// Text rules (docs/protocol.md#credentials), over real sockets: text a
 // terminal reports or a POS sends that has control characters, is not
 // UTF-8 or holds a full card number is refused with invalid_request naming
 // the field; nothing of it is acknowledged, stored or logged, and the

@@ -21,7 +21,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// Webhooks end to end (CONTRACT §10): a merchant with a webhook_url gets
+// Webhooks end to end (docs/webhooks.md): a merchant with a webhook_url gets
 // every final state POSTed, signed, retried with backoff and deduplicable by
 // id; ops see the deliveries at GET /v1/ops/webhooks.
 

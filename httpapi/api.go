@@ -1,7 +1,7 @@
 // Package httpapi is termhub's HTTP API: the signed REST endpoints of
-// CONTRACT §2 and §7 (terminals, payments, transactions and their
-// lifecycle), HTTP event sessions with their long poll and acks (CONTRACT
-// §9), the ops-token endpoints GET /v1/ops/terminals and /metrics, and
+// docs/protocol.md#endpoints, docs/protocol.md#transactions (terminals, payments, transactions and their
+// lifecycle), HTTP event sessions with their long poll and acks
+// (docs/protocol.md#messageid-ack-and-replay), the ops-token endpoints GET /v1/ops/terminals and /metrics, and
 // /healthz and /readyz. It holds no connections and no rules of its own:
 // what it answers comes from the hub (package hub) and the engine.
 //
@@ -49,7 +49,7 @@ type Options struct {
 	// Clock times long polls; the real clock when nil.
 	Clock  clock.Clock
 	Logger zerolog.Logger
-	// RequestTimeout bounds every request's wait for Redis (CONTRACT §7.1
+	// RequestTimeout bounds every request's wait for Redis (docs/ops.md#when-redis-stalls-restarts-or-fails-over
 	// request_timeout); 5 s when zero.
 	RequestTimeout time.Duration
 }
@@ -183,8 +183,8 @@ func (s *Server) posHTTP(next posHandler) http.HandlerFunc {
 			hub.WriteError(w, e)
 			return
 		}
-		// Every request is answered within request_timeout (CONTRACT
-		// §7.1); a long poll's own wait comes on top (handleEvents).
+		// Every request is answered within request_timeout
+		// (docs/ops.md#when-redis-stalls-restarts-or-fails-over); a long poll's own wait comes on top (handleEvents).
 		ctx, cancel := context.WithTimeout(r.Context(), s.opts.RequestTimeout+requestExtra(r))
 		defer cancel()
 		if e := s.hub.FirstUse(ctx, r, p, idempotentRoutes[r.Pattern]); e != nil {

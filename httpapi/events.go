@@ -17,7 +17,7 @@ import (
 )
 
 // HTTP-only POS clients read the same outbox the WebSocket replays, through
-// an event session (CONTRACT §9). A key has one live session or one live
+// an event session (docs/protocol.md#messageid-ack-and-replay). A key has one live session or one live
 // WebSocket: each displaces the other (Hub.SessionOpened here, the hub on
 // an upgrade), and both count toward the fighting-keys rule.
 

@@ -36,7 +36,7 @@ func (s *Server) handleOpsTerminals(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// ---- transactions over signed HTTP (CONTRACT §2, §7) ----
+// ---- transactions over signed HTTP (docs/protocol.md#endpoints, docs/protocol.md#transactions) ----
 
 // idempotencyHeader reads and checks the Idempotency-Key header.
 func idempotencyHeader(r *http.Request) (string, *protocol.Error) {

@@ -88,7 +88,7 @@ func (h *Hub) ClientError(err error, log zerolog.Logger) *protocol.Error {
 	}
 	if errors.Is(err, session.ErrUnavailable) || redisx.Outage(err) {
 		// Answered 503: the outcome is unknown, and a retry by reference
-		// or Idempotency-Key is safe (CONTRACT §7.1). Redis's outages are
+		// or Idempotency-Key is safe (docs/ops.md#when-redis-stalls-restarts-or-fails-over). Redis's outages are
 		// reported by its probe (redisx.Health), not once per request.
 		log.Debug().Err(err).Msg("store unavailable")
 		return protocol.Errorf(protocol.CodeUnavailable, "", "the store is unavailable; the request may or may not have been applied: retry it (same reference or Idempotency-Key) shortly")

@@ -22,7 +22,7 @@ const replayPage = 500
 // Delivery to a connection has no gaps by construction: every entry of the
 // outbox after the connection's starting cursor is sent, in stream order,
 // and none is skipped, so a cumulative ack never covers a message the
-// connection was not sent (CONTRACT §7.1). A commit hands its entries over
+// connection was not sent (docs/ops.md#when-redis-stalls-restarts-or-fails-over). A commit hands its entries over
 // directly when they are the very next ones: the outbox counts its
 // entries (Entry.Seq) and the connection knows the count at the last one
 // it has. Anything else — a connection that has just been opened, a commit
@@ -182,7 +182,7 @@ func (h *Hub) replay(c *conn) {
 // room in the writer's replay queue instead of filling the live one, so a
 // long read is backpressure, never a reason to kick the POS as slow. A
 // Redis that does not answer is waited for: the connection stays up
-// through an outage (CONTRACT §7.1), and what it is owed is sent after.
+// through an outage (docs/ops.md#when-redis-stalls-restarts-or-fails-over), and what it is owed is sent after.
 func (h *Hub) readOutbox(c *conn, replaying bool) {
 	started := h.now()
 	n := 0

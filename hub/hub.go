@@ -34,7 +34,7 @@ import (
 )
 
 // Options configure a Hub. Zero values are replaced by the defaults of
-// CONTRACT §1.
+// docs/configuration.md.
 type Options struct {
 	Directory         *config.Directory
 	Clock             clock.Clock
@@ -57,10 +57,10 @@ type Options struct {
 	// Health tells whether Redis answers (when to try again after a
 	// failure); nil: always.
 	Health Health
-	// RequestTimeout bounds every request's wait for Redis (CONTRACT §7.1
+	// RequestTimeout bounds every request's wait for Redis (docs/ops.md#when-redis-stalls-restarts-or-fails-over
 	// request_timeout); 5 s when zero.
 	RequestTimeout time.Duration
-	// RateLimit are the limits of CONTRACT §3; config.Defaults' when
+	// RateLimit are the limits of docs/protocol.md#credentials; config.Defaults' when
 	// zero.
 	RateLimit config.RateLimit
 	// Replays remembers accepted signed POSTs so that a repeat is refused

@@ -15,7 +15,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// limits are the hub's rate limits (CONTRACT §3). They are per process:
+// limits are the hub's rate limits (docs/protocol.md#credentials). They are per process:
 // with several hubs each keeps its own buckets, so a client spread over n
 // hubs may go up to n times as fast.
 type limits struct {
@@ -209,7 +209,7 @@ func (h *Hub) frameLimited(c *conn, exempt bool) *protocol.Error {
 	return e
 }
 
-// ---- replayed signed requests (CONTRACT §3) ----
+// ---- replayed signed requests (docs/protocol.md#credentials) ----
 
 // Replays remembers the signatures of accepted POSTs for as long as their
 // timestamp is valid, so a captured request sent again is refused.

@@ -9,7 +9,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// Several nodes on one Redis (CONTRACT §12, docs/cluster.md). With
+// Several nodes on one Redis (docs/cluster.md, docs/cluster.md). With
 // Options.Node set, the hub shares what one process kept to itself:
 //
 //   - each device's status is a record in Redis (nodes.Device) written

@@ -11,7 +11,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// flapWindow and flapLimit implement the fighting-keys rule (CONTRACT §4):
+// flapWindow and flapLimit implement the fighting-keys rule (docs/protocol.md#connections):
 // from the flapLimit-th displacement of one key within flapWindow on, the
 // displaced client is told not to reconnect.
 const (
@@ -410,7 +410,7 @@ func (h *Hub) TerminalStatus(deviceID string) string {
 	return protocol.TerminalOffline
 }
 
-// ResolveTerminal maps a POS's terminalId to a device id (CONTRACT §4): first
+// ResolveTerminal maps a POS's terminalId to a device id (docs/protocol.md#connections): first
 // as a registered device id of the merchant, then as the connection id of
 // one of the merchant's live terminals (legacy). Another merchant's terminal
 // is not found.
@@ -441,7 +441,7 @@ func (h *Hub) terminalInfosLocked(merchantID string, cur map[string]string) []pr
 
 // currentLookup bounds the read of current transactions for a greeting or
 // a terminal list: they answer from memory when Redis does not answer at
-// once (CONTRACT §7.1).
+// once (docs/ops.md#when-redis-stalls-restarts-or-fails-over).
 const currentLookup = time.Second
 
 // currentTxns reads which transaction occupies each of a merchant's

@@ -7,7 +7,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// A key has one live HTTP event session (package httpapi, CONTRACT §9) or
+// A key has one live HTTP event session (package httpapi, docs/protocol.md#messageid-ack-and-replay) or
 // one live WebSocket: each displaces the other, and both count toward the
 // fighting-keys rule. The sessions are the HTTP API's; the hub only ends
 // one when a WebSocket takes its key over, and displaces the WebSocket

@@ -280,7 +280,7 @@ func (h *Hub) allDevices() []nodes.DeviceRef {
 
 // NodeDead releases what a dead node held (nodes.Handler; on the one node
 // that claimed it): its devices that were online go reconnecting with a
-// grace period from now, their transactions' grace starts (CONTRACT §8),
+// grace period from now, their transactions' grace starts (docs/protocol.md#auto-void-reason-codes),
 // and its API keys are free.
 func (h *Hub) NodeDead(id string) {
 	ctx, cancel := context.WithTimeout(h.baseCtx, 4*h.opts.RequestTimeout)

@@ -328,7 +328,7 @@ func (h *Hub) handlePOSFrames(c *conn, frames [][]byte) error {
 func (h *Hub) handlePOSFrame(c *conn, data []byte) error {
 	start, label := time.Now(), "invalid"
 	defer func() { h.observeFrame(KindPOS, start, label) }()
-	// The request has request_timeout to get its answer (CONTRACT §7.1),
+	// The request has request_timeout to get its answer (docs/ops.md#when-redis-stalls-restarts-or-fails-over),
 	// waits for earlier acks included.
 	ctx, cancel := context.WithTimeout(c.ctx, h.opts.RequestTimeout)
 	defer cancel()
@@ -481,7 +481,7 @@ func (h *Hub) handleTerminalFrames(c *conn, frames [][]byte) error {
 	for i, data := range frames {
 		labels[i] = "invalid"
 		in, err := protocol.DecodeTerminal(data)
-		// A terminal's results are never refused (CONTRACT §3): they may
+		// A terminal's results are never refused (docs/protocol.md#credentials): they may
 		// be the only record of a charge.
 		if e := h.frameLimited(c, err == nil && isResult(in.Action)); e != nil {
 			labels[i] = "rate_limited"

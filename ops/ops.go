@@ -1,4 +1,4 @@
-// Package ops is termhub's operator side (CONTRACT §2, §3, §11): the live
+// Package ops is termhub's operator side (docs/protocol.md#endpoints, docs/protocol.md#credentials, docs/ops.md): the live
 // dashboard page at /ops/, the cookie login that gives a browser a session
 // (kept in Redis, session.go) for the ops token, the live feed /v1/ops/ws
 // and the endpoint that kicks a connection.
@@ -40,7 +40,7 @@ const (
 	DefaultFeedQueue       = 512
 	DefaultWriteTimeout    = 10 * time.Second
 	// DefaultSessionIdle is how long a dashboard session lives unused
-	// (CONTRACT §3: 12 h idle).
+	// (docs/protocol.md#credentials: 12 h idle).
 	DefaultSessionIdle = 12 * time.Hour
 	// DefaultSessionCheck is how often an open feed re-checks its session.
 	DefaultSessionCheck = time.Minute

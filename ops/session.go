@@ -1,6 +1,6 @@
 package ops
 
-// Dashboard sessions (CONTRACT §3). POST /ops/login gives the browser a
+// Dashboard sessions (docs/protocol.md#credentials). POST /ops/login gives the browser a
 // random session id in the termhub_ops cookie, never the ops token. The
 // session lives in Redis under keys.OpsSession(HMAC-SHA256(ops token, id)):
 // a copy of Redis yields no live cookie, and a hub started with another ops

@@ -3,7 +3,7 @@ package protocol
 // CloseCode is a WebSocket close status code.
 type CloseCode int
 
-// WebSocket close codes of CONTRACT §4. Codes 4001–4004 tell the client why it
+// WebSocket close codes of docs/protocol.md#connections. Codes 4001–4004 tell the client why it
 // was closed; only 4400 means the client itself broke the protocol.
 const (
 	CloseDisplaced     CloseCode = 4001 // another connection took this key or device

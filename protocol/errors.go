@@ -5,11 +5,11 @@ import (
 	"net/http"
 )
 
-// Code is a machine-readable error code (CONTRACT §7). The set is closed:
+// Code is a machine-readable error code (docs/protocol.md#transactions). The set is closed:
 // clients switch on these strings.
 type Code string
 
-// Error codes of CONTRACT §7.
+// Error codes of docs/protocol.md#transactions.
 const (
 	CodeInvalidRequest       Code = "invalid_request"
 	CodeUnknownAction        Code = "unknown_action"

@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// Credential header and query parameter names (CONTRACT §3).
+// Credential header and query parameter names (docs/protocol.md#credentials).
 const (
 	HeaderAPIKey    = "X-Api-Key"
 	HeaderDeviceID  = "X-Device-Id"

@@ -8,7 +8,7 @@ import (
 	"unicode/utf8"
 )
 
-// Text rules (CONTRACT §3; docs/protocol.md, "Text rules"). Every text a
+// Text rules (docs/protocol.md#credentials; docs/protocol.md, "Text rules"). Every text a
 // POS or a terminal sends is checked before anything of it is stored:
 //
 //   - the frame or body is valid UTF-8 as sent, and has no \u escape of an

@@ -2,7 +2,7 @@ package protocol
 
 import "time"
 
-// Status is a transaction status (CONTRACT §7).
+// Status is a transaction status (docs/protocol.md#transactions).
 type Status string
 
 // Transaction statuses.
@@ -72,7 +72,7 @@ type HistoryEntry struct {
 	ErrorCode string    `json:"errorCode,omitempty"`
 }
 
-// Transaction is the transaction object of CONTRACT §7 as clients see it.
+// Transaction is the transaction object of docs/protocol.md#transactions as clients see it.
 // String fields that do not apply are empty strings; completedAt is null
 // until the transaction is final.
 type Transaction struct {
@@ -121,7 +121,7 @@ type TerminalInfo struct {
 	CurrentTransactionID string     `json:"currentTransactionId"`
 }
 
-// Terminal statuses (CONTRACT §4).
+// Terminal statuses (docs/protocol.md#connections).
 const (
 	TerminalOnline       = "online"
 	TerminalReconnecting = "reconnecting"

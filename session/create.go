@@ -18,7 +18,7 @@ type CreateInput struct {
 	IdemKey    string
 }
 
-// Create starts a sale (CONTRACT §7): idempotency by reference and
+// Create starts a sale (docs/protocol.md#transactions): idempotency by reference and
 // Idempotency-Key, terminal resolution, offline check, superseding a PENDING
 // sale, the per-device lock, all committed atomically.
 func (e *Engine) Create(ctx context.Context, in CreateInput) (Result, error) {

@@ -523,7 +523,7 @@ type replyKey struct{}
 
 // WithReply asks the engine to call f with the request's result right after
 // its commit and before any message it caused is delivered, so that a client
-// always sees the reply to its request before the outcome (CONTRACT §5).
+// always sees the reply to its request before the outcome (docs/protocol.md#pos-protocol).
 // f is called at most once, in the caller's goroutine.
 func WithReply(ctx context.Context, f func(Result)) context.Context {
 	return context.WithValue(ctx, replyKey{}, f)

@@ -1,7 +1,7 @@
 package session
 
 // Table and property tests of the pure transition function Apply
-// (CONTRACT §5–§8).
+// (docs/protocol.md).
 
 import (
 	"fmt"
@@ -37,7 +37,7 @@ const (
 	aVoidPayment   = protocol.ActionVoidPayment
 	aResultAck     = protocol.ActionResultAck
 
-	graceReason        = "Terminal reconnected after grace period expired" // CONTRACT §5 / §8, verbatim
+	graceReason        = "Terminal reconnected after grace period expired" // docs/protocol.md#pos-protocol, docs/protocol.md#auto-void-reason-codes, verbatim
 	customerVoidReason = "customer changed their mind"
 )
 
@@ -1832,7 +1832,7 @@ func TestWebhookTypes(t *testing.T) {
 
 // A signature answer given while the terminal was away is queued
 // (OpenSignature) and re-sent when it reconnects; once the payment is over it
-// is moot and must not be re-sent (CONTRACT §6 lists the open commands).
+// is moot and must not be re-sent (docs/protocol.md#terminal-protocol lists the open commands).
 func TestApplyQueuedSignatureAnswerClosesWithThePayment(t *testing.T) {
 	for _, c := range []struct {
 		name  string
@@ -1895,8 +1895,8 @@ func TestApplyAuthorizedDropsQueuedSignatureAnswer(t *testing.T) {
 	}
 }
 
-// AUTHORIZED is final for the payment flow (protocol.Status.Final, CONTRACT
-// §7: the terminal is free). Like every final status it must not keep the
+// AUTHORIZED is final for the payment flow (protocol.Status.Final,
+// docs/protocol.md#transactions: the terminal is free). Like every final status it must not keep the
 // payment timeout, the reconnect grace, the signature deadline or the
 // ResumeStatus of AWAITING_RECONNECT: they are stale Redis timers (counted as
 // "grace timers running" in /metrics) that fire later for nothing.

@@ -29,7 +29,7 @@ import (
 // held the same way: the hub keeps them (the terminal, told unavailable,
 // sends them again too) and the worker applies them in the order they
 // came, before any deadline of the transaction may fire, so that a timer
-// never wins a race against a result already received (CONTRACT §7.1).
+// never wins a race against a result already received (docs/ops.md#when-redis-stalls-restarts-or-fails-over).
 //
 // The worker's waits run on the wall clock: it waits for Redis, which
 // answers in real time, not for a protocol timer.

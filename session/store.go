@@ -27,7 +27,7 @@ var errConflict = errors.New("concurrent update")
 // ErrUnavailable means Redis did not serve a request: nothing it asked for
 // was changed (or, as ErrOutcomeUnknown, it may have been and the engine is
 // finding out). The client may retry: by reference or Idempotency-Key a
-// retry converges on the one transaction (CONTRACT §7.1).
+// retry converges on the one transaction (docs/ops.md#when-redis-stalls-restarts-or-fails-over).
 var ErrUnavailable = errors.New("the store is unavailable; retry shortly")
 
 // ErrOutcomeUnknown is the error of a commit that was sent but whose answer

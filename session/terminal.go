@@ -115,7 +115,7 @@ func (e *Engine) terminalRun(ctx context.Context, merchantID, deviceID, id strin
 }
 
 // TerminalConnected resumes a device's transactions after it (re)connects
-// and returns every command still open for it (CONTRACT §6), oldest
+// and returns every command still open for it (docs/protocol.md#terminal-protocol), oldest
 // transaction first, for the caller to send.
 func (e *Engine) TerminalConnected(ctx context.Context, merchantID, deviceID, connID string) ([]TerminalCommand, error) {
 	// Not during a create for the device (which holds this lock until it

@@ -108,7 +108,7 @@ func sharedHistory(h []protocol.HistoryEntry) []protocol.HistoryEntry {
 }
 
 // OpenCommands lists every command for the terminal that is still open, in
-// the order a reconnecting terminal should see them (CONTRACT §6).
+// the order a reconnecting terminal should see them (docs/protocol.md#terminal-protocol).
 func (t *Txn) OpenCommands() []TerminalCommand {
 	var out []TerminalCommand
 	if t.Active() {

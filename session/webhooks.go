@@ -8,7 +8,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// WebhookEvent is a webhook body (CONTRACT §10).
+// WebhookEvent is a webhook body (docs/webhooks.md).
 type WebhookEvent struct {
 	ID        string      `json:"id"`
 	Type      string      `json:"type"`

@@ -1,5 +1,5 @@
 // Package sim provides simulated card terminals: test doubles that speak the
-// terminal side of termhub's wire contract (CONTRACT §6) with real
+// terminal side of termhub's wire contract (docs/protocol.md#terminal-protocol) with real
 // credentials, the way Stripe's simulated readers stand in for a physical
 // reader. `termhub sim` runs them from the command line; tests build a
 // Terminal directly and inject a Sleep so that nothing really waits.

@@ -11,7 +11,7 @@ import (
 // resendAfter is how long a terminal waits before sending again a message
 // the hub answered with unavailable: the hub may not have recorded it, and
 // its store is stalled or restarting, so an immediate repeat would most
-// likely be refused too (CONTRACT §6).
+// likely be refused too (docs/protocol.md#terminal-protocol).
 const resendAfter = time.Second
 
 // keepSent bounds how many sent messages a Terminal remembers for re-sending.

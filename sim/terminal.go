@@ -273,7 +273,7 @@ func (t *Terminal) Run(ctx context.Context) error {
 }
 
 // connected publishes a new connection and re-sends every result the hub
-// has not acknowledged, oldest first (CONTRACT §6). It runs before the
+// has not acknowledged, oldest first (docs/protocol.md#terminal-protocol). It runs before the
 // first message of the connection is read, so the hub has these results
 // before the startPayment it re-sends, which then finds them already sent.
 func (t *Terminal) connected(ctx context.Context, c *client.Conn) {
@@ -351,7 +351,7 @@ func (t *Terminal) handle(ctx context.Context, _ *client.Conn, m client.Message)
 // hubError handles an error reply. Every message the simulator sends
 // carries requestId "<action>:<transactionId>", so an error names what it
 // refused. One answered unavailable may not be recorded: it is sent again
-// after resendAfter (CONTRACT §6). A result for a transaction the hub does
+// after resendAfter (docs/protocol.md#terminal-protocol). A result for a transaction the hub does
 // not know (a hub that lost its state, or another terminal's id) will never
 // be acknowledged: it is forgotten instead of being re-sent on every
 // reconnect.

@@ -20,7 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Request headers of a webhook POST (CONTRACT §10).
+// Request headers of a webhook POST (docs/webhooks.md).
 const (
 	HeaderSignature = "Termhub-Signature"
 	HeaderEventID   = "Termhub-Event-Id"

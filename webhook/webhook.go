@@ -1,4 +1,4 @@
-// Package webhook delivers the engine's webhook events (CONTRACT §10) to
+// Package webhook delivers the engine's webhook events (docs/webhooks.md) to
 // each merchant's webhook_url, durably and at least once.
 //
 // The engine appends every event to the merchant's Redis stream
@@ -44,7 +44,7 @@ import (
 	"github.com/termhub/termhub/internal/metrics"
 )
 
-// Defaults of Options (CONTRACT §1, §10).
+// Defaults of Options (docs/configuration.md, docs/webhooks.md).
 const (
 	DefaultRetryBase    = 5 * time.Second
 	DefaultMaxDelay     = time.Hour

@@ -4,12 +4,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 )
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 const usage = `termhub — a gateway between POS apps and card terminals
 
@@ -21,7 +19,8 @@ usage:
                                 void, capture, signature, list, terminals, watch,
                                 http (any signed request, or --curl to print it)
   termhub bench [flags]         load-test a hub against a bare relay (termhub bench -h)
-  termhub version               print the version
+  termhub version               print the version, the VCS revision it was built
+                                from (and whether modified) and the Go version
 `
 
 func main() {
@@ -40,7 +39,7 @@ func main() {
 	case "bench":
 		err = runBenchCommand(os.Args[2:])
 	case "version", "--version", "-v":
-		fmt.Println("termhub", version)
+		printVersion(os.Stdout)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:
@@ -49,6 +48,16 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "termhub:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
+}
+
+// exitCode is the exit status for a command's error: the one it asks for
+// (an interrupted --wait exits 130, see interruptedError), otherwise 1.
+func exitCode(err error) int {
+	var ec interface{ ExitCode() int }
+	if errors.As(err, &ec) {
+		return ec.ExitCode()
+	}
+	return 1
 }

@@ -23,19 +23,26 @@ const defaultURL = "http://127.0.0.1:8080"
 
 const posUsage = `usage: termhub pos COMMAND [flags] [TXN_ID]
 
-A command-line POS: signed REST calls and the POS WebSocket (CONTRACT §2, §5).
+A command-line POS: signed REST calls and the POS WebSocket (docs/protocol.md;
+docs/simulator.md describes each command).
 
 commands:
   pay --terminal ID (--amount 12.50 | --amount-minor 1250) [--currency USD]
-      [--reference R] [--capture manual] [--wait [--signature accept|decline]]
+      [--reference R] [--capture manual] [--timeout SECONDS]
+      [--wait [--signature accept|decline]]
                             create a sale; --wait follows it to its outcome
+                            (at most timeout + 2m, or --wait-timeout)
   status TXN_ID             the transaction as it stands
   refund TXN_ID [--amount 5.00] [--reason R] [--wait]
                             refund all or part of a completed sale
   cancel TXN_ID             cancel a sale before the card is presented
-  void TXN_ID [--reason R]  reverse a completed or authorized sale
-  capture TXN_ID [--amount 20.00]
-                            capture an authorized sale (all of it by default)
+  void TXN_ID [--reason R] [--wait]
+                            reverse a completed or authorized sale; --wait
+                            waits for the terminal's answer and prints the
+                            sale after it (VOIDED, or why not)
+  capture TXN_ID [--amount 20.00] [--wait]
+                            capture an authorized sale (all of it by default);
+                            --wait prints the sale once the terminal answers
   signature TXN_ID (--accept | --decline)
                             answer a terminal's signature prompt
   list [--terminal ID] [--status S] [--reference R] [--type sale|refund]
@@ -51,15 +58,20 @@ commands:
                             equivalent curl command, signed for now (valid for
                             300 s; a POST only once), instead of sending it
 
+Ctrl-C during a --wait stops the waiting, not the transaction: it prints
+how to check the transaction and exits with status 130.
+
 common flags (also after the command's arguments):
   --url URL        hub address (default $TERMHUB_URL or ` + defaultURL + `)
   --key ID         API key id (default $TERMHUB_KEY or pk_demo)
   --secret SECRET  API key secret (default $TERMHUB_SECRET or sk_demo)
   --json           print the hub's raw JSON instead of readable lines
 
-The WebSocket (pay --wait, refund --wait, watch) is the API key's one POS
-connection: it displaces any other connection of the same key, such as a
-running POS app, so give the CLI a key of its own.
+--wait (pay, refund, capture, void) reads the transaction over REST every
+200 ms: it opens no WebSocket and acks nothing, so it can run beside a
+watch or a POS app on the same key. watch, though, is a WebSocket: the API
+key's one POS connection, which displaces any other connection of the same
+key, such as a running POS app; give it a key of its own.
 `
 
 // posArgs is a parsed `termhub pos` command line.
@@ -187,7 +199,7 @@ func (a *posArgs) commandFlags(fs *flag.FlagSet) {
 		fs.Int64Var(&a.AmountMinor, "amount-minor", 0, "amount in minor units, e.g. 1250")
 	}
 	waitFlags := func() {
-		fs.BoolVar(&a.Wait, "wait", false, "follow the transaction on the WebSocket until its outcome")
+		fs.BoolVar(&a.Wait, "wait", false, "follow the transaction until its outcome (reads it over REST: opens no WebSocket)")
 		fs.DurationVar(&a.WaitTimeout, "wait-timeout", 15*time.Minute, "give up waiting after this long")
 	}
 	switch a.Cmd {
@@ -213,9 +225,11 @@ func (a *posArgs) commandFlags(fs *flag.FlagSet) {
 	case "void":
 		fs.StringVar(&a.Reason, "reason", "", "why")
 		fs.StringVar(&a.IdempotencyKey, "idempotency-key", "", "Idempotency-Key header")
+		waitFlags()
 	case "capture":
 		amountFlags()
 		fs.StringVar(&a.IdempotencyKey, "idempotency-key", "", "Idempotency-Key header")
+		waitFlags()
 	case "signature":
 		fs.BoolFunc("accept", "the signature matches", func(string) error { v := true; a.Accept = &v; return nil })
 		fs.BoolFunc("decline", "the signature does not match", func(string) error { v := false; a.Accept = &v; return nil })

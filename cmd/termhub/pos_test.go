@@ -232,19 +232,20 @@ func TestPOSPayWait(t *testing.T) {
 		t.Fatalf("pay --wait: %v\n%s", err, out)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if !strings.HasPrefix(lines[0], "PENDING  txn_") || !strings.Contains(out, "paymentComplete  COMPLETED") ||
+	if !strings.HasPrefix(lines[0], "PENDING  txn_") || !strings.Contains(out, "\nCOMPLETED  txn_") ||
 		!strings.Contains(out, "12.50 USD  sale on T1  ref order-1") || !strings.Contains(out, "visa 424242******4242 contactless  auth ") {
 		t.Fatalf("output:\n%s", out)
 	}
 	id := strings.Fields(lines[0])[1]
 
-	// The outcome was acked: the key's outbox cursor is at its message.
-	cursor, err := h.app.Outbox.Cursor(context.Background(), "m1", "pk1")
-	if err != nil || cursor == "" {
-		t.Fatalf("cursor %q, %v", cursor, err)
+	// The wait read the transaction over REST: it acked nothing, so the
+	// key's messages are all still there for its POS app (or watch).
+	if cursor, err := h.app.Outbox.Cursor(context.Background(), "m1", "pk1"); err != nil || cursor != "0-0" {
+		t.Fatalf("cursor %q, %v: pay --wait acked the POS's messages", cursor, err)
 	}
 
-	// --json prints the REST answer, then every message about it raw.
+	// --json prints the REST answer, then every new version of it as GET
+	// /v1/transactions/{id} answers it.
 	out, err = h.pos(t, "pay", "--terminal", "T1", "--amount-minor", "1205", "--reference", "order-2", "--wait", "--json")
 	if err != nil {
 		t.Fatalf("pay --json: %v\n%s", err, out)
@@ -257,20 +258,17 @@ func TestPOSPayWait(t *testing.T) {
 	if err := json.Unmarshal([]byte(lines[0]), &created); err != nil || !created.Created {
 		t.Fatalf("first line %s: %v", lines[0], err)
 	}
-	var last protocol.POSEvent
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil {
-		t.Fatal(err)
+	var last txnReply
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil || last.Transaction == nil {
+		t.Fatalf("last line %s: %v", lines[len(lines)-1], err)
 	}
-	if last.Action != "paymentComplete" || last.Transaction.Status != protocol.StatusDeclined || last.Transaction.ResponseCode != "05" {
+	if last.Transaction.Status != protocol.StatusDeclined || last.Transaction.ResponseCode != "05" {
 		t.Fatalf("last line = %s", lines[len(lines)-1])
-	}
-	if cursor, _ := h.app.Outbox.Cursor(context.Background(), "m1", "pk1"); cursor != last.MessageID {
-		t.Fatalf("cursor %q, want the outcome's message %q", cursor, last.MessageID)
 	}
 
 	// A signature prompt answered from the command line.
 	out, err = h.pos(t, "pay", "--terminal", "T1", "--amount", "1.55", "--reference", "order-3", "--wait", "--signature", "accept")
-	if err != nil || !strings.Contains(out, "signatureRequired  AWAITING_SIGNATURE") || !strings.Contains(out, "signature accepted") || !strings.Contains(out, "paymentComplete  COMPLETED") {
+	if err != nil || !strings.Contains(out, "\nAWAITING_SIGNATURE  txn_") || !strings.Contains(out, "signature accepted") || !strings.Contains(out, "\nCOMPLETED  txn_") {
 		t.Fatalf("signature: %v\n%s", err, out)
 	}
 
@@ -282,7 +280,7 @@ func TestPOSPayWait(t *testing.T) {
 
 	// Refund half and follow it; then the sale shows what was refunded.
 	out, err = h.pos(t, "refund", id, "--amount", "6.25", "--wait")
-	if err != nil || !strings.Contains(out, "paymentComplete  COMPLETED") || !strings.Contains(out, "refund on T1  refund of "+id) {
+	if err != nil || !strings.Contains(out, "\nCOMPLETED  txn_") || !strings.Contains(out, "refund on T1  refund of "+id) {
 		t.Fatalf("refund: %v\n%s", err, out)
 	}
 	out, err = h.pos(t, "status", id)

@@ -52,8 +52,9 @@ func (p *posCLI) run(ctx context.Context) error {
 		_, err := p.txnCall(ctx, http.MethodPost, "/v1/transactions/"+id+"/cancel", protocol.CancelRequest{TransactionID: a.TxnID})
 		return err
 	case "void":
-		_, err := p.txnCall(ctx, http.MethodPost, "/v1/transactions/"+id+"/void", protocol.VoidRequest{TransactionID: a.TxnID, Reason: a.Reason})
-		return err
+		return p.actionAndWait(ctx, protocol.StatusVoided, func() (*protocol.Transaction, error) {
+			return p.txnCall(ctx, http.MethodPost, "/v1/transactions/"+id+"/void", protocol.VoidRequest{TransactionID: a.TxnID, Reason: a.Reason})
+		})
 	case "capture":
 		return p.capture(ctx)
 	case "signature":
@@ -158,94 +159,6 @@ func (p *posCLI) refund(ctx context.Context) error {
 	})
 }
 
-// createAndWait runs create and, with --wait, follows the transaction it
-// made on the WebSocket until its outcome. The WebSocket is opened first so
-// that no message about the new transaction can be missed.
-func (p *posCLI) createAndWait(ctx context.Context, create func() (*protocol.Transaction, error)) error {
-	if !p.args.Wait {
-		_, err := create()
-		return err
-	}
-	s, err := openPOSStream(ctx, p.opts, p.args.Key, p.args.Secret)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	tx, err := create()
-	if err != nil {
-		return err
-	}
-	if tx.Status.Final() {
-		return nil // nothing more will come (a reused reference)
-	}
-	return p.follow(ctx, s, tx.ID)
-}
-
-// follow prints the messages about id until its outcome, then acks that
-// message (and with it, the ack being cumulative, every earlier one).
-func (p *posCLI) follow(ctx context.Context, s *client.POSStream, id string) error {
-	wctx, cancel := context.WithTimeout(ctx, p.args.WaitTimeout)
-	defer cancel()
-	for {
-		m, err := s.Next(wctx)
-		if err != nil {
-			if errors.Is(err, context.DeadlineExceeded) {
-				return fmt.Errorf("pos: gave up waiting for %s after %s; see `termhub pos status %s`", safe(id), p.args.WaitTimeout, safe(id))
-			}
-			return err
-		}
-		if m.MessageID() == "" {
-			continue
-		}
-		var ev protocol.POSEvent
-		if err := m.Decode(&ev); err != nil || ev.TransactionID != id || ev.Transaction == nil {
-			continue
-		}
-		if p.args.JSON {
-			fmt.Fprintf(p.out, "%s\n", safeJSON(m.Raw))
-		} else {
-			fmt.Fprintln(p.out, describeEvent(ev))
-		}
-		if ev.Action == protocol.ActionSignatureRequired {
-			if err := p.answerSignature(ctx, id); err != nil {
-				return err
-			}
-			continue
-		}
-		st := ev.Transaction.Status
-		if ev.Action == protocol.ActionPaymentComplete || ev.Action == protocol.ActionPaymentVoided || st == protocol.StatusAuthorized {
-			if err := s.AckStored(ctx, ev.MessageID); err != nil {
-				return fmt.Errorf("pos: acking %s: %w", ev.MessageID, err)
-			}
-			if !p.args.JSON {
-				fmt.Fprint(p.out, describeTxn(ev.Transaction))
-			}
-			return nil
-		}
-	}
-}
-
-func (p *posCLI) answerSignature(ctx context.Context, id string) error {
-	if p.args.Signature == "" {
-		if !p.args.JSON {
-			fmt.Fprintf(p.out, "  answer with: termhub pos signature %s --accept (or --decline)\n", safe(id))
-		}
-		return nil
-	}
-	accepted := p.args.Signature == "accept"
-	resp, err := p.call(ctx, http.MethodPost, "/v1/transactions/"+url.PathEscape(id)+"/signature",
-		protocol.SignatureVerificationRequest{TransactionID: id, Accepted: &accepted})
-	if err != nil {
-		return err
-	}
-	if p.args.JSON {
-		fmt.Fprintf(p.out, "%s\n", safeJSON(resp.Body))
-	} else {
-		fmt.Fprintf(p.out, "  signature %sed\n", p.args.Signature)
-	}
-	return nil
-}
-
 func (p *posCLI) capture(ctx context.Context) error {
 	a := p.args
 	req := protocol.CaptureRequest{TransactionID: a.TxnID}
@@ -269,8 +182,9 @@ func (p *posCLI) capture(ctx context.Context) error {
 		}
 		req.AmountMinor = &v
 	}
-	_, err := p.txnCall(ctx, http.MethodPost, "/v1/transactions/"+url.PathEscape(a.TxnID)+"/capture", req)
-	return err
+	return p.actionAndWait(ctx, protocol.StatusCompleted, func() (*protocol.Transaction, error) {
+		return p.txnCall(ctx, http.MethodPost, "/v1/transactions/"+url.PathEscape(a.TxnID)+"/capture", req)
+	})
 }
 
 func (p *posCLI) list(ctx context.Context) error {

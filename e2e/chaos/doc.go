@@ -6,7 +6,7 @@
 // end and checks, from what the POS clients and the terminals saw and what
 // the hub's API says, that no final was lost or doubled, no transaction was
 // left unfinished, every approval the terminals reported was delivered or
-// voided, and no reference made two payments (CONTRACT §7.1, §8, §9).
+// voided, and no reference made two payments (docs/ops.md#when-redis-stalls-restarts-or-fails-over, docs/protocol.md#auto-void-reason-codes, docs/protocol.md#messageid-ack-and-replay).
 //
 // The test, TestChaos, skips unless TERMHUB_CHAOS=1. TERMHUB_CHAOS_ROUNDS
 // (default 20) and TERMHUB_CHAOS_MINUTES (default 10) size the run;

@@ -10,7 +10,7 @@ import (
 )
 
 // TestGreetingBeforeReplay connects a POS that has unacknowledged messages
-// again and again: CONTRACT §5 says the hub sends `connected` first and then
+// again and again: docs/protocol.md#pos-protocol says the hub sends `connected` first and then
 // replays. A writer picking at random between its replay and send channels
 // would let a replayed message overtake the greeting, and the random
 // sequences reach that only now and then; this checks it directly.

@@ -20,7 +20,7 @@
 // its AOF, having run only some of it; or it loses the reply to a command
 // it ran (internal/redisfault, on the hub's client only). The hub then
 // answers unavailable: a POS retries its unanswered sales by reference once
-// Redis is back, and a terminal sends again what was refused (CONTRACT §6),
+// Redis is back, and a terminal sends again what was refused (docs/protocol.md#terminal-protocol),
 // while the hub recovers on its own (lost commits, held events).
 // At the end everyone reconnects and every command and cached result plays
 // out.
@@ -37,7 +37,7 @@
 // (VOIDED as paymentVoided…), messages go to the creating key only, a
 // repeated reference answers the same transaction, every terminal result is
 // acknowledged, what the POS last saw is what Redis holds, an accepted void
-// gets an outcome (CONTRACT §5), and money agrees with the terminal: VOIDED
+// gets an outcome (docs/protocol.md#pos-protocol), and money agrees with the terminal: VOIDED
 // if and only if the terminal really reversed the approval.
 //
 // The same driver and checker run against two backends: a whole App behind
@@ -46,7 +46,7 @@
 // session.Engine and Store with the hub replaced by an in-process double
 // (engine_test.go, on an in-process miniredis, for volume). A seed gives the
 // same steps on both. A third backend runs whole hubs of 2 or 3 nodes on one
-// Redis (nodes_test.go, CONTRACT §12): clients on random nodes, and node
+// Redis (nodes_test.go, docs/cluster.md): clients on random nodes, and node
 // deaths, drains and returns in place of whole-hub restarts and Redis faults.
 //
 // Environment: TERMHUB_SOAK_SEQUENCES=N runs N engine-level, N/20
@@ -155,8 +155,8 @@ type world struct {
 	nodes *nodeModel
 }
 
-// unknownCreate is a sale whose outcome the POS does not know (CONTRACT
-// §7.1: unavailable means it may or may not have been created).
+// unknownCreate is a sale whose outcome the POS does not know
+// (docs/ops.md#when-redis-stalls-restarts-or-fails-over: unavailable means it may or may not have been created).
 type unknownCreate struct {
 	key, dev, ref string
 	minor         int64
@@ -209,7 +209,7 @@ type termState struct {
 	sent        []protocol.PaymentResult // every result produced, for duplicates
 	voidResults []string                 // voidResult answers owed while offline
 	bodies      map[string]any           // the last message sent under each requestId
-	refused     []string                 // requestIds answered unavailable: sent again later (CONTRACT §6)
+	refused     []string                 // requestIds answered unavailable: sent again later (docs/protocol.md#terminal-protocol)
 }
 
 func newWorld(seed uint64, be backend, nKeys int) *world {
@@ -360,7 +360,7 @@ func (w *world) observe(t *txnState, v int64, st protocol.Status, how string) {
 	}
 }
 
-// actionFor is the durable message that tells a status (CONTRACT §5).
+// actionFor is the durable message that tells a status (docs/protocol.md#pos-protocol).
 func actionFor(s protocol.Status) string {
 	switch {
 	case s == protocol.StatusAwaitingSignature:
@@ -428,7 +428,7 @@ func (w *world) onTerminal(dev string, raw []byte) {
 
 // onTerminalError takes the hub's error answering the terminal's message
 // rid. Unavailable, after a Redis fault, means it may not be recorded: the
-// terminal sends it again later (CONTRACT §6). Anything else is a
+// terminal sends it again later (docs/protocol.md#terminal-protocol). Anything else is a
 // violation.
 func (w *world) onTerminalError(dev, rid string, code protocol.Code, msg string) {
 	ts := w.term[dev]
@@ -480,7 +480,7 @@ func (w *world) step() {
 		switch {
 		case ts.silent:
 			// It notices and reconnects; the new connection displaces the
-			// half-open one (CONTRACT §4).
+			// half-open one (docs/protocol.md#connections).
 			add(5, func() { w.termConnect(d, true) })
 		case !ts.connected:
 			add(5, func() { w.termConnect(d, false) })
@@ -621,7 +621,7 @@ func (w *world) create(k, d string, rest bool) {
 		w.note("%s", res.perr.Code)
 		switch {
 		case res.perr.Code == protocol.CodeTerminalOffline && w.nodes != nil && (w.term[d].connected || w.term[d].silent):
-			// CONTRACT §12: a terminal greeted by any node is online for
+			// docs/cluster.md: a terminal greeted by any node is online for
 			// payments made through every node.
 			w.violate("terminal-offline-while-online", "create %s on %s answered terminal_offline though %s is connected (on %s)", ref, d, d, w.nodes.termNode(d))
 		case res.perr.Code == protocol.CodeDeviceBusy, res.perr.Code == protocol.CodeTerminalOffline:
@@ -703,7 +703,7 @@ func (w *world) termConnect(d string, displace bool) {
 		return
 	}
 	ts.connected, ts.silent = true, false
-	// A terminal re-sends every result not yet acknowledged (CONTRACT §6).
+	// A terminal re-sends every result not yet acknowledged (docs/protocol.md#terminal-protocol).
 	for _, r := range append([]protocol.PaymentResult(nil), ts.cache...) {
 		w.note("re-sends %s %s", r.Outcome, w.alias(r.TransactionID))
 		w.termSend(d, protocol.ActionPaymentResult, &r)
@@ -759,7 +759,7 @@ func txnOf(body any) string {
 	return v.TransactionID
 }
 
-// termResend sends again what the hub answered unavailable (CONTRACT §6):
+// termResend sends again what the hub answered unavailable (docs/protocol.md#terminal-protocol):
 // a result only while the hub has not acknowledged it.
 func (w *world) termResend(d string) {
 	ts := w.term[d]
@@ -817,7 +817,7 @@ func (w *world) redisResume(killed bool) {
 }
 
 // retryUnknown asks again, by reference, about every sale answered
-// unavailable, as a POS does (CONTRACT §7.1): one transaction per
+// unavailable, as a POS does (docs/ops.md#when-redis-stalls-restarts-or-fails-over): one transaction per
 // reference, whichever attempt created it.
 func (w *world) retryUnknown() {
 	pending := w.unknown
@@ -1071,7 +1071,7 @@ func (w *world) storeChecks(end bool) {
 		if !end {
 			continue
 		}
-		// CONTRACT §5: a reply only says the request was accepted; the
+		// docs/protocol.md#pos-protocol: a reply only says the request was accepted; the
 		// outcome always comes later. An accepted void must end in
 		// paymentVoided or a later message saying it failed, or still be open.
 		if t.voidAskedAt > 0 && !st.OpenVoid && t.maxVer <= t.voidAskedAt {

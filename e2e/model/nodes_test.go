@@ -20,7 +20,7 @@ import (
 	"github.com/termhub/termhub/protocol"
 )
 
-// Several nodes on one Redis are one hub (CONTRACT §12). TestModelNodes
+// Several nodes on one Redis are one hub (docs/cluster.md). TestModelNodes
 // runs the socket-level sequences on 2 or 3 in-process nodes sharing the
 // test's Redis and one fake clock: every POS and terminal connection goes
 // to a random live node (and comes back to a random one), every REST call
@@ -39,7 +39,7 @@ import (
 //   - drain: App.Drain, as on SIGTERM; every client must be told
 //     forceDisconnect server_shutdown with reconnectAllowed, and its
 //     terminals reconnect to another node at once: none may be seen offline
-//     and no payment may fail because of it (CONTRACT §12).
+//     and no payment may fail because of it (docs/cluster.md).
 //   - return: a new App with the node's id on the same Redis (a dead node's
 //     hub process is stopped first).
 //
@@ -486,7 +486,7 @@ func (b *nodesBackend) nodeReturn(i int) error {
 }
 
 // onlineEverywhere waits until every live node has dev online on its
-// current connection (CONTRACT §12: one truth within 1 s).
+// current connection (docs/cluster.md: one truth within 1 s).
 func (b *nodesBackend) onlineEverywhere(dev string) error {
 	id := b.term[dev].c.ConnectionID()
 	for i, g := range b.nodes {

@@ -9,7 +9,7 @@ import (
 )
 
 // Directed scenarios: fixed step lists through the same world and checks,
-// on both backends. The first is the happy path of CONTRACT §8 (a control
+// on both backends. The first is the happy path of docs/protocol.md#auto-void-reason-codes (a control
 // for the checks); each other one drives the steps a random sequence needed
 // to break an invariant, and checks it holds.
 
@@ -51,7 +51,7 @@ func (w *world) startJob() *job {
 
 var scenarios = []scenario{
 	{
-		// CONTRACT §8: the terminal drops mid-payment, the grace period
+		// docs/protocol.md#auto-void-reason-codes: the terminal drops mid-payment, the grace period
 		// expires (FAILED), the customer's approval comes in late: the hub
 		// voids it, the terminal reverses it, the POS is told paymentVoided.
 		name: "LateApprovalAfterGraceIsVoided",
@@ -108,7 +108,7 @@ var scenarios = []scenario{
 	{
 		// The POS voids a COMPLETED sale while the terminal is away for
 		// longer than the command deadline: the void lapses, and the POS,
-		// told only "accepted", must still hear an outcome (CONTRACT §5).
+		// told only "accepted", must still hear an outcome (docs/protocol.md#pos-protocol).
 		name: "ExpiredVoidRequestIsTold",
 		run: func(w *world) {
 			j := w.startJob()

@@ -123,7 +123,7 @@ func Start(t testing.TB, yamlConfig string, opts ...Option) *Env {
 }
 
 // StartNodes starts n Apps of yamlConfig on one Redis (or Redis Cluster,
-// as Start chooses) and one fake clock (CONTRACT §12): nodes "node-0" …
+// as Start chooses) and one fake clock (docs/cluster.md): nodes "node-0" …
 // "node-<n-1>" of one hub, each behind its own httptest server.
 func StartNodes(t testing.TB, yamlConfig string, n int, opts ...Option) []*Env {
 	t.Helper()

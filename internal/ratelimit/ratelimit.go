@@ -1,6 +1,6 @@
 // Package ratelimit keeps one token bucket per key — an API key, a
 // terminal, a source address, a claimed credential id — for the hub's limits
-// (CONTRACT §3). The buckets are golang.org/x/time/rate limiters; every call
+// (docs/protocol.md#credentials). The buckets are golang.org/x/time/rate limiters; every call
 // takes the time from the caller, so the hub's injectable clock drives them
 // and a test steps a one-per-second rule in microseconds.
 package ratelimit

@@ -11,7 +11,7 @@ import (
 )
 
 // DefaultRequestTimeout bounds one command when the caller gives none
-// (CONTRACT §7.1's request_timeout default).
+// (docs/ops.md#when-redis-stalls-restarts-or-fails-over's request_timeout default).
 const DefaultRequestTimeout = 5 * time.Second
 
 // Configure applies the settings to o.

@@ -1,5 +1,5 @@
 // Package browser_test drives the ops dashboard in a real headless Chromium
-// (CONTRACT §11: "It must work in a real browser"). It lives in its own
+// (docs/ops.md: "It must work in a real browser"). It lives in its own
 // package so that the rest of the suite never needs a browser.
 //
 // It needs /usr/bin/chromium (Debian: apt-get install -y chromium). Without
