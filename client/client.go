@@ -54,11 +54,9 @@ func (o Options) httpClient() *http.Client {
 	return http.DefaultClient
 }
 
-// resolve joins BaseURL and an already-escaped path with optional query into
-// the URL that will be sent, with an http(s) scheme. The signature is later
-// computed from this very URL so that what is signed is what goes on the
-// wire.
-func (o Options) resolve(pathWithQuery string) (*url.URL, error) {
+// HTTPURL is the http(s) URL of pathWithQuery on the hub of BaseURL (ws and
+// wss become http and https), as every request of the client is sent.
+func (o Options) HTTPURL(pathWithQuery string) (*url.URL, error) {
 	if o.BaseURL == "" {
 		return nil, errors.New("client: Options.BaseURL is empty")
 	}

@@ -380,17 +380,17 @@ func TestOptionsResolve(t *testing.T) {
 		{"wss://h", "/v1/x", "https://h/v1/x"},
 	}
 	for _, tc := range cases {
-		u, err := Options{BaseURL: tc.base}.resolve(tc.path)
+		u, err := Options{BaseURL: tc.base}.HTTPURL(tc.path)
 		if err != nil || u.String() != tc.want {
 			t.Errorf("resolve(%q, %q) = %v, %v; want %s", tc.base, tc.path, u, err, tc.want)
 		}
 	}
 	for _, bad := range []Options{{}, {BaseURL: "ftp://h"}} {
-		if _, err := bad.resolve("/v1"); err == nil {
+		if _, err := bad.HTTPURL("/v1"); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}
 	}
-	if _, err := (Options{BaseURL: "http://h"}).resolve("v1"); err == nil {
+	if _, err := (Options{BaseURL: "http://h"}).HTTPURL("v1"); err == nil {
 		t.Error("relative path accepted")
 	}
 }

@@ -115,7 +115,7 @@ func DialTerminal(ctx context.Context, opts Options, deviceID, secret string) (*
 }
 
 func dial(ctx context.Context, opts Options, path, idHeader, idParam, id, secret string) (*Conn, error) {
-	u, err := opts.resolve(path)
+	u, err := opts.HTTPURL(path)
 	if err != nil {
 		return nil, err
 	}

@@ -230,7 +230,7 @@ func (h *HTTP) Do(ctx context.Context, method, pathWithQuery string, body any, h
 			return nil, fmt.Errorf("client: encoding %s %s body: %w", method, pathWithQuery, err)
 		}
 	}
-	u, err := h.opts.resolve(pathWithQuery)
+	u, err := h.opts.HTTPURL(pathWithQuery)
 	if err != nil {
 		return nil, err
 	}

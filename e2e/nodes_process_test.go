@@ -506,10 +506,10 @@ func (c *procNodes) without(i int) []*hubProcess {
 // webhooks queued, while node A drains and exits. Every webhook must reach
 // the receiver promptly: the live nodes are there to send them.
 //
-// A's webhook reader, blocked in XREADGROUP when Close comes, used to be
-// cancelled after Redis had handed it an event: the event sat in A's
-// pending list, unscheduled, until a sweep claimed it a minute later.
-// Close now lets the read finish and schedules what it read, and with
+// A's webhook reader may be blocked in XREADGROUP when Close comes; were
+// the read cancelled after Redis had handed it an event, the event would
+// sit in A's pending list, unscheduled, until a sweep claimed it a minute
+// later. Close lets the read finish and schedules what it read, and with
 // several nodes every worker looks at the shared schedule every 2 s.
 func TestNodesProcessDrainWebhooksPrompt(t *testing.T) {
 	c := startProcNodes(t, 3, "TERMHUB_GRACE_PERIOD=30s")

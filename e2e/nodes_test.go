@@ -87,12 +87,11 @@ func TestNodesTerminalStatusIsOneTruth(t *testing.T) {
 	if err := read(t, pos, protocol.ActionTerminalStatusUpdate).Decode(&u); err != nil || u.Status != protocol.TerminalOffline {
 		t.Fatalf("after the grace period: %+v %v", u, err)
 	}
-	for i, e := range es {
+	for _, e := range es {
 		kit.Eventually(t, "offline on every node", func() bool {
 			s, _, _ := e.App.Hub.TerminalLive("T1")
 			return s == protocol.TerminalOffline
 		})
-		_ = i
 	}
 	// Exactly one offline update reached the POS (one node claimed the
 	// expiry): the next status update is the terminal coming back.

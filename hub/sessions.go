@@ -3,7 +3,6 @@ package hub
 import (
 	"context"
 
-	"github.com/termhub/termhub/nodes"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -73,15 +72,7 @@ func (h *Hub) claimKeyForSession(merchantID, apiKey string, hadSession bool) int
 		h.log.Warn().Err(err).Str("apiKeyId", apiKey).Msg("could not record the HTTP event session's key in Redis")
 		return -1
 	}
-	if old != "" && node != "" && node != h.node.ID() {
-		allowed := flaps < flapLimit
-		if !allowed {
-			h.mu.Lock()
-			h.conflictLocked(apiKey, merchantID, flaps)
-			h.mu.Unlock()
-		}
-		h.node.Send(node, nodes.Message{Type: msgDisplace, Merchant: merchantID, Key: apiKey, Conn: old, Allowed: allowed})
-	}
+	h.displaceKeyElsewhere(merchantID, apiKey, node, old, flaps)
 	return flaps
 }
 

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"time"
 
@@ -27,16 +28,24 @@ func (h *Hub) claimKey(c *conn, replacedSession bool) int {
 		c.log.Warn().Err(err).Msg("could not record the API key's connection in Redis; a connection on another node is not displaced")
 		return -1
 	}
-	if old != "" && node != "" && node != h.node.ID() {
-		allowed := flaps < flapLimit
-		if !allowed {
-			h.mu.Lock()
-			h.conflictLocked(c.keyID, c.merchantID, flaps)
-			h.mu.Unlock()
-		}
-		h.node.Send(node, nodes.Message{Type: msgDisplace, Merchant: c.merchantID, Key: c.keyID, Conn: old, Allowed: allowed})
-	}
+	h.displaceKeyElsewhere(c.merchantID, c.keyID, node, old, flaps)
 	return flaps
+}
+
+// displaceKeyElsewhere tells node to end its connection old of the API key
+// that a claim took over (nothing when the key was not held, or held here),
+// and records a conflict when the key's displacements say it is fighting.
+func (h *Hub) displaceKeyElsewhere(merchantID, apiKey, node, old string, flaps int) {
+	if old == "" || node == "" || node == h.node.ID() {
+		return
+	}
+	allowed := flaps < flapLimit
+	if !allowed {
+		h.mu.Lock()
+		h.conflictLocked(apiKey, merchantID, flaps)
+		h.mu.Unlock()
+	}
+	h.node.Send(node, nodes.Message{Type: msgDisplace, Merchant: merchantID, Key: apiKey, Conn: old, Allowed: allowed})
 }
 
 // releaseKey forgets c as its API key's holder, if it still is.
@@ -236,34 +245,45 @@ func (h *Hub) ReleaseOwn(ctx context.Context) error {
 	if h.node == nil {
 		return nil
 	}
+	return h.releaseHeldBy(ctx, h.node.ID())
+}
+
+// releaseHeldBy takes every device that node holds online (reconnecting,
+// with a grace period from now, their transactions' grace started) and
+// frees every API key it holds: what the others do for a dead node, and a
+// draining node for itself.
+func (h *Hub) releaseHeldBy(ctx context.Context, node string) error {
 	refs := h.allDevices()
-	recs, err := h.node.Devices(ctx, refs)
-	if err != nil {
-		return err
-	}
+	recs, derr := h.node.Devices(ctx, refs) // on error, the keys are released all the same
 	until := h.now().Add(h.opts.GracePeriod)
 	for i, rec := range recs {
-		if rec.Node == h.node.ID() && rec.Status == protocol.TerminalOnline {
+		if rec.Node == node && rec.Status == protocol.TerminalOnline {
 			h.takeDevice(ctx, refs[i], rec, until, true)
 		}
 	}
-	var keys []nodes.KeyRef
-	dir := h.Directory()
-	for _, m := range dir.MerchantIDs() {
-		for _, k := range dir.KeyIDs(m) {
-			keys = append(keys, nodes.KeyRef{Merchant: m, Key: k})
-		}
-	}
+	keys := h.allKeys()
 	holders, err := h.node.KeyHolders(ctx, keys)
 	if err != nil {
-		return err
+		return errors.Join(derr, err)
 	}
 	for i, n := range holders {
-		if n == h.node.ID() {
-			h.node.ReleaseKey(keys[i].Merchant, keys[i].Key, n, "")
+		if n == node {
+			h.node.ReleaseKey(keys[i].Merchant, keys[i].Key, node, "")
 		}
 	}
-	return nil
+	return derr
+}
+
+// allKeys lists every configured API key.
+func (h *Hub) allKeys() []nodes.KeyRef {
+	dir := h.Directory()
+	var refs []nodes.KeyRef
+	for _, m := range dir.MerchantIDs() {
+		for _, k := range dir.KeyIDs(m) {
+			refs = append(refs, nodes.KeyRef{Merchant: m, Key: k})
+		}
+	}
+	return refs
 }
 
 // allDevices lists every configured device.
@@ -285,32 +305,8 @@ func (h *Hub) allDevices() []nodes.DeviceRef {
 func (h *Hub) NodeDead(id string) {
 	ctx, cancel := context.WithTimeout(h.baseCtx, 4*h.opts.RequestTimeout)
 	defer cancel()
-	refs := h.allDevices()
-	recs, err := h.node.Devices(ctx, refs)
-	if err != nil {
-		h.log.Error().Err(err).Str("deadNode", id).Msg("could not read the dead node's devices")
-	}
-	until := h.now().Add(h.opts.GracePeriod)
-	for i, rec := range recs {
-		if rec.Node != id || rec.Status != protocol.TerminalOnline {
-			continue
-		}
-		h.takeDevice(ctx, refs[i], rec, until, true)
-	}
-	var keys []nodes.KeyRef
-	dir := h.Directory()
-	for _, m := range dir.MerchantIDs() {
-		for _, k := range dir.KeyIDs(m) {
-			keys = append(keys, nodes.KeyRef{Merchant: m, Key: k})
-		}
-	}
-	holders, err := h.node.KeyHolders(ctx, keys)
-	if err == nil {
-		for i, n := range holders {
-			if n == id {
-				h.node.ReleaseKey(keys[i].Merchant, keys[i].Key, id, "")
-			}
-		}
+	if err := h.releaseHeldBy(ctx, id); err != nil {
+		h.log.Error().Err(err).Str("deadNode", id).Msg("could not release all the dead node held; the others' sweeps take what is left")
 	}
 	h.forgetNode(id)
 	h.node.Broadcast(nodes.Message{Type: msgDead, Node: id})
@@ -397,13 +393,7 @@ func (h *Hub) LoadShared(ctx context.Context) error {
 // and applied in node order they could name it over the live holder, so
 // that nudges would go to a dead node while the POS waits on a live one.
 func (h *Hub) loadKeyOwners(ctx context.Context) error {
-	var refs []nodes.KeyRef
-	dir := h.Directory()
-	for _, m := range dir.MerchantIDs() {
-		for _, k := range dir.KeyIDs(m) {
-			refs = append(refs, nodes.KeyRef{Merchant: m, Key: k})
-		}
-	}
+	refs := h.allKeys()
 	holders, err := h.node.KeyHolders(ctx, refs)
 	if err != nil {
 		return err

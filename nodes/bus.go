@@ -118,6 +118,8 @@ func (b *bus) stop() {
 }
 
 // flush waits until everything queued so far was sent, or d has passed.
+// The wait is on the wall clock: it bounds real I/O to Redis, which a
+// test's fake clock does not move.
 func (b *bus) flush(d time.Duration) {
 	b.mu.Lock()
 	if b.sent == b.queued {

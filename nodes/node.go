@@ -359,22 +359,10 @@ func (w *worker) close() {
 	w.done.Wait()
 }
 
-// Live reports whether a node was alive at the last heartbeat (this node
-// always is).
-func (n *Node) Live(id string) bool {
-	if id == n.opts.ID {
-		return true
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	_, ok := n.live[id]
-	return ok
-}
-
 // Alive reads the registry for whether node id is alive now (this node
 // always is): its entry is there and its heartbeat younger than
 // node_timeout. What a node takes from another must rest on this, not on
-// the copy of the last heartbeat (Live), which does not know a node that
+// the copy of the last heartbeat (LiveIDs), which does not know a node that
 // joined since — and a node joins before it holds anything.
 func (n *Node) Alive(ctx context.Context, id string) (bool, error) {
 	if id == n.opts.ID {

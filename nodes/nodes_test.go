@@ -117,7 +117,7 @@ func TestDeadNodeIsReapedOnce(t *testing.T) {
 	if list, _ := b.Nodes(kit.Ctx(t)); len(list) != 2 {
 		t.Fatalf("after the release: %+v", list)
 	}
-	if a.Live("c") || !a.Live("b") {
+	if live := a.LiveIDs(); live["c"] || !live["b"] {
 		t.Fatal("a's view of the live nodes is wrong")
 	}
 }

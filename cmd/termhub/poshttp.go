@@ -3,13 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
+	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -93,18 +92,9 @@ func (p *posCLI) httpCall(ctx context.Context) error {
 // --globoff and --path-as-is stop curl from expanding [] and {} or
 // resolving dot segments, either of which would change what was signed.
 func curlCommand(base, key, secret, method, pathWithQuery string, body []byte, extra http.Header, now time.Time) (string, error) {
-	u, err := url.Parse(strings.TrimSuffix(base, "/") + pathWithQuery)
+	u, err := client.Options{BaseURL: base}.HTTPURL(pathWithQuery)
 	if err != nil {
 		return "", fmt.Errorf("pos http: %w", err)
-	}
-	switch u.Scheme {
-	case "ws":
-		u.Scheme = "http"
-	case "wss":
-		u.Scheme = "https"
-	case "http", "https":
-	default:
-		return "", errors.New("pos http: --url must be http, https, ws or wss")
 	}
 	ts := protocol.Timestamp(now)
 	sig := protocol.Sign(secret, method, protocol.SignedPath(u, false), ts, body)

@@ -1,15 +1,14 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -39,27 +38,9 @@ func TestPOSSignatureAnswersBinary(t *testing.T) {
 // stdout and stderr are collected as it runs.
 type runningTermhub struct {
 	cmd      *exec.Cmd
-	out, err *syncBuffer
-	done     chan struct{} // closed when it has exited
-	code     int           // its exit status, once done
-}
-
-// syncBuffer is a bytes.Buffer that a process writes while a test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	out, err *kit.LogBuffer // written by the process while the test reads
+	done     chan struct{}  // closed when it has exited
+	code     int            // its exit status, once done
 }
 
 // startTermhub starts bin with args as key pk1 of the hub at hubURL (like
@@ -67,7 +48,7 @@ func (s *syncBuffer) String() string {
 // if still running.
 func startTermhub(t *testing.T, bin, hubURL string, args ...string) *runningTermhub {
 	t.Helper()
-	r := &runningTermhub{cmd: exec.Command(bin, args...), out: &syncBuffer{}, err: &syncBuffer{}, done: make(chan struct{})}
+	r := &runningTermhub{cmd: exec.Command(bin, args...), out: &kit.LogBuffer{}, err: &kit.LogBuffer{}, done: make(chan struct{})}
 	r.cmd.Env = append(os.Environ(), "TERMHUB_URL="+hubURL, "TERMHUB_KEY=pk1", "TERMHUB_SECRET=sk1")
 	r.cmd.Stdout, r.cmd.Stderr = r.out, r.err
 	if err := r.cmd.Start(); err != nil {

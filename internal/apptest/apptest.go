@@ -106,6 +106,14 @@ func Logger(log zerolog.Logger) Option { return func(o *options) { o.log = &log 
 // before the Redis is.
 func Start(t testing.TB, yamlConfig string, opts ...Option) *Env {
 	t.Helper()
+	e, rdb, o := prepare(t, yamlConfig, opts)
+	return e.start(t, rdb, o)
+}
+
+// prepare parses yamlConfig and opens the Redis and the clock that Start
+// (and StartNodes, for all its nodes) run on.
+func prepare(t testing.TB, yamlConfig string, opts []Option) (*Env, redis.UniversalClient, options) {
+	t.Helper()
 	var o options
 	for _, opt := range opts {
 		opt(&o)
@@ -119,7 +127,7 @@ func Start(t testing.TB, yamlConfig string, opts ...Option) *Env {
 	if !o.wallClock {
 		e.Clock = clock.NewFake(epoch)
 	}
-	return e.start(t, rdb, o)
+	return e, rdb, o
 }
 
 // StartNodes starts n Apps of yamlConfig on one Redis (or Redis Cluster,
@@ -127,22 +135,10 @@ func Start(t testing.TB, yamlConfig string, opts ...Option) *Env {
 // "node-<n-1>" of one hub, each behind its own httptest server.
 func StartNodes(t testing.TB, yamlConfig string, n int, opts ...Option) []*Env {
 	t.Helper()
-	var o options
-	for _, opt := range opts {
-		opt(&o)
-	}
-	cfg, err := config.Parse([]byte(yamlConfig), func(string) string { return "" })
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := &Env{Config: cfg}
-	rdb := first.openRedis(t, o)
-	if !o.wallClock {
-		first.Clock = clock.NewFake(epoch)
-	}
+	first, rdb, o := prepare(t, yamlConfig, opts)
 	envs := make([]*Env, n)
 	for i := range envs {
-		e := &Env{Config: cfg, Redis: first.Redis, Cluster: first.Cluster, Clock: first.Clock}
+		e := &Env{Config: first.Config, Redis: first.Redis, Cluster: first.Cluster, Clock: first.Clock}
 		e.Config.NodeID = fmt.Sprintf("node-%d", i)
 		envs[i] = e.start(t, rdb, o)
 	}
