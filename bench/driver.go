@@ -86,28 +86,41 @@ func (t *simTerminal) serve(ctx context.Context, c *client.Conn) {
 }
 
 // redial connects to the next node of the list after the current one,
-// then the one after, as a terminal with a list of gateways would, waiting
-// 100 ms × attempt (at most 1 s) between attempts, for at most a minute.
+// then the one after, as a terminal with a list of gateways would
+// (redialNext).
 func (t *simTerminal) redial(ctx context.Context) bool {
 	_ = t.getConn().CloseNow()
+	at, c := redialNext(ctx, t.nodes, t.at, func(ctx context.Context, o client.Options) (*client.Conn, error) {
+		return client.DialTerminal(ctx, o, t.cred.ID, t.cred.Secret)
+	})
+	if c == nil {
+		return false
+	}
+	t.at = at
+	t.setConn(c)
+	return true
+}
+
+// redialNext dials the nodes after at, in turn, with dial, waiting 100 ms ×
+// attempt (at most 1 s) between attempts, for at most a minute. It returns
+// the node it reached and the connection, or a nil connection.
+func redialNext(ctx context.Context, nodes []Endpoint, at int, dial func(context.Context, client.Options) (*client.Conn, error)) (int, *client.Conn) {
 	dctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	for attempt := 1; dctx.Err() == nil; attempt++ {
-		i := (t.at + attempt) % len(t.nodes)
+		i := (at + attempt) % len(nodes)
 		actx, acancel := context.WithTimeout(dctx, 10*time.Second)
-		c, err := client.DialTerminal(actx, t.nodes[i].opts(), t.cred.ID, t.cred.Secret)
+		c, err := dial(actx, nodes[i].opts())
 		acancel()
 		if err == nil {
-			t.at = i
-			t.setConn(c)
-			return true
+			return i, c
 		}
 		select {
 		case <-time.After(min(time.Duration(attempt)*100*time.Millisecond, time.Second)):
 		case <-dctx.Done():
 		}
 	}
-	return false
+	return at, nil
 }
 
 // posDriver is one POS connection sending payments for its terminals and
@@ -180,28 +193,18 @@ func (d *posDriver) read(ctx context.Context) {
 }
 
 // redial connects the POS to the next node of its list after the current
-// one, then the one after, waiting 100 ms × attempt (at most 1 s) between
-// attempts, for at most a minute.
+// one, then the one after (redialNext).
 func (d *posDriver) redial(ctx context.Context) bool {
 	_ = d.getConn().CloseNow()
-	dctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	for attempt := 1; dctx.Err() == nil; attempt++ {
-		i := (d.at + attempt) % len(d.nodes)
-		actx, acancel := context.WithTimeout(dctx, 10*time.Second)
-		c, err := client.DialPOS(actx, d.nodes[i].opts(), d.key.ID, d.key.Secret)
-		acancel()
-		if err == nil {
-			d.at = i
-			d.setConn(c)
-			return true
-		}
-		select {
-		case <-time.After(min(time.Duration(attempt)*100*time.Millisecond, time.Second)):
-		case <-dctx.Done():
-		}
+	at, c := redialNext(ctx, d.nodes, d.at, func(ctx context.Context, o client.Options) (*client.Conn, error) {
+		return client.DialPOS(ctx, o, d.key.ID, d.key.Secret)
+	})
+	if c == nil {
+		return false
 	}
-	return false
+	d.at = at
+	d.setConn(c)
+	return true
 }
 
 // serve handles what the hub sends on c until it ends.
