@@ -123,9 +123,9 @@ func (h *Hub) applyStatus(m nodes.Message) {
 	if m.Epoch <= st.epoch {
 		return
 	}
-	h.stopGraceLocked(st) // a timer of this node for an older state is moot
 	st.status, st.connID, st.node, st.epoch, st.graceUntil = u.Status, u.ConnectionID, m.Node, m.Epoch, m.At
 	st.mine = false
+	h.armGraceLocked(m.Merchant, m.Device, st) // a timer of this node for an older state is moot
 	if !m.Seen.IsZero() {
 		st.lastSeen = m.Seen
 	}
@@ -164,8 +164,8 @@ func (h *Hub) applyRecordLocked(merchantID, deviceID string, rec nodes.Device) {
 		return
 	}
 	prev := st.status
-	h.stopGraceLocked(st)
 	st.status, st.connID, st.node, st.epoch, st.graceUntil = rec.Status, rec.Conn, rec.Node, rec.Epoch, rec.GraceUntil
+	h.armGraceLocked(merchantID, deviceID, st)
 	st.mine = rec.Node == h.node.ID() && h.terminals[deviceID] != nil && h.terminals[deviceID].id == rec.Conn
 	if !rec.LastSeen.IsZero() {
 		st.lastSeen = rec.LastSeen

@@ -241,13 +241,24 @@ func (h *Hub) unregisterTerminal(c *conn) bool {
 	st.status, st.lastSeen = protocol.TerminalReconnecting, c.lastSeenAt()
 	st.mine = false // with several nodes, told once the record says so (dropShared)
 	st.graceUntil = h.now().Add(h.opts.GracePeriod)
-	h.stopGraceLocked(st)
-	seq := st.graceSeq
-	device, merchant, connID := c.deviceID, c.merchantID, c.id
-	st.grace = h.clock.AfterFunc(h.opts.GracePeriod, func() { h.graceExpired(merchant, device, connID, seq) })
+	h.armGraceLocked(c.merchantID, c.deviceID, st)
 	h.publishStatusLocked(c.merchantID, c.deviceID, st, prev)
 	c.log.Info().Dur("grace", h.opts.GracePeriod).Msg("terminal dropped: reconnecting")
 	return true
+}
+
+// armGraceLocked (re)starts the timer that ends st's grace period at
+// st.graceUntil, stopping any earlier one. With several nodes every node
+// that learns of the grace period arms one (the claim in Redis lets one
+// act): a node that took the record from Redis or from the bus has no
+// other reason to look at it again until its next heartbeat's sweep.
+func (h *Hub) armGraceLocked(merchantID, deviceID string, st *terminalState) {
+	h.stopGraceLocked(st)
+	if st.status != protocol.TerminalReconnecting || st.graceUntil.IsZero() {
+		return
+	}
+	seq, connID := st.graceSeq, st.connID
+	st.grace = h.clock.AfterFunc(st.graceUntil.Sub(h.now()), func() { h.graceExpired(merchantID, deviceID, connID, seq) })
 }
 
 func (h *Hub) stopGraceLocked(st *terminalState) {
@@ -522,10 +533,8 @@ func (h *Hub) MarkReconnecting(merchantID, deviceID string) time.Time {
 		return time.Time{}
 	}
 	prev := st.status
-	h.stopGraceLocked(st)
 	st.status, st.graceUntil = protocol.TerminalReconnecting, h.now().Add(h.opts.GracePeriod)
-	seq, connID := st.graceSeq, st.connID
-	st.grace = h.clock.AfterFunc(h.opts.GracePeriod, func() { h.graceExpired(merchantID, deviceID, connID, seq) })
+	h.armGraceLocked(merchantID, deviceID, st)
 	h.publishStatusLocked(merchantID, deviceID, st, prev)
 	return st.graceUntil
 }

@@ -136,6 +136,9 @@ func (h *Hub) expireShared(merchantID, deviceID string) {
 		return
 	}
 	if epoch == 0 {
+		// Another node claimed it, or the device came back: take the
+		// record as it is now rather than wait for that node's broadcast.
+		h.refreshDevice(deviceID)
 		return
 	}
 	h.mu.Lock()
@@ -326,14 +329,12 @@ func (h *Hub) takeDevice(ctx context.Context, ref nodes.DeviceRef, rec nodes.Dev
 	st := h.stateLocked(ref.Device)
 	if epoch > st.epoch {
 		prev := st.status
-		h.stopGraceLocked(st)
 		st.node, st.epoch, st.graceUntil, st.mine = "", epoch, until, true
 		st.status = protocol.TerminalOffline
 		if !until.IsZero() {
 			st.status = protocol.TerminalReconnecting
-			seq, merchant, device, connID := st.graceSeq, ref.Merchant, ref.Device, st.connID
-			st.grace = h.clock.AfterFunc(until.Sub(h.now()), func() { h.graceExpired(merchant, device, connID, seq) })
 		}
+		h.armGraceLocked(ref.Merchant, ref.Device, st)
 		h.publishStatusLocked(ref.Merchant, ref.Device, st, prev)
 	}
 	h.mu.Unlock()
