@@ -41,10 +41,48 @@ type Floor struct {
 type floorConn struct {
 	ws *websocket.Conn
 	id string
+
+	ackMu   sync.Mutex
+	lastAck chan struct{} // closed once the newest ack is stored; nil: none yet
 }
 
 func (c *floorConn) write(ctx context.Context, b []byte) {
 	_ = c.ws.Write(ctx, websocket.MessageText, b)
+}
+
+// reply answers a request of c once the acks it sent before are stored,
+// as the hub's replies do: the ack's write overlaps the request's own
+// instead of holding the reader for a round trip of Redis.
+func (c *floorConn) reply(ctx context.Context, b []byte) {
+	c.ackMu.Lock()
+	last := c.lastAck
+	c.ackMu.Unlock()
+	if last != nil {
+		select {
+		case <-last:
+		case <-ctx.Done():
+		}
+	}
+	c.write(ctx, b)
+}
+
+// ack stores an ack off the reader, after the acks before it (an older
+// cursor must not land last).
+func (c *floorConn) ack(ctx context.Context, store func(context.Context) error, fail func()) {
+	done := make(chan struct{})
+	c.ackMu.Lock()
+	prev := c.lastAck
+	c.lastAck = done
+	c.ackMu.Unlock()
+	go func() {
+		defer close(done)
+		if prev != nil {
+			<-prev
+		}
+		if store(ctx) != nil {
+			fail()
+		}
+	}()
 }
 
 // floorTxn is the floor's whole idea of a payment.
@@ -157,7 +195,7 @@ func (f *Floor) write(ctx context.Context, stream string, data []byte, key strin
 
 func (f *Floor) fail(ctx context.Context, c *floorConn, in *floorIn, code protocol.Code, msg string) {
 	b, _ := json.Marshal(protocol.NewErrorReply(in.RequestID, &protocol.Error{Code: code, Message: msg}))
-	c.write(ctx, b)
+	c.reply(ctx, b)
 }
 
 func (f *Floor) handlePOS(ctx context.Context, c *floorConn, in *floorIn) {
@@ -189,18 +227,21 @@ func (f *Floor) handlePOS(ctx context.Context, c *floorConn, in *floorIn) {
 			Transaction *floorTxn       `json:"transaction"`
 			Created     *bool           `json:"created"`
 		}{protocol.ResponseAction(in.Action), in.RequestID, t, &created})
-		c.write(ctx, reply)
+		c.reply(ctx, reply)
 		term.write(ctx, start)
 	case protocol.ActionAck:
-		stream := f.prefix + "outbox:" + c.id
-		_, err := f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			p.Set(ctx, f.prefix+"ack:"+c.id, in.MessageID, 0)
-			p.XTrimMinID(ctx, stream, in.MessageID)
-			return nil
+		stream, mid := f.prefix+"outbox:"+c.id, in.MessageID
+		c.ack(ctx, func(ctx context.Context) error {
+			_, err := f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				p.Set(ctx, f.prefix+"ack:"+c.id, mid, 0)
+				p.XTrimMinID(ctx, stream, mid)
+				return nil
+			})
+			return err
+		}, func() { // not through reply: it would wait for this very ack
+			b, _ := json.Marshal(protocol.NewErrorReply(in.RequestID, &protocol.Error{Code: protocol.CodeInternal, Message: "ack not stored"}))
+			c.write(ctx, b)
 		})
-		if err != nil {
-			f.fail(ctx, c, in, protocol.CodeInternal, err.Error())
-		}
 	default:
 		f.fail(ctx, c, in, protocol.CodeUnknownAction, "the floor relays payments only")
 	}
@@ -253,14 +294,14 @@ func (f *Floor) handleTerminal(ctx context.Context, c *floorConn, in *floorIn) {
 		f.fail(ctx, c, in, protocol.CodeInternal, err.Error())
 		return
 	}
-	if in.Action == protocol.ActionPaymentResult {
-		c.write(ctx, []byte(`{"action":"resultAck","transactionId":"`+snap.ID+`"}`))
-	}
 	f.mu.Lock()
 	p := f.pos[snap.pos]
 	f.mu.Unlock()
 	if p != nil {
 		p.write(ctx, queue.Entry{ID: id, Data: msg}.Frame())
+	}
+	if in.Action == protocol.ActionPaymentResult {
+		c.write(ctx, []byte(`{"action":"resultAck","transactionId":"`+snap.ID+`"}`))
 	}
 }
 

@@ -60,14 +60,19 @@ func (l *ChildLauncher) Hub(ctx context.Context, name string, profile bool) (End
 	return Endpoint{Name: "hub", URL: url, Fleet: l.Fleet, Proc: p, OpsToken: opsToken(prefix)}, func() { p.Stop(); l.cleanup(prefix) }, nil
 }
 
-// Floor starts a floor relay.
-func (l *ChildLauncher) Floor(ctx context.Context, name string) (Endpoint, func(), error) {
+// Floor starts a floor relay. With profile, it profiles its CPU between
+// SIGUSR1 and SIGUSR2 into CPUProfile with "-<name>" before the extension,
+// as a profiled hub does.
+func (l *ChildLauncher) Floor(ctx context.Context, name string, profile bool) (Endpoint, func(), error) {
 	addr, err := FreeAddr()
 	if err != nil {
 		return Endpoint{}, nil, err
 	}
 	prefix := l.prefix(name)
 	args := []string{"bench", "--serve-floor", addr, "--redis", l.RedisURL, "--floor-prefix", prefix}
+	if profile {
+		args = append(args, "--cpuprofile", ProfilePath(l.CPUProfile, name))
+	}
 	url := "http://" + addr
 	p, err := StartProc(ctx, l.Exe, args, childEnv(), filepath.Join(l.Dir, "floor-"+name+".log"), url)
 	if err != nil {
@@ -152,8 +157,8 @@ func (l *FixedLauncher) Hub(ctx context.Context, name string, profile bool) (End
 }
 
 // Floor starts a floor relay.
-func (l *FixedLauncher) Floor(ctx context.Context, name string) (Endpoint, func(), error) {
-	return l.Floors.Floor(ctx, name)
+func (l *FixedLauncher) Floor(ctx context.Context, name string, profile bool) (Endpoint, func(), error) {
+	return l.Floors.Floor(ctx, name, profile)
 }
 
 // ProfilePath is where the hub of scenario name writes its CPU profile: base

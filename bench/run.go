@@ -57,7 +57,7 @@ type Options struct {
 // removes what it wrote to Redis.
 type Launcher interface {
 	Hub(ctx context.Context, name string, profile bool) (ep Endpoint, stop func(), err error)
-	Floor(ctx context.Context, name string) (ep Endpoint, stop func(), err error)
+	Floor(ctx context.Context, name string, profile bool) (ep Endpoint, stop func(), err error)
 }
 
 // CPUShare is how many cores each party used on average during a phase.
@@ -92,12 +92,21 @@ func (c CPUShare) AllocPerPayment(st *PaymentStats) float64 {
 }
 
 // PerPayment is the server CPU time per final of st, over the same phases.
-func (c CPUShare) PerPayment(st *PaymentStats) time.Duration {
+func (c CPUShare) PerPayment(st *PaymentStats) time.Duration { return c.perPayment(c.Server, st) }
+
+// GeneratorPerPayment is the load generator's CPU time per final of st,
+// over the same phases: what driving one payment costs the bench itself,
+// on the cores the server shares.
+func (c CPUShare) GeneratorPerPayment(st *PaymentStats) time.Duration {
+	return c.perPayment(c.Generator, st)
+}
+
+func (c CPUShare) perPayment(cores float64, st *PaymentStats) time.Duration {
 	n := st.Completed + st.Failures
 	if !c.Known || n == 0 {
 		return 0
 	}
-	return time.Duration(c.Server * float64(c.Wall) / float64(n))
+	return time.Duration(cores * float64(c.Wall) / float64(n))
 }
 
 func (c CPUShare) String() string {

@@ -46,7 +46,7 @@ func (l *inProcess) Hub(ctx context.Context, name string, profile bool) (Endpoin
 	}, nil
 }
 
-func (l *inProcess) Floor(ctx context.Context, name string) (Endpoint, func(), error) {
+func (l *inProcess) Floor(ctx context.Context, name string, profile bool) (Endpoint, func(), error) {
 	srv := httptest.NewServer(NewFloor(l.r.Client, l.r.Prefix+name+":").Handler())
 	return Endpoint{Name: "floor", URL: srv.URL, Fleet: l.fleet}, srv.Close, nil
 }

@@ -96,11 +96,11 @@ func (r *runner) launchHub() (Endpoint, func(), error) {
 	return r.l.Hub(r.ctx, "latency", r.profile)
 }
 
-func (r *runner) launchFloor() (Endpoint, func(), error) { return r.l.Floor(r.ctx, "floor") }
+func (r *runner) launchFloor() (Endpoint, func(), error) { return r.l.Floor(r.ctx, "floor", r.profile) }
 
-// signal starts (SIGUSR1) or stops (SIGUSR2) the CPU profile of a hub
-// launched with profiling; any other server's default action would be to
-// exit.
+// signal starts (SIGUSR1) or stops (SIGUSR2) the CPU profile of a hub or
+// floor launched with profiling (they are, when r.profile); any other
+// server's default action would be to exit.
 func (r *runner) signal(sd *side, sig syscall.Signal) {
 	if r.profile && sd.ep.Proc != nil {
 		_ = sd.ep.Proc.Signal(sig)
@@ -150,11 +150,18 @@ func (r *runner) interleavedLatency() {
 	if hub == nil || floor == nil {
 		return
 	}
+	stopSelf := func() {}
+	if r.profile {
+		stopSelf = profileSelf(ProfilePath(o.CPUProfile, "latency-generator"), r.logf)
+	}
 	r.signal(hub, syscall.SIGUSR1)
+	r.signal(floor, syscall.SIGUSR1)
 	r.takeTurns(hub, floor, rounds, func(round int) func(sd *side) PaymentStats {
 		return r.sequential(o.Payments/rounds + btoi(round < o.Payments%rounds))
 	})
+	stopSelf()
 	r.signal(hub, syscall.SIGUSR2)
+	r.signal(floor, syscall.SIGUSR2)
 	res.Latency = r.finish(hub, &res.LatencyCPU)
 	res.Floor = r.finish(floor, &res.FloorSeqCPU)
 	res.Interleaved = rounds
@@ -191,7 +198,7 @@ func (r *runner) loaded(scenario string, launchHub func() (Endpoint, func(), err
 	rounds = max(min(o.LoadRounds, int(o.Duration/minBlock)), 1)
 	hub, stopHub := r.prepare(scenario, launchHub, o.POS, o.Terminals, o.Terminals)
 	defer stopHub()
-	floor, stopFloor := r.prepare(scenario+"-floor", func() (Endpoint, func(), error) { return r.l.Floor(r.ctx, scenario+"-floor") }, o.POS, o.Terminals, o.Terminals)
+	floor, stopFloor := r.prepare(scenario+"-floor", func() (Endpoint, func(), error) { return r.l.Floor(r.ctx, scenario+"-floor", profile) }, o.POS, o.Terminals, o.Terminals)
 	defer stopFloor()
 	if hub == nil || floor == nil {
 		return nil, nil, CPUShare{}, CPUShare{}, 0
@@ -206,12 +213,14 @@ func (r *runner) loaded(scenario string, launchHub func() (Endpoint, func(), err
 	stopSelf := func() {}
 	if profile {
 		r.signal(hub, syscall.SIGUSR1)
+		r.signal(floor, syscall.SIGUSR1)
 		stopSelf = profileSelf(ProfilePath(o.CPUProfile, scenario+"-generator"), r.logf)
 	}
 	r.takeTurns(hub, floor, rounds, func(int) func(sd *side) PaymentStats { return phase })
 	if profile {
 		stopSelf()
 		r.signal(hub, syscall.SIGUSR2)
+		r.signal(floor, syscall.SIGUSR2)
 	}
 	hubSt, floorSt = r.finish(hub, &hubCPU), r.finish(floor, &floorCPU)
 	return hubSt, floorSt, hubCPU, floorCPU, rounds

@@ -147,6 +147,9 @@ type Hub struct {
 	// OnTick); guarded by mu.
 	peerHandlers map[string]func(nodes.Message)
 	tickers      []func()
+	// aloneTicks counts the heartbeats in a row at which this node was
+	// the only one alive (Tick).
+	aloneTicks atomic.Int64
 }
 
 // New builds a Hub.

@@ -174,9 +174,27 @@ func (h *Hub) Tick() {
 			}
 		}
 	}
-	h.reloadRecords()
+	// The reload makes good what the bus lost of other nodes' changes. A
+	// node that was alone at this heartbeat and the one before has no
+	// other writer to hear from (a node that died is released by this
+	// one, a draining one broadcasts its releases), so it reloads only
+	// every soloReloadEvery heartbeats, as a safety net: reading every
+	// device's record is most of what an idle node asks of Redis.
+	alone := int64(0)
+	if len(h.node.LiveIDs()) > 1 {
+		h.aloneTicks.Store(0)
+	} else {
+		alone = h.aloneTicks.Add(1)
+	}
+	if alone < 2 || alone%soloReloadEvery == 0 {
+		h.reloadRecords()
+	}
 	h.takeOrphans()
 }
+
+// soloReloadEvery is how often, in heartbeats, a node alone in the
+// registry still reloads every device's record (Tick).
+const soloReloadEvery = 10
 
 // reloadRecords reads every device's record and takes those newer than
 // this node's copy: the bus only makes news arrive sooner, and what it

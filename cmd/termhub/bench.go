@@ -120,9 +120,15 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	switch {
 	case f.serveFloor != "":
+		if f.cpuprofile != "" {
+			return profiledBetweenSignals(f.cpuprofile, func() error { return runFloorChild(ctx, f.serveFloor, f.redisURL, f.floorPrefix) })
+		}
 		return runFloorChild(ctx, f.serveFloor, f.redisURL, f.floorPrefix)
 	case f.serveHub != "":
-		return runProfiledHub(f.serveHub, f.cpuprofile)
+		if f.cpuprofile == "" {
+			return errors.New("bench: --serve-hub needs --cpuprofile")
+		}
+		return profiledBetweenSignals(f.cpuprofile, func() error { return runServe([]string{"--config", f.serveHub}) })
 	}
 
 	scenarios, err := bench.ParseScenarios(f.scenario)
@@ -287,14 +293,12 @@ func allocsPath(profile string) string {
 	return strings.TrimSuffix(profile, ext) + ".allocs" + ext
 }
 
-// runProfiledHub runs `serve --config cfg` and profiles its CPU from SIGUSR1
-// to SIGUSR2 (or to the end), so that the profile covers the measured run
-// only. When the CPU profile stops it also writes the allocations since the
-// hub started (warm-up included) beside it, as allocsPath(profile).
-func runProfiledHub(cfg, profile string) error {
-	if profile == "" {
-		return errors.New("bench: --serve-hub needs --cpuprofile")
-	}
+// profiledBetweenSignals runs a server (the hub's `serve`, or the floor
+// relay) and profiles its CPU from SIGUSR1 to SIGUSR2 (or to the end), so
+// that the profile covers the measured run only. When the CPU profile
+// stops it also writes the allocations since the server started (warm-up
+// included) beside it, as allocsPath(profile).
+func profiledBetweenSignals(profile string, run func() error) error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
 	var (
@@ -338,7 +342,7 @@ func runProfiledHub(cfg, profile string) error {
 			}
 		}
 	}()
-	err := runServe([]string{"--config", cfg})
+	err := run()
 	close(stopped)
 	stopProfile()
 	return err
