@@ -59,11 +59,23 @@ type envelope struct {
 	RequestID json.RawMessage `json:"requestId"`
 }
 
+// decode decodes a frame. A frame that is not JSON is ErrNotJSON whatever
+// else is wrong with it; it is found out only on the way to an error,
+// since the decoding of the body (json.Unmarshal) checks the whole frame
+// first anyway and the frames that decode are what matters for speed.
 func decode(data []byte, types map[string]func() Validator) (Inbound, error) {
-	var in Inbound
-	if !json.Valid(data) {
-		return in, ErrNotJSON
+	in, err := decodeJSON(data, types)
+	if err != nil && !json.Valid(data) {
+		return Inbound{}, ErrNotJSON
 	}
+	return in, err
+}
+
+// decodeJSON is decode of a frame that may not be JSON at all: every step
+// before the body's json.Unmarshal copes with any bytes, and the walk of
+// checkRawText that needs valid JSON checks first.
+func decodeJSON(data []byte, types map[string]func() Validator) (Inbound, error) {
+	var in Inbound
 	trimmed := bytes.TrimSpace(data)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return in, Invalid("", "message must be a JSON object")
@@ -76,6 +88,9 @@ func decode(data []byte, types map[string]func() Validator) (Inbound, error) {
 		}
 	}
 	in.RequestID = env.RequestID
+	if (!utf8.Valid(trimmed) || maybeSurrogateEscape(trimmed)) && !json.Valid(trimmed) {
+		return Inbound{}, ErrNotJSON // checkRawText would walk it
+	}
 	if e := checkRawText(trimmed); e != nil {
 		if head, _, _ := strings.Cut(e.Field, "."); strings.EqualFold(head, "requestId") {
 			in.RequestID = nil // not echoed: the reply would not be valid UTF-8

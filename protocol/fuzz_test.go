@@ -136,7 +136,13 @@ func checkDecoded(t *testing.T, data []byte, in Inbound, err error, actions []st
 		if json.Valid(data) {
 			t.Fatalf("valid JSON %q reported as not JSON", data)
 		}
+		if in.RequestID != nil || in.Action != "" {
+			t.Fatalf("not JSON, yet read request id %q and action %q", in.RequestID, in.Action)
+		}
 		return
+	}
+	if !json.Valid(data) {
+		t.Fatalf("invalid JSON %q refused with %v, not ErrNotJSON", data, err)
 	}
 	var pe *Error
 	if !errors.As(err, &pe) {

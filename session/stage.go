@@ -70,7 +70,8 @@ type step struct {
 // every step, in order.
 func (e *Engine) stageSteps(c *commit, p *pending, t *Txn, prev map[string]time.Time, wasOpen, wasActive bool, steps ...step) error {
 	prevRev := t.Rev
-	if err := e.store.saveTxn(c, t, prev); err != nil {
+	saved, err := e.store.saveTxn(c, t, prev)
+	if err != nil {
 		return err
 	}
 	ks := e.store.keys
@@ -91,10 +92,10 @@ func (e *Engine) stageSteps(c *commit, p *pending, t *Txn, prev map[string]time.
 			if err != nil {
 				return err
 			}
-			c.xadd(ks.Outbox(t.MerchantID, t.APIKeyID), ks.OutboxSeq(t.MerchantID, t.APIKeyID), data)
+			c.xadd(ks.Outbox(t.MerchantID, t.APIKeyID), ks.OutboxSeq(t.MerchantID, t.APIKeyID), data, saved)
 			p.addPOS(t.APIKeyID, Message{Data: data})
 		}
-		if err := e.stageWebhook(c, t, s); err != nil {
+		if err := e.stageWebhook(c, t, s, saved); err != nil {
 			return err
 		}
 		p.addTerminal(t.TerminalID, fx.Terminal)

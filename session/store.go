@@ -1,6 +1,7 @@
 package session
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -220,6 +221,14 @@ func (s *Store) setIdemIfAbsent(ctx context.Context, merchantID, key string, dat
 // zrem, xadd (an outbox entry: increments the outbox's counter and returns
 // the new stream id and the counter, in order), append (a stream entry
 // that returns nothing: a webhook event).
+//
+// xaddw and appendw are xadd and append of an entry that embeds a
+// transaction the same commit saves (hset): the entry comes as the bytes
+// before and after the transaction, and the script splices in the first n
+// bytes of that hset's data (the transaction's own fields: the stored copy
+// only adds the hub's after them), found by its place among the write
+// arguments. Each transaction then crosses to Redis once per commit rather
+// than once more for every message and webhook event that carries it.
 var commitScript = redis.NewScript(`
 local i = 2
 local n = tonumber(ARGV[1])
@@ -235,6 +244,10 @@ for c = 1, n do
     if not cur then cur = "" end
   end
   if cur ~= v then return {0, c} end
+end
+local ops = i
+local function spliced(j)
+  return ARGV[j] .. string.sub(ARGV[ops + tonumber(ARGV[j+2])], 1, tonumber(ARGV[j+3])) .. ARGV[j+1]
 end
 local res = {1, 0}
 while i <= #ARGV do
@@ -263,8 +276,14 @@ while i <= #ARGV do
     local seq = redis.call("INCR", KEYS[tonumber(ARGV[i+2])])
     table.insert(res, redis.call("XADD", k, "*", "m", ARGV[i+3]))
     table.insert(res, seq); i = i + 4
+  elseif op == "xaddw" then
+    local seq = redis.call("INCR", KEYS[tonumber(ARGV[i+2])])
+    table.insert(res, redis.call("XADD", k, "*", "m", spliced(i+3)))
+    table.insert(res, seq); i = i + 7
   elseif op == "append" then
     redis.call("XADD", k, "*", "m", ARGV[i+2]); i = i + 3
+  elseif op == "appendw" then
+    redis.call("XADD", k, "*", "m", spliced(i+2)); i = i + 6
   else
     return redis.error_reply("commit: unknown op " .. op)
   end
@@ -330,8 +349,34 @@ func (c *commit) requireValue(key, value string) {
 	c.ncond++
 }
 
-func (c *commit) hset(key string, rev int64, data []byte) {
+// hset saves a transaction's stored copy, data, at rev. It returns where
+// the data is among the write arguments, for entries that embed the
+// transaction (savedTxn).
+func (c *commit) hset(key string, rev int64, data []byte) int {
 	c.ops = append(c.ops, "hset", c.key(key), strconv.FormatInt(rev, 10), data)
+	return len(c.ops) - 1
+}
+
+// savedTxn is a transaction a commit saves: where its stored copy is among
+// the write arguments (ref) and the copy's first bytes that are the
+// transaction's wire JSON without its closing brace (wire).
+type savedTxn struct {
+	ref  int
+	wire []byte
+}
+
+// split finds t's wire JSON in an entry: the bytes before and after it,
+// or ok false when the entry does not carry this very transaction (an
+// event of an earlier step of a run, or none).
+func (t savedTxn) split(data []byte) (before, after []byte, ok bool) {
+	if len(t.wire) == 0 {
+		return nil, nil, false
+	}
+	i := bytes.Index(data, t.wire)
+	if i < 0 || i+len(t.wire) >= len(data) || data[i+len(t.wire)] != '}' {
+		return nil, nil, false
+	}
+	return data[:i], data[i+len(t.wire):], true
 }
 func (c *commit) set(key, v string) { c.ops = append(c.ops, "set", c.key(key), v) }
 func (c *commit) setPX(key string, v []byte, ttl time.Duration) {
@@ -346,15 +391,25 @@ func (c *commit) zadd(key string, score int64, member string) {
 	c.ops = append(c.ops, "zadd", c.key(key), score, member)
 }
 
-// xadd appends an outbox entry to stream key, counting it in seqKey.
-func (c *commit) xadd(key, seqKey string, data []byte) {
-	c.ops = append(c.ops, "xadd", c.key(key), c.key(seqKey), data)
+// xadd appends an outbox entry to stream key, counting it in seqKey; an
+// entry that carries t goes without t's bytes, which the script splices
+// in from t's save.
+func (c *commit) xadd(key, seqKey string, data []byte, t savedTxn) {
+	if before, after, ok := t.split(data); ok {
+		c.ops = append(c.ops, "xaddw", c.key(key), c.key(seqKey), before, after, t.ref, len(t.wire))
+	} else {
+		c.ops = append(c.ops, "xadd", c.key(key), c.key(seqKey), data)
+	}
 	c.xadds = append(c.xadds, key)
 }
 
 // appendEntry adds an entry to stream key (a webhook event), whose id
-// nobody needs.
-func (c *commit) appendEntry(key string, data []byte) {
+// nobody needs; t as for xadd.
+func (c *commit) appendEntry(key string, data []byte, t savedTxn) {
+	if before, after, ok := t.split(data); ok {
+		c.ops = append(c.ops, "appendw", c.key(key), before, after, t.ref, len(t.wire))
+		return
+	}
 	c.ops = append(c.ops, "append", c.key(key), data)
 }
 
@@ -420,20 +475,20 @@ func Commits(rev int64) int64 { return rev >> 32 }
 
 // saveTxn writes t (with a new rev) guarded by its previous rev, and
 // brings its deadline entries in line with prev's.
-func (s *Store) saveTxn(c *commit, t *Txn, prev map[string]time.Time) error {
+func (s *Store) saveTxn(c *commit, t *Txn, prev map[string]time.Time) (savedTxn, error) {
 	prevRev := t.Rev
 	t.Rev = nextRev(prevRev)
 	buf := encodeBufs.Get().(*[]byte)
-	data, err := t.appendJSON((*buf)[:0])
+	data, wireEnd, err := t.appendJSONWire((*buf)[:0])
 	if err != nil {
 		encodeBufs.Put(buf)
-		return err
+		return savedTxn{}, err
 	}
 	*buf = data
 	c.bufs = append(c.bufs, buf)
 	k := s.keys.Txn(t.MerchantID, t.ID)
 	c.requireRev(k, prevRev)
-	c.hset(k, t.Rev, data)
+	saved := savedTxn{ref: c.hset(k, t.Rev, data), wire: data[:wireEnd]}
 	dk := s.keys.Deadlines(t.MerchantID)
 	now := t.Deadlines()
 	for kind, at := range now {
@@ -446,7 +501,7 @@ func (s *Store) saveTxn(c *commit, t *Txn, prev map[string]time.Time) error {
 			c.zrem(dk, t.ID+"|"+kind)
 		}
 	}
-	return nil
+	return saved, nil
 }
 
 // DueDeadline is one deadline entry.

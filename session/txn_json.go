@@ -18,10 +18,20 @@ func (t *Txn) encode() ([]byte, error) { return t.appendJSON(make([]byte, 0, 153
 // stored copy every commit writes (protocol/transaction_json.go).
 // TestTxnJSONMatchesEncodingJSON compares the two.
 func (t *Txn) appendJSON(b []byte) ([]byte, error) {
+	b, _, err := t.appendJSONWire(b)
+	return b, err
+}
+
+// appendJSONWire is appendJSON that also reports where, in b, the
+// transaction's wire JSON (its protocol.Transaction) ends, closing brace
+// excepted: the stored copy starts as the wire JSON does, and commits
+// splice that part into the messages that carry it (savedTxn).
+func (t *Txn) appendJSONWire(b []byte) ([]byte, int, error) {
 	b, err := t.Transaction.AppendJSONFields(append(b, '{'), false)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
+	wireEnd := len(b)
 	b = protocol.AppendJSONString(append(b, `,"apiKeyId":`...), t.APIKeyID)
 	b = strconv.AppendInt(append(b, `,"rev":`...), t.Rev, 10)
 	if t.ResumeStatus != "" {
@@ -32,7 +42,7 @@ func (t *Txn) appendJSON(b []byte) ([]byte, error) {
 	}
 	if t.FirstSentAt != nil {
 		if b, err = protocol.AppendJSONTime(append(b, `,"firstSentAt":`...), *t.FirstSentAt); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 	}
 	for _, d := range [...]struct {
@@ -44,7 +54,7 @@ func (t *Txn) appendJSON(b []byte) ([]byte, error) {
 	} {
 		if !d.at.IsZero() {
 			if b, err = protocol.AppendJSONTime(append(b, d.key...), d.at); err != nil {
-				return nil, err
+				return nil, 0, err
 			}
 		}
 	}
@@ -75,12 +85,12 @@ func (t *Txn) appendJSON(b []byte) ([]byte, error) {
 	if t.Result != nil {
 		r, err := json.Marshal(t.Result)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		b = append(append(b, `,"result":`...), r...)
 	}
 	if t.ReservedRefundMinor != 0 {
 		b = strconv.AppendInt(append(b, `,"reservedRefundMinor":`...), t.ReservedRefundMinor, 10)
 	}
-	return append(b, '}'), nil
+	return append(b, '}'), wireEnd, nil
 }

@@ -24,7 +24,7 @@ type WebhookData struct {
 // stageWebhook adds to c the webhook event of step s of t, when the step
 // queued one and t's merchant takes webhooks: in the same commit as the
 // state, so that a final state is never stored without its event.
-func (e *Engine) stageWebhook(c *commit, t *Txn, s step) error {
+func (e *Engine) stageWebhook(c *commit, t *Txn, s step, saved savedTxn) error {
 	if s.fx.Webhook == "" || !e.opts.Webhooks(t.MerchantID) {
 		return nil
 	}
@@ -36,7 +36,7 @@ func (e *Engine) stageWebhook(c *commit, t *Txn, s step) error {
 	if err != nil {
 		return err
 	}
-	c.appendEntry(e.store.keys.Webhooks(t.MerchantID), evt)
+	c.appendEntry(e.store.keys.Webhooks(t.MerchantID), evt, saved)
 	return nil
 }
 

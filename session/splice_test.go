@@ -1,0 +1,110 @@
+package session
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/termhub/termhub/internal/keys"
+	"github.com/termhub/termhub/internal/redistest"
+	"github.com/termhub/termhub/protocol"
+)
+
+// rawSink keeps every POS message the engine delivers, as delivered.
+type rawSink struct {
+	mu   sync.Mutex
+	msgs []Message
+}
+
+func (s *rawSink) DeliverPOS(_, _ string, msgs []Message) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.msgs = append(s.msgs, msgs...)
+}
+func (s *rawSink) NudgePOS(_, _ string)                       {}
+func (s *rawSink) SendTerminal(_ string, _ []TerminalCommand) {}
+
+// The outbox entries a commit writes without the transaction's bytes
+// (xaddw: spliced in by the script from the transaction's save) are, byte
+// for byte, the messages the engine delivered: a POS that reconnects is
+// replayed exactly what it was sent. Both kinds of entry are covered: a
+// run's paymentStatusUpdate carries the transaction as of the first event
+// (not what the commit saves: sent whole) and its paymentComplete the
+// transaction the commit saves (spliced).
+func TestOutboxEntriesAreTheMessagesDelivered(t *testing.T) {
+	r := redistest.New(t)
+	ks := keys.Space{Prefix: r.Prefix}
+	sink := &rawSink{}
+	e := NewEngine(Options{Store: NewStore(r.Client, ks), Terminals: benchTerminals{}, Sink: sink, Logger: zerolog.Nop()})
+	ctx := context.Background()
+	for i, together := range []bool{true, false} {
+		res, err := nodeSale(t, e, "T1", fmt.Sprintf("splice-%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := res.Txn.ID
+		if together {
+			e.TerminalEvents(ctx, "m1", "T1", []any{&protocol.CommandReceived{TransactionID: id}, approved(id)},
+				func(i int, err error) { t.Fatalf("event %d refused: %v", i, err) })
+		} else {
+			nodeApprove(t, e, "T1", id)
+		}
+	}
+	entries, err := r.Client.XRange(ctx, ks.Outbox("m1", "pk1"), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if len(entries) != 4 || len(sink.msgs) != 4 {
+		t.Fatalf("%d entries in the outbox, %d messages delivered; want 4 and 4", len(entries), len(sink.msgs))
+	}
+	for i, m := range sink.msgs {
+		if entries[i].ID != m.ID || entries[i].Values["m"] != string(m.Data) {
+			t.Errorf("entry %d is %s %q, delivered %s %q", i, entries[i].ID, entries[i].Values["m"], m.ID, m.Data)
+		}
+	}
+}
+
+// A commit sends a message that carries the transaction it saves without
+// the transaction's bytes, and one that carries another state of it (or
+// something else) whole.
+func TestCommitSendsASavedTransactionOnce(t *testing.T) {
+	s := NewStore(nil, keys.Space{Prefix: "x:"})
+	txn := &Txn{Transaction: protocol.Transaction{ID: "txn_1", MerchantID: "m1", TerminalID: "T1", Status: protocol.StatusCompleted, AmountMinor: 1250, Currency: "USD"}}
+	c := newCommit()
+	saved, err := s.saveTxn(c, txn, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	same, err := protocol.POSEvent{Action: protocol.ActionPaymentComplete, TransactionID: "txn_1", Transaction: &txn.Transaction}.AppendJSON(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	older := txn.Transaction
+	older.Status = protocol.StatusDispatched
+	other, err := protocol.POSEvent{Action: protocol.ActionPaymentStatusUpdate, TransactionID: "txn_1", Transaction: &older}.AppendJSON(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.xadd("out", "seq", same, saved)
+	c.xadd("out", "seq", other, saved)
+	c.appendEntry("hooks", []byte(`{"data":"none"}`), saved)
+	var kinds []string
+	for i := 0; i < len(c.ops); {
+		op := c.ops[i].(string)
+		kinds = append(kinds, op)
+		i += map[string]int{"hset": 4, "zadd": 4, "xaddw": 7, "xadd": 4, "append": 3}[op]
+	}
+	if got := fmt.Sprint(kinds); got != "[hset xaddw xadd append]" {
+		t.Fatalf("ops %s, want [hset xaddw xadd append]", got)
+	}
+	// What xaddw leaves out is the transaction, and only that.
+	before, after := c.ops[7].([]byte), c.ops[8].([]byte)
+	if n := len(same) - len(before) - len(after); n != len(saved.wire) || c.ops[10] != len(saved.wire) || c.ops[9] != saved.ref {
+		t.Fatalf("xaddw leaves out %d bytes with ref %v and length %v; the saved wire JSON is %d bytes at %d", n, c.ops[9], c.ops[10], len(saved.wire), saved.ref)
+	}
+}
