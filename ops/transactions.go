@@ -55,10 +55,11 @@ func decodeCursor(s string) (opsCursor, *protocol.Error) {
 	return c, nil
 }
 
-// listAcross pages through the transactions of merchants, newest first,
-// merging the merchants' own newest-first lists: each merchant's next
-// limit transactions are read and the newest limit of them all are kept,
-// so a transaction read but not kept is read again by the next page.
+// listAcross pages through the transactions of merchants, newest first:
+// each merchant's next limit transactions are read (newest first, in the
+// engine's order) and merged by always taking the newest of the merchants'
+// next ones, so that what is taken of each merchant is a prefix of its own
+// list and what was read but not taken is read again by the next page.
 func (s *Server) listAcross(ctx context.Context, merchants []string, f session.Filter, cur opsCursor) (TransactionsPage, error) {
 	page := TransactionsPage{Data: []*protocol.Transaction{}}
 	if s.opts.Engine == nil {
@@ -69,11 +70,11 @@ func (s *Server) listAcross(ctx context.Context, merchants []string, f session.F
 		done[m] = true
 	}
 	type part struct {
-		m    string
-		page session.Page
+		m     string
+		page  session.Page
+		taken int
 	}
-	var parts []part
-	var all []*protocol.Transaction
+	var parts []*part
 	for _, m := range merchants {
 		if done[m] {
 			continue
@@ -84,29 +85,34 @@ func (s *Server) listAcross(ctx context.Context, merchants []string, f session.F
 		if err != nil {
 			return page, err
 		}
-		parts = append(parts, part{m, p})
-		all = append(all, p.Data...)
+		parts = append(parts, &part{m: m, page: p})
 	}
-	sort.SliceStable(all, func(i, j int) bool { return newer(all[i], all[j]) })
-	if len(all) > f.Limit {
-		all = all[:f.Limit]
+	for len(page.Data) < f.Limit {
+		var best *part
+		for _, p := range parts {
+			if p.taken < len(p.page.Data) && (best == nil || newer(p.page.Data[p.taken], best.page.Data[best.taken])) {
+				best = p
+			}
+		}
+		if best == nil {
+			break
+		}
+		page.Data = append(page.Data, best.page.Data[best.taken])
+		best.taken++
 	}
-	page.Data = append(page.Data, all...)
 	next := opsCursor{After: map[string]string{}, Done: append([]string(nil), cur.Done...)}
 	for m, id := range cur.After {
 		next.After[m] = id
 	}
-	taken := map[string]int{}
-	for _, t := range all {
-		taken[t.MerchantID]++
-		next.After[t.MerchantID] = t.ID
-	}
 	for _, p := range parts {
-		if taken[p.m] == len(p.page.Data) && !p.page.HasMore {
+		if p.taken == len(p.page.Data) && !p.page.HasMore {
 			next.Done = append(next.Done, p.m)
 			delete(next.After, p.m)
-		} else {
-			page.HasMore = true
+			continue
+		}
+		page.HasMore = true
+		if p.taken > 0 {
+			next.After[p.m] = p.page.Data[p.taken-1].ID
 		}
 	}
 	if page.HasMore {
