@@ -497,15 +497,16 @@
       var final = FINAL[t.txnStatus];
       if (final) wrap.appendChild(el('span', 'outcome-label', 'last:'));
       if (t.txnStatus) wrap.appendChild(statusBadge('t-', t.txnStatus));
-      if (!final && tx) wrap.appendChild(ageSpan(tx.createdAt));
+      var age = !final && tx ? wrap.appendChild(ageSpan(tx.createdAt)) : null;
       var code = el('code', '', t.txnId);
       code.dataset.openTransaction = t.txnId;
       wrap.appendChild(code);
       c[3].appendChild(wrap);
+      if (age) updateAge(age);
     } else {
       c[3].appendChild(el('span', 'muted', 'no payment yet'));
     }
-    if (!c[3].querySelector('.txn-age')) tr.classList.remove('stuck');
+    if (!c[3].querySelector('.txn-age')) { tr.classList.remove('stuck'); tr.dataset.stuck = 'false'; }
     codeCell(c[4], t.connectionId);
     nodeNote(c[4], t.connectionId && t.node);
     timeCell(c[5], t.lastHeartbeat);
@@ -661,7 +662,7 @@
     c[6].appendChild(statusBadge('t-', t.status));
     if (!FINAL[t.status]) {
       c[6].appendChild(document.createTextNode(' '));
-      c[6].appendChild(ageSpan(t.createdAt));
+      updateAge(c[6].appendChild(ageSpan(t.createdAt)));
     } else {
       tr.classList.remove('stuck');
       tr.dataset.stuck = 'false';
