@@ -32,6 +32,9 @@ type StatusEvent struct {
 	At             time.Time `json:"at"`
 }
 
+// statusKey is what tells a change from a repeat of the one before.
+type statusKey struct{ status, conn string }
+
 // statusWrite is a change waiting to be written.
 type statusWrite struct {
 	merchantID string
@@ -48,6 +51,17 @@ func (s *Server) recordStatus(merchantID string, u protocol.TerminalStatusUpdate
 		Status: u.Status, PreviousStatus: u.PreviousStatus, ConnectionID: u.ConnectionID, At: u.Timestamp.UTC()}}
 	s.histMu.Lock()
 	defer s.histMu.Unlock()
+	// A terminal connection whose claim of its device failed (Redis down)
+	// is announced again, unchanged, once the claim settles (hub
+	// settleClaim): one entry is enough.
+	last := statusKey{status: u.Status, conn: u.ConnectionID}
+	if s.histLast[u.TerminalID] == last {
+		return
+	}
+	if s.histLast == nil {
+		s.histLast = map[string]statusKey{}
+	}
+	s.histLast[u.TerminalID] = last
 	if len(s.histQueue) >= statusQueue {
 		s.histDropped++
 		return

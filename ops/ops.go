@@ -155,6 +155,8 @@ type Server struct {
 	histQueue   []statusWrite // guarded by histMu
 	histRunning bool          // guarded by histMu: a writer goroutine runs
 	histDropped int           // guarded by histMu: changes dropped on a full queue
+	// histLast is each device's last change queued; guarded by histMu.
+	histLast map[string]statusKey
 }
 
 // New builds a Server and subscribes it to the hub's status and connection

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/termhub/termhub/internal/apptest"
 	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/ops"
 	"github.com/termhub/termhub/protocol"
@@ -197,5 +198,31 @@ func TestTerminalStatusEvents(t *testing.T) {
 	}
 	if resp := e.get("/v1/ops/terminals/T1/events", nil); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("without a token: HTTP %d", resp.StatusCode)
+	}
+}
+
+// With several nodes each change is recorded once, by the node that makes
+// it, and every node lists it.
+func TestTerminalStatusEventsSeveralNodes(t *testing.T) {
+	envs := apptest.StartNodes(t, kit.OpsConfig, 2)
+	e0 := &env{t: t, App: envs[0].App, Clock: envs[0].Clock, Srv: envs[0].Srv, opts: envs[0].ClientOptions()}
+	e1 := &env{t: t, App: envs[1].App, Clock: envs[1].Clock, Srv: envs[1].Srv, opts: envs[1].ClientOptions()}
+	term := apptest.DialTerminal(t, e0.opts, "T1", kit.Secrets["T1"])
+	apptest.WaitOnline(t, e0.App, "T1", term)
+	kit.Eventually(t, "the other node lists the change", func() bool { return len(e1.statusEvents("T1")) == 1 })
+	_ = term.CloseNow()
+	// A node writes its changes in order, so once the drop is listed every
+	// earlier write of that node (a repeat of the online, say) is too.
+	kit.Eventually(t, "the drop is recorded", func() bool {
+		evs := e1.statusEvents("T1")
+		return len(evs) >= 2 && evs[0].Status == protocol.TerminalReconnecting
+	})
+	evs := e0.statusEvents("T1")
+	got := make([]string, len(evs))
+	for i, ev := range evs {
+		got[i] = ev.Status + " " + ev.ConnectionID
+	}
+	if want := []string{protocol.TerminalReconnecting + " " + term.ConnectionID(), protocol.TerminalOnline + " " + term.ConnectionID()}; !slices.Equal(got, want) {
+		t.Fatalf("events %v, want %v (each change once)", got, want)
 	}
 }
