@@ -504,7 +504,9 @@
       c[3].appendChild(wrap);
       if (age) updateAge(age);
     } else {
-      c[3].appendChild(el('span', 'muted', 'no payment yet'));
+      var none = el('span', 'muted', '—');
+      none.title = 'No payment in flight, and none among the loaded transactions';
+      c[3].appendChild(none);
     }
     if (!c[3].querySelector('.txn-age')) { tr.classList.remove('stuck'); tr.dataset.stuck = 'false'; }
     codeCell(c[4], t.connectionId);
