@@ -873,10 +873,13 @@
     $('#detail').hidden = true;
   }
 
+  // fact adds a name and its value (text, code, or an element) to dl.
   function fact(dl, name, value, code) {
     dl.appendChild(el('dt', '', name));
     var dd = el('dd');
-    if (code) dd.appendChild(el('code', '', value || '—')); else dd.textContent = value || '—';
+    if (value instanceof Node) dd.appendChild(value);
+    else if (code) dd.appendChild(el('code', '', value || '—'));
+    else dd.textContent = value || '—';
     dl.appendChild(dd);
   }
 
@@ -899,7 +902,7 @@
       var ol = $('#detail-timeline');
       ol.textContent = '';
       if (!t) { facts.appendChild(el('dd', 'muted', 'Not loaded.')); return; }
-      fact(facts, 'Status', t.status);
+      fact(facts, 'Status', statusBadge('t-', t.status));
       fact(facts, 'Merchant', merchantName(t.merchantId) + ' (' + t.merchantId + ')');
       fact(facts, 'Terminal', t.terminalId, true);
       fact(facts, 'Type', t.type + (t.parentId ? ' of ' + t.parentId : ''));
@@ -923,7 +926,12 @@
     }
     var term = state.terminals.get(d.id) || { terminalId: d.id, merchantId: '', status: '' };
     $('#detail-title').textContent = 'Terminal ' + (term.label ? term.label + ' · ' : '') + d.id;
-    fact(facts, 'Health', term.status ? health(term) : '');
+    var hw = el('span', 'health-cell');
+    if (term.status) {
+      hw.appendChild(statusBadge('s-', term.status));
+      if (term.status === 'online') hw.appendChild(el('span', 'badge h-' + health(term), health(term)));
+    }
+    fact(facts, 'Health', hw);
     fact(facts, 'Merchant', merchantName(term.merchantId) + (term.merchantId ? ' (' + term.merchantId + ')' : ''));
     fact(facts, 'Connection', term.connectionId, true);
     fact(facts, 'Last heartbeat', fmtDateTime(term.lastHeartbeat));
