@@ -296,6 +296,15 @@ func troubleFirst(t *testing.T, exe string, w, hgt int64) {
 	if got := d.visible("#transactions tbody", "reference"); !slices.Equal(got, []string{"hist-55"}) {
 		t.Fatalf("search hist-55: references %v", got)
 	}
+	// A reference beyond the loaded transactions is asked of the hub.
+	if eval[bool](t, d.bctx, `!!document.querySelector('#transactions tr[data-reference="hist-02"]')`) {
+		t.Fatal("hist-02 is loaded before it is searched for")
+	}
+	d.search("hist-02")
+	d.wait("hist-02 found on the hub", `(r => !!r && !r.hidden)(document.querySelector('#transactions tr[data-reference="hist-02"]'))`)
+	if got := d.visible("#transactions tbody", "transaction"); !slices.Equal(got, []string{history[1].ID}) {
+		t.Fatalf("search hist-02: transactions %v, want [%s]", got, history[1].ID)
+	}
 	d.search("no-such-thing")
 	d.wait("nothing matches", `!document.querySelector('#transactions-none').hidden && !document.querySelector('#terminals-none').hidden`)
 	d.search("")
@@ -381,7 +390,8 @@ func troubleFirst(t *testing.T, exe string, w, hgt int64) {
 	}
 	d.answer(cafe)
 
-	// ---- load more: the oldest sales are beyond the snapshot ----
+	// ---- load more: the oldest sales are beyond the snapshot (but for
+	// hist-02, found by the search) ----
 	oldest := `#transactions tr[data-reference="hist-01"]`
 	if eval[bool](t, d.bctx, `!!document.querySelector('`+oldest+`')`) {
 		t.Fatal("the oldest sale is in the first page")

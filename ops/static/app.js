@@ -23,7 +23,7 @@
   var MAX_TXNS = 100;
   // A transaction still not final this long after its creation is marked
   // stuck: a card payment takes seconds, and an operator should look before
-  // the payment timeout (180 s by default) ends it.
+  // the payment timeout ends it.
   var STUCK_AFTER_S = 60;
   // Severity of a terminal's health, most urgent first.
   var SEVERITY = { offline: 0, reconnecting: 1, busy: 2, idle: 3 };
