@@ -263,7 +263,7 @@
     var d = state.detail;
     if (d && d.kind === 'terminal' && d.id === u.terminalId) {
       d.events = [{ status: u.status, previousStatus: u.previousStatus || '', connectionId: u.connectionId || '', at: u.timestamp }]
-        .concat((d.events || []).filter(function (e) { return !(e.at === u.timestamp && e.status === u.status); }));
+        .concat((d.events || []).filter(function (e) { return eventKey(e) !== eventKey({ at: u.timestamp, status: u.status }); }));
       renderDetail();
     }
   }
@@ -852,9 +852,9 @@
     ]).then(function (res) {
       if (state.detail !== d) return;
       var seen = {};
-      (d.events || []).forEach(function (e) { seen[e.at + e.status] = 1; });
+      (d.events || []).forEach(function (e) { seen[eventKey(e)] = 1; });
       // Changes the feed brought while the request was out stay on top.
-      d.events = (d.events || []).concat((res[0].data || []).filter(function (e) { return !seen[e.at + e.status]; }));
+      d.events = (d.events || []).concat((res[0].data || []).filter(function (e) { return !seen[eventKey(e)]; }));
       var byId = {};
       (d.txns || []).forEach(function (t) { byId[t.id] = t; });
       (res[1].data || []).forEach(function (t) { if (!byId[t.id] || byId[t.id].version < t.version) byId[t.id] = t; });
@@ -866,6 +866,11 @@
       err.textContent = 'Could not read the terminal\'s history: ' + e.message;
       err.hidden = false;
     });
+  }
+
+  // eventKey identifies a status change however its time is written.
+  function eventKey(e) {
+    return Date.parse(e.at) + ' ' + e.status;
   }
 
   function closeDetail() {
