@@ -66,28 +66,41 @@ func (s *Server) recordStatus(merchantID string, u protocol.TerminalStatusUpdate
 		s.histDropped++
 		return
 	}
+	if s.histStopped {
+		return
+	}
 	s.histQueue = append(s.histQueue, w)
 	if s.histRunning {
 		return
 	}
-	s.mu.Lock()
-	closed := s.closed
-	if !closed {
-		s.wg.Add(1)
-	}
-	s.mu.Unlock()
-	if closed {
-		s.histQueue = s.histQueue[:0]
-		return
-	}
 	s.histRunning = true
+	s.histWG.Add(1)
 	go s.writeStatuses()
+}
+
+// StopHistory stops recording status changes and waits (within ctx) for
+// those queued to be written. The history outlives the feeds (Close):
+// the terminals a draining node lets go turn reconnecting after its feeds
+// ended, and those changes are recorded too; it is stopped with the rest of
+// the node's background work.
+func (s *Server) StopHistory(ctx context.Context) error {
+	s.histMu.Lock()
+	s.histStopped = true
+	s.histMu.Unlock()
+	done := make(chan struct{})
+	go func() { s.histWG.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // writeStatuses writes the queued changes, each with its list's trim, until
 // the queue is empty.
 func (s *Server) writeStatuses() {
-	defer s.wg.Done()
+	defer s.histWG.Done()
 	for {
 		s.histMu.Lock()
 		batch := s.histQueue

@@ -13,7 +13,8 @@ import (
 )
 
 // A terminal's list keeps its StatusEventsKept newest changes, in the order
-// they were made, and every change queued before Close is written.
+// they were made, and every change queued before StopHistory is written;
+// none after.
 func TestStatusEventsCapped(t *testing.T) {
 	r := redistest.New(t)
 	s := New(Options{Hub: hub.New(hub.Options{}), Redis: r.Client, Keys: keys.Space{Prefix: r.Prefix}, Token: "t"})
@@ -25,8 +26,8 @@ func TestStatusEventsCapped(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := s.Close(ctx); err != nil {
-		t.Fatalf("Close did not wait for the writer: %v", err)
+	if err := s.StopHistory(ctx); err != nil {
+		t.Fatalf("StopHistory did not wait for the writer: %v", err)
 	}
 	evs, err := s.StatusEvents(ctx, "m1", "T1", StatusEventsKept+1)
 	if err != nil {
@@ -39,6 +40,10 @@ func TestStatusEventsCapped(t *testing.T) {
 		if want := fmt.Sprintf("conn_%03d", n-1-i); ev.ConnectionID != want || !ev.At.Equal(at.Add(time.Duration(n-1-i)*time.Second)) {
 			t.Fatalf("event %d = %+v, want %s", i, ev, want)
 		}
+	}
+	s.recordStatus("m1", protocol.TerminalStatusUpdate{TerminalID: "T2", ConnectionID: "conn_late", Status: protocol.TerminalOnline, Timestamp: at})
+	if err := s.StopHistory(ctx); err != nil {
+		t.Fatal(err)
 	}
 	if other, _ := s.StatusEvents(ctx, "m1", "T2", 10); len(other) != 0 {
 		t.Fatalf("T2: %+v", other)

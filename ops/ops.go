@@ -152,9 +152,11 @@ type Server struct {
 
 	// The terminal status changes waiting for Redis (history.go).
 	histMu      sync.Mutex
-	histQueue   []statusWrite // guarded by histMu
-	histRunning bool          // guarded by histMu: a writer goroutine runs
-	histDropped int           // guarded by histMu: changes dropped on a full queue
+	histQueue   []statusWrite  // guarded by histMu
+	histRunning bool           // guarded by histMu: a writer goroutine runs
+	histStopped bool           // guarded by histMu: StopHistory was called
+	histWG      sync.WaitGroup // the writer goroutine
+	histDropped int            // guarded by histMu: changes dropped on a full queue
 	// histLast is each device's last change queued; guarded by histMu.
 	histLast map[string]statusKey
 }
