@@ -352,8 +352,8 @@ func (a *App) Drain(ctx context.Context) error {
 
 // Close stops what Start started, connections aside (Drain ends those
 // first): webhook delivery (undelivered events stay queued in Redis), the
-// engine's workers, sweeper and timers, the outbox trim and the Redis
-// probe. A start that failed is undone by it.
+// engine's workers, sweeper and timers, the outbox trim, the terminal
+// status history (what is queued is written first) and the Redis probe. A start that failed is undone by it.
 func (a *App) Close() {
 	a.trimMu.Lock()
 	a.closed = true
@@ -363,6 +363,10 @@ func (a *App) Close() {
 	a.trimMu.Unlock()
 	a.Webhooks.Close()
 	a.Engine.Close()
+	// The status changes of the drain are written before Redis is let go.
+	hctx, cancel := context.WithTimeout(context.Background(), a.Config.RequestTimeout.D())
+	_ = a.Ops.StopHistory(hctx)
+	cancel()
 	if a.Node != nil {
 		a.Node.Close()
 	}

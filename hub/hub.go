@@ -138,6 +138,9 @@ type Hub struct {
 	conflicts  map[string]*KeyConflict       // API key id → fighting-keys record; guarded by mu
 	waiters    map[string]chan struct{}      // API key → long polls to wake; guarded by mu
 	observers  []Observer                    // ops feed; guarded by mu
+	// statusHooks hear of each status change where it is made, once per
+	// change however many nodes there are (OnStatusChange); guarded by mu.
+	statusHooks []func(merchantID string, u protocol.TerminalStatusUpdate)
 
 	node      *nodes.Node              // nil: alone
 	remote    map[string]ConnInfo      // other nodes' connections by id (peers.go); guarded by mu

@@ -299,6 +299,9 @@ func (h *Hub) publishStatusLocked(merchantID, deviceID string, st *terminalState
 	}
 	h.pushStatusLocked(merchantID, u)
 	h.broadcastStatusLocked(merchantID, deviceID, st, u)
+	for _, f := range h.statusHooks {
+		f(merchantID, u)
+	}
 }
 
 // pushStatusLocked pushes u to this node's POS connections of the
@@ -364,6 +367,17 @@ func (h *Hub) Observe(o Observer) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.observers = append(h.observers, o)
+}
+
+// OnStatusChange registers f to hear of every terminal status change on
+// the node that makes it: unlike an Observer's TerminalStatus, which every
+// node's feeds get, f hears each change once across the nodes, so that
+// what it records is not written once per node. It is called with the hub
+// lock held and must not block.
+func (h *Hub) OnStatusChange(f func(merchantID string, u protocol.TerminalStatusUpdate)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.statusHooks = append(h.statusHooks, f)
 }
 
 // connsOf is how many connections of the device have registered so far.

@@ -13,7 +13,8 @@ import (
 
 // TestClusterSessions runs the ops session tests on a hub whose Redis is
 // the Redis Cluster of REDIS_CLUSTER: login, the session checked on every
-// request and feed, logout revoking it.
+// request and feed, logout revoking it; and the terminal status history
+// (one MULTI on a merchant's slot) and the paging across merchants.
 func TestClusterSessions(t *testing.T) {
 	redistest.Cluster(t) // skips, saying how to run it, without REDIS_CLUSTER
 	for _, f := range []struct {
@@ -24,6 +25,8 @@ func TestClusterSessions(t *testing.T) {
 		{"LogoutRevokesSession", TestLogoutRevokesSession},
 		{"TokenCookieRefused", TestTokenCookieRefused},
 		{"SessionCookieIsRandomID", TestSessionCookieIsRandomID},
+		{"TerminalStatusEvents", TestTerminalStatusEvents},
+		{"OpsTransactionsPaging", TestOpsTransactionsPaging},
 	} {
 		t.Run(f.name, func(t *testing.T) {
 			c := apptest.ClusterFor(t)

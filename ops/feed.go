@@ -37,7 +37,11 @@ type Snapshot struct {
 	Connections  []hub.ConnInfo          `json:"connections"` // POS and terminal connections, oldest first
 	Conflicts    []hub.KeyConflict       `json:"conflicts"`
 	Transactions []*protocol.Transaction `json:"transactions"` // the most recent, newest first
-	Nodes        []nodes.Info            `json:"nodes"`        // the live nodes of the hub (docs/cluster.md)
+	// TransactionsCursor is the after of GET /v1/ops/transactions for the
+	// transactions older than these; null when there are none.
+	TransactionsCursor *string        `json:"transactionsCursor"`
+	Nodes              []nodes.Info   `json:"nodes"`     // the live nodes of the hub (docs/cluster.md)
+	Merchants          []MerchantInfo `json:"merchants"` // every merchant with its name, by id
 }
 
 // TerminalRow is a terminal of the snapshot: the row of GET /v1/ops/terminals
@@ -423,10 +427,12 @@ func (s *Server) serveFeed(ws *websocket.Conn, f *feed) {
 // transactions. A store error leaves the transactions out; the feed still
 // runs.
 func (s *Server) snapshot(ctx context.Context) Snapshot {
+	recent, cursor := s.recent(ctx)
 	snap := Snapshot{
 		Action: ActionSnapshot, ServerTime: s.now(),
 		Connections: nonNil(s.hub.Connections()), Conflicts: nonNil(s.hub.Conflicts()),
-		Terminals: []TerminalRow{}, Transactions: s.recent(ctx), Nodes: s.nodes(ctx),
+		Terminals: []TerminalRow{}, Transactions: recent, TransactionsCursor: cursor, Nodes: s.nodes(ctx),
+		Merchants: s.merchants(),
 	}
 	byID := make(map[string]*protocol.Transaction, len(snap.Transactions))
 	for _, t := range snap.Transactions {
@@ -449,33 +455,19 @@ func (s *Server) snapshot(ctx context.Context) Snapshot {
 	return snap
 }
 
-// recent returns the newest transactions of every merchant, newest first.
-func (s *Server) recent(ctx context.Context) []*protocol.Transaction {
-	out := []*protocol.Transaction{}
-	if s.opts.Engine == nil {
-		return out
-	}
+// recent returns the newest transactions of every merchant, newest first,
+// and the cursor of the older ones (nil when there are none).
+func (s *Server) recent(ctx context.Context) ([]*protocol.Transaction, *string) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	limit := min(s.opts.Recent, 100)
-	for _, m := range s.hub.Directory().MerchantIDs() {
-		page, err := s.opts.Engine.List(ctx, m, session.Filter{Limit: limit})
-		if err != nil {
-			s.log.Warn().Err(err).Str("merchantId", m).Msg("could not list recent transactions for the ops snapshot")
-			continue
-		}
-		out = append(out, page.Data...)
+	ms := s.hub.Directory().MerchantIDs()
+	sort.Strings(ms)
+	page, err := s.listAcross(ctx, ms, session.Filter{Limit: min(s.opts.Recent, MaxTransactionsPage)}, opsCursor{})
+	if err != nil {
+		s.log.Warn().Err(err).Msg("could not list recent transactions for the ops snapshot")
+		return []*protocol.Transaction{}, nil
 	}
-	sort.SliceStable(out, func(i, j int) bool {
-		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
-			return out[i].CreatedAt.After(out[j].CreatedAt)
-		}
-		return out[i].ID > out[j].ID
-	})
-	if len(out) > s.opts.Recent {
-		out = out[:s.opts.Recent]
-	}
-	return out
+	return page.Data, page.NextCursor
 }
 
 func nonNil[T any](s []T) []T {

@@ -149,6 +149,16 @@ type Server struct {
 	tickGen   uint64                          // guarded by mu; identifies the armed ticker
 	closed    bool                            // guarded by mu
 	observers []func(t *protocol.Transaction) // guarded by mu
+
+	// The terminal status changes waiting for Redis (history.go).
+	histMu      sync.Mutex
+	histQueue   []statusWrite  // guarded by histMu
+	histRunning bool           // guarded by histMu: a writer goroutine runs
+	histStopped bool           // guarded by histMu: StopHistory was called
+	histWG      sync.WaitGroup // the writer goroutine
+	histDropped int            // guarded by histMu: changes dropped on a full queue
+	// histLast is each device's last change queued; guarded by histMu.
+	histLast map[string]statusKey
 }
 
 // New builds a Server and subscribes it to the hub's status and connection
@@ -161,6 +171,9 @@ func New(opts Options) *Server {
 		tokenSum: sha256.Sum256([]byte(opts.Token)),
 	}
 	opts.Hub.Observe(hubObserver{s})
+	if opts.Redis != nil {
+		opts.Hub.OnStatusChange(s.recordStatus)
+	}
 	return s
 }
 
@@ -173,6 +186,8 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /ops/logout", s.handleLogout)
 	mux.HandleFunc("GET /v1/ops/ws", s.handleFeed)
 	mux.HandleFunc("POST /v1/ops/connections/{connectionId}/disconnect", s.handleDisconnect)
+	mux.HandleFunc("GET /v1/ops/transactions", s.handleTransactions)
+	mux.HandleFunc("GET /v1/ops/terminals/{terminalId}/events", s.handleTerminalEvents)
 }
 
 // redirectRoot sends GET / (and HEAD /, which the mux routes with GET) to the

@@ -541,6 +541,7 @@ func TestSharedSchemasMatchGoTypes(t *testing.T) {
 			named{"PosMessage", reflect.TypeFor[protocol.POSEvent](), nil},
 			named{"WebhookStatus", reflect.TypeFor[webhook.MerchantStatus](), nil},
 			named{"WebhookDelivery", reflect.TypeFor[webhook.Delivery](), nil},
+			named{"TerminalStatusEvent", reflect.TypeFor[ops.StatusEvent](), nil},
 		),
 		asyncAPIFile: append(slices.Clone(common),
 			named{"PosEvent", reflect.TypeFor[protocol.POSEvent](), voidOnly},

@@ -63,6 +63,11 @@ func (s Space) WebhookStats(m string) string { return s.tag("webhook-stats", m) 
 // sent or whether something came in between (hub delivery).
 func (s Space) OutboxSeq(m, apiKey string) string { return s.tag("outbox-seq", m) + ":" + apiKey }
 
+// TerminalEvents is a device's recent status changes, newest first: a list
+// of JSON entries (ops.StatusEvent) capped by the writer, so that the
+// dashboard can show when a terminal went online, reconnecting or offline.
+func (s Space) TerminalEvents(m, device string) string { return s.tag("term-events", m) + ":" + device }
+
 // OpsSession is an ops dashboard session: a string (JSON of when and from
 // where it was opened) whose TTL is the session's idle expiry. digest is
 // a keyed hash of the session id (package ops), never the id itself, so a
