@@ -76,7 +76,10 @@ func decode(data []byte, types map[string]func() Validator) (Inbound, error) {
 // checkRawText that needs valid JSON checks first.
 func decodeJSON(data []byte, types map[string]func() Validator) (Inbound, error) {
 	var in Inbound
-	trimmed := bytes.TrimSpace(data)
+	// JSON's own whitespace only: bytes.TrimSpace would also take \v, \f
+	// and Unicode spaces, which JSON does not allow, and json.Unmarshal of
+	// what is left would then accept a frame that is not JSON.
+	trimmed := bytes.Trim(data, " \t\r\n")
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return in, Invalid("", "message must be a JSON object")
 	}

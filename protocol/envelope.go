@@ -109,7 +109,9 @@ func stringEnd(data []byte, i int) int {
 }
 
 // valueEnd returns the index just past the value starting at data[i], or
-// -1. The value is known to be valid JSON, so only its extent is found.
+// -1. Only its extent is found: whether the frame is valid JSON is
+// checked elsewhere (decode), and on bytes that are not it stays in
+// bounds and its answer is not used.
 func valueEnd(data []byte, i int) int {
 	if i >= len(data) {
 		return -1

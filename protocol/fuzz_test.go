@@ -14,6 +14,9 @@ import (
 )
 
 var posSeeds = []string{
+	// Not JSON: whitespace JSON does not allow around a valid frame.
+	"\v{\"action\":\"listTerminals\"}", "{\"action\":\"listTerminals\"}\u2028",
+	"\u00a0{\"action\":\"listTerminals\"}", "{\"action\":\"listTerminals\"}\f",
 	`{"action":"payment","terminalId":"TERM-001","amountMinor":1250,"currency":"usd","reference":"order-1"}`,
 	`{"action":"payment","terminalId":"T1","amount":"12.50","currency":"USD","reference":"r","captureMode":"manual","timeoutSeconds":30,"requestId":"q1"}`,
 	`{"action":"payment","terminalId":"T1","amount":12.5,"currency":"KWD","reference":"r"}`,
@@ -45,6 +48,8 @@ var posSeeds = []string{
 }
 
 var terminalSeeds = []string{
+	"\u00a0{\"action\":\"commandReceived\",\"transactionId\":\"txn_1\"}",
+	"{\"action\":\"commandReceived\",\"transactionId\":\"txn_1\"}\f",
 	`{"action":"commandReceived","transactionId":"txn_1"}`,
 	`{"action":"commandReceived","transactionId":"txn_76569530031221f56a21a56e","requestId":"r\u0085"}`,
 	`{"action":"voidResult","transactionId":"4111111111111111","ok":true,"requestId":[378282246310005]}`,
