@@ -353,7 +353,9 @@ func (a *App) Drain(ctx context.Context) error {
 // Close stops what Start started, connections aside (Drain ends those
 // first): webhook delivery (undelivered events stay queued in Redis), the
 // engine's workers, sweeper and timers, the outbox trim, the terminal
-// status history (what is queued is written first) and the Redis probe. A start that failed is undone by it.
+// status history (what is queued is written first, within
+// request_timeout) and the Redis probe. A start that failed is undone by
+// it.
 func (a *App) Close() {
 	a.trimMu.Lock()
 	a.closed = true

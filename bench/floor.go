@@ -21,12 +21,14 @@ import (
 // Floor is the bare durable relay the hub is compared with: the same
 // endpoints and message sequence as the hub for a payment (payment →
 // paymentResponse + startPayment; commandReceived → paymentStatusUpdate
-// DISPATCHED; paymentResult → resultAck + paymentComplete; ack), with no
+// DISPATCHED; paymentResult → paymentComplete + resultAck; ack), with no
 // rules at all, and exactly one pipelined Redis write per inbound message
 // (an XADD and a SET, or for an ack a SET and an XTRIM) whose reply it
 // waits for before it answers, so that every message it sends is as
-// durable as the hub's. It trusts the id header of a connection and checks
-// no signature.
+// durable as the hub's. An ack is stored off the reader, as the hub's are
+// (floorConn.ack): a floor that held its reader for each ack's round trip
+// would be slower than it needs to be and flatter every ratio. It trusts
+// the id header of a connection and checks no signature.
 type Floor struct {
 	rdb    redis.UniversalClient
 	prefix string

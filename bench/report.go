@@ -116,21 +116,20 @@ func (r *Results) throughputRows(b *rowBuilder) {
 		b.add("3 throughput", "hub payments/s", rate(t.Rate), "", "")
 		b.add("3 throughput", "hub round trip", t.RoundTrip.String(), "", "")
 		b.add("3 throughput", "hub CPU", r.ThroughputCPU.String(), "", "")
-		b.cpuPerPayment("3 throughput", t, r.ThroughputCPU)
 		b.alloc("3 throughput", t, r.ThroughputCPU)
 	}
 	if f := r.ThroughputFloor; f != nil {
 		b.add("3 throughput", "floor payments/s", rate(f.Rate), "", "")
 		b.add("3 throughput", "floor round trip", f.RoundTrip.String(), "", "")
 		b.add("3 throughput", "floor CPU", r.FloorCPU.String(), "", "")
-		b.cpuPerPayment("3 throughput", f, r.FloorCPU)
 	}
 	if t, f := r.Throughput, r.ThroughputFloor; t != nil && f != nil {
 		if r.LoadRounds > 0 {
 			b.add("3 throughput", "how", turns(r.LoadRounds, r.Options.Duration), "", "")
 		}
 		if h, fl := r.ThroughputCPU.PerPayment(t), r.FloorCPU.PerPayment(f); h > 0 && fl > 0 {
-			b.add("3 throughput", "server CPU per payment: hub, floor", fmt.Sprintf("%.2f ms, %.2f ms (%.1f×)", msf(h), msf(fl), ratio(float64(h), float64(fl))), "", "")
+			b.add("3 throughput", "server CPU per payment: hub, floor", fmt.Sprintf("%.2f ms, %.2f ms (%.1f×); load generator %.2f ms, %.2f ms",
+				msf(h), msf(fl), ratio(float64(h), float64(fl)), msf(r.ThroughputCPU.GeneratorPerPayment(t)), msf(r.FloorCPU.GeneratorPerPayment(f))), "", "")
 		}
 	}
 	if t, f := r.Throughput, r.ThroughputFloor; t != nil && f != nil {

@@ -1,14 +1,18 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/internal/apptest"
@@ -504,4 +508,55 @@ func TestNodesNoTakeOverFromANodeJustJoined(t *testing.T) {
 	}
 	pos := es[1].pos("pk1")
 	startPayment(t, term, sell(t, pos, "T1", 200, "just-joined").Transaction.ID)
+}
+
+// reloadsSeen counts the pipelines that read every device's record (the
+// heartbeat's reload: hmget of more than one dev key), a go-redis hook.
+type reloadsSeen struct{ n atomic.Int64 }
+
+func (r *reloadsSeen) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (r *reloadsSeen) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (r *reloadsSeen) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		devs := 0
+		for _, c := range cmds {
+			if c.Name() == "hmget" && strings.Contains(fmt.Sprint(c.Args()[1]), ":dev:") {
+				devs++
+			}
+		}
+		if devs > 1 {
+			r.n.Add(1)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestNodesAloneReloadsRarely: a node alone in the registry reads every
+// device's record at its first heartbeat alone, then only every 10th;
+// once another node is alive, at every heartbeat again.
+func TestNodesAloneReloadsRarely(t *testing.T) {
+	hs := apptest.StartNodes(t, kit.OpsConfig, 1)
+	h := hs[0]
+	seen := &reloadsSeen{}
+	h.App.Redis.AddHook(seen)
+	// The node's own first heartbeat may or may not have had its sweep
+	// yet: 20 heartbeats alone from here hold the 10th and 20th, and
+	// perhaps the first.
+	for range 20 {
+		h.App.Hub.Tick()
+	}
+	if got := seen.n.Load(); got < 2 || got > 3 {
+		t.Fatalf("%d reloads in 20 heartbeats alone, want 2 or 3 (the 10th, the 20th, perhaps the 1st)", got)
+	}
+	apptest.JoinNode(t, h, "node-late")
+	// node-0 learns of node-late at its own next heartbeat.
+	h.Clock.Advance(h.App.Node.Timeout())
+	kit.Eventually(t, "node-0 sees node-late", func() bool { return h.App.Node.LiveIDs()["node-late"] })
+	base := seen.n.Load()
+	for range 3 {
+		h.App.Hub.Tick()
+	}
+	if got := seen.n.Load() - base; got < 3 {
+		t.Fatalf("%d reloads in 3 heartbeats with another node alive, want one each", got)
+	}
 }

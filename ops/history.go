@@ -58,17 +58,17 @@ func (s *Server) recordStatus(merchantID string, u protocol.TerminalStatusUpdate
 	if s.histLast[u.TerminalID] == last {
 		return
 	}
+	if s.histStopped {
+		return
+	}
+	if len(s.histQueue) >= statusQueue {
+		s.histDropped++ // not remembered as the last: its repeat may be recorded
+		return
+	}
 	if s.histLast == nil {
 		s.histLast = map[string]statusKey{}
 	}
 	s.histLast[u.TerminalID] = last
-	if len(s.histQueue) >= statusQueue {
-		s.histDropped++
-		return
-	}
-	if s.histStopped {
-		return
-	}
 	s.histQueue = append(s.histQueue, w)
 	if s.histRunning {
 		return
@@ -82,7 +82,9 @@ func (s *Server) recordStatus(merchantID string, u protocol.TerminalStatusUpdate
 // those queued to be written. The history outlives the feeds (Close):
 // the terminals a draining node lets go turn reconnecting after its feeds
 // ended, and those changes are recorded too; it is stopped with the rest of
-// the node's background work.
+// the node's background work. When ctx ends first, what is still queued is
+// given up (and counted in the log) rather than written after the node
+// let Redis go.
 func (s *Server) StopHistory(ctx context.Context) error {
 	s.histMu.Lock()
 	s.histStopped = true
@@ -93,6 +95,7 @@ func (s *Server) StopHistory(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
+		s.histAbandon.Store(true)
 		return ctx.Err()
 	}
 }
@@ -116,7 +119,11 @@ func (s *Server) writeStatuses() {
 		if dropped > 0 {
 			s.log.Warn().Int("dropped", dropped).Msg("terminal status history: changes dropped while Redis was slow")
 		}
-		for _, w := range batch {
+		for i, w := range batch {
+			if s.histAbandon.Load() {
+				s.log.Warn().Int("dropped", len(batch)-i).Msg("terminal status history: changes not recorded at shutdown")
+				break
+			}
 			s.writeStatus(w)
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -157,6 +158,7 @@ type Server struct {
 	histStopped bool           // guarded by histMu: StopHistory was called
 	histWG      sync.WaitGroup // the writer goroutine
 	histDropped int            // guarded by histMu: changes dropped on a full queue
+	histAbandon atomic.Bool    // StopHistory gave up waiting: the writer stops
 	// histLast is each device's last change queued; guarded by histMu.
 	histLast map[string]statusKey
 }

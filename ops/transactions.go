@@ -167,6 +167,10 @@ func (s *Server) handleTransactions(w http.ResponseWriter, r *http.Request) {
 		merchants = []string{m}
 	}
 	f := session.Filter{Reference: q.Get("reference")}
+	if e := protocol.CheckText("reference", f.Reference, false); e != nil {
+		writeError(w, e) // a card number typed into the search box is refused, never looked up or logged
+		return
+	}
 	if id := q.Get("terminalId"); id != "" {
 		t, ok := dir.Terminal(id)
 		if !ok {

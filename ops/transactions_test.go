@@ -125,6 +125,8 @@ func TestOpsTransactionsInput(t *testing.T) {
 		{"limit=101", "limit"},
 		{"limit=x", "limit"},
 		{"after=%21%21", "after"},
+		{"reference=4111111111111111", "reference"},
+		{"reference=%01", "reference"},
 	} {
 		resp := e.get("/v1/ops/transactions?"+c.query, bearer())
 		var b protocol.ErrorBody

@@ -1,11 +1,14 @@
 package session
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/termhub/termhub/internal/keys"
@@ -38,7 +41,10 @@ func TestOutboxEntriesAreTheMessagesDelivered(t *testing.T) {
 	r := redistest.New(t)
 	ks := keys.Space{Prefix: r.Prefix}
 	sink := &rawSink{}
-	e := NewEngine(Options{Store: NewStore(r.Client, ks), Terminals: benchTerminals{}, Sink: sink, Logger: zerolog.Nop()})
+	ops := &opsSeen{}
+	r.Client.AddHook(ops)
+	e := NewEngine(Options{Store: NewStore(r.Client, ks), Terminals: benchTerminals{}, Sink: sink, Logger: zerolog.Nop(),
+		Webhooks: func(string) bool { return true }})
 	ctx := context.Background()
 	for i, together := range []bool{true, false} {
 		res, err := nodeSale(t, e, "T1", fmt.Sprintf("splice-%d", i))
@@ -67,6 +73,69 @@ func TestOutboxEntriesAreTheMessagesDelivered(t *testing.T) {
 			t.Errorf("entry %d is %s %q, delivered %s %q", i, entries[i].ID, entries[i].Values["m"], m.ID, m.Data)
 		}
 	}
+	// The webhook events (spliced too) carry the transaction as it ended.
+	hooks, err := r.Client.XRange(ctx, ks.Webhooks("m1"), "-", "+").Result()
+	if err != nil || len(hooks) != 2 {
+		t.Fatalf("%d webhook events (%v), want 2", len(hooks), err)
+	}
+	for _, h := range hooks {
+		var evt WebhookEvent
+		if err := json.Unmarshal([]byte(h.Values["m"].(string)), &evt); err != nil || evt.Data.Transaction == nil {
+			t.Fatalf("webhook event %q: %v", h.Values["m"], err)
+		}
+		got := evt.Data.Transaction
+		want, err := e.Get(ctx, "m1", got.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gb, _ := json.Marshal(got)
+		wb, _ := json.Marshal(want)
+		if !bytes.Equal(gb, wb) {
+			t.Errorf("webhook event's transaction %s, stored %s", gb, wb)
+		}
+	}
+	// Both spliced kinds were sent, and a whole one: what is compared
+	// above went each way.
+	for _, op := range []string{"xaddw", "appendw", "xadd"} {
+		if ops.count(op) == 0 {
+			t.Errorf("no commit sent an %s", op)
+		}
+	}
+}
+
+// opsSeen counts the commit ops sent to Redis, by name (a go-redis hook).
+type opsSeen struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (o *opsSeen) count(op string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.n[op]
+}
+
+func (o *opsSeen) note(cmds ...redis.Cmder) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.n == nil {
+		o.n = map[string]int{}
+	}
+	for _, c := range cmds {
+		for _, a := range c.Args() {
+			if s, ok := a.(string); ok && (s == "xaddw" || s == "appendw" || s == "xadd" || s == "append") {
+				o.n[s]++
+			}
+		}
+	}
+}
+
+func (o *opsSeen) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (o *opsSeen) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, c redis.Cmder) error { o.note(c); return next(ctx, c) }
+}
+func (o *opsSeen) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { o.note(cmds...); return next(ctx, cmds) }
 }
 
 // A commit sends a message that carries the transaction it saves without
@@ -97,7 +166,11 @@ func TestCommitSendsASavedTransactionOnce(t *testing.T) {
 	for i := 0; i < len(c.ops); {
 		op := c.ops[i].(string)
 		kinds = append(kinds, op)
-		i += map[string]int{"hset": 4, "zadd": 4, "xaddw": 7, "xadd": 4, "append": 3}[op]
+		n, known := map[string]int{"hset": 4, "zadd": 4, "xaddw": 7, "xadd": 4, "append": 3}[op]
+		if !known {
+			t.Fatalf("unexpected op %q in %v", op, kinds)
+		}
+		i += n
 	}
 	if got := fmt.Sprint(kinds); got != "[hset xaddw xadd append]" {
 		t.Fatalf("ops %s, want [hset xaddw xadd append]", got)

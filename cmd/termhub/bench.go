@@ -88,7 +88,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 	fs.StringVar(&f.hubURL, "hub-url", "", "bench an already running hub at this URL instead of starting one (needs --config)")
 	fs.StringVar(&f.hubConfig, "config", "", "with --hub-url: the running hub's configuration file, for its credentials")
 	fs.IntVar(&f.hubPID, "hub-pid", 0, "with --hub-url: the running hub's process id, for its RSS and CPU")
-	fs.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile of the hub during the throughput run to FILE (latency, load, storm: FILE-latency, FILE-load, FILE-storm; the load generator during throughput, load, storm: FILE-<scenario>-generator)")
+	fs.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile of the hub during the throughput run to FILE (latency, load, storm: FILE-latency, FILE-load, FILE-storm; the floor relay: FILE-floor, FILE-throughput-floor, FILE-load-floor; the load generator during latency, throughput, load, storm: FILE-<scenario>-generator)")
 	fs.StringVar(&f.logLevel, "hub-log-level", "info", "log_level of the hub the bench starts")
 	fs.StringVar(&f.out, "out", "", "also write the report to FILE")
 	fs.BoolVar(&f.keep, "keep", false, "keep the directory of generated configurations and server logs")

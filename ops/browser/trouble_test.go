@@ -509,3 +509,48 @@ func shot(t *testing.T, ctx context.Context, path string) {
 	}
 	t.Logf("screenshot: %s (%d bytes)", path, len(png))
 }
+
+// TestDashboardSearchKeepsWhatItFound: with the page holding as many
+// transactions as it keeps (live ones past the snapshot's page make it
+// drop its oldest rows), a reference the search looked up on the hub stays
+// on the page, through further live payments too.
+func TestDashboardSearchKeepsWhatItFound(t *testing.T) {
+	exe := chromium(t)
+	h := apptest.Start(t, troubleConfig, apptest.Logger(zerolog.New(io.Discard)))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	d := &dash{t: t, h: h, ctx: ctx}
+	d.terminal("TERM-001", "dk1")
+	d.terminal("CAFE-01", "dc1")
+	deep := d.sale("m_demo", "pk_demo", "TERM-001", "deep-1") // each sale supersedes the one before
+	for i := range 60 {
+		h.Clock.Advance(time.Second)
+		d.sale("m_demo", "pk_demo", "TERM-001", fmt.Sprintf("old-%02d", i))
+	}
+	d.bctx = startBrowser(t, ctx, exe)
+	step(t, d.bctx, "sign in",
+		chromedp.Navigate(h.Srv.URL+"/ops/"),
+		chromedp.WaitVisible(chromedp.CSS("#login-form")),
+		chromedp.SendKeys(chromedp.CSS("#token"), opsToken),
+		chromedp.Click(chromedp.CSS("#login-submit")),
+		chromedp.WaitReady(chromedp.CSS(`#feed-state[data-state="live"]`)),
+	)
+	live := func(n int) {
+		for i := range n {
+			h.Clock.Advance(time.Second)
+			d.sale("m_cafe", "pk_cafe", "CAFE-01", fmt.Sprintf("live-%03d", i))
+		}
+		d.wait("the page holds its 100 newest", `document.querySelectorAll('#transactions tbody tr').length >= 100 && !!document.querySelector('#transactions tr[data-reference="live-`+fmt.Sprintf("%03d", n-1)+`"]')`)
+	}
+	live(60)
+	if eval[bool](t, d.bctx, `!!document.querySelector('#transactions tr[data-transaction="`+deep.ID+`"]')`) {
+		t.Fatal("the oldest sale is on the page before the search")
+	}
+	d.search("deep-1")
+	d.wait("the search found deep-1 on the hub", `(r => !!r && !r.hidden)(document.querySelector('#transactions tr[data-transaction="`+deep.ID+`"]'))`)
+	d.search("")
+	live(5)
+	if !eval[bool](t, d.bctx, `!!document.querySelector('#transactions tr[data-transaction="`+deep.ID+`"]')`) {
+		t.Fatal("the sale the search found was dropped by later live payments")
+	}
+}

@@ -39,6 +39,7 @@
     cursor: null,           // after of GET /v1/ops/transactions for older ones
     loadedMore: false,      // older pages were loaded: keep every row
     trimmed: false,         // live updates dropped the oldest rows (trimTxns)
+    pinned: new Set(),      // ids the search found on the hub: never trimmed
     detail: null            // the open drill-down: {kind, id, events, txns}
   };
   var rows = { terminals: new Map(), connections: new Map(), txns: new Map() };
@@ -211,6 +212,7 @@
     state.terminals.clear();
     state.connections.clear();
     state.txns.clear();
+    state.pinned.clear();
     ['terminals', 'connections', 'txns'].forEach(function (k) { rows[k].clear(); });
     $('#terminals tbody').textContent = '';
     $('#connections tbody').textContent = '';
@@ -415,7 +417,7 @@
     return t.txnId && t.txnStatus && !FINAL[t.txnStatus] ? 'busy' : 'idle';
   }
 
-  // ageCell writes the live age of an unfinished transaction ("2m 13s").
+  // ageSpan writes the live age of an unfinished transaction ("2m 13s").
   function ageSpan(createdAt) {
     var a = el('span', 'txn-age');
     a.dataset.created = createdAt || '';
@@ -497,7 +499,8 @@
       var final = FINAL[t.txnStatus];
       if (final) wrap.appendChild(el('span', 'outcome-label', 'last:'));
       if (t.txnStatus) wrap.appendChild(statusBadge('t-', t.txnStatus));
-      var age = !final && tx ? wrap.appendChild(ageSpan(tx.createdAt)) : null;
+      var created = tx ? tx.createdAt : t.txnCreated;
+      var age = !final && created ? wrap.appendChild(ageSpan(created)) : null;
       var code = el('code', '', t.txnId);
       code.dataset.openTransaction = t.txnId;
       wrap.appendChild(code);
@@ -685,6 +688,7 @@
     var all = Array.from(state.txns.values()).sort(txnOrder);
     state.trimmed = true;
     all.slice(MAX_TXNS).forEach(function (t) {
+      if (state.pinned.has(t.id)) return; // looked up: older than the rest by nature
       state.txns.delete(t.id);
       var tr = rows.txns.get(t.id);
       if (tr) { tr.remove(); rows.txns.delete(t.id); }
@@ -759,7 +763,7 @@
     if (found) return;
     lookupTimer = setTimeout(function () {
       getJSON('v1/ops/transactions?limit=100&reference=' + encodeURIComponent(q)).then(function (page) {
-        (page.data || []).forEach(function (t) { applyTransaction(t, true); });
+        (page.data || []).forEach(function (t) { state.pinned.add(t.id); applyTransaction(t, true); });
       }, function () {});
     }, 300);
   }
