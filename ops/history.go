@@ -89,15 +89,11 @@ func (s *Server) StopHistory(ctx context.Context) error {
 	s.histMu.Lock()
 	s.histStopped = true
 	s.histMu.Unlock()
-	done := make(chan struct{})
-	go func() { s.histWG.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
+	err := waitWithin(ctx, &s.histWG)
+	if err != nil {
 		s.histAbandon.Store(true)
-		return ctx.Err()
 	}
+	return err
 }
 
 // writeStatuses writes the queued changes, each with its list's trim, until

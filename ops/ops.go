@@ -267,8 +267,13 @@ func (s *Server) Close(ctx context.Context) error {
 		}
 	}
 	s.mu.Unlock()
+	return waitWithin(ctx, &s.wg)
+}
+
+// waitWithin waits for wg, or until ctx ends (its error then).
+func waitWithin(ctx context.Context, wg *sync.WaitGroup) error {
 	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
+	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
 		return nil

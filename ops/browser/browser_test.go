@@ -8,12 +8,9 @@ package browser_test
 
 import (
 	"context"
-	"errors"
 	"io"
 	"os"
-	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -112,58 +109,7 @@ func TestDashboardInChromium(t *testing.T) {
 	// ---- the browser ----
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	actx, cancelAlloc := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(exe),
-		chromedp.Flag("headless", true),
-		chromedp.Flag("no-sandbox", true),
-		chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("no-first-run", true),
-		chromedp.Flag("no-default-browser-check", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-extensions", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1440, 1000),
-	)
-	defer cancelAlloc()
-	bctx, cancelBrowser := chromedp.NewContext(actx)
-	defer cancelBrowser()
-	// Start the browser on the long-lived context (a deadline here would stop it).
-	if err := chromedp.Do(bctx); err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			t.Fatalf("chromium exited: %v (%s)", err, ee.Stderr)
-		}
-		t.Fatalf("start chromium: %v", err)
-	}
-
-	// Every uncaught exception or console.error of the page fails the test.
-	var jsMu sync.Mutex
-	var jsErrors []string
-	consoleCtx, stopConsole := context.WithCancel(bctx)
-	defer stopConsole()
-	go func() {
-		for m, err := range chromedp.Console(consoleCtx) {
-			if err != nil {
-				return
-			}
-			if m.IsException() || (m.Type == chromedp.ConsoleError && m.Source == "") {
-				jsMu.Lock()
-				jsErrors = append(jsErrors, m.String())
-				jsMu.Unlock()
-			}
-		}
-	}()
-	defer func() {
-		jsMu.Lock()
-		defer jsMu.Unlock()
-		for _, e := range jsErrors {
-			t.Errorf("page error: %s", e)
-		}
-	}()
+	bctx := startBrowser(t, ctx, exe, 1440, 1000)
 
 	// ---- sign in ----
 	step(t, bctx, "open the dashboard",

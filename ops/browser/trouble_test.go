@@ -214,14 +214,9 @@ func troubleFirst(t *testing.T, exe string, w, hgt int64) {
 	pos := apptest.DialPOS(t, h.ClientOptions(), "pk_demo", "sk_demo")
 
 	// ---- the browser, at the size under test ----
-	d.bctx = startBrowser(t, ctx, exe)
+	d.bctx = startBrowser(t, ctx, exe, 1920, 1200)
 	step(t, d.bctx, "set the viewport", chromedp.EmulateViewport(w, hgt))
-	step(t, d.bctx, "sign in",
-		chromedp.Navigate(h.Srv.URL+"/ops/"),
-		chromedp.WaitVisible(chromedp.CSS("#login-form")),
-		chromedp.SendKeys(chromedp.CSS("#token"), opsToken),
-		chromedp.Click(chromedp.CSS("#login-submit")),
-		chromedp.WaitReady(chromedp.CSS(`#feed-state[data-state="live"]`)),
+	d.signIn(
 		chromedp.WaitVisible(chromedp.CSS(`#terminals tr[data-terminal="CAFE-01"][data-status="online"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#connections tr[data-connection="`+pos.ConnectionID()+`"] button[data-action="disconnect"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#conflicts tr[data-conflict="pk_cafe"]`)),
@@ -417,6 +412,19 @@ func troubleFirst(t *testing.T, exe string, w, hgt int64) {
 	d.noOverflow("after load more")
 }
 
+// signIn opens the dashboard, signs in with the ops token and waits for
+// the live feed, then for what then.
+func (d *dash) signIn(then ...chromedp.Action[chromedp.Void]) {
+	d.t.Helper()
+	step(d.t, d.bctx, "sign in", append([]chromedp.Action[chromedp.Void]{
+		chromedp.Navigate(d.h.Srv.URL + "/ops/"),
+		chromedp.WaitVisible(chromedp.CSS("#login-form")),
+		chromedp.SendKeys(chromedp.CSS("#token"), opsToken),
+		chromedp.Click(chromedp.CSS("#login-submit")),
+		chromedp.WaitReady(chromedp.CSS(`#feed-state[data-state="live"]`)),
+	}, then...)...)
+}
+
 // waitHub polls the hub's state (not the page) until cond holds.
 func (d *dash) waitHub(what string, cond func() bool) {
 	d.t.Helper()
@@ -432,9 +440,10 @@ func (d *dash) status(merchant, id string) protocol.Status {
 	return t.Status
 }
 
-// startBrowser starts a headless Chromium for the test, failing it on
-// any page error.
-func startBrowser(t *testing.T, ctx context.Context, exe string) context.Context {
+// startBrowser starts a headless Chromium with a w×h window for the test
+// (on ctx, long-lived: a deadline of its own would stop the browser),
+// failing the test on any uncaught exception or console.error of the page.
+func startBrowser(t *testing.T, ctx context.Context, exe string, w, h int) context.Context {
 	t.Helper()
 	actx, cancelAlloc := chromedp.NewExecAllocator(ctx,
 		chromedp.ExecPath(exe),
@@ -451,7 +460,7 @@ func startBrowser(t *testing.T, ctx context.Context, exe string) context.Context
 		chromedp.Flag("disable-dev-shm-usage", true),
 		chromedp.Flag("hide-scrollbars", false),
 		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1920, 1200),
+		chromedp.WindowSize(w, h),
 	)
 	t.Cleanup(cancelAlloc)
 	bctx, cancelBrowser := chromedp.NewContext(actx)
@@ -527,14 +536,8 @@ func TestDashboardSearchKeepsWhatItFound(t *testing.T) {
 		h.Clock.Advance(time.Second)
 		d.sale("m_demo", "pk_demo", "TERM-001", fmt.Sprintf("old-%02d", i))
 	}
-	d.bctx = startBrowser(t, ctx, exe)
-	step(t, d.bctx, "sign in",
-		chromedp.Navigate(h.Srv.URL+"/ops/"),
-		chromedp.WaitVisible(chromedp.CSS("#login-form")),
-		chromedp.SendKeys(chromedp.CSS("#token"), opsToken),
-		chromedp.Click(chromedp.CSS("#login-submit")),
-		chromedp.WaitReady(chromedp.CSS(`#feed-state[data-state="live"]`)),
-	)
+	d.bctx = startBrowser(t, ctx, exe, 1920, 1200)
+	d.signIn()
 	live := func(n int) {
 		for i := range n {
 			h.Clock.Advance(time.Second)

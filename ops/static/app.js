@@ -677,6 +677,18 @@
     if (highlight) flash(tr);
   }
 
+  // timelineItem is one entry of a drawer's timeline: its time and badge;
+  // the caller adds what caused it.
+  function timelineItem(at, status, badge) {
+    var li = el('li');
+    li.dataset.status = status;
+    var when = el('span', 'at', fmtDateTime(at));
+    when.title = at;
+    li.appendChild(when);
+    li.appendChild(badge);
+    return li;
+  }
+
   function amountText(t) {
     return (t.type === 'refund' ? '−' : '') + (t.amount || String(t.amountMinor)) + ' ' + (t.currency || '');
   }
@@ -921,12 +933,7 @@
       if (t.errorCode) fact(facts, 'Error', t.errorCode + (t.errorMessage ? ': ' + t.errorMessage : ''));
       if (t.authCode) fact(facts, 'Auth code', t.authCode);
       (t.history || []).forEach(function (h) {
-        var li = el('li');
-        li.dataset.status = h.status;
-        var at = el('span', 'at', fmtDateTime(h.at));
-        at.title = h.at;
-        li.appendChild(at);
-        li.appendChild(statusBadge('t-', h.status));
+        var li = timelineItem(h.at, h.status, statusBadge('t-', h.status));
         if (h.errorCode) li.appendChild(el('code', '', h.errorCode));
         li.appendChild(el('span', 'cause', h.cause || ''));
         ol.appendChild(li);
@@ -947,12 +954,7 @@
     var ev = $('#detail-events');
     ev.textContent = '';
     (d.events || []).slice().sort(function (a, b) { return Date.parse(b.at) - Date.parse(a.at); }).forEach(function (e) {
-      var li = el('li');
-      li.dataset.status = e.status;
-      var at = el('span', 'at', fmtDateTime(e.at));
-      at.title = e.at;
-      li.appendChild(at);
-      li.appendChild(statusBadge('s-', e.status));
+      var li = timelineItem(e.at, e.status, statusBadge('s-', e.status));
       li.appendChild(el('span', 'cause', (e.previousStatus ? 'from ' + e.previousStatus : '') + (e.connectionId ? ' · ' + e.connectionId : '')));
       ev.appendChild(li);
     });
