@@ -14,7 +14,8 @@ import (
 // TestClusterSessions runs the ops session tests on a hub whose Redis is
 // the Redis Cluster of REDIS_CLUSTER: login, the session checked on every
 // request and feed, logout revoking it; and the terminal status history
-// (one MULTI on a merchant's slot) and the paging across merchants.
+// (pipelined pushes and trims of lists in merchants' slots) and the paging
+// across merchants.
 func TestClusterSessions(t *testing.T) {
 	redistest.Cluster(t) // skips, saying how to run it, without REDIS_CLUSTER
 	for _, f := range []struct {

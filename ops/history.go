@@ -115,32 +115,41 @@ func (s *Server) writeStatuses() {
 		if dropped > 0 {
 			s.log.Warn().Int("dropped", dropped).Msg("terminal status history: changes dropped while Redis was slow")
 		}
-		for i, w := range batch {
+		for i := 0; i < len(batch); i += statusPipeline {
 			if s.histAbandon.Load() {
 				s.log.Warn().Int("dropped", len(batch)-i).Msg("terminal status history: changes not recorded at shutdown")
 				break
 			}
-			s.writeStatus(w)
+			s.writeStatusBatch(batch[i:min(i+statusPipeline, len(batch))])
 		}
 	}
 }
 
-// writeStatus pushes one change onto its terminal's list and trims it, in
-// one MULTI (the key is in the merchant's hash slot, so this works on a
-// cluster too). A failure loses this entry of the history only.
-func (s *Server) writeStatus(w statusWrite) {
-	b, err := json.Marshal(w.ev)
-	if err != nil {
-		return
-	}
+// statusPipeline is how many changes go to Redis in one pipeline: a storm
+// of reconnects queues thousands at once, and one round trip (and one
+// context) per change would cost the node more than the changes are worth.
+const statusPipeline = 256
+
+// writeStatusBatch pushes changes onto their terminals' lists, each followed
+// by its list's trim, in one pipeline (each key is in its merchant's hash
+// slot; on a cluster the client splits the pipeline by node). A change
+// pushed and not yet trimmed leaves its list one longer until the next. A
+// failure loses these entries of the history only.
+func (s *Server) writeStatusBatch(ws []statusWrite) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.RequestTimeout)
 	defer cancel()
-	key := s.opts.Keys.TerminalEvents(w.merchantID, w.deviceID)
-	pipe := s.opts.Redis.TxPipeline()
-	pipe.LPush(ctx, key, b)
-	pipe.LTrim(ctx, key, 0, StatusEventsKept-1)
+	pipe := s.opts.Redis.Pipeline()
+	for _, w := range ws {
+		b, err := json.Marshal(w.ev)
+		if err != nil {
+			continue
+		}
+		key := s.opts.Keys.TerminalEvents(w.merchantID, w.deviceID)
+		pipe.LPush(ctx, key, b)
+		pipe.LTrim(ctx, key, 0, StatusEventsKept-1)
+	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		s.log.Debug().Err(err).Str("deviceId", w.deviceID).Msg("terminal status history: change not recorded")
+		s.log.Debug().Err(err).Int("changes", len(ws)).Msg("terminal status history: changes not recorded")
 	}
 }
 
