@@ -49,6 +49,12 @@ type conn struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
+	// ioCtx is ctx without its cancellation, for the socket's reads and
+	// direct writes: coder/websocket ties a context that can end to the
+	// connection (context.AfterFunc) on every read and write, a cost per
+	// frame. The end of ctx closes the socket instead, once (closeOnEnd),
+	// which ends a read as surely; a direct write never waits (wsconn).
+	ioCtx context.Context
 	// refusedInARow counts frames refused by the rate limit since the last
 	// one let through; touched by the reader only (Hub.frameLimited).
 	refusedInARow int
@@ -114,7 +120,7 @@ func (h *Hub) newConn(ws *websocket.Conn, kind Kind, merchantID, keyID, deviceID
 		h: h, ws: ws, id: newConnectionID(), kind: kind,
 		merchantID: merchantID, keyID: keyID, deviceID: deviceID,
 		connected: h.now(),
-		ctx:       ctx, cancel: cancel,
+		ctx:       ctx, cancel: cancel, ioCtx: context.WithoutCancel(ctx),
 	}
 	lc := h.log.With().Str("connectionId", c.id).Str("kind", string(kind)).Str("merchantId", merchantID)
 	if keyID != "" {
@@ -126,6 +132,9 @@ func (h *Hub) newConn(ws *websocket.Conn, kind Kind, merchantID, keyID, deviceID
 	c.log = lc.Logger()
 	if kind == KindPOS {
 		c.dlv = &posDelivery{}
+	}
+	if ws != nil {
+		c.closeOnEnd()
 	}
 	c.touch()
 	return c
@@ -152,6 +161,14 @@ func (c *conn) protect(f func()) {
 		}
 	}()
 	f()
+}
+
+// closeOnEnd closes the socket once the connection's context ends, which
+// ends a read on ioCtx as the context's own end would (coder/websocket
+// closes the connection then too).
+func (c *conn) closeOnEnd() {
+	ws := c.ws
+	context.AfterFunc(c.ctx, func() { _ = ws.CloseNow() })
 }
 
 // write sends one frame within the write timeout.
@@ -288,9 +305,9 @@ const maxPooledFrame = 16 << 10
 // a frame has arrived, so that an idle connection, parked in ws.Reader,
 // holds none.
 func (c *conn) readFrame() ([]byte, *[]byte, bool) {
-	typ, r, err := c.ws.Reader(c.ctx)
+	typ, r, err := c.ws.Reader(c.ioCtx)
 	if err != nil {
-		if !errors.Is(err, context.Canceled) {
+		if c.ctx.Err() == nil {
 			c.log.Debug().Err(err).Msg("read ended")
 		}
 		c.notePeerGone(err)

@@ -123,9 +123,9 @@ func (c *conn) send(frame []byte) {
 		c.enqueue(frame) // looks again under the lock: the state may have changed
 		return
 	}
-	// c.ctx, not a timeout: the write cannot wait for the peer, and a
-	// context without a deadline spares a timer per frame.
-	if err := c.ws.Write(c.ctx, websocket.MessageText, frame); err != nil {
+	// Neither a timeout nor a cancellation (ioCtx): the write cannot wait
+	// for the peer, and coder/websocket then ties nothing to the context.
+	if err := c.ws.Write(c.ioCtx, websocket.MessageText, frame); err != nil {
 		c.writeFailed(err)
 		return
 	}
@@ -150,7 +150,7 @@ func (c *conn) sendAll(frames [][]byte) {
 	c.spill.Cork()
 	var err error
 	for _, f := range frames {
-		if err = c.ws.Write(c.ctx, websocket.MessageText, f); err != nil {
+		if err = c.ws.Write(c.ioCtx, websocket.MessageText, f); err != nil {
 			break
 		}
 	}

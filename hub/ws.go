@@ -118,6 +118,7 @@ func (h *Hub) serveConn(w http.ResponseWriter, r *http.Request, kind Kind, p Pri
 	}
 	ws.SetReadLimit(-1) // readLoop enforces 64 KiB itself, to close with 4400
 	c.ws, c.spill, c.rbuf = ws, hw.Conn, hw.Reader
+	c.closeOnEnd()
 	// Counted under h.mu so that Drain, which sets draining under h.mu before
 	// it waits, never sees an Add after its Wait began. The count is the
 	// connection's, not the handler's: readConn ends it.
