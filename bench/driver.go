@@ -20,31 +20,37 @@ import (
 // flight when a node dies, and when its socket drops it reconnects to the
 // next node of its list.
 type simTerminal struct {
+	nodeLink
 	cred  Cred
 	delay time.Duration
-	// nodes are where the terminal connects, the first first; on a dropped
-	// socket it tries the next one after the one it was on (none: it stays
-	// down).
-	nodes []Endpoint
-	at    int // index in nodes of the current connection
 	// back is called after each reconnect's greeting.
 	back func(t *simTerminal)
-
-	mu   sync.Mutex
-	conn *client.Conn
 	acks atomic.Int64 // resultAcks received
 }
 
-func (t *simTerminal) getConn() *client.Conn {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.conn
+// nodeLink is a simulated client's connection to one node of the hub.
+// nodes are where it connects, the first first; when its socket drops (a
+// node killed, or one that lets its connections go) it tries the next one
+// after the one it was on, as a client with a list of gateways would (none:
+// it stays down).
+type nodeLink struct {
+	nodes []Endpoint
+	at    int // index in nodes of the current connection
+
+	connMu sync.Mutex
+	conn   *client.Conn
 }
 
-func (t *simTerminal) setConn(c *client.Conn) {
-	t.mu.Lock()
-	t.conn = c
-	t.mu.Unlock()
+func (l *nodeLink) getConn() *client.Conn {
+	l.connMu.Lock()
+	defer l.connMu.Unlock()
+	return l.conn
+}
+
+func (l *nodeLink) setConn(c *client.Conn) {
+	l.connMu.Lock()
+	l.conn = c
+	l.connMu.Unlock()
 }
 
 func (t *simTerminal) run(ctx context.Context) {
@@ -85,59 +91,46 @@ func (t *simTerminal) serve(ctx context.Context, c *client.Conn) {
 	}
 }
 
-// redial connects to the next node of the list after the current one,
-// then the one after, as a terminal with a list of gateways would
-// (redialNext).
-func (t *simTerminal) redial(ctx context.Context) bool {
-	_ = t.getConn().CloseNow()
-	at, c := redialNext(ctx, t.nodes, t.at, func(ctx context.Context, o client.Options) (*client.Conn, error) {
-		return client.DialTerminal(ctx, o, t.cred.ID, t.cred.Secret)
-	})
-	if c == nil {
-		return false
-	}
-	t.at = at
-	t.setConn(c)
-	return true
-}
-
-// redialNext dials the nodes after at, in turn, with dial, waiting 100 ms ×
-// attempt (at most 1 s) between attempts, for at most a minute. It returns
-// the node it reached and the connection, or a nil connection.
-func redialNext(ctx context.Context, nodes []Endpoint, at int, dial func(context.Context, client.Options) (*client.Conn, error)) (int, *client.Conn) {
+// redial closes the current connection and dials the nodes after it, in
+// turn, with dial, waiting 100 ms × attempt (at most 1 s) between
+// attempts, for at most a minute; false when none answered.
+func (l *nodeLink) redial(ctx context.Context, dial func(context.Context, client.Options) (*client.Conn, error)) bool {
+	_ = l.getConn().CloseNow()
 	dctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	for attempt := 1; dctx.Err() == nil; attempt++ {
-		i := (at + attempt) % len(nodes)
+		i := (l.at + attempt) % len(l.nodes)
 		actx, acancel := context.WithTimeout(dctx, 10*time.Second)
-		c, err := dial(actx, nodes[i].opts())
+		c, err := dial(actx, l.nodes[i].opts())
 		acancel()
 		if err == nil {
-			return i, c
+			l.at = i
+			l.setConn(c)
+			return true
 		}
 		select {
 		case <-time.After(min(time.Duration(attempt)*100*time.Millisecond, time.Second)):
 		case <-dctx.Done():
 		}
 	}
-	return at, nil
+	return false
+}
+
+// redial connects the terminal to the next node of its list.
+func (t *simTerminal) redial(ctx context.Context) bool {
+	return t.nodeLink.redial(ctx, func(ctx context.Context, o client.Options) (*client.Conn, error) {
+		return client.DialTerminal(ctx, o, t.cred.ID, t.cred.Secret)
+	})
 }
 
 // posDriver is one POS connection sending payments for its terminals and
 // reading every reply and durable message on one goroutine.
 type posDriver struct {
-	idx int
-	key Cred
-	// nodes are where the POS connects, the first first; when its socket
-	// drops (a node killed, or one that lets its connections go) it
-	// reconnects to the next, and the hub replays what it had not
-	// acknowledged (none: it stays down).
-	nodes  []Endpoint
-	at     int // index in nodes of the current connection
-	connMu sync.Mutex
-	conn   *client.Conn
-	terms  []*simTerminal
-	prefix string // references are prefix + "s" + seq
+	nodeLink // on a reconnect the hub replays what the POS had not acknowledged
+	idx      int
+	key      Cred
+	terms    []*simTerminal
+	prefix   string // references are prefix + "s" + seq
 
 	mu     sync.Mutex
 	sent   []int64    // when each payment was sent (or scheduled, open loop), nowNS; by seq
@@ -169,18 +162,6 @@ func (d *posDriver) pay(ctx context.Context, r *loopRun, ti int, at int64) error
 
 func itoa(n int) string { return fmt.Sprint(n) }
 
-func (d *posDriver) getConn() *client.Conn {
-	d.connMu.Lock()
-	defer d.connMu.Unlock()
-	return d.conn
-}
-
-func (d *posDriver) setConn(c *client.Conn) {
-	d.connMu.Lock()
-	d.conn = c
-	d.connMu.Unlock()
-}
-
 // read handles everything the hub sends to the POS until the connection
 // ends for good: with several nodes, it reconnects to the next.
 func (d *posDriver) read(ctx context.Context) {
@@ -192,19 +173,11 @@ func (d *posDriver) read(ctx context.Context) {
 	}
 }
 
-// redial connects the POS to the next node of its list after the current
-// one, then the one after (redialNext).
+// redial connects the POS to the next node of its list.
 func (d *posDriver) redial(ctx context.Context) bool {
-	_ = d.getConn().CloseNow()
-	at, c := redialNext(ctx, d.nodes, d.at, func(ctx context.Context, o client.Options) (*client.Conn, error) {
+	return d.nodeLink.redial(ctx, func(ctx context.Context, o client.Options) (*client.Conn, error) {
 		return client.DialPOS(ctx, o, d.key.ID, d.key.Secret)
 	})
-	if c == nil {
-		return false
-	}
-	d.at = at
-	d.setConn(c)
-	return true
 }
 
 // serve handles what the hub sends on c until it ends.
@@ -270,7 +243,14 @@ const (
 )
 
 // accepted records the paymentResponse of payment ref and returns its run.
-func (d *posDriver) accepted(ref string) *loopRun {
+func (d *posDriver) accepted(ref string) *loopRun { return d.lookup(ref, true) }
+
+// runFor is the run payment ref belongs to.
+func (d *posDriver) runFor(ref string) *loopRun { return d.lookup(ref, false) }
+
+// lookup returns the run of payment ref (nil when it is not one of d's),
+// marking the payment accepted when accept is set.
+func (d *posDriver) lookup(ref string, accept bool) *loopRun {
 	seq := refSeq(ref, d.prefix+"s")
 	if seq < 0 {
 		return nil
@@ -280,7 +260,9 @@ func (d *posDriver) accepted(ref string) *loopRun {
 	if seq >= len(d.runOf) {
 		return nil
 	}
-	d.answer[seq] = accepted
+	if accept {
+		d.answer[seq] = accepted
+	}
 	return d.runOf[seq]
 }
 
@@ -300,19 +282,6 @@ func (r *loopRun) unanswered(drivers []*posDriver) int {
 		d.mu.Unlock()
 	}
 	return n
-}
-
-func (d *posDriver) runFor(ref string) *loopRun {
-	seq := refSeq(ref, d.prefix+"s")
-	if seq < 0 {
-		return nil
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if seq >= len(d.runOf) {
-		return nil
-	}
-	return d.runOf[seq]
 }
 
 // final records a final message of payment seq (transaction txn, message

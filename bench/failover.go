@@ -64,13 +64,8 @@ func (s *FailoverStats) Within() bool {
 // flight; the terminals reconnect to the next node of their list.
 func (r *runner) failover() {
 	o := r.o
-	nl, ok := r.nodeLauncher("failover")
+	eps, stop, ok := r.startNodes("failover")
 	if !ok {
-		return
-	}
-	eps, stop, err := nl.Nodes(r.ctx, "failover", o.Nodes, o.NodeTimeout, r.profile)
-	if err != nil {
-		r.fail("failover", err)
 		return
 	}
 	defer stop()

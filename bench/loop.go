@@ -145,9 +145,9 @@ func connectPlaced(ctx context.Context, plans []PlanPOS, tag string, p placement
 	fc := &fleetConns{}
 	var all []*simTerminal
 	for i, pl := range plans {
-		d := &posDriver{idx: i, key: pl.Key, prefix: fmt.Sprintf("%s-p%d", tag, i), nodes: p.pos(i)}
+		d := &posDriver{nodeLink: nodeLink{nodes: p.pos(i)}, idx: i, key: pl.Key, prefix: fmt.Sprintf("%s-p%d", tag, i)}
 		for ti, t := range pl.Terminals {
-			st := &simTerminal{cred: t, nodes: p.term(i, ti)}
+			st := &simTerminal{nodeLink: nodeLink{nodes: p.term(i, ti)}, cred: t}
 			if p.terminal != nil {
 				p.terminal(st)
 			}

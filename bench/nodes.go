@@ -80,15 +80,20 @@ func rotate(eps []Endpoint, i int) []Endpoint {
 	return out
 }
 
-// nodeLauncher is the launcher's NodeLauncher, or an error saying why the
-// scenario cannot run.
-func (r *runner) nodeLauncher(scenario string) (NodeLauncher, bool) {
+// startNodes starts Options.Nodes nodes for scenario; ok false when it
+// could not (the failure is recorded).
+func (r *runner) startNodes(scenario string) (eps []Endpoint, stop func(), ok bool) {
 	nl, ok := r.l.(NodeLauncher)
 	if !ok || r.o.Nodes < 2 {
 		r.fail(scenario, errors.New("needs --nodes 2 or more and hubs the bench starts itself (not --hub-url)"))
-		return nil, false
+		return nil, nil, false
 	}
-	return nl, true
+	eps, stop, err := nl.Nodes(r.ctx, scenario, r.o.Nodes, r.o.NodeTimeout, r.profile)
+	if err != nil {
+		r.fail(scenario, err)
+		return nil, nil, false
+	}
+	return eps, stop, true
 }
 
 // placedSide connects a load of npos POS and nterm terminals from fleet f
@@ -124,13 +129,8 @@ func (r *runner) placedSide(name string, f Fleet, eps []Endpoint, where string, 
 // the two placements in turns, then their closed loops in turns.
 func (r *runner) nodes() {
 	o := r.o
-	nl, ok := r.nodeLauncher("nodes")
+	eps, stop, ok := r.startNodes("nodes")
 	if !ok {
-		return
-	}
-	eps, stop, err := nl.Nodes(r.ctx, "nodes", o.Nodes, o.NodeTimeout, r.profile)
-	if err != nil {
-		r.fail("nodes", err)
 		return
 	}
 	defer stop()

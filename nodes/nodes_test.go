@@ -58,6 +58,11 @@ func (r *recorder) deadNodes() []string {
 }
 
 // startNode starts node id on r's Redis and clk, closed when t ends.
+// redisAndClock is a test Redis and a fake clock for the nodes on it.
+func redisAndClock(t *testing.T) (*redistest.Redis, *clock.Fake) {
+	return redistest.New(t), clock.NewFake(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+}
+
 func startNode(t *testing.T, r *redistest.Redis, clk clock.Clock, id string) (*Node, *recorder) {
 	t.Helper()
 	n := New(Options{Redis: r.Client, Keys: keys.Space{Prefix: r.Prefix}, ID: id, Address: "127.0.0.1:0",
@@ -71,8 +76,7 @@ func startNode(t *testing.T, r *redistest.Redis, clk clock.Clock, id string) (*N
 }
 
 func TestBusCarriesMessagesInOrder(t *testing.T) {
-	r := redistest.New(t)
-	clk := clock.NewFake(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+	r, clk := redisAndClock(t)
 	a, _ := startNode(t, r, clk, "a")
 	_, hb := startNode(t, r, clk, "b")
 	_, hc := startNode(t, r, clk, "c")
@@ -93,8 +97,7 @@ func TestBusCarriesMessagesInOrder(t *testing.T) {
 }
 
 func TestDeadNodeIsReapedOnce(t *testing.T) {
-	r := redistest.New(t)
-	clk := clock.NewFake(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+	r, clk := redisAndClock(t)
 	a, ha := startNode(t, r, clk, "a")
 	b, hb := startNode(t, r, clk, "b")
 	c, _ := startNode(t, r, clk, "c")
@@ -123,8 +126,7 @@ func TestDeadNodeIsReapedOnce(t *testing.T) {
 }
 
 func TestNodeTakenForDeadFindsOut(t *testing.T) {
-	r := redistest.New(t)
-	clk := clock.NewFake(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+	r, clk := redisAndClock(t)
 	a, _ := startNode(t, r, clk, "a")
 	_, hb := startNode(t, r, clk, "b")
 	// Another node released b (b was paused past node_timeout).
@@ -144,8 +146,7 @@ func TestNodeTakenForDeadFindsOut(t *testing.T) {
 }
 
 func TestDeviceRecordFencing(t *testing.T) {
-	r := redistest.New(t)
-	clk := clock.NewFake(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+	r, clk := redisAndClock(t)
 	a, _ := startNode(t, r, clk, "a")
 	b, _ := startNode(t, r, clk, "b")
 	ctx := kit.Ctx(t)
@@ -198,8 +199,7 @@ func TestDeviceRecordFencing(t *testing.T) {
 }
 
 func TestKeyClaimsCountDisplacements(t *testing.T) {
-	r := redistest.New(t)
-	clk := clock.NewFake(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+	r, clk := redisAndClock(t)
 	a, _ := startNode(t, r, clk, "a")
 	b, _ := startNode(t, r, clk, "b")
 	ctx := kit.Ctx(t)
@@ -234,8 +234,7 @@ func TestKeyClaimsCountDisplacements(t *testing.T) {
 }
 
 func TestDeadlineClaimedOnce(t *testing.T) {
-	r := redistest.New(t)
-	clk := clock.NewFake(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+	r, clk := redisAndClock(t)
 	a, _ := startNode(t, r, clk, "a")
 	b, _ := startNode(t, r, clk, "b")
 	ctx := kit.Ctx(t)
@@ -252,8 +251,7 @@ func TestDeadlineClaimedOnce(t *testing.T) {
 }
 
 func TestLostMessagesMakeEveryoneResync(t *testing.T) {
-	r := redistest.New(t)
-	clk := clock.NewFake(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+	r, clk := redisAndClock(t)
 	a, ha := startNode(t, r, clk, "a")
 	_, hb := startNode(t, r, clk, "b")
 	a.bus.mu.Lock()

@@ -1052,15 +1052,7 @@ func (w *world) stepChecks() {
 // the final-status rules; at the end, the POS's view and the terminal's
 // money agree with it.
 func (w *world) storeChecks(end bool) {
-	for _, t := range w.order {
-		if t.owner == "" {
-			continue
-		}
-		st, err := w.be.store().Load(ctxT(), merchant, t.id)
-		if err != nil {
-			w.violate("stuck", "load %s: %v", t.alias, err)
-			continue
-		}
+	w.eachStored(func(t *txnState, st *session.Txn) {
 		seq := make([]protocol.Status, 0, len(st.History))
 		for _, h := range st.History {
 			seq = append(seq, h.Status)
@@ -1069,7 +1061,7 @@ func (w *world) storeChecks(end bool) {
 			w.violate("final-changed", "%s in Redis: %s", t.alias, bad)
 		}
 		if !end {
-			continue
+			return
 		}
 		// docs/protocol.md#pos-protocol: a reply only says the request was accepted; the
 		// outcome always comes later. An accepted void must end in
@@ -1082,7 +1074,7 @@ func (w *world) storeChecks(end bool) {
 			w.violate("pos-view", "%s is %s v%d in Redis but its POS %s last saw %s v%d", t.alias, st.Status, st.Version, t.owner, t.lastStatus, t.maxVer)
 		}
 		if !t.approved {
-			continue
+			return
 		}
 		// (1) every approval is, for the POS, COMPLETED/AUTHORIZED or voided.
 		if !t.told {
@@ -1104,6 +1096,22 @@ func (w *world) storeChecks(end bool) {
 		case st.Status != protocol.StatusVoided && reversed:
 			w.violate("reversed-not-voided", "the terminal reversed %s but it ends %s", t.alias, st.Status)
 		}
+	})
+}
+
+// eachStored calls f with every transaction a POS made and its stored
+// copy, read back from Redis; one that cannot be read is a violation.
+func (w *world) eachStored(f func(t *txnState, st *session.Txn)) {
+	for _, t := range w.order {
+		if t.owner == "" {
+			continue
+		}
+		st, err := w.be.store().Load(ctxT(), merchant, t.id)
+		if err != nil {
+			w.violate("stuck", "load %s: %v", t.alias, err)
+			continue
+		}
+		f(t, st)
 	}
 }
 

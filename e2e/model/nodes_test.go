@@ -18,6 +18,7 @@ import (
 	"github.com/termhub/termhub/clock"
 	"github.com/termhub/termhub/nodes"
 	"github.com/termhub/termhub/protocol"
+	"github.com/termhub/termhub/session"
 )
 
 // Several nodes on one Redis are one hub (docs/cluster.md). TestModelNodes
@@ -609,17 +610,7 @@ func (w *world) nodeDrain(i int) {
 // storeStatuses reads every known transaction's status from Redis.
 func (w *world) storeStatuses() map[string]protocol.Status {
 	out := map[string]protocol.Status{}
-	for _, t := range w.order {
-		if t.owner == "" {
-			continue
-		}
-		st, err := w.be.store().Load(ctxT(), merchant, t.id)
-		if err != nil {
-			w.violate("stuck", "load %s: %v", t.alias, err)
-			continue
-		}
-		out[t.id] = st.Status
-	}
+	w.eachStored(func(t *txnState, st *session.Txn) { out[t.id] = st.Status })
 	return out
 }
 
