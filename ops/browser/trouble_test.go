@@ -20,6 +20,7 @@ import (
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/internal/apptest"
 	"github.com/termhub/termhub/internal/apptest/kit"
+	"github.com/termhub/termhub/ops"
 	"github.com/termhub/termhub/protocol"
 	"github.com/termhub/termhub/session"
 )
@@ -257,11 +258,16 @@ func troubleFirst(t *testing.T, exe string, w, hgt int64) {
 		t.Fatal("a payment seconds old is marked stuck")
 	}
 	pendingRow := `#transactions tr[data-transaction="` + history[len(history)-1].ID + `"]`
-	h.Clock.Advance(90 * time.Second) // the heartbeats refresh brings the hub's time
+	// The page learns the hub's time from the heartbeats refresh, which the
+	// fake clock fires at its own deadlines inside an Advance: the last one
+	// within 90 s may carry a time up to one interval short of it. One more
+	// interval makes sure a refresh at or past 90 s reaches the page.
+	h.Clock.Advance(90*time.Second + ops.DefaultRefreshInterval)
 	d.wait("busy-1 turns stuck", `document.querySelector('`+busyRow+`').dataset.stuck === 'true'`)
 	d.wait("the PENDING sale of TERM-003 is stuck", `document.querySelector('`+pendingRow+`').dataset.stuck === 'true'`)
-	// 90 s on the hub's clock, plus the wall-clock time the page has run
-	// since the refresh that told it so.
+	d.wait("busy-1 is at least 90 s old on the page", `(m => !!m && m[1]*60 + +m[2] >= 90)(/^(\d+)m (\d+)s$/.exec(document.querySelector('`+busyRow+` .txn-age').textContent))`)
+	// 90 to 95 s on the hub's clock, plus the wall-clock time the page has
+	// run since the refresh that told it so.
 	age := eval[string](t, d.bctx, `document.querySelector('`+busyRow+` .txn-age').textContent`)
 	var m, sec int
 	if _, err := fmt.Sscanf(age, "%dm %ds", &m, &sec); err != nil || m*60+sec < 90 || m*60+sec >= 150 {
