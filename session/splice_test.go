@@ -72,6 +72,14 @@ func TestOutboxEntriesAreTheMessagesDelivered(t *testing.T) {
 		if entries[i].ID != m.ID || entries[i].Values["m"] != string(m.Data) {
 			t.Errorf("entry %d is %s %q, delivered %s %q", i, entries[i].ID, entries[i].Values["m"], m.ID, m.Data)
 		}
+		// Numbered 1 to 4 in order, two of them by one commit (which
+		// raises the counter once for both).
+		if m.Seq != int64(i+1) {
+			t.Errorf("message %d has number %d, want %d", i, m.Seq, i+1)
+		}
+	}
+	if n, err := r.Client.Get(ctx, ks.OutboxSeq("m1", "pk1")).Int64(); err != nil || n != 4 {
+		t.Errorf("outbox counter %d (%v), want 4", n, err)
 	}
 	// The webhook events (spliced too) carry the transaction as it ended.
 	hooks, err := r.Client.XRange(ctx, ks.Webhooks("m1"), "-", "+").Result()
@@ -166,7 +174,7 @@ func TestCommitSendsASavedTransactionOnce(t *testing.T) {
 	for i := 0; i < len(c.ops); {
 		op := c.ops[i].(string)
 		kinds = append(kinds, op)
-		n, known := map[string]int{"hset": 4, "zadd": 4, "xaddw": 7, "xadd": 4, "append": 3}[op]
+		n, known := map[string]int{"hset": 4, "zadd": 4, "xaddw": 8, "xadd": 5, "append": 3}[op]
 		if !known {
 			t.Fatalf("unexpected op %q in %v", op, kinds)
 		}
@@ -175,9 +183,13 @@ func TestCommitSendsASavedTransactionOnce(t *testing.T) {
 	if got := fmt.Sprint(kinds); got != "[hset xaddw xadd append]" {
 		t.Fatalf("ops %s, want [hset xaddw xadd append]", got)
 	}
+	// The first entry to the outbox counts both; the second none.
+	if c.ops[7] != 2 || c.ops[15] != 0 {
+		t.Fatalf("outbox counts %v and %v, want 2 and 0", c.ops[7], c.ops[15])
+	}
 	// What xaddw leaves out is the transaction, and only that.
-	before, after := c.ops[7].([]byte), c.ops[8].([]byte)
-	if n := len(same) - len(before) - len(after); n != len(saved.wire) || c.ops[10] != len(saved.wire) || c.ops[9] != saved.ref {
-		t.Fatalf("xaddw leaves out %d bytes with ref %v and length %v; the saved wire JSON is %d bytes at %d", n, c.ops[9], c.ops[10], len(saved.wire), saved.ref)
+	before, after := c.ops[8].([]byte), c.ops[9].([]byte)
+	if n := len(same) - len(before) - len(after); n != len(saved.wire) || c.ops[11] != len(saved.wire) || c.ops[10] != saved.ref {
+		t.Fatalf("xaddw leaves out %d bytes with ref %v and length %v; the saved wire JSON is %d bytes at %d", n, c.ops[10], c.ops[11], len(saved.wire), saved.ref)
 	}
 }
