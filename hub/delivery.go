@@ -56,8 +56,10 @@ type posDelivery struct {
 }
 
 // DeliverPOS sends freshly committed durable messages to the API key's live
-// connection, if any. It is called in stream order (session holds the key's
-// ordering lock).
+// connection, if any. It is called in the order the commits were made
+// (session's per-key lines), which is stream order unless two commits
+// reached Redis the other way round: the entries' numbers then tell
+// (sendEntriesLocked), and the stream is read.
 func (h *Hub) DeliverPOS(merchantID, apiKeyID string, msgs []queue.Entry) {
 	c := h.posFor(merchantID, apiKeyID)
 	if c == nil {
@@ -226,6 +228,12 @@ func (h *Hub) readOutbox(c *conn, replaying bool) {
 			continue
 		}
 		attempt = -1 // the next pass reads at once
+		// An entry read may be of a commit of this process that has not
+		// sent its reply yet: the reply goes first (the POS never sees an
+		// outcome before the answer to its request).
+		if h.opts.Engine != nil {
+			h.opts.Engine.CarriedOut(c.merchantID, c.keyID)
+		}
 		c.dlv.mu.Lock()
 		if count < c.dlv.seq && c.dlv.seq > 0 {
 			// The outbox counts fewer entries than this connection was

@@ -31,8 +31,10 @@ type Terminals interface {
 // protocol.TerminalReconnecting or protocol.TerminalOffline.
 type TerminalStatus string
 
-// Sink carries out effects after a commit. DeliverPOS is called while the
-// API key's ordering lock is held, so messages reach it in stream order.
+// Sink carries out effects after a commit. DeliverPOS is called in the
+// commit's turn among those of the API key (order.go): messages reach it in
+// the order their commits were made, which is stream order unless two
+// commits reached Redis the other way round (their numbers then tell).
 type Sink interface {
 	// DeliverPOS hands an API key's live connection, if any, the messages
 	// a commit wrote to its outbox (with their ids and numbers).
@@ -65,9 +67,10 @@ type Options struct {
 	SignatureTimeout time.Duration
 	// Observe, if set, is told every transaction a commit changed, after the
 	// commit and before the terminal or the POS hears of it (for the ops
-	// feed, which then sees what a change causes after it). It runs with
-	// the commit's ordering locks held, so it must not block, and it must
-	// not change t, which is the engine's committed copy, not one of its own.
+	// feed, which then sees what a change causes after it). It runs in the
+	// commit's turn among its API keys' commits (order.go), so it must not
+	// block, and it must not change t, which is the engine's committed
+	// copy, not one of its own.
 	Observe func(t *protocol.Transaction)
 	// Metrics records transitions and auto-voids; nil records nothing.
 	Metrics *metrics.Metrics
@@ -98,7 +101,7 @@ type Engine struct {
 	store  *Store
 	clock  clock.Clock
 	log    zerolog.Logger
-	locks  [4096]sync.Mutex // per API key stripes: commit and live delivery in stream order
+	order  ordering         // per API key lines: each commit's effects in its turn (order.go)
 	devs   [4096]sync.Mutex // per device stripes: creates for one terminal, one at a time
 	timers *timers
 	work   backlog // transactions held after a lost commit, terminal events to retry (resolver.go)
@@ -168,49 +171,19 @@ func (e *Engine) lockDevice(merchantID, deviceID string) func() {
 	return m.Unlock
 }
 
-func (e *Engine) lockKeys(merchantID string, apiKeys ...string) func() {
-	idx := make([]int, 0, len(apiKeys))
-	for _, k := range apiKeys {
-		h := fnv.New32a()
-		h.Write([]byte(merchantID + "\x00" + k))
-		i := int(h.Sum32() % uint32(len(e.locks)))
-		dup := false
-		for _, j := range idx {
-			dup = dup || j == i
-		}
-		if !dup {
-			idx = append(idx, i)
-		}
-	}
-	// Lock in index order so two commits never wait on each other in reverse.
-	for a := 1; a < len(idx); a++ {
-		for b := a; b > 0 && idx[b-1] > idx[b]; b-- {
-			idx[b-1], idx[b] = idx[b], idx[b-1]
-		}
-	}
-	for _, i := range idx {
-		e.locks[i].Lock()
-	}
-	return func() {
-		for j := len(idx) - 1; j >= 0; j-- {
-			e.locks[idx[j]].Unlock()
-		}
-	}
-}
-
-// run executes c with the ordering locks of replyKeys held, then, still
-// under the locks, sends the terminal commands, the reply and the POS
-// messages (carryOut). A commit whose answer is lost is held until the
-// engine knows whether it was applied (resolver.go); retry, if set, are the
-// terminal's events it applied, to be applied again if it was not.
+// run executes c, then sends the terminal commands, the reply and the POS
+// messages (carryOut) in its turn among the commits of replyKeys
+// (ordering). A commit whose answer is lost is held until the engine knows
+// whether it was applied (resolver.go); retry, if set, are the terminal's
+// events it applied, to be applied again if it was not.
 func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pending, res *Result, retry *retryRun) error {
 	reply := replyHook(ctx)
 	if res == nil {
 		reply = nil
 	}
-	unlock := e.lockKeys(merchantID, replyKeys(p, reply != nil)...)
+	turn := e.order.take(merchantID, replyKeys(p, reply != nil))
 	if err := e.work.mayCommit(ctx, merchantID, p.arm); err != nil {
-		unlock()
+		turn.leave()
 		c.release()
 		return err
 	}
@@ -219,17 +192,18 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 		if errors.Is(err, ErrOutcomeUnknown) {
 			e.hold(merchantID, c, p, retry)
 		}
-		unlock()
+		turn.leave()
 		return err
 	}
+	turn.wait()
 	e.carryOut(merchantID, c, p, sent, true, reply, res)
-	unlock()
+	turn.done()
 	e.count(p)
 	return nil
 }
 
-// carryOut does what an applied commit asks of the world, with the
-// ordering locks of its API keys held. Deadlines are armed before anyone
+// carryOut does what an applied commit asks of the world, in its turn
+// among the commits of its API keys. Deadlines are armed before anyone
 // hears of the change, so a client that reacts at once (or a test that
 // moves the clock) cannot outrun them. sent are the outbox entries the
 // commit wrote, in order, when known; a commit whose answer was lost
@@ -260,9 +234,10 @@ func (e *Engine) carryOut(merchantID string, c *commit, p *pending, sent []appen
 	}
 	// The terminal hears first: its answer is the next step of a payment,
 	// and it cannot overtake the reply or what this commit tells the POS,
-	// because the commit it causes delivers under the same API key locks,
-	// held here until this commit's reply and messages are out (replyKeys:
-	// also when this commit has no POS message, as a sale's has none).
+	// because the commit it causes takes its place in the same API keys'
+	// lines after this one, whose turn lasts until its reply and messages
+	// are out (replyKeys: also when this commit has no POS message, as a
+	// sale's has none).
 	if e.opts.Sink != nil {
 		for j, d := range p.devOrder {
 			e.opts.Sink.SendTerminal(d, p.terminal[j])
@@ -314,7 +289,7 @@ func (e *Engine) count(p *pending) {
 	}
 }
 
-// replyKeys are the API keys whose ordering locks a commit holds: those
+// replyKeys are the API keys in whose lines a commit takes its turn: those
 // it has POS messages for and, when it answers a request, those of the
 // transactions it changed. The reply goes out after the terminal's
 // commands (run), and the terminal's answer must not reach the POS

@@ -306,9 +306,10 @@ func (e *Engine) settle(ctx context.Context, u *lostCommit) bool {
 		switch found {
 		case outcomeApplied:
 			e.log.Info().Str("transactionId", first.ID).Msg("lost commit was applied: carrying out its effects")
-			unlock := e.lockKeys(u.merchantID, replyKeys(u.p, true)...)
+			turn := e.order.take(u.merchantID, replyKeys(u.p, true))
+			turn.wait()
 			e.carryOut(u.merchantID, u.c, u.p, nil, false, nil, nil)
-			unlock()
+			turn.done()
 			e.count(u.p)
 		case outcomeNotApplied:
 			e.log.Info().Str("transactionId", first.ID).Msg("lost commit was not applied, and never will be")

@@ -1,0 +1,223 @@
+package session
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"github.com/termhub/termhub/internal/keys"
+	"github.com/termhub/termhub/internal/redistest"
+	"github.com/termhub/termhub/protocol"
+)
+
+// orderLog records the order in which commits had their turn.
+type orderLog struct {
+	mu  sync.Mutex
+	got []int
+}
+
+func (l *orderLog) add(i int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.got = append(l.got, i)
+}
+
+func (l *orderLog) list() []int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.got)
+}
+
+// Places in one key's line are served in the order they were taken,
+// whatever order their commits come back in.
+func TestOrderingServesInPlaceOrder(t *testing.T) {
+	var o ordering
+	var log orderLog
+	places := make([]*place, 4)
+	for i := range places {
+		places[i] = o.take("m1", []string{"pk1"})
+	}
+	var wg sync.WaitGroup
+	for i := len(places) - 1; i >= 1; i-- { // the later ones are ready first
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			places[i].wait()
+			log.add(i)
+			places[i].done()
+		}()
+	}
+	places[0].wait() // first in line: no wait
+	log.add(0)
+	places[0].done()
+	wg.Wait()
+	if got := log.list(); !slices.Equal(got, []int{0, 1, 2, 3}) {
+		t.Fatalf("turns %v, want [0 1 2 3]", got)
+	}
+}
+
+// A place given up out of turn is skipped when its turn comes, and one
+// given up in its turn lets the next go at once.
+func TestOrderingSkipsPlacesLeft(t *testing.T) {
+	var o ordering
+	first := o.take("m1", []string{"pk1"})
+	left := o.take("m1", []string{"pk1"})
+	third := o.take("m1", []string{"pk1"})
+	left.leave() // out of turn: the first has not had its turn
+	var log orderLog
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		third.wait()
+		log.add(3)
+		third.done()
+	}()
+	first.wait()
+	log.add(1)
+	first.done()
+	<-done
+	if got := log.list(); !slices.Equal(got, []int{1, 3}) {
+		t.Fatalf("turns %v, want [1 3]", got)
+	}
+	// In its turn: the next one's wait returns at once.
+	a := o.take("m1", []string{"pk1"})
+	b := o.take("m1", []string{"pk1"})
+	a.leave()
+	b.wait()
+	b.done()
+	l := &o.lines[stripe("m1", "pk1")]
+	if l.served != l.next || l.left != nil {
+		t.Fatalf("line served %d of %d, %d left over; want all served", l.served, l.next, len(l.left))
+	}
+}
+
+// Different keys do not wait for each other, and commits with several keys
+// taken in either order never wait for each other in a circle.
+func TestOrderingKeysApartAndTogether(t *testing.T) {
+	var o ordering
+	if stripe("m1", "pk1") == stripe("m1", "pk2") {
+		t.Fatal("pk1 and pk2 share a line: pick other names")
+	}
+	held := o.take("m1", []string{"pk1"})
+	other := o.take("m1", []string{"pk2"})
+	other.wait() // pk1's place, not served, does not hold pk2's
+	other.done()
+
+	ab := o.take("m1", []string{"pk1", "pk2"})
+	ba := o.take("m1", []string{"pk2", "pk1", "pk2"}) // a repeat takes one place
+	if len(ba.lines) != 2 {
+		t.Fatalf("%d places for two keys", len(ba.lines))
+	}
+	var log orderLog
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ba.wait()
+		log.add(2)
+		ba.done()
+	}()
+	held.done()
+	ab.wait()
+	log.add(1)
+	ab.done()
+	<-done
+	if got := log.list(); !slices.Equal(got, []int{1, 2}) {
+		t.Fatalf("turns %v, want [1 2]", got)
+	}
+}
+
+// holdFirst is a go-redis hook that holds the commit of the terminal first
+// until a commit of the terminal second has been sent to Redis, or until
+// patience runs out.
+type holdFirst struct {
+	first, second string // a key each commit carries
+	patience      time.Duration
+	entered       chan struct{} // closed when the first commit reached the hook
+	sent          chan struct{} // closed when the second commit did
+	once1, once2  sync.Once
+	overlapped    bool // the second was sent while the first was held
+}
+
+func (h *holdFirst) see(cmds []redis.Cmder) {
+	for _, c := range cmds {
+		args := fmt.Sprint(c.Args()...)
+		if c.Name() != "evalsha" && c.Name() != "eval" {
+			continue
+		}
+		switch {
+		case strings.Contains(args, h.second):
+			h.once2.Do(func() { close(h.sent) })
+		case strings.Contains(args, h.first):
+			h.once1.Do(func() {
+				close(h.entered)
+				select {
+				case <-h.sent:
+					h.overlapped = true
+				case <-time.After(h.patience):
+				}
+			})
+		}
+	}
+}
+
+func (h *holdFirst) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *holdFirst) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, c redis.Cmder) error { h.see([]redis.Cmder{c}); return next(ctx, c) }
+}
+func (h *holdFirst) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { h.see(cmds); return next(ctx, cmds) }
+}
+
+// orderSink records the terminals commands went to, in order.
+type orderSink struct {
+	benchSink
+	log orderLog
+}
+
+func (s *orderSink) SendTerminal(deviceID string, _ []TerminalCommand) {
+	s.log.add(int(deviceID[1] - '0'))
+}
+
+// Two sales of one API key go to Redis side by side: the second is sent
+// while the first is still on its way (a slow round trip no longer makes
+// every commit of the key behind it wait for it in turn). Their effects
+// still come in the order the commits were made: the first terminal's
+// command, then the second's.
+func TestCommitsOfOneKeyOverlap(t *testing.T) {
+	r := redistest.New(t)
+	ks := keys.Space{Prefix: r.Prefix}
+	hook := &holdFirst{first: ks.Current("m1", "T1"), second: ks.Current("m1", "T2"), patience: 10 * time.Second,
+		entered: make(chan struct{}), sent: make(chan struct{})}
+	r.Client.AddHook(hook)
+	sink := &orderSink{}
+	e := NewEngine(Options{Store: NewStore(r.Client, ks), Terminals: benchTerminals{}, Sink: sink, Logger: zerolog.Nop()})
+	amount := int64(500)
+	sale := func(term string) error {
+		ctx := WithReply(context.Background(), func(Result) {})
+		_, err := e.Create(ctx, CreateInput{MerchantID: "m1", APIKeyID: "pk1",
+			Req: &protocol.PaymentRequest{TerminalID: term, AmountMinor: &amount, Currency: "USD", Reference: "overlap-" + term}})
+		return err
+	}
+	errs := make(chan error, 2)
+	go func() { errs <- sale("T1") }()
+	<-hook.entered // the first commit has its place and is on its way
+	go func() { errs <- sale("T2") }()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !hook.overlapped {
+		t.Fatal("the second sale's commit was not sent while the first's was on its way")
+	}
+	if got := sink.log.list(); !slices.Equal(got, []int{1, 2}) {
+		t.Fatalf("commands went to terminals %v, want [1 2] (the order the commits were made)", got)
+	}
+}
