@@ -104,27 +104,16 @@ func (p *place) wait() {
 }
 
 // done ends p's turn, after wait: the commits behind it may go on.
-func (p *place) done() {
-	if p.ended {
-		return
-	}
-	p.ended = true
-	o := p.o
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	for j, i := range p.lines {
-		l := &o.lines[i]
-		if l.served != p.at[j] {
-			panic("session: a commit's turn ended before it came")
-		}
-		l.advanceLocked()
-	}
-}
+func (p *place) done() { p.end(true) }
 
 // leave gives up p's places without waiting for its turn: a commit that
 // carries out nothing (refused, conflicting, failed). The lines skip them
 // when their turn comes.
-func (p *place) leave() {
+func (p *place) leave() { p.end(false) }
+
+// end moves the lines past p's places: at once where its turn has come
+// (always, when inTurn), otherwise when it comes.
+func (p *place) end(inTurn bool) {
 	if p.ended {
 		return
 	}
@@ -134,14 +123,17 @@ func (p *place) leave() {
 	defer o.mu.Unlock()
 	for j, i := range p.lines {
 		l, at := &o.lines[i], p.at[j]
-		if l.served == at {
+		switch {
+		case l.served == at:
 			l.advanceLocked()
-			continue
+		case inTurn:
+			panic("session: a commit's turn ended before it came")
+		default:
+			if l.left == nil {
+				l.left = map[uint64]struct{}{}
+			}
+			l.left[at] = struct{}{}
 		}
-		if l.left == nil {
-			l.left = map[uint64]struct{}{}
-		}
-		l.left[at] = struct{}{}
 	}
 }
 

@@ -35,6 +35,19 @@ func (l *orderLog) list() []int {
 	return slices.Clone(l.got)
 }
 
+// takeTurn waits for p's turn in a goroutine, records i, and ends the turn;
+// the channel closes when it has.
+func takeTurn(p *place, log *orderLog, i int) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.wait()
+		log.add(i)
+		p.done()
+	}()
+	return done
+}
+
 // Places in one key's line are served in the order they were taken,
 // whatever order their commits come back in.
 func TestOrderingServesInPlaceOrder(t *testing.T) {
@@ -44,20 +57,16 @@ func TestOrderingServesInPlaceOrder(t *testing.T) {
 	for i := range places {
 		places[i] = o.take("m1", []string{"pk1"})
 	}
-	var wg sync.WaitGroup
+	var ended []<-chan struct{}
 	for i := len(places) - 1; i >= 1; i-- { // the later ones are ready first
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			places[i].wait()
-			log.add(i)
-			places[i].done()
-		}()
+		ended = append(ended, takeTurn(places[i], &log, i))
 	}
 	places[0].wait() // first in line: no wait
 	log.add(0)
 	places[0].done()
-	wg.Wait()
+	for _, c := range ended {
+		<-c
+	}
 	if got := log.list(); !slices.Equal(got, []int{0, 1, 2, 3}) {
 		t.Fatalf("turns %v, want [0 1 2 3]", got)
 	}
@@ -72,13 +81,7 @@ func TestOrderingSkipsPlacesLeft(t *testing.T) {
 	third := o.take("m1", []string{"pk1"})
 	left.leave() // out of turn: the first has not had its turn
 	var log orderLog
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		third.wait()
-		log.add(3)
-		third.done()
-	}()
+	done := takeTurn(third, &log, 3)
 	first.wait()
 	log.add(1)
 	first.done()
@@ -116,13 +119,8 @@ func TestOrderingKeysApartAndTogether(t *testing.T) {
 		t.Fatalf("%d places for two keys", len(ba.lines))
 	}
 	var log orderLog
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		ba.wait()
-		log.add(2)
-		ba.done()
-	}()
+	done := takeTurn(ba, &log, 2)
+	held.wait()
 	held.done()
 	ab.wait()
 	log.add(1)
