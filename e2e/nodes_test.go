@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -559,4 +560,75 @@ func TestNodesAloneReloadsRarely(t *testing.T) {
 	if got := seen.n.Load() - base; got < 3 {
 		t.Fatalf("%d reloads in 3 heartbeats with another node alive, want one each", got)
 	}
+}
+
+// holdDeviceDown is a go-redis hook that holds a node's record of a
+// terminal's drop (the down script: two keys, the device's connection id
+// as its third argument) until release is closed, and notes when a grace
+// period's claim (the expire script: two keys, two arguments) has been
+// sent.
+type holdDeviceDown struct {
+	held, claimed, release chan struct{}
+	heldOnce, claimOnce    sync.Once
+}
+
+func (h *holdDeviceDown) see(c redis.Cmder) {
+	args := c.Args()
+	if (c.Name() != "evalsha" && c.Name() != "eval") || len(args) < 7 || fmt.Sprint(args[2]) != "2" ||
+		!strings.Contains(fmt.Sprint(args[4]), "grace") {
+		return
+	}
+	switch {
+	case len(args) == 10 && strings.HasPrefix(fmt.Sprint(args[7]), "conn_"):
+		h.heldOnce.Do(func() { close(h.held) })
+		<-h.release
+	case len(args) == 7:
+		h.claimOnce.Do(func() { close(h.claimed) })
+	}
+}
+
+func (h *holdDeviceDown) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *holdDeviceDown) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, c redis.Cmder) error { h.see(c); return next(ctx, c) }
+}
+func (h *holdDeviceDown) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			h.see(c)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// A grace period that ends while the terminal's drop is still on its way
+// to Redis (the timer's claim finds nothing to claim) ends as soon as the
+// drop lands, not at the next heartbeat's sweep (which this test's clock
+// never reaches).
+func TestNodesGraceEndsWhenTheDropLandsLate(t *testing.T) {
+	e := nodeEnvs(t, 1)[0]
+	hold := &holdDeviceDown{held: make(chan struct{}), claimed: make(chan struct{}), release: make(chan struct{})}
+	e.App.Redis.AddHook(hold)
+	term := e.terminal("T1")
+	_ = term.CloseNow()
+	select {
+	case <-hold.held:
+	case <-time.After(kit.EventuallyWithin):
+		t.Fatal("the drop was not recorded in Redis")
+	}
+	kit.Eventually(t, "T1 reconnecting", func() bool {
+		s, _, _ := e.App.Hub.TerminalLive("T1")
+		return s == protocol.TerminalReconnecting
+	})
+	e.Clock.Advance(61 * time.Second) // past kit.OpsConfig's 60 s grace period
+	select {
+	case <-hold.claimed:
+	case <-time.After(kit.EventuallyWithin):
+		close(hold.release)
+		t.Fatal("the grace timer made no claim")
+	}
+	close(hold.release)
+	kit.Eventually(t, "T1 offline once its drop is in Redis", func() bool {
+		s, _, _ := e.App.Hub.TerminalLive("T1")
+		return s == protocol.TerminalOffline
+	})
 }

@@ -27,8 +27,9 @@ type Requests interface {
 	Act(ctx context.Context, in session.ActInput) (session.Result, error)
 	Get(ctx context.Context, merchantID, id string) (*protocol.Transaction, error)
 	// CarriedOut returns once every commit of the API key that has started
-	// has carried out its effects (its reply included) or given up.
-	CarriedOut(merchantID, apiKeyID string)
+	// has carried out its effects (its reply included) or given up, or when
+	// ctx ends.
+	CarriedOut(ctx context.Context, merchantID, apiKeyID string)
 }
 
 // TerminalSide is what a terminal's connection and the terminals' status

@@ -232,7 +232,7 @@ func (h *Hub) readOutbox(c *conn, replaying bool) {
 		// sent its reply yet: the reply goes first (the POS never sees an
 		// outcome before the answer to its request).
 		if h.opts.Engine != nil {
-			h.opts.Engine.CarriedOut(c.merchantID, c.keyID)
+			h.opts.Engine.CarriedOut(c.ctx, c.merchantID, c.keyID)
 		}
 		c.dlv.mu.Lock()
 		if count < c.dlv.seq && c.dlv.seq > 0 {

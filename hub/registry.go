@@ -258,7 +258,14 @@ func (h *Hub) armGraceLocked(merchantID, deviceID string, st *terminalState) {
 		return
 	}
 	seq, connID := st.graceSeq, st.connID
-	st.grace = h.clock.AfterFunc(st.graceUntil.Sub(h.now()), func() { h.graceExpired(merchantID, deviceID, connID, seq) })
+	d := st.graceUntil.Sub(h.now())
+	if d <= 0 {
+		// Already due (a record learnt late): end it now, whatever the
+		// clock (a fake one fires a past timer only when next moved).
+		go h.graceExpired(merchantID, deviceID, connID, seq)
+		return
+	}
+	st.grace = h.clock.AfterFunc(d, func() { h.graceExpired(merchantID, deviceID, connID, seq) })
 }
 
 func (h *Hub) stopGraceLocked(st *terminalState) {

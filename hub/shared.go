@@ -121,6 +121,13 @@ func (h *Hub) dropShared(c *conn, until time.Time) (bool, error) {
 			Action: protocol.ActionTerminalStatusUpdate, TerminalID: c.deviceID, ConnectionID: c.id,
 			Status: st.status, PreviousStatus: protocol.TerminalOnline, Timestamp: h.now(),
 		})
+		// A grace period that ended while this drop was on its way to
+		// Redis had nothing to claim there (its timer's expireShared came
+		// first) and no timer left: end it now that Redis holds it,
+		// rather than at the next heartbeat's sweep.
+		if st.status == protocol.TerminalReconnecting && st.grace == nil && !st.graceUntil.After(h.now()) {
+			go h.expireShared(c.merchantID, c.deviceID)
+		}
 	}
 	return true, nil
 }

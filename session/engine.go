@@ -182,6 +182,7 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 		reply = nil
 	}
 	turn := e.order.take(merchantID, replyKeys(p, reply != nil))
+	defer turn.leave() // a panic must not keep the key's later commits waiting forever
 	if err := e.work.mayCommit(ctx, merchantID, p.arm); err != nil {
 		turn.leave()
 		c.release()

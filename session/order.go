@@ -1,6 +1,7 @@
 package session
 
 import (
+	"context"
 	"hash/fnv"
 	"slices"
 	"sync"
@@ -85,7 +86,11 @@ func (o *ordering) take(merchantID string, apiKeys []string) *place {
 
 // wait returns once every commit ahead of p in its lines has carried out
 // its effects or left.
-func (p *place) wait() {
+func (p *place) wait() { p.waitOr(nil) }
+
+// waitOr is wait, unless stop closes first: it then reports false, and p
+// must still be left.
+func (p *place) waitOr(stop <-chan struct{}) bool {
 	o := p.o
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -97,10 +102,16 @@ func (p *place) wait() {
 			}
 			moved := l.moved
 			o.mu.Unlock()
-			<-moved
+			select {
+			case <-moved:
+			case <-stop:
+				o.mu.Lock()
+				return false
+			}
 			o.mu.Lock()
 		}
 	}
+	return true
 }
 
 // done ends p's turn, after wait: the commits behind it may go on.
@@ -158,12 +169,13 @@ func (l *orderLine) advanceLocked() {
 }
 
 // CarriedOut returns once every commit of the API key that has started
-// (taken its place) has carried out its effects or given up. A read of the
-// key's outbox calls it between reading and sending: an entry it read was
-// written by a commit that had started by then, and if that commit is
-// this process's, its reply must reach the POS before the entry does.
-func (e *Engine) CarriedOut(merchantID, apiKeyID string) {
+// (taken its place) has carried out its effects or given up, or when ctx
+// ends. A read of the key's outbox calls it between reading and sending:
+// an entry it read was written by a commit that had started by then, and
+// if that commit is this process's, its reply must reach the POS before
+// the entry does.
+func (e *Engine) CarriedOut(ctx context.Context, merchantID, apiKeyID string) {
 	p := e.order.take(merchantID, []string{apiKeyID})
-	p.wait()
-	p.done()
+	p.waitOr(ctx.Done())
+	p.leave()
 }

@@ -132,45 +132,64 @@ func TestOrderingKeysApartAndTogether(t *testing.T) {
 }
 
 // holdFirst is a go-redis hook that holds the commit of the terminal first
-// until a commit of the terminal second has been sent to Redis, or until
-// patience runs out.
+// until a commit of the terminal second has come back from Redis, or until
+// patience runs out: the second commit is then applied and answered before
+// the first.
 type holdFirst struct {
 	first, second string // a key each commit carries
 	patience      time.Duration
 	entered       chan struct{} // closed when the first commit reached the hook
-	sent          chan struct{} // closed when the second commit did
+	answered      chan struct{} // closed when the second commit's answer came back
 	once1, once2  sync.Once
-	overlapped    bool // the second was sent while the first was held
+	overlapped    bool // the second was answered while the first was held
 }
 
-func (h *holdFirst) see(cmds []redis.Cmder) {
+// which tells the first commit (1) and the second (2) among cmds, or 0.
+func (h *holdFirst) which(cmds []redis.Cmder) int {
 	for _, c := range cmds {
-		args := fmt.Sprint(c.Args()...)
 		if c.Name() != "evalsha" && c.Name() != "eval" {
 			continue
 		}
+		args := fmt.Sprint(c.Args()...)
 		switch {
 		case strings.Contains(args, h.second):
-			h.once2.Do(func() { close(h.sent) })
+			return 2
 		case strings.Contains(args, h.first):
-			h.once1.Do(func() {
-				close(h.entered)
-				select {
-				case <-h.sent:
-					h.overlapped = true
-				case <-time.After(h.patience):
-				}
-			})
+			return 1
 		}
 	}
+	return 0
+}
+
+func (h *holdFirst) around(cmds []redis.Cmder, next func() error) error {
+	switch h.which(cmds) {
+	case 1:
+		h.once1.Do(func() {
+			close(h.entered)
+			select {
+			case <-h.answered:
+				h.overlapped = true
+			case <-time.After(h.patience):
+			}
+		})
+	case 2:
+		err := next()
+		h.once2.Do(func() { close(h.answered) })
+		return err
+	}
+	return next()
 }
 
 func (h *holdFirst) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h *holdFirst) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, c redis.Cmder) error { h.see([]redis.Cmder{c}); return next(ctx, c) }
+	return func(ctx context.Context, c redis.Cmder) error {
+		return h.around([]redis.Cmder{c}, func() error { return next(ctx, c) })
+	}
 }
 func (h *holdFirst) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error { h.see(cmds); return next(ctx, cmds) }
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		return h.around(cmds, func() error { return next(ctx, cmds) })
+	}
 }
 
 // orderSink records the terminals commands went to, in order.
@@ -183,16 +202,17 @@ func (s *orderSink) SendTerminal(deviceID string, _ []TerminalCommand) {
 	s.log.add(int(deviceID[1] - '0'))
 }
 
-// Two sales of one API key go to Redis side by side: the second is sent
-// while the first is still on its way (a slow round trip no longer makes
-// every commit of the key behind it wait for it in turn). Their effects
-// still come in the order the commits were made: the first terminal's
-// command, then the second's.
+// Two sales of one API key go to Redis side by side: the second is sent,
+// applied and answered while the first is still on its way (a slow round
+// trip no longer makes every commit of the key behind it wait for it in
+// turn). Their effects still come in the order the commits were made: the
+// first terminal's command, then the second's, though the second commit
+// came back first.
 func TestCommitsOfOneKeyOverlap(t *testing.T) {
 	r := redistest.New(t)
 	ks := keys.Space{Prefix: r.Prefix}
 	hook := &holdFirst{first: ks.Current("m1", "T1"), second: ks.Current("m1", "T2"), patience: 10 * time.Second,
-		entered: make(chan struct{}), sent: make(chan struct{})}
+		entered: make(chan struct{}), answered: make(chan struct{})}
 	r.Client.AddHook(hook)
 	sink := &orderSink{}
 	e := NewEngine(Options{Store: NewStore(r.Client, ks), Terminals: benchTerminals{}, Sink: sink, Logger: zerolog.Nop()})
@@ -213,7 +233,7 @@ func TestCommitsOfOneKeyOverlap(t *testing.T) {
 		}
 	}
 	if !hook.overlapped {
-		t.Fatal("the second sale's commit was not sent while the first's was on its way")
+		t.Fatal("the second sale's commit was not applied while the first's was on its way")
 	}
 	if got := sink.log.list(); !slices.Equal(got, []int{1, 2}) {
 		t.Fatalf("commands went to terminals %v, want [1 2] (the order the commits were made)", got)

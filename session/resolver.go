@@ -308,8 +308,10 @@ func (e *Engine) settle(ctx context.Context, u *lostCommit) bool {
 			e.log.Info().Str("transactionId", first.ID).Msg("lost commit was applied: carrying out its effects")
 			turn := e.order.take(u.merchantID, replyKeys(u.p, true))
 			turn.wait()
-			e.carryOut(u.merchantID, u.c, u.p, nil, false, nil, nil)
-			turn.done()
+			func() {
+				defer turn.done() // even if carrying out panics
+				e.carryOut(u.merchantID, u.c, u.p, nil, false, nil, nil)
+			}()
 			e.count(u.p)
 		case outcomeNotApplied:
 			e.log.Info().Str("transactionId", first.ID).Msg("lost commit was not applied, and never will be")
