@@ -101,8 +101,10 @@ func TestOrderingSkipsPlacesLeft(t *testing.T) {
 	}
 }
 
-// Different keys do not wait for each other, and commits with several keys
-// taken in either order never wait for each other in a circle.
+// Different keys do not wait for each other, and a commit with places in
+// two lines is served in the order the places were taken in both, whatever
+// order its keys came in (TestOrderingCrossedKeysUnderLoad has many at
+// once).
 func TestOrderingKeysApartAndTogether(t *testing.T) {
 	var o ordering
 	if stripe("m1", "pk1") == stripe("m1", "pk2") {
@@ -237,5 +239,142 @@ func TestCommitsOfOneKeyOverlap(t *testing.T) {
 	}
 	if got := sink.log.list(); !slices.Equal(got, []int{1, 2}) {
 		t.Fatalf("commands went to terminals %v, want [1 2] (the order the commits were made)", got)
+	}
+}
+
+// holdCommit is a go-redis hook that holds every commit carrying key until
+// release is closed; held closes when the first reaches it.
+type holdCommit struct {
+	key           string
+	held, release chan struct{}
+	once          sync.Once
+}
+
+func (h *holdCommit) see(cmds []redis.Cmder) {
+	for _, c := range cmds {
+		if (c.Name() == "evalsha" || c.Name() == "eval") && strings.Contains(fmt.Sprint(c.Args()...), h.key) {
+			h.once.Do(func() { close(h.held) })
+			<-h.release
+			return
+		}
+	}
+}
+
+func (h *holdCommit) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *holdCommit) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, c redis.Cmder) error { h.see([]redis.Cmder{c}); return next(ctx, c) }
+}
+func (h *holdCommit) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { h.see(cmds); return next(ctx, cmds) }
+}
+
+// CarriedOut, which an outbox read calls before sending what it read,
+// returns only once the key's commits that had started have carried out
+// their effects (a reply goes before what a read finds of its commit), or
+// when its context ends.
+func TestCarriedOutWaitsForStartedCommits(t *testing.T) {
+	r := redistest.New(t)
+	ks := keys.Space{Prefix: r.Prefix}
+	hook := &holdCommit{key: ks.Current("m1", "T1"), held: make(chan struct{}), release: make(chan struct{})}
+	r.Client.AddHook(hook)
+	sink := &orderSink{}
+	e := NewEngine(Options{Store: NewStore(r.Client, ks), Terminals: benchTerminals{}, Sink: sink, Logger: zerolog.Nop()})
+	amount := int64(700)
+	saleDone := make(chan error, 1)
+	go func() {
+		_, err := e.Create(WithReply(context.Background(), func(Result) {}), CreateInput{MerchantID: "m1", APIKeyID: "pk1",
+			Req: &protocol.PaymentRequest{TerminalID: "T1", AmountMinor: &amount, Currency: "USD", Reference: "carried-1"}})
+		saleDone <- err
+	}()
+	<-hook.held // the sale's commit has started and is on its way
+
+	// A context that ends lets the wait go.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	e.CarriedOut(ctx, "m1", "pk1")
+
+	carried := make(chan struct{})
+	go func() {
+		e.CarriedOut(context.Background(), "m1", "pk1")
+		close(carried)
+	}()
+	select {
+	case <-carried:
+		close(hook.release)
+		t.Fatal("CarriedOut returned while the key's commit was still on its way")
+	case <-time.After(50 * time.Millisecond): // it must not return at all; this only bounds the look
+	}
+	close(hook.release)
+	<-carried
+	if got := sink.log.list(); !slices.Equal(got, []int{1}) {
+		t.Fatalf("when CarriedOut returned the sale had sent commands to terminals %v, want [1]", got)
+	}
+	if err := <-saleDone; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// One commit that writes to two outboxes, interleaved, raises each
+// counter once by its own count, and numbers the entries as one raise per
+// entry would.
+func TestCommitCountsEachOutboxOnce(t *testing.T) {
+	r := redistest.New(t)
+	s := NewStore(r.Client, keys.Space{Prefix: r.Prefix})
+	a, b := r.Prefix+"out-a", r.Prefix+"out-b"
+	for round, want := range [][]int64{{1, 1, 2}, {3, 2, 4}} {
+		c := newCommit()
+		c.xadd(a, a+"-seq", []byte(`{"n":1}`), savedTxn{})
+		c.xadd(b, b+"-seq", []byte(`{"n":2}`), savedTxn{})
+		c.xadd(a, a+"-seq", []byte(`{"n":3}`), savedTxn{})
+		if c.ops[3] != 2 || c.ops[8] != 1 || c.ops[13] != 0 {
+			t.Fatalf("counts carried %v, %v, %v; want 2, 1, 0", c.ops[3], c.ops[8], c.ops[13])
+		}
+		sent, err := c.exec(context.Background(), s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []int64
+		for _, x := range sent {
+			got = append(got, x.seq)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("round %d: numbers %v, want %v", round, got, want)
+		}
+	}
+}
+
+// Commits with places in two lines, taken in either order by many
+// goroutines at once, never wait for each other in a circle: every turn
+// comes.
+func TestOrderingCrossedKeysUnderLoad(t *testing.T) {
+	var o ordering
+	keySets := [][]string{{"pk1", "pk2"}, {"pk2", "pk1"}, {"pk1"}, {"pk2"}}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 500 {
+				p := o.take("m1", keySets[(g+i)%len(keySets)])
+				if i%3 == 0 {
+					p.leave() // some give their places up
+					continue
+				}
+				p.wait()
+				p.done()
+			}
+		}()
+	}
+	all := make(chan struct{})
+	go func() { wg.Wait(); close(all) }()
+	select {
+	case <-all:
+	case <-time.After(30 * time.Second):
+		t.Fatal("turns stopped coming: commits wait for each other")
+	}
+	for _, k := range []string{"pk1", "pk2"} {
+		if l := &o.lines[stripe("m1", k)]; l.served != l.next || l.left != nil {
+			t.Fatalf("line of %s served %d of %d, %d left over", k, l.served, l.next, len(l.left))
+		}
 	}
 }
