@@ -12,6 +12,7 @@ import (
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/internal/keys"
+	"github.com/termhub/termhub/internal/redistest"
 	"github.com/termhub/termhub/protocol"
 )
 
@@ -53,26 +54,6 @@ func (g *ackGate) hold(cmds ...redis.Cmder) {
 	}
 }
 
-// seeHook is a Redis client hook that shows every command, alone or in a
-// pipeline, to see before it is sent.
-type seeHook func(cmds ...redis.Cmder)
-
-func (f seeHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (f seeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		f(cmd)
-		return next(ctx, cmd)
-	}
-}
-
-func (f seeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		f(cmds...)
-		return next(ctx, cmds)
-	}
-}
-
 // ackedSale runs a sale to its paymentComplete on pos and returns the
 // complete's message id, the newest: acking it acks everything.
 func ackedSale(t *testing.T, pos *client.Conn, term *client.Conn, ref string) string {
@@ -89,7 +70,7 @@ func ackedSale(t *testing.T, pos *client.Conn, term *client.Conn, ref string) st
 func holdAck(t *testing.T, e *env, pos *client.Conn, id string) *ackGate {
 	t.Helper()
 	gate := newAckGate()
-	e.Redis.Client.AddHook(seeHook(gate.hold))
+	e.Redis.Client.AddHook(redistest.SeeHook(gate.hold))
 	if err := pos.Ack(kit.Ctx(t), id); err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +179,7 @@ func TestAckOfADeliveredMessageSkipsTheScript(t *testing.T) {
 	e := newEnv(t)
 	ks := keys.Space{Prefix: e.Redis.Prefix}
 	counter := &ackCounter{}
-	e.Redis.Client.AddHook(seeHook(counter.count))
+	e.Redis.Client.AddHook(redistest.SeeHook(counter.count))
 	term := e.terminal("T1")
 	cursor := func() string {
 		t.Helper()

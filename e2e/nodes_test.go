@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,6 +17,7 @@ import (
 	"github.com/termhub/termhub/client"
 	"github.com/termhub/termhub/internal/apptest"
 	"github.com/termhub/termhub/internal/apptest/kit"
+	"github.com/termhub/termhub/internal/redistest"
 	"github.com/termhub/termhub/nodes"
 	"github.com/termhub/termhub/protocol"
 )
@@ -512,23 +512,19 @@ func TestNodesNoTakeOverFromANodeJustJoined(t *testing.T) {
 }
 
 // reloadsSeen counts the pipelines that read every device's record (the
-// heartbeat's reload: hmget of more than one dev key), a go-redis hook.
+// heartbeat's reload: hmget of more than one dev key); its see is a
+// redistest.SeeHook.
 type reloadsSeen struct{ n atomic.Int64 }
 
-func (r *reloadsSeen) DialHook(next redis.DialHook) redis.DialHook          { return next }
-func (r *reloadsSeen) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
-func (r *reloadsSeen) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		devs := 0
-		for _, c := range cmds {
-			if c.Name() == "hmget" && strings.Contains(fmt.Sprint(c.Args()[1]), ":dev:") {
-				devs++
-			}
+func (r *reloadsSeen) see(cmds ...redis.Cmder) {
+	devs := 0
+	for _, c := range cmds {
+		if c.Name() == "hmget" && strings.Contains(fmt.Sprint(c.Args()[1]), ":dev:") {
+			devs++
 		}
-		if devs > 1 {
-			r.n.Add(1)
-		}
-		return next(ctx, cmds)
+	}
+	if devs > 1 {
+		r.n.Add(1)
 	}
 }
 
@@ -539,7 +535,7 @@ func TestNodesAloneReloadsRarely(t *testing.T) {
 	hs := apptest.StartNodes(t, kit.OpsConfig, 1)
 	h := hs[0]
 	seen := &reloadsSeen{}
-	h.App.Redis.AddHook(seen)
+	h.App.Redis.AddHook(redistest.SeeHook(seen.see))
 	// The node's own first heartbeat may or may not have had its sweep
 	// yet: 20 heartbeats alone from here hold the 10th and 20th, and
 	// perhaps the first.
@@ -562,41 +558,30 @@ func TestNodesAloneReloadsRarely(t *testing.T) {
 	}
 }
 
-// holdDeviceDown is a go-redis hook that holds a node's record of a
-// terminal's drop (the down script: two keys, the device's connection id
-// as its third argument) until release is closed, and notes when a grace
-// period's claim (the expire script: two keys, two arguments) has been
-// sent.
+// holdDeviceDown holds a node's record of a terminal's drop (the down
+// script: two keys, the device's connection id as its third argument)
+// until release is closed, and notes when a grace period's claim (the
+// expire script: two keys, two arguments) is sent; its see is a
+// redistest.SeeHook.
 type holdDeviceDown struct {
 	held, claimed, release chan struct{}
 	heldOnce, claimOnce    sync.Once
 }
 
-func (h *holdDeviceDown) see(c redis.Cmder) {
-	args := c.Args()
-	if (c.Name() != "evalsha" && c.Name() != "eval") || len(args) < 7 || fmt.Sprint(args[2]) != "2" ||
-		!strings.Contains(fmt.Sprint(args[4]), "grace") {
-		return
-	}
-	switch {
-	case len(args) == 10 && strings.HasPrefix(fmt.Sprint(args[7]), "conn_"):
-		h.heldOnce.Do(func() { close(h.held) })
-		<-h.release
-	case len(args) == 7:
-		h.claimOnce.Do(func() { close(h.claimed) })
-	}
-}
-
-func (h *holdDeviceDown) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *holdDeviceDown) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, c redis.Cmder) error { h.see(c); return next(ctx, c) }
-}
-func (h *holdDeviceDown) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		for _, c := range cmds {
-			h.see(c)
+func (h *holdDeviceDown) see(cmds ...redis.Cmder) {
+	for _, c := range cmds {
+		args := c.Args()
+		if (c.Name() != "evalsha" && c.Name() != "eval") || len(args) < 7 || fmt.Sprint(args[2]) != "2" ||
+			!strings.Contains(fmt.Sprint(args[4]), "grace") {
+			continue
 		}
-		return next(ctx, cmds)
+		switch {
+		case len(args) == 10 && strings.HasPrefix(fmt.Sprint(args[7]), "conn_"):
+			h.heldOnce.Do(func() { close(h.held) })
+			<-h.release
+		case len(args) == 7:
+			h.claimOnce.Do(func() { close(h.claimed) })
+		}
 	}
 }
 
@@ -607,7 +592,7 @@ func (h *holdDeviceDown) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 func TestNodesGraceEndsWhenTheDropLandsLate(t *testing.T) {
 	e := nodeEnvs(t, 1)[0]
 	hold := &holdDeviceDown{held: make(chan struct{}), claimed: make(chan struct{}), release: make(chan struct{})}
-	e.App.Redis.AddHook(hold)
+	e.App.Redis.AddHook(redistest.SeeHook(hold.see))
 	term := e.terminal("T1")
 	_ = term.CloseNow()
 	select {

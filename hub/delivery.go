@@ -231,7 +231,7 @@ func (h *Hub) readOutbox(c *conn, replaying bool) {
 		// An entry read may be of a commit of this process that has not
 		// sent its reply yet: the reply goes first (the POS never sees an
 		// outcome before the answer to its request).
-		if h.opts.Engine != nil {
+		if h.opts.Engine != nil && len(page) > 0 {
 			h.opts.Engine.CarriedOut(c.ctx, c.merchantID, c.keyID)
 		}
 		c.dlv.mu.Lock()

@@ -57,12 +57,12 @@ func (r *recorder) deadNodes() []string {
 	return append([]string(nil), r.dead...)
 }
 
-// startNode starts node id on r's Redis and clk, closed when t ends.
 // redisAndClock is a test Redis and a fake clock for the nodes on it.
 func redisAndClock(t *testing.T) (*redistest.Redis, *clock.Fake) {
 	return redistest.New(t), clock.NewFake(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
 }
 
+// startNode starts node id on r's Redis and clk, closed when t ends.
 func startNode(t *testing.T, r *redistest.Redis, clk clock.Clock, id string) (*Node, *recorder) {
 	t.Helper()
 	n := New(Options{Redis: r.Client, Keys: keys.Space{Prefix: r.Prefix}, ID: id, Address: "127.0.0.1:0",

@@ -182,9 +182,11 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 		reply = nil
 	}
 	turn := e.order.take(merchantID, replyKeys(p, reply != nil))
-	defer turn.leave() // a panic must not keep the key's later commits waiting forever
+	// Every way out gives up the place unless the turn was taken and
+	// ended (done): a commit refused, failed or lost, and a panic, which
+	// must not keep the key's later commits waiting forever.
+	defer turn.leave()
 	if err := e.work.mayCommit(ctx, merchantID, p.arm); err != nil {
-		turn.leave()
 		c.release()
 		return err
 	}
@@ -193,7 +195,6 @@ func (e *Engine) run(ctx context.Context, merchantID string, c *commit, p *pendi
 		if errors.Is(err, ErrOutcomeUnknown) {
 			e.hold(merchantID, c, p, retry)
 		}
-		turn.leave()
 		return err
 	}
 	turn.wait()

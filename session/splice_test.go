@@ -42,7 +42,7 @@ func TestOutboxEntriesAreTheMessagesDelivered(t *testing.T) {
 	ks := keys.Space{Prefix: r.Prefix}
 	sink := &rawSink{}
 	ops := &opsSeen{}
-	r.Client.AddHook(ops)
+	r.Client.AddHook(redistest.SeeHook(ops.note))
 	e := NewEngine(Options{Store: NewStore(r.Client, ks), Terminals: benchTerminals{}, Sink: sink, Logger: zerolog.Nop(),
 		Webhooks: func(string) bool { return true }})
 	ctx := context.Background()
@@ -111,7 +111,8 @@ func TestOutboxEntriesAreTheMessagesDelivered(t *testing.T) {
 	}
 }
 
-// opsSeen counts the commit ops sent to Redis, by name (a go-redis hook).
+// opsSeen counts the commit ops sent to Redis, by name; its note is a
+// redistest.SeeHook.
 type opsSeen struct {
 	mu sync.Mutex
 	n  map[string]int
@@ -136,14 +137,6 @@ func (o *opsSeen) note(cmds ...redis.Cmder) {
 			}
 		}
 	}
-}
-
-func (o *opsSeen) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (o *opsSeen) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, c redis.Cmder) error { o.note(c); return next(ctx, c) }
-}
-func (o *opsSeen) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error { o.note(cmds...); return next(ctx, cmds) }
 }
 
 // A commit sends a message that carries the transaction it saves without

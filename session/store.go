@@ -222,8 +222,9 @@ func (s *Store) setIdemIfAbsent(ctx context.Context, merchantID, key string, dat
 // the new stream id and its number, in order), append (a stream entry
 // that returns nothing: a webhook event). The first xadd to an outbox
 // carries how many entries the commit adds to it, and the counter is
-// raised once by that many: every redis.call costs the script about 5 µs,
-// and a terminal's run often sends its POS two messages.
+// raised once by that many: each redis.call is a share of the script's
+// time on Redis's one thread (docs/performance.md), and a terminal's run
+// often sends its POS two messages.
 //
 // xaddw and appendw are xadd and append of an entry that embeds a
 // transaction the same commit saves (hset): the entry comes as the bytes

@@ -142,3 +142,26 @@ func Cluster(t testing.TB) *ClusterRedis {
 	})
 	return r
 }
+
+// SeeHook is a Redis client hook that shows every command, alone or in a
+// pipeline, to see before it is sent (it may hold it there).
+type SeeHook func(cmds ...redis.Cmder)
+
+// DialHook is the client's own.
+func (f SeeHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+// ProcessHook shows a lone command.
+func (f SeeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		f(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+// ProcessPipelineHook shows a pipeline's commands together.
+func (f SeeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		f(cmds...)
+		return next(ctx, cmds)
+	}
+}

@@ -82,10 +82,10 @@ export function randomId(prefix: string): string {
     let s = prefix;
     for (const x of b) s += x.toString(16).padStart(2, '0');
     // The hub refuses text holding what looks like a card number (13 to 19
-    // digits that pass the Luhn check), an Idempotency-Key included. About
-    // one draw of 24 hex digits in 90 holds 13 decimal digits in a row, and
-    // one in 900 a run the hub would refuse: such a draw is made again, so
-    // that a payment never fails on a key the SDK chose.
+    // digits that pass the Luhn check), an Idempotency-Key included, and 24
+    // random hex digits can hold such a run: a draw with 13 decimal digits
+    // in a row is made again, so that a payment never fails on a key the
+    // SDK chose.
     if (!/[0-9]{13}/.test(s)) return s;
   }
 }

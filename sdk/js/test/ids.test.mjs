@@ -7,8 +7,7 @@ import { randomId } from '../dist/esm/env.js';
 
 test('randomId never holds 13 decimal digits in a row', () => {
   const seen = new Set();
-  // Without the redraw about one draw in 90 would: 20,000 draws would hold
-  // some 220.
+  // Enough draws that a missing redraw shows many times over.
   for (let i = 0; i < 20000; i++) {
     const id = randomId('idem_');
     assert.match(id, /^idem_[0-9a-f]{24}$/);
