@@ -10,6 +10,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -124,7 +125,7 @@ func TestDashboardInChromium(t *testing.T) {
 	if msg := eval[string](t, bctx, `document.querySelector('#login-error').textContent`); !strings.Contains(msg, "Wrong ops token") {
 		t.Fatalf("login error = %q", msg)
 	}
-	screenshot(t, bctx, loginShotPath)
+	screenshot(t, bctx, chromedp.FullScreenshot(100), loginShotPath)
 	eval[bool](t, bctx, `(document.querySelector('#token').value = '') === ''`)
 	step(t, bctx, "the right token signs in and the feed goes live",
 		chromedp.SendKeys(chromedp.CSS("#token"), opsToken),
@@ -263,7 +264,7 @@ func TestDashboardInChromium(t *testing.T) {
 	}
 
 	// ---- screenshot, while everything is on screen ----
-	screenshot(t, bctx, screenshotPath)
+	screenshot(t, bctx, chromedp.FullScreenshot(100), screenshotPath)
 
 	// ---- Disconnect a POS from the page ----
 	step(t, bctx, "press Disconnect on the POS row",
@@ -315,14 +316,18 @@ func TestDashboardInChromium(t *testing.T) {
 	t.Logf("browser test took %v", time.Since(start).Round(time.Millisecond))
 }
 
-// screenshot saves the whole page as a PNG.
-func screenshot(t *testing.T, ctx context.Context, path string) {
+// screenshot saves, as a PNG at path, what capture takes: the whole page
+// (chromedp.FullScreenshot) or the viewport (chromedp.CaptureScreenshot).
+func screenshot(t *testing.T, ctx context.Context, capture chromedp.Action[[]byte], path string) {
 	t.Helper()
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	png, err := chromedp.Run(sctx, chromedp.FullScreenshot(100))
+	png, err := chromedp.Run(sctx, capture)
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
 	}
 	if err := os.WriteFile(path, png, 0o644); err != nil {
 		t.Fatalf("write screenshot: %v", err)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -280,7 +279,7 @@ func troubleFirst(t *testing.T, exe string, w, hgt int64) {
 		t.Fatal("the terminal of a stuck payment is not marked")
 	}
 	d.noOverflow("with stuck payments")
-	shot(t, d.bctx, filepath.Join(screenshotDir, fmt.Sprintf("ops-%dx%d.png", w, hgt)))
+	screenshot(t, d.bctx, chromedp.CaptureScreenshot(), filepath.Join(screenshotDir, fmt.Sprintf("ops-%dx%d.png", w, hgt)))
 
 	// ---- search: a terminal, a transaction id, a reference ----
 	d.search("TERM-004")
@@ -321,7 +320,7 @@ func troubleFirst(t *testing.T, exe string, w, hgt int64) {
 		t.Fatalf("merchant filter option %q, want the merchant's name", name)
 	}
 	setMerchant := func(m string) {
-		eval[bool](t, d.bctx, `(() => { const s = document.querySelector('#merchant-filter'); s.value = '`+m+`'; s.dispatchEvent(new Event('change')); return true; })()`)
+		eval[bool](t, d.bctx, `(() => { const s = document.querySelector('#merchant-filter'); s.value = `+jsString(m)+`; s.dispatchEvent(new Event('change')); return true; })()`)
 	}
 	setMerchant("m_cafe")
 	if got := d.visible("#terminals tbody", "terminal"); !slices.Equal(got, []string{"CAFE-01"}) {
@@ -505,24 +504,6 @@ func startBrowser(t *testing.T, ctx context.Context, exe string, w, h int) conte
 		}
 	})
 	return bctx
-}
-
-// shot saves what the viewport shows as a PNG.
-func shot(t *testing.T, ctx context.Context, path string) {
-	t.Helper()
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	png, err := chromedp.Run(sctx, chromedp.CaptureScreenshot())
-	if err != nil {
-		t.Fatalf("screenshot: %v", err)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, png, 0o644); err != nil {
-		t.Fatalf("write screenshot: %v", err)
-	}
-	t.Logf("screenshot: %s (%d bytes)", path, len(png))
 }
 
 // TestDashboardSearchKeepsWhatItFound: with the page holding as many

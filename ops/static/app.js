@@ -25,6 +25,9 @@
   // stuck: a card payment takes seconds, and an operator should look before
   // the payment timeout ends it.
   var STUCK_AFTER_S = 60;
+  // DETAIL_TXNS is how many of a terminal's transactions its drill-down
+  // shows, newest first.
+  var DETAIL_TXNS = 20;
   // Severity of a terminal's health, most urgent first.
   var SEVERITY = { offline: 0, reconnecting: 1, busy: 2, idle: 3 };
 
@@ -351,6 +354,13 @@
     td.appendChild(c);
   }
 
+  // idCell is a new table cell holding an id (codeCell).
+  function idCell(text) {
+    var td = el('td', 'ids');
+    codeCell(td, text);
+    return td;
+  }
+
   function fmtTime(iso) {
     if (!iso) return '';
     var d = new Date(iso);
@@ -417,11 +427,11 @@
     return t.txnId && t.txnStatus && !FINAL[t.txnStatus] ? 'busy' : 'idle';
   }
 
-  // ageSpan writes the live age of an unfinished transaction ("2m 13s").
+  // ageSpan makes the live age of an unfinished transaction ("2m 13s"),
+  // written by updateAge once the span is in its row (which it marks).
   function ageSpan(createdAt) {
     var a = el('span', 'txn-age');
     a.dataset.created = createdAt || '';
-    updateAge(a);
     return a;
   }
 
@@ -470,7 +480,6 @@
     tr.dataset.merchant = t.merchantId;
     tr.dataset.status = t.status;
     tr.dataset.health = h;
-    tr.dataset.severity = String(SEVERITY[h]);
     tr.dataset.connection = t.connectionId || '';
     tr.dataset.transaction = t.txnId || '';
     tr.dataset.transactionStatus = t.txnStatus || '';
@@ -487,9 +496,7 @@
     var hc = el('span', 'health-cell');
     hc.appendChild(statusBadge('s-', t.status));
     if (t.status === 'online') {
-      var hb = el('span', 'badge h-' + h, h);
-      hb.dataset.health = h;
-      hc.appendChild(hb);
+      hc.appendChild(el('span', 'badge h-' + h, h));
     }
     c[2].appendChild(hc);
     c[3].textContent = '';
@@ -580,9 +587,7 @@
     (state.nodes || []).forEach(function (n) {
       var tr = el('tr');
       tr.dataset.node = n.id;
-      var id = el('td', 'ids');
-      codeCell(id, n.id);
-      tr.appendChild(id);
+      tr.appendChild(idCell(n.id));
       tr.appendChild(el('td', '', n.address || ''));
       tr.appendChild(el('td', 'num', String((n.connections || {}).pos || 0)));
       tr.appendChild(el('td', 'num', String((n.connections || {}).terminal || 0)));
@@ -603,9 +608,7 @@
       var tr = el('tr');
       tr.dataset.conflict = k.apiKeyId;
       tr.dataset.merchant = k.merchantId;
-      var key = el('td', 'ids');
-      codeCell(key, k.apiKeyId);
-      tr.appendChild(key);
+      tr.appendChild(idCell(k.apiKeyId));
       var mc = el('td');
       merchantCell(mc, k.merchantId);
       tr.appendChild(mc);
@@ -769,7 +772,9 @@
   function lookUpReference() {
     clearTimeout(lookupTimer);
     var q = $('#search').value.trim();
-    if (q.length < 3 || /\s/.test(q)) return;
+    // Never in a URL (and the logs of whatever stands before the hub):
+    // what may be a card number, which a reference must not hold anyway.
+    if (q.length < 3 || /\s/.test(q) || /\d{13}/.test(q.replace(/-/g, ''))) return;
     var found = false;
     rows.txns.forEach(function (tr) { if (!tr.hidden) found = true; });
     if (found) return;
@@ -864,7 +869,7 @@
     var err = $('#detail-error');
     Promise.all([
       getJSON('v1/ops/terminals/' + encodeURIComponent(d.id) + '/events?limit=50'),
-      getJSON('v1/ops/transactions?limit=20&terminalId=' + encodeURIComponent(d.id))
+      getJSON('v1/ops/transactions?limit=' + DETAIL_TXNS + '&terminalId=' + encodeURIComponent(d.id))
     ]).then(function (res) {
       if (state.detail !== d) return;
       var seen = {};
@@ -961,13 +966,11 @@
     $('#detail-events-empty').hidden = !d.events || d.events.length > 0;
     var tbody = $('#detail-txns tbody');
     tbody.textContent = '';
-    (d.txns || []).slice().sort(txnOrder).forEach(function (t) {
+    (d.txns || []).slice().sort(txnOrder).slice(0, DETAIL_TXNS).forEach(function (t) {
       var tr = el('tr');
       tr.dataset.transaction = t.id;
       tr.dataset.status = t.status;
-      var id = el('td', 'ids');
-      codeCell(id, t.id);
-      tr.appendChild(id);
+      tr.appendChild(idCell(t.id));
       tr.appendChild(el('td', '', t.reference || ''));
       tr.appendChild(el('td', 'num', amountText(t)));
       var st = el('td', 'status');
