@@ -134,6 +134,8 @@ type posDriver struct {
 
 	mu     sync.Mutex
 	sent   []int64    // when each payment was sent (or scheduled, open loop), nowNS; by seq
+	wrote  []int64    // when each payment was written to the socket, nowNS; by seq
+	resp   []int64    // when its paymentResponse arrived, nowNS (0: none yet); by seq
 	term   []int32    // terminal index by seq
 	finals []uint8    // finals received by seq
 	answer []uint8    // by seq: answered (accepted) or refused, else 0
@@ -154,8 +156,15 @@ func (d *posDriver) pay(ctx context.Context, r *loopRun, ti int, at int64) error
 	d.finals = append(d.finals, 0)
 	d.answer = append(d.answer, 0)
 	d.runOf = append(d.runOf, r)
+	// Stamped before the write, which its answer cannot precede.
+	wrote := nowNS()
+	d.wrote = append(d.wrote, wrote)
+	d.resp = append(d.resp, 0)
 	d.mu.Unlock()
 	r.issuedN.Add(1)
+	if !r.closed {
+		r.late.Add(time.Duration(wrote - at))
+	}
 	ref := d.prefix + "s" + itoa(seq)
 	return send(ctx, d.getConn(), paymentFrame(d.terms[ti].cred.ID, ref))
 }
@@ -190,7 +199,7 @@ func (d *posDriver) serve(ctx context.Context, c *client.Conn) {
 		at := nowNS()
 		switch act := jsonStr(b, "action"); act {
 		case "paymentResponse":
-			if r := d.accepted(jsonStr(b, "reference")); r != nil {
+			if r := d.accepted(jsonStr(b, "reference"), at); r != nil {
 				r.responses.Add(1)
 			}
 		case "error":
@@ -242,15 +251,16 @@ const (
 	refused  uint8 = 2 // an error reply
 )
 
-// accepted records the paymentResponse of payment ref and returns its run.
-func (d *posDriver) accepted(ref string) *loopRun { return d.lookup(ref, true) }
+// accepted records the paymentResponse of payment ref, read at (nowNS),
+// and returns its run.
+func (d *posDriver) accepted(ref string, at int64) *loopRun { return d.lookup(ref, at) }
 
 // runFor is the run payment ref belongs to.
-func (d *posDriver) runFor(ref string) *loopRun { return d.lookup(ref, false) }
+func (d *posDriver) runFor(ref string) *loopRun { return d.lookup(ref, 0) }
 
 // lookup returns the run of payment ref (nil when it is not one of d's),
-// marking the payment accepted when accept is set.
-func (d *posDriver) lookup(ref string, accept bool) *loopRun {
+// marking the payment accepted at acceptedAt when that is not 0.
+func (d *posDriver) lookup(ref string, acceptedAt int64) *loopRun {
 	seq := refSeq(ref, d.prefix+"s")
 	if seq < 0 {
 		return nil
@@ -260,8 +270,11 @@ func (d *posDriver) lookup(ref string, accept bool) *loopRun {
 	if seq >= len(d.runOf) {
 		return nil
 	}
-	if accept {
+	if acceptedAt != 0 {
 		d.answer[seq] = accepted
+		if seq < len(d.resp) && d.resp[seq] == 0 {
+			d.resp[seq] = acceptedAt
+		}
 	}
 	return d.runOf[seq]
 }
@@ -299,6 +312,10 @@ func (d *posDriver) final(seq int, txn, mid, status string, voided bool, at int6
 		d.finals[seq]++
 	}
 	sent, ti := d.sent[seq], int(d.term[seq])
+	var wrote, resp int64
+	if seq < len(d.resp) {
+		wrote, resp = d.wrote[seq], d.resp[seq]
+	}
 	d.mu.Unlock()
 	switch kind {
 	case redelivered:
@@ -311,7 +328,11 @@ func (d *posDriver) final(seq int, txn, mid, status string, voided bool, at int6
 		r.dups.Add(1)
 		return
 	}
-	r.rec.Add(time.Duration(at - sent))
+	r.rounds.add(sent, time.Duration(at-sent))
+	if resp != 0 {
+		r.accept.Add(time.Duration(resp - wrote))
+		r.finish.Add(time.Duration(at - resp))
+	}
 	if at <= r.stopAt.Load() {
 		r.inWindow.Add(1)
 	}
@@ -331,8 +352,9 @@ func (d *posDriver) final(seq int, txn, mid, status string, voided bool, at int6
 // loop (each terminal has one payment in flight, the next sent when its
 // final arrives) or an open loop (payments at a fixed rate).
 type loopRun struct {
-	closed bool
-	limit  int64 // closed loop: stop after this many payments (0: by time)
+	closed  bool
+	limit   int64   // closed loop: stop after this many payments (0: by time)
+	offered float64 // open loop: payments/s
 
 	startAt   int64        // nowNS at the start
 	stopAt    atomic.Int64 // nowNS when issuing stops (finals after it are outside the rate window)
@@ -340,7 +362,9 @@ type loopRun struct {
 	issuedN   atomic.Int64
 	next      []chan int // closed loop: per driver, terminals ready for their next payment
 
-	rec                                     Recorder
+	rounds                                  timedSamples // round trips, by when each payment was due
+	accept, finish                          Recorder     // a round trip's two steps: to the paymentResponse, from it to the final
+	late                                    Recorder     // open loop: how late the generator wrote each payment
 	responses, updates, completed, inWindow atomic.Int64
 	dups, failures, autoVoids, redelivered  atomic.Int64
 	inflight                                atomic.Int64
@@ -474,12 +498,35 @@ type PaymentStats struct {
 	// least once delivery, after a reconnect): not duplicates.
 	Redelivered int
 	RoundTrip   Summary
-	Elapsed     time.Duration // from the first payment to the stop (closed loop: to the last final)
-	Rate        float64       // finals per second over the measuring window
-	Counted     int           // the finals Rate counts: those inside the window
-	Unfinished  bool          // the drain timed out
+	// Accept and Finish split each round trip at its paymentResponse: from
+	// the payment's write to the paymentResponse (the hub's first commit),
+	// and from there to the final (the terminal's part and the second
+	// commit). Late (open loop) is how long after its scheduled time the
+	// generator wrote each payment: the round trip includes it, and a
+	// generator short of CPU shows there.
+	Accept, Finish, Late Summary
+	Bursts               Bursts        // open loop: where in time the slowest payments fell
+	Elapsed              time.Duration // from the first payment to the stop (closed loop: to the last final)
+	Rate                 float64       // finals per second over the measuring window
+	Counted              int           // the finals Rate counts: those inside the window
+	Unfinished           bool          // the drain timed out
 
-	samples []time.Duration // the round trips, for mergeStats
+	// The samples behind the summaries, for mergeStats: the round trips,
+	// by when each payment was due, and the steps.
+	timed                []timedSample
+	accept, finish, late []time.Duration
+}
+
+// summarize fills the summaries from the samples.
+func (s *PaymentStats) summarize() {
+	rounds := make([]time.Duration, len(s.timed))
+	for i, x := range s.timed {
+		rounds[i] = x.d
+	}
+	s.RoundTrip, s.Accept, s.Finish, s.Late = Summarize(rounds), Summarize(s.accept), Summarize(s.finish), Summarize(s.late)
+	if s.Offered > 0 {
+		s.Bursts = findBursts(s.timed, BurstWindow)
+	}
 }
 
 // mergeStats adds up phases against one target into one figure: their
@@ -490,7 +537,6 @@ func mergeStats(parts []PaymentStats) PaymentStats {
 		return parts[0]
 	}
 	var out PaymentStats
-	var all []time.Duration
 	for i, p := range parts {
 		if i == 0 {
 			out.Target, out.POS, out.Terminals, out.Offered = p.Target, p.POS, p.Terminals, p.Offered
@@ -511,10 +557,12 @@ func mergeStats(parts []PaymentStats) PaymentStats {
 		out.Elapsed += p.Elapsed
 		out.Counted += p.Counted
 		out.Unfinished = out.Unfinished || p.Unfinished
-		all = append(all, p.samples...)
+		out.accept = append(out.accept, p.accept...)
+		out.finish = append(out.finish, p.finish...)
+		out.late = append(out.late, p.late...)
+		out.timed = append(out.timed, p.timed...)
 	}
-	out.samples = all
-	out.RoundTrip = Summarize(all)
+	out.summarize()
 	if out.Elapsed > 0 {
 		out.Rate = float64(out.Counted) / out.Elapsed.Seconds()
 	}

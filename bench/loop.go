@@ -245,6 +245,7 @@ func (fc *fleetConns) closedLoop(ctx context.Context, name string, limit int64, 
 // trip instead of hiding it), then drains.
 func (fc *fleetConns) openLoop(ctx context.Context, name string, rate float64, dur, drain time.Duration) PaymentStats {
 	r := newRun(ctx, fc.drivers, false)
+	r.offered = rate
 	type slot struct {
 		d  *posDriver
 		ti int
@@ -283,9 +284,7 @@ func (fc *fleetConns) openLoop(ctx context.Context, name string, rate float64, d
 		}
 	}()
 	r.wait(ctx, dur+time.Minute, drain)
-	st := r.stats(name, fc)
-	st.Offered = rate
-	return st
+	return r.stats(name, fc)
 }
 
 // wait stops the phase after dur (if it did not stop itself) and waits up to
@@ -331,8 +330,9 @@ func (r *loopRun) stats(name string, fc *fleetConns) PaymentStats {
 	default:
 		st.Unfinished = true
 	}
-	st.samples = r.rec.Values()
-	st.RoundTrip = Summarize(st.samples)
+	st.Offered = r.offered
+	st.timed, st.accept, st.finish, st.late = r.rounds.values(), r.accept.Values(), r.finish.Values(), r.late.Values()
+	st.summarize()
 	stop := r.stopAt.Load()
 	if r.limit > 0 || stop == 1<<62-1 {
 		// Stopped by count: the window runs to the last final.

@@ -79,6 +79,23 @@ func (b *rowBuilder) cpuPerPayment(scn string, s *PaymentStats, cpu CPUShare) {
 	}
 }
 
+// steps adds where a loaded run's round trips went (PaymentStats.Accept,
+// Finish, Late) and, for an open loop, where in time its slowest payments
+// fell (Bursts).
+func (b *rowBuilder) steps(scn string, s *PaymentStats) {
+	if s.Accept.N == 0 {
+		return
+	}
+	m := "to the paymentResponse " + s.Accept.Short() + "; on to the final " + s.Finish.Short()
+	if s.Late.N > 0 {
+		m += "; written late by the load generator " + s.Late.Short()
+	}
+	b.add(scn, s.Target+" steps", m, "", "")
+	if s.Bursts.Of > 0 {
+		b.add(scn, s.Target+" slowest 1 %", s.Bursts.String(), "", "")
+	}
+}
+
 // pay adds the rows of a sequential run (latency or floor).
 func (b *rowBuilder) pay(scn string, s *PaymentStats, cpu CPUShare) {
 	b.add(scn, s.Target+" round trip", s.RoundTrip.String(), "", "")
@@ -115,12 +132,14 @@ func (r *Results) throughputRows(b *rowBuilder) {
 	if t := r.Throughput; t != nil {
 		b.add("3 throughput", "hub payments/s", rate(t.Rate), "", "")
 		b.add("3 throughput", "hub round trip", t.RoundTrip.String(), "", "")
+		b.steps("3 throughput", t)
 		b.add("3 throughput", "hub CPU", r.ThroughputCPU.String(), "", "")
 		b.alloc("3 throughput", t, r.ThroughputCPU)
 	}
 	if f := r.ThroughputFloor; f != nil {
 		b.add("3 throughput", "floor payments/s", rate(f.Rate), "", "")
 		b.add("3 throughput", "floor round trip", f.RoundTrip.String(), "", "")
+		b.steps("3 throughput", f)
 		b.add("3 throughput", "floor CPU", r.FloorCPU.String(), "", "")
 	}
 	if t, f := r.Throughput, r.ThroughputFloor; t != nil && f != nil {
@@ -151,11 +170,13 @@ func (r *Results) loadRows(b *rowBuilder) {
 			v = "n/a (other rate)"
 		}
 		b.add("3b load", fmt.Sprintf("hub at %.0f/s offered", l.Offered), l.RoundTrip.String()+"; "+l.outcome()+"; "+rate(l.Rate)+" answered", tgt, v)
+		b.steps("3b load", l)
 		b.add("3b load", "hub CPU", r.LoadCPU.String(), "", "")
 		b.alloc("3b load", l, r.LoadCPU)
 	}
 	if f := r.LoadFloor; f != nil {
 		b.add("3b load", fmt.Sprintf("floor at %.0f/s offered", f.Offered), f.RoundTrip.String()+"; "+f.outcome()+"; "+rate(f.Rate)+" answered", "", "")
+		b.steps("3b load", f)
 		if r.LoadFloorCPU.Known {
 			b.add("3b load", "floor CPU", r.LoadFloorCPU.String(), "", "")
 		}

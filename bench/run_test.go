@@ -90,6 +90,10 @@ func TestRunSmall(t *testing.T) {
 		if s.RoundTrip.N != s.Completed || s.Rate <= 0 {
 			t.Errorf("%s throughput: %d round trips for %d finals, rate %.1f", s.Target, s.RoundTrip.N, s.Completed, s.Rate)
 		}
+		checkSteps(t, s)
+		if s.Late.N != 0 || s.Bursts != (Bursts{}) {
+			t.Errorf("%s throughput: a closed loop has no lateness or bursts, got %+v and %+v", s.Target, s.Late, s.Bursts)
+		}
 	}
 	for _, s := range []*PaymentStats{res.Load, res.LoadFloor} {
 		if s == nil {
@@ -98,6 +102,15 @@ func TestRunSmall(t *testing.T) {
 		// 20/s for 3 blocks of 200 ms: 4 payments a block.
 		if s.Sent != 12 || s.Completed+s.Failures != s.Sent || s.Lost != 0 || s.Duplicated != 0 || s.Unfinished || s.Offered != 20 {
 			t.Errorf("%s load: want 12 payments offered in 3 blocks, each with one final; got %+v", s.Target, *s)
+		}
+		checkSteps(t, s)
+		if s.Late.N != s.Sent {
+			t.Errorf("%s load: lateness of %d payments, want all %d", s.Target, s.Late.N, s.Sent)
+		}
+		// 4 payments a block, 50 ms apart, so the 12 fall in 6 to 12 windows
+		// of 100 ms (blocks need not start on a window's edge).
+		if b := s.Bursts; b.Slow < 1 || b.Of < 6 || b.Of > 12 || b.Windows < 1 || b.Windows > b.Of || b.Busiest < 1 || b.Busiest > b.Slow {
+			t.Errorf("%s load: bursts %+v", s.Target, b)
 		}
 	}
 	if res.LoadRounds != 3 {
@@ -116,13 +129,58 @@ func TestRunSmall(t *testing.T) {
 	res.Markdown(&out)
 	for _, want := range []string{"| 1 latency | hub round trip | p50 ", "| 2 floor | floor round trip |", "hub ÷ floor, p50", "hub ÷ floor, p99",
 		"| 3 throughput | hub finals: lost / duplicated | 0 / 0 (", "| 1 latency | hub heap allocated per payment | ", "| 3 throughput | hub heap allocated per payment | ",
-		"| 3 throughput | how | both servers up at once, taking turns in 3 blocks of 200ms each", "| 3b load | how | both servers up at once, taking turns in 3 blocks", "| 5 replay |"} {
+		"| 3 throughput | how | both servers up at once, taking turns in 3 blocks of 200ms each", "| 3b load | how | both servers up at once, taking turns in 3 blocks", "| 5 replay |",
+		"| 3 throughput | hub steps | to the paymentResponse p50 ", "| 3 throughput | floor steps | to the paymentResponse p50 ",
+		"| 3b load | hub steps | to the paymentResponse p50 ", "; written late by the load generator p50 ", "| 3b load | floor slowest 1 % | ", " windows of 100 ms; the busiest held "} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, out.String())
 		}
 	}
 	if strings.Contains(out.String(), "not comparable") {
 		t.Errorf("report marks figures not comparable without being told to:\n%s", out.String())
+	}
+}
+
+// checkSteps: every final of s was split at its paymentResponse, and
+// neither step is longer than the longest round trip that holds it.
+func checkSteps(t *testing.T, s *PaymentStats) {
+	t.Helper()
+	a, f := s.Accept, s.Finish
+	if a.N != s.Completed || f.N != s.Completed || a.P50 <= 0 || f.P50 <= 0 || a.Max > s.RoundTrip.Max || f.Max > s.RoundTrip.Max {
+		t.Errorf("%s: steps %+v and %+v for %d finals with round trips %+v", s.Target, a, f, s.Completed, s.RoundTrip)
+	}
+}
+
+// TestFindBursts: the payments at or over the p99 are counted by the
+// windows they fell in, whether gathered in one or spread out.
+func TestFindBursts(t *testing.T) {
+	// 980 fast payments, distinct, 10 ms apart (98 windows of 100 ms), and
+	// 20 slow ones among them: the p99 (the 990th of 1,000) is the 10th
+	// slow one, so 11 are at or over it.
+	build := func(slowAt func(k int) int64) []timedSample {
+		var s []timedSample
+		for i := range 980 {
+			s = append(s, timedSample{at: int64(i) * int64(10*time.Millisecond), d: time.Duration(i) * time.Microsecond})
+		}
+		for k := range 20 {
+			s = append(s, timedSample{at: slowAt(k), d: 50*time.Millisecond + time.Duration(k)})
+		}
+		return s
+	}
+	burst := findBursts(build(func(k int) int64 { return int64(4200*time.Millisecond) + int64(k) }), BurstWindow)
+	if want := (Bursts{Slow: 11, Windows: 1, Of: 98, Busiest: 11}); burst != want {
+		t.Errorf("one burst: %+v, want %+v", burst, want)
+	}
+	// The slow ones one every 5 windows: the 11 slowest (k = 9..19) in 11.
+	spread := findBursts(build(func(k int) int64 { return int64(k) * int64(500*time.Millisecond) }), BurstWindow)
+	if want := (Bursts{Slow: 11, Windows: 11, Of: 98, Busiest: 1}); spread != want {
+		t.Errorf("spread: %+v, want %+v", spread, want)
+	}
+	if got := findBursts(nil, BurstWindow); got != (Bursts{}) || got.String() != "no samples" {
+		t.Errorf("no samples: %+v %q", got, got.String())
+	}
+	if got, want := burst.String(), "11 at or over the p99, in 1 of 98 windows of 100 ms; the busiest held 11"; got != want {
+		t.Errorf("String() = %q, want %q", got, want)
 	}
 }
 
@@ -136,10 +194,18 @@ func TestMergeStats(t *testing.T) {
 		}
 		return d
 	}
-	a := PaymentStats{Target: "hub", POS: 1, Terminals: 1, Sent: 3, Completed: 3, Counted: 3, Elapsed: time.Second, Errors: map[string]int{}, samples: ms(1, 2, 3)}
+	timed := func(d []time.Duration) []timedSample {
+		var s []timedSample
+		for i, x := range d {
+			s = append(s, timedSample{at: int64(i) * int64(time.Second), d: x})
+		}
+		return s
+	}
+	a := PaymentStats{Target: "hub", POS: 1, Terminals: 1, Sent: 3, Completed: 3, Counted: 3, Elapsed: time.Second, Errors: map[string]int{}, timed: timed(ms(1, 2, 3)),
+		accept: ms(1, 1, 2), finish: ms(0, 1, 1)}
 	// b's last final came in its drain, after the window its rate counts.
 	b := PaymentStats{Target: "hub", POS: 1, Terminals: 1, Sent: 4, Completed: 3, Failures: 1, Counted: 3, Elapsed: 2 * time.Second,
-		Errors: map[string]int{"device_busy": 1}, samples: ms(10, 20, 30)}
+		Errors: map[string]int{"device_busy": 1}, timed: timed(ms(10, 20, 30)), accept: ms(5, 10, 20), finish: ms(5, 10, 10)}
 	m := mergeStats([]PaymentStats{a, b})
 	if m.Sent != 7 || m.Completed != 6 || m.Failures != 1 || m.Errors["device_busy"] != 1 || m.Elapsed != 3*time.Second {
 		t.Fatalf("counts: %+v", m)
@@ -149,6 +215,9 @@ func TestMergeStats(t *testing.T) {
 	}
 	if m.RoundTrip.N != 6 || m.RoundTrip.P50 != 3*time.Millisecond || m.RoundTrip.Max != 30*time.Millisecond {
 		t.Errorf("round trip %+v, want the percentiles of all six samples", m.RoundTrip)
+	}
+	if m.Accept.N != 6 || m.Accept.Max != 20*time.Millisecond || m.Finish.N != 6 || m.Finish.P50 != time.Millisecond || m.Late.N != 0 {
+		t.Errorf("steps %+v, %+v, %+v: want those of all six payments, and no lateness in a closed loop", m.Accept, m.Finish, m.Late)
 	}
 	var acc cpuAcc
 	t0 := time.Now()
@@ -258,13 +327,13 @@ func TestFinalCounting(t *testing.T) {
 		d.sent, d.term, d.finals, d.answer, d.runOf = append(d.sent, nowNS()), append(d.term, 0), append(d.finals, 0), append(d.answer, 0), append(d.runOf, r)
 		r.issuedN.Add(1)
 	}
-	d.accepted("xs0")
+	d.accepted("xs0", nowNS())
 	d.final(0, "t0", "m1", "SUPERSEDED", false, nowNS())
 	d.final(0, "t0", "m2", "VOIDED", true, nowNS())
 	d.final(1, "t1", "m3", "COMPLETED", false, nowNS())
 	d.final(1, "t1", "m4", "COMPLETED", false, nowNS())
 	d.final(1, "t1", "m3", "COMPLETED", false, nowNS()) // replayed: not a duplicate
-	d.accepted("xs2")                                   // accepted, never final: lost
+	d.accepted("xs2", nowNS())                          // accepted, never final: lost
 	// Payment 3 was never answered: its connection ended first.
 	r.stop()
 	st := r.stats("hub", &fleetConns{drivers: []*posDriver{d}})

@@ -50,6 +50,14 @@ func (s Summary) String() string {
 	return fmt.Sprintf("p50 %s · p99 %s · max %s (n=%d)", ms(s.P50), ms(s.P99), ms(s.Max), s.N)
 }
 
+// Short is "p50 1.23 ms · p99 4.56 ms".
+func (s Summary) Short() string {
+	if s.N == 0 {
+		return "no samples"
+	}
+	return fmt.Sprintf("p50 %s · p99 %s", ms(s.P50), ms(s.P99))
+}
+
 // ms renders d in milliseconds with two or three significant decimals.
 func ms(d time.Duration) string {
 	v := float64(d) / float64(time.Millisecond)
@@ -87,4 +95,80 @@ func (r *Recorder) Summary() Summary {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return Summarize(r.d)
+}
+
+// BurstWindow is the width of the windows Bursts counts in.
+const BurstWindow = 100 * time.Millisecond
+
+// Bursts tells where in time an open loop's slowest payments fell: spread
+// over the run (a cost every payment risks) or gathered in a few windows
+// (a stall that many payments met at once: a collection, a slow Redis, the
+// machine busy with something else). The windows are BurstWindow wide, by
+// each payment's scheduled time.
+type Bursts struct {
+	Slow    int // payments with a round trip at or above the p99
+	Windows int // windows holding at least one of them
+	Of      int // windows holding any payment
+	Busiest int // the most of them in one window
+}
+
+// String is "600 at or over the p99, in 29 of 300 windows of 100 ms; the
+// busiest held 144".
+func (b Bursts) String() string {
+	if b.Of == 0 {
+		return "no samples"
+	}
+	return fmt.Sprintf("%d at or over the p99, in %d of %d windows of %s; the busiest held %d", b.Slow, b.Windows, b.Of, ms(BurstWindow), b.Busiest)
+}
+
+// timedSample is a round trip and when its payment was due (nowNS).
+type timedSample struct {
+	at int64
+	d  time.Duration
+}
+
+// timedSamples collects timed samples from several goroutines.
+type timedSamples struct {
+	mu sync.Mutex
+	s  []timedSample
+}
+
+func (t *timedSamples) add(at int64, d time.Duration) {
+	t.mu.Lock()
+	t.s = append(t.s, timedSample{at, d})
+	t.mu.Unlock()
+}
+
+func (t *timedSamples) values() []timedSample {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Clone(t.s)
+}
+
+// findBursts counts where the samples at or above their p99 fell, in
+// windows of width w.
+func findBursts(samples []timedSample, w time.Duration) Bursts {
+	if len(samples) == 0 || w <= 0 {
+		return Bursts{}
+	}
+	ds := make([]time.Duration, len(samples))
+	for i, x := range samples {
+		ds[i] = x.d
+	}
+	slices.Sort(ds)
+	p99 := Percentile(ds, 0.99)
+	all := map[int64]bool{}
+	slow := map[int64]int{}
+	var b Bursts
+	for _, x := range samples {
+		win := x.at / int64(w)
+		all[win] = true
+		if x.d >= p99 {
+			b.Slow++
+			slow[win]++
+			b.Busiest = max(b.Busiest, slow[win])
+		}
+	}
+	b.Windows, b.Of = len(slow), len(all)
+	return b
 }
