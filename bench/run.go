@@ -38,6 +38,9 @@ type Options struct {
 	Storm      int           // terminals in the reconnect storm
 	Replay     int           // unacknowledged messages to replay
 	Drain      time.Duration // how long to wait for finals in flight at the end of a phase
+	// Settle is how long a scenario waits at most for a quiet machine
+	// before it starts (0: 15 s; negative: it does not wait).
+	Settle time.Duration
 	// Nodes is how many hub processes the multi-node scenarios start on
 	// the same Redis; NodeTimeout is their node_timeout.
 	Nodes       int
@@ -180,6 +183,9 @@ func (o *Options) fill() {
 	if o.Drain <= 0 {
 		o.Drain = 30 * time.Second
 	}
+	if o.Settle == 0 {
+		o.Settle = 15 * time.Second
+	}
 	if o.NodeTimeout <= 0 {
 		o.NodeTimeout = 10 * time.Second
 	}
@@ -229,12 +235,17 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 		res: &Results{Options: o, Started: time.Now(), LoadAvgStart: LoadAvg()},
 		tag: strconv.FormatInt(time.Now().UnixNano()%1e9, 36), profile: o.CPUProfile != ""}
 	_, r.res.StealStart = MachineBusy()
-	r.latencyAndFloor()
+	if o.Scenarios["latency"] || o.Scenarios["floor"] {
+		r.settle("latency")
+		r.latencyAndFloor()
+	}
 	r.throughputAndLoad()
 	if o.Scenarios["idle"] || o.Scenarios["storm"] {
+		r.settle("idle")
 		r.res.idleAndStorm(ctx, o, l, r.logf, r.fail)
 	}
 	if o.Scenarios["replay"] {
+		r.settle("replay")
 		r.replay()
 	}
 	if o.Scenarios["nodes"] {

@@ -63,7 +63,7 @@ func TestRunSmall(t *testing.T) {
 	res := Run(ctx, Options{
 		Scenarios: map[string]bool{"latency": true, "floor": true, "throughput": true, "load": true, "replay": true},
 		Payments:  20, Warmup: 2, Duration: 600 * time.Millisecond, LoadRounds: 3, Rate: 20, POS: 2, Terminals: 6, Replay: 30,
-		Drain: 10 * time.Second, Log: &log,
+		Drain: 10 * time.Second, Settle: 300 * time.Millisecond, Log: &log,
 	}, l)
 	if len(res.Errors) > 0 {
 		t.Fatalf("errors: %v\n%s", res.Errors, log.String())

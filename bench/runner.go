@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"syscall"
 	"time"
 )
@@ -16,6 +17,50 @@ type runner struct {
 	res     *Results
 	tag     string // makes this run's references and ids its own
 	profile bool   // hubs write CPU profiles (Options.CPUProfile)
+}
+
+// How settle tells a quiet machine: the busy time of all cores over one
+// settleWindow is under quietCores (the development machine's own
+// services idle at about 0.1).
+const (
+	settleWindow = 250 * time.Millisecond
+	quietCores   = 0.3
+)
+
+// settle waits before a scenario until the machine is quiet: what the one
+// before left running (a server's exit closing thousands of sockets, Redis
+// freeing the keys it wrote, this process's own garbage from the last
+// fleet) would otherwise be measured with it, as a replay right after a
+// storm was (docs/performance.md).
+func (r *runner) settle(scenario string) {
+	if r.o.Settle < 0 {
+		return
+	}
+	runtime.GC()
+	start := time.Now()
+	prev, _ := MachineBusy()
+	prevAt := start
+	for windows := 1; ; windows++ {
+		select {
+		case <-time.After(settleWindow):
+		case <-r.ctx.Done():
+			return
+		}
+		cur, _ := MachineBusy()
+		now := time.Now()
+		busy := float64(cur-prev) / float64(now.Sub(prevAt))
+		if busy < quietCores {
+			if windows > 1 {
+				r.logf("%s: waited %s for the machine to be quiet", scenario, time.Since(start).Round(time.Millisecond))
+			}
+			return
+		}
+		if time.Since(start) >= r.o.Settle {
+			r.logf("%s: the machine is still busy after %s (%.2f cores): starting all the same", scenario, r.o.Settle, busy)
+			return
+		}
+		prev, prevAt = cur, now
+	}
 }
 
 func (r *runner) logf(format string, args ...any) {
@@ -172,6 +217,7 @@ func (r *runner) interleavedLatency() {
 func (r *runner) throughputAndLoad() {
 	o, res := r.o, r.res
 	if o.Scenarios["throughput"] {
+		r.settle("throughput")
 		r.logf("throughput: closed loop, %d terminals, %d POS, %s each for the hub and the floor, taking turns", o.Terminals, o.POS, o.Duration)
 		res.Throughput, res.ThroughputFloor, res.ThroughputCPU, res.FloorCPU, res.LoadRounds = r.loaded("throughput", func() (Endpoint, func(), error) {
 			return r.l.Hub(r.ctx, "throughput", r.profile)
@@ -181,6 +227,7 @@ func (r *runner) throughputAndLoad() {
 		}
 	}
 	if o.Scenarios["load"] {
+		r.settle("load")
 		r.logf("load: open loop, %.0f payments/s offered over %d terminals, %s each for the hub and the floor, taking turns", o.Rate, o.Terminals, o.Duration)
 		res.Load, res.LoadFloor, res.LoadCPU, res.LoadFloorCPU, res.LoadRounds = r.loaded("load", func() (Endpoint, func(), error) {
 			return r.l.Hub(r.ctx, "load", r.profile)

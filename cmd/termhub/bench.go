@@ -58,7 +58,7 @@ type benchFlags struct {
 	cpuprofile, logLevel, out            string
 	keep                                 bool
 	nodes                                int
-	nodeTimeout, cardDelay               time.Duration
+	nodeTimeout, cardDelay, settle       time.Duration
 	serveFloor, floorPrefix, serveHub    string // child modes, used by the bench itself
 }
 
@@ -90,6 +90,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 	fs.IntVar(&f.hubPID, "hub-pid", 0, "with --hub-url: the running hub's process id, for its RSS and CPU")
 	fs.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile of the hub during the throughput run to FILE (latency, load, storm: FILE-latency, FILE-load, FILE-storm; the floor relay: FILE-floor, FILE-throughput-floor, FILE-load-floor; the load generator during latency, throughput, load, storm: FILE-<scenario>-generator)")
 	fs.StringVar(&f.logLevel, "hub-log-level", "info", "log_level of the hub the bench starts")
+	fs.DurationVar(&f.settle, "settle", 15*time.Second, "before each scenario, wait at most this long for the machine to be quiet (under 0.3 cores busy for 250 ms); 0 or negative: do not wait")
 	fs.StringVar(&f.out, "out", "", "also write the report to FILE")
 	fs.BoolVar(&f.keep, "keep", false, "keep the directory of generated configurations and server logs")
 	// Child modes, used by the bench itself.
@@ -160,9 +161,13 @@ func benchMain(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 	}
 
+	settle := f.settle
+	if settle <= 0 {
+		settle = -1 // bench.Options reads 0 as its default
+	}
 	opts := bench.Options{
 		Scenarios: scenarios, Payments: f.payments, Rounds: f.rounds, LoadRounds: f.loadRounds, Warmup: f.warmup, Duration: f.duration, Rate: f.rate,
-		Terminals: f.terminals, POS: f.pos, Idle: f.idle, Storm: f.storm, Replay: f.replay,
+		Terminals: f.terminals, POS: f.pos, Idle: f.idle, Storm: f.storm, Replay: f.replay, Settle: settle,
 		Embedded: embedded, CPUProfile: f.cpuprofile, Log: stderr,
 		Nodes: f.nodes, NodeTimeout: f.nodeTimeout, CardDelay: f.cardDelay,
 	}
