@@ -134,7 +134,7 @@ type posDriver struct {
 
 	mu     sync.Mutex
 	sent   []int64    // when each payment was sent (or scheduled, open loop), nowNS; by seq
-	wrote  []int64    // when each payment was written to the socket, nowNS; by seq
+	wrote  []int64    // just before each payment was written to the socket, nowNS; by seq
 	resp   []int64    // when its paymentResponse arrived, nowNS (0: none yet); by seq
 	term   []int32    // terminal index by seq
 	finals []uint8    // finals received by seq
@@ -253,14 +253,14 @@ const (
 
 // accepted records the paymentResponse of payment ref, read at (nowNS),
 // and returns its run.
-func (d *posDriver) accepted(ref string, at int64) *loopRun { return d.lookup(ref, at) }
+func (d *posDriver) accepted(ref string, at int64) *loopRun { return d.lookup(ref, true, at) }
 
 // runFor is the run payment ref belongs to.
-func (d *posDriver) runFor(ref string) *loopRun { return d.lookup(ref, 0) }
+func (d *posDriver) runFor(ref string) *loopRun { return d.lookup(ref, false, 0) }
 
 // lookup returns the run of payment ref (nil when it is not one of d's),
-// marking the payment accepted at acceptedAt when that is not 0.
-func (d *posDriver) lookup(ref string, acceptedAt int64) *loopRun {
+// marking the payment accepted, at at, when accept is set.
+func (d *posDriver) lookup(ref string, accept bool, at int64) *loopRun {
 	seq := refSeq(ref, d.prefix+"s")
 	if seq < 0 {
 		return nil
@@ -270,10 +270,10 @@ func (d *posDriver) lookup(ref string, acceptedAt int64) *loopRun {
 	if seq >= len(d.runOf) {
 		return nil
 	}
-	if acceptedAt != 0 {
+	if accept {
 		d.answer[seq] = accepted
-		if seq < len(d.resp) && d.resp[seq] == 0 {
-			d.resp[seq] = acceptedAt
+		if d.resp[seq] == 0 {
+			d.resp[seq] = at
 		}
 	}
 	return d.runOf[seq]
@@ -311,11 +311,7 @@ func (d *posDriver) final(seq int, txn, mid, status string, voided bool, at int6
 	if kind == firstFinal {
 		d.finals[seq]++
 	}
-	sent, ti := d.sent[seq], int(d.term[seq])
-	var wrote, resp int64
-	if seq < len(d.resp) {
-		wrote, resp = d.wrote[seq], d.resp[seq]
-	}
+	sent, ti, wrote, resp := d.sent[seq], int(d.term[seq]), d.wrote[seq], d.resp[seq]
 	d.mu.Unlock()
 	switch kind {
 	case redelivered:
@@ -499,9 +495,9 @@ type PaymentStats struct {
 	Redelivered int
 	RoundTrip   Summary
 	// Accept and Finish split each round trip at its paymentResponse: from
-	// the payment's write to the paymentResponse (the hub's first commit),
-	// and from there to the final (the terminal's part and the second
-	// commit). Late (open loop) is how long after its scheduled time the
+	// the payment's write to the paymentResponse (the server's first
+	// commit), and from there to the final (the terminal's part and the
+	// second commit). Late (open loop) is how long after its scheduled time the
 	// generator wrote each payment: the round trip includes it, and a
 	// generator short of CPU shows there.
 	Accept, Finish, Late Summary
@@ -525,7 +521,7 @@ func (s *PaymentStats) summarize() {
 	}
 	s.RoundTrip, s.Accept, s.Finish, s.Late = Summarize(rounds), Summarize(s.accept), Summarize(s.finish), Summarize(s.late)
 	if s.Offered > 0 {
-		s.Bursts = findBursts(s.timed, BurstWindow)
+		s.Bursts = findBursts(s.timed, s.RoundTrip.P99, BurstWindow)
 	}
 }
 

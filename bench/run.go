@@ -38,8 +38,9 @@ type Options struct {
 	Storm      int           // terminals in the reconnect storm
 	Replay     int           // unacknowledged messages to replay
 	Drain      time.Duration // how long to wait for finals in flight at the end of a phase
-	// Settle is how long a scenario waits at most for a quiet machine
-	// before it starts (0: 15 s; negative: it does not wait).
+	// Settle is how long each group of scenarios waits at most for a
+	// quiet machine before it starts (0: DefaultSettle; negative: it does
+	// not wait).
 	Settle time.Duration
 	// Nodes is how many hub processes the multi-node scenarios start on
 	// the same Redis; NodeTimeout is their node_timeout.
@@ -184,7 +185,7 @@ func (o *Options) fill() {
 		o.Drain = 30 * time.Second
 	}
 	if o.Settle == 0 {
-		o.Settle = 15 * time.Second
+		o.Settle = DefaultSettle
 	}
 	if o.NodeTimeout <= 0 {
 		o.NodeTimeout = 10 * time.Second
@@ -249,9 +250,11 @@ func Run(ctx context.Context, o Options, l Launcher) *Results {
 		r.replay()
 	}
 	if o.Scenarios["nodes"] {
+		r.settle("nodes")
 		r.nodes()
 	}
 	if o.Scenarios["failover"] {
+		r.settle("failover")
 		r.failover()
 	}
 	r.res.Finished, r.res.LoadAvgEnd = time.Now(), LoadAvg()

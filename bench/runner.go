@@ -19,19 +19,27 @@ type runner struct {
 	profile bool   // hubs write CPU profiles (Options.CPUProfile)
 }
 
-// How settle tells a quiet machine: the busy time of all cores over one
-// settleWindow is under quietCores (the development machine's own
-// services idle at about 0.1).
+// DefaultSettle is how long a scenario waits at most for a quiet machine
+// (Options.Settle).
+const DefaultSettle = 15 * time.Second
+
+// How settle tells a quiet machine: over one settleWindow, its cores were
+// busy less than quietShare of the time, on average.
 const (
 	settleWindow = 250 * time.Millisecond
-	quietCores   = 0.3
+	quietShare   = 0.15
 )
+
+// quiet reports whether busy core time over elapsed wall time leaves a
+// machine of cores quiet enough to measure on.
+func quiet(busy, elapsed time.Duration, cores int) bool {
+	return elapsed > 0 && float64(busy)/float64(elapsed) < quietShare*float64(cores)
+}
 
 // settle waits before a scenario until the machine is quiet: what the one
 // before left running (a server's exit closing thousands of sockets, Redis
 // freeing the keys it wrote, this process's own garbage from the last
-// fleet) would otherwise be measured with it, as a replay right after a
-// storm was (docs/performance.md).
+// fleet) would otherwise be measured with it.
 func (r *runner) settle(scenario string) {
 	if r.o.Settle < 0 {
 		return
@@ -39,6 +47,10 @@ func (r *runner) settle(scenario string) {
 	runtime.GC()
 	start := time.Now()
 	prev, _ := MachineBusy()
+	if prev == 0 {
+		r.logf("%s: the machine's CPU time cannot be read: not waiting for it to be quiet", scenario)
+		return
+	}
 	prevAt := start
 	for windows := 1; ; windows++ {
 		select {
@@ -48,15 +60,14 @@ func (r *runner) settle(scenario string) {
 		}
 		cur, _ := MachineBusy()
 		now := time.Now()
-		busy := float64(cur-prev) / float64(now.Sub(prevAt))
-		if busy < quietCores {
+		if quiet(cur-prev, now.Sub(prevAt), runtime.NumCPU()) {
 			if windows > 1 {
 				r.logf("%s: waited %s for the machine to be quiet", scenario, time.Since(start).Round(time.Millisecond))
 			}
 			return
 		}
 		if time.Since(start) >= r.o.Settle {
-			r.logf("%s: the machine is still busy after %s (%.2f cores): starting all the same", scenario, r.o.Settle, busy)
+			r.logf("%s: the machine is still busy after %s (%.2f cores): starting all the same", scenario, r.o.Settle, float64(cur-prev)/float64(now.Sub(prevAt)))
 			return
 		}
 		prev, prevAt = cur, now

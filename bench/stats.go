@@ -112,8 +112,8 @@ type Bursts struct {
 	Busiest int // the most of them in one window
 }
 
-// String is "600 at or over the p99, in 29 of 300 windows of 100 ms; the
-// busiest held 144".
+// String is "12 at or over the p99, in 3 of 40 windows of 100 ms; the
+// busiest held 7".
 func (b Bursts) String() string {
 	if b.Of == 0 {
 		return "no samples"
@@ -145,18 +145,12 @@ func (t *timedSamples) values() []timedSample {
 	return slices.Clone(t.s)
 }
 
-// findBursts counts where the samples at or above their p99 fell, in
+// findBursts counts where the samples at or above p99 (their p99) fell, in
 // windows of width w.
-func findBursts(samples []timedSample, w time.Duration) Bursts {
+func findBursts(samples []timedSample, p99, w time.Duration) Bursts {
 	if len(samples) == 0 || w <= 0 {
 		return Bursts{}
 	}
-	ds := make([]time.Duration, len(samples))
-	for i, x := range samples {
-		ds[i] = x.d
-	}
-	slices.Sort(ds)
-	p99 := Percentile(ds, 0.99)
 	all := map[int64]bool{}
 	slow := map[int64]int{}
 	var b Bursts

@@ -90,7 +90,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 	fs.IntVar(&f.hubPID, "hub-pid", 0, "with --hub-url: the running hub's process id, for its RSS and CPU")
 	fs.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile of the hub during the throughput run to FILE (latency, load, storm: FILE-latency, FILE-load, FILE-storm; the floor relay: FILE-floor, FILE-throughput-floor, FILE-load-floor; the load generator during latency, throughput, load, storm: FILE-<scenario>-generator)")
 	fs.StringVar(&f.logLevel, "hub-log-level", "info", "log_level of the hub the bench starts")
-	fs.DurationVar(&f.settle, "settle", 15*time.Second, "before each scenario, wait at most this long for the machine to be quiet (under 0.3 cores busy for 250 ms); 0 or negative: do not wait")
+	fs.DurationVar(&f.settle, "settle", bench.DefaultSettle, "before each group of scenarios, wait at most this long for the machine to be quiet (its cores busy under 15 % of 250 ms); 0 or negative: do not wait")
 	fs.StringVar(&f.out, "out", "", "also write the report to FILE")
 	fs.BoolVar(&f.keep, "keep", false, "keep the directory of generated configurations and server logs")
 	// Child modes, used by the bench itself.

@@ -39,7 +39,7 @@ func TestBenchNodes(t *testing.T) {
 	var out, log bytes.Buffer
 	err := benchMain(ctx, []string{"--redis", url, "--nodes", "3", "--scenario", "nodes,failover",
 		"--payments", "30", "--rounds", "6", "--warmup", "3", "--terminals", "12", "--pos", "3",
-		"--duration", "1s", "--load-rounds", "2", "--node-timeout", "2s", "--card-delay", "200ms"}, &out, &log)
+		"--duration", "1s", "--load-rounds", "2", "--node-timeout", "2s", "--card-delay", "200ms", "--settle", "0"}, &out, &log)
 	if err != nil {
 		t.Fatalf("bench: %v\nreport:\n%s\nlog:\n%s", err, out.String(), log.String())
 	}
