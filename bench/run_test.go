@@ -108,8 +108,9 @@ func TestRunSmall(t *testing.T) {
 			t.Errorf("%s load: lateness of %d payments, want all %d", s.Target, s.Late.N, s.Sent)
 		}
 		// 4 payments a block, 50 ms apart (150 ms from the first to the
-		// last), so each block's fall in 2 or 3 windows of 100 ms, and the
-		// blocks, the other server's turn between them, in 6 to 9.
+		// last), so each block's payments fall in 2 or 3 windows of 100 ms,
+		// and the three blocks, the other server's turn between them, in 6
+		// to 9.
 		if b := s.Bursts; b.Slow < 1 || b.Of < 6 || b.Of > 9 || b.Windows < 1 || b.Windows > b.Of || b.Busiest < 1 || b.Busiest > b.Slow {
 			t.Errorf("%s load: bursts %+v", s.Target, b)
 		}

@@ -19,8 +19,8 @@ type runner struct {
 	profile bool   // hubs write CPU profiles (Options.CPUProfile)
 }
 
-// DefaultSettle is how long a scenario waits at most for a quiet machine
-// (Options.Settle).
+// DefaultSettle is how long a group of scenarios waits at most for a quiet
+// machine (Options.Settle).
 const DefaultSettle = 15 * time.Second
 
 // How settle tells a quiet machine: over one settleWindow, its cores were
@@ -36,8 +36,8 @@ func quiet(busy, elapsed time.Duration, cores int) bool {
 	return elapsed > 0 && float64(busy)/float64(elapsed) < quietShare*float64(cores)
 }
 
-// settle waits before a scenario until the machine is quiet: what the one
-// before left running (a server's exit closing thousands of sockets, Redis
+// settle waits before a group of scenarios until the machine is quiet:
+// what the group before left running (a server's exit closing thousands of sockets, Redis
 // freeing the keys it wrote, this process's own garbage from the last
 // fleet) would otherwise be measured with it.
 func (r *runner) settle(scenario string) {

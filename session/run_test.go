@@ -283,9 +283,10 @@ func (s *answeringSink) SendTerminal(device string, cmds []TerminalCommand) {
 // The terminal hears of a sale before the POS gets its reply (the reply
 // follows the commands), but what the terminal's answer causes still
 // reaches the POS after the reply, although a sale's commit has no POS
-// message of its own: the sale holds its API key's ordering lock until the
-// reply is out. The reply waits (up to 200 ms) for the answer's commit,
-// which must not be able to finish first.
+// message of its own: the sale's turn in its API key's line (order.go)
+// lasts until the reply is out, and the answer's commit, whose place is
+// behind it, waits for it. The reply waits (up to 200 ms) for the answer's
+// commit, which must not be able to finish first.
 func TestSaleReplyPrecedesWhatTheTerminalsAnswerCauses(t *testing.T) {
 	e, rec, _ := runEngine(t)
 	sink := &answeringSink{recordSink: rec, e: e, answered: make(chan error, 1)}
