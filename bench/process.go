@@ -241,6 +241,28 @@ func MachineBusy() (busy, steal time.Duration) {
 	return time.Duration(busyTicks) * time.Second / clockTicks, time.Duration(st) * time.Second / clockTicks
 }
 
+// CPUModel is the processor's model as /proc/cpuinfo names it ("" when
+// unreadable or not named): the same code's figures differ between the
+// hosts a virtual machine may land on, so a report says which it ran on.
+func CPUModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return ""
+	}
+	return cpuModel(b)
+}
+
+// cpuModel is the first "model name" in the text of /proc/cpuinfo.
+func cpuModel(cpuinfo []byte) string {
+	for _, line := range strings.Split(string(cpuinfo), "\n") {
+		key, val, ok := strings.Cut(line, ":")
+		if ok && strings.TrimSpace(key) == "model name" {
+			return strings.TrimSpace(val)
+		}
+	}
+	return ""
+}
+
 // LoadAvg is the first field of /proc/loadavg ("" when unreadable).
 func LoadAvg() string {
 	b, err := os.ReadFile("/proc/loadavg")

@@ -235,8 +235,12 @@ func (r *Results) Markdown(w io.Writer) {
 		mark = " (embedded Redis: not comparable)"
 	}
 	fmt.Fprintf(w, "\n## termhub bench%s\n\n", mark)
-	fmt.Fprintf(w, "%s, %s, %d cores, load average %s at the start and %s at the end\n\n", r.Started.Format("2006-01-02 15:04 MST"),
-		r.Finished.Sub(r.Started).Round(time.Second), runtime.NumCPU(), r.LoadAvgStart, r.LoadAvgEnd)
+	cpu := ""
+	if r.CPUModel != "" {
+		cpu = " (" + r.CPUModel + ")"
+	}
+	fmt.Fprintf(w, "%s, %s, %d cores%s, load average %s at the start and %s at the end\n\n", r.Started.Format("2006-01-02 15:04 MST"),
+		r.Finished.Sub(r.Started).Round(time.Second), runtime.NumCPU(), cpu, r.LoadAvgStart, r.LoadAvgEnd)
 	fmt.Fprintf(w, "host steal (/proc/stat): %s at the start, %s at the end\n\n", r.StealStart, r.StealEnd)
 	fmt.Fprintln(w, "| scenario | figure | measured | target | result |")
 	fmt.Fprintln(w, "|---|---|---|---|---|")

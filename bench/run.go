@@ -140,6 +140,7 @@ type Results struct {
 	Interleaved                 int // rounds latency and floor took turns in (0: run apart)
 	LatencyCPU, FloorSeqCPU     CPUShare
 	LoadAvgStart, LoadAvgEnd    string // /proc/loadavg, 1 minute
+	CPUModel                    string // the processor, as /proc/cpuinfo names it
 	Throughput, ThroughputFloor *PaymentStats
 	ThroughputCPU, FloorCPU     CPUShare
 	Load, LoadFloor             *PaymentStats
@@ -233,7 +234,7 @@ func ParseScenarios(s string) (map[string]bool, error) {
 func Run(ctx context.Context, o Options, l Launcher) *Results {
 	o.fill()
 	r := &runner{ctx: ctx, o: o, l: l,
-		res: &Results{Options: o, Started: time.Now(), LoadAvgStart: LoadAvg()},
+		res: &Results{Options: o, Started: time.Now(), LoadAvgStart: LoadAvg(), CPUModel: CPUModel()},
 		tag: strconv.FormatInt(time.Now().UnixNano()%1e9, 36), profile: o.CPUProfile != ""}
 	_, r.res.StealStart = MachineBusy()
 	if o.Scenarios["latency"] || o.Scenarios["floor"] {

@@ -3,9 +3,11 @@ package bench
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -251,6 +253,23 @@ func TestEmbeddedMark(t *testing.T) {
 	r.Markdown(&out)
 	if !strings.Contains(out.String(), "(embedded Redis: not comparable)") {
 		t.Fatalf("embedded run not marked:\n%s", out.String())
+	}
+}
+
+// The report says which processor the run had: the first "model name" of
+// /proc/cpuinfo, none when there is no such line.
+func TestCPUModel(t *testing.T) {
+	info := "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n\nprocessor\t: 1\nmodel name\t: Other\n"
+	if got, want := cpuModel([]byte(info)), "Intel(R) Xeon(R) Processor"; got != want {
+		t.Errorf("cpuModel = %q, want %q", got, want)
+	}
+	if got := cpuModel([]byte("processor\t: 0\nBogoMIPS\t: 50.00\n")); got != "" {
+		t.Errorf("cpuModel without a model name = %q, want none", got)
+	}
+	var out strings.Builder
+	(&Results{CPUModel: "Intel(R) Xeon(R) Processor"}).Markdown(&out)
+	if want := fmt.Sprintf("%d cores (Intel(R) Xeon(R) Processor), load average", runtime.NumCPU()); !strings.Contains(out.String(), want) {
+		t.Errorf("report header lacks %q:\n%s", want, out.String())
 	}
 }
 
