@@ -129,6 +129,9 @@ func TestRunSmall(t *testing.T) {
 	if !res.LatencyCPU.AllocKnown || res.LatencyCPU.AllocPerPayment(res.Latency) <= 0 || res.FloorSeqCPU.AllocKnown {
 		t.Errorf("allocation figures: hub %+v, floor %+v; want the hub's read from /metrics and none for the floor", res.LatencyCPU, res.FloorSeqCPU)
 	}
+	if res.CPUModel != CPUModel() {
+		t.Errorf("the run's processor %q, want this machine's %q", res.CPUModel, CPUModel())
+	}
 	var out strings.Builder
 	res.Markdown(&out)
 	for _, want := range []string{"| 1 latency | hub round trip | p50 ", "| 2 floor | floor round trip |", "hub ÷ floor, p50", "hub ÷ floor, p99",
@@ -266,10 +269,15 @@ func TestCPUModel(t *testing.T) {
 	if got := cpuModel([]byte("processor\t: 0\nBogoMIPS\t: 50.00\n")); got != "" {
 		t.Errorf("cpuModel without a model name = %q, want none", got)
 	}
-	var out strings.Builder
-	(&Results{CPUModel: "Intel(R) Xeon(R) Processor"}).Markdown(&out)
-	if want := fmt.Sprintf("%d cores (Intel(R) Xeon(R) Processor), load average", runtime.NumCPU()); !strings.Contains(out.String(), want) {
-		t.Errorf("report header lacks %q:\n%s", want, out.String())
+	for model, want := range map[string]string{
+		"Intel(R) Xeon(R) Processor": fmt.Sprintf("%d cores (Intel(R) Xeon(R) Processor), load average", runtime.NumCPU()),
+		"":                           fmt.Sprintf("%d cores, load average", runtime.NumCPU()), // unnamed: no empty brackets
+	} {
+		var out strings.Builder
+		(&Results{CPUModel: model}).Markdown(&out)
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report header for the processor %q lacks %q:\n%s", model, want, out.String())
+		}
 	}
 }
 
