@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/termhub/termhub/internal/apptest/kit"
 	"github.com/termhub/termhub/internal/keys"
 	"github.com/termhub/termhub/internal/redistest"
 	"github.com/termhub/termhub/protocol"
@@ -269,6 +270,8 @@ func TestCarriedOutWaitsForStartedCommits(t *testing.T) {
 	ks := keys.Space{Prefix: r.Prefix}
 	hook := &holdCommit{key: ks.Current("m1", "T1"), held: make(chan struct{}), release: make(chan struct{})}
 	r.Client.AddHook(redistest.SeeHook(hook.see))
+	release := sync.OnceFunc(func() { close(hook.release) })
+	t.Cleanup(release) // a failed test does not leave the sale held
 	sink := &orderSink{}
 	e := NewEngine(Options{Store: NewStore(r.Client, ks), Terminals: benchTerminals{}, Sink: sink, Logger: zerolog.Nop()})
 	amount := int64(700)
@@ -280,11 +283,6 @@ func TestCarriedOutWaitsForStartedCommits(t *testing.T) {
 	}()
 	<-hook.held // the sale's commit has started and is on its way
 
-	// A context that ends lets the wait go.
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	e.CarriedOut(ctx, "m1", "pk1")
-
 	// What the sale had carried out when CarriedOut returned: nothing, if
 	// it returned while the commit was held.
 	carried := make(chan []int, 1)
@@ -292,7 +290,30 @@ func TestCarriedOutWaitsForStartedCommits(t *testing.T) {
 		e.CarriedOut(context.Background(), "m1", "pk1")
 		carried <- sink.log.list()
 	}()
-	close(hook.release)
+	notReturned := func() {
+		select {
+		case got := <-carried:
+			t.Fatalf("CarriedOut returned while the sale's commit was held (commands sent to terminals %v)", got)
+		default:
+		}
+	}
+	// Released only once CarriedOut waits in the key's line (the sale
+	// waits there only after its commit comes back), so that a CarriedOut
+	// that did not wait would be seen returning first.
+	line := &e.order.lines[stripe("m1", "pk1")]
+	kit.Eventually(t, "CarriedOut waiting for the sale", func() bool {
+		notReturned()
+		e.order.mu.Lock()
+		defer e.order.mu.Unlock()
+		return line.moved != nil
+	})
+
+	// A context that ends lets the wait go, and leaves the other waiting.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	e.CarriedOut(ctx, "m1", "pk1")
+	notReturned()
+	release()
 	if got := <-carried; !slices.Equal(got, []int{1}) {
 		t.Fatalf("when CarriedOut returned the sale had sent commands to terminals %v, want [1]", got)
 	}
